@@ -1,0 +1,170 @@
+"""Agent configuration: one TOML file validated by pydantic, with embedded defaults.
+
+With no file at all the agent still runs: host-wide sensing, the default rule pack, SQLite
+state at ``./state/autotune.db`` in a checkout or ``/var/lib/autotune/autotune.db`` under
+systemd (``$STATE_DIRECTORY`` set) or when installed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autotune.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SLO(_Strict):
+    p95_latency_s: float | None = Field(default=None, gt=0)
+    p99_latency_s: float | None = Field(default=None, gt=0)
+    ttft_p95_s: float | None = Field(default=None, gt=0)
+
+
+class LatencySource(_Strict):
+    """Where the service's inference latency comes from."""
+
+    metrics_url: str | None = None  # Prometheus page (vLLM / llama.cpp / TGI / ours)
+    flavor: Literal["auto", "vllm", "llamacpp", "tgi", "autotune"] = "auto"
+    probe_url: str | None = None  # OpenAI-compatible base URL for an active probe
+    probe_interval_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
+class Service(_Strict):
+    """A workload the agent watches: by cgroup and/or by process match."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    role: Literal["latency-critical", "neighbour"] = "latency-critical"
+    cgroup: str | None = None  # path relative to the hierarchy root, e.g. "/autotune/llm"
+    unit: str | None = None  # systemd unit -> its cgroup
+    pid_file: str | None = None
+    exe: str | None = None  # basename or absolute path of the executable
+    cmdline: str | None = None  # regex searched in the joined command line
+    slo: SLO = SLO()
+    latency: LatencySource | None = None
+    min_cpu_cores: float | None = Field(default=None, ge=0)  # floor a neighbour keeps
+
+    @model_validator(mode="after")
+    def _has_match(self) -> "Service":
+        if not any((self.cgroup, self.unit, self.pid_file, self.exe, self.cmdline)):
+            raise ValueError("a service needs at least one of cgroup, unit, pid_file, exe, cmdline")
+        if self.cgroup is not None and not self.cgroup.startswith("/"):
+            raise ValueError("cgroup must be an absolute cgroup path like '/autotune/llm'")
+        return self
+
+
+class AgentSettings(_Strict):
+    sample_period_s: float = Field(default=1.0, gt=0, le=60)
+    window_s: float = Field(default=30.0, gt=0)
+    evaluate_every_s: float = Field(default=5.0, gt=0)
+    mode: Literal["recommend", "apply"] = "recommend"
+    state_path: str | None = None
+    rule_dirs: list[str] = []
+    raw_retention_h: float = Field(default=6.0, gt=0)
+    aggregate_every_s: int = Field(default=60, ge=10)
+    aggregate_retention_d: float = Field(default=30.0, gt=0)
+    helper_socket: str = "/run/autotune/helper.sock"
+    restore_on_stop: bool = False
+    metrics_listen: str | None = "127.0.0.1:9753"
+
+
+class Verification(_Strict):
+    window_s: float = Field(default=30.0, gt=0)
+    settle_s: float = Field(default=4.0, ge=0)  # PSI avg10 lags; wait before measuring
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    min_effect: float = Field(default=0.05, ge=0)  # relative change that counts (5 %)
+    on_inconclusive: Literal["keep", "rollback"] = "keep"
+    rule_cooldown_s: float = Field(default=120.0, ge=0)
+    knob_cooldown_s: float = Field(default=60.0, ge=0)
+    max_changes_per_hour: int = Field(default=12, ge=0)
+
+
+class Config(_Strict):
+    agent: AgentSettings = AgentSettings()
+    verification: Verification = Verification()
+    services: list[Service] = Field(default=[], alias="service")
+    source: str | None = Field(default=None, exclude=True)  # file it came from
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Config":
+        names = [s.name for s in self.services]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate service names: {sorted(dup)}")
+        return self
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def state_path(self) -> Path:
+        if self.agent.state_path:
+            return Path(self.agent.state_path)
+        return default_state_path()
+
+    def rule_dirs(self) -> list[Path]:
+        if self.agent.rule_dirs:
+            base = Path(self.source).parent if self.source else Path.cwd()
+            return [(base / d) if not Path(d).is_absolute() else Path(d) for d in self.agent.rule_dirs]
+        return [default_rule_dir()]
+
+
+def default_state_path() -> Path:
+    """./state/autotune.db in a checkout; /var/lib/autotune/autotune.db under systemd."""
+    if os.environ.get("STATE_DIRECTORY"):  # set by systemd's StateDirectory=
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "autotune.db"
+    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "state").is_dir():
+        return REPO_ROOT / "state" / "autotune.db"
+    return Path("/var/lib/autotune/autotune.db")
+
+
+def default_rule_dir() -> Path:
+    """The shipped rule pack: <checkout>/rules, else /usr/share/autotune/rules."""
+    env = os.environ.get("AUTOTUNE_RULES")
+    if env:
+        return Path(env)
+    if (REPO_ROOT / "rules").is_dir():
+        return REPO_ROOT / "rules"
+    return Path("/usr/share/autotune/rules")
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    """'file: field.path: message' lines, one per problem."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{source}: {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load and validate; ConfigError naming the file and field on any problem."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError as err:
+        raise ConfigError(f"{p}: config file not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read ({err.strerror})") from err
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(p), err)) from err
+    return cfg.model_copy(update={"source": str(p)})

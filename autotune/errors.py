@@ -1,0 +1,39 @@
+"""One exception hierarchy. Messages tell the user what to do next."""
+
+from __future__ import annotations
+
+
+class AutotuneError(Exception):
+    """Base of every error autotune raises on purpose."""
+
+
+class ConfigError(AutotuneError):
+    """A config file, rule file or policy file is invalid. The message names file and field."""
+
+
+class HostError(AutotuneError):
+    """Reading or writing the host failed (missing file, permission, odd contents)."""
+
+
+class MissingFile(HostError):
+    """A host file does not exist under the Host root (feature absent on this kernel)."""
+
+
+class ParseError(HostError):
+    """A host file exists but its contents could not be parsed. Names the file."""
+
+
+class TargetGone(HostError):
+    """A cgroup or process vanished; not an error for the loop, just nothing to do."""
+
+
+class InvalidValue(AutotuneError):
+    """A proposed knob value is outside what the knob or kernel accepts."""
+
+
+class PolicyRefused(AutotuneError):
+    """The privileged helper refused a request; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

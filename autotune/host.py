@@ -1,0 +1,295 @@
+"""The one object through which all host access goes.
+
+Every path the agent reads or writes is an absolute host path ("/proc/stat") resolved under
+``Host.root``. The same code therefore reads a live kernel (root "/"), a fixture tree in
+tests, or a host's /proc and /sys mounted into a container at "/host". Writing is off unless
+the Host was built ``writable=True`` (only the privileged helper and tests do that).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from autotune.errors import HostError, MissingFile
+
+CgroupLayout = Literal["v2", "hybrid", "v1", "none"]
+
+ENV_ROOT = "AUTOTUNE_ROOT"
+CGROUP_MOUNT = "/sys/fs/cgroup"
+PSI_RESOURCES = ("cpu", "memory", "io", "irq")
+
+
+class CgroupInfo(BaseModel):
+    """Where the cgroup hierarchies live, as host paths."""
+
+    layout: CgroupLayout
+    v2_mount: str | None = None  # "/sys/fs/cgroup" (pure v2) or "/sys/fs/cgroup/unified" (hybrid)
+    v2_controllers: list[str] = []  # controllers enabled at the v2 root
+    v1_mounts: dict[str, str] = {}  # controller -> host path of its v1 hierarchy
+
+    def controller_version(self, controller: str) -> Literal[1, 2] | None:
+        """Which hierarchy manages ``controller`` ("cpu", "memory", "cpuset", "io"...)."""
+        if controller in self.v2_controllers:
+            return 2
+        if controller in self.v1_mounts:
+            return 1
+        return None
+
+
+class Capabilities(BaseModel):
+    """What this host supports; detected once, reported by ``autotune status``."""
+
+    root: str
+    kernel: str | None
+    ncpu: int
+    cgroup: CgroupInfo
+    psi: dict[str, bool]  # resource -> /proc/pressure/<resource> present
+    psi_full_cpu: bool  # kernel >= 5.13 reports a "full" line for cpu
+    psi_triggers: bool | None  # None: not probed (fixture root / not procfs)
+    psi_triggers_detail: str
+    cpufreq: bool
+    cpufreq_policies: list[str]
+    governors_available: list[str]
+    thp: bool
+    thp_files: list[str]
+
+
+class Host:
+    """Rooted access to /proc, /sys and the cgroup mounts."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, writable: bool = False) -> None:
+        root = root if root is not None else os.environ.get(ENV_ROOT, "/")
+        self.root = Path(root).resolve()
+        self.writable = writable
+
+    def __repr__(self) -> str:
+        return f"Host(root={str(self.root)!r}, writable={self.writable})"
+
+    @property
+    def is_live(self) -> bool:
+        """True when the root is this machine's own filesystem."""
+        return self.root == Path("/")
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, host_path: str | os.PathLike[str]) -> Path:
+        """Map an absolute host path to a local path under root, refusing escapes via '..'."""
+        p = Path(host_path)
+        if not p.is_absolute():
+            raise HostError(f"host path must be absolute, got {str(host_path)!r}")
+        local = Path(os.path.normpath(self.root / p.relative_to("/")))
+        if local != self.root and self.root not in local.parents:
+            raise HostError(f"host path {str(host_path)!r} escapes root {self.root}")
+        return local
+
+    def exists(self, host_path: str) -> bool:
+        return self.path(host_path).exists()
+
+    def is_dir(self, host_path: str) -> bool:
+        return self.path(host_path).is_dir()
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(host_path)))
+        except FileNotFoundError as err:
+            raise MissingFile(f"{host_path}: no such directory under {self.root}") from err
+        except OSError as err:
+            raise HostError(f"{host_path}: cannot list ({err.strerror})") from err
+
+    # -- reading -----------------------------------------------------------------------
+    def read_text(self, host_path: str) -> str:
+        """Read a whole file. MissingFile if absent; HostError on other OS errors."""
+        try:
+            with open(self.path(host_path), encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except FileNotFoundError as err:
+            raise MissingFile(f"{host_path}: not present under {self.root}") from err
+        except OSError as err:
+            raise HostError(f"{host_path}: cannot read ({err.strerror})") from err
+
+    def read_optional(self, host_path: str) -> str | None:
+        """Read a file, or None when it does not exist (feature absent on this kernel)."""
+        try:
+            return self.read_text(host_path)
+        except MissingFile:
+            return None
+
+    # -- writing -----------------------------------------------------------------------
+    def write_text(self, host_path: str, value: str) -> None:
+        """Write one value the way the kernel expects (single write, no truncation games)."""
+        if not self.writable:
+            raise HostError(f"refusing to write {host_path}: this Host is read-only (dry run)")
+        local = self.path(host_path)
+        try:
+            fd = os.open(local, os.O_WRONLY | (0 if self.is_live else os.O_TRUNC))
+        except FileNotFoundError as err:
+            raise MissingFile(f"{host_path}: not present under {self.root}") from err
+        except OSError as err:
+            raise HostError(f"{host_path}: cannot open for writing ({err.strerror})") from err
+        try:
+            os.write(fd, value.encode())
+        except OSError as err:
+            raise HostError(f"{host_path}: kernel refused {value!r} ({err.strerror})") from err
+        finally:
+            os.close(fd)
+
+    # -- capabilities --------------------------------------------------------------------
+    @cached_property
+    def cgroup(self) -> CgroupInfo:
+        return detect_cgroups(self)
+
+    @cached_property
+    def ncpu(self) -> int:
+        online = self.read_optional("/sys/devices/system/cpu/online")
+        if online:
+            try:
+                return len(parse_cpulist(online))
+            except ValueError:
+                pass
+        stat = self.read_optional("/proc/stat") or ""
+        n = sum(1 for line in stat.splitlines() if line.startswith("cpu") and line[3:4].isdigit())
+        return n or (os.cpu_count() or 1)
+
+    def capabilities(self) -> Capabilities:
+        psi = {r: self.exists(f"/proc/pressure/{r}") for r in PSI_RESOURCES}
+        cpu_psi = self.read_optional("/proc/pressure/cpu") or ""
+        triggers, detail = probe_psi_triggers(self)
+        policies = _cpufreq_policies(self)
+        governors: set[str] = set()
+        for pol in policies:
+            text = self.read_optional(f"/sys/devices/system/cpu/cpufreq/{pol}/scaling_available_governors")
+            governors.update((text or "").split())
+        thp_dir = "/sys/kernel/mm/transparent_hugepage"
+        thp_files = [
+            f for f in ("enabled", "defrag", "khugepaged/defrag") if self.exists(f"{thp_dir}/{f}")
+        ]
+        release = self.read_optional("/proc/sys/kernel/osrelease")
+        return Capabilities(
+            root=str(self.root),
+            kernel=release.strip() if release else None,
+            ncpu=self.ncpu,
+            cgroup=self.cgroup,
+            psi=psi,
+            psi_full_cpu="full" in cpu_psi,
+            psi_triggers=triggers,
+            psi_triggers_detail=detail,
+            cpufreq=bool(policies),
+            cpufreq_policies=policies,
+            governors_available=sorted(governors),
+            thp=bool(thp_files),
+            thp_files=thp_files,
+        )
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """Parse the kernel's cpu list format ("0-3,8,10-11") into sorted ints."""
+    cpus: set[int] = set()
+    text = text.strip()
+    if not text:
+        return []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            a, b = int(lo), int(hi)
+            if b < a:
+                raise ValueError(f"bad cpu range {part!r}")
+            cpus.update(range(a, b + 1))
+        else:
+            cpus.add(int(part))
+    return sorted(cpus)
+
+
+def format_cpulist(cpus: list[int] | set[int]) -> str:
+    """Inverse of parse_cpulist, compact ranges: [0,1,2,5] -> "0-2,5"."""
+    out: list[str] = []
+    s = sorted(set(cpus))
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
+            j += 1
+        out.append(str(s[i]) if i == j else f"{s[i]}-{s[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def detect_cgroups(host: Host) -> CgroupInfo:
+    """Classify the cgroup layout from the files present under the root."""
+    if host.exists(f"{CGROUP_MOUNT}/cgroup.controllers"):
+        ctrls = (host.read_optional(f"{CGROUP_MOUNT}/cgroup.controllers") or "").split()
+        return CgroupInfo(layout="v2", v2_mount=CGROUP_MOUNT, v2_controllers=ctrls)
+    v1: dict[str, str] = {}
+    v2_mount = None
+    v2_ctrls: list[str] = []
+    if host.is_dir(CGROUP_MOUNT):
+        for name in host.listdir(CGROUP_MOUNT):
+            sub = f"{CGROUP_MOUNT}/{name}"
+            if name == "unified":
+                if host.exists(f"{sub}/cgroup.procs"):
+                    v2_mount = sub
+                    v2_ctrls = (host.read_optional(f"{sub}/cgroup.controllers") or "").split()
+                continue
+            if not host.exists(f"{sub}/cgroup.procs"):
+                continue
+            # "cpu,cpuacct" mounts serve both controllers; "name=systemd" is no controller.
+            for ctrl in name.split(","):
+                if ctrl and not ctrl.startswith("name=") and ctrl != "systemd":
+                    v1.setdefault(ctrl, sub)
+    if v2_mount:
+        return CgroupInfo(layout="hybrid", v2_mount=v2_mount, v2_controllers=v2_ctrls, v1_mounts=v1)
+    if v1:
+        return CgroupInfo(layout="v1", v1_mounts=v1)
+    return CgroupInfo(layout="none")
+
+
+def _cpufreq_policies(host: Host) -> list[str]:
+    base = "/sys/devices/system/cpu/cpufreq"
+    if not host.is_dir(base):
+        return []
+    return [p for p in host.listdir(base) if p.startswith("policy")]
+
+
+def _fs_type(local: Path) -> str | None:
+    """Filesystem type of a local path, from this process's mountinfo (longest prefix)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    target = str(local.resolve())
+    best, fstype = "", None
+    for line in text.splitlines():
+        pre, _, post = line.partition(" - ")
+        fields = pre.split()
+        if len(fields) < 5 or not post:
+            continue
+        mnt = fields[4]
+        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, post.split()[0]
+    return fstype
+
+
+def probe_psi_triggers(host: Host) -> tuple[bool | None, str]:
+    """Try to register a PSI trigger (kernel >= 5.2). Only on a real procfs, never a fixture."""
+    local = host.path("/proc/pressure/cpu")
+    if not local.exists():
+        return False, "no /proc/pressure/cpu"
+    if _fs_type(local) != "proc":
+        return None, "not probed: root is not a live procfs"
+    try:
+        fd = os.open(local, os.O_RDWR | os.O_NONBLOCK)
+    except OSError as err:
+        return False, f"open failed: {err.strerror}"
+    try:
+        os.write(fd, b"some 150000 1000000\0")
+        return True, "trigger registered"
+    except OSError as err:
+        name = errno.errorcode.get(err.errno or 0, str(err.errno))
+        return False, f"kernel refused trigger ({name}); falling back to polling"
+    finally:
+        os.close(fd)

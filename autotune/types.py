@@ -1,0 +1,177 @@
+"""Typed data passed between stages: monitor -> detect -> diagnose -> fix -> verify.
+
+Sensors fill these; detection, diagnosis and verification read only these (never /proc).
+Units are in field names. Counters stay cumulative here; rates are computed over a window
+by ``autotune.detect.metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- sensor readings ------------------------------------------------------------------------
+class PsiLine(_Frozen):
+    avg10_pct: float
+    avg60_pct: float
+    avg300_pct: float
+    total_usec: int
+
+
+class PsiReading(_Frozen):
+    """One pressure file. ``full`` is None on kernels that only report ``some`` (cpu < 5.13)."""
+
+    some: PsiLine | None = None
+    full: PsiLine | None = None
+
+
+class CpuTimes(_Frozen):
+    """Cumulative CPU time in seconds (converted from USER_HZ ticks)."""
+
+    user_s: float = 0.0
+    nice_s: float = 0.0
+    system_s: float = 0.0
+    idle_s: float = 0.0
+    iowait_s: float = 0.0
+    irq_s: float = 0.0
+    softirq_s: float = 0.0
+    steal_s: float = 0.0
+
+    @property
+    def busy_s(self) -> float:
+        return self.user_s + self.nice_s + self.system_s + self.irq_s + self.softirq_s + self.steal_s
+
+    @property
+    def total_s(self) -> float:
+        return self.busy_s + self.idle_s + self.iowait_s
+
+
+class StatReading(_Frozen):
+    total: CpuTimes
+    per_cpu: dict[str, CpuTimes] = {}
+    ctxt: int | None = None
+    processes: int | None = None
+    procs_running: int | None = None
+    procs_blocked: int | None = None
+
+
+class LoadAvg(_Frozen):
+    load1: float
+    load5: float
+    load15: float
+    runnable: int
+    threads: int
+
+
+class CgroupReading(_Frozen):
+    """One cgroup, in one vocabulary for v1 and v2 (None where the host lacks the file)."""
+
+    path: str  # cgroup path relative to the hierarchy root, e.g. "/autotune/llm"
+    version: Literal[1, 2]
+    cpu_usage_usec: int | None = None
+    nr_periods: int | None = None
+    nr_throttled: int | None = None
+    throttled_usec: int | None = None
+    cpu_quota_cores: float | None = None  # None = unlimited ("max" / -1)
+    cpu_period_usec: int | None = None
+    cpu_weight: int | None = None  # 1..10000 (v1 shares mapped)
+    cpuset_cpus: list[int] | None = None
+    memory_current_bytes: int | None = None
+    memory_max_bytes: int | None = None  # None = unlimited
+    memory_high_bytes: int | None = None
+    memory_events: dict[str, int] = {}  # low/high/max/oom/oom_kill (v2); failcnt (v1)
+    nr_tasks: int | None = None
+    psi: dict[str, PsiReading | None] = {}  # cpu/memory/io pressure of this cgroup (v2 files)
+
+
+class ProcessReading(_Frozen):
+    pid: int
+    name: str
+    cpu_user_s: float
+    cpu_system_s: float
+    rss_bytes: int
+    num_threads: int
+    running_threads: int  # threads in state R at sample time
+    ctx_voluntary: int
+    ctx_involuntary: int
+    minor_faults: int
+    major_faults: int
+    affinity: list[int] = []
+
+
+class LatencyReading(_Frozen):
+    """Windowed inference latency from a metrics page or active probe."""
+
+    source: str
+    ok: bool
+    error: str | None = None
+    p50_s: float | None = None
+    p95_s: float | None = None
+    p99_s: float | None = None
+    ttft_p95_s: float | None = None
+    requests: float | None = None  # requests completed in the window
+    running: float | None = None
+    waiting: float | None = None
+
+
+class ServiceReading(_Frozen):
+    name: str
+    cgroup: CgroupReading | None = None
+    processes: list[ProcessReading] = []
+    latency: LatencyReading | None = None
+    errors: list[str] = []  # why parts are missing (target gone, permission...)
+
+
+class Snapshot(_Frozen):
+    """Everything sampled at one tick. Missing sources are None / empty, listed in ``missing``."""
+
+    ts: float  # unix time, seconds
+    psi: dict[str, PsiReading | None] = {}
+    vmstat: dict[str, int] = {}
+    stat: StatReading | None = None
+    meminfo_bytes: dict[str, int] = {}
+    loadavg: LoadAvg | None = None
+    services: dict[str, ServiceReading] = {}
+    missing: list[str] = []
+
+
+# -- detection / diagnosis --------------------------------------------------------------------
+class Symptom(_Frozen):
+    name: str  # e.g. "cpu_pressure"
+    service: str | None = None  # None for host-wide symptoms
+    metric: str
+    value: float
+    threshold: float
+    since_ts: float  # when the breach started
+    detail: str = ""
+
+
+class Action(_Frozen):
+    """A concrete change proposed by a rule for one target."""
+
+    knob: str  # registry name, e.g. "cgroup.cpu_quota", "sysctl", "thp", "advice"
+    target: str  # knob-specific target: cgroup path, sysctl key, THP file, service name
+    service: str | None = None
+    current: str | None = None  # normalized current value (None if unreadable)
+    proposed: str
+    rule: str
+    rationale: str
+    priority: int = 50
+    advisory: bool = False  # recommendation only; never applied (e.g. mlock model weights)
+    score: float | None = None  # predicted improvement (learned ranker), higher is better
+    evidence: dict[str, float] = Field(default_factory=dict)
+
+
+class Recommendation(_Frozen):
+    ts: float
+    duration_s: float
+    samples: int
+    symptoms: list[Symptom]
+    actions: list[Action]
+    notes: list[str] = []
