@@ -1,0 +1,88 @@
+"""One evaluation step shared by `recommend` and `run`: window -> metrics -> symptoms -> actions.
+
+Pure apart from ``read_current`` (knob reads), which callers supply: a read-only Host in
+recommend mode, the helper's view in apply mode. Nothing here writes to the host.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from autotune.config import Config
+from autotune.host import Host
+from autotune.types import Action, Snapshot, Symptom
+
+log = logging.getLogger(__name__)
+
+ReadCurrent = Callable[[str, str], "str | None"]
+
+
+def knob_reader(host: Host, cfg: Config) -> ReadCurrent:
+    """read_current(knob, target) through the knob registry; None when unreadable."""
+    from autotune.knobs import get_knob
+
+    def read(knob: str, target: str) -> str | None:
+        if knob in ("advice",):
+            return None
+        try:
+            if knob == "affinity":
+                target = _service_pids_target(host, cfg, target)
+            return get_knob(knob).read(host, target).value
+        except Exception as err:  # an unreadable knob is a missing reading, not a crash
+            log.debug("read %s %s failed: %s", knob, target, err)
+            return None
+
+    return read
+
+
+def _service_pids_target(host: Host, cfg: Config, service: str) -> str:
+    from autotune.sensors.service import resolve_service
+
+    resolved = resolve_service(host, cfg.service(service))
+    return "pids:" + ",".join(str(p) for p in resolved.pids)
+
+
+def metric_history(window: list[Snapshot], lookback: int) -> list[tuple[float, dict[str, float]]]:
+    """(ts, metrics) per tick, each derived over the ``lookback`` samples before it."""
+    from autotune.detect.metrics import derive_metrics
+
+    out = []
+    for i in range(len(window)):
+        out.append((window[i].ts, derive_metrics(window[max(0, i - lookback) : i + 1])))
+    return out
+
+
+def evaluate(
+    ruleset,
+    cfg: Config,
+    history: list[tuple[float, dict[str, float]]],
+    detector_state,
+    read_current: ReadCurrent,
+    now: float,
+    cooldowns: dict[str, float] | None = None,
+    observed_s: float | None = None,
+) -> tuple[list[Symptom], list[Action], object]:
+    """Detect symptoms over ``history`` and let the rules propose actions.
+
+    ``observed_s`` caps each symptom's required duration for one-shot runs (recommend): a
+    10 s sample cannot show a breach lasting 30 s, but PSI averages are already smoothed.
+    """
+    from autotune.detect.symptoms import detect
+    from autotune.diagnose.engine import diagnose
+
+    specs = ruleset.symptom_specs(cfg) if hasattr(ruleset, "symptom_specs") else ruleset.symptoms
+    if observed_s is not None:
+        specs = [cap_duration(s, observed_s) for s in specs]
+    symptoms, state = detect(specs, history, detector_state, now)
+    metrics = history[-1][1] if history else {}
+    actions = diagnose(ruleset, metrics, symptoms, cfg, read_current, now, cooldowns or {})
+    return symptoms, actions, state
+
+
+def cap_duration(spec, observed_s: float):
+    """A copy of a symptom spec whose for_s fits in a one-shot observation window."""
+    limit = max(0.0, observed_s * 0.5)
+    if getattr(spec, "for_s", 0) > limit:
+        return spec.model_copy(update={"for_s": limit})
+    return spec

@@ -1,0 +1,120 @@
+"""`autotune status`: what this host supports and what it reads right now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from autotune.cli.common import ConfigOpt, JsonOpt, RootOpt, load_config_or_exit, print_json
+
+
+def psi_json(reading) -> dict[str, Any] | None:
+    """PsiReading -> {"some": {avg10, avg60, avg300, total}, "full": {...} | None}."""
+    if reading is None:
+        return None
+
+    def line(ln):
+        if ln is None:
+            return None
+        return {"avg10": ln.avg10_pct, "avg60": ln.avg60_pct, "avg300": ln.avg300_pct, "total": ln.total_usec}
+
+    return {"some": line(reading.some), "full": line(reading.full)}
+
+
+def snapshot_json(snap) -> dict[str, Any]:
+    """The status JSON's ``metrics`` section (documented shape, units in the README)."""
+    stat = None
+    if snap.stat is not None:
+        stat = snap.stat.model_dump()
+        stat["total"]["busy_s"] = snap.stat.total.busy_s
+    return {
+        "ts": snap.ts,
+        "psi": {res: psi_json(r) for res, r in snap.psi.items()},
+        "vmstat": snap.vmstat,
+        "meminfo": snap.meminfo_bytes,
+        "loadavg": snap.loadavg.model_dump() if snap.loadavg else None,
+        "stat": stat,
+        "services": {name: svc.model_dump(mode="json") for name, svc in snap.services.items()},
+        "missing": snap.missing,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def status(root: RootOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+        """Host capabilities (cgroup layout, PSI, triggers, cpufreq, THP) and the latest readings."""
+        from autotune.host import Host
+        from autotune.sensors.collect import collect
+
+        cfg = load_config_or_exit(config)
+        host = Host(root)
+        caps = host.capabilities()
+        snap = collect(host, cfg.services)
+        agent = _agent_state(cfg)
+        if json_out:
+            print_json({"host": caps.model_dump(mode="json"), "metrics": snapshot_json(snap), "agent": agent})
+            return
+        _print_human(caps, snap, agent)
+
+
+def _agent_state(cfg) -> dict[str, Any]:
+    """What the agent's state store says (managed targets, drift), if a store exists."""
+    path = cfg.state_path()
+    out: dict[str, Any] = {"state_path": str(path), "exists": path.exists()}
+    if not path.exists():
+        return out
+    try:
+        from autotune.journal.journal import Journal
+        from autotune.store.db import open_db
+
+        journal = Journal(open_db(path, create_dirs=False))
+        out["unmanaged"] = [u.model_dump(mode="json") if hasattr(u, "model_dump") else u
+                            for u in journal.unmanaged()]
+        out["in_flight"] = [e.model_dump(mode="json") if hasattr(e, "model_dump") else e
+                            for e in journal.unfinished()]
+    except Exception as err:  # status must always print; say why the store part is missing
+        out["error"] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def _print_human(caps, snap, agent) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    cg = caps.cgroup
+    t = Table(title=f"Host {caps.root}  (kernel {caps.kernel or '?'}, {caps.ncpu} CPUs)", show_header=False)
+    t.add_row("cgroup layout", f"{cg.layout}  v2={cg.v2_mount or '-'} [{' '.join(cg.v2_controllers) or 'no controllers'}]")
+    if cg.v1_mounts:
+        t.add_row("cgroup v1", ", ".join(sorted(cg.v1_mounts)))
+    t.add_row("PSI", ", ".join(f"{r}={'yes' if ok else 'no'}" for r, ok in caps.psi.items()))
+    t.add_row("PSI triggers", f"{caps.psi_triggers} ({caps.psi_triggers_detail})")
+    t.add_row("cpufreq", f"{caps.cpufreq} {' '.join(caps.governors_available)}")
+    t.add_row("THP", ", ".join(caps.thp_files) or "absent")
+    con.print(t)
+    p = Table(title="Pressure (PSI %)")
+    for col in ("resource", "some avg10", "avg60", "avg300", "full avg10", "avg60", "avg300"):
+        p.add_column(col, justify="right")
+    for res, r in snap.psi.items():
+        if r is None:
+            p.add_row(res, "-", "-", "-", "-", "-", "-")
+            continue
+        s = [f"{v:.2f}" for v in ((r.some.avg10_pct, r.some.avg60_pct, r.some.avg300_pct) if r.some else ())] or ["-"] * 3
+        f = [f"{v:.2f}" for v in ((r.full.avg10_pct, r.full.avg60_pct, r.full.avg300_pct) if r.full else ())] or ["-"] * 3
+        p.add_row(res, *s, *f)
+    con.print(p)
+    if snap.loadavg:
+        la = snap.loadavg
+        con.print(f"load {la.load1:.2f} {la.load5:.2f} {la.load15:.2f}  runnable {la.runnable}/{la.threads}")
+    mem = snap.meminfo_bytes
+    if "MemTotal" in mem and "MemAvailable" in mem:
+        con.print(f"memory available {mem['MemAvailable'] / 2**30:.1f} / {mem['MemTotal'] / 2**30:.1f} GiB")
+    for name, svc in snap.services.items():
+        cgr = svc.cgroup
+        con.print(f"service {name}: {len(svc.processes)} process(es), cgroup "
+                  f"{cgr.path if cgr else '-'}" + (f"  errors: {'; '.join(svc.errors)}" if svc.errors else ""))
+    if snap.missing:
+        con.print(f"[yellow]missing readings:[/] {'; '.join(snap.missing)}")
+    if agent.get("unmanaged"):
+        con.print(f"[yellow]unmanaged after drift:[/] {agent['unmanaged']}")
