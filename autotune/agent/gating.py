@@ -1,0 +1,66 @@
+"""Which proposed action (if any) may be applied now. Pure: all state comes in as a view.
+
+One fix per tick (PSI averages lag, so the effect of one change must be measured before the
+next); one change in flight per target; cooldowns per rule and per knob; a global hourly rate
+limit; never touch a target an operator took over (drift -> unmanaged).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from autotune.config import Verification
+from autotune.types import Action
+
+
+class GateView(BaseModel):
+    """What the journal says right now, reduced to what gating needs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    in_flight: frozenset[tuple[str, str]] = frozenset()  # (knob, target) being verified
+    unmanaged: frozenset[tuple[str, str]] = frozenset()
+    last_rule_ts: dict[str, float] = {}
+    last_knob_ts: dict[str, float] = {}  # key: knob name
+    changes_last_hour: int = 0
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    chosen: Action | None
+    skipped: list[tuple[str, str]]  # (rule/knob/target, reason)
+
+
+def select_action(actions: list[Action], view: GateView, now: float, v: Verification) -> Decision:
+    """Pick the best applicable action; say why every other candidate was skipped."""
+    skipped: list[tuple[str, str]] = []
+    chosen: Action | None = None
+    ranked = sorted(actions, key=lambda a: (-(a.score if a.score is not None else 0.0), -a.priority))
+    for a in ranked:
+        key = f"{a.rule}:{a.knob}:{a.target}"
+        if a.advisory:
+            skipped.append((key, "advisory only: recommendation, never applied"))
+            continue
+        if chosen is not None:
+            skipped.append((key, f"one change per tick: {chosen.rule} chosen"))
+            continue
+        if (a.knob, a.target) in view.unmanaged:
+            skipped.append((key, "target unmanaged after drift (operator must re-enable)"))
+            continue
+        if any(t == a.target for (_, t) in view.in_flight):
+            skipped.append((key, "a change on this target is still being verified"))
+            continue
+        if view.changes_last_hour >= v.max_changes_per_hour:
+            skipped.append((key, f"global rate limit: {v.max_changes_per_hour} changes/hour reached"))
+            continue
+        last_rule = view.last_rule_ts.get(a.rule)
+        if last_rule is not None and now - last_rule < v.rule_cooldown_s:
+            skipped.append((key, f"rule cooldown: {v.rule_cooldown_s - (now - last_rule):.0f} s left"))
+            continue
+        last_knob = view.last_knob_ts.get(a.knob)
+        if last_knob is not None and now - last_knob < v.knob_cooldown_s:
+            skipped.append((key, f"knob cooldown: {v.knob_cooldown_s - (now - last_knob):.0f} s left"))
+            continue
+        chosen = a
+    return Decision(chosen=chosen, skipped=skipped)

@@ -1,0 +1,46 @@
+from autotune.agent.gating import GateView, select_action
+from autotune.config import Verification
+from autotune.types import Action
+
+V = Verification(rule_cooldown_s=100, knob_cooldown_s=50, max_changes_per_hour=3)
+
+
+def act(rule="r1", knob="cgroup.cpu_quota", target="/a", prio=50, advisory=False, score=None):
+    return Action(knob=knob, target=target, proposed="1", rule=rule, rationale="x",
+                  priority=prio, advisory=advisory, score=score)
+
+
+def test_highest_priority_wins_and_one_per_tick():
+    d = select_action([act("low", prio=10), act("high", prio=90, target="/b")], GateView(), 1000, V)
+    assert d.chosen.rule == "high"
+    assert any("one change per tick" in r for _, r in d.skipped)
+
+
+def test_score_outranks_priority():
+    d = select_action([act("a", prio=90, score=0.1), act("b", prio=10, score=0.9, target="/b")], GateView(), 0, V)
+    assert d.chosen.rule == "b"
+
+
+def test_advisory_never_chosen():
+    d = select_action([act(advisory=True)], GateView(), 0, V)
+    assert d.chosen is None and "advisory" in d.skipped[0][1]
+
+
+def test_in_flight_target_blocks_any_knob_on_it():
+    view = GateView(in_flight=frozenset({("cgroup.cpu_weight", "/a")}))
+    assert select_action([act()], view, 0, V).chosen is None
+    assert select_action([act(target="/b")], view, 0, V).chosen is not None
+
+
+def test_unmanaged_blocks():
+    view = GateView(unmanaged=frozenset({("cgroup.cpu_quota", "/a")}))
+    d = select_action([act()], view, 0, V)
+    assert d.chosen is None and "drift" in d.skipped[0][1]
+
+
+def test_cooldowns_and_rate_limit():
+    assert select_action([act()], GateView(last_rule_ts={"r1": 950}), 1000, V).chosen is None
+    assert select_action([act()], GateView(last_rule_ts={"r1": 850}), 1000, V).chosen is not None
+    assert select_action([act()], GateView(last_knob_ts={"cgroup.cpu_quota": 980}), 1000, V).chosen is None
+    assert select_action([act()], GateView(changes_last_hour=3), 1000, V).chosen is None
+    assert select_action([act()], GateView(changes_last_hour=2), 1000, V).chosen is not None
