@@ -1,0 +1,39 @@
+"""/proc/meminfo in bytes.
+
+Lines look like "MemTotal:  16000 kB"; values with a "kB" unit are multiplied by 1024.
+Unitless lines (HugePages_Total, HugePages_Free ...) are page counts and stay counts.
+"""
+
+from __future__ import annotations
+
+from autotune.errors import ParseError
+from autotune.host import Host
+
+PATH = "/proc/meminfo"
+
+
+def parse_meminfo(text: str, source: str = PATH) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        name, sep, rest = raw.partition(":")
+        fields = rest.split()
+        if not sep or not name.strip() or not 1 <= len(fields) <= 2:
+            raise ParseError(f"{source}: line {lineno}: expected '<Name>: <value> [kB]', got {raw.strip()!r}")
+        try:
+            value = int(fields[0])
+        except ValueError as err:
+            raise ParseError(f"{source}: line {lineno}: {name.strip()} is not an integer ({fields[0]!r})") from err
+        if len(fields) == 2:
+            if fields[1] != "kB":
+                raise ParseError(f"{source}: line {lineno}: {name.strip()}: unknown unit {fields[1]!r}")
+            value *= 1024
+        out[name.strip()] = value
+    if not out:
+        raise ParseError(f"{source}: empty file")
+    return out
+
+
+def read_meminfo(host: Host) -> dict[str, int]:
+    return parse_meminfo(host.read_text(PATH), PATH)
