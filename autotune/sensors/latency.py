@@ -1,0 +1,388 @@
+"""Inference latency from a server's Prometheus page (vLLM, TGI, llama.cpp, ours) or a probe.
+
+Histograms are cumulative since the server started, so one scrape says nothing about *now*:
+``LatencyScraper`` keeps the previous scrape and turns the bucket deltas into windowed
+p50/p95/p99 by linear interpolation inside buckets, as Prometheus' ``histogram_quantile`` does.
+All latencies are seconds.
+
+What each flavor can give (``FLAVORS`` is the one table of names):
+- vLLM (and our workload server, which uses vLLM names): e2e, TTFT and per-token histograms,
+  running / waiting gauges, a request counter.
+- TGI: e2e (``tgi_request_duration``) and per-token histograms, batch size / queue gauges and a
+  success counter; no TTFT histogram (queue time is the closest, not reported as TTFT).
+- llama.cpp server (``--metrics``): no latency histograms at all, so no percentiles; only the
+  window mean time per generated token (delta of ``tokens_predicted_seconds_total`` over delta
+  of ``tokens_predicted_total``) and the processing / deferred gauges; no request counter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from typing import Literal
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict
+
+from autotune.types import LatencyReading
+
+Flavor = Literal["vllm", "tgi", "llamacpp"]
+
+
+class FlavorMetrics(BaseModel):
+    """Metric names of one server flavor. Histograms by base name; counters without _total."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prefix: str  # how auto-detection recognises the flavor
+    e2e_hist: str | None = None
+    ttft_hist: str | None = None
+    tpot_hist: str | None = None  # per output token
+    running: str | None = None
+    waiting: str | None = None
+    requests: str | None = None  # completed requests counter
+    tokens: str | None = None  # generated tokens counter (llama.cpp mean-per-token)
+    tokens_seconds: str | None = None  # seconds spent generating those tokens
+
+
+FLAVORS: dict[str, FlavorMetrics] = {
+    "vllm": FlavorMetrics(
+        prefix="vllm:",
+        e2e_hist="vllm:e2e_request_latency_seconds",
+        ttft_hist="vllm:time_to_first_token_seconds",
+        tpot_hist="vllm:time_per_output_token_seconds",
+        running="vllm:num_requests_running",
+        waiting="vllm:num_requests_waiting",
+        requests="vllm:request_success",
+    ),
+    "tgi": FlavorMetrics(
+        prefix="tgi_",
+        e2e_hist="tgi_request_duration",
+        tpot_hist="tgi_request_mean_time_per_token_duration",
+        running="tgi_batch_current_size",
+        waiting="tgi_queue_size",
+        requests="tgi_request_success",
+    ),
+    "llamacpp": FlavorMetrics(
+        prefix="llamacpp:",
+        running="llamacpp:requests_processing",
+        waiting="llamacpp:requests_deferred",
+        tokens="llamacpp:tokens_predicted",
+        tokens_seconds="llamacpp:tokens_predicted_seconds",
+    ),
+}
+
+
+# -- parsing ------------------------------------------------------------------------------------
+class Histogram(BaseModel):
+    """Cumulative bucket counts summed over label sets: sorted (le, count), last le = +Inf."""
+
+    model_config = ConfigDict(frozen=True)
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float = 0.0
+    count: float = 0.0
+
+
+class Page(BaseModel):
+    """The parts of one scrape that latency needs: samples by name, labels summed away."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scalars: dict[str, float] = {}  # sample name -> value summed over labels
+    histograms: dict[str, Histogram] = {}
+
+    def scalar(self, name: str | None) -> float | None:
+        if name is None:
+            return None
+        for candidate in (name, name + "_total"):
+            if candidate in self.scalars:
+                return self.scalars[candidate]
+        return None
+
+
+def parse_page(text: str) -> Page:
+    """Parse Prometheus text exposition. ValueError names the problem for garbage pages."""
+    if not text.strip():
+        raise ValueError("empty metrics page")
+    head = text.lstrip()[:200].lower()
+    if head.startswith("<") or "<html" in head:
+        raise ValueError("got an HTML page, not Prometheus text (wrong URL? try .../metrics)")
+    scalars: dict[str, float] = defaultdict(float)
+    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, float] = defaultdict(float)
+    try:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name.endswith("_bucket") and "le" in s.labels:
+                    base = s.name[: -len("_bucket")]
+                    buckets[base][float(s.labels["le"])] += s.value
+                elif s.name.endswith("_sum") and family.type == "histogram":
+                    sums[s.name[:-4]] += s.value
+                elif s.name.endswith("_count") and family.type == "histogram":
+                    counts[s.name[:-6]] += s.value
+                else:
+                    scalars[s.name] += s.value
+    except ValueError as err:
+        raise ValueError(f"not a valid Prometheus text page: {err}") from err
+    hists = {}
+    for base, by_le in buckets.items():
+        hists[base] = Histogram(
+            buckets=tuple(sorted(by_le.items())), sum=sums.get(base, 0.0), count=counts.get(base, 0.0)
+        )
+    return Page(scalars=dict(scalars), histograms=hists)
+
+
+def detect_flavor(page: Page) -> Flavor | None:
+    names = list(page.scalars) + list(page.histograms)
+    for flavor, spec in FLAVORS.items():
+        if any(n.startswith(spec.prefix) for n in names):
+            return flavor  # type: ignore[return-value]
+    return None
+
+
+# -- histogram arithmetic -----------------------------------------------------------------------
+def histogram_delta(prev: Histogram | None, cur: Histogram) -> Histogram:
+    """Observations between two scrapes. A counter reset (any bucket fell, the count fell, or the
+    bucket layout changed: the server restarted) makes the current histogram the whole window."""
+    if prev is None:
+        return cur
+    if [le for le, _ in prev.buckets] != [le for le, _ in cur.buckets]:
+        return cur
+    if cur.count < prev.count or any(c < p for (_, c), (_, p) in zip(cur.buckets, prev.buckets)):
+        return cur
+    return Histogram(
+        buckets=tuple((le, c - p) for (le, c), (_, p) in zip(cur.buckets, prev.buckets)),
+        sum=cur.sum - prev.sum,
+        count=cur.count - prev.count,
+    )
+
+
+def histogram_quantile(q: float, hist: Histogram) -> float | None:
+    """Prometheus ``histogram_quantile`` on cumulative buckets; None for an empty window or a
+    histogram without a +Inf bucket. A rank in the +Inf bucket returns the highest finite bound."""
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile {q} outside [0, 1]")
+    les = [le for le, _ in hist.buckets]
+    if len(les) < 2 or not math.isinf(les[-1]):
+        return None
+    cum: list[float] = []
+    running = 0.0
+    for _, c in hist.buckets:  # enforce monotonicity like Prometheus (float noise, races)
+        running = max(running, c)
+        cum.append(running)
+    total = cum[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    i = bisect_left(cum, rank)
+    if i >= len(les) - 1:
+        return les[-2]
+    upper = les[i]
+    if i == 0:
+        if upper <= 0:
+            return upper
+        lower, below = 0.0, 0.0
+    else:
+        lower, below = les[i - 1], cum[i - 1]
+    in_bucket = cum[i] - below
+    if in_bucket <= 0:
+        return upper
+    return lower + (upper - lower) * (rank - below) / in_bucket
+
+
+# -- windowed result ----------------------------------------------------------------------------
+class LatencyWindow(BaseModel):
+    """Everything one window yields, richer than ``LatencyReading`` (per-token figures)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    flavor: str
+    window_s: float | None = None
+    p50_s: float | None = None
+    p95_s: float | None = None
+    p99_s: float | None = None
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
+    tpot_p50_s: float | None = None
+    tpot_p95_s: float | None = None
+    tpot_mean_s: float | None = None  # mean seconds per generated token in the window
+    requests: float | None = None
+    running: float | None = None
+    waiting: float | None = None
+    unavailable: tuple[str, ...] = ()  # figures this flavor cannot provide
+
+
+def _counter_delta(prev: float | None, cur: float | None) -> float | None:
+    if cur is None:
+        return None
+    if prev is None:
+        return None
+    return cur if cur < prev else cur - prev  # reset: the counter restarted from zero
+
+
+def compute_window(flavor: Flavor, prev: Page | None, cur: Page, *, window_s: float | None = None) -> LatencyWindow:
+    """Pure: windowed figures between two parsed pages (prev None = first scrape, no window)."""
+    spec = FLAVORS[flavor]
+
+    def quantiles(name: str | None, qs: tuple[float, ...]) -> tuple[float | None, ...]:
+        if name is None or name not in cur.histograms or prev is None:
+            return (None,) * len(qs)
+        delta = histogram_delta(prev.histograms.get(name), cur.histograms[name])
+        return tuple(histogram_quantile(q, delta) for q in qs)
+
+    p50, p95, p99 = quantiles(spec.e2e_hist, (0.5, 0.95, 0.99))
+    t50, t95 = quantiles(spec.ttft_hist, (0.5, 0.95))
+    k50, k95 = quantiles(spec.tpot_hist, (0.5, 0.95))
+    tpot_mean = None
+    if prev is not None and spec.tokens and spec.tokens_seconds:
+        dtok = _counter_delta(prev.scalar(spec.tokens), cur.scalar(spec.tokens))
+        dsec = _counter_delta(prev.scalar(spec.tokens_seconds), cur.scalar(spec.tokens_seconds))
+        if dtok and dsec is not None:
+            tpot_mean = dsec / dtok
+    elif prev is not None and spec.tpot_hist and spec.tpot_hist in cur.histograms:
+        d = histogram_delta(prev.histograms.get(spec.tpot_hist), cur.histograms[spec.tpot_hist])
+        tpot_mean = d.sum / d.count if d.count > 0 else None
+    requests = None
+    if prev is not None:
+        requests = _counter_delta(prev.scalar(spec.requests), cur.scalar(spec.requests))
+        if requests is None and spec.e2e_hist and spec.e2e_hist in cur.histograms:
+            requests = histogram_delta(prev.histograms.get(spec.e2e_hist), cur.histograms[spec.e2e_hist]).count
+    unavailable = tuple(
+        label for label, name in (("e2e percentiles", spec.e2e_hist), ("ttft percentiles", spec.ttft_hist),
+                                  ("per-token percentiles", spec.tpot_hist), ("request count", spec.requests))
+        if name is None
+    )
+    return LatencyWindow(
+        flavor=flavor, window_s=window_s, p50_s=p50, p95_s=p95, p99_s=p99, ttft_p50_s=t50, ttft_p95_s=t95,
+        tpot_p50_s=k50, tpot_p95_s=k95, tpot_mean_s=tpot_mean, requests=requests,
+        running=cur.scalar(spec.running), waiting=cur.scalar(spec.waiting), unavailable=unavailable,
+    )
+
+
+def _missing_required(flavor: Flavor, page: Page) -> list[str]:
+    spec = FLAVORS[flavor]
+    if spec.e2e_hist:
+        return [] if spec.e2e_hist in page.histograms else [spec.e2e_hist]
+    needed = [n for n in (spec.tokens, spec.tokens_seconds) if n]
+    return [n for n in needed if page.scalar(n) is None]
+
+
+# -- the scraper --------------------------------------------------------------------------------
+class LatencyScraper:
+    """Scrape a metrics URL; each ``sample(now)`` reports the window since the previous one.
+
+    Never raises out of ``sample``: connection errors, garbage pages and missing metrics give
+    ``LatencyReading(ok=False, error=...)``. The first good scrape has no window (quantiles None).
+    """
+
+    def __init__(self, url: str, flavor: Flavor | Literal["auto"] = "auto", timeout: float = 2.0,
+                 *, client: httpx.Client | None = None) -> None:
+        if flavor != "auto" and flavor not in FLAVORS:
+            raise ValueError(f"unknown metrics flavor {flavor!r}; use auto, {', '.join(FLAVORS)}")
+        self.url = url
+        self.flavor = flavor
+        self.timeout = timeout
+        self._client = client
+        self._prev: tuple[float, Page] | None = None
+        self.last_window: LatencyWindow | None = None
+
+    def _fetch(self) -> str:
+        if self._client is not None:
+            resp = self._client.get(self.url, timeout=self.timeout)
+        else:
+            resp = httpx.get(self.url, timeout=self.timeout)
+        resp.raise_for_status()
+        return resp.text
+
+    def _fail(self, msg: str) -> LatencyReading:
+        self.last_window = None
+        return LatencyReading(source=self.url, ok=False, error=msg)
+
+    def sample(self, now: float | None = None) -> LatencyReading:
+        now = time.time() if now is None else now
+        try:
+            text = self._fetch()
+        except httpx.HTTPStatusError as err:
+            return self._fail(f"{self.url}: HTTP {err.response.status_code}")
+        except httpx.HTTPError as err:
+            return self._fail(f"{self.url}: cannot scrape ({type(err).__name__}: {err or 'no detail'})")
+        try:
+            page = parse_page(text)
+        except ValueError as err:
+            return self._fail(f"{self.url}: {err}")
+        flavor = self.flavor if self.flavor != "auto" else detect_flavor(page)
+        if flavor is None:
+            return self._fail(f"{self.url}: no vLLM/TGI/llama.cpp metrics on the page "
+                              f"(prefixes {', '.join(s.prefix for s in FLAVORS.values())})")
+        missing = _missing_required(flavor, page)
+        if missing:
+            return self._fail(f"{self.url}: {flavor} page lacks {', '.join(missing)}")
+        prev = self._prev
+        window_s = None if prev is None else now - prev[0]
+        win = compute_window(flavor, None if prev is None else prev[1], page, window_s=window_s)
+        self._prev = (now, page)
+        self.last_window = win
+        return LatencyReading(
+            source=f"{flavor}:{self.url}", ok=True, p50_s=win.p50_s, p95_s=win.p95_s, p99_s=win.p99_s,
+            ttft_p95_s=win.ttft_p95_s, requests=win.requests, running=win.running, waiting=win.waiting,
+        )
+
+
+class ActiveProbe:
+    """Send a tiny completion (max_tokens 1..4) every ``interval_s`` and report its latency.
+
+    For servers without a metrics page. ``sample(now)`` probes when the interval has passed and
+    otherwise returns the last reading. p50 = p95 = p99 = the probe's own latency (one request).
+    """
+
+    def __init__(self, base_url: str, interval_s: float = 10.0, *, model: str | None = None,
+                 max_tokens: int = 1, timeout: float = 30.0, client: httpx.Client | None = None,
+                 clock=time.monotonic) -> None:
+        if not 1 <= max_tokens <= 4:
+            raise ValueError(f"probe max_tokens must be 1..4 (keep the probe tiny), got {max_tokens}")
+        self.base_url = base_url.rstrip("/")
+        self.interval_s = interval_s
+        self.model = model
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self._client = client or httpx.Client(timeout=timeout)
+        self._clock = clock
+        self._last: tuple[float, LatencyReading] | None = None
+
+    def _model(self) -> str:
+        if self.model is None:
+            resp = self._client.get(f"{self.base_url}/v1/models", timeout=self.timeout)
+            resp.raise_for_status()
+            data = resp.json().get("data") or []
+            self.model = data[0]["id"] if data else "default"
+        return self.model
+
+    def probe(self) -> LatencyReading:
+        source = f"probe:{self.base_url}"
+        try:
+            body = {"model": self._model(), "prompt": "Hi", "max_tokens": self.max_tokens, "temperature": 0}
+            t0 = self._clock()
+            resp = self._client.post(f"{self.base_url}/v1/completions", json=body, timeout=self.timeout)
+            elapsed = self._clock() - t0
+            resp.raise_for_status()
+        except httpx.HTTPStatusError as err:
+            return LatencyReading(source=source, ok=False, error=f"{source}: HTTP {err.response.status_code}")
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+            return LatencyReading(source=source, ok=False, error=f"{source}: probe failed ({type(err).__name__}: {err})")
+        return LatencyReading(source=source, ok=True, p50_s=elapsed, p95_s=elapsed, p99_s=elapsed, requests=1)
+
+    def sample(self, now: float | None = None) -> LatencyReading:
+        now = self._clock() if now is None else now
+        if self._last is not None and now - self._last[0] < self.interval_s:
+            return self._last[1]
+        reading = self.probe()
+        self._last = (now, reading)
+        return reading
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,219 @@
+"""Latency sensor: histogram-delta quantiles, sample pages of each flavor, failure modes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from autotune.sensors.latency import (
+    ActiveProbe,
+    Histogram,
+    LatencyScraper,
+    compute_window,
+    detect_flavor,
+    histogram_delta,
+    histogram_quantile,
+    parse_page,
+)
+
+FIX = Path(__file__).parents[1] / "fixtures" / "metrics"
+
+
+def page(name: str) -> str:
+    return (FIX / name).read_text()
+
+
+def cumulative(values: np.ndarray, bounds: list[float]) -> Histogram:
+    b = [(le, float((values <= le).sum())) for le in bounds] + [(float("inf"), float(len(values)))]
+    return Histogram(buckets=tuple(b), sum=float(values.sum()), count=float(len(values)))
+
+
+class Pages:
+    """A scraper client that serves a list of bodies in turn."""
+
+    def __init__(self, *bodies: str | Exception, status: int = 200) -> None:
+        self.bodies = list(bodies)
+        self.status = status
+
+    def client(self) -> httpx.Client:
+        def handler(request: httpx.Request) -> httpx.Response:
+            body = self.bodies.pop(0)
+            if isinstance(body, Exception):
+                raise body
+            return httpx.Response(self.status, text=body)
+
+        return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+# -- quantile arithmetic ------------------------------------------------------------------------
+def test_quantiles_from_deltas_match_numpy():
+    rng = np.random.default_rng(1)
+    bounds = list(np.round(np.arange(0.05, 5.0001, 0.05), 4))  # fine buckets: error <= one width
+    before = rng.lognormal(np.log(2.0), 0.3, 5000)  # old regime, must not leak into the window
+    window = rng.lognormal(np.log(0.5), 0.4, 3000)
+    prev = cumulative(before, bounds)
+    cur = cumulative(np.concatenate([before, window]), bounds)
+    delta = histogram_delta(prev, cur)
+    assert delta.count == 3000
+    for q in (0.5, 0.95, 0.99):
+        assert histogram_quantile(q, delta) == pytest.approx(np.quantile(window, q), abs=0.05)
+
+
+def test_uniform_data_interpolates_exactly():
+    # 100 observations spread uniformly in (1, 2]: linear interpolation is exact.
+    h = Histogram(buckets=((1.0, 0.0), (2.0, 100.0), (float("inf"), 100.0)), count=100)
+    assert histogram_quantile(0.5, h) == pytest.approx(1.5)
+    assert histogram_quantile(0.95, h) == pytest.approx(1.95)
+
+
+def test_first_bucket_interpolates_from_zero():
+    h = Histogram(buckets=((0.4, 10.0), (1.0, 10.0), (float("inf"), 10.0)))
+    assert histogram_quantile(0.5, h) == pytest.approx(0.2)
+
+
+def test_rank_in_inf_bucket_returns_highest_finite_bound():
+    h = Histogram(buckets=((1.0, 1.0), (2.0, 2.0), (float("inf"), 100.0)))
+    assert histogram_quantile(0.99, h) == 2.0
+
+
+def test_empty_window_and_missing_inf_give_none():
+    empty = Histogram(buckets=((1.0, 0.0), (float("inf"), 0.0)))
+    assert histogram_quantile(0.5, empty) is None
+    no_inf = Histogram(buckets=((1.0, 3.0), (2.0, 5.0)))
+    assert histogram_quantile(0.5, no_inf) is None
+
+
+def test_counter_reset_uses_current_histogram():
+    prev = Histogram(buckets=((1.0, 50.0), (float("inf"), 100.0)), count=100)
+    cur = Histogram(buckets=((1.0, 4.0), (float("inf"), 5.0)), count=5)  # restarted server
+    d = histogram_delta(prev, cur)
+    assert d == cur
+    assert histogram_quantile(0.5, d) == pytest.approx(0.625)
+
+
+def test_bucket_layout_change_counts_as_reset():
+    prev = Histogram(buckets=((1.0, 50.0), (float("inf"), 100.0)), count=100)
+    cur = Histogram(buckets=((0.5, 60.0), (1.0, 70.0), (float("inf"), 120.0)), count=120)
+    assert histogram_delta(prev, cur) == cur
+
+
+# -- sample pages -------------------------------------------------------------------------------
+@pytest.mark.parametrize("flavor", ["vllm", "tgi", "llamacpp"])
+def test_sample_pages_parse_and_detect(flavor):
+    p1 = parse_page(page(f"{flavor}_1.prom"))
+    assert detect_flavor(p1) == flavor
+
+
+def test_vllm_window_reflects_only_the_second_scrape():
+    p1, p2 = parse_page(page("vllm_1.prom")), parse_page(page("vllm_2.prom"))
+    w = compute_window("vllm", p1, p2, window_s=15)
+    assert w.requests == 120  # request_success_total summed over finished_reason
+    assert w.running == 4 and w.waiting == 3
+    # second scrape's workload was 2x slower (median e2e ~2.4 s vs ~1.2 s)
+    assert 1.8 < w.p50_s < 3.2
+    assert w.p50_s <= w.p95_s <= w.p99_s
+    assert w.ttft_p95_s is not None and w.tpot_p50_s is not None
+    assert 0.05 < w.tpot_mean_s < 0.12
+    assert w.unavailable == ()
+
+
+def test_tgi_window():
+    p1, p2 = parse_page(page("tgi_1.prom")), parse_page(page("tgi_2.prom"))
+    w = compute_window("tgi", p1, p2, window_s=15)
+    assert w.requests == 90  # counter without _total
+    assert w.running == 8 and w.waiting == 5
+    assert 2.0 < w.p50_s < 4.5  # 2.5x slower workload in the window
+    assert w.ttft_p95_s is None and "ttft percentiles" in w.unavailable
+
+
+def test_llamacpp_window_gives_mean_time_per_token_only():
+    p1, p2 = parse_page(page("llamacpp_1.prom")), parse_page(page("llamacpp_2.prom"))
+    w = compute_window("llamacpp", p1, p2, window_s=15)
+    assert w.tpot_mean_s == pytest.approx(24.0 / 400)
+    assert w.p95_s is None and w.requests is None
+    assert w.running == 2 and w.waiting == 3
+    assert {"e2e percentiles", "request count"} <= set(w.unavailable)
+
+
+def test_scraper_first_sample_has_no_window_then_reports_it():
+    src = Pages(page("vllm_1.prom"), page("vllm_2.prom"))
+    s = LatencyScraper("http://x/metrics", client=src.client())
+    r1 = s.sample(now=100.0)
+    assert r1.ok and r1.p95_s is None and r1.running == 2
+    r2 = s.sample(now=115.0)
+    assert r2.ok and r2.source.startswith("vllm:")
+    assert r2.requests == 120 and r2.p95_s is not None and r2.ttft_p95_s is not None
+    assert s.last_window.window_s == 15.0
+
+
+# -- failure modes: always a reading, never an exception ----------------------------------------
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("<!DOCTYPE html><html><body>Not found</body></html>", "HTML"),
+        ("", "empty"),
+        ("this is { not prometheus\n", "not a valid Prometheus"),
+        (page("vllm_1.prom")[:1500] + 'vllm:e2e_request_latency_seconds_bucket{le="0.3",mod', "not a valid"),
+        ("# TYPE foo counter\nfoo_total 3\n", "no vLLM/TGI/llama.cpp metrics"),
+        ("# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 1\n", "lacks vllm:e2e_request"),
+    ],
+)
+def test_bad_pages_give_ok_false_with_error(body, needle):
+    s = LatencyScraper("http://x/metrics", client=Pages(body).client())
+    r = s.sample(now=1.0)
+    assert not r.ok
+    assert needle in r.error
+
+
+def test_http_error_status_gives_ok_false():
+    s = LatencyScraper("http://x/metrics", client=Pages("nope", status=500).client())
+    r = s.sample(now=1.0)
+    assert not r.ok and "HTTP 500" in r.error
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_connection_refused_gives_ok_false():
+    s = LatencyScraper(f"http://127.0.0.1:{_closed_port()}/metrics", timeout=1.0)
+    r = s.sample(now=1.0)
+    assert not r.ok and "cannot scrape" in r.error and "ConnectError" in r.error
+
+
+def test_unknown_flavor_is_a_programming_error():
+    with pytest.raises(ValueError):
+        LatencyScraper("http://x", flavor="sglang")  # type: ignore[arg-type]
+
+
+# -- active probe -------------------------------------------------------------------------------
+def test_active_probe_measures_and_caches_by_interval():
+    calls = []
+    clock = iter([0.0, 0.25, 100.0, 100.5]).__next__  # t0/t1 of two probes
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "gpt2"}]})
+        assert b'"max_tokens":1' in request.content.replace(b" ", b"")
+        return httpx.Response(200, json={"choices": [{"text": "x"}]})
+
+    probe = ActiveProbe("http://srv", interval_s=10, client=httpx.Client(transport=httpx.MockTransport(handler)), clock=clock)
+    r = probe.sample(now=0.0)
+    assert r.ok and r.p95_s == pytest.approx(0.25) and r.requests == 1
+    assert probe.sample(now=5.0) is r  # within the interval: cached
+    r2 = probe.sample(now=20.0)
+    assert r2.p50_s == pytest.approx(0.5)
+    assert calls == ["/v1/models", "/v1/completions", "/v1/completions"]
+
+
+def test_active_probe_connection_refused():
+    probe = ActiveProbe(f"http://127.0.0.1:{_closed_port()}", model="m", timeout=1.0)
+    r = probe.probe()
+    assert not r.ok and "probe failed" in r.error
