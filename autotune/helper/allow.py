@@ -1,0 +1,229 @@
+"""Policy decisions that need the host: confine targets, raw paths and values.
+
+Every check answers with a ``Refusal(code, reason)`` rather than a bool so the client (and the
+audit trail) learns exactly why. Paths are compared on their REAL location under the Host root
+(``os.path.realpath`` after mapping), so '..' and symlinks cannot walk out of an allowed
+subtree, and a raw restore record can only name files the policy already allows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from autotune.config import Service
+from autotune.errors import AutotuneError, HostError, MissingFile
+from autotune.helper.policy import (
+    CPUFREQ_DIR, GOVERNOR_FILES, SYSCTL_ROOT, THP_DIR, AffinityRule, CgroupRule, ChoiceRule,
+    Policy, SysctlRule, sysctl_key,
+)
+from autotune.host import Host, parse_cpulist
+
+# resolve(host, service) -> object with .pids (autotune.sensors.service.ResolvedService)
+Resolver = Callable[[Host, Service], object]
+
+
+class Refusal(AutotuneError):
+    """A policy refusal with a protocol error code."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Target:
+    """A client target after the policy accepted it: ``knob_target`` is what the knob gets."""
+
+    knob: str
+    client_target: str
+    knob_target: str
+    rule: object
+    pids: tuple[int, ...] = ()
+
+
+def _real(host: Host, host_path: str) -> str:
+    return os.path.realpath(host.path(host_path))
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def _clean_cgpath(target: str) -> str:
+    if not target.startswith("/"):
+        raise Refusal("target_refused", f"cgroup target {target!r} must be an absolute cgroup path")
+    if "\x00" in target or "\\" in target:
+        raise Refusal("target_refused", f"cgroup target {target!r} contains forbidden characters")
+    parts = [p for p in target.split("/") if p]
+    if any(p in ("..", ".") for p in parts):
+        raise Refusal("target_refused", f"cgroup target {target!r}: path traversal ('..' or '.') refused")
+    return "/" + "/".join(parts)
+
+
+def _hierarchies(host: Host) -> list[str]:
+    info = host.cgroup
+    bases = [info.v2_mount] if info.v2_mount else []
+    bases += [m for m in info.v1_mounts.values() if m not in bases]
+    return bases
+
+
+def _allowed_cgroup_dirs(host: Host, rule: CgroupRule) -> list[str]:
+    """Real paths of every allowed subtree in every hierarchy (subtree itself never followed)."""
+    out = []
+    for base in _hierarchies(host):
+        real_base = _real(host, base)
+        for sub in rule.subtrees:
+            out.append(real_base.rstrip("/") + "/" + sub.strip("/") if sub.strip("/") else real_base)
+    return out
+
+
+def check_target(policy: Policy, host: Host, knob: str, target: str,
+                 resolver: Resolver | None = None) -> Target:
+    """Accept (and canonicalize) a client's target for ``knob`` or raise Refusal."""
+    rule = policy.rule(knob)
+    if rule is None:
+        raise Refusal("unknown_knob", f"knob {knob!r} is not allowed by policy {policy.source or ''}".rstrip())
+    if isinstance(rule, CgroupRule):
+        cg = _clean_cgpath(target)
+        if not any(_under(cg, "/" + s.strip("/")) for s in rule.subtrees):
+            raise Refusal("target_refused", f"cgroup {cg} is outside the allowed subtrees {rule.subtrees}")
+        allowed = _allowed_cgroup_dirs(host, rule)
+        found = False
+        for base in _hierarchies(host):
+            local = host.path(base + cg)
+            if not os.path.lexists(local):
+                continue
+            found = True
+            real = os.path.realpath(local)
+            if not any(_under(real, a) for a in allowed):
+                raise Refusal("target_refused", f"cgroup {cg} resolves to {real}, outside the allowed "
+                                                f"subtrees {rule.subtrees} (symlink escape refused)")
+        if not found:
+            raise Refusal("target_gone", f"cgroup {cg} does not exist in any hierarchy")
+        return Target(knob, target, cg, rule)
+    if isinstance(rule, SysctlRule):
+        key = sysctl_key(target)
+        if key is None:
+            raise Refusal("target_refused", f"sysctl target {target!r} is not a well-formed key")
+        if key not in rule.keys:
+            raise Refusal("target_refused", f"sysctl {key} is not allowed (allowed: {sorted(rule.keys)})")
+        return Target(knob, target, key, rule)
+    if isinstance(rule, ChoiceRule):
+        if target not in rule.targets:
+            raise Refusal("target_refused", f"{knob} target {target!r} is not allowed (allowed: {rule.targets})")
+        return Target(knob, target, target, rule)
+    if isinstance(rule, AffinityRule):
+        if target not in rule.services:
+            hint = " (raw pids are never accepted; name a service)" if re.match(r"^(pids?:)?[\d, ]+$", target) else ""
+            raise Refusal("target_refused", f"affinity target {target!r} is not an allowed service "
+                                            f"{rule.services}{hint}")
+        pids = resolve_pids(policy, host, target, resolver)
+        return Target(knob, target, "pids:" + ",".join(map(str, pids)), rule, tuple(pids))
+    raise Refusal("unknown_knob", f"knob {knob!r} has no policy family")  # pragma: no cover
+
+
+def resolve_pids(policy: Policy, host: Host, service: str, resolver: Resolver | None) -> list[int]:
+    if resolver is None:
+        from autotune.sensors.service import resolve_service as resolver  # type: ignore[no-redef]
+    try:
+        resolved = resolver(host, policy.service[service])
+    except AutotuneError as err:
+        raise Refusal("target_gone", f"service {service}: cannot resolve ({err})") from err
+    pids = sorted({int(p) for p in getattr(resolved, "pids", [])})
+    if not pids:
+        errs = "; ".join(getattr(resolved, "errors", []) or [])
+        raise Refusal("target_gone", f"service {service}: no running processes" + (f" ({errs})" if errs else ""))
+    return pids
+
+
+def _expected_files(host: Host, t: Target) -> set[str] | None:
+    """Exact host paths a knob may write for this target (None: check by subtree instead)."""
+    rule = t.rule
+    if isinstance(rule, SysctlRule):
+        return {f"{SYSCTL_ROOT}/{t.knob_target.replace('.', '/')}"}
+    if isinstance(rule, ChoiceRule):
+        if t.knob == "thp":
+            return {f"{THP_DIR}/{t.knob_target}"}
+        fname = GOVERNOR_FILES[t.knob]
+        if t.knob_target == "all":
+            try:
+                pols = [p for p in host.listdir(CPUFREQ_DIR) if re.fullmatch(r"policy\d+", p)]
+            except MissingFile:
+                pols = []
+        else:
+            pols = [t.knob_target]
+        return {f"{CPUFREQ_DIR}/{p}/{fname}" for p in pols}
+    return None
+
+
+def check_paths(policy: Policy, host: Host, t: Target, paths: Iterable[str]) -> None:
+    """Every raw key a knob would write (or a client asks to restore) must be allowed."""
+    rule = t.rule
+    if isinstance(rule, AffinityRule):
+        tids = _threads(host, t.pids)
+        for key in paths:
+            m = re.fullmatch(r"tid:(\d{1,10})", key)
+            if not m:
+                raise Refusal("target_refused", f"affinity raw key {key!r} is not 'tid:<n>'")
+            if int(m.group(1)) not in tids:
+                raise Refusal("target_refused", f"thread {m.group(1)} does not belong to service {t.client_target}")
+        return
+    expected = _expected_files(host, t)
+    allowed_dirs = _allowed_cgroup_dirs(host, rule) if isinstance(rule, CgroupRule) else []
+    for p in paths:
+        if not isinstance(p, str) or not p.startswith("/") or "\x00" in p or ".." in p.split("/"):
+            raise Refusal("target_refused", f"raw path {p!r} must be absolute without '..'")
+        try:
+            real = _real(host, p)
+        except HostError as err:
+            raise Refusal("target_refused", f"raw path {p!r}: {err}") from err
+        if expected is not None:
+            if os.path.normpath(p) not in expected:
+                raise Refusal("target_refused", f"{t.knob} on {t.client_target} may not write {p}")
+            parent = os.path.dirname(os.path.normpath(p))
+            if real != os.path.join(_real(host, parent), os.path.basename(p)):
+                raise Refusal("target_refused", f"{p} is a symlink to {real}; refused")
+        elif not any(_under(real, a) and real != a for a in allowed_dirs):
+            raise Refusal("target_refused", f"raw path {p} resolves to {real}, outside the allowed "
+                                            f"subtrees {rule.subtrees}")
+
+
+def _threads(host: Host, pids: Iterable[int]) -> set[int]:
+    tids: set[int] = set()
+    for pid in pids:
+        try:
+            tids.update(int(t) for t in host.listdir(f"/proc/{pid}/task") if t.isdigit())
+        except HostError:
+            continue
+    return tids
+
+
+def check_value(host: Host, t: Target, value: str) -> None:
+    """``value`` is the knob-normalized value; refuse if policy does not allow it."""
+    rule = t.rule
+    why: str | None
+    if isinstance(rule, SysctlRule):
+        why = rule.keys[t.knob_target].refusal(value)
+    elif isinstance(rule, AffinityRule) or (isinstance(rule, CgroupRule) and rule.cpus):
+        why = _cpus_refusal(host, getattr(rule, "cpus", None), value)
+    else:
+        why = rule.refusal(value)  # type: ignore[union-attr]
+    if why:
+        raise Refusal("out_of_range", f"{t.knob} on {t.client_target}: {why}")
+
+
+def _cpus_refusal(host: Host, allowed: str | None, value: str) -> str | None:
+    try:
+        want = set(parse_cpulist(value))
+        ok = set(parse_cpulist(allowed)) if allowed else set(range(host.ncpu))
+    except ValueError:
+        return f"value {value!r} is not a cpu list"
+    if not want:
+        return "empty cpu list"
+    if not want <= ok:
+        return f"cpus {sorted(want - ok)} are not allowed (allowed {allowed or 'online cpus'})"
+    return None

@@ -1,0 +1,148 @@
+"""The agent's side of the helper socket: typed calls, refusals as PolicyRefused.
+
+A refusal (policy said no) raises ``PolicyRefused`` with the helper's reason and ``code``;
+not reaching the helper at all, or a garbled answer, raises ``HostError``. One connection is
+kept open and re-opened once if the helper closed it (e.g. its idle timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import uuid
+
+from pydantic import ValidationError
+
+from autotune.errors import HostError, PolicyRefused
+from autotune.helper.protocol import Response, Result
+from autotune.knobs.base import ChangeResult, KnobState
+
+MAX_RESPONSE_BYTES = 1 << 22
+
+
+class HelperRefused(PolicyRefused):
+    """PolicyRefused carrying the protocol error code ("out_of_range", "drift", ...)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class HelperClient:
+    def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
+        self.socket_path = str(socket_path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self._lock = threading.Lock()
+
+    # -- public API -------------------------------------------------------------------------
+    def ping(self) -> int:
+        """Protocol version of the helper."""
+        return self._call({"op": "ping"}).version or 0
+
+    def read(self, knob: str, target: str) -> KnobState:
+        res = self._call({"op": "read", "knob": knob, "target": target})
+        assert res.before is not None
+        return res.before
+
+    def apply(self, knob: str, target: str, value: str, *, dry_run: bool = False,
+              request_id: str | None = None, expect_before: str | None = None) -> ChangeResult:
+        msg = {"op": "apply", "knob": knob, "target": target, "value": str(value), "dry_run": dry_run,
+               "request_id": request_id or uuid.uuid4().hex}
+        if expect_before is not None:
+            msg["expect_before"] = str(expect_before)
+        return self._change_result(knob, target, self._call(msg))
+
+    def restore(self, knob: str, target: str, state: KnobState) -> ChangeResult:
+        msg = {"op": "restore", "knob": knob, "target": target, "request_id": uuid.uuid4().hex,
+               "state": {"knob": state.knob, "target": state.target, "value": state.value,
+                         "raw": dict(state.raw)}}
+        return self._change_result(knob, target, self._call(msg))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock, self._buf = None, b""
+
+    def __enter__(self) -> "HelperClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- transport --------------------------------------------------------------------------
+    @staticmethod
+    def _change_result(knob: str, target: str, res: Result) -> ChangeResult:
+        if res.before is None:
+            raise HostError(f"helper answered {knob} on {target} without a 'before' state")
+        return ChangeResult(knob=knob, target=target, before=res.before,
+                            proposed=res.proposed or res.before.value, after=res.after,
+                            changed=res.changed, dry_run=res.dry_run)
+
+    def _call(self, msg: dict) -> Result:
+        line = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    self._connect()
+                    assert self._sock is not None
+                    self._sock.sendall(line)
+                    raw = self._readline()
+                    break
+                except (BrokenPipeError, ConnectionResetError, EOFError) as err:
+                    self.close()
+                    if attempt == 2 or msg.get("op") == "apply":  # never resend a write blindly
+                        raise HostError(f"helper at {self.socket_path} closed the connection: {err}") from err
+                except OSError as err:
+                    self.close()
+                    raise HostError(f"helper at {self.socket_path}: {err.strerror or err}") from err
+        try:
+            resp = Response.model_validate_json(raw)
+        except ValidationError as err:
+            raise HostError(f"helper at {self.socket_path} sent a malformed response: {raw[:200]!r}") from err
+        if not resp.ok:
+            code = resp.error.code if resp.error else "internal"
+            reason = resp.error.reason if resp.error else "refused without a reason"
+            raise HelperRefused(code, reason)
+        return resp.result or Result()
+
+    def _connect(self) -> None:
+        if self._sock is not None and self._stale():
+            self.close()  # helper closed an idle connection: reconnect before sending anything
+        if self._sock is not None:
+            return
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.socket_path)
+        except OSError:
+            s.close()
+            raise
+        self._sock, self._buf = s, b""
+
+    def _stale(self) -> bool:
+        assert self._sock is not None
+        ready, _, _ = select.select([self._sock], [], [], 0)
+        if not ready:
+            return False
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _readline(self) -> bytes:
+        assert self._sock is not None
+        while b"\n" not in self._buf:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise EOFError("helper closed the connection")
+            self._buf += chunk
+            if len(self._buf) > MAX_RESPONSE_BYTES:
+                raise HostError(f"helper at {self.socket_path}: response too large")
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line

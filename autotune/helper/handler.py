@@ -1,0 +1,252 @@
+"""Request -> decision -> response, independent of sockets (so it is testable without one).
+
+Order of checks for a change: policy knows the knob -> target confined -> the knob's own raw
+files confined -> optional drift check (expect_before) -> knob normalizes the value -> policy
+range on the normalized value -> ``Knob.change`` (read, record origin, write, read back).
+A restore writes a client's raw record verbatim only when it is a prior state this helper
+itself recorded; any other restore becomes an ordinary, range-checked apply of its value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from autotune.errors import (
+    AutotuneError, ConfigError, HostError, InvalidValue, MissingFile, PolicyRefused, TargetGone,
+)
+from autotune.helper import allow
+from autotune.helper.allow import Refusal, Resolver, Target
+from autotune.helper.policy import Policy
+from autotune.helper.protocol import (
+    PROTOCOL_VERSION, ApplyRequest, BadRequest, PingRequest, ReadRequest, Response, RestoreRequest,
+    Result, parse_request,
+)
+from autotune.host import Host
+from autotune.knobs.base import Knob, KnobState
+
+log = logging.getLogger("autotune.helper")
+
+DecisionHook = Callable[[dict], None]
+MAX_ORIGINS_PER_TARGET = 32
+
+
+class Origins:
+    """Prior states this helper saw before its own writes: the only raw records it restores.
+
+    Kept in memory and, with ``path``, in a root-owned JSON file (atomic replace) so a helper
+    restart does not forget them.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path else None
+        self._data: dict[str, list[dict[str, str]]] = {}
+        if self.path and self.path.exists():
+            try:
+                loaded = json.loads(self.path.read_text())
+                self._data = {k: [dict(r) for r in v] for k, v in loaded.items()}
+            except (OSError, ValueError, TypeError, AttributeError) as err:
+                log.warning("origins file %s unreadable, starting empty: %s", self.path, err)
+
+    @staticmethod
+    def _key(knob: str, target: str) -> str:
+        return f"{knob}\x1f{target}"
+
+    def record(self, knob: str, target: str, raw: dict[str, str]) -> None:
+        lst = self._data.setdefault(self._key(knob, target), [])
+        if raw not in lst:
+            lst.append(dict(raw))
+            del lst[:-MAX_ORIGINS_PER_TARGET]
+            self._save()
+
+    def known(self, knob: str, target: str, raw: dict[str, str]) -> bool:
+        return dict(raw) in self._data.get(self._key(knob, target), [])
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".origins.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self._data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+def default_knobs() -> Mapping[str, Knob]:
+    from autotune.knobs import KNOBS  # the knob registry (imported lazily: optional at import time)
+
+    return KNOBS
+
+
+class Helper:
+    """Decides and executes one request at a time (a lock serializes all writes)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        host: Host,
+        *,
+        knobs: Mapping[str, Knob] | None = None,
+        resolver: Resolver | None = None,
+        origins: Origins | None = None,
+        on_decision: DecisionHook | None = None,
+    ) -> None:
+        self.policy = policy
+        self.host = host
+        self._knobs = knobs
+        self.resolver = resolver
+        self.origins = origins or Origins()
+        self.on_decision = on_decision
+        self._lock = threading.Lock()
+
+    @property
+    def knobs(self) -> Mapping[str, Knob]:
+        if self._knobs is None:
+            self._knobs = default_knobs()
+        return self._knobs
+
+    # -- entry points ---------------------------------------------------------------------
+    def handle_line(self, line: bytes, peer: dict | None = None) -> Response:
+        """Parse and handle one request line; never raises."""
+        try:
+            req = parse_request(line)
+        except BadRequest as err:
+            resp = Response.refuse("bad_request", err.reason, err.request_id)
+            self.decide(peer, None, resp)
+            return resp
+        return self.handle(req, peer)
+
+    def handle(self, req, peer: dict | None = None) -> Response:
+        rid = getattr(req, "request_id", None)
+        try:
+            with self._lock:
+                resp = self._dispatch(req)
+        except Refusal as err:
+            resp = Response.refuse(err.code, err.reason, rid)
+        except InvalidValue as err:
+            resp = Response.refuse("invalid_value", str(err), rid)
+        except (TargetGone, MissingFile) as err:
+            resp = Response.refuse("target_gone", str(err), rid)
+        except PolicyRefused as err:
+            resp = Response.refuse("target_refused", err.reason, rid)
+        except (HostError, ConfigError) as err:
+            resp = Response.refuse("host_error", str(err), rid)
+        except Exception as err:  # a helper bug must not stop the service
+            log.exception("internal error handling %r", req)
+            resp = Response.refuse("internal", f"{type(err).__name__}: {err}", rid)
+        resp.request_id = rid
+        self.decide(peer, req, resp)
+        return resp
+
+    def decide(self, peer: dict | None, req, resp: Response) -> None:
+        """Log one decision and hand it to the audit hook (hook errors never propagate)."""
+        event = {
+            "peer": peer,
+            "op": getattr(req, "op", None),
+            "knob": getattr(req, "knob", None),
+            "target": getattr(req, "target", None),
+            "value": getattr(req, "value", None),
+            "dry_run": getattr(req, "dry_run", None),
+            "request_id": getattr(req, "request_id", None),
+            "ok": resp.ok,
+            "code": resp.error.code if resp.error else None,
+            "reason": resp.error.reason if resp.error else None,
+            "changed": resp.result.changed if resp.result else None,
+        }
+        level = logging.INFO if resp.ok else logging.WARNING
+        log.log(level, "decision %s", {k: v for k, v in event.items() if v is not None})
+        if self.on_decision is not None:
+            try:
+                self.on_decision(event)
+            except Exception:
+                log.exception("on_decision hook failed")
+
+    # -- operations -----------------------------------------------------------------------
+    def _dispatch(self, req) -> Response:
+        if isinstance(req, PingRequest):
+            return Response(ok=True, result=Result(version=PROTOCOL_VERSION))
+        if isinstance(req, ReadRequest):
+            return self._read(req)
+        if isinstance(req, ApplyRequest):
+            return self._apply(req)
+        if isinstance(req, RestoreRequest):
+            return self._restore(req)
+        raise Refusal("bad_request", f"unknown op {getattr(req, 'op', None)!r}")  # pragma: no cover
+
+    def _knob_and_target(self, knob_name: str, target: str) -> tuple[Knob, Target]:
+        t = allow.check_target(self.policy, self.host, knob_name, target, self.resolver)
+        knob = self.knobs.get(knob_name)
+        if knob is None:
+            raise Refusal("unknown_knob", f"knob {knob_name!r} is allowed by policy but not installed")
+        return knob, t
+
+    def _client_state(self, t: Target, state: KnobState | None) -> KnobState | None:
+        """Report states under the client's own target name (a service, not its pids)."""
+        if state is None or state.target == t.client_target:
+            return state
+        return state.model_copy(update={"target": t.client_target})
+
+    def _read_checked(self, knob: Knob, t: Target) -> KnobState:
+        state = knob.read(self.host, t.knob_target)
+        allow.check_paths(self.policy, self.host, t, state.raw.keys())
+        return state
+
+    def _read(self, req: ReadRequest) -> Response:
+        knob, t = self._knob_and_target(req.knob, req.target)
+        return Response(ok=True, result=Result(before=self._client_state(t, self._read_checked(knob, t))))
+
+    def _apply(self, req: ApplyRequest) -> Response:
+        knob, t = self._knob_and_target(req.knob, req.target)
+        before = self._read_checked(knob, t)
+        if req.expect_before is not None:
+            try:
+                expected = knob.validate(self.host, t.knob_target, req.expect_before)
+            except InvalidValue:
+                expected = req.expect_before.strip()
+            if not knob.same(before.value, expected):
+                raise Refusal("drift", f"{req.knob} on {req.target} is {before.value!r}, client expected "
+                                       f"{req.expect_before!r}: someone else changed it")
+        proposed = knob.validate(self.host, t.knob_target, req.value)
+        allow.check_value(self.host, t, proposed)
+        return self._change(knob, t, proposed, dry_run=req.dry_run)
+
+    def _change(self, knob: Knob, t: Target, value: str, *, dry_run: bool) -> Response:
+        def record(before: KnobState, _proposed: str) -> None:
+            allow.check_paths(self.policy, self.host, t, before.raw.keys())
+            self.origins.record(t.knob, t.client_target, before.raw)
+
+        res = knob.change(self.host, t.knob_target, value, dry_run=dry_run, before_write=record)
+        return Response(ok=True, result=Result(
+            before=self._client_state(t, res.before), after=self._client_state(t, res.after),
+            proposed=res.proposed, changed=res.changed, dry_run=res.dry_run,
+        ))
+
+    def _restore(self, req: RestoreRequest) -> Response:
+        knob, t = self._knob_and_target(req.knob, req.target)
+        if req.state.knob != req.knob:
+            raise Refusal("bad_request", f"state is for knob {req.state.knob!r}, request names {req.knob!r}")
+        allow.check_paths(self.policy, self.host, t, req.state.raw.keys())
+        current = self._read_checked(knob, t)
+        if req.state.raw and self.origins.known(req.knob, req.target, dict(req.state.raw)):
+            # Exactly a state this helper saw before its own write: put it back verbatim.
+            state = KnobState(knob=req.knob, target=t.knob_target, value=req.state.value,
+                              raw=dict(req.state.raw))
+            if dict(state.raw) == dict(current.raw):
+                return Response(ok=True, result=Result(before=self._client_state(t, current),
+                                                       proposed=state.value))
+            knob.restore(self.host, state)
+            after = knob.read(self.host, t.knob_target)
+            return Response(ok=True, result=Result(
+                before=self._client_state(t, current), after=self._client_state(t, after),
+                proposed=state.value, changed=True,
+            ))
+        # Unknown record: never write client-supplied raw bytes; treat it as a checked apply.
+        proposed = knob.validate(self.host, t.knob_target, req.state.value)
+        allow.check_value(self.host, t, proposed)
+        return self._change(knob, t, proposed, dry_run=False)
