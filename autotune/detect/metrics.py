@@ -1,0 +1,318 @@
+"""Flatten a window of Snapshots into named metrics: gauges from the last, rates first->last.
+
+Pure: no /proc, no clock. A metric whose inputs are missing, or whose counter went backwards
+(reset, process restarted), is simply absent - never NaN, never an exception. Rules and symptom
+specs reference these names; ``is_known_metric`` is what the rule loader checks them against.
+
+Host metrics
+
+| name | unit | from |
+|---|---|---|
+| ``psi.<res>.<some|full>.<avg10|avg60|avg300>`` | % | last /proc/pressure/<res> (res: cpu memory io irq) |
+| ``psi.<res>.<some|full>.stall_pct`` | % of wall time | d total_usec / elapsed |
+| ``vmstat.<name>.rate`` | events/s | d /proc/vmstat counter / elapsed (any field) |
+| ``cpu.util_pct`` ``cpu.iowait_pct`` ``cpu.system_pct`` ``cpu.steal_pct`` | % of all CPUs | d /proc/stat |
+| ``stat.ctxt.rate`` ``stat.forks.rate`` | per s | d ctxt / d processes |
+| ``stat.procs_running`` ``stat.procs_blocked`` | tasks | last /proc/stat |
+| ``load.1`` ``load.5`` ``load.15`` | tasks | last /proc/loadavg |
+| ``load.runnable_per_cpu`` | tasks/CPU | loadavg runnable / host.ncpu |
+| ``load.1_per_cpu`` | tasks/CPU | load.1 / host.ncpu |
+| ``mem.total_bytes`` ``mem.available_bytes`` | bytes | last meminfo |
+| ``mem.available_pct`` ``mem.swap_used_pct`` | % | MemAvailable/MemTotal, (SwapTotal-SwapFree)/SwapTotal |
+| ``host.ncpu`` | CPUs | ``ncpu`` argument, else number of per-CPU lines in /proc/stat |
+
+Per service ``<s>`` (prefix ``svc.<s>.``)
+
+| name | unit | from |
+|---|---|---|
+| ``cpu.usage_cores`` | cores | d cgroup cpu usage / elapsed (else sum of its processes' CPU time) |
+| ``cpu.quota_cores`` | cores | cgroup quota; absent when unlimited |
+| ``cpu.quota_util_pct`` | % | usage_cores / quota_cores |
+| ``cpu.throttled_pct`` | % of periods | d nr_throttled / d nr_periods |
+| ``cpu.throttled_s_per_s`` | s/s | d throttled_usec / elapsed |
+| ``cpu.weight`` | 1..10000 | cgroup weight (v1 shares mapped) |
+| ``cpuset.ncpu`` | CPUs | len(cpuset.cpus) |
+| ``psi.<res>.<some|full>.<avg10|avg60|avg300|stall_pct>`` | % | the cgroup's own pressure files |
+| ``mem.usage_bytes`` ``mem.max_bytes`` ``mem.high_bytes`` | bytes | cgroup memory (limits absent when unlimited) |
+| ``mem.usage_pct_of_max`` ``mem.usage_pct_of_high`` | % | usage / limit |
+| ``mem.<high|max|oom|oom_kill|low|failcnt>_events.rate`` | events/s | d memory.events |
+| ``tasks`` | tasks | cgroup nr_tasks |
+| ``processes`` ``threads`` | count | last snapshot's matched processes / their threads |
+| ``running_threads`` | threads | mean over the window of threads in state R |
+| ``majflt.rate`` ``minflt.rate`` ``nvcsw.rate`` ``nivcsw.rate`` | per s | d per-process counters (pids in both ends) |
+| ``rss_bytes`` | bytes | sum of RSS |
+| ``latency.<p50|p95|p99|ttft_p95>_s`` | s | last latency reading (when ok) |
+| ``latency.requests`` ``latency.running`` ``latency.waiting`` | count | last latency reading |
+| ``slo.p95_ratio`` ``slo.p99_ratio`` ``slo.ttft_p95_ratio`` | ratio | latency / SLO; needs ``services`` |
+
+Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
+role aggregates (``neighbours.*``, ``services.count``) and knob facts read through
+``read_current`` (``host.governor_powersave``: 1 when any cpufreq policy runs ``powersave``;
+``host.thp.enabled_always`` / ``host.thp.defrag_always``: 1 when that THP file is ``always``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from autotune.types import CgroupReading, PsiReading, ServiceReading, Snapshot
+
+PSI_RES = ("cpu", "memory", "io", "irq")
+PSI_LINES = ("some", "full")
+PSI_FIELDS = ("avg10", "avg60", "avg300")
+MEM_EVENTS = ("high", "max", "oom", "oom_kill", "low", "failcnt")
+
+# Names the engine adds from config and knob reads (documented above).
+CONTEXT_METRICS = (
+    "neighbours.count",
+    "neighbours.cpu.usage_cores",
+    "neighbours.mem.usage_bytes",
+    "services.count",
+    "host.governor_powersave",
+    "host.thp.enabled_always",
+    "host.thp.defrag_always",
+)
+
+_PSI = r"psi\.(cpu|memory|io|irq)\.(some|full)\.(avg10|avg60|avg300|stall_pct)"
+_HOST_PATTERNS = [
+    _PSI,
+    r"vmstat\.[a-z0-9_]+\.rate",
+    r"cpu\.(util|iowait|system|steal)_pct",
+    r"stat\.(ctxt|forks)\.rate",
+    r"stat\.procs_(running|blocked)",
+    r"load\.(1|5|15|runnable_per_cpu|1_per_cpu)",
+    r"mem\.(total_bytes|available_bytes|available_pct|swap_used_pct)",
+    r"host\.ncpu",
+    *(re.escape(n) for n in CONTEXT_METRICS),
+]
+_SVC_SUFFIXES = [
+    r"cpu\.(usage_cores|quota_cores|quota_util_pct|throttled_pct|throttled_s_per_s|weight)",
+    r"cpuset\.ncpu",
+    _PSI,
+    r"mem\.(usage_bytes|max_bytes|high_bytes|usage_pct_of_max|usage_pct_of_high)",
+    r"mem\.(" + "|".join(MEM_EVENTS) + r")_events\.rate",
+    r"(tasks|processes|threads|running_threads|rss_bytes)",
+    r"(majflt|minflt|nvcsw|nivcsw)\.rate",
+    r"latency\.(p50_s|p95_s|p99_s|ttft_p95_s|requests|running|waiting)",
+    r"slo\.(p95|p99|ttft_p95)_ratio",
+]
+_KNOWN = re.compile(
+    "^(?:" + "|".join(_HOST_PATTERNS) + r"|svc\.[^.\s]+(?:\.[^.\s]+)*?\.(?:" + "|".join(_SVC_SUFFIXES) + "))$"
+)
+
+
+def is_known_metric(name: str) -> bool:
+    """True if ``name`` is a metric this module (or the engine's context) can produce.
+
+    Service metrics may use the placeholder ``svc.$service.`` or a literal service name.
+    """
+    return bool(_KNOWN.match(name))
+
+
+def derive_metrics(
+    window: Sequence[Snapshot],
+    *,
+    ncpu: int | None = None,
+    services: Iterable[object] = (),
+) -> dict[str, float]:
+    """Metrics over ``window`` (oldest first). One snapshot gives gauges only.
+
+    ``ncpu`` overrides the CPU count seen in /proc/stat. ``services`` are config ``Service``
+    objects; only their ``name`` and ``slo`` are used, for the ``slo.*_ratio`` metrics.
+    """
+    out: dict[str, float] = {}
+    if not window:
+        return out
+    first, last = window[0], window[-1]
+    dt = last.ts - first.ts
+    rate_ok = len(window) > 1 and dt > 0
+
+    ncpu_v = ncpu or (len(last.stat.per_cpu) if last.stat and last.stat.per_cpu else None)
+    if ncpu_v:
+        out["host.ncpu"] = float(ncpu_v)
+    _psi(out, "psi", first.psi, last.psi, dt if rate_ok else 0.0)
+    if rate_ok:
+        for key, val in last.vmstat.items():
+            _rate(out, f"vmstat.{key}.rate", first.vmstat.get(key), val, dt)
+    _stat(out, first, last, dt if rate_ok else 0.0)
+    _load(out, last, ncpu_v)
+    _mem(out, last.meminfo_bytes)
+
+    slos = {getattr(s, "name", None): getattr(s, "slo", None) for s in services}
+    for name, svc in last.services.items():
+        prev = first.services.get(name)
+        prefix = f"svc.{name}."
+        svc_out: dict[str, float] = {}
+        _service(svc_out, prev, svc, [s.services.get(name) for s in window], dt if rate_ok else 0.0)
+        _slo(svc_out, slos.get(name))
+        out.update({prefix + k: v for k, v in svc_out.items()})
+    return out
+
+
+def series(window: Sequence[Snapshot], name: str, **kw) -> list[tuple[float, float]]:
+    """(ts, value) of ``name`` at each snapshot; rates use the pair ending there."""
+    pts = []
+    for i, snap in enumerate(window):
+        m = derive_metrics(window[max(0, i - 1) : i + 1], **kw)
+        if name in m:
+            pts.append((snap.ts, m[name]))
+    return pts
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _rate(out: dict[str, float], key: str, a: float | None, b: float | None, dt: float, scale: float = 1.0) -> None:
+    """Per-second rate of a counter; skipped on missing ends, reset (b < a) or dt <= 0."""
+    if a is None or b is None or dt <= 0 or b < a:
+        return
+    out[key] = (b - a) * scale / dt
+
+
+def _psi(out, prefix: str, first: dict[str, PsiReading | None], last: dict[str, PsiReading | None], dt: float) -> None:
+    for res, reading in last.items():
+        if reading is None:
+            continue
+        prev = first.get(res)
+        for line_name in PSI_LINES:
+            line = getattr(reading, line_name)
+            if line is None:
+                continue
+            base = f"{prefix}.{res}.{line_name}."
+            out[base + "avg10"] = line.avg10_pct
+            out[base + "avg60"] = line.avg60_pct
+            out[base + "avg300"] = line.avg300_pct
+            prev_line = getattr(prev, line_name) if prev is not None else None
+            if prev_line is not None:
+                # usec stalled per usec of wall time, as a percentage
+                _rate(out, base + "stall_pct", prev_line.total_usec, line.total_usec, dt, scale=1e-6 * 100)
+
+
+def _stat(out, first: Snapshot, last: Snapshot, dt: float) -> None:
+    s1, s0 = last.stat, first.stat
+    if s1 is None:
+        return
+    if s1.procs_running is not None:
+        out["stat.procs_running"] = float(s1.procs_running)
+    if s1.procs_blocked is not None:
+        out["stat.procs_blocked"] = float(s1.procs_blocked)
+    if s0 is None or dt <= 0:
+        return
+    _rate(out, "stat.ctxt.rate", s0.ctxt, s1.ctxt, dt)
+    _rate(out, "stat.forks.rate", s0.processes, s1.processes, dt)
+    a, b = s0.total, s1.total
+    d_total = b.total_s - a.total_s
+    if d_total <= 0 or b.busy_s < a.busy_s:
+        return
+    for key, d in (
+        ("cpu.util_pct", b.busy_s - a.busy_s),
+        ("cpu.iowait_pct", b.iowait_s - a.iowait_s),
+        ("cpu.system_pct", b.system_s - a.system_s),
+        ("cpu.steal_pct", b.steal_s - a.steal_s),
+    ):
+        if d >= 0:
+            out[key] = min(100.0, 100.0 * d / d_total)
+
+
+def _load(out, last: Snapshot, ncpu: int | None) -> None:
+    la = last.loadavg
+    if la is None:
+        return
+    out["load.1"], out["load.5"], out["load.15"] = la.load1, la.load5, la.load15
+    if ncpu:
+        out["load.runnable_per_cpu"] = la.runnable / ncpu
+        out["load.1_per_cpu"] = la.load1 / ncpu
+
+
+def _mem(out, mi: dict[str, int]) -> None:
+    total, avail = mi.get("MemTotal"), mi.get("MemAvailable")
+    if total:
+        out["mem.total_bytes"] = float(total)
+        if avail is not None:
+            out["mem.available_bytes"] = float(avail)
+            out["mem.available_pct"] = 100.0 * avail / total
+    st, sf = mi.get("SwapTotal"), mi.get("SwapFree")
+    if st and sf is not None:
+        out["mem.swap_used_pct"] = 100.0 * (st - sf) / st
+
+
+def _service(
+    out, prev: ServiceReading | None, svc: ServiceReading, history: list[ServiceReading | None], dt: float
+) -> None:
+    cg, cg0 = svc.cgroup, (prev.cgroup if prev else None)
+    if cg is not None:
+        _cgroup(out, cg0, cg, dt)
+    procs = svc.processes
+    if procs:
+        out["processes"] = float(len(procs))
+        out["threads"] = float(sum(p.num_threads for p in procs))
+        out["rss_bytes"] = float(sum(p.rss_bytes for p in procs))
+    running = [sum(p.running_threads for p in h.processes) for h in history if h is not None and h.processes]
+    if running:
+        out["running_threads"] = sum(running) / len(running)
+    if prev is not None and dt > 0 and procs:
+        before = {p.pid: p for p in prev.processes}
+        pairs = [(before[p.pid], p) for p in procs if p.pid in before]
+        if pairs:
+            for key, attr in (("majflt", "major_faults"), ("minflt", "minor_faults"),
+                              ("nvcsw", "ctx_voluntary"), ("nivcsw", "ctx_involuntary")):
+                deltas = [getattr(b, attr) - getattr(a, attr) for a, b in pairs]
+                # a pid whose counter went backwards was reused: leave it out
+                out[f"{key}.rate"] = sum(d for d in deltas if d >= 0) / dt
+            if "cpu.usage_cores" not in out:
+                cpu = [(b.cpu_user_s + b.cpu_system_s) - (a.cpu_user_s + a.cpu_system_s) for a, b in pairs]
+                out["cpu.usage_cores"] = sum(c for c in cpu if c >= 0) / dt
+    lat = svc.latency
+    if lat is not None and lat.ok:
+        for key in ("p50_s", "p95_s", "p99_s", "ttft_p95_s", "requests", "running", "waiting"):
+            val = getattr(lat, key)
+            if val is not None:
+                out[f"latency.{key}"] = float(val)
+
+
+def _cgroup(out, cg0: CgroupReading | None, cg: CgroupReading, dt: float) -> None:
+    if cg.cpu_quota_cores is not None:
+        out["cpu.quota_cores"] = cg.cpu_quota_cores
+    if cg.cpu_weight is not None:
+        out["cpu.weight"] = float(cg.cpu_weight)
+    if cg.cpuset_cpus:
+        out["cpuset.ncpu"] = float(len(cg.cpuset_cpus))
+    if cg.nr_tasks is not None:
+        out["tasks"] = float(cg.nr_tasks)
+    if cg.memory_current_bytes is not None:
+        out["mem.usage_bytes"] = float(cg.memory_current_bytes)
+        for lim_key, lim, pct_key in (
+            ("mem.max_bytes", cg.memory_max_bytes, "mem.usage_pct_of_max"),
+            ("mem.high_bytes", cg.memory_high_bytes, "mem.usage_pct_of_high"),
+        ):
+            if lim:
+                out[lim_key] = float(lim)
+                out[pct_key] = 100.0 * cg.memory_current_bytes / lim
+    _psi(out, "psi", cg0.psi if cg0 else {}, cg.psi, dt)
+    if cg0 is None or dt <= 0:
+        return
+    _rate(out, "cpu.usage_cores", cg0.cpu_usage_usec, cg.cpu_usage_usec, dt, scale=1e-6)
+    if "cpu.usage_cores" in out and cg.cpu_quota_cores:
+        out["cpu.quota_util_pct"] = 100.0 * out["cpu.usage_cores"] / cg.cpu_quota_cores
+    _rate(out, "cpu.throttled_s_per_s", cg0.throttled_usec, cg.throttled_usec, dt, scale=1e-6)
+    if None not in (cg0.nr_periods, cg.nr_periods, cg0.nr_throttled, cg.nr_throttled):
+        d_per = cg.nr_periods - cg0.nr_periods
+        d_thr = cg.nr_throttled - cg0.nr_throttled
+        if d_per > 0 and 0 <= d_thr <= d_per:
+            out["cpu.throttled_pct"] = 100.0 * d_thr / d_per
+        elif d_per == 0 and d_thr == 0:
+            out["cpu.throttled_pct"] = 0.0  # no period ran out: idle or unlimited
+    for ev in MEM_EVENTS:
+        _rate(out, f"mem.{ev}_events.rate", cg0.memory_events.get(ev), cg.memory_events.get(ev), dt)
+
+
+def _slo(out, slo) -> None:
+    if slo is None:
+        return
+    for lat_key, slo_key, name in (
+        ("latency.p95_s", "p95_latency_s", "slo.p95_ratio"),
+        ("latency.p99_s", "p99_latency_s", "slo.p99_ratio"),
+        ("latency.ttft_p95_s", "ttft_p95_s", "slo.ttft_p95_ratio"),
+    ):
+        target = getattr(slo, slo_key, None)
+        if target and lat_key in out:
+            out[name] = out[lat_key] / target

@@ -1,0 +1,148 @@
+"""derive_metrics: gauges from the last snapshot, rates first->last, missing/reset -> absent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from autotune.config import SLO, Service
+from autotune.detect.metrics import derive_metrics, is_known_metric, series
+from autotune.types import (
+    CgroupReading,
+    CpuTimes,
+    LatencyReading,
+    LoadAvg,
+    ProcessReading,
+    PsiLine,
+    PsiReading,
+    ServiceReading,
+    Snapshot,
+    StatReading,
+)
+
+
+def psi(avg10: float, total: int) -> PsiReading:
+    line = PsiLine(avg10_pct=avg10, avg60_pct=avg10 / 2, avg300_pct=avg10 / 4, total_usec=total)
+    return PsiReading(some=line, full=None)
+
+
+def proc(pid: int, cpu_s: float, majflt: int, running: int = 1) -> ProcessReading:
+    return ProcessReading(
+        pid=pid, name="llm", cpu_user_s=cpu_s, cpu_system_s=0.0, rss_bytes=100, num_threads=4,
+        running_threads=running, ctx_voluntary=0, ctx_involuntary=0, minor_faults=0, major_faults=majflt,
+    )
+
+
+def snap(ts: float, *, busy: float, idle: float, psi_total: int, vm: int, usage_us: int, periods: int,
+         throttled: int, majflt: int, running: int = 1, high: int = 0) -> Snapshot:
+    cg = CgroupReading(
+        path="/autotune/llm", version=2, cpu_usage_usec=usage_us, nr_periods=periods, nr_throttled=throttled,
+        throttled_usec=throttled * 1000, cpu_quota_cores=0.5, cpu_weight=100, cpuset_cpus=[0, 1],
+        memory_current_bytes=512, memory_max_bytes=1024, memory_events={"high": high},
+        psi={"cpu": psi(30.0, psi_total // 2)},
+    )
+    svc = ServiceReading(
+        name="llm", cgroup=cg, processes=[proc(10, busy, majflt, running)],
+        latency=LatencyReading(source="t", ok=True, p95_s=0.8),
+    )
+    return Snapshot(
+        ts=ts,
+        psi={"cpu": psi(55.0, psi_total), "memory": None},
+        vmstat={"pgmajfault": vm, "compact_stall": 5},
+        stat=StatReading(total=CpuTimes(user_s=busy, idle_s=idle),
+                         per_cpu={"cpu0": CpuTimes(), "cpu1": CpuTimes()},
+                         ctxt=vm * 10, procs_running=5, procs_blocked=0),
+        meminfo_bytes={"MemTotal": 1000, "MemAvailable": 250, "SwapTotal": 100, "SwapFree": 75},
+        loadavg=LoadAvg(load1=4.0, load5=3.0, load15=2.0, runnable=5, threads=100),
+        services={"llm": svc},
+    )
+
+
+def two():
+    a = snap(100.0, busy=10, idle=10, psi_total=1_000_000, vm=100, usage_us=1_000_000, periods=100,
+             throttled=10, majflt=0, running=1, high=1)
+    b = snap(110.0, busy=25, idle=15, psi_total=6_000_000, vm=200, usage_us=6_000_000, periods=200,
+             throttled=60, majflt=50, running=3, high=21)
+    return [a, b]
+
+
+def test_rates_and_gauges():
+    m = derive_metrics(two(), services=[Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5))])
+    assert m["psi.cpu.some.avg10"] == 55.0
+    assert m["psi.cpu.some.stall_pct"] == pytest.approx(50.0)  # 5 s stalled in 10 s
+    assert m["vmstat.pgmajfault.rate"] == pytest.approx(10.0)
+    assert m["vmstat.compact_stall.rate"] == 0.0
+    assert m["cpu.util_pct"] == pytest.approx(75.0)  # 15 busy of 20
+    assert m["stat.ctxt.rate"] == pytest.approx(100.0)
+    assert m["host.ncpu"] == 2.0
+    assert m["load.runnable_per_cpu"] == 2.5
+    assert m["mem.available_pct"] == 25.0
+    assert m["mem.swap_used_pct"] == 25.0
+    assert m["svc.llm.cpu.usage_cores"] == pytest.approx(0.5)
+    assert m["svc.llm.cpu.quota_cores"] == 0.5
+    assert m["svc.llm.cpu.quota_util_pct"] == pytest.approx(100.0)
+    assert m["svc.llm.cpu.throttled_pct"] == pytest.approx(50.0)
+    assert m["svc.llm.cpu.throttled_s_per_s"] == pytest.approx(0.005)
+    assert m["svc.llm.cpuset.ncpu"] == 2.0
+    assert m["svc.llm.psi.cpu.some.avg10"] == 30.0
+    assert m["svc.llm.mem.usage_pct_of_max"] == 50.0
+    assert m["svc.llm.mem.high_events.rate"] == pytest.approx(2.0)
+    assert m["svc.llm.running_threads"] == 2.0  # mean of 1 and 3
+    assert m["svc.llm.majflt.rate"] == 5.0
+    assert m["svc.llm.latency.p95_s"] == 0.8
+    assert m["svc.llm.slo.p95_ratio"] == pytest.approx(1.6)
+    assert all(math.isfinite(v) for v in m.values())
+    assert all(is_known_metric(k) for k in m), [k for k in m if not is_known_metric(k)]
+
+
+def test_single_snapshot_has_gauges_only():
+    m = derive_metrics(two()[:1])
+    assert m["psi.cpu.some.avg10"] == 55.0
+    assert "psi.cpu.some.stall_pct" not in m
+    assert "cpu.util_pct" not in m
+    assert "svc.llm.cpu.usage_cores" not in m
+    assert "svc.llm.slo.p95_ratio" not in m  # no SLO given
+
+
+def test_counter_reset_is_skipped_not_negative():
+    a, b = two()
+    # b's counters went backwards (service restarted, cgroup recreated)
+    b = b.model_copy(update={"vmstat": {"pgmajfault": 1}})
+    cg = b.services["llm"].cgroup.model_copy(update={"cpu_usage_usec": 5, "nr_periods": 1, "nr_throttled": 0})
+    svc = b.services["llm"].model_copy(update={"cgroup": cg})
+    b = b.model_copy(update={"services": {"llm": svc}})
+    m = derive_metrics([a, b])
+    assert "vmstat.pgmajfault.rate" not in m
+    assert "svc.llm.cpu.usage_cores" in m  # fallback: process CPU time, which did not reset
+    assert m["svc.llm.cpu.usage_cores"] == pytest.approx(1.5)
+    assert "svc.llm.cpu.throttled_pct" not in m
+
+
+def test_missing_sources_are_absent():
+    empty = [Snapshot(ts=1.0), Snapshot(ts=2.0, services={"x": ServiceReading(name="x")})]
+    m = derive_metrics(empty)
+    assert m == {}
+    assert derive_metrics([]) == {}
+
+
+def test_no_time_elapsed_gives_no_rates():
+    a, b = two()
+    b = b.model_copy(update={"ts": a.ts})
+    m = derive_metrics([a, b])
+    assert "vmstat.pgmajfault.rate" not in m and "psi.cpu.some.avg10" in m
+
+
+def test_series_per_sample():
+    pts = series(two(), "vmstat.pgmajfault.rate")
+    assert pts == [(110.0, pytest.approx(10.0))]
+    assert [ts for ts, _ in series(two(), "psi.cpu.some.avg10")] == [100.0, 110.0]
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("psi.cpu.some.avg10", True), ("psi.cpu.some.avg11", False), ("svc.$service.cpu.throttled_pct", True),
+    ("svc.my.svc.mem.high_events.rate", True), ("svc.$service.cpu.bogus", False), ("host.governor_powersave", True),
+    ("vmstat.compact_stall.rate", True), ("vmstat.compact_stall", False), ("foo.bar", False),
+])
+def test_known_metric_names(name, ok):
+    assert is_known_metric(name) is ok
