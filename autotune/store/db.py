@@ -26,6 +26,9 @@ def open_db(path: str | os.PathLike[str], *, create_dirs: bool = True) -> sqlite
         p.parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = sqlite3.connect(str(p), timeout=30, isolation_level=None, check_same_thread=False)
+        # Must precede the first table: lets retention hand freed pages back to the filesystem
+        # (``PRAGMA incremental_vacuum``). A no-op on a DB created without it.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")

@@ -1,0 +1,444 @@
+"""Sample store: raw Snapshots for recent hours, per-bucket aggregates for weeks, bounded on disk.
+
+Raw rows hold one Snapshot each as JSON compressed with zlib and a preset dictionary (the
+first snapshot's JSON, stored once in ``samples_dict``): snapshots repeat the same keys every
+tick, so the dictionary roughly halves the bytes plain zlib gives (~10 KB JSON -> ~2 KB for a
+host with two services). ``retain`` folds raw rows older than ``raw_keep_s`` into one
+aggregate row per ``aggregate_every_s`` bucket and deletes them.
+
+Why per-bucket rows with both a compacted snapshot and per-metric stats: the *last* snapshot
+of a bucket keeps every cumulative counter exact (vmstat, CPU seconds, PSI total_usec), so
+rates between buckets stay computable with the same code that reads raw snapshots; the
+per-metric ``[min, mean, max, last]`` keeps what a last value loses for gauges (a PSI spike
+inside the minute). vmstat and per-CPU times are left out of the stats (counters, recoverable
+from consecutive buckets' snapshots) to keep rows small.
+
+Deletes hand pages back to the filesystem through ``PRAGMA incremental_vacuum`` (open_db sets
+``auto_vacuum=INCREMENTAL`` on new files) and a WAL checkpoint, so the file stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import sqlite_utils
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from autotune.store.db import migrate
+from autotune.types import Snapshot
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "samples"
+CODEC_JSON, CODEC_ZLIB, CODEC_ZDICT = 0, 1, 2
+_ZDICT_MAX = 32 * 1024  # zlib's window: dictionary bytes beyond this are never referenced
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE samples_raw (id INTEGER PRIMARY KEY, ts REAL NOT NULL,"
+        " codec INTEGER NOT NULL, dict_id INTEGER, body BLOB NOT NULL,"
+        " cpu_some_avg10 REAL, memory_some_avg10 REAL, io_some_avg10 REAL)"
+    )
+    db.execute("CREATE INDEX samples_raw_ts ON samples_raw(ts)")
+    db.execute(
+        "CREATE TABLE samples_agg (bucket_ts REAL PRIMARY KEY, every_s INTEGER NOT NULL,"
+        " n INTEGER NOT NULL, first_ts REAL NOT NULL, last_ts REAL NOT NULL,"
+        " codec INTEGER NOT NULL, dict_id INTEGER, last_body BLOB,"
+        " stats_codec INTEGER NOT NULL, stats_dict_id INTEGER, stats_body BLOB NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE samples_dict (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,"
+        " created_ts REAL NOT NULL, data BLOB NOT NULL)"
+    )
+
+
+MIGRATIONS = [_v1]
+
+
+class MetricStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    min: float
+    mean: float
+    max: float
+    last: float
+
+
+class Aggregate(BaseModel):
+    """One bucket [bucket_ts, bucket_ts + every_s) of downsampled raw samples."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket_ts: float
+    every_s: int
+    n: int  # raw samples folded in
+    first_ts: float
+    last_ts: float
+    last: Snapshot | None  # the bucket's last snapshot (counters exact)
+    stats: dict[str, MetricStats]
+
+
+class RetainReport(BaseModel):
+    buckets: int = 0
+    raw_folded: int = 0
+    raw_deleted: int = 0
+    agg_deleted: int = 0
+    file_bytes: int = 0
+
+
+# -- flattening ----------------------------------------------------------------------------
+def _psi_into(out: dict[str, float], prefix: str, psi: dict[str, Any]) -> None:
+    for res, reading in psi.items():
+        if reading is None:
+            continue
+        for kind in ("some", "full"):
+            line = getattr(reading, kind)
+            if line is None:
+                continue
+            p = f"{prefix}psi.{res}.{kind}."
+            out[p + "avg10_pct"] = line.avg10_pct
+            out[p + "avg60_pct"] = line.avg60_pct
+            out[p + "avg300_pct"] = line.avg300_pct
+            out[p + "total_usec"] = line.total_usec
+
+
+_CG_FIELDS = (
+    "cpu_usage_usec", "nr_periods", "nr_throttled", "throttled_usec", "cpu_quota_cores",
+    "cpu_period_usec", "cpu_weight", "memory_current_bytes", "memory_max_bytes",
+    "memory_high_bytes", "nr_tasks",
+)
+_LAT_FIELDS = ("p50_s", "p95_s", "p99_s", "ttft_p95_s", "requests", "running", "waiting")
+
+
+def flatten(s: Snapshot) -> dict[str, float]:
+    """Numeric metrics of one snapshot by dotted name (vmstat and per-CPU times left out).
+
+    Names: ``psi.cpu.some.avg10_pct``, ``loadavg.load1``, ``stat.user_s``, ``meminfo.MemAvailable``,
+    ``svc.<name>.latency.p95_s``, ``svc.<name>.cgroup.cpu_usage_usec``,
+    ``svc.<name>.cgroup.psi.cpu.some.avg10_pct``, ``svc.<name>.procs.rss_bytes`` (sum over processes).
+    """
+    out: dict[str, float] = {}
+    _psi_into(out, "", s.psi)
+    if s.loadavg is not None:
+        for k, v in s.loadavg.model_dump().items():
+            out[f"loadavg.{k}"] = v
+    if s.stat is not None:
+        for k, v in s.stat.total.model_dump().items():
+            out[f"stat.{k}"] = v
+        for k in ("ctxt", "processes", "procs_running", "procs_blocked"):
+            v = getattr(s.stat, k)
+            if v is not None:
+                out[f"stat.{k}"] = v
+    for k, v in s.meminfo_bytes.items():
+        out[f"meminfo.{k}"] = v
+    for name, svc in s.services.items():
+        p = f"svc.{name}."
+        if svc.latency is not None and svc.latency.ok:
+            for k in _LAT_FIELDS:
+                v = getattr(svc.latency, k)
+                if v is not None:
+                    out[p + "latency." + k] = v
+        cg = svc.cgroup
+        if cg is not None:
+            for k in _CG_FIELDS:
+                v = getattr(cg, k)
+                if v is not None:
+                    out[p + "cgroup." + k] = v
+            for k, v in cg.memory_events.items():
+                out[p + "cgroup.memory_events." + k] = v
+            _psi_into(out, p + "cgroup.", cg.psi)
+        if svc.processes:
+            procs = svc.processes
+            out[p + "procs.count"] = len(procs)
+            out[p + "procs.rss_bytes"] = sum(x.rss_bytes for x in procs)
+            out[p + "procs.num_threads"] = sum(x.num_threads for x in procs)
+            out[p + "procs.running_threads"] = sum(x.running_threads for x in procs)
+            out[p + "procs.cpu_s"] = sum(x.cpu_user_s + x.cpu_system_s for x in procs)
+            out[p + "procs.ctx_involuntary"] = sum(x.ctx_involuntary for x in procs)
+            out[p + "procs.major_faults"] = sum(x.major_faults for x in procs)
+    return out
+
+
+def _round(x: float) -> float:
+    """Means to 6 significant digits: plenty for metrics, and far better compression."""
+    return float(f"{x:.6g}")
+
+
+def _pack_stats(stats: dict[str, list[float]]) -> dict[str, Any]:
+    """A metric constant over the bucket is stored as one number instead of four."""
+    return {k: (v[3] if v[0] == v[2] else v) for k, v in stats.items()}
+
+
+def _unpack_stats(packed: dict[str, Any]) -> dict[str, list[float]]:
+    return {k: (v if isinstance(v, list) else [v, v, v, v]) for k, v in packed.items()}
+
+
+def _host_psi(s: Snapshot, res: str) -> float | None:
+    r = s.psi.get(res)
+    return r.some.avg10_pct if r is not None and r.some is not None else None
+
+
+# -- the store -----------------------------------------------------------------------------
+class SampleStore:
+    """Append-only Snapshot store with downsampling retention. One per state DB."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        *,
+        aggregate_every_s: int = 60,
+        compress: bool = True,
+        keep_bucket_snapshot: bool = True,
+    ) -> None:
+        if aggregate_every_s <= 0:
+            raise ValueError("aggregate_every_s must be > 0 seconds")
+        self.db = db
+        self.every_s = int(aggregate_every_s)
+        self.compress = compress
+        self.keep_bucket_snapshot = keep_bucket_snapshot
+        migrate(db, COMPONENT, MIGRATIONS)
+        self._dicts: dict[int, bytes] = {}
+        self._dict_ids: dict[str, int] = {}  # kind ("snapshot" | "stats") -> newest dict id
+        for did, kind, data in db.execute("SELECT id, kind, data FROM samples_dict ORDER BY id"):
+            self._dict_ids[kind] = int(did)
+            self._dicts[int(did)] = bytes(data)
+
+    # encoding --------------------------------------------------------------------------
+    def _encode(self, raw: bytes, kind: str = "snapshot") -> tuple[int, int | None, bytes]:
+        if not self.compress:
+            return CODEC_JSON, None, raw
+        did = self._dict_ids.get(kind)
+        if did is None:
+            # The first document of a kind seeds its preset dictionary, in the caller's
+            # transaction, so a row never references a dictionary that was not committed.
+            cur = self.db.execute(
+                "INSERT INTO samples_dict(kind, created_ts, data) VALUES (?, ?, ?)",
+                [kind, time.time(), raw[-_ZDICT_MAX:]],
+            )
+            did = self._dict_ids[kind] = int(cur.lastrowid)
+            self._dicts[did] = raw[-_ZDICT_MAX:]
+        c = zlib.compressobj(6, zdict=self._dicts[did])
+        return CODEC_ZDICT, did, c.compress(raw) + c.flush()
+
+    def _zdict(self, dict_id: int) -> bytes:
+        if dict_id not in self._dicts:
+            row = self.db.execute("SELECT data FROM samples_dict WHERE id=?", [dict_id]).fetchone()
+            if row is None:
+                raise ValueError(f"samples_dict id {dict_id} missing")
+            self._dicts[dict_id] = bytes(row[0])
+        return self._dicts[dict_id]
+
+    def _decode(self, codec: int, dict_id: int | None, body: bytes) -> bytes:
+        if codec == CODEC_JSON:
+            return bytes(body)
+        if codec == CODEC_ZLIB:
+            return zlib.decompress(body)
+        if codec == CODEC_ZDICT and dict_id is not None:
+            d = zlib.decompressobj(zdict=self._zdict(dict_id))
+            return d.decompress(body) + d.flush()
+        raise ValueError(f"unknown codec {codec}")
+
+    def _snapshot(self, codec: int, dict_id: int | None, body: bytes, where: str) -> Snapshot | None:
+        """Decode one row; a corrupt row is skipped with a warning, never raised into the loop."""
+        try:
+            return Snapshot.model_validate_json(self._decode(codec, dict_id, body))
+        except (zlib.error, ValueError, ValidationError) as err:
+            log.warning("state DB %s: undecodable snapshot skipped (%s)", where, err)
+            return None
+
+    # writing ---------------------------------------------------------------------------
+    def _insert(self, s: Snapshot) -> None:
+        codec, dict_id, body = self._encode(s.model_dump_json(exclude_defaults=True).encode())
+        self.db.execute(
+            "INSERT INTO samples_raw(ts, codec, dict_id, body, cpu_some_avg10, memory_some_avg10,"
+            " io_some_avg10) VALUES (?,?,?,?,?,?,?)",
+            [s.ts, codec, dict_id, body, _host_psi(s, "cpu"), _host_psi(s, "memory"),
+             _host_psi(s, "io")],
+        )
+
+    def append(self, snapshot: Snapshot) -> None:
+        """Store one snapshot (one committed transaction)."""
+        self.extend([snapshot])
+
+    def extend(self, snapshots: Iterable[Snapshot]) -> int:
+        """Store many snapshots in one transaction (one fsync); returns how many."""
+        n = 0
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            for s in snapshots:
+                self._insert(s)
+                n += 1
+        return n
+
+    # reading ---------------------------------------------------------------------------
+    def window(self, since_ts: float, until_ts: float | None = None) -> list[Snapshot]:
+        """Raw snapshots with since_ts <= ts <= until_ts (None: up to now), oldest first."""
+        sql = "SELECT codec, dict_id, body, ts FROM samples_raw WHERE ts >= ?"
+        args: list[float] = [since_ts]
+        if until_ts is not None:
+            sql += " AND ts <= ?"
+            args.append(until_ts)
+        rows = self.db.execute(sql + " ORDER BY ts, id", args).fetchall()
+        out = [self._snapshot(c, d, b, f"samples_raw ts={ts}") for c, d, b, ts in rows]
+        return [s for s in out if s is not None]
+
+    def latest(self) -> Snapshot | None:
+        for c, d, b, ts in self.db.execute(
+            "SELECT codec, dict_id, body, ts FROM samples_raw ORDER BY ts DESC, id DESC LIMIT 5"
+        ):
+            s = self._snapshot(c, d, b, f"samples_raw ts={ts}")
+            if s is not None:
+                return s
+        return None
+
+    def aggregates(
+        self, since_ts: float, until_ts: float | None = None, metrics: Iterable[str] | None = None
+    ) -> list[Aggregate]:
+        """Buckets starting in [since_ts, until_ts], oldest first; ``metrics`` filters stats."""
+        sql = ("SELECT bucket_ts, every_s, n, first_ts, last_ts, codec, dict_id, last_body,"
+               " stats_codec, stats_dict_id, stats_body FROM samples_agg WHERE bucket_ts >= ?")
+        args: list[float] = [since_ts]
+        if until_ts is not None:
+            sql += " AND bucket_ts <= ?"
+            args.append(until_ts)
+        wanted = set(metrics) if metrics is not None else None
+        out = []
+        for (b, every, n, first, last_ts, codec, dict_id, last_body, scodec, sdict,
+             stats_body) in self.db.execute(sql + " ORDER BY bucket_ts", args):
+            last = (self._snapshot(codec, dict_id, last_body, f"samples_agg bucket={b}")
+                    if last_body is not None else None)
+            try:
+                raw = _unpack_stats(json.loads(self._decode(scodec, sdict, stats_body)))
+            except (zlib.error, ValueError) as err:
+                log.warning("state DB samples_agg bucket=%s: undecodable stats (%s)", b, err)
+                continue
+            stats = {
+                k: MetricStats(min=v[0], mean=v[1], max=v[2], last=v[3])
+                for k, v in raw.items() if wanted is None or k in wanted
+            }
+            out.append(Aggregate(bucket_ts=b, every_s=every, n=n, first_ts=first,
+                                 last_ts=last_ts, last=last, stats=stats))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        raw = self.db.execute("SELECT COUNT(*) FROM samples_raw").fetchone()[0]
+        agg = self.db.execute("SELECT COUNT(*) FROM samples_agg").fetchone()[0]
+        return {"raw": int(raw), "aggregates": int(agg)}
+
+    # retention -------------------------------------------------------------------------
+    def _fold_bucket(self, bucket_ts: float, end_ts: float) -> int:
+        rows = self.db.execute(
+            "SELECT codec, dict_id, body, ts FROM samples_raw WHERE ts >= ? AND ts < ? "
+            "ORDER BY ts, id", [bucket_ts, end_ts],
+        ).fetchall()
+        snaps = [s for s in (self._snapshot(c, d, b, f"samples_raw ts={ts}") for c, d, b, ts in rows)
+                 if s is not None]
+        if not snaps:
+            return len(rows)
+        acc: dict[str, list[float]] = {}  # name -> [min, sum, max, last, count]
+        for s in snaps:
+            for k, v in flatten(s).items():
+                if v is None or (isinstance(v, float) and not math.isfinite(v)):
+                    continue
+                a = acc.get(k)
+                if a is None:
+                    acc[k] = [v, v, v, v, 1]
+                else:
+                    a[0] = min(a[0], v)
+                    a[1] += v
+                    a[2] = max(a[2], v)
+                    a[3] = v
+                    a[4] += 1
+        stats = {k: [a[0], _round(a[1] / a[4]), a[2], a[3]] for k, a in acc.items()}
+        n, first, last_snap = len(snaps), snaps[0].ts, snaps[-1]
+        old = self.db.execute(
+            "SELECT n, first_ts, last_ts, stats_codec, stats_dict_id, stats_body, codec, dict_id,"
+            " last_body FROM samples_agg WHERE bucket_ts=?", [bucket_ts],
+        ).fetchone()
+        if old is not None:  # late samples for a bucket already folded: merge (mean weighted by n)
+            on, ofirst, olast, oscodec, osdict, ostats_body, ocodec, odict, olast_body = old
+            ostats = _unpack_stats(json.loads(self._decode(oscodec, osdict, ostats_body)))
+            for k, o in ostats.items():
+                if k not in stats:
+                    stats[k] = o
+                    continue
+                c = stats[k]
+                newer_last = c[3] if last_snap.ts >= olast else o[3]
+                stats[k] = [min(c[0], o[0]), _round((c[1] * n + o[1] * on) / (n + on)),
+                            max(c[2], o[2]), newer_last]
+            first = min(first, ofirst)
+            if olast > last_snap.ts and olast_body is not None:
+                older = self._snapshot(ocodec, odict, olast_body, f"samples_agg bucket={bucket_ts}")
+                last_snap = older or last_snap
+            n += on
+        codec, dict_id, body = (CODEC_JSON, None, None)
+        if self.keep_bucket_snapshot:
+            codec, dict_id, body = self._encode(last_snap.model_dump_json(exclude_defaults=True).encode())
+        scodec, sdict, sbody = self._encode(
+            json.dumps(_pack_stats(stats), separators=(",", ":")).encode(), "stats"
+        )
+        self.db.execute(
+            "INSERT OR REPLACE INTO samples_agg(bucket_ts, every_s, n, first_ts, last_ts, codec,"
+            " dict_id, last_body, stats_codec, stats_dict_id, stats_body)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [bucket_ts, self.every_s, n, first, last_snap.ts, codec, dict_id, body,
+             scodec, sdict, sbody],
+        )
+        return len(rows)
+
+    def retain(self, now: float, raw_keep_s: float, agg_keep_s: float) -> RetainReport:
+        """Fold raw rows older than now-raw_keep_s into buckets, drop aggregates older than
+        now-agg_keep_s, then return freed pages to the filesystem. Seconds throughout."""
+        rep = RetainReport()
+        every = self.every_s
+        # Fold only whole buckets so a bucket is never split between raw and aggregate.
+        cutoff = math.floor((now - raw_keep_s) / every) * every
+        while True:
+            row = self.db.execute("SELECT MIN(ts) FROM samples_raw WHERE ts < ?", [cutoff]).fetchone()
+            if row is None or row[0] is None:
+                break
+            first_bucket = math.floor(row[0] / every) * every
+            with self.db.conn:  # up to 100 buckets per transaction: bounded work per commit
+                self.db.execute("BEGIN IMMEDIATE")
+                b = first_bucket
+                for _ in range(100):
+                    if b >= cutoff:
+                        break
+                    folded = self._fold_bucket(b, b + every)
+                    if folded:
+                        rep.buckets += 1
+                        rep.raw_folded += folded
+                    b += every
+                rep.raw_deleted += self.db.execute(
+                    "DELETE FROM samples_raw WHERE ts < ?", [min(b, cutoff)]
+                ).rowcount
+        with self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            rep.agg_deleted = self.db.execute(
+                "DELETE FROM samples_agg WHERE bucket_ts + every_s <= ?", [now - agg_keep_s]
+            ).rowcount
+        self.vacuum()
+        rep.file_bytes = self.file_bytes()
+        return rep
+
+    def vacuum(self) -> None:
+        """Give free pages back (incremental vacuum) and fold the WAL into the main file."""
+        # executescript steps the pragma to completion; execute() would free a single page.
+        self.db.conn.executescript("PRAGMA incremental_vacuum;")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def file_bytes(self) -> int:
+        """Main DB file plus WAL, in bytes (0 for an in-memory DB)."""
+        row = self.db.execute("PRAGMA database_list").fetchone()
+        path = row[2] if row else ""
+        if not path:
+            return 0
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
