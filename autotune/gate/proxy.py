@@ -1,0 +1,148 @@
+"""The gate as an HTTP reverse proxy in front of an OpenAI-compatible server.
+
+Every path and method is forwarded (``/gate/*`` is ours). Bodies stream through unbuffered in
+both directions of the response (SSE chunks are forwarded as they arrive); the admission slot
+is held until the response body is finished or the client goes away. The latency fed to the
+adaptive limiter is the time from admission to the first upstream body chunk: the whole
+generation for non-streamed requests, time-to-first-token for streamed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from autotune.gate.core import Gate, GateRejected, Ticket
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+}
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+
+def openai_error(status: int, message: str, *, code: str, etype: str = "server_error",
+                 retry_after_s: int | None = None) -> JSONResponse:
+    """An OpenAI-style error body, so OpenAI clients surface the message."""
+    headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
+    body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def control_routes(gate: Gate) -> list[Route]:
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(gate.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(gate.status().model_dump())
+
+    async def config(request: Request) -> Response:
+        client = request.client.host if request.client else ""
+        if client not in LOOPBACK:
+            return openai_error(403, f"/gate/config accepts loopback clients only (got {client})",
+                                code="forbidden", etype="permission_error")
+        try:
+            body = json.loads(await request.body() or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            allowed = {"threshold_pct", "limit", "min_limit", "max_limit", "adaptive", "max_queue",
+                       "queue_timeout_s"}
+            unknown = set(body) - allowed
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)}; allowed {sorted(allowed)}")
+            st = gate.configure(**body)
+        except (ValueError, TypeError) as err:
+            return openai_error(400, f"bad /gate/config request: {err}", code="bad_config",
+                                etype="invalid_request_error")
+        return JSONResponse(st.model_dump())
+
+    return [
+        Route("/gate/metrics", metrics, methods=["GET"]),
+        Route("/gate/status", status, methods=["GET"]),
+        Route("/gate/config", config, methods=["POST"]),
+    ]
+
+
+def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: bool = True,
+              client: httpx.AsyncClient | None = None) -> Starlette:
+    """The proxy app. ``control=False`` leaves /gate/* to a separate control listener."""
+    state: dict[str, httpx.AsyncClient] = {}
+
+    def http() -> httpx.AsyncClient:
+        if "client" not in state:
+            state["client"] = client or httpx.AsyncClient(
+                base_url=upstream.rstrip("/"),
+                timeout=httpx.Timeout(timeout_s, connect=10.0),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            )
+        return state["client"]
+
+    async def proxy(request: Request) -> Response:
+        try:
+            ticket = await gate.acquire()
+        except GateRejected as err:
+            return openai_error(503, f"autotune gate: {err}", code=f"gate_{err.reason}",
+                                retry_after_s=err.retry_after_s)
+        try:
+            return await _forward(request, ticket)
+        except BaseException:
+            ticket.release()
+            raise
+
+    async def _forward(request: Request, ticket: Ticket) -> Response:
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        url = httpx.URL(path=request.url.path, query=request.url.query.encode())
+        req = http().build_request(request.method, url, headers=headers, content=await request.body())
+        try:
+            resp = await http().send(req, stream=True)
+        except httpx.HTTPError as err:
+            ticket.release()
+            return openai_error(502, f"autotune gate: upstream {upstream} failed: {type(err).__name__}: {err}",
+                                code="upstream_error")
+
+        async def body():
+            first = True
+            try:
+                async for chunk in resp.aiter_raw():
+                    if first:
+                        first = False
+                        ticket.first_byte_s = gate.clock() - ticket.admitted_at
+                    yield chunk
+            finally:
+                await resp.aclose()
+                done()
+
+        def done() -> None:
+            ticket.release(latency_s=ticket.first_byte_s if resp.status_code < 500 else None)
+
+        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+        if "content-length" in resp.headers:
+            out_headers["content-length"] = resp.headers["content-length"]
+        return StreamingResponse(body(), status_code=resp.status_code, headers=out_headers,
+                                 background=BackgroundTask(done))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        if "client" in state and client is None:
+            await state["client"].aclose()
+
+    routes = control_routes(gate) if control else []
+    routes.append(Route("/{path:path}", proxy, methods=METHODS))
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def build_control_app(gate: Gate) -> Starlette:
+    return Starlette(routes=control_routes(gate))

@@ -1,0 +1,196 @@
+"""The gate end to end: real openai client -> gate (uvicorn) -> fake OpenAI upstream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from starlette.testclient import TestClient
+
+from autotune.gate.core import Gate, GateSettings
+from autotune.gate.limiter import LimiterConfig
+from autotune.gate.pressure import PressureSource
+from autotune.gate.proxy import build_app
+from autotune.host import Host
+
+PSI = "some avg10={:.2f} avg60=1.00 avg300=1.00 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+
+
+def gate_for(**kw) -> Gate:
+    pressure = kw.pop("pressure", None)
+    kw.setdefault("adaptive", False)
+    kw.setdefault("threshold_pct", None)
+    return Gate(GateSettings(**kw), pressure, poll_interval_s=0.05)
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=20)
+
+
+def wait_until(pred, timeout=5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_non_stream_completion_passes_through(upstream, run_app):
+    gate = gate_for(limit=4)
+    g = run_app(build_app(gate, upstream.url))
+    out = client(g.url).completions.create(model="fake", prompt="hello", max_tokens=2)
+    assert out.choices[0].text == "echo:hello"
+    models = client(g.url).models.list()
+    assert [m.id for m in models.data] == ["fake"]
+    wait_until(lambda: gate.status().inflight == 0)  # released just after the body is sent
+    st = gate.status()
+    assert st.admitted == 2 and st.deferred == 0
+
+
+def test_stream_chunks_arrive_before_upstream_finishes(upstream, run_app):
+    upstream.delay_s, upstream.chunks = 0.3, 4
+    gate = gate_for(limit=4)
+    g = run_app(build_app(gate, upstream.url))
+    stream = client(g.url).completions.create(model="fake", prompt="hi", max_tokens=4, stream=True)
+    got = []
+    for chunk in stream:
+        got.append((time.monotonic(), chunk.choices[0].text))
+    assert [t for _, t in got] == ["tok0", "tok1", "tok2", "tok3"]
+    last_sent = upstream.chunk_sent_at[-1]
+    # unbuffered: the first chunk reached the client ~0.9 s before upstream sent its last one
+    assert got[0][0] < last_sent - 0.5
+    wait_until(lambda: gate.status().inflight == 0)  # slot freed when the stream ended
+
+
+def test_queue_full_gives_503_with_retry_after(upstream, run_app):
+    upstream.delay_s = 1.0
+    gate = gate_for(limit=1, max_queue=0, retry_after_s=3)
+    g = run_app(build_app(gate, upstream.url))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client(g.url).completions.create, model="fake", prompt="a", max_tokens=1)
+        wait_until(lambda: upstream.inflight == 1)
+        with pytest.raises(openai.APIStatusError) as info:
+            client(g.url).completions.create(model="fake", prompt="b", max_tokens=1)
+        assert info.value.status_code == 503
+        r = httpx.post(f"{g.url}/v1/completions", json={"model": "fake", "prompt": "c"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"
+        assert r.json()["error"]["code"] == "gate_queue_full"
+        assert first.result().choices[0].text == "echo:a"
+    st = gate.status()
+    assert st.rejected_queue_full == 2 and st.admitted == 1
+
+
+def test_queue_timeout_gives_503(upstream, run_app):
+    upstream.delay_s = 1.0
+    gate = gate_for(limit=1, max_queue=4, queue_timeout_s=0.2)
+    g = run_app(build_app(gate, upstream.url))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client(g.url).completions.create, model="fake", prompt="a", max_tokens=1)
+        wait_until(lambda: upstream.inflight == 1)
+        r = httpx.post(f"{g.url}/v1/completions", json={"model": "fake", "prompt": "b"})
+        assert r.status_code == 503 and "retry-after" in r.headers
+        assert r.json()["error"]["code"] == "gate_timeout"
+        first.result()
+    assert gate.status().rejected_timeout == 1 and gate.status().deferred == 1
+
+
+def test_pressure_high_holds_until_it_drops(upstream, run_app, tmp_path):
+    psi = tmp_path / "proc" / "pressure" / "cpu"
+    psi.parent.mkdir(parents=True)
+    psi.write_text(PSI.format(80.0))
+    source = PressureSource(Host(tmp_path), "system", min_interval_s=0.05)
+    gate = gate_for(limit=4, threshold_pct=40, pressure=source, queue_timeout_s=10)
+    g = run_app(build_app(gate, upstream.url))
+    done = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(lambda: (client(g.url).completions.create(model="fake", prompt="p", max_tokens=1),
+                                   done.set()))
+        wait_until(lambda: gate.status().queue_length == 1)
+        time.sleep(0.4)
+        assert not done.is_set() and upstream.calls == 0  # held at the gate
+        assert gate.status().pressure_pct == 80.0
+        psi.write_text(PSI.format(5.0))
+        fut.result(timeout=5)
+    assert upstream.calls == 1
+    st = gate.status()
+    assert st.deferred == 1 and st.admitted == 1 and st.rejected == 0
+
+
+def test_unreadable_pressure_fails_open(upstream, run_app, tmp_path):
+    source = PressureSource(Host(tmp_path), "system")  # no /proc/pressure/cpu under this root
+    gate = gate_for(limit=2, threshold_pct=10, pressure=source)
+    g = run_app(build_app(gate, upstream.url))
+    client(g.url).completions.create(model="fake", prompt="p", max_tokens=1)
+    st = gate.status()
+    assert st.deferred == 0 and st.pressure_pct is None and "not present" in st.pressure_error
+
+
+def test_concurrency_limit_respected(upstream, run_app):
+    upstream.delay_s = 0.2
+    gate = gate_for(limit=2, max_queue=20, queue_timeout_s=10)
+    g = run_app(build_app(gate, upstream.url))
+    c = client(g.url)
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda i: c.completions.create(model="fake", prompt=str(i), max_tokens=1), range(8)))
+    assert sorted(o.choices[0].text for o in outs) == sorted(f"echo:{i}" for i in range(8))
+    assert upstream.max_inflight == 2
+    wait_until(lambda: gate.status().inflight == 0)
+    st = gate.status()
+    assert st.admitted == 8 and st.deferred >= 5
+
+
+def test_upstream_down_gives_502_and_frees_the_slot(run_app):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    gate = gate_for(limit=1)
+    g = run_app(build_app(gate, f"http://127.0.0.1:{dead}"))
+    r = httpx.post(f"{g.url}/v1/completions", json={"model": "m"})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    wait_until(lambda: gate.status().inflight == 0)
+
+
+def test_control_endpoints(upstream, run_app):
+    gate = gate_for(limit=2, limiter=LimiterConfig(max_limit=16))
+    g = run_app(build_app(gate, upstream.url))
+    client(g.url).completions.create(model="fake", prompt="p", max_tokens=1)
+    st = httpx.get(f"{g.url}/gate/status").json()
+    assert st["limit"] == 2 and st["admitted"] == 1
+    text = httpx.get(f"{g.url}/gate/metrics").text
+    assert "autotune_gate_admitted_total 1.0" in text
+    assert 'autotune_gate_rejected_total{reason="queue_full"} 0.0' in text
+    assert "autotune_gate_limit 2.0" in text
+    r = httpx.post(f"{g.url}/gate/config", json={"limit": 6, "threshold_pct": 55})
+    assert r.status_code == 200 and r.json()["limit"] == 6 and r.json()["threshold_pct"] == 55
+    assert gate.settings.limit == 6
+    for bad in ({"limit": 99}, {"limit": 0}, {"threshold_pct": 150}, {"bogus": 1}, [1]):
+        r = httpx.post(f"{g.url}/gate/config", json=bad)
+        assert r.status_code == 400, bad
+        assert "bad /gate/config" in r.json()["error"]["message"]
+    assert gate.settings.limit == 6 and gate.settings.threshold_pct == 55  # nothing half-applied
+
+
+def test_config_refuses_non_loopback_clients():
+    gate = gate_for(limit=2)
+    with TestClient(build_app(gate, "http://127.0.0.1:9")) as tc:  # TestClient's peer is "testclient"
+        r = tc.post("/gate/config", json={"limit": 3})
+    assert r.status_code == 403
+    assert gate.settings.limit == 2
+
+
+def test_adaptive_limit_moves_with_latency(upstream, run_app):
+    upstream.delay_s = 0.02
+    gate = Gate(GateSettings(limit=2, adaptive=True, threshold_pct=None,
+                             limiter=LimiterConfig(max_limit=8, short_window=2, long_window=50)))
+    g = run_app(build_app(gate, upstream.url))
+    c = client(g.url)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: c.completions.create(model="fake", prompt="p", max_tokens=1), range(60)))
+    assert gate.settings.limit > 2  # flat latency, limit in use -> grows
+    assert gate.status().latency_long_s is not None
