@@ -100,11 +100,11 @@ class HelperServer:
         self._slots = threading.BoundedSemaphore(lim.max_connections)
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
+        self.sock.listen(64)  # before any thread starts, so early clients are not refused
 
     # -- lifecycle --------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)  # wake up to notice shutdown()
+        self.sock.settimeout(1.0)  # belt and braces; shutdown() also wakes accept() directly
         log.info("helper listening on %s", self.sock.getsockname() or "inherited socket")
         while not self._stop.is_set():
             try:
@@ -126,6 +126,10 @@ class HelperServer:
 
     def shutdown(self) -> None:
         self._stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # Linux: wakes a blocked accept() at once
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.shutdown()
