@@ -1,0 +1,169 @@
+"""Knob ``admission``: the gate's PSI threshold and concurrency limit, set over HTTP.
+
+Target: the gate's control URL ("http://127.0.0.1:8100"). Value: comma-separated settings,
+normalized to ``threshold=40,limit=4,min_limit=1,max_limit=64,adaptive=on`` (threshold in
+percent of PSI some avg10, or "off"). A proposal may name a subset ("limit=6"): the rest is
+taken from the gate's current settings. Read = GET /gate/status; write = POST /gate/config;
+restore = POST the recorded settings back. Nothing here touches host files, so the Host's
+``writable`` flag does not apply; dry run is still ``change(dry_run=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import httpx
+
+from autotune.errors import HostError, InvalidValue, TargetGone
+from autotune.host import Host
+from autotune.knobs.base import Knob, KnobState
+
+KEYS = ("threshold", "limit", "min_limit", "max_limit", "adaptive")
+# our key -> /gate/config field
+FIELDS = {"threshold": "threshold_pct", "limit": "limit", "min_limit": "min_limit",
+          "max_limit": "max_limit", "adaptive": "adaptive"}
+
+
+def parse_value(value: str) -> dict[str, str]:
+    """'threshold=40, limit=4' -> {'threshold': '40', 'limit': '4'} with each value checked."""
+    out: dict[str, str] = {}
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, val = part.partition("=")
+        key, val = key.strip(), val.strip().lower()
+        if not sep or key not in KEYS:
+            raise InvalidValue(f"admission: {part!r} is not KEY=VALUE with KEY in {', '.join(KEYS)}")
+        if key == "threshold":
+            if val in ("off", "none"):
+                val = "off"
+            else:
+                try:
+                    t = float(val)
+                except ValueError as err:
+                    raise InvalidValue(f"admission: threshold={val!r} is not a number or 'off'") from err
+                if not 0 <= t <= 100:
+                    raise InvalidValue(f"admission: threshold={val} outside 0..100 (percent PSI some avg10)")
+                val = f"{t:g}"
+        elif key == "adaptive":
+            if val not in ("on", "off", "true", "false", "1", "0"):
+                raise InvalidValue(f"admission: adaptive={val!r}; use on or off")
+            val = "on" if val in ("on", "true", "1") else "off"
+        else:
+            try:
+                n = int(val)
+            except ValueError as err:
+                raise InvalidValue(f"admission: {key}={val!r} is not an integer") from err
+            if n < 1:
+                raise InvalidValue(f"admission: {key}={n} must be >= 1")
+            val = str(n)
+        out[key] = val
+    if not out:
+        raise InvalidValue("admission: empty value; e.g. 'threshold=40,limit=4'")
+    return out
+
+
+def format_value(settings: dict[str, str]) -> str:
+    return ",".join(f"{k}={settings[k]}" for k in KEYS if k in settings)
+
+
+def settings_from_status(status: dict) -> dict[str, str]:
+    t = status.get("threshold_pct")
+    return {
+        "threshold": "off" if t is None else f"{float(t):g}",
+        "limit": str(int(status["limit"])),
+        "min_limit": str(int(status["min_limit"])),
+        "max_limit": str(int(status["max_limit"])),
+        "adaptive": "on" if status.get("adaptive") else "off",
+    }
+
+
+def config_body(settings: dict[str, str]) -> dict:
+    body: dict = {}
+    for key, val in settings.items():
+        if key == "threshold":
+            body["threshold_pct"] = None if val == "off" else float(val)
+        elif key == "adaptive":
+            body["adaptive"] = val == "on"
+        else:
+            body[FIELDS[key]] = int(val)
+    return body
+
+
+class AdmissionKnob(Knob):
+    name: ClassVar[str] = "admission"
+    description: ClassVar[str] = "Admission gate: PSI threshold (%) and concurrency limit (POST /gate/config)"
+
+    def __init__(self, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.timeout = timeout
+        self.transport = transport  # tests inject a transport
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(timeout=self.timeout, transport=self.transport)
+
+    def _status(self, target: str) -> dict:
+        url = f"{target.rstrip('/')}/gate/status"
+        try:
+            with self._client() as c:
+                resp = c.get(url)
+                resp.raise_for_status()
+                return resp.json()
+        except httpx.ConnectError as err:
+            raise TargetGone(f"admission: no gate answering at {url} (is `autotune gate` running?)") from err
+        except (httpx.HTTPError, json.JSONDecodeError) as err:
+            raise HostError(f"admission: cannot read {url}: {err}") from err
+
+    def read(self, host: Host, target: str) -> KnobState:
+        try:
+            settings = settings_from_status(self._status(target))
+        except (KeyError, TypeError, ValueError) as err:
+            raise HostError(f"admission: {target}/gate/status lacks or garbles {err}") from err
+        value = format_value(settings)
+        return KnobState(knob=self.name, target=target, value=value, raw={"gate_config": value})
+
+    def validate(self, host: Host, target: str, value: str) -> str:
+        proposed = parse_value(value)
+        if set(proposed) != set(KEYS):  # partial: fill the rest from the live gate
+            current = parse_value(self.read(host, target).value)
+            proposed = {**current, **proposed}
+        lo, hi, lim = int(proposed["min_limit"]), int(proposed["max_limit"]), int(proposed["limit"])
+        if lo > hi:
+            raise InvalidValue(f"admission: min_limit {lo} > max_limit {hi}")
+        if not lo <= lim <= hi:
+            raise InvalidValue(f"admission: limit {lim} outside [min_limit {lo}, max_limit {hi}]")
+        return format_value(proposed)
+
+    def write(self, host: Host, target: str, value: str) -> None:
+        url = f"{target.rstrip('/')}/gate/config"
+        body = config_body(parse_value(value))
+        try:
+            with self._client() as c:
+                resp = c.post(url, json=body)
+        except httpx.ConnectError as err:
+            raise TargetGone(f"admission: no gate answering at {url}") from err
+        except httpx.HTTPError as err:
+            raise HostError(f"admission: POST {url} failed: {err}") from err
+        if resp.status_code != 200:
+            try:
+                msg = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                msg = resp.text[:200]
+            raise HostError(f"admission: gate refused {value!r} (HTTP {resp.status_code}): {msg}")
+
+    def restore(self, host: Host, state: KnobState) -> None:
+        self.write(host, state.target, state.raw.get("gate_config", state.value))
+
+    def same(self, a: str | None, b: str | None) -> bool:
+        if a is None or b is None:
+            return a == b
+        pa, pb = parse_value(a), parse_value(b)
+        for key in set(pa) & set(pb):
+            x, y = pa[key], pb[key]
+            if key == "threshold" and "off" not in (x, y):
+                if abs(float(x) - float(y)) > 0.01:
+                    return False
+            elif x != y:
+                return False
+        return True
