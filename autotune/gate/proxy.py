@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -121,17 +120,16 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
                         ticket.first_byte_s = gate.clock() - ticket.admitted_at
                     yield chunk
             finally:
-                await resp.aclose()
-                done()
+                await close()
 
-        def done() -> None:
+        async def close() -> None:
+            await resp.aclose()
             ticket.release(latency_s=ticket.first_byte_s if resp.status_code < 500 else None)
 
         out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
         if "content-length" in resp.headers:
             out_headers["content-length"] = resp.headers["content-length"]
-        return StreamingResponse(body(), status_code=resp.status_code, headers=out_headers,
-                                 background=BackgroundTask(done))
+        return _GatedStream(body(), on_close=close, status_code=resp.status_code, headers=out_headers)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -142,6 +140,22 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
     routes = control_routes(gate) if control else []
     routes.append(Route("/{path:path}", proxy, methods=METHODS))
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+class _GatedStream(StreamingResponse):
+    """A streaming response that always frees its admission slot, however it ends (body done,
+    client gone before the first chunk, send error): the generator's own ``finally`` does not
+    run if the body was never started."""
+
+    def __init__(self, content, *, on_close, **kw) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
 
 
 def build_control_app(gate: Gate) -> Starlette:

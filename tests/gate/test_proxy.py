@@ -194,3 +194,15 @@ def test_adaptive_limit_moves_with_latency(upstream, run_app):
         list(pool.map(lambda i: c.completions.create(model="fake", prompt="p", max_tokens=1), range(60)))
     assert gate.settings.limit > 2  # flat latency, limit in use -> grows
     assert gate.status().latency_long_s is not None
+
+
+def test_client_leaving_mid_stream_frees_the_slot(upstream, run_app):
+    upstream.delay_s, upstream.chunks = 0.3, 10
+    gate = gate_for(limit=1)
+    g = run_app(build_app(gate, upstream.url))
+    with httpx.stream("POST", f"{g.url}/v1/completions", json={"model": "fake", "prompt": "s", "stream": True}) as r:
+        first = next(r.iter_raw())
+        assert first.startswith(b"data: ")
+        assert gate.status().inflight == 1
+    wait_until(lambda: gate.status().inflight == 0, timeout=3)  # long before the 3 s stream would end
+    wait_until(lambda: upstream.inflight == 0, timeout=3)  # and the upstream request was closed too
