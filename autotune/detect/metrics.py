@@ -46,7 +46,7 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``slo.p95_ratio`` ``slo.p99_ratio`` ``slo.ttft_p95_ratio`` | ratio | latency / SLO; needs ``services`` |
 
 Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
-role aggregates (``neighbours.*``, ``services.count``) and knob facts read through
+role aggregates (``neighbours.*``, ``services.count``, ``services.latency_critical.count``) and knob facts read through
 ``read_current`` (``host.governor_powersave``: 1 when any cpufreq policy runs ``powersave``;
 ``host.thp.enabled_always`` / ``host.thp.defrag_always``: 1 when that THP file is ``always``).
 """
@@ -69,6 +69,7 @@ CONTEXT_METRICS = (
     "neighbours.cpu.usage_cores",
     "neighbours.mem.usage_bytes",
     "services.count",
+    "services.latency_critical.count",
     "host.governor_powersave",
     "host.thp.enabled_always",
     "host.thp.defrag_always",

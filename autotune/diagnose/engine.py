@@ -1,0 +1,336 @@
+"""Turn metrics + active symptoms into concrete Actions by evaluating the rule set.
+
+Pure apart from ``read_current(knob, target) -> str | None`` (the knob's normalized current
+value, None when unreadable), which callers supply. Step rules (``factor``/``delta``) need a
+numeric current value; a value equal to the current one yields no action.
+
+Context the engine adds to the metrics before evaluating (when not already present):
+``services.count``, ``services.latency_critical.count``, ``neighbours.count``,
+``neighbours.cpu.usage_cores`` / ``neighbours.mem.usage_bytes`` (sums over role=neighbour
+services), ``svc.<s>.slo.*_ratio`` from the config SLOs, and - only if a rule references them -
+knob facts read through ``read_current``: ``host.governor_powersave`` (governor "all" reads
+powersave), ``host.thp.enabled_always`` / ``host.thp.defrag_always``.
+
+Cooldowns: ``cooldowns[rule_name]`` is when that rule last fired (applied); the rule stays
+quiet until ``rule.cooldown_s`` has passed. Actions come out sorted best first: higher priority,
+applicable before advisory, then rule name and target for a stable order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import re
+from collections.abc import Callable
+from typing import Any
+
+from autotune.detect.symptoms import SERVICE_PLACEHOLDER
+from autotune.diagnose.rules import (
+    _PLACEHOLDER,
+    ActionSpec,
+    AllCond,
+    AnyCond,
+    MetricCond,
+    MetricRef,
+    Rule,
+    RuleSet,
+    SymptomCond,
+)
+from autotune.host import format_cpulist, parse_cpulist
+from autotune.types import Action, Symptom
+
+log = logging.getLogger(__name__)
+
+ReadCurrent = Callable[[str, str], "str | None"]
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+    "==": lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9),
+    "!=": lambda a, b: not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9),
+}
+
+
+def diagnose(
+    ruleset: RuleSet,
+    metrics: dict[str, float],
+    symptoms: list[Symptom],
+    config: Any,
+    read_current: ReadCurrent,
+    now: float,
+    cooldowns: dict[str, float] | None = None,
+) -> list[Action]:
+    """Actions proposed by every rule whose conditions hold, best first."""
+    cooldowns = cooldowns or {}
+    m = context_metrics(ruleset, metrics, config, read_current)
+    actions: list[Action] = []
+    for rule in ruleset.rules:
+        if not rule.enabled:
+            continue
+        last = cooldowns.get(rule.name)
+        if last is not None and now - last < rule.cooldown_s:
+            log.debug("rule %s in cooldown (%.0f s left)", rule.name, rule.cooldown_s - (now - last))
+            continue
+        for svc in _bindings(rule, config):
+            try:
+                evidence: dict[str, float] = {}
+                if not _holds(rule.when, m, symptoms, svc, evidence):
+                    continue
+                actions.extend(_actions(rule, svc, m, config, read_current, evidence))
+            except Exception:  # one bad rule must not stop the others
+                log.exception("rule %s failed for %s", rule.name, svc or "host")
+    # one proposal per (knob, target): the best-ranked rule wins
+    actions.sort(key=lambda a: (-a.priority, a.advisory, a.rule, a.target))
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for a in actions:
+        key = (a.knob, a.target) if not a.advisory else (a.rule, a.target)
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return out
+
+
+# -- context --------------------------------------------------------------------------------
+def context_metrics(ruleset: RuleSet, metrics: dict[str, float], config: Any, read_current: ReadCurrent) -> dict[str, float]:
+    m = dict(metrics)
+    services = list(getattr(config, "services", []))
+    neighbours = [s for s in services if s.role == "neighbour"]
+    m.setdefault("services.count", float(len(services)))
+    m.setdefault("services.latency_critical.count", float(sum(s.role == "latency-critical" for s in services)))
+    m.setdefault("neighbours.count", float(len(neighbours)))
+    for key in ("cpu.usage_cores", "mem.usage_bytes"):
+        vals = [m[f"svc.{s.name}.{key}"] for s in neighbours if f"svc.{s.name}.{key}" in m]
+        if vals:
+            m.setdefault(f"neighbours.{key}", float(sum(vals)))
+    for s in services:
+        for lat, slo_attr, name in (("p95_s", "p95_latency_s", "p95"), ("p99_s", "p99_latency_s", "p99"),
+                                    ("ttft_p95_s", "ttft_p95_s", "ttft_p95")):
+            target = getattr(s.slo, slo_attr, None)
+            v = m.get(f"svc.{s.name}.latency.{lat}")
+            if target and v is not None:
+                m.setdefault(f"svc.{s.name}.slo.{name}_ratio", v / target)
+    used = ruleset.context_metrics_used()
+    facts = {
+        "host.governor_powersave": ("governor", "all", lambda v: "powersave" in v.split()),
+        "host.thp.enabled_always": ("thp", "enabled", lambda v: v.strip() == "always"),
+        "host.thp.defrag_always": ("thp", "defrag", lambda v: v.strip() == "always"),
+    }
+    for name, (knob, target, test) in facts.items():
+        if name in used and name not in m:
+            cur = _safe_read(read_current, knob, target)
+            if cur is not None:
+                m[name] = 1.0 if test(cur) else 0.0
+    return m
+
+
+def _safe_read(read_current: ReadCurrent, knob: str, target: str) -> str | None:
+    try:
+        return read_current(knob, target)
+    except Exception as err:  # unreadable is a missing reading
+        log.debug("read_current(%s, %s) failed: %s", knob, target, err)
+        return None
+
+
+def _bindings(rule: Rule, config: Any) -> list[str | None]:
+    if rule.scope == "host":
+        return [None]
+    return [s.name for s in getattr(config, "services", []) if rule.role is None or s.role == rule.role]
+
+
+def _sub(name: str, svc: str | None) -> str:
+    return name.replace(SERVICE_PLACEHOLDER, svc) if svc is not None else name
+
+
+# -- conditions -----------------------------------------------------------------------------
+def _holds(c: Any, m: dict[str, float], symptoms: list[Symptom], svc: str | None, ev: dict[str, float]) -> bool:
+    if isinstance(c, SymptomCond):
+        hits = [s for s in symptoms if s.name == c.symptom and (svc is None or s.service in (None, svc))]
+        for s in hits:
+            ev[s.metric] = s.value
+        return bool(hits)
+    if isinstance(c, MetricCond):
+        left_name = _sub(c.metric, svc)
+        left = m.get(left_name)
+        if isinstance(c.value, (int, float)):
+            right = float(c.value)
+        else:
+            ref = c.value if isinstance(c.value, MetricRef) else MetricRef(metric=c.value)
+            r = m.get(_sub(ref.metric, svc))
+            if r is None:
+                return False
+            ev[_sub(ref.metric, svc)] = r
+            right = r * ref.factor
+        if left is None:
+            return False
+        ev[left_name] = left
+        return _OPS[c.op](left, right)
+    if isinstance(c, AllCond):
+        return all(_holds(x, m, symptoms, svc, ev) for x in c.all)
+    if isinstance(c, AnyCond):
+        # evaluate all branches so the evidence shows every one that held
+        return any([_holds(x, m, symptoms, svc, ev) for x in c.any])
+    raise TypeError(f"unknown condition {c!r}")
+
+
+# -- actions --------------------------------------------------------------------------------
+def _service_target(config: Any, name: str, knob: str) -> str | None:
+    """cgroup knobs act on the service's cgroup; the others take the service name."""
+    if not knob.startswith("cgroup."):
+        return name
+    try:
+        svc = config.service(name)
+    except KeyError:
+        return None
+    if svc.cgroup:
+        return svc.cgroup
+    if svc.unit:
+        return f"/system.slice/{svc.unit}"  # systemd's default place for a system unit
+    return None
+
+
+def _targets(spec: ActionSpec, svc: str | None, config: Any) -> list[tuple[str, str | None]]:
+    """(target, service it belongs to) pairs for one action spec."""
+    if spec.target == "service":
+        t = _service_target(config, svc, spec.knob) if svc else None
+        return [(t, svc)] if t else []
+    if spec.target == "neighbours":
+        out = []
+        for s in getattr(config, "services", []):
+            if s.role == "neighbour" and s.name != svc:
+                t = _service_target(config, s.name, spec.knob)
+                if t:
+                    out.append((t, s.name))
+        return out
+    if spec.target == "host":
+        return [("host", svc)]
+    return [(spec.target, svc)]
+
+
+def _variables(m: dict[str, float], svc: str | None) -> dict[str, str]:
+    v: dict[str, str] = {"service": svc or "host"}
+    n = int(m.get("host.ncpu", 0))
+    if n:
+        v["ncpu"] = str(n)
+    if n >= 2:
+        k = math.ceil(n / 2)  # the service gets the last ceil(n/2) CPUs, neighbours the rest
+        v["dedicated_cpus"] = format_cpulist(list(range(n - k, n)))
+        v["shared_cpus"] = format_cpulist(list(range(0, n - k)))
+    if svc is not None:
+        caps = [m.get(f"svc.{svc}.cpu.quota_cores"), m.get(f"svc.{svc}.cpuset.ncpu"), m.get("host.ncpu")]
+        caps = [c for c in caps if c]
+        if caps:
+            v["threads_hint"] = str(max(1, math.floor(min(caps))))
+    return v
+
+
+def render(text: str, m: dict[str, float], svc: str | None) -> str | None:
+    """Fill {name} and {metric:NAME} placeholders; None when one cannot be resolved."""
+    variables = _variables(m, svc)
+    missing = False
+
+    def fill(match: re.Match[str]) -> str:
+        nonlocal missing
+        ph = match.group(1)
+        if ph.startswith("metric:"):
+            val = m.get(_sub(ph[len("metric:") :], svc))
+            if val is None:
+                missing = True
+                return match.group(0)
+            return f"{val:.3g}"
+        if ph in variables:
+            return variables[ph]
+        missing = True
+        return match.group(0)
+
+    out = _PLACEHOLDER.sub(fill, text)
+    return None if missing else out
+
+
+def _num(v: str | None) -> float | None:
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def format_value(knob: str, x: float) -> str:
+    if knob == "cgroup.cpu_quota":
+        return f"{max(0.01, round(x, 2)):.2f}".rstrip("0").rstrip(".")
+    return str(int(round(x)))
+
+
+def same_value(knob: str, a: str | None, b: str | None) -> bool:
+    """Normalized comparison: numbers numerically, cpu lists as sets, text stripped."""
+    if a is None or b is None:
+        return False
+    na, nb = _num(a), _num(b)
+    if na is not None and nb is not None:
+        tol = 0.005 if knob == "cgroup.cpu_quota" else 1e-9
+        return abs(na - nb) <= tol
+    if knob in ("cgroup.cpuset", "affinity"):
+        try:
+            return parse_cpulist(a) == parse_cpulist(b)
+        except Exception:
+            pass
+    return a.strip() == b.strip()
+
+
+def _clamp(x: float, spec: ActionSpec, m: dict[str, float], svc: str | None) -> float:
+    b = spec.bounds
+    if b is None:
+        return x
+    lo = m.get(_sub(b.min, svc)) if isinstance(b.min, str) else b.min
+    hi = m.get(_sub(b.max, svc)) if isinstance(b.max, str) else b.max
+    if hi is not None:
+        x = min(x, hi)
+    if lo is not None:
+        x = max(x, lo)
+    return x
+
+
+def _propose(spec: ActionSpec, current: str | None, m: dict[str, float], svc: str | None) -> str | None:
+    if spec.step is not None:
+        cur = _num(current)
+        if cur is None:
+            return None  # unlimited ("max") or unreadable: nothing to step from
+        x = cur * spec.step.factor if spec.step.factor is not None else cur + spec.step.delta
+        return format_value(spec.knob, _clamp(x, spec, m, svc))
+    if isinstance(spec.value, (int, float)):
+        x = float(spec.value)
+        return format_value(spec.knob, _clamp(x, spec, m, svc)) if spec.knob in _NUMERIC else str(spec.value)
+    text = render(spec.value, m, svc)
+    if text is None:
+        return None
+    x = _num(text)
+    if x is not None and spec.knob in _NUMERIC:
+        return format_value(spec.knob, _clamp(x, spec, m, svc))
+    return text
+
+
+_NUMERIC = {"cgroup.cpu_quota", "cgroup.cpu_weight", "cgroup.memory_high", "cgroup.memory_max", "sysctl"}
+
+
+def _actions(
+    rule: Rule, svc: str | None, m: dict[str, float], config: Any, read_current: ReadCurrent, evidence: dict[str, float]
+) -> list[Action]:
+    out = []
+    rationale = render(rule.rationale, m, svc) or rule.rationale
+    for spec in rule.actions:
+        for target, owner in _targets(spec, svc, config):
+            advisory = spec.is_advisory
+            current = None if spec.knob == "advice" else _safe_read(read_current, spec.knob, target)
+            proposed = _propose(spec, current, m, owner if spec.target == "neighbours" else svc)
+            if proposed is None:
+                log.debug("rule %s: no value for %s %s (current %r)", rule.name, spec.knob, target, current)
+                continue
+            if same_value(spec.knob, current, proposed):
+                continue
+            out.append(Action(
+                knob=spec.knob, target=target, service=owner, current=current, proposed=proposed,
+                rule=rule.name, rationale=rationale, priority=rule.priority, advisory=advisory,
+                evidence=dict(evidence),
+            ))
+    return out
