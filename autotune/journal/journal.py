@@ -1,0 +1,563 @@
+"""Crash-safe action journal: every change is recorded durably BEFORE the write.
+
+Lifecycle of an entry (``events`` keeps every transition with its time and detail)::
+
+    planned -> applied -> verifying -> kept | rolled_back | failed
+       |          `-------------`---> drifted (someone else changed the value)
+       `-> failed (the write never landed)
+
+``plan`` commits the prior KnobState (the raw restore record) in its own transaction; with
+``synchronous=FULL`` (open_db) the commit is fsynced, so a kill -9 right after ``plan`` leaves
+the entry on disk. At start ``reconcile`` compares each unfinished entry with the live value:
+prior -> the write never landed (planned) or was already undone (applied/verifying); proposed
+-> keep it for re-verification; anything else -> drift: the (knob, target) becomes
+``unmanaged`` and is never written again until an operator calls ``enable_target``.
+
+The journal knows nothing of knobs or the helper: it stores KnobState dicts and asks callbacks
+for live values. Value comparison defaults to string equality; pass the knob's ``same``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import sqlite_utils
+from pydantic import BaseModel, ConfigDict
+
+from autotune.errors import AutotuneError
+from autotune.store.db import migrate
+
+COMPONENT = "journal"
+
+State = Literal["planned", "applied", "verifying", "kept", "rolled_back", "failed", "drifted"]
+UNFINISHED: tuple[State, ...] = ("planned", "applied", "verifying")
+# From -> allowed next states. Terminal entries may still be rolled back later by an operator
+# (``autotune rollback``): a kept change, a drifted one (forced) or a failed partial write.
+TRANSITIONS: dict[str, set[str]] = {
+    "planned": {"applied", "failed", "drifted"},
+    "applied": {"verifying", "kept", "rolled_back", "failed", "drifted"},
+    "verifying": {"kept", "rolled_back", "failed", "drifted"},
+    "kept": {"rolled_back", "drifted"},
+    "failed": {"rolled_back"},
+    "drifted": {"rolled_back"},
+    "rolled_back": set(),
+}
+
+ReadCurrent = Callable[[str, str], "str | None"]  # (knob, target) -> normalized value or None
+Same = Callable[[str | None, str | None], bool]
+
+
+class JournalError(AutotuneError):
+    """Unknown entry or a transition the lifecycle does not allow."""
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE journal_entries ("
+        " id INTEGER PRIMARY KEY, ts REAL NOT NULL, knob TEXT NOT NULL, target TEXT NOT NULL,"
+        " service TEXT, rule TEXT NOT NULL, rationale TEXT NOT NULL DEFAULT '',"
+        " symptoms TEXT NOT NULL DEFAULT '[]', prior TEXT NOT NULL, proposed TEXT NOT NULL,"
+        " applied TEXT, state TEXT NOT NULL, objective_before TEXT, objective_after TEXT,"
+        " verify_result TEXT, error TEXT, planned_ts REAL NOT NULL, applied_ts REAL,"
+        " verifying_ts REAL, finished_ts REAL, updated_ts REAL NOT NULL)"
+    )
+    db.execute("CREATE INDEX journal_entries_target ON journal_entries(knob, target, ts)")
+    db.execute("CREATE INDEX journal_entries_state ON journal_entries(state)")
+    db.execute("CREATE INDEX journal_entries_ts ON journal_entries(ts)")
+    db.execute(
+        "CREATE TABLE journal_events (id INTEGER PRIMARY KEY,"
+        " entry_id INTEGER NOT NULL REFERENCES journal_entries(id), ts REAL NOT NULL,"
+        " from_state TEXT, to_state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')"
+    )
+    db.execute("CREATE INDEX journal_events_entry ON journal_events(entry_id)")
+    db.execute(
+        "CREATE TABLE journal_unmanaged (knob TEXT NOT NULL, target TEXT NOT NULL,"
+        " since_ts REAL NOT NULL, reason TEXT NOT NULL, entry_id INTEGER,"
+        " PRIMARY KEY (knob, target))"
+    )
+
+
+MIGRATIONS = [_v1]
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class JournalEntry(_M):
+    id: int
+    ts: float  # when planned, unix seconds
+    knob: str
+    target: str
+    service: str | None
+    rule: str
+    rationale: str
+    symptoms: list[dict[str, Any]]
+    prior: dict[str, Any]  # KnobState dump: knob, target, value, raw (restore record)
+    proposed: str
+    applied: dict[str, Any] | None
+    state: State
+    objective_before: dict[str, Any] | None
+    objective_after: dict[str, Any] | None
+    verify_result: dict[str, Any] | None
+    error: str | None
+    planned_ts: float
+    applied_ts: float | None
+    verifying_ts: float | None
+    finished_ts: float | None
+
+    @property
+    def prior_value(self) -> str | None:
+        return self.prior.get("value")
+
+    @property
+    def expected_value(self) -> str:
+        """What the target should read while our change is in place."""
+        if self.applied and self.applied.get("value") is not None:
+            return str(self.applied["value"])
+        return self.proposed
+
+
+class JournalEvent(_M):
+    id: int
+    entry_id: int
+    ts: float
+    from_state: str | None
+    to_state: str
+    detail: str
+
+
+class UnmanagedTarget(_M):
+    knob: str
+    target: str
+    since_ts: float
+    reason: str
+    entry_id: int | None
+
+
+class ReconcileOutcome(_M):
+    entry_id: int
+    knob: str
+    target: str
+    outcome: Literal["not_applied", "reverify", "already_restored", "drift", "gone"]
+    state: State  # the entry's state after reconcile
+    current: str | None
+    detail: str
+
+
+class RollbackPlan(_M):
+    entry_id: int
+    knob: str
+    target: str
+    action: Literal["restore", "skip_drift", "nothing"]
+    restore: dict[str, Any] | None  # the prior KnobState dict to write back when action=restore
+    current: str | None
+    reason: str
+
+
+def _dump(obj: Any) -> str | None:
+    if obj is None:
+        return None
+    if isinstance(obj, BaseModel):
+        return obj.model_dump_json()
+    return json.dumps(obj, default=lambda o: o.model_dump() if isinstance(o, BaseModel) else str(o))
+
+
+def _as_dict(state: Any) -> dict[str, Any]:
+    if isinstance(state, BaseModel):
+        return state.model_dump()
+    if isinstance(state, Mapping):
+        return dict(state)
+    raise TypeError(f"expected a KnobState or dict, got {type(state).__name__}")
+
+
+def _eq(a: str | None, b: str | None) -> bool:
+    return a == b
+
+
+class Journal:
+    """The action journal on a state DB. Thread-safe; every method commits before returning."""
+
+    def __init__(self, db: sqlite_utils.Database, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+        self._lock = threading.RLock()
+        migrate(db, COMPONENT, MIGRATIONS)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._lock, self.db.conn:
+            self.db.execute("BEGIN IMMEDIATE")
+            yield
+
+    # -- write-ahead ----------------------------------------------------------------------
+    def plan(
+        self,
+        *,
+        knob: str,
+        target: str,
+        prior: Any,
+        proposed: str,
+        rule: str,
+        rationale: str = "",
+        service: str | None = None,
+        symptoms: Iterable[Any] = (),
+        objective_before: Mapping[str, Any] | None = None,
+    ) -> JournalEntry:
+        """Durably record the prior value (KnobState or dict) BEFORE anything is written."""
+        prior_d = _as_dict(prior)
+        if "value" not in prior_d:
+            raise JournalError(f"journal plan {knob} {target}: prior state has no 'value'")
+        syms = [_as_dict(s) for s in symptoms]
+        now = self.clock()
+        with self._tx():
+            cur = self.db.execute(
+                "INSERT INTO journal_entries (ts, knob, target, service, rule, rationale, symptoms,"
+                " prior, proposed, state, objective_before, planned_ts, updated_ts)"
+                " VALUES (?,?,?,?,?,?,?,?,?,'planned',?,?,?)",
+                [now, knob, target, service, rule, rationale, json.dumps(syms), _dump(prior_d),
+                 proposed, _dump(objective_before), now, now],
+            )
+            eid = int(cur.lastrowid)
+            self._event(eid, None, "planned", f"prior={prior_d.get('value')!r} proposed={proposed!r}", now)
+        return self.get(eid)
+
+    def write_ahead(self, **meta: Any) -> "WriteAhead":
+        """A ``before_write`` hook for ``Knob.change``: plans an entry with ``meta``
+        (rule, rationale, service, symptoms) the moment the prior value is known."""
+        return WriteAhead(self, meta)
+
+    # -- transitions ----------------------------------------------------------------------
+    def _event(self, eid: int, frm: str | None, to: str, detail: str, ts: float) -> None:
+        self.db.execute(
+            "INSERT INTO journal_events(entry_id, ts, from_state, to_state, detail) VALUES (?,?,?,?,?)",
+            [eid, ts, frm, to, detail],
+        )
+
+    def _transition(self, eid: int, to: State, detail: str = "", **fields: Any) -> JournalEntry:
+        now = self.clock()
+        with self._tx():
+            row = self.db.execute("SELECT state FROM journal_entries WHERE id=?", [eid]).fetchone()
+            if row is None:
+                raise JournalError(f"journal entry {eid} does not exist")
+            frm = row[0]
+            if to not in TRANSITIONS[frm]:
+                raise JournalError(f"journal entry {eid}: cannot go from {frm} to {to}")
+            cols = {"state": to, "updated_ts": now, **fields}
+            if to == "applied":
+                cols.setdefault("applied_ts", now)
+            elif to == "verifying":
+                cols["verifying_ts"] = now
+            elif to in ("kept", "rolled_back", "failed", "drifted"):
+                cols["finished_ts"] = now
+            sets = ", ".join(f"{k}=?" for k in cols)
+            self.db.execute(f"UPDATE journal_entries SET {sets} WHERE id=?", [*cols.values(), eid])
+            self._event(eid, frm, to, detail, now)
+        return self.get(eid)
+
+    def mark_applied(self, entry_id: int, applied: Any, detail: str = "") -> JournalEntry:
+        """The write landed; ``applied`` is the KnobState read back after it."""
+        return self._transition(entry_id, "applied", detail, applied=_dump(_as_dict(applied)))
+
+    def mark_verifying(
+        self, entry_id: int, objective_before: Mapping[str, Any] | None = None
+    ) -> JournalEntry:
+        extra = {"objective_before": _dump(objective_before)} if objective_before is not None else {}
+        return self._transition(entry_id, "verifying", "", **extra)
+
+    def mark_kept(self, entry_id: int, *, result: Any = None,
+                  objective_after: Mapping[str, Any] | None = None, detail: str = "") -> JournalEntry:
+        return self._transition(entry_id, "kept", detail, verify_result=_dump(result),
+                                objective_after=_dump(objective_after))
+
+    def mark_rolled_back(self, entry_id: int, *, result: Any = None,
+                         objective_after: Mapping[str, Any] | None = None,
+                         detail: str = "") -> JournalEntry:
+        extra: dict[str, Any] = {}
+        if result is not None:
+            extra["verify_result"] = _dump(result)
+        if objective_after is not None:
+            extra["objective_after"] = _dump(objective_after)
+        return self._transition(entry_id, "rolled_back", detail, **extra)
+
+    def mark_failed(self, entry_id: int, error: str) -> JournalEntry:
+        return self._transition(entry_id, "failed", error, error=error)
+
+    def mark_drifted(self, entry_id: int, current: str | None, detail: str = "") -> JournalEntry:
+        """Someone else changed the target: journal it and stop managing the target."""
+        e = self.get(entry_id)
+        why = detail or (f"live value {current!r} is neither prior {e.prior_value!r} "
+                         f"nor ours {e.expected_value!r}")
+        out = self._transition(entry_id, "drifted", why, error=why)
+        self.disable_target(e.knob, e.target, reason=f"drift on entry {entry_id}: {why}",
+                            entry_id=entry_id)
+        return out
+
+    # -- queries --------------------------------------------------------------------------
+    _COLS = ("id, ts, knob, target, service, rule, rationale, symptoms, prior, proposed, applied,"
+             " state, objective_before, objective_after, verify_result, error, planned_ts,"
+             " applied_ts, verifying_ts, finished_ts")
+
+    @staticmethod
+    def _row(r: tuple[Any, ...]) -> JournalEntry:
+        (eid, ts, knob, target, service, rule, rationale, symptoms, prior, proposed, applied,
+         state, ob, oa, vr, error, pts, ats, vts, fts) = r
+        lj = lambda s: json.loads(s) if s is not None else None  # noqa: E731
+        return JournalEntry(
+            id=eid, ts=ts, knob=knob, target=target, service=service, rule=rule,
+            rationale=rationale, symptoms=json.loads(symptoms), prior=json.loads(prior),
+            proposed=proposed, applied=lj(applied), state=state, objective_before=lj(ob),
+            objective_after=lj(oa), verify_result=lj(vr), error=error, planned_ts=pts,
+            applied_ts=ats, verifying_ts=vts, finished_ts=fts,
+        )
+
+    def get(self, entry_id: int) -> JournalEntry:
+        r = self.db.execute(f"SELECT {self._COLS} FROM journal_entries WHERE id=?", [entry_id]).fetchone()
+        if r is None:
+            raise JournalError(f"journal entry {entry_id} does not exist")
+        return self._row(r)
+
+    def entries(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        knob: str | None = None,
+        target: str | None = None,
+        since_ts: float | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[JournalEntry]:
+        where, args = self._where(knob=knob, target=target, since_ts=since_ts)
+        if states is not None:
+            st = list(states)
+            where.append(f"state IN ({','.join('?' * len(st))})")
+            args.extend(st)
+        sql = f"SELECT {self._COLS} FROM journal_entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts DESC, id DESC" if newest_first else " ORDER BY ts, id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._row(r) for r in self.db.execute(sql, args).fetchall()]
+
+    @staticmethod
+    def _where(*, knob: str | None = None, rule: str | None = None, target: str | None = None,
+               since_ts: float | None = None) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        for col, val in (("knob", knob), ("rule", rule), ("target", target)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        if since_ts is not None:
+            where.append("ts>=?")
+            args.append(since_ts)
+        return where, args
+
+    def events(self, entry_id: int | None = None) -> list[JournalEvent]:
+        sql = "SELECT id, entry_id, ts, from_state, to_state, detail FROM journal_events"
+        args: list[Any] = []
+        if entry_id is not None:
+            sql += " WHERE entry_id=?"
+            args.append(entry_id)
+        rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
+        return [JournalEvent(id=r[0], entry_id=r[1], ts=r[2], from_state=r[3], to_state=r[4],
+                             detail=r[5]) for r in rows]
+
+    def unfinished(self) -> list[JournalEntry]:
+        return self.entries(states=UNFINISHED)
+
+    # cooldown / rate limit: every attempt counts (a failing fix must not be hammered)
+    def in_flight(self, target: str, knob: str | None = None) -> JournalEntry | None:
+        """The unfinished entry on ``target`` (planned/applied/verifying), if any."""
+        found = self.entries(states=UNFINISHED, target=target, knob=knob, newest_first=True, limit=1)
+        return found[0] if found else None
+
+    def last_change_ts(self, knob: str | None = None, rule: str | None = None,
+                       target: str | None = None) -> float | None:
+        """When the newest matching change was planned (unix s), or None."""
+        where, args = self._where(knob=knob, rule=rule, target=target)
+        sql = "SELECT MAX(ts) FROM journal_entries" + (" WHERE " + " AND ".join(where) if where else "")
+        r = self.db.execute(sql, args).fetchone()
+        return float(r[0]) if r and r[0] is not None else None
+
+    def changes_since(self, ts: float, *, applied_only: bool = False) -> int:
+        """Changes planned at or after ``ts``; ``applied_only`` counts only ones that landed."""
+        sql = "SELECT COUNT(*) FROM journal_entries WHERE ts>=?"
+        if applied_only:
+            sql += " AND applied_ts IS NOT NULL"
+        return int(self.db.execute(sql, [ts]).fetchone()[0])
+
+    # -- unmanaged targets ----------------------------------------------------------------
+    def disable_target(self, knob: str, target: str, *, reason: str,
+                       entry_id: int | None = None) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO journal_unmanaged(knob, target, since_ts, reason, entry_id)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(knob, target) DO NOTHING",
+                [knob, target, self.clock(), reason, entry_id],
+            )
+
+    def enable_target(self, knob: str, target: str) -> bool:
+        """Operator only: hand a drifted target back to the agent. True if it was disabled."""
+        with self._tx():
+            n = self.db.execute("DELETE FROM journal_unmanaged WHERE knob=? AND target=?",
+                                [knob, target]).rowcount
+        return n > 0
+
+    def unmanaged(self, knob: str | None = None, target: str | None = None) -> list[UnmanagedTarget]:
+        where, args = self._where(knob=knob, target=target)
+        sql = "SELECT knob, target, since_ts, reason, entry_id FROM journal_unmanaged"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [UnmanagedTarget(knob=r[0], target=r[1], since_ts=r[2], reason=r[3], entry_id=r[4])
+                for r in self.db.execute(sql + " ORDER BY since_ts", args).fetchall()]
+
+    def is_unmanaged(self, knob: str, target: str) -> bool:
+        return bool(self.unmanaged(knob=knob, target=target))
+
+    # -- crash recovery -------------------------------------------------------------------
+    def reconcile(self, read_current: ReadCurrent, *, same: Same | None = None,
+                  same_for: Callable[[str], Same] | None = None) -> list[ReconcileOutcome]:
+        """Run at start: settle every planned/applied/verifying entry against the live value.
+
+        ``same`` (or per-knob ``same_for(knob)``) compares normalized values; default ``==``.
+        ``read_current`` returning None (or raising) means the target is gone.
+        """
+        out = []
+        for e in self.unfinished():
+            eq = same_for(e.knob) if same_for else (same or _eq)
+            try:
+                cur = read_current(e.knob, e.target)
+            except Exception as err:  # noqa: BLE001 - a vanished target is not an agent error
+                cur, why = None, f"unreadable at reconcile: {err}"
+            else:
+                why = "target gone at reconcile"
+            if cur is None:
+                e2 = self._transition(e.id, "failed", why, error=why)
+                out.append(self._outcome(e2, "gone", cur, why))
+            elif eq(cur, e.prior_value):
+                if e.state == "planned":
+                    why = "not applied before crash (live value is still the prior)"
+                    e2 = self._transition(e.id, "failed", why, error=why)
+                    out.append(self._outcome(e2, "not_applied", cur, why))
+                else:
+                    # applied but back at prior: a rollback landed before the crash, or someone
+                    # reverted it; either way nothing of ours is in place.
+                    why = "live value already back at prior at reconcile"
+                    e2 = self._transition(e.id, "rolled_back", why)
+                    out.append(self._outcome(e2, "already_restored", cur, why))
+            elif eq(cur, e.expected_value):
+                if e.state == "planned":
+                    # no read-back was recorded; expected_value falls back to ``proposed``
+                    e2 = self._transition(e.id, "applied", "write landed before crash")
+                else:
+                    e2 = e
+                    self._note(e.id, "reconcile: value still ours; needs re-verification")
+                out.append(self._outcome(e2, "reverify", cur, "value is ours; re-verify"))
+            else:
+                e2 = self.mark_drifted(e.id, cur)
+                out.append(self._outcome(e2, "drift", cur, e2.error or "drift"))
+        return out
+
+    def _note(self, eid: int, detail: str) -> None:
+        with self._tx():
+            st = self.db.execute("SELECT state FROM journal_entries WHERE id=?", [eid]).fetchone()[0]
+            self._event(eid, st, st, detail, self.clock())
+
+    @staticmethod
+    def _outcome(e: JournalEntry, outcome: str, cur: str | None, detail: str) -> ReconcileOutcome:
+        return ReconcileOutcome(entry_id=e.id, knob=e.knob, target=e.target, outcome=outcome,  # type: ignore[arg-type]
+                                state=e.state, current=cur, detail=detail)
+
+    # -- rollback -------------------------------------------------------------------------
+    @staticmethod
+    def rollback_plan(entry: JournalEntry, current: str | None, *, force: bool = False,
+                      same: Same | None = None) -> RollbackPlan:
+        """Decide how to undo one entry given the live value. Pure: writes nothing.
+
+        restore -> live value is ours (or force); skip_drift -> someone else changed it since;
+        nothing -> already at prior, already rolled back, or target gone.
+        """
+        eq = same or _eq
+
+        def plan(action: str, reason: str) -> RollbackPlan:
+            return RollbackPlan(entry_id=entry.id, knob=entry.knob, target=entry.target,
+                                action=action, current=current, reason=reason,  # type: ignore[arg-type]
+                                restore=entry.prior if action == "restore" else None)
+
+        if entry.state == "rolled_back":
+            return plan("nothing", "already rolled back")
+        if current is None:
+            return plan("nothing", "target gone")
+        if eq(current, entry.prior_value):
+            return plan("nothing", f"already at prior {entry.prior_value!r}")
+        if eq(current, entry.expected_value):
+            return plan("restore", f"{current!r} is ours; restore {entry.prior_value!r}")
+        if force:
+            return plan("restore", f"forced over drift: live {current!r}, restore {entry.prior_value!r}")
+        return plan("skip_drift", f"live {current!r} is neither ours {entry.expected_value!r} "
+                                  f"nor prior {entry.prior_value!r}; not clobbering (use force)")
+
+    def rollback_candidates(self, *, knob: str | None = None,
+                            target: str | None = None) -> list[JournalEntry]:
+        """Entries ``rollback --all`` considers, NEWEST FIRST.
+
+        Newest first undoes a stack of changes on one target in reverse: entry B (v1->v2) is
+        restored to v1, which is exactly entry A's (v0->v1) value, so A then restores v0; the
+        first prior of a target wins in the end, as if nothing had ever been changed.
+        """
+        return self.entries(knob=knob, target=target, newest_first=True,
+                            states=("applied", "verifying", "kept", "failed", "drifted"))
+
+    def rollback_all(
+        self,
+        read_current: ReadCurrent,
+        restore: Callable[[dict[str, Any]], None],
+        *,
+        force: bool = False,
+        same_for: Callable[[str], Same] | None = None,
+        knob: str | None = None,
+        target: str | None = None,
+    ) -> list[RollbackPlan]:
+        """Undo changes newest first, re-reading the live value before each entry.
+
+        ``restore(prior_state_dict)`` performs the write (helper/knob); failures are journaled
+        on the entry's events and the loop continues.
+        """
+        done = []
+        for e in self.rollback_candidates(knob=knob, target=target):
+            try:
+                cur = read_current(e.knob, e.target)
+            except Exception:  # noqa: BLE001 - unreadable == gone
+                cur = None
+            p = self.rollback_plan(e, cur, force=force, same=same_for(e.knob) if same_for else None)
+            if p.action == "restore":
+                try:
+                    restore(e.prior)
+                except Exception as err:  # noqa: BLE001 - keep going, record why
+                    self._note(e.id, f"rollback failed: {err}")
+                    p = p.model_copy(update={"action": "nothing", "reason": f"restore failed: {err}"})
+                else:
+                    self._transition(e.id, "rolled_back", p.reason)
+            done.append(p)
+        return done
+
+
+class WriteAhead:
+    """Callable passed as ``Knob.change(before_write=...)``; ``.entry`` is the planned entry."""
+
+    def __init__(self, journal: Journal, meta: dict[str, Any]) -> None:
+        self.journal = journal
+        self.meta = meta
+        self.entry: JournalEntry | None = None
+
+    def __call__(self, before: Any, proposed: str) -> None:
+        b = _as_dict(before)
+        self.entry = self.journal.plan(knob=b["knob"], target=b["target"], prior=b,
+                                       proposed=proposed, **self.meta)

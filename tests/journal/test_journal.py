@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from autotune.knobs.base import KnobState
+from autotune.journal.journal import Journal, JournalError
+from autotune.store.db import open_db, schema_version
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = open_db(tmp_path / "state.db")
+    yield d
+    d.conn.close()
+
+
+@pytest.fixture
+def j(db, clock):
+    return Journal(db, clock=clock)
+
+
+def prior(value: str, target: str = "/autotune/batch") -> KnobState:
+    return KnobState(knob="cgroup.cpu_quota", target=target, value=value,
+                     raw={f"/sys/fs/cgroup/cpu{target}/cpu.cfs_quota_us": "-1"})
+
+
+def plan(j: Journal, old: str = "max", new: str = "1.5", target: str = "/autotune/batch"):
+    return j.plan(knob="cgroup.cpu_quota", target=target, prior=prior(old, target), proposed=new,
+                  rule="throttle_neighbour", rationale="llm starved", service="batch",
+                  symptoms=[{"name": "cpu_pressure", "value": 42.0}])
+
+
+def test_migration_idempotent_versioned(db):
+    Journal(db)
+    Journal(db)
+    assert schema_version(db, "journal") == 1
+
+
+def test_lifecycle_records_every_transition(j, clock):
+    e = plan(j)
+    assert e.state == "planned" and e.prior["raw"] and e.prior_value == "max"
+    clock.t += 1
+    j.mark_applied(e.id, prior("1.5"))
+    clock.t += 1
+    j.mark_verifying(e.id, objective_before={"name": "latency_p95", "median": 0.5})
+    clock.t += 30
+    done = j.mark_kept(e.id, result={"verdict": "improved"}, objective_after={"median": 0.3})
+    assert done.state == "kept" and done.applied_ts == 1001 and done.finished_ts == 1032
+    assert done.verify_result == {"verdict": "improved"}
+    assert [ev.to_state for ev in j.events(e.id)] == ["planned", "applied", "verifying", "kept"]
+    with pytest.raises(JournalError, match="cannot go from kept to verifying"):
+        j.mark_verifying(e.id)
+
+
+def test_cooldown_queries(j, clock):
+    a = plan(j, target="/a")
+    assert j.in_flight("/a").id == a.id and j.in_flight("/b") is None
+    j.mark_applied(a.id, prior("1.5", "/a"))
+    j.mark_kept(a.id)
+    assert j.in_flight("/a") is None
+    clock.t = 2000.0
+    b = plan(j, target="/b")
+    j.mark_failed(b.id, "EINVAL")
+    assert j.last_change_ts(target="/a") == 1000.0
+    assert j.last_change_ts(rule="throttle_neighbour") == 2000.0
+    assert j.last_change_ts(knob="sysctl") is None
+    assert j.changes_since(1500.0) == 1
+    assert j.changes_since(0, applied_only=True) == 1
+
+
+def test_kill9_right_after_plan_keeps_entry(tmp_path):
+    path = tmp_path / "state.db"
+    code = textwrap.dedent(f"""
+        import os, signal, sys
+        from autotune.store.db import open_db
+        from autotune.journal.journal import Journal
+        j = Journal(open_db({str(path)!r}))
+        e = j.plan(knob="sysctl", target="vm.swappiness", prior={{"knob": "sysctl",
+                   "target": "vm.swappiness", "value": "60", "raw": {{"/proc/sys/vm/swappiness": "60"}}}},
+                   proposed="10", rule="r", rationale="why")
+        print(e.id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    eid = int(p.stdout.split()[0])
+    j = Journal(open_db(path))
+    e = j.get(eid)
+    assert e.state == "planned" and e.prior["raw"] == {"/proc/sys/vm/swappiness": "60"}
+    out = j.reconcile(lambda knob, target: "60")
+    assert out[0].outcome == "not_applied" and j.get(eid).state == "failed"
+
+
+def test_reconcile_prior_proposed_drift_gone(j):
+    a = plan(j, target="/a")  # crashed before write
+    b = plan(j, target="/b")  # crashed after write, before mark_applied
+    c = plan(j, target="/c")
+    j.mark_applied(c.id, prior("1.5", "/c"))
+    j.mark_verifying(c.id)  # crashed while verifying
+    d = plan(j, target="/d")
+    j.mark_applied(d.id, prior("1.5", "/d"))  # someone else set 0.7 meanwhile
+    e = plan(j, target="/e")  # cgroup removed
+    live = {"/a": "max", "/b": "1.5", "/c": "1.5", "/d": "0.7", "/e": None}
+    out = {o.target: o for o in j.reconcile(lambda knob, t: live[t])}
+    assert out["/a"].outcome == "not_applied" and j.get(a.id).state == "failed"
+    assert "not applied before crash" in j.get(a.id).error
+    assert out["/b"].outcome == "reverify" and j.get(b.id).state == "applied"
+    assert out["/c"].outcome == "reverify" and j.get(c.id).state == "verifying"
+    assert out["/d"].outcome == "drift" and j.get(d.id).state == "drifted"
+    assert out["/e"].outcome == "gone" and j.get(e.id).state == "failed"
+    assert [(u.knob, u.target) for u in j.unmanaged()] == [("cgroup.cpu_quota", "/d")]
+    assert j.is_unmanaged("cgroup.cpu_quota", "/d")
+    again = j.reconcile(lambda knob, t: live[t])  # only ours-in-place entries remain open
+    assert sorted((o.target, o.outcome) for o in again) == [("/b", "reverify"), ("/c", "reverify")]
+    assert j.enable_target("cgroup.cpu_quota", "/d") and not j.is_unmanaged("cgroup.cpu_quota", "/d")
+    assert not j.enable_target("cgroup.cpu_quota", "/d")
+
+
+def test_reconcile_uses_knob_tolerance(j):
+    a = plan(j, old="max", new="1.5")
+    out = j.reconcile(lambda k, t: "1.50", same=lambda x, y: x == y or (
+        x not in (None, "max") and y not in (None, "max") and abs(float(x) - float(y)) < 1e-6))
+    assert out[0].outcome == "reverify" and j.get(a.id).state == "applied"
+
+
+def test_reconcile_applied_back_at_prior_is_rolled_back(j):
+    a = plan(j)
+    j.mark_applied(a.id, prior("1.5"))
+    out = j.reconcile(lambda k, t: "max")
+    assert out[0].outcome == "already_restored" and j.get(a.id).state == "rolled_back"
+
+
+def test_rollback_plan_skips_drift_unless_forced(j):
+    a = plan(j)
+    j.mark_applied(a.id, prior("1.5"))
+    e = j.get(a.id)
+    assert Journal.rollback_plan(e, "1.5").action == "restore"
+    assert Journal.rollback_plan(e, "1.5").restore["value"] == "max"
+    assert Journal.rollback_plan(e, "max").action == "nothing"
+    assert Journal.rollback_plan(e, None).action == "nothing"
+    skip = Journal.rollback_plan(e, "0.7")
+    assert skip.action == "skip_drift" and skip.restore is None
+    forced = Journal.rollback_plan(e, "0.7", force=True)
+    assert forced.action == "restore" and forced.restore["value"] == "max"
+
+
+def test_rollback_all_newest_first_restores_first_prior(j, clock):
+    live = {"/a": "max"}
+    a = plan(j, target="/a", old="max", new="1.5")
+    j.mark_applied(a.id, prior("1.5", "/a"))
+    j.mark_kept(a.id)
+    clock.t += 10
+    b = plan(j, target="/a", old="1.5", new="1.0")
+    j.mark_applied(b.id, prior("1.0", "/a"))
+    j.mark_kept(b.id)
+    live["/a"] = "1.0"
+    writes = []
+
+    def restore(state):
+        writes.append(state["value"])
+        live[state["target"]] = state["value"]
+
+    plans = j.rollback_all(lambda k, t: live[t], restore)
+    assert [p.entry_id for p in plans] == [b.id, a.id]
+    assert writes == ["1.5", "max"] and live["/a"] == "max"
+    assert {j.get(a.id).state, j.get(b.id).state} == {"rolled_back"}
+    assert j.rollback_all(lambda k, t: live[t], restore) == []
+
+
+def test_rollback_all_restore_failure_is_journaled(j):
+    a = plan(j)
+    j.mark_applied(a.id, prior("1.5"))
+
+    def boom(state):
+        raise OSError("EPERM")
+
+    (p,) = j.rollback_all(lambda k, t: "1.5", boom)
+    assert p.action == "nothing" and "EPERM" in p.reason
+    assert j.get(a.id).state == "applied"
+    assert "rollback failed" in j.events(a.id)[-1].detail
+
+
+def test_write_ahead_hook_plans_before_write(j):
+    from autotune.host import Host
+    from autotune.knobs.base import Knob
+
+    order = []
+
+    class Fake(Knob):
+        name = "fake"
+        value = "a"
+
+        def read(self, host, target):
+            return KnobState(knob="fake", target=target, value=self.value, raw={"/x": self.value})
+
+        def validate(self, host, target, value):
+            return value
+
+        def write(self, host, target, value):
+            order.append(("write", j.entries()[-1].state))
+            self.value = value
+
+    hook = j.write_ahead(rule="r", rationale="because")
+    res = Fake().change(Host.__new__(Host), "t", "b", before_write=hook)
+    assert res.changed and order == [("write", "planned")]
+    assert hook.entry.prior == {"knob": "fake", "target": "t", "value": "a", "raw": {"/x": "a"}}
