@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autotune.detect.metrics import is_known_metric
 from autotune.types import Symptom
@@ -35,6 +35,13 @@ class SymptomSpec(BaseModel):
     description: str = ""
     service: str | None = None  # set when a template is expanded for one service
 
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not is_known_metric(v):
+            raise ValueError(f"unknown metric {v!r} (see autotune/detect/metrics.py)")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "SymptomSpec":
         templated = self.metric.startswith(f"svc.{SERVICE_PLACEHOLDER}.")
@@ -42,8 +49,6 @@ class SymptomSpec(BaseModel):
             raise ValueError(f"service-scoped metric must start with 'svc.{SERVICE_PLACEHOLDER}.'")
         if self.scope == "host" and SERVICE_PLACEHOLDER in self.metric:
             raise ValueError("host-scoped symptom cannot use $service; set scope: service")
-        if not is_known_metric(self.metric):
-            raise ValueError(f"unknown metric {self.metric!r} (see autotune/detect/metrics.py)")
         off = self.off_threshold
         if (self.op == ">" and off > self.on) or (self.op == "<" and off < self.on):
             raise ValueError(f"off={off} must be on the recovered side of on={self.on} for op {self.op!r}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from autotune.detect.metrics import CONTEXT_METRICS, is_known_metric
 from autotune.detect.symptoms import SERVICE_PLACEHOLDER, SymptomSpec, expand_specs
@@ -67,10 +67,7 @@ class MetricRef(_Strict):
     metric: str
     factor: float = 1.0
 
-    @model_validator(mode="after")
-    def _known(self) -> "MetricRef":
-        _check_metric(self.metric)
-        return self
+    _known = field_validator("metric")(_check_metric)
 
 
 class SymptomCond(_Strict):
@@ -82,12 +79,12 @@ class MetricCond(_Strict):
     op: Op
     value: float | MetricRef | str  # a number, a metric name, or {metric, factor}
 
-    @model_validator(mode="after")
-    def _known(self) -> "MetricCond":
-        _check_metric(self.metric)
-        if isinstance(self.value, str):
-            _check_metric(self.value)
-        return self
+    _known = field_validator("metric")(_check_metric)
+
+    @field_validator("value")
+    @classmethod
+    def _known_value(cls, v: Any) -> Any:
+        return _check_metric(v) if isinstance(v, str) else v
 
 
 class AllCond(_Strict):
@@ -142,11 +139,13 @@ class Bounds(_Strict):
     min: float | str | None = None
     max: float | str | None = None
 
+    @field_validator("min", "max")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        return _check_metric(v) if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _check(self) -> "Bounds":
-        for b in (self.min, self.max):
-            if isinstance(b, str):
-                _check_metric(b)
         if isinstance(self.min, (int, float)) and isinstance(self.max, (int, float)) and self.min > self.max:
             raise ValueError(f"min {self.min} is greater than max {self.max}")
         return self
