@@ -79,8 +79,12 @@ class Origins:
 
 
 def default_knobs() -> Mapping[str, Knob]:
-    from autotune.knobs import KNOBS  # the knob registry (imported lazily: optional at import time)
-
+    """The knob registry, imported lazily; empty (every knob 'not installed') if unavailable."""
+    try:
+        from autotune.knobs import KNOBS
+    except ImportError as err:
+        log.error("knob registry autotune.knobs.KNOBS unavailable (%s): every change is refused", err)
+        return {}
     return KNOBS
 
 
