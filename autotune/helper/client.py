@@ -91,7 +91,13 @@ class HelperClient:
                 try:
                     self._connect()
                     assert self._sock is not None
-                    self._sock.sendall(line)
+                    try:
+                        self._sock.sendall(line)
+                    except (BrokenPipeError, ConnectionResetError):
+                        # The helper may have refused us (peer check) and closed before reading;
+                        # its answer can still be waiting in our receive queue.
+                        if not self._pending_answer():
+                            raise
                     raw = self._readline()
                     break
                 except (BrokenPipeError, ConnectionResetError, EOFError) as err:
@@ -124,6 +130,14 @@ class HelperClient:
             s.close()
             raise
         self._sock, self._buf = s, b""
+
+    def _pending_answer(self) -> bool:
+        assert self._sock is not None
+        try:
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
+            return bool(ready) and self._sock.recv(1, socket.MSG_PEEK) != b""
+        except OSError:
+            return False
 
     def _stale(self) -> bool:
         assert self._sock is not None

@@ -190,15 +190,25 @@ def test_peer_with_other_uid_refused_by_so_peercred(tmp_path, host_root, policy_
     try:
         code = (
             "import os, socket, sys\n"
+            "from autotune.helper.client import HelperClient, HelperRefused  # before dropping privileges\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
-            "s.sendall(b'{\"op\":\"apply\",\"knob\":\"sysctl\",\"target\":\"vm.swappiness\",\"value\":\"1\"}\\n')\n"
+            "try:\n"
+            "    s.sendall(b'{\"op\":\"apply\",\"knob\":\"sysctl\",\"target\":\"vm.swappiness\",\"value\":\"1\"}\\n')\n"
+            "except BrokenPipeError:\n"
+            "    pass  # refused and closed before we wrote; the answer is still queued\n"
             "print(s.recv(4096).decode())\n"
+            "try:\n"
+            "    HelperClient(sys.argv[1]).ping()\n"
+            "except HelperRefused as e:\n"
+            "    print('CLIENT', e.code)\n"
         )
         out = subprocess.run([sys.executable, "-c", code, f"{d}/h.sock"], capture_output=True,
                              text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        resp = Response.model_validate_json(out.stdout.strip())
+        first, client_line = [ln for ln in out.stdout.splitlines() if ln.strip()]
+        assert client_line == "CLIENT peer_refused"
+        resp = Response.model_validate_json(first)
         assert not resp.ok and resp.error.code == "peer_refused" and "uid 65534" in resp.error.reason
         assert (host_root / "proc/sys/vm/swappiness").read_text() == "60\n"
         assert run.decisions[-1]["peer"]["uid"] == 65534
