@@ -128,7 +128,10 @@ def check_target(policy: Policy, host: Host, knob: str, target: str,
 
 def resolve_pids(policy: Policy, host: Host, service: str, resolver: Resolver | None) -> list[int]:
     if resolver is None:
-        from autotune.sensors.service import resolve_service as resolver  # type: ignore[no-redef]
+        try:
+            from autotune.sensors.service import resolve_service as resolver  # type: ignore[no-redef]
+        except ImportError as err:
+            raise Refusal("target_gone", f"service {service}: service resolution unavailable ({err})") from err
     try:
         resolved = resolver(host, policy.service[service])
     except AutotuneError as err:
