@@ -49,6 +49,12 @@ def test_oscillation_around_threshold_does_not_flap():
     assert flips == 0
 
 
+def test_value_inside_hysteresis_band_keeps_symptom_active():
+    # 15 is below on=20 but above off=10: a symptom without hysteresis would clear here
+    s, st = detect([SPEC], hist([50] * 11 + [15] * 60), DetectorState(), now=70)
+    assert names(s) == ["cpu_pressure"]
+
+
 def test_oscillation_across_both_thresholds_inactive_never_activates():
     # value alternating 5 / 30 each second never stays over `on` for 10 s
     s, st = detect([SPEC], hist([5, 30] * 50), DetectorState(), now=100)
@@ -102,3 +108,25 @@ def test_bad_specs_rejected(kw):
     base = dict(name="x", metric="psi.cpu.some.avg10", on=20, off=10)
     with pytest.raises(ValidationError):
         SymptomSpec(**{**base, **kw})
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=120))
+def test_property_activation_needs_a_full_breach_and_clearing_a_full_recovery(values):
+    """Fed one sample per second, every on/off transition is justified by the preceding run."""
+    st_ = DetectorState()
+    active = False
+    for ts, v in enumerate(values):
+        s, st_ = detect([SPEC], [(float(ts), {"psi.cpu.some.avg10": v})], st_, now=float(ts))
+        now_active = bool(s)
+        if now_active and not active:
+            run = values[ts - int(SPEC.for_s): ts + 1] if ts >= SPEC.for_s else []
+            assert run and all(x > SPEC.on for x in run)
+        if active and not now_active:
+            run = values[ts - int(SPEC.clear_for_s): ts + 1] if ts >= SPEC.clear_for_s else []
+            assert run and all(x < SPEC.off_threshold for x in run)
+        active = now_active
