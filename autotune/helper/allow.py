@@ -205,11 +205,17 @@ def _threads(host: Host, pids: Iterable[int]) -> set[int]:
     return tids
 
 
-def check_value(host: Host, t: Target, value: str) -> None:
-    """``value`` is the knob-normalized value; refuse if policy does not allow it."""
+def check_value(host: Host, t: Target, value: str, current: str | None = None) -> None:
+    """``value`` is the knob-normalized value; refuse if policy does not allow it.
+
+    With ``current``, the value must also have the same number of fields ("1 2" is not a
+    swappiness even if both numbers are in range; tcp_rmem keeps its three).
+    """
     rule = t.rule
-    why: str | None
-    if isinstance(rule, SysctlRule):
+    why: str | None = None
+    if current is not None and len(value.split()) != len(current.split()):
+        why = f"value {value!r} has {len(value.split())} fields, the current {current!r} has {len(current.split())}"
+    elif isinstance(rule, SysctlRule):
         why = rule.keys[t.knob_target].refusal(value)
     elif isinstance(rule, AffinityRule) or (isinstance(rule, CgroupRule) and rule.cpus):
         why = _cpus_refusal(host, getattr(rule, "cpus", None), value)

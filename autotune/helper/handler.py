@@ -217,7 +217,7 @@ class Helper:
                 raise Refusal("drift", f"{req.knob} on {req.target} is {before.value!r}, client expected "
                                        f"{req.expect_before!r}: someone else changed it")
         proposed = knob.validate(self.host, t.knob_target, req.value)
-        allow.check_value(self.host, t, proposed)
+        allow.check_value(self.host, t, proposed, before.value)
         return self._change(knob, t, proposed, dry_run=req.dry_run)
 
     def _change(self, knob: Knob, t: Target, value: str, *, dry_run: bool) -> Response:
@@ -252,5 +252,5 @@ class Helper:
             ))
         # Unknown record: never write client-supplied raw bytes; treat it as a checked apply.
         proposed = knob.validate(self.host, t.knob_target, req.state.value)
-        allow.check_value(self.host, t, proposed)
+        allow.check_value(self.host, t, proposed, current.value)
         return self._change(knob, t, proposed, dry_run=False)

@@ -84,6 +84,7 @@ def test_sysctl_and_thp_within_policy(serve, host_root):
         ("sysctl", "vm/../kernel/panic", "1", "target_refused", "well-formed"),
         ("sysctl", "vm.swappiness", "101", "out_of_range", None),
         ("sysctl", "vm.swappiness", "nan", "out_of_range", "not a number"),
+        ("sysctl", "vm.swappiness", "1 2", "out_of_range", "has 2 fields"),
         ("thp", "enabled", "always", "out_of_range", "not one of"),
         ("thp", "../../../proc/sys/kernel/panic", "never", "target_refused", None),
         ("affinity", "pids:1", "0", "target_refused", "raw pids are never accepted"),
