@@ -1,0 +1,141 @@
+"""Per-process CPU, memory, scheduling and fault counters for a service's pids.
+
+On the live host psutil supplies cpu times, rss, threads, context switches and affinity
+(it handles races and odd kernels well). Page faults and the number of threads in state R
+come from /proc/<pid>/stat and /proc/<pid>/task/*/stat read through the Host, so they are
+rooted. On a non-live root (fixture tree, host /proc mounted at /host) psutil cannot be
+pointed at that root safely (its PROCFS_PATH is process-global and affinity is a syscall),
+so everything comes from the rooted /proc files instead.
+
+A pid that vanished between resolving and reading is skipped, not an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from autotune.errors import HostError, MissingFile, ParseError
+from autotune.host import Host, parse_cpulist
+from autotune.types import ProcessReading
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def parse_pid_stat(text: str, source: str) -> tuple[str, list[str]]:
+    """/proc/<pid>/stat -> (comm, fields after comm starting at 'state').
+
+    comm may contain spaces and ')' so split at the LAST ')'. Index 0 is state, 7 minflt,
+    9 majflt, 11 utime, 12 stime, 17 num_threads, 21 rss (pages) — proc(5) numbering minus 3.
+    """
+    open_, close = text.find("("), text.rfind(")")
+    if open_ < 0 or close < open_:
+        raise ParseError(f"{source}: no '(comm)' field")
+    rest = text[close + 1 :].split()
+    if len(rest) < 22:
+        raise ParseError(f"{source}: truncated ({len(rest)} fields after comm, need >= 22)")
+    return text[open_ + 1 : close], rest
+
+
+def count_running_threads(host: Host, pid: int) -> int:
+    """Threads of ``pid`` in state R right now (runnable or running)."""
+    base = f"/proc/{pid}/task"
+    running = 0
+    for tid in host.listdir(base):
+        try:
+            _, rest = parse_pid_stat(host.read_text(f"{base}/{tid}/stat"), f"{base}/{tid}/stat")
+        except (MissingFile, ParseError):
+            continue  # thread exited while we looked
+        running += rest[0] == "R"
+    return running
+
+
+def _status_fields(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, val = line.partition(":")
+        if sep:
+            out[key.strip()] = val.strip()
+    return out
+
+
+def _read_rooted(host: Host, pid: int, hz: int) -> ProcessReading:
+    stat_path = f"/proc/{pid}/stat"
+    name, rest = parse_pid_stat(host.read_text(stat_path), stat_path)
+    status = _status_fields(host.read_optional(f"/proc/{pid}/status") or "")
+    try:
+        affinity = parse_cpulist(status.get("Cpus_allowed_list", ""))
+        return ProcessReading(
+            pid=pid,
+            name=name,
+            cpu_user_s=int(rest[11]) / hz,
+            cpu_system_s=int(rest[12]) / hz,
+            rss_bytes=int(rest[21]) * _PAGE_SIZE,
+            num_threads=int(rest[17]),
+            running_threads=count_running_threads(host, pid),
+            ctx_voluntary=int(status.get("voluntary_ctxt_switches", 0)),
+            ctx_involuntary=int(status.get("nonvoluntary_ctxt_switches", 0)),
+            minor_faults=int(rest[7]),
+            major_faults=int(rest[9]),
+            affinity=affinity,
+        )
+    except ValueError as err:
+        raise ParseError(f"/proc/{pid}: unexpected contents in stat/status ({err})") from err
+
+
+def _read_live(host: Host, pid: int) -> ProcessReading:
+    proc = psutil.Process(pid)
+    with proc.oneshot():
+        name = proc.name()
+        times = proc.cpu_times()
+        rss = proc.memory_info().rss
+        nthreads = proc.num_threads()
+        ctx = proc.num_ctx_switches()
+        try:
+            affinity = sorted(proc.cpu_affinity() or [])
+        except (psutil.AccessDenied, AttributeError):
+            affinity = []
+    stat_path = f"/proc/{pid}/stat"
+    _, rest = parse_pid_stat(host.read_text(stat_path), stat_path)
+    return ProcessReading(
+        pid=pid,
+        name=name,
+        cpu_user_s=times.user,
+        cpu_system_s=times.system,
+        rss_bytes=rss,
+        num_threads=nthreads,
+        running_threads=count_running_threads(host, pid),
+        ctx_voluntary=ctx.voluntary,
+        ctx_involuntary=ctx.involuntary,
+        minor_faults=int(rest[7]),
+        major_faults=int(rest[9]),
+        affinity=affinity,
+    )
+
+
+def read_process(host: Host, pid: int) -> ProcessReading | None:
+    """One process, or None when it no longer exists. ParseError/HostError on odd files."""
+    from autotune.sensors.stat import clock_ticks
+
+    try:
+        if host.is_live:
+            return _read_live(host, pid)
+        return _read_rooted(host, pid, clock_ticks())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, MissingFile):
+        return None
+
+
+def read_processes(host: Host, pids: list[int], *, errors: list[str] | None = None) -> list[ProcessReading]:
+    """Readings for the pids that still exist; per-pid failures go to ``errors`` (if given)."""
+    out = []
+    for pid in pids:
+        try:
+            reading = read_process(host, pid)
+        except (HostError, psutil.Error) as err:
+            if errors is not None:
+                errors.append(f"pid {pid}: {err}")
+            continue
+        if reading is not None:
+            out.append(reading)
+    return out
