@@ -171,13 +171,18 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, index: int, prompt: st
 
 
 async def run_load(spec: LoadSpec, *, admit: AdmitHook | None = None,
-                   on_result: Callable[[RequestResult], None] | None = None) -> list[RequestResult]:
-    """Send all requests with ``spec.concurrency`` clients; results sorted by index."""
+                   on_result: Callable[[RequestResult], None] | None = None,
+                   transport: httpx.AsyncBaseTransport | None = None) -> list[RequestResult]:
+    """Send all requests with ``spec.concurrency`` clients; results sorted by index.
+
+    ``transport`` replaces the network (tests pass httpx.MockTransport or ASGITransport).
+    """
     work = list(enumerate(build_requests(spec)))
     work.reverse()  # pop() from the end keeps submission order
     results: list[RequestResult] = []
     limits = httpx.Limits(max_connections=spec.concurrency + 2)
-    async with httpx.AsyncClient(base_url=spec.url, timeout=spec.timeout_s, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=spec.url, timeout=spec.timeout_s, limits=limits,
+                                 transport=transport) as client:
         async def worker() -> None:
             while work:
                 index, (prompt, max_tokens) = work.pop()
