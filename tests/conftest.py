@@ -1,0 +1,32 @@
+"""Shared test fixtures. Keep small: fixture host trees live in tests/fixtures/hosts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # make `tests.fixtures.hosts` importable under plain `pytest`
+    sys.path.insert(0, str(REPO))
+
+from tests.fixtures.hosts import fixture_path, writable_copy  # noqa: E402
+
+
+@pytest.fixture
+def host_tree():
+    """``host_tree("v2-docs") -> Path`` of a read-only fixture host tree."""
+    return fixture_path
+
+
+@pytest.fixture
+def fixture_root():
+    """Alias of ``host_tree`` for readability in knob/helper tests."""
+    return fixture_path
+
+
+@pytest.fixture
+def writable_tree(tmp_path):
+    """``writable_tree("hybrid-local") -> Path`` of a private copy a test may write into."""
+    return lambda name: writable_copy(name, tmp_path)
