@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autotune.journal.verify import (
+    OBJECTIVES, VerifyResult, compare, decide, evaluate, objective_series,
+)
+from autotune.types import (
+    CgroupReading, LatencyReading, PsiLine, PsiReading, ServiceReading, Snapshot,
+)
+
+
+def noisy(seed: int, center: float, n: int = 30, sd: float = 0.1) -> list[float]:
+    # lognormal-ish latency: skewed like real p95 series
+    return list(center * np.exp(np.random.default_rng(seed).normal(0, sd, n)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clear_regression_detected(seed):
+    r = compare(noisy(seed, 0.5), noisy(seed + 100, 0.65), alpha=0.05, min_effect=0.05)
+    assert r.verdict == "regressed" and r.p_value < 0.05
+    assert r.effect == pytest.approx(0.3, abs=0.1) and r.ci_low > 0
+    assert decide(r, "keep") == "rollback"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_clear_improvement_detected(seed):
+    r = compare(noisy(seed, 0.5), noisy(seed + 100, 0.35))
+    assert r.verdict == "improved" and r.ci_high < 0
+    assert decide(r, "rollback") == "keep"
+
+
+def test_direction_higher_is_better_flips():
+    r = compare(noisy(1, 10.0), noisy(2, 13.0), direction="higher_is_better")
+    assert r.verdict == "improved"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_noise_only_is_inconclusive(seed):
+    r = compare(noisy(seed, 0.5), noisy(seed + 1000, 0.5), alpha=0.05, min_effect=0.05)
+    assert r.verdict == "inconclusive", r.reason
+
+
+def test_significant_but_small_effect_is_inconclusive():
+    r = compare(noisy(1, 1.0, n=400, sd=0.02), noisy(2, 1.02, n=400, sd=0.02), min_effect=0.05)
+    assert r.p_value < 0.05 and r.verdict == "inconclusive"
+
+
+@pytest.mark.parametrize("before,after", [
+    ([], []), ([0.5], [0.9]), ([0.5, 0.6], [5.0, 6.0, 7.0]), ([1.0] * 10, [1.0] * 10),
+    ([float("nan")] * 10, [1.0] * 10), ([0.0] * 10, [0.0] * 10),
+])
+def test_tiny_empty_constant_samples_inconclusive(before, after):
+    r = compare(before, after)
+    assert r.verdict == "inconclusive"
+    assert decide(r, "keep") == "keep" and decide(r, "rollback") == "rollback"
+
+
+def test_deterministic_with_fixed_seed():
+    b, a = noisy(3, 0.5), noisy(4, 0.55)
+    assert compare(b, a) == compare(b, a)
+
+
+def test_result_serializes():
+    r = compare(noisy(1, 0.5), noisy(2, 0.7))
+    assert VerifyResult.model_validate_json(r.model_dump_json()) == r
+
+
+# -- objectives -------------------------------------------------------------------------------
+def psi(total: int, avg10: float = 0.0) -> PsiReading:
+    return PsiReading(some=PsiLine(avg10_pct=avg10, avg60_pct=0, avg300_pct=0, total_usec=total))
+
+
+def snap(ts: float, *, host_total: int = 0, svc_total: int | None = None, usage: int | None = None,
+         p95: float | None = None, probe: int = 0) -> Snapshot:
+    cg = CgroupReading(path="/a/llm", version=2, cpu_usage_usec=usage,
+                       psi={"cpu": psi(svc_total)} if svc_total is not None else {})
+    lat = LatencyReading(source=f"probe{probe}", ok=True, p95_s=p95) if p95 is not None else None
+    return Snapshot(ts=ts, psi={"cpu": psi(host_total)},
+                    services={"llm": ServiceReading(name="llm", cgroup=cg, latency=lat)})
+
+
+def test_psi_uses_total_deltas_over_two_second_intervals():
+    # 1 s ticks, host stalls 0.25 s per second -> 25 %; intervals of >= 2 s -> half the ticks
+    w = [snap(100.0 + i, host_total=250_000 * i) for i in range(11)]
+    s = objective_series("psi", w, None)
+    assert s == pytest.approx([25.0] * 5)
+
+
+def test_psi_prefers_service_cgroup_and_falls_back_to_host():
+    w = [snap(float(i), host_total=100_000 * i, svc_total=500_000 * i) for i in range(5)]
+    assert objective_series("psi", w, "llm") == pytest.approx([50.0, 50.0])
+    w2 = [snap(float(i), host_total=100_000 * i) for i in range(5)]
+    assert objective_series("psi", w2, "llm") == pytest.approx([10.0, 10.0])
+
+
+def test_psi_counter_reset_skipped():
+    w = [snap(0, host_total=0), snap(2, host_total=1_000_000), snap(4, host_total=10),
+         snap(6, host_total=200_010)]
+    assert objective_series("psi", w, None) == pytest.approx([50.0, 10.0])
+
+
+def test_latency_repeats_between_probes_count_once():
+    w = [snap(float(i), p95=0.5 + 0.1 * (i // 3), probe=i // 3) for i in range(9)]
+    assert objective_series("latency_p95", w, "llm") == pytest.approx([0.5, 0.6, 0.7])
+    assert objective_series("latency_p95", w, "missing") == []
+
+
+def test_throughput_is_cores_used():
+    w = [snap(float(i), usage=1_500_000 * i) for i in range(7)]
+    assert objective_series("throughput", w, "llm") == pytest.approx([1.5, 1.5, 1.5])
+
+
+def test_evaluate_end_to_end_psi_regression():
+    rng = np.random.default_rng(0)
+    def window(start: float, pct: float) -> list[Snapshot]:
+        tot, out = 0, []
+        for i in range(61):
+            out.append(snap(start + i, host_total=tot))
+            tot += int(max(0.0, rng.normal(pct, 3.0)) * 10_000)
+        return out
+    r = evaluate("psi", window(0, 20), window(100, 35), None)
+    assert r.verdict == "regressed" and r.objective == "psi" and r.n_before == 30
+
+
+def test_unknown_objective_names_the_known_ones():
+    with pytest.raises(ValueError, match="latency_p95"):
+        objective_series("nope", [], None)
+    assert set(OBJECTIVES) >= {"latency_p95", "psi", "throughput"}
