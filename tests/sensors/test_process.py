@@ -1,0 +1,61 @@
+"""Process readings: rooted /proc parsing on fixtures, psutil on the live host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autotune.errors import ParseError
+from autotune.host import Host
+from autotune.sensors.process import parse_pid_stat, read_processes
+from tests.fixtures.hosts import fixture_path, writable_copy
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def test_v2docs_processes():
+    llm, noisy = read_processes(Host(fixture_path("v2-docs")), [4242, 5151])
+    assert llm.name == "llama-server" and llm.num_threads == 3 and llm.running_threads == 2
+    assert llm.cpu_user_s == pytest.approx(36000 / HZ)
+    assert (llm.minor_faults, llm.major_faults) == (50000, 12)
+    assert (llm.ctx_voluntary, llm.ctx_involuntary) == (1500, 300)
+    assert llm.affinity == [0, 1, 2, 3]
+    assert noisy.name == "stress-ng (cpu)"  # parens and space in comm
+    assert noisy.affinity == [2, 3] and noisy.running_threads == 1
+
+
+def test_hybrid_local_captured_child():
+    pid = int((fixture_path("hybrid-local") / "PID").read_text())
+    [p] = read_processes(Host(fixture_path("hybrid-local")), [pid])
+    assert p.cpu_user_s > 0 and p.num_threads == 1
+
+
+def test_vanished_pid_skipped_and_garbage_reported(tmp_path):
+    root = writable_copy("v2-docs", tmp_path)
+    (root / "proc/5151/stat").write_text("5151 (stress")
+    errors: list[str] = []
+    got = read_processes(Host(root), [4242, 5151, 999], errors=errors)
+    assert [p.pid for p in got] == [4242]
+    assert len(errors) == 1 and "5151" in errors[0]
+
+
+def test_parse_pid_stat_truncated():
+    with pytest.raises(ParseError, match="truncated"):
+        parse_pid_stat("1 (x) S 0 0", "/proc/1/stat")
+
+
+@pytest.mark.realkernel
+def test_live_busy_child_is_running():
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        [p] = read_processes(Host("/"), [child.pid, 2**22 + 7])
+        assert p.pid == child.pid and p.cpu_user_s > 0 and p.rss_bytes > 0
+        assert p.running_threads == 1 and p.affinity
+    finally:
+        child.kill()
+        child.wait()
