@@ -72,6 +72,12 @@ def _systemd_base(host: Host) -> str | None:
 
 def find_unit_cgroup(host: Host, unit: str) -> str | None:
     """Cgroup path of a systemd unit ("llm" -> "llm.service"), or None if not running."""
+    found = _find_unit(host, unit)
+    return found[1] if found else None
+
+
+def _find_unit(host: Host, unit: str) -> tuple[str, str] | None:
+    """(hierarchy mount, cgroup path) of a unit's cgroup."""
     if "." not in unit:
         unit += ".service"
     base = _systemd_base(host)
@@ -79,7 +85,7 @@ def find_unit_cgroup(host: Host, unit: str) -> str | None:
         return None
     for guess in (f"/system.slice/{unit}", f"/{unit}"):
         if host.is_dir(base + guess):
-            return guess
+            return base, guess
     # units in other slices (user.slice/..., custom .slice): bounded breadth-first walk
     frontier = [""]
     for _ in range(_UNIT_SEARCH_DEPTH):
@@ -94,7 +100,7 @@ def find_unit_cgroup(host: Host, unit: str) -> str | None:
                 if not host.is_dir(base + child):
                     continue
                 if name == unit:
-                    return child
+                    return base, child
                 nxt.append(child)
         frontier = nxt
     return None
@@ -148,14 +154,20 @@ def resolve_service(host: Host, svc: Service) -> ResolvedService:
     pid_sets: list[set[int]] = []
 
     try:
+        pids: list[int] | None = None
         if svc.cgroup:
             cgroup = norm_cgpath(svc.cgroup)
-        elif svc.unit:
-            cgroup = find_unit_cgroup(host, svc.unit)
-            if cgroup is None:
-                errors.append(f"systemd unit {svc.unit!r}: no cgroup found (not running?)")
-        if cgroup is not None:
             pids = cgroup_pids(host, cgroup)
+        elif svc.unit:
+            found = _find_unit(host, svc.unit)
+            if found is None:
+                errors.append(f"systemd unit {svc.unit!r}: no cgroup found (not running?)")
+                pid_sets.append(set())
+            else:
+                # pids from the hierarchy systemd tracks the unit in (name=systemd on hybrid)
+                base, cgroup = found
+                pids = read_cgroup_procs(host, base + cgroup)
+        if cgroup is not None:
             if pids is None:
                 errors.append(f"cgroup {cgroup}: not found")
                 pid_sets.append(set())
