@@ -24,7 +24,7 @@ from autotune.cgroupfs import (
 )
 from autotune.errors import HostError, MissingFile, ParseError, TargetGone
 from autotune.host import Host, parse_cpulist
-from autotune.sensors.psi import read_cgroup_psi
+from autotune.sensors.psi import CGROUP_PSI_RESOURCES, parse_psi
 from autotune.types import CgroupReading
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ def parse_flat_keyed(text: str, source: str) -> dict[str, int]:
             out[fields[0]] = int(fields[1])
         except ValueError as err:
             raise ParseError(f"{source}: line {lineno}: {fields[0]} is not an integer") from err
+    if not out:
+        raise ParseError(f"{source}: empty file")
     return out
 
 
@@ -185,11 +187,8 @@ def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> 
     procs_dir = next((d for d in (cpu_dir, unified, mem_dir) if d and host.is_dir(d)), None)
     fields["nr_tasks"] = r.get(f"{procs_dir}/cgroup.procs" if procs_dir else None, _count_lines)
     if unified and host.is_dir(unified):
-        try:
-            fields["psi"] = read_cgroup_psi(host, unified)
-        except HostError as err:
-            if errors is not None:
-                errors.append(str(err))
+        psi = {res: r.get(f"{unified}/{res}.pressure", parse_psi) for res in CGROUP_PSI_RESOURCES}
+        fields["psi"] = {res: val for res, val in psi.items() if val is not None}
 
     version = 2 if 2 in (cpu_v, mem_v) or (cpu_v is None and mem_v is None) else 1
     clean = {k: v for k, v in fields.items() if v is not None}
