@@ -20,7 +20,6 @@ for live values. Value comparison defaults to string equality; pass the knob's `
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ import sqlite_utils
 from pydantic import BaseModel, ConfigDict
 
 from autotune.errors import AutotuneError
-from autotune.store.db import migrate
+from autotune.store.db import migrate, transaction
 
 COMPONENT = "journal"
 
@@ -181,18 +180,17 @@ def _eq(a: str | None, b: str | None) -> bool:
 
 
 class Journal:
-    """The action journal on a state DB. Thread-safe; every method commits before returning."""
+    """The action journal on a state DB. Thread-safe (store.db.transaction); every method
+    commits before returning."""
 
     def __init__(self, db: sqlite_utils.Database, *, clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
-        self._lock = threading.RLock()
         migrate(db, COMPONENT, MIGRATIONS)
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        with self._lock, self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             yield
 
     # -- write-ahead ----------------------------------------------------------------------

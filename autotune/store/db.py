@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -43,6 +45,28 @@ def open_db(path: str | os.PathLike[str], *, create_dirs: bool = True) -> sqlite
     return db
 
 
+_LOCK_ATTR = "_autotune_tx_lock"
+_LOCK_GUARD = threading.Lock()
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """One write transaction (BEGIN IMMEDIATE ... COMMIT, rollback on error).
+
+    The connection is shared across threads (check_same_thread=False), so components that
+    write (samples, journal, ...) serialize through one lock per Database; otherwise a second
+    thread's BEGIN would land inside the first one's transaction. Do not nest.
+    """
+    with _LOCK_GUARD:
+        lock = getattr(db, _LOCK_ATTR, None)
+        if lock is None:
+            lock = threading.RLock()
+            setattr(db, _LOCK_ATTR, lock)
+    with lock, db.conn:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+
+
 def schema_version(db: sqlite_utils.Database, component: str) -> int:
     row = db.execute("SELECT version FROM schema_version WHERE component=?", [component]).fetchone()
     return int(row[0]) if row else 0
@@ -59,8 +83,7 @@ def migrate(db: sqlite_utils.Database, component: str, steps: Sequence[Migration
             f"(knows v{len(steps)}); upgrade autotune or use another state path"
         )
     for version, step in enumerate(steps[current:], start=current + 1):
-        with db.conn:  # one transaction per step
-            db.execute("BEGIN IMMEDIATE")
+        with transaction(db):  # one transaction per step
             step(db)
             db.execute(
                 "INSERT INTO schema_version(component, version, applied_ts) VALUES (?,?,?) "

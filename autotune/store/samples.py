@@ -31,7 +31,7 @@ from typing import Any
 import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from autotune.store.db import migrate
+from autotune.store.db import migrate, transaction
 from autotune.types import Snapshot
 
 log = logging.getLogger(__name__)
@@ -271,8 +271,7 @@ class SampleStore:
     def extend(self, snapshots: Iterable[Snapshot]) -> int:
         """Store many snapshots in one transaction (one fsync); returns how many."""
         n = 0
-        with self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             for s in snapshots:
                 self._insert(s)
                 n += 1
@@ -406,8 +405,7 @@ class SampleStore:
             if row is None or row[0] is None:
                 break
             first_bucket = math.floor(row[0] / every) * every
-            with self.db.conn:  # up to 100 buckets per transaction: bounded work per commit
-                self.db.execute("BEGIN IMMEDIATE")
+            with transaction(self.db):  # up to 100 buckets per commit: bounded work
                 b = first_bucket
                 for _ in range(100):
                     if b >= cutoff:
@@ -420,8 +418,7 @@ class SampleStore:
                 rep.raw_deleted += self.db.execute(
                     "DELETE FROM samples_raw WHERE ts < ?", [min(b, cutoff)]
                 ).rowcount
-        with self.db.conn:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             rep.agg_deleted = self.db.execute(
                 "DELETE FROM samples_agg WHERE bucket_ts + every_s <= ?", [now - agg_keep_s]
             ).rowcount
