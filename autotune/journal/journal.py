@@ -207,13 +207,22 @@ class Journal:
         symptoms: Iterable[Any] = (),
         objective_before: Mapping[str, Any] | None = None,
     ) -> JournalEntry:
-        """Durably record the prior value (KnobState or dict) BEFORE anything is written."""
+        """Durably record the prior value (KnobState or dict) BEFORE anything is written.
+
+        Raises JournalError for an unmanaged (drifted) target, so nothing can clobber it."""
         prior_d = _as_dict(prior)
         if "value" not in prior_d:
             raise JournalError(f"journal plan {knob} {target}: prior state has no 'value'")
         syms = [_as_dict(s) for s in symptoms]
         now = self.clock()
         with self._tx():
+            um = self.db.execute("SELECT reason FROM journal_unmanaged WHERE knob=? AND target=?",
+                                 [knob, target]).fetchone()
+            if um is not None:  # safety net: drifted targets are never written again
+                raise JournalError(
+                    f"{knob} on {target} is unmanaged ({um[0]}); an operator must re-enable it "
+                    "(Journal.enable_target) before autotune changes it again"
+                )
             cur = self.db.execute(
                 "INSERT INTO journal_entries (ts, knob, target, service, rule, rationale, symptoms,"
                 " prior, proposed, state, objective_before, planned_ts, updated_ts)"

@@ -131,8 +131,11 @@ def test_reconcile_prior_proposed_drift_gone(j):
     assert j.is_unmanaged("cgroup.cpu_quota", "/d")
     again = j.reconcile(lambda knob, t: live[t])  # only ours-in-place entries remain open
     assert sorted((o.target, o.outcome) for o in again) == [("/b", "reverify"), ("/c", "reverify")]
+    with pytest.raises(JournalError, match="unmanaged"):
+        plan(j, target="/d")
     assert j.enable_target("cgroup.cpu_quota", "/d") and not j.is_unmanaged("cgroup.cpu_quota", "/d")
     assert not j.enable_target("cgroup.cpu_quota", "/d")
+    assert plan(j, target="/d").state == "planned"
 
 
 def test_reconcile_uses_knob_tolerance(j):
