@@ -106,6 +106,7 @@ class Scheduler:
         m.labels(m.queue).observe(rec.started - rec.arrived)
         rec.prompt_tokens = len(self.engine.encode(prompt))
         last: float | None = None
+        final: Exception | None = None
         try:
             for ev in self.engine.stream(prompt, req.max_tokens, req.temperature, req.seed):
                 now = time.time()
@@ -124,15 +125,17 @@ class Scheduler:
             m.success.labels(model_name=m.model_name, finished_reason="length").inc()
             m.labels(m.prompt_tokens).inc(rec.prompt_tokens)
             m.labels(m.generation_tokens).inc(rec.completion_tokens)
-            loop.call_soon_threadsafe(out.put_nowait, None)
         except Exception as err:  # noqa: BLE001 - report to the client, keep the worker alive
             log.exception("generation failed for %s", rec.id)
             rec.finished = time.time()
-            loop.call_soon_threadsafe(out.put_nowait, err)
+            final = err
         finally:
+            # Accounting first, then the end-of-stream event: whoever sees the response
+            # complete also sees the gauges and counters that include it.
             with self.lock:
                 self.running -= 1
                 self._set_gauges()
+            loop.call_soon_threadsafe(out.put_nowait, final)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,332 @@
+"""Reproduce the seed research's table on this host, measured end to end from the client.
+
+    sudo python -m bench.seed_table                # full: GPT-2 124M, c=1,2,4,8, 3 repeats
+    sudo python -m bench.seed_table --quick        # smoke: tiny model, few requests (< ~2 min)
+
+Configurations (the neighbour is ``autotune workload noise`` in its own cgroup):
+- ``alone``       server only, no limits;
+- ``contended``   server + neighbour, no limits;
+- ``static``      + server cpu quota 0.5 core and memory max 4 GiB (the seed's "cgroups");
+- ``static+psi``  + the seed's gate: defer while system cpu some avg10 > 95 %, 0.5 s retries,
+                  drop after 10 (the seed's "psi"), applied in front of each request;
+- ``gate``        static limits, requests go through ``autotune gate`` (pressure from the
+                  server's own cgroup) - runs when that command exists;
+- ``autotune``    hook for the agent-managed run; not implemented yet (skipped with a note).
+
+Per (config, concurrency) the latencies of all repeats are pooled for p50/p95/p99 (numpy
+linear percentiles), neighbour ops/s is the mean over the load windows, deferred / rejected
+are totals over the repeats. Writes <out>/summary.csv (the columns below), per-run request
+CSVs, summary.json and plot.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from autotune.host import Host
+from autotune.workload.load import LoadSpec, RequestResult, percentiles, run_load, write_csv
+from bench import common
+from bench.common import GIB, BenchCgroup, log
+
+SUMMARY_COLUMNS = ["config", "concurrency", "p50_s", "p95_s", "p99_s", "neighbour_ops_per_s",
+                   "deferred", "rejected", "runs"]
+
+
+class BenchConfig(BaseModel):
+    name: str
+    neighbour: bool = True
+    cpu_quota_cores: float | None = None
+    memory_max_bytes: int | None = None
+    seed_psi: bool = False
+    front: str = "server"  # key of FRONTS: what the load generator talks to
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "alone": BenchConfig(name="alone", neighbour=False),
+    "contended": BenchConfig(name="contended"),
+    "static": BenchConfig(name="static", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB),
+    "static+psi": BenchConfig(name="static+psi", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB,
+                              seed_psi=True),
+    "gate": BenchConfig(name="gate", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB, front="gate"),
+    "autotune": BenchConfig(name="autotune", front="autotune"),
+}
+DEFAULT_CONFIGS = ["alone", "contended", "static", "static+psi"]
+
+
+class Cell(BaseModel):
+    config: str
+    concurrency: int
+    p50_s: float | None
+    p95_s: float | None
+    p99_s: float | None
+    neighbour_ops_per_s: float | None
+    deferred: int
+    rejected: int
+    runs: int
+    errors: int = 0
+
+
+class Ctx(BaseModel):
+    """What a front hook needs: the server's URL and cgroup, where to log."""
+
+    model_config = {"arbitrary_types_allowed": True}
+    server_url: str
+    server_cg: BenchCgroup
+    out: Path
+
+
+class Skip(Exception):
+    """A configuration that cannot run here (missing command, not built yet)."""
+
+
+# -- fronts: what the load generator talks to ---------------------------------------------------
+@contextmanager
+def front_server(ctx: Ctx) -> Iterator[str]:
+    yield ctx.server_url
+
+
+@contextmanager
+def front_gate(ctx: Ctx) -> Iterator[str]:
+    """``autotune gate`` in front of the server, reading the server cgroup's own PSI."""
+    import subprocess
+
+    help_ = subprocess.run(common.autotune_argv("gate", "--help"), capture_output=True)
+    if help_.returncode != 0:
+        raise Skip("'autotune gate' is not available")
+    port = common.free_port()
+    v2 = ctx.server_cg.dirs.get("v2")
+    mount = ctx.server_cg.host.cgroup.v2_mount or ""
+    pressure = f"cgroup:{v2[len(mount):]}" if v2 else "system"
+    proc = common.spawn(common.autotune_argv("gate", "--listen", f"127.0.0.1:{port}",
+                                             "--upstream", ctx.server_url, "--pressure", pressure),
+                        None, ctx.out / "gate.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        common.wait_healthy(url, proc, timeout_s=30)
+        yield url
+    finally:
+        common.stop(proc)
+
+
+@contextmanager
+def front_autotune(ctx: Ctx) -> Iterator[str]:
+    raise Skip("the agent-managed configuration is not wired yet (hook: bench.seed_table.FRONTS)")
+    yield ctx.server_url  # pragma: no cover
+
+
+FRONTS: dict[str, Callable[[Ctx], object]] = {
+    "server": front_server, "gate": front_gate, "autotune": front_autotune,
+}
+
+
+# -- running --------------------------------------------------------------------------------------
+def _noise_window(before: dict | None, after: dict | None) -> float | None:
+    if not before or not after or after["elapsed_s"] <= before["elapsed_s"]:
+        return None
+    return (after["ops_total"] - before["ops_total"]) / (after["elapsed_s"] - before["elapsed_s"])
+
+
+def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
+               cgs: dict[str, BenchCgroup], out: Path) -> list[Cell]:
+    server_cg, neigh_cg = cgs["server"], cgs["neighbour"]
+    server_cg.set_cpu_quota(cfg.cpu_quota_cores)
+    server_cg.set_memory_max(cfg.memory_max_bytes)
+    noise_json = out / f"noise_{cfg.name}.json"
+    neighbour = None
+    if cfg.neighbour:
+        noise_json.unlink(missing_ok=True)
+        neighbour = common.start_neighbour(neigh_cg, cpu=args.noise_cpu, mem_mib=args.noise_mem_mib,
+                                           json_path=noise_json, log_path=out / "noise.log")
+    server, url = common.start_server(server_cg, model=args.model,
+                                      max_concurrency=args.max_concurrency,
+                                      log_path=out / f"server_{cfg.name}.log")
+    cells: list[Cell] = []
+    try:
+        ctx = Ctx(server_url=url, server_cg=server_cg, out=out)
+        with FRONTS[cfg.front](ctx) as front_url:  # type: ignore[operator]
+            # one warm-up request (first-call allocations), not measured
+            asyncio.run(run_load(LoadSpec(url=front_url, requests=1, max_tokens=4)))
+            admit = common.seed_psi_admit(host) if cfg.seed_psi else None
+            for conc in args.concurrency:
+                results: list[RequestResult] = []
+                ops: list[float] = []
+                for rep in range(args.repeats):
+                    spec = LoadSpec(url=front_url, requests=args.requests, concurrency=conc,
+                                    max_tokens=args.max_tokens, seed=rep)
+                    before = common.read_noise(noise_json) if neighbour else None
+                    res = asyncio.run(run_load(spec, admit=admit))
+                    after = common.read_noise(noise_json) if neighbour else None
+                    write_csv(res, out / f"requests_{cfg.name}_c{conc}_r{rep}.csv")
+                    results += res
+                    w = _noise_window(before, after)
+                    if w is not None:
+                        ops.append(w)
+                cell = _cell(cfg.name, conc, results, ops, args.repeats)
+                log(f"{cfg.name} c={conc}: p95={_fmt(cell.p95_s)} s, neighbour "
+                    f"{_fmt(cell.neighbour_ops_per_s, 0)} ops/s, deferred {cell.deferred}, "
+                    f"rejected {cell.rejected}, errors {cell.errors}")
+                cells.append(cell)
+    finally:
+        common.stop(server)
+        if neighbour is not None:
+            common.stop(neighbour)
+    return cells
+
+
+def _cell(name: str, conc: int, results: list[RequestResult], ops: list[float], runs: int) -> Cell:
+    p50, p95, p99 = percentiles([r.latency_s for r in results if r.outcome == "ok"])
+    return Cell(config=name, concurrency=conc, p50_s=p50, p95_s=p95, p99_s=p99,
+                neighbour_ops_per_s=sum(ops) / len(ops) if ops else None,
+                deferred=sum(1 for r in results if r.retries > 0),
+                rejected=sum(1 for r in results if r.outcome == "rejected"),
+                runs=runs, errors=sum(1 for r in results if r.outcome == "error"))
+
+
+# -- reporting ------------------------------------------------------------------------------------
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def speedups(cells: list[Cell], base: str = "static") -> dict[tuple[str, int], float | None]:
+    """p95(base) / p95(config) per concurrency: > 1 means faster than the static limits."""
+    ref = {c.concurrency: c.p95_s for c in cells if c.config == base}
+    out: dict[tuple[str, int], float | None] = {}
+    for c in cells:
+        b = ref.get(c.concurrency)
+        out[(c.config, c.concurrency)] = b / c.p95_s if b and c.p95_s else None
+    return out
+
+
+def print_table(cells: list[Cell]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    sp = speedups(cells)
+    t = Table(title="End-to-end latency (client clock, s) and neighbour throughput")
+    for col in ["config", "conc", "p50", "p95", "p99", "p95 vs static", "neighbour ops/s",
+                "deferred", "rejected", "runs"]:
+        t.add_column(col, justify="left" if col == "config" else "right")
+    for c in cells:
+        s = sp.get((c.config, c.concurrency))
+        t.add_row(c.config, str(c.concurrency), _fmt(c.p50_s), _fmt(c.p95_s), _fmt(c.p99_s),
+                  "-" if s is None else f"{s:.2f}x", _fmt(c.neighbour_ops_per_s, 0),
+                  str(c.deferred), str(c.rejected), str(c.runs))
+    Console(width=max(120, Console().width)).print(t)
+
+
+def write_outputs(cells: list[Cell], out: Path, meta: dict) -> None:
+    with open(out / "summary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
+        w.writeheader()
+        for c in cells:
+            w.writerow({k: ("" if v is None else v) for k, v in c.model_dump(include=set(SUMMARY_COLUMNS)).items()})
+    (out / "summary.json").write_text(json.dumps(
+        {"meta": meta, "cells": [c.model_dump() for c in cells]}, indent=2))
+    plot(cells, out / "plot.png")
+
+
+def plot(cells: list[Cell], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(c.config for c in cells):
+        rows = [c for c in cells if c.config == name]
+        xs = [c.concurrency for c in rows if c.p95_s is not None]
+        ax1.plot(xs, [c.p95_s for c in rows if c.p95_s is not None], marker="o", label=name)
+        nx = [c.concurrency for c in rows if c.neighbour_ops_per_s is not None]
+        if nx:
+            ax2.plot(nx, [c.neighbour_ops_per_s for c in rows if c.neighbour_ops_per_s is not None],
+                     marker="s", label=name)
+    ax1.set(xlabel="client concurrency", ylabel="p95 end-to-end latency (s)", yscale="log",
+            title="LLM service")
+    ax2.set(xlabel="client concurrency", ylabel="ops/s", title="Noisy neighbour throughput")
+    ticks = sorted({c.concurrency for c in cells})
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- main -----------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny model, 6 requests, c=1,4, 1 repeat")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                   help=f"comma list from {list(CONFIGS)}")
+    p.add_argument("--concurrency", default="1,2,4,8")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--max-tokens", type=int, default=50)
+    p.add_argument("--model", default="gpt2")
+    p.add_argument("--max-concurrency", type=int, default=2, help="server worker threads")
+    p.add_argument("--noise-cpu", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--noise-mem-mib", type=int, default=1024)
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.model, a.requests, a.repeats, a.concurrency = "tiny", 6, 1, "1,4"
+        a.noise_mem_mib = min(a.noise_mem_mib, 64)
+    a.concurrency = [int(x) for x in str(a.concurrency).split(",") if x]
+    a.configs = [x for x in a.configs.split(",") if x]
+    unknown = [x for x in a.configs if x not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    if a.out is None:
+        a.out = Path("bench/results") / time.strftime("%Y%m%d-%H%M%S")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        log("needs root: it creates cgroups and moves processes into them")
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    common.install_cleanup()
+    host = Host("/", writable=True)
+    cells: list[Cell] = []
+    skipped: dict[str, str] = {}
+    t0 = time.time()
+    try:
+        cgs = common.bench_cgroups(host)
+        for name in args.configs:
+            log(f"config {name}")
+            try:
+                cells += run_config(CONFIGS[name], args, host, cgs, args.out)
+            except Skip as why:
+                skipped[name] = str(why)
+                log(f"skipped {name}: {why}")
+    finally:
+        common.cleanup()
+    meta = {"model": args.model, "requests": args.requests, "repeats": args.repeats,
+            "max_tokens": args.max_tokens, "server_workers": args.max_concurrency,
+            "noise_cpu": args.noise_cpu, "noise_mem_mib": args.noise_mem_mib,
+            "ncpu": os.cpu_count(), "kernel": os.uname().release, "skipped": skipped,
+            "wall_s": time.time() - t0}
+    write_outputs(cells, args.out, meta)
+    print_table(cells)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    print(f"results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
