@@ -267,7 +267,7 @@ def plot(cells: list[Cell], path: Path) -> None:
 # -- main -----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny model, 6 requests, c=1,4, 1 repeat")
+    p.add_argument("--quick", action="store_true", help="tiny model, 4 requests, c=1,4, 1 repeat")
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                    help=f"comma list from {list(CONFIGS)}")
     p.add_argument("--concurrency", default="1,2,4,8")
@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.quick:
-        a.model, a.requests, a.repeats, a.concurrency = "tiny", 6, 1, "1,4"
+        a.model, a.requests, a.repeats, a.concurrency = "tiny", 4, 1, "1,4"
         a.noise_mem_mib = min(a.noise_mem_mib, 64)
     a.concurrency = [int(x) for x in str(a.concurrency).split(",") if x]
     a.configs = [x for x in a.configs.split(",") if x]
