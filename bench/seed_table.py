@@ -270,7 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny model, 4 requests, c=1,4, 1 repeat")
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                    help=f"comma list from {list(CONFIGS)}")
-    p.add_argument("--concurrency", default="1,2,4,8")
+    p.add_argument("--concurrency", default=None, help="comma list (default 1,2,4,8; quick 1,4)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--max-tokens", type=int, default=50)
@@ -281,9 +281,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.quick:
-        a.model, a.requests, a.repeats, a.concurrency = "tiny", 4, 1, "1,4"
+        a.model, a.requests, a.repeats = "tiny", 4, 1
+        a.concurrency = a.concurrency or "1,4"
         a.noise_mem_mib = min(a.noise_mem_mib, 64)
-    a.concurrency = [int(x) for x in str(a.concurrency).split(",") if x]
+    a.concurrency = [int(x) for x in str(a.concurrency or "1,2,4,8").split(",") if x]
     a.configs = [x for x in a.configs.split(",") if x]
     unknown = [x for x in a.configs if x not in CONFIGS]
     if unknown:
