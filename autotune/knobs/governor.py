@@ -43,10 +43,10 @@ class _CpufreqChoice(Knob):
         for pol in policies(host, target):
             path = f"{CPUFREQ_DIR}/{pol}/{self.file}"
             try:
-                raw[path] = host.read_text(path).strip()
+                raw[path] = host.read_text(path)
             except MissingFile as err:
                 raise MissingFile(f"{self.name}: {path} missing (driver lacks this file)") from err
-        values = set(raw.values())
+        values = {v.strip() for v in raw.values()}
         value = values.pop() if len(values) == 1 else MIXED
         return KnobState(knob=self.name, target=target, value=value, raw=raw)
 
