@@ -1,0 +1,180 @@
+"""`autotune audit`: list, show, verify and report on the hash-chained audit trail."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from autotune.cli.common import ConfigOpt, fail, load_config_or_exit, print_json
+
+audit_app = typer.Typer(help="Inspect the tamper-evident audit trail of every agent decision.",
+                        no_args_is_help=True)
+
+StateOpt = Annotated[
+    Optional[Path],
+    typer.Option("--state", envvar="AUTOTUNE_STATE", help="State database (default: the agent's)."),
+]
+SinceOpt = Annotated[Optional[str], typer.Option("--since", help="ISO time, unix seconds or age like 2h, 7d.")]
+UntilOpt = Annotated[Optional[str], typer.Option("--until", help="ISO time, unix seconds or age like 30m.")]
+
+
+@audit_app.callback()
+def _audit(ctx: typer.Context, state: StateOpt = None) -> None:
+    ctx.obj = {"state": state}
+
+
+def _trail(ctx: typer.Context):
+    from autotune.audit.trail import AuditTrail
+    from autotune.config import default_state_path
+    from autotune.store.db import open_db
+
+    path = (ctx.obj or {}).get("state") or default_state_path()
+    if not Path(path).exists():
+        fail(f"no state database at {path}; start the agent first or pass --state PATH")
+    return AuditTrail(open_db(path))
+
+
+def _when(text: str | None, opt: str) -> float | None:
+    from autotune.audit.export import parse_when
+
+    if text is None:
+        return None
+    try:
+        return parse_when(text, time.time())
+    except ValueError as err:
+        fail(f"{opt}: {err}")
+    return None
+
+
+@audit_app.command("list")
+def list_cmd(
+    ctx: typer.Context,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    knob: Annotated[Optional[str], typer.Option(help="Exact knob name, e.g. cgroup.cpu_quota.")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Exact target (cgroup path, sysctl key...).")] = None,
+    outcome: Annotated[Optional[str], typer.Option(help="kept, rolled_back, failed, applied, refused...")] = None,
+    rule: Annotated[Optional[str], typer.Option(help="Rule name.")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="recommendation, apply, verify, rollback, refusal...")] = None,
+    limit: Annotated[int, typer.Option(help="Most recent N matches (0 = all).")] = 200,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON array on stdout.")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="CSV on stdout (empty cell = null).")] = False,
+) -> None:
+    """Audit events, oldest first, filtered."""
+    from autotune.audit import export
+
+    if json_out and csv_out:
+        fail("choose one of --json and --csv")
+    events = _trail(ctx).query(
+        since=_when(since, "--since"), until=_when(until, "--until"), knob=knob, target=target,
+        outcome=outcome, rule=rule, kind=kind, limit=limit or None,
+    )
+    if json_out:
+        sys.stdout.write(export.to_json(events) + "\n")
+        return
+    if csv_out:
+        sys.stdout.write(export.to_csv(events))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"audit events ({len(events)})", show_lines=False)
+    for col in ("id", "time", "kind", "action", "knob", "target", "before→after", "outcome", "objective s", "rule"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        obj = ""
+        if e.objective_before is not None or e.objective_after is not None:
+            obj = f"{_num(e.objective_before)}→{_num(e.objective_after)}"
+        change = f"{e.before or ''}→{e.after or ''}" if (e.before or e.after) else ""
+        table.add_row(str(e.id), export.iso(e.ts), e.kind, _s(e.action_id), _s(e.knob), _s(e.target),
+                      change, _s(e.outcome), obj, _s(e.rule))
+    Console().print(table)
+
+
+@audit_app.command("show")
+def show_cmd(ctx: typer.Context, action_id: Annotated[int, typer.Argument(help="Journal action id.")],
+             json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One action's full story: symptoms, rule, rationale, values, verification, rollback."""
+    from autotune.audit.export import iso
+
+    events = _trail(ctx).query(action_id=action_id)
+    if not events:
+        fail(f"no audit events for action {action_id}; see `autotune audit list`", code=1)
+    if json_out:
+        print_json([e.model_dump(mode="json") for e in events])
+        return
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.pretty import Pretty
+
+    con = Console()
+    first = events[0]
+    head = [f"[bold]action {action_id}[/]  knob={first.knob}  target={first.target}  service={first.service}",
+            f"rule: {first.rule}", f"rationale: {first.rationale or '-'}"]
+    con.print(Panel("\n".join(head), title="action"))
+    for e in events:
+        lines = [f"{iso(e.ts)}  outcome={e.outcome or '-'}"]
+        if e.before is not None or e.after is not None:
+            lines.append(f"value: {e.before} → {e.after}")
+        if e.objective_before is not None or e.objective_after is not None:
+            lines.append(f"objective (s): before {_num(e.objective_before)}  after {_num(e.objective_after)}")
+        if e.rationale and e.rationale != first.rationale:
+            lines.append(f"rationale: {e.rationale}")
+        con.print(Panel("\n".join(lines), title=f"#{e.id} {e.kind}", title_align="left"))
+        for key in ("symptoms",):
+            if e.detail.get(key):
+                con.print(Pretty(e.detail[key]), style="dim")
+        if e.test:
+            con.print("  test:", Pretty(e.test))
+        rest = {k: v for k, v in e.detail.items() if k != "symptoms"}
+        if rest:
+            con.print("  detail:", Pretty(rest))
+
+
+@audit_app.command("verify")
+def verify_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check the hash chain; exit 1 naming the first bad row if it was tampered with."""
+    rep = _trail(ctx).verify()
+    if json_out:
+        print_json(rep.model_dump())
+    elif rep.ok:
+        typer.echo(f"audit trail OK: {rep.checked} events, head {rep.head_hash}")
+    else:
+        typer.secho(f"audit trail BROKEN at event id {rep.first_bad_id}: {rep.reason} "
+                    f"({rep.checked} events before it verify)", fg="red", err=True)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("report")
+def report_cmd(
+    ctx: typer.Context,
+    html: Annotated[Path, typer.Option("--html", help="Output HTML file (self-contained).")],
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Self-contained HTML report: summary tables and a plot per action."""
+    from autotune.audit.report import write_report
+
+    cfg = load_config_or_exit(config)  # service SLOs for "time in SLO violation"
+    slos = {s.name: s.slo.p95_latency_s for s in cfg.services if s.slo.p95_latency_s}
+    trail = _trail(ctx)
+    n = write_report(trail, html, since=_when(since, "--since"), until=_when(until, "--until"), slos=slos)
+    typer.echo(f"wrote {html} ({n} actions)")
+
+
+def _s(v: object) -> str:
+    return "" if v is None else str(v)
+
+
+def _num(v: float | None) -> str:
+    return "?" if v is None else f"{v:.4g}"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")
