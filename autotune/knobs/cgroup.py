@@ -268,7 +268,8 @@ class _Memory(CgroupKnob):
         if text == "max":
             return "max"
         n = _int(text, path)
-        return "max" if version == 1 and n >= cgroupfs.V1_UNLIMITED else str(n)
+        # v1 reports unlimited as PAGE_COUNTER_MAX; "-1" is what was written (plain-file trees)
+        return "max" if version == 1 and (n < 0 or n >= cgroupfs.V1_UNLIMITED) else str(n)
 
     def normalize(self, host: Host, target: str, version: int, value: str) -> str:
         try:
