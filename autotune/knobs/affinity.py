@@ -43,6 +43,9 @@ def thread_cpus(host: Host, pid: int, tid: int) -> str | None:
     """Normalized cpu list of one thread, None if it vanished."""
     path = f"/proc/{pid}/task/{tid}/status"
     text = host.read_optional(path)
+    if text is None and tid == pid:  # the leader's status is also /proc/<pid>/status
+        path = f"/proc/{pid}/status"
+        text = host.read_optional(path)
     if text is None:
         return None
     for line in text.splitlines():
