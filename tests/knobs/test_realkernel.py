@@ -134,3 +134,50 @@ def test_global_roundtrip(knob, target):
     finally:
         k.restore(LIVE, before)
     assert k.read(LIVE, target) == before
+
+
+@pytest.fixture
+def v1_cgroup(request):
+    """A fresh cgroup in the v1 hierarchy of ``request.param`` (memory, cpuset)."""
+    _need_root()
+    ctrl = request.param
+    mount = LIVE.cgroup.v1_mounts.get(ctrl)
+    if LIVE.cgroup.controller_version(ctrl) != 1 or not mount:
+        pytest.skip(f"{ctrl} controller is not on cgroup v1")
+    name = f"autotune-knobtest-{os.getpid()}"
+    os.mkdir(f"{mount}/{name}")
+    try:
+        yield f"/{name}", f"{mount}/{name}"
+    finally:
+        os.rmdir(f"{mount}/{name}")
+
+
+@pytest.mark.realkernel
+@pytest.mark.root
+@pytest.mark.parametrize("v1_cgroup", ["memory"], indirect=True)
+def test_v1_memory_page_rounding_and_unlimited(v1_cgroup):
+    cg, path = v1_cgroup
+    k = get_knob("cgroup.memory_max")
+    before = k.read(LIVE, cg)
+    assert before.value == "max"
+    res = k.change(LIVE, cg, "1000000")  # kernel rounds down to a page; same() tolerates it
+    assert res.changed and int(res.after.value) % os.sysconf("SC_PAGE_SIZE") == 0
+    assert not k.change(LIVE, cg, "1000000").changed
+    k.change(LIVE, cg, "max")
+    assert k.read(LIVE, cg).value == "max"
+    k.change(LIVE, cg, "64M")
+    k.restore(LIVE, before)
+    assert k.read(LIVE, cg) == before
+
+
+@pytest.mark.realkernel
+@pytest.mark.root
+@pytest.mark.parametrize("v1_cgroup", ["cpuset"], indirect=True)
+def test_v1_cpuset_roundtrip(v1_cgroup):
+    cg, path = v1_cgroup
+    k = get_knob("cgroup.cpuset")
+    before = k.read(LIVE, cg)
+    res = k.change(LIVE, cg, "0")
+    assert res.after.value == "0" and open(f"{path}/cpuset.cpus").read() == "0\n"
+    k.restore(LIVE, before)
+    assert k.read(LIVE, cg) == before
