@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from autotune.audit.exporter import Exporter, parse_listen
+from autotune.audit.trail import AuditEvent
 from autotune.types import (LatencyReading, PsiLine, PsiReading, ServiceReading, Snapshot, Symptom)
 
 from .conftest import make_events
@@ -37,6 +38,7 @@ def exp() -> Exporter:
                                value=42.0, threshold=20.0, since_ts=90.0)])
     for ev in make_events():
         e.observe_event(ev)
+    e.observe_event(AuditEvent(ts=200.0, kind="refusal", knob="sysctl", outcome="refused"))
     return e
 
 
@@ -60,6 +62,7 @@ def test_values_follow_snapshot_symptoms_and_events(exp):
     assert g("autotune_verification_duration_seconds_count") == 12
     assert g("autotune_verification_duration_seconds_sum") == pytest.approx(12 * 34.5)
     assert g("autotune_process_resident_memory_bytes") > 1e6
+    assert g("autotune_helper_refusals_total", {"knob": "sysctl"}) == 1
     assert g("autotune_build_info", {"version": __import__("autotune").__version__,
                                      "python": __import__("platform").python_version()}) == 1
 
@@ -150,3 +153,17 @@ def test_real_prometheus_scrapes_the_exporter(exp, tmp_path):
         proc.kill()
         proc.wait(timeout=10)
         exp.stop()
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(exp):
+    import json
+    import re
+    from pathlib import Path
+
+    dash = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [a["expr"] for a in dash["annotations"]["list"]]
+    used = {m for e in exprs for m in re.findall(r"autotune_[a-z0-9_]+", e)}
+    page = generate_latest(exp.registry).decode()
+    exported = set(re.findall(r"^(autotune_[a-z0-9_]+)", page, re.M))
+    assert used and used <= exported, used - exported
