@@ -47,7 +47,7 @@ def expected(norm: dict[str, str], layout: str, value: str) -> str:
 @pytest.mark.parametrize("knob,target,value,norm,bad", CASES, ids=IDS)
 def test_read_validate(host, layout, knob, target, value, norm, bad):
     if not applies(knob, layout):
-        pytest.skip("not on this layout (tested in test_cgroup)")
+        pytest.skip("not on this layout (tested in test_cgroup_knobs)")
     k = get_knob(knob)
     state = k.read(host, target)
     assert state.knob == knob and state.target == target and state.raw
