@@ -25,7 +25,8 @@ from autotune.audit.trail import FINAL_OUTCOMES, AuditEvent, AuditTrail
 from autotune.types import Snapshot
 
 PSI_RESOURCES = ("cpu", "memory", "io")
-MIN_WINDOW_S = 60.0  # plot/SLO window each side of the apply when verification was quicker
+MIN_WINDOW_S = 60.0
+MAX_PLOTS = 100  # each plot costs ~0.1 s and ~60 KB; a 100k-event trail would be hours and GBs  # plot/SLO window each side of the apply when verification was quicker
 
 Window = Callable[[float, float], list[Snapshot]]
 
@@ -218,6 +219,8 @@ img{max-width:100%;height:auto;display:block;margin-top:6px}
 
 
 def _e(v: Any) -> str:
+    if isinstance(v, float):  # 4 significant digits: p=0.5763 reads better than 0.5762732440843475
+        v = f"{v:.4g}"
     return html.escape("" if v is None else str(v))
 
 
@@ -233,8 +236,9 @@ def build_html(
     window: Window | None = None,
     slos: dict[str, float] | None = None,
     now: float | None = None,
+    max_plots: int = MAX_PLOTS,
 ) -> tuple[str, int]:
-    """The report page and the number of actions in it."""
+    """The report page and the number of actions in it (plots for the latest ``max_plots``)."""
     now = time.time() if now is None else now
     events = trail.query(since=since, until=until)
     acts = stories(events)
@@ -274,7 +278,8 @@ def build_html(
 
     # per-action plots (and the SLO table that needs the same samples)
     slo_rows, sections = [], []
-    for a in acts:
+    plotted = acts[-max_plots:] if max_plots > 0 else []
+    for a in plotted:
         snaps: list[Snapshot] = []
         w = a.window_s()
         t0 = a.apply_ts or a.start_ts
@@ -306,6 +311,9 @@ def build_html(
         parts.append("<p class='meta'>Not available: needs a service SLO (p95_latency_s in the config) and raw "
                      "samples around the actions (kept for agent.raw_retention_h).</p>")
     parts.append("<h2>Actions</h2>")
+    if len(plotted) < len(acts):
+        parts.append(f"<p class='meta'>Showing the latest {len(plotted)} of {len(acts)} actions; narrow the "
+                     "period with --since/--until to see others.</p>")
     parts.extend(sections or ["<p class='meta'>No actions in this period.</p>"])
     parts.append("</body></html>")
     return "".join(parts), len(acts)
@@ -348,11 +356,12 @@ def write_report(
     until: float | None = None,
     slos: dict[str, float] | None = None,
     window: Window | None = None,
+    max_plots: int = MAX_PLOTS,
 ) -> int:
     """Write the HTML report to ``path``; returns the number of actions. Uses the samples store
     for plots when ``window`` is not given and it is available."""
     if window is None:
         window = default_window(trail)
-    page, n = build_html(trail, since=since, until=until, window=window, slos=slos)
+    page, n = build_html(trail, since=since, until=until, window=window, slos=slos, max_plots=max_plots)
     Path(path).write_text(page, encoding="utf-8")
     return n

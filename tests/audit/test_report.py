@@ -114,3 +114,18 @@ def test_violation_seconds_counts_samples_above_slo():
     assert violation_s(snaps, "llm", 0.2) == 100
     assert violation_s(snaps, "llm", 0.5) == 0
     assert violation_s(snaps, "other", 0.2) == 0
+
+
+def test_report_plots_only_the_latest_actions_but_counts_all(filled):
+    page, n = build_html(filled, max_plots=3)
+    assert n == 12 and page.count("<img ") == 3
+    assert "id='action-12'" in page and "id='action-9'" not in page
+    assert "latest 3 of 12" in page
+
+
+def test_report_rounds_long_floats(trail):
+    trail.append(AuditEvent(ts=T0, kind="verify", action_id=1, knob="thp", outcome="kept",
+                            test={"p_value": 0.5762732440843475},
+                            detail={"symptoms": [{"name": "cpu_pressure", "value": 63.66779906571064}]}))
+    page, _ = build_html(trail)
+    assert "p_value=0.5763" in page and "cpu_pressure=63.67" in page
