@@ -1,7 +1,9 @@
 """The admission gate as a library: ``async with gate.admit(): ...``.
 
 A request is admitted when fewer than ``limit`` requests are in flight AND the selected PSI
-some avg10 is at or below ``threshold_pct`` (unknown pressure fails open). Otherwise it waits
+some avg10 is at or below ``threshold_pct`` (unknown pressure fails open). Pressure never holds
+the ``min_inflight`` (default 1) first requests: with nothing of ours in flight the pressure is
+someone else's (a neighbour's), and holding would starve the service forever. Otherwise it waits
 in a bounded FIFO queue: a full queue or a wait longer than ``queue_timeout_s`` raises
 ``GateRejected`` (the proxy turns it into HTTP 503 + Retry-After). Waiters are re-checked on
 every release and by a poller every ``poll_interval_s`` while anyone waits (pressure changes
@@ -40,6 +42,7 @@ class GateSettings(BaseModel):
 
     threshold_pct: float | None = Field(40.0, ge=0, le=100)  # None: never hold on pressure
     limit: int = Field(4, ge=1)
+    min_inflight: int = Field(1, ge=0)  # pressure holds nothing while fewer are in flight
     max_queue: int = Field(64, ge=0)
     queue_timeout_s: float = Field(30.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
@@ -61,6 +64,7 @@ class GateStatus(BaseModel):
 
     threshold_pct: float | None
     limit: int
+    min_inflight: int
     min_limit: int
     max_limit: int
     adaptive: bool
@@ -125,7 +129,7 @@ class Gate:
         if self.inflight >= self.settings.limit:
             return "limit"
         threshold = self.settings.threshold_pct
-        if threshold is not None:
+        if threshold is not None and self.inflight >= self.settings.min_inflight:
             p = self._pressure()
             if p is not None and p > threshold:
                 return "pressure"
@@ -225,7 +229,8 @@ class Gate:
     # -- control --------------------------------------------------------------------------------
     def configure(self, *, threshold_pct: float | None | str = "keep", limit: int | None = None,
                   min_limit: int | None = None, max_limit: int | None = None, adaptive: bool | None = None,
-                  max_queue: int | None = None, queue_timeout_s: float | None = None) -> GateStatus:
+                  max_queue: int | None = None, queue_timeout_s: float | None = None,
+                  min_inflight: int | None = None) -> GateStatus:
         """Apply a partial update atomically (ValueError, nothing changed, if any part is bad).
 
         ``threshold_pct=None`` turns the pressure hold off; the default "keep" leaves it.
@@ -240,7 +245,7 @@ class Gate:
         if threshold_pct != "keep":
             new["threshold_pct"] = threshold_pct
         for key, val in (("limit", limit), ("adaptive", adaptive), ("max_queue", max_queue),
-                         ("queue_timeout_s", queue_timeout_s)):
+                         ("queue_timeout_s", queue_timeout_s), ("min_inflight", min_inflight)):
             if val is not None:
                 new[key] = val
         new_limit = new["limit"]
@@ -260,7 +265,7 @@ class Gate:
     def status(self) -> GateStatus:
         s = self.settings
         return GateStatus(
-            threshold_pct=s.threshold_pct, limit=s.limit, min_limit=s.limiter.min_limit,
+            threshold_pct=s.threshold_pct, limit=s.limit, min_inflight=s.min_inflight, min_limit=s.limiter.min_limit,
             max_limit=s.limiter.max_limit, adaptive=s.adaptive, max_queue=s.max_queue,
             queue_timeout_s=s.queue_timeout_s, inflight=self.inflight,
             queue_length=sum(1 for f in self._waiters if not f.done()), admitted=self.admitted,

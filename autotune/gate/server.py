@@ -27,10 +27,10 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def make_gate(*, host: Host, pressure: str = "system", threshold_pct: float | None = 40.0, limit: int = 4,
               min_limit: int = 1, max_limit: int = 64, max_queue: int = 64, queue_timeout_s: float = 30.0,
-              adaptive: bool = True, law: str = "gradient") -> Gate:
+              adaptive: bool = True, law: str = "gradient", min_inflight: int = 1) -> Gate:
     try:
         settings = GateSettings(
-            threshold_pct=None if pressure == "none" else threshold_pct, limit=limit, max_queue=max_queue,
+            threshold_pct=None if pressure == "none" else threshold_pct, limit=limit, min_inflight=min_inflight, max_queue=max_queue,
             queue_timeout_s=queue_timeout_s, adaptive=adaptive,
             limiter=LimiterConfig(law=law, min_limit=min_limit, max_limit=max_limit),
         )

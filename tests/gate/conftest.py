@@ -45,6 +45,7 @@ class Upstream:
     inflight: int = 0
     max_inflight: int = 0
     calls: int = 0
+    finished: int = 0  # streams that sent every chunk (not cut short by the client)
     chunk_sent_at: list[float] = field(default_factory=list)  # time.monotonic() of each SSE chunk
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -91,6 +92,8 @@ def fake_openai_app(up: Upstream) -> FastAPI:
                     up.chunk_sent_at.append(time.monotonic())
                     yield f"data: {json.dumps(completion(model, f'tok{i}'))}\n\n"
                 yield "data: [DONE]\n\n"
+                with up.lock:
+                    up.finished += 1
             finally:
                 up.leave()
 

@@ -89,7 +89,7 @@ def test_pressure_hold_in_process(tmp_path):
     f.parent.mkdir(parents=True)
     f.write_text(PSI.format(70))
     src = PressureSource(Host(tmp_path), min_interval_s=0.0)
-    g = gate(limit=4, threshold_pct=50, pressure=src, queue_timeout_s=5)
+    g = gate(limit=4, threshold_pct=50, pressure=src, queue_timeout_s=5, min_inflight=0)
 
     async def main():
         waiter = asyncio.ensure_future(g.acquire())
@@ -101,6 +101,57 @@ def test_pressure_hold_in_process(tmp_path):
 
     asyncio.run(main())
     assert g.status().deferred == 1
+
+
+class FixedPressure:
+    """A pressure source stuck at one value (percent): no files, no clock."""
+
+    path, error = "fixed", None
+
+    def __init__(self, pct: float | None) -> None:
+        self.pct = pct
+
+    def read(self) -> float | None:
+        return self.pct
+
+
+@pytest.mark.parametrize("floor", [0, 1, 2])
+def test_min_inflight_floor_admits_despite_pressure(floor):
+    """Pressure above the threshold holds nothing until ``min_inflight`` of ours are in flight:
+    otherwise a neighbour's pressure alone would starve the service forever."""
+    g = gate(limit=4, threshold_pct=50, pressure=FixedPressure(95.0), queue_timeout_s=5, min_inflight=floor)
+
+    async def main():
+        tickets = [await asyncio.wait_for(g.acquire(), 1) for _ in range(floor)]  # never held
+        assert g.deferred == 0 and g.inflight == floor
+        held = asyncio.ensure_future(g.acquire())
+        await asyncio.sleep(0.05)  # several poll intervals: still blocked by pressure
+        assert not held.done() and g.status().queue_length == 1
+        if floor:
+            tickets.pop().release()  # back under the floor -> the waiter goes in
+            tickets.append(await asyncio.wait_for(held, 1))
+        else:
+            held.cancel()
+        for t in tickets:
+            t.release()
+
+    asyncio.run(main())
+    assert g.inflight == 0 and g.status().deferred == 1
+
+
+def test_min_inflight_never_overrides_the_limit():
+    g = gate(limit=1, threshold_pct=50, pressure=FixedPressure(95.0), min_inflight=3)
+    assert g._blocked_by() is None
+    g.inflight = 1
+    assert g._blocked_by() == "limit"
+    g.settings.limit = 4
+    assert g._blocked_by() is None  # 1 < floor 3: pressure ignored
+    g.inflight = 3
+    assert g._blocked_by() == "pressure"
+    g.configure(min_inflight=0)
+    assert g.status().min_inflight == 0
+    with pytest.raises(ValueError):
+        g.configure(min_inflight=-1)
 
 
 def test_configure_is_atomic_and_validated():
