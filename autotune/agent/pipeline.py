@@ -43,13 +43,19 @@ def _service_pids_target(host: Host, cfg: Config, service: str) -> str:
     return "pids:" + ",".join(str(p) for p in resolved.pids)
 
 
-def metric_history(window: list[Snapshot], lookback: int) -> list[tuple[float, dict[str, float]]]:
-    """(ts, metrics) per tick, each derived over the ``lookback`` samples before it."""
+def metric_history(
+    window: list[Snapshot], lookback: int, *, services=(), ncpu: int | None = None
+) -> list[tuple[float, dict[str, float]]]:
+    """(ts, metrics) per tick, each derived over the ``lookback`` samples before it.
+
+    ``services`` (config.Service list) lets SLO ratios be derived; ``ncpu`` the host's CPUs.
+    """
     from autotune.detect.metrics import derive_metrics
 
     out = []
     for i in range(len(window)):
-        out.append((window[i].ts, derive_metrics(window[max(0, i - lookback) : i + 1])))
+        metrics = derive_metrics(window[max(0, i - lookback) : i + 1], ncpu=ncpu, services=services)
+        out.append((window[i].ts, metrics))
     return out
 
 

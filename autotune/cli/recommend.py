@@ -69,7 +69,7 @@ def run_recommend(root: Path | None, cfg, ruleset, duration: float, period: floa
         if status is not None:
             status.stop()
     lookback = max(1, round(cfg.agent.window_s / period))
-    history = metric_history(window, lookback)
+    history = metric_history(window, lookback, services=cfg.services, ncpu=host.ncpu)
     now = window[-1].ts
     symptoms, actions, _ = evaluate(
         ruleset, cfg, history, DetectorState(), knob_reader(host, cfg), now,

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from autotune.errors import ConfigError
+from autotune.knobs.admission import AdmissionKnob
 from autotune.knobs.affinity import Affinity
 from autotune.knobs.base import ChangeResult, Knob, KnobState
 from autotune.knobs.cgroup import CGROUP_KNOBS
@@ -22,7 +23,7 @@ class UnknownKnob(ConfigError, KeyError):
 
 
 KNOBS: dict[str, Knob] = {
-    k.name: k for k in (Sysctl(), Thp(), Affinity(), Governor(), GovernorEpp(),
+    k.name: k for k in (Sysctl(), Thp(), Affinity(), Governor(), GovernorEpp(), AdmissionKnob(),
                         *(cls() for cls in CGROUP_KNOBS))
 }
 
