@@ -344,8 +344,11 @@ def register(app: typer.Typer) -> None:
                               else e.state, _verdict(e))
             console.print(table)
         for u in unmanaged:
+            # soft_wrap: keep the command on one line so it can be copied
             console.print(f"[magenta]unmanaged[/] {u.knob} {u.target} since {_fmt_ts(u.since_ts)}: "
-                          f"{u.reason}  (re-enable: autotune enable {u.knob} {u.target})")
+                          f"{u.reason}", soft_wrap=True)
+            console.print(f"  re-enable: autotune enable {u.knob} {u.target}", soft_wrap=True,
+                          markup=False, highlight=False)
 
     @app.command()
     def rollback(
