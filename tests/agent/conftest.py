@@ -1,0 +1,90 @@
+"""Shared pieces for agent tests: a writable fixture host, a tiny rule pack that always proposes
+one sysctl change, a fake clock and a synthetic PSI writer (the sensors read the fixture files,
+so the whole sample -> evaluate -> apply -> verify path runs unchanged)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from autotune.config import Config
+from autotune.host import Host
+from tests.fixtures.hosts import writable_copy
+
+SWAPPINESS = "/proc/sys/vm/swappiness"
+
+RULES = """
+symptoms:
+  - name: cpu_pressure
+    metric: psi.cpu.some.avg10
+    op: ">"
+    on: 5
+    for_s: 0
+    clear_for_s: 0
+rules:
+  - name: test-lower-swappiness
+    scope: host
+    priority: 50
+    cooldown_s: 0
+    rationale: test rule (host PSI {metric:psi.cpu.some.avg10} %)
+    when:
+      all: [{symptom: cpu_pressure}]
+    actions:
+      - knob: sysctl
+        target: vm.swappiness
+        value: 10
+        bounds: {min: 1, max: 100}
+"""
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Psi:
+    """Writes /proc/pressure/cpu with a cumulative total growing at ``pct`` % of wall time."""
+
+    def __init__(self, root: Path, seed: int = 1) -> None:
+        self.path = root / "proc/pressure/cpu"
+        self.total = 70_000_000
+        self.rng = random.Random(seed)
+
+    def tick(self, dt_s: float, pct: float) -> None:
+        share = max(0.0, pct + self.rng.uniform(-2, 2)) / 100
+        self.total += int(dt_s * 1e6 * share)
+        self.path.write_text(
+            f"some avg10={pct:.2f} avg60={pct:.2f} avg300={pct:.2f} total={self.total}\n"
+            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+
+
+@pytest.fixture
+def host_root(tmp_path) -> Path:
+    return writable_copy("hybrid-local", tmp_path)
+
+
+@pytest.fixture
+def rules_dir(tmp_path) -> Path:
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "test.yaml").write_text(RULES)
+    return d
+
+
+def make_cfg(tmp_path: Path, rules_dir: Path, **verification) -> Config:
+    v = {"window_s": 20, "settle_s": 2, "rule_cooldown_s": 0, "knob_cooldown_s": 0, **verification}
+    return Config.model_validate({
+        "agent": {"sample_period_s": 1, "window_s": 10, "evaluate_every_s": 1, "mode": "apply",
+                  "state_path": str(tmp_path / "state.db"), "rule_dirs": [str(rules_dir)],
+                  "metrics_listen": None},
+        "verification": v,
+    })
+
+
+def host(root: Path, writable: bool = True) -> Host:
+    return Host(root, writable=writable)
