@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 from pydantic import BaseModel
@@ -50,89 +50,54 @@ class Unreachable(Exception):
     """The helper cannot be reached: abort the whole command (exit 2), nothing is half-done."""
 
 
-class Writer(Protocol):
-    """What rollback needs from the helper (or the local knobs)."""
+class _Writer:
+    """An Actuator (autotune.agent.actuator) plus how it is reached: ``via`` "helper" or
+    "local". Transport failures of the helper client (HostError; refusals are PolicyRefused)
+    become Unreachable so one dead socket aborts the run instead of failing every entry."""
 
-    via: str
+    def __init__(self, actuator: Any, via: str) -> None:
+        self.actuator, self.via = actuator, via
 
-    def read(self, knob: str, target: str) -> "KnobState | None":
-        """Live state, None when the target is gone; Unreachable on transport failure."""
-
-    def restore(self, knob: str, target: str, state: "KnobState") -> None:
-        """Write back a recorded state; raises an AutotuneError with the reason on refusal."""
-
-
-class HelperWriter:
-    """Rollback through the privileged helper's socket (autotune.helper.client)."""
-
-    via = "helper"
-
-    def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
-        from autotune.helper.client import HelperClient
-
-        self.socket_path = socket_path
-        self.client = HelperClient(socket_path, timeout=timeout)
-
-    def ping(self) -> int:
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         from autotune.errors import HostError
 
         try:
-            return self.client.ping()
+            return fn(*args)
         except HostError as err:
-            raise Unreachable(str(err)) from err
+            if self.via == "helper":
+                raise Unreachable(str(err)) from err
+            raise
 
     def read(self, knob: str, target: str) -> "KnobState | None":
-        from autotune.errors import HostError, PolicyRefused
-
-        try:
-            return self.client.read(knob, target)
-        except PolicyRefused as err:
-            if getattr(err, "code", None) == "target_gone":
-                return None
-            raise
-        except HostError as err:
-            raise Unreachable(str(err)) from err
+        return self._guard(self.actuator.read, knob, target)
 
     def restore(self, knob: str, target: str, state: "KnobState") -> None:
-        from autotune.errors import HostError, PolicyRefused
-
-        try:
-            self.client.restore(knob, target, state)
-        except PolicyRefused:
-            raise
-        except HostError as err:
-            raise Unreachable(str(err)) from err
-
-    def close(self) -> None:
-        self.client.close()
+        # force: the caller (rollback_plan) already decided; the raw record must be written
+        # even when the normalized value already matches (e.g. a period that differs)
+        self._guard(lambda: self.actuator.restore(knob, target, state, force=True))
 
 
-class LocalWriter:
-    """Root-only: the knob registry on a writable Host (fixture trees, or the helper is down)."""
+def helper_writer(socket_path: str, cfg: Any = None, timeout: float = 10.0) -> _Writer:
+    """Rollback through the privileged helper; Unreachable if it does not answer a ping."""
+    from autotune.agent.actuator import HelperActuator
+    from autotune.errors import HostError
+    from autotune.helper.client import HelperClient
 
-    via = "local"
+    act = HelperActuator(HelperClient(socket_path, timeout=timeout), cfg=cfg)
+    try:
+        act.ping()
+    except HostError as err:
+        act.client.close()
+        raise Unreachable(str(err)) from err
+    return _Writer(act, "helper")
 
-    def __init__(self, root: Path | None) -> None:
-        from autotune.host import Host
 
-        self.host = Host(root, writable=True)
+def local_writer(root: Path | None, cfg: Any = None) -> _Writer:
+    """Root-only escape hatch: the knobs on a writable Host, no helper and no policy."""
+    from autotune.agent.actuator import LocalActuator
+    from autotune.host import Host
 
-    def read(self, knob: str, target: str) -> "KnobState | None":
-        from autotune.errors import MissingFile, TargetGone
-        from autotune.knobs import get_knob
-
-        try:
-            return get_knob(knob).read(self.host, target)
-        except (TargetGone, MissingFile):
-            return None
-
-    def restore(self, knob: str, target: str, state: "KnobState") -> None:
-        from autotune.knobs import get_knob
-
-        get_knob(knob).restore(self.host, state)
-
-    def close(self) -> None:
-        pass
+    return _Writer(LocalActuator(Host(root, writable=True), cfg), "local")
 
 
 class RollbackOutcome(BaseModel):
@@ -146,13 +111,6 @@ class RollbackOutcome(BaseModel):
     exact: bool | None = None  # read-back raw == the journal's recorded raw
 
 
-def _same_for(knob: str) -> Callable[[str | None, str | None], bool]:
-    from autotune.knobs import KNOBS
-
-    k = KNOBS.get(knob)
-    return k.same if k is not None else (lambda a, b: a == b)
-
-
 def _newer_in_place(journal: "Journal", entry: "JournalEntry") -> "JournalEntry | None":
     for e in journal.entries(knob=entry.knob, target=entry.target, states=IN_PLACE, newest_first=True):
         if (e.ts, e.id) > (entry.ts, entry.id):
@@ -163,7 +121,7 @@ def _newer_in_place(journal: "Journal", entry: "JournalEntry") -> "JournalEntry 
 def rollback_entries(
     journal: "Journal",
     entries: Sequence["JournalEntry"],
-    writer: Writer,
+    writer: _Writer,
     *,
     force: bool = False,
     trail: "AuditTrail | None" = None,
@@ -176,6 +134,7 @@ def rollback_entries(
     target is still in place (restoring the older prior would silently undo that one too).
     Raises Unreachable when the helper goes away; everything before that is recorded.
     """
+    from autotune.agent.actuator import same_for
     from autotune.errors import AutotuneError
     from autotune.knobs.base import KnobState
 
@@ -196,7 +155,7 @@ def rollback_entries(
                                 f"roll it back first or use: autotune rollback --all "
                                 f"--knob {entry.knob} --target {entry.target}")
                 continue
-        same = _same_for(entry.knob)
+        same = same_for(entry.knob)
         try:
             live = writer.read(entry.knob, entry.target)
         except AutotuneError as err:
@@ -389,24 +348,21 @@ def register(app: typer.Typer) -> None:
         if not entries:
             typer.echo("nothing to roll back")
             return
-        writer: Any
-        if local:
-            writer = LocalWriter(root)
-        else:
-            sock = helper_socket or cfg.agent.helper_socket
-            writer = HelperWriter(sock)
-            try:
-                writer.ping()
-            except Unreachable as err:
-                fail(f"helper unreachable at {sock}: {err}. Start it (systemctl start "
-                     "autotune-helper.socket), pass --helper-socket PATH, or as root use --local")
+        sock = helper_socket or cfg.agent.helper_socket
+        try:
+            writer = local_writer(root, cfg) if local else helper_writer(sock, cfg)
+        except Unreachable as err:
+            fail(f"helper unreachable at {sock}: {err}. Start it (systemctl start "
+                 "autotune-helper.socket), pass --helper-socket PATH, or as root use --local")
         try:
             outcomes = rollback_entries(journal, entries, writer, force=force, trail=AuditTrail(db),
                                         single=not all_)
         except Unreachable as err:
             fail(f"helper went away during rollback: {err}; entries restored so far are journaled")
         finally:
-            writer.close()
+            client = getattr(writer.actuator, "client", None)
+            if client is not None:
+                client.close()
         if json_out:
             print_json([o.model_dump() for o in outcomes])
         else:
