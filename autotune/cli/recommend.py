@@ -85,6 +85,7 @@ def run_recommend(root: Path | None, cfg, ruleset, duration: float, period: floa
 
 def print_recommendation(rec) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console()
@@ -94,7 +95,7 @@ def print_recommendation(rec) -> None:
         for col in ("symptom", "service", "metric", "value", "threshold", "detail"):
             t.add_column(col)
         for s in rec.symptoms:
-            t.add_row(s.name, s.service or "host", s.metric, f"{s.value:.3g}", f"{s.threshold:g}", s.detail)
+            t.add_row(s.name, s.service or "host", s.metric, f"{s.value:.3g}", f"{s.threshold:g}", escape(s.detail))
         con.print(t)
     else:
         con.print("[green]no symptoms[/]")
@@ -103,10 +104,10 @@ def print_recommendation(rec) -> None:
         for col in ("knob", "target", "current", "proposed", "rule", "rationale"):
             t.add_column(col, overflow="fold")
         for a in rec.actions:
-            t.add_row(a.knob + (" (advice)" if a.advisory else ""), a.target, a.current or "?",
-                      a.proposed, a.rule, a.rationale)
+            t.add_row(a.knob + (" (advice)" if a.advisory else ""), escape(a.target),
+                      escape(a.current or "?"), escape(a.proposed), a.rule, escape(a.rationale))
         con.print(t)
     else:
         con.print("[green]nothing to recommend[/]")
     for n in rec.notes:
-        con.print(f"[dim]{n}[/]")
+        con.print(f"[dim]{escape(n)}[/]")
