@@ -1,0 +1,237 @@
+"""Agent loop on a writable fixture host with a fake clock and synthetic PSI: apply, verify,
+keep / roll back, drift, refusals, failure containment, and the helper route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autotune.agent.actuator import HelperActuator, LocalActuator, is_drift
+from autotune.agent.loop import Agent
+from autotune.diagnose.rules import load_rules
+from autotune.errors import PolicyRefused
+from autotune.store.db import open_db
+from tests.agent.conftest import SWAPPINESS, Clock, Psi, host, make_cfg
+
+ORIGINAL = "60\n"  # the fixture's exact raw content
+
+
+def make_agent(tmp_path, root, rules_dir, clock, actuator=None, **verification):
+    verification.setdefault("rule_cooldown_s", 10_000)
+    cfg = make_cfg(tmp_path, rules_dir, **verification)
+    h = host(root)
+    return Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=actuator or LocalActuator(h, cfg),
+                 ruleset=load_rules(cfg.rule_dirs()), clock=clock)
+
+
+def drive(agent, clock, psi, ticks, after_pct, before_pct=20.0, on_tick=None):
+    """One sample/evaluate/verify per simulated second; PSI level switches once a change landed."""
+    for _ in range(ticks):
+        clock.t += 1
+        landed = any(e.applied_ts for e in agent.journal.entries())
+        psi.tick(1, after_pct if landed else before_pct)
+        if on_tick:
+            on_tick(agent)
+        for stage in (agent.sample, agent.evaluate, agent.verify):
+            agent.guarded(stage.__name__, stage)
+
+
+def swappiness(root: Path) -> str:
+    return (root / SWAPPINESS.lstrip("/")).read_text()
+
+
+def kinds(agent) -> list[str]:
+    return [e.kind for e in agent.trail.query()]
+
+
+def test_regression_is_rolled_back_to_exact_prior(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    drive(agent, clock, Psi(host_root), 60, after_pct=60)
+    [e] = agent.journal.entries()
+    assert e.state == "rolled_back"
+    assert e.verify_result["verdict"] == "regressed"
+    assert e.objective_before["objective"] == "psi"
+    assert e.verify_result["before_median"] < 25 < e.verify_result["after_median"]
+    assert e.objective_after["median"] == e.verify_result["after_median"]
+    assert swappiness(host_root) == ORIGINAL  # byte-exact restore
+    assert agent.trail.verify().ok
+    k = kinds(agent)
+    assert {"agent_start", "recommendation", "apply", "verify", "rollback"} <= set(k)
+    [v] = [ev for ev in agent.trail.query() if ev.kind == "verify"]
+    assert v.outcome == "rolled_back" and v.test["p_value"] < 0.05
+    assert v.objective_after > v.objective_before
+    # rule cooldown holds: nothing re-applied after the rollback
+    assert len(agent.journal.entries()) == 1
+
+
+def test_improvement_is_kept(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    drive(agent, clock, Psi(host_root), 60, after_pct=1)
+    [e] = agent.journal.entries()
+    assert e.state == "kept" and e.verify_result["verdict"] == "improved"
+    assert swappiness(host_root).strip() == "10"
+    assert [ev.outcome for ev in agent.trail.query() if ev.kind == "verify"] == ["kept"]
+
+
+@pytest.mark.parametrize("policy,state,value", [("keep", "kept", "10"), ("rollback", "rolled_back", "60")])
+def test_inconclusive_follows_policy(tmp_path, host_root, rules_dir, policy, state, value):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, on_inconclusive=policy)
+    agent.start()
+    drive(agent, clock, Psi(host_root), 60, after_pct=20)  # same level before and after
+    [e] = agent.journal.entries()
+    assert e.verify_result["verdict"] == "inconclusive"
+    assert e.state == state
+    assert swappiness(host_root).strip() == value
+
+
+def test_no_change_before_a_before_window_exists(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    drive(agent, clock, Psi(host_root), 10, after_pct=60)  # window_s is 20
+    assert agent.journal.entries() == []
+    assert agent.symptoms  # the symptom is there, the change is only held back
+
+
+def test_drift_at_verify_is_left_alone_and_target_unmanaged(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, rule_cooldown_s=0)
+    agent.start()
+
+    def operator(a):
+        e = a.journal.entries()
+        if e and e[0].state == "verifying":
+            (host_root / SWAPPINESS.lstrip("/")).write_text("33\n")
+
+    drive(agent, clock, Psi(host_root), 60, after_pct=60, on_tick=operator)
+    entries = agent.journal.entries()
+    assert [e.state for e in entries] == ["drifted"]  # no further actions on it
+    assert swappiness(host_root) == "33\n"
+    assert agent.journal.is_unmanaged("sysctl", "vm.swappiness")
+    assert "drift" in kinds(agent)
+
+
+def test_drift_found_by_reconcile_after_restart(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    drive(agent, clock, Psi(host_root), 25, after_pct=60)
+    assert agent.journal.entries()[0].state == "verifying"
+    (host_root / SWAPPINESS.lstrip("/")).write_text("33\n")
+    again = make_agent(tmp_path, host_root, rules_dir, clock)  # restart on the same state DB
+    again.start()
+    [e] = again.journal.entries()
+    assert e.state == "drifted" and again.journal.is_unmanaged("sysctl", "vm.swappiness")
+    assert swappiness(host_root) == "33\n"
+    assert "drift" in kinds(again) and again.trail.verify().ok
+
+
+def test_reverify_after_restart_uses_surviving_samples(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    psi = Psi(host_root)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    drive(agent, clock, psi, 25, after_pct=60)
+    again = make_agent(tmp_path, host_root, rules_dir, clock)
+    again.start()
+    [e] = again.journal.entries()
+    assert e.state == "verifying"
+    drive(again, clock, psi, 40, after_pct=60)
+    [e] = again.journal.entries()
+    assert e.state == "rolled_back" and swappiness(host_root) == ORIGINAL
+
+
+class RefusingActuator(LocalActuator):
+    def apply(self, knob, target, value, *, expect_before, request_id=""):
+        raise PolicyRefused("vm.swappiness=10 outside policy range 20..100")
+
+
+def test_refusals_are_journaled_and_a_failing_knob_is_disabled(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    act = RefusingActuator(host(host_root), cfg)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=act, rule_cooldown_s=0)
+    agent.start()
+    drive(agent, clock, Psi(host_root), 40, after_pct=60)
+    entries = agent.journal.entries()
+    assert [e.state for e in entries] == ["failed"] * 3
+    assert "outside policy range" in entries[0].error
+    assert agent.journal.is_unmanaged("sysctl", "vm.swappiness")
+    assert kinds(agent).count("refusal") == 3
+    assert swappiness(host_root) == ORIGINAL
+
+
+def test_a_failing_stage_is_audited_once_and_does_not_raise(tmp_path, host_root, rules_dir):
+    agent = make_agent(tmp_path, host_root, rules_dir, Clock())
+
+    def boom():
+        raise RuntimeError("sensor exploded")
+
+    assert agent.guarded("sample", boom) is None
+    assert agent.guarded("sample", boom) is None
+    errors = [e for e in agent.trail.query() if e.kind == "error"]
+    assert len(errors) == 1 and errors[0].detail["stage"] == "sample"
+
+
+def test_garbage_proc_file_does_not_stop_the_loop(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    (host_root / "proc/pressure/cpu").write_text("\x00garbage\n")
+    (host_root / "proc/stat").write_text("nonsense")
+    for _ in range(3):
+        clock.t += 1
+        for stage in (agent.sample, agent.evaluate, agent.verify):
+            agent.guarded(stage.__name__, stage)
+    assert len(agent.window) == 3
+    assert any("psi.cpu" in m for m in agent.window[-1].missing)
+
+
+def test_recommend_mode_never_writes(tmp_path, host_root, rules_dir):
+    from autotune.agent.actuator import DryRunActuator
+
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    h = host(host_root, writable=False)
+    agent = Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=DryRunActuator(h, cfg),
+                  ruleset=load_rules(cfg.rule_dirs()), clock=clock, mode="recommend")
+    agent.start()
+    drive(agent, clock, Psi(host_root), 40, after_pct=60)
+    assert agent.actions and agent.actions[0].proposed == "10"
+    assert agent.journal.entries() == [] and swappiness(host_root) == ORIGINAL
+    assert kinds(agent).count("recommendation") == 1  # only when the proposal set changes
+
+
+# -- the helper route -----------------------------------------------------------------------
+needs_root = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="helper policy must be root-owned")
+
+
+@needs_root
+def test_helper_actuator_apply_restore_and_drift(tmp_path):
+    from autotune.helper.client import HelperClient
+    from tests.helper.conftest import build_host, start_server, write_policy
+
+    root = build_host(tmp_path / "host")
+    run = start_server(write_policy(tmp_path / "policy.toml"), root, str(tmp_path / "h.sock"))
+    try:
+        act = HelperActuator(HelperClient(run.socket_path))
+        prior = act.read("sysctl", "vm.swappiness")
+        assert prior.value == "60"
+        res = act.apply("sysctl", "vm.swappiness", "10", expect_before="60", request_id="t1")
+        assert res.changed and res.after.value == "10"
+        with pytest.raises(PolicyRefused) as err:
+            act.apply("sysctl", "vm.swappiness", "20", expect_before="60", request_id="t2")
+        assert is_drift(err.value)
+        with pytest.raises(PolicyRefused):
+            act.apply("advice", "service", "mlock", expect_before=None, request_id="t3")
+        act.restore("sysctl", "vm.swappiness", prior)
+        assert (root / "proc/sys/vm/swappiness").read_text().strip() == "60"
+        assert act.read("cgroup.cpu_quota", "/autotune/gone") is None  # target gone -> None
+    finally:
+        run.stop()
