@@ -1,0 +1,173 @@
+"""Real kernel, real helper subprocess, real CLI: a cpu quota change that acts, then an exact undo.
+
+The test plays the agent for the write (HelperClient + the journal, as the loop does) and the
+operator for the undo (``autotune rollback --all --helper-socket``). It checks the change really
+acts (the burner gets throttled, its CPU use drops) and that rollback leaves the cgroup files
+holding EXACTLY the bytes they held before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autotune.audit.trail import AuditTrail
+from autotune.helper.client import HelperClient, HelperRefused
+from autotune.journal.journal import Journal
+from autotune.knobs.affinity import thread_cpus, thread_ids
+from autotune.host import Host
+from autotune.store.db import open_db
+
+pytestmark = [pytest.mark.realkernel, pytest.mark.root]
+
+QUOTA_POLICY = """
+[peers]
+uids = [0]
+
+[limits]
+rate_per_s = 100.0
+burst = 100
+
+[knob."cgroup.cpu_quota"]
+subtrees = ["{target}"]
+min = 0.1
+max = 2.0
+values = ["max"]
+"""
+
+
+def agent_apply(journal: Journal, client: HelperClient, knob: str, target: str, value: str,
+                rule: str = "e2e"):
+    """What the agent loop does: read prior through the helper, journal it, apply, mark."""
+    prior = client.read(knob, target)
+    entry = journal.plan(knob=knob, target=target, prior=prior, proposed=value, rule=rule,
+                         rationale="e2e test")
+    res = client.apply(knob, target, value, expect_before=prior.value)
+    assert res.changed
+    return prior, journal.mark_applied(entry.id, res.after)
+
+
+def test_quota_through_real_helper_acts_and_cli_rollback_restores_exact_bytes(
+        e2e_cgroup, start_helper, run_cli, tmp_path):
+    cg = e2e_cgroup
+    raw0 = cg.quota_files()
+    if cg.version == 1:
+        assert raw0 == {"cpu.cfs_period_us": "100000\n", "cpu.cfs_quota_us": "-1\n"}
+    cg.burner()
+    helper = start_helper(QUOTA_POLICY.format(target=cg.target))
+    db_path = tmp_path / "state.db"
+    journal = Journal(open_db(db_path))
+
+    free = cg.cores_used(1.0)
+    with HelperClient(str(helper.sock)) as client:
+        assert client.ping() >= 1
+        prior, entry = agent_apply(journal, client, "cgroup.cpu_quota", cg.target, "0.5")
+        # the helper reports the exact raw bytes it saw (keyed by host path)
+        assert prior.value == "max"
+        assert {os.path.basename(k): v for k, v in prior.raw.items()} == raw0
+        assert client.read("cgroup.cpu_quota", cg.target).value == "0.5"
+        # policy still bites on the real host: 3 cores is out of range, nothing written
+        with pytest.raises(HelperRefused) as info:
+            client.apply("cgroup.cpu_quota", cg.target, "3")
+        assert info.value.code == "out_of_range"
+    assert cg.quota_files() != raw0
+    thr0 = cg.nr_throttled()
+    capped = cg.cores_used(1.0)
+    thr1 = cg.nr_throttled()
+    print(f"\nburner: {free:.3f} cores unthrottled, {capped:.3f} cores at quota 0.5; "
+          f"nr_throttled +{thr1 - thr0} in 1 s")
+    assert thr1 > thr0, "the quota did not throttle the burner"
+    assert free > 0.8 and capped < 0.6, (free, capped)
+
+    r = run_cli("rollback", "--all", "--helper-socket", str(helper.sock), "--state", str(db_path),
+                "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    (outcome,) = json.loads(r.stdout)
+    assert outcome["result"] == "restored" and outcome["exact"] is True
+    assert cg.quota_files() == raw0  # EXACTLY the prior raw contents
+    assert journal.get(entry.id).state == "rolled_back"
+    (ev,) = AuditTrail(journal.db).query(kind="rollback")
+    assert (ev.action_id, ev.before, ev.after, ev.detail["via"]) == (entry.id, "0.5", "max", "helper")
+    thr2 = cg.nr_throttled()
+    time.sleep(0.5)
+    assert cg.nr_throttled() == thr2, "still throttled after rollback"
+    # history shows the undone change
+    r = run_cli("history", "--state", str(db_path))
+    assert r.returncode == 0 and "rolled_back" in r.stdout and "max -> 0.5" in r.stdout
+
+
+AFF_POLICY = """
+[peers]
+uids = [0]
+
+[limits]
+rate_per_s = 100.0
+burst = 100
+
+[knob.affinity]
+services = ["e2eaff"]
+cpus = "0-{last}"
+
+[service.e2eaff]
+cmdline = "{marker}"
+"""
+
+# Three sleeping worker threads; the first pins itself to the last cpu, so the masks differ
+# per thread (like an inference server pinning its workers) and "prior" is 'mixed'.
+THREADS = """
+import os, sys, threading, time
+last = max(os.sched_getaffinity(0))
+def work(i):
+    if i == 0:
+        os.sched_setaffinity(threading.get_native_id(), {last})
+    time.sleep(3600)
+for i in range(3):
+    threading.Thread(target=work, args=(i,), daemon=True).start()
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_affinity_changed_and_restored_thread_by_thread_through_helper(
+        start_helper, run_cli, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: runs the privileged helper")
+    ncpu = len(os.sched_getaffinity(0))
+    if ncpu < 2:
+        pytest.skip("needs at least 2 cpus to tell masks apart")
+    last = max(os.sched_getaffinity(0))
+    marker = f"autotune-e2e-aff-{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-c", THREADS, marker], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        host = Host("/")
+
+        def masks() -> dict[int, str | None]:
+            return {t: thread_cpus(host, proc.pid, t) for t in thread_ids(host, proc.pid)}
+
+        before = masks()
+        assert len(before) == 4 and len(set(before.values())) == 2, before
+        helper = start_helper(AFF_POLICY.format(last=last, marker=marker))
+        db_path = tmp_path / "state.db"
+        journal = Journal(open_db(db_path))
+        with HelperClient(str(helper.sock)) as client:
+            prior, entry = agent_apply(journal, client, "affinity", "e2eaff", "0")
+            assert prior.value == "mixed"
+            assert prior.raw == {f"tid:{t}": m for t, m in sorted(before.items())}
+            with pytest.raises(HelperRefused) as info:  # raw pids are never accepted
+                client.apply("affinity", f"pids:{proc.pid}", "0")
+            assert info.value.code == "target_refused"
+        assert set(masks().values()) == {"0"}
+        r = run_cli("rollback", str(entry.id), "--helper-socket", str(helper.sock),
+                    "--state", str(db_path), "--json")
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert json.loads(r.stdout)[0]["exact"] is True
+        assert masks() == before  # every thread got its OWN mask back
+    finally:
+        proc.kill()
+        proc.wait(10)
