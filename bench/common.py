@@ -52,13 +52,16 @@ class BenchCgroup:
         self.host = host
         self.name = name
         self.dirs: dict[str, str] = {}  # hierarchy key ("cpu", "memory", "v2"...) -> host path
+        self.paths: dict[str, str] = {}  # same keys -> cgroup path inside that hierarchy
         info = host.cgroup
         for ctrl in V1_CONTROLLERS:
             if info.controller_version(ctrl) == 1:
                 parent = own_cgroup(host, ctrl) or "/"
-                self.dirs[ctrl] = controller_dir(host, ctrl, norm_cgpath(f"{parent}/{name}"))
+                self.paths[ctrl] = norm_cgpath(f"{parent}/{name}")
+                self.dirs[ctrl] = controller_dir(host, ctrl, self.paths[ctrl])
         if info.v2_mount:
-            self.dirs["v2"] = info.v2_mount + norm_cgpath(f"{_own_v2(host)}/{name}")
+            self.paths["v2"] = norm_cgpath(f"{_own_v2(host)}/{name}")
+            self.dirs["v2"] = info.v2_mount + self.paths["v2"]
         if not self.dirs:
             raise HostError("no cgroup hierarchy found: the bench needs cgroup v1 or v2 mounted")
         for d in self.dirs.values():
@@ -78,6 +81,18 @@ class BenchCgroup:
                                  f"{'max' if quota is None else quota} {period_usec}")
         elif cores is not None:
             raise HostError(f"cannot set a cpu quota for {self.name}: no cpu controller")
+
+    def reset_cpu_weight(self) -> None:
+        """Back to the default share (v1 cpu.shares 1024 / v2 cpu.weight 100): the agent-managed
+        run changes weights, and no other configuration may inherit them."""
+        if "cpu" in self.dirs:
+            self.host.write_text(f"{self.dirs['cpu']}/cpu.shares", "1024")
+        elif "v2" in self.dirs and self.host.exists(f"{self.dirs['v2']}/cpu.weight"):
+            self.host.write_text(f"{self.dirs['v2']}/cpu.weight", "100")
+
+    def cpu_cgroup_path(self) -> str:
+        """The path the agent's config names (cpu hierarchy; v2 path on a pure v2 host)."""
+        return self.paths.get("cpu") or self.paths["v2"]
 
     def set_memory_max(self, nbytes: int | None) -> None:
         if "memory" in self.dirs:
@@ -226,6 +241,18 @@ def read_noise(json_path: Path) -> dict | None:
         return json.loads(json_path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def gate_counts(url: str) -> tuple[int, int] | None:
+    """(deferred, rejected) counters of an ``autotune gate`` at ``url``; None when there is none."""
+    try:
+        r = httpx.get(f"{url}/gate/status", timeout=5)
+        if r.status_code == 200:
+            st = r.json()
+            return int(st["deferred"]), int(st["rejected"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 # -- the seed's admission gate, client side -----------------------------------------------------

@@ -58,9 +58,10 @@ CONFIGS: dict[str, BenchConfig] = {
     "static+psi": BenchConfig(name="static+psi", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB,
                               seed_psi=True),
     "gate": BenchConfig(name="gate", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB, front="gate"),
-    "autotune": BenchConfig(name="autotune", front="autotune"),
+    "autotune": BenchConfig(name="autotune", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB,
+                            front="autotune"),
 }
-DEFAULT_CONFIGS = ["alone", "contended", "static", "static+psi"]
+DEFAULT_CONFIGS = list(CONFIGS)
 
 
 class Cell(BaseModel):
@@ -77,12 +78,17 @@ class Cell(BaseModel):
 
 
 class Ctx(BaseModel):
-    """What a front hook needs: the server's URL and cgroup, where to log."""
+    """What a front hook needs: the server's URL, both cgroups, where to log, agent settings."""
 
     model_config = {"arbitrary_types_allowed": True}
+    config: str
     server_url: str
     server_cg: BenchCgroup
+    neighbour_cg: BenchCgroup
     out: Path
+    slo_p95_s: float = 2.0  # the agent's SLO (autotune row)
+    warmup_s: float = 90.0  # load before the autotune row's measured cells
+    max_tokens: int = 50
 
 
 class Skip(Exception):
@@ -109,7 +115,7 @@ def front_gate(ctx: Ctx) -> Iterator[str]:
     pressure = f"cgroup:{v2[len(mount):]}" if v2 else "system"
     proc = common.spawn(common.autotune_argv("gate", "--listen", f"127.0.0.1:{port}",
                                              "--upstream", ctx.server_url, "--pressure", pressure),
-                        None, ctx.out / "gate.log")
+                        None, ctx.out / f"gate_{ctx.config}.log")
     url = f"http://127.0.0.1:{port}"
     try:
         common.wait_healthy(url, proc, timeout_s=30)
@@ -120,8 +126,36 @@ def front_gate(ctx: Ctx) -> Iterator[str]:
 
 @contextmanager
 def front_autotune(ctx: Ctx) -> Iterator[str]:
-    raise Skip("the agent-managed configuration is not wired yet (hook: bench.seed_table.FRONTS)")
-    yield ctx.server_url  # pragma: no cover
+    """The gate in front, ``autotune run --mode apply --local-actuator`` managing both cgroups
+    (bench/agent_front.py), warmed up under load before the measured cells."""
+    from bench import agent_front as af
+
+    try:
+        af.check_available()
+    except af.AgentUnavailable as why:
+        raise Skip(f"{why} (the row needs `autotune run --mode apply --local-actuator`)") from None
+    with front_gate(ctx) as gate_url:
+        d = ctx.out / "autotune"
+        d.mkdir(parents=True, exist_ok=True)
+        rules = d / "rules"
+        af.write_rules(rules, gate_url=gate_url)
+        config = af.write_config(d / "config.toml", server_cg=ctx.server_cg, neighbour_cg=ctx.neighbour_cg,
+                                 server_url=ctx.server_url, slo_p95_s=ctx.slo_p95_s, rules_dir=rules,
+                                 state_path=d / "state.db", metrics_port=common.free_port())
+        snaps = {"start": af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg, gate_url)}
+        agent = af.start_agent(config, d / "agent.log")
+        try:
+            log(f"autotune: agent pid {agent.pid}, SLO p95 {ctx.slo_p95_s:.2f} s, warm-up {ctx.warmup_s:.0f} s")
+            sent = af.warm_up(gate_url, ctx.warmup_s, max_tokens=ctx.max_tokens)
+            if agent.poll() is not None:
+                raise RuntimeError(f"the agent exited ({agent.returncode}) during warm-up; see {d / 'agent.log'}")
+            snaps["after_warmup"] = af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg, gate_url)
+            log(f"autotune: {sent} warm-up requests; knobs now {snaps['after_warmup']}")
+            yield gate_url
+        finally:
+            snaps["end"] = af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg, gate_url)
+            common.stop(agent)
+            (d / "knobs.json").write_text(json.dumps(snaps, indent=2))
 
 
 FRONTS: dict[str, Callable[[Ctx], object]] = {
@@ -141,6 +175,8 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
     server_cg, neigh_cg = cgs["server"], cgs["neighbour"]
     server_cg.set_cpu_quota(cfg.cpu_quota_cores)
     server_cg.set_memory_max(cfg.memory_max_bytes)
+    for cg in (server_cg, neigh_cg):
+        cg.reset_cpu_weight()
     noise_json = out / f"noise_{cfg.name}.json"
     neighbour = None
     if cfg.neighbour:
@@ -152,7 +188,8 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
                                       log_path=out / f"server_{cfg.name}.log")
     cells: list[Cell] = []
     try:
-        ctx = Ctx(server_url=url, server_cg=server_cg, out=out)
+        ctx = Ctx(config=cfg.name, server_url=url, server_cg=server_cg, neighbour_cg=neigh_cg, out=out,
+                  slo_p95_s=agent_slo(args), warmup_s=args.warmup_s, max_tokens=args.max_tokens)
         with FRONTS[cfg.front](ctx) as front_url:  # type: ignore[operator]
             # one warm-up request (first-call allocations), not measured
             asyncio.run(run_load(LoadSpec(url=front_url, requests=1, max_tokens=4)))
@@ -160,18 +197,23 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
             for conc in args.concurrency:
                 results: list[RequestResult] = []
                 ops: list[float] = []
+                gate_deferred = 0
                 for rep in range(args.repeats):
                     spec = LoadSpec(url=front_url, requests=args.requests, concurrency=conc,
                                     max_tokens=args.max_tokens, seed=rep)
                     before = common.read_noise(noise_json) if neighbour else None
+                    g0 = common.gate_counts(front_url) if cfg.front != "server" else None
                     res = asyncio.run(run_load(spec, admit=admit))
+                    g1 = common.gate_counts(front_url) if g0 is not None else None
                     after = common.read_noise(noise_json) if neighbour else None
+                    if g0 is not None and g1 is not None:
+                        gate_deferred += g1[0] - g0[0]
                     write_csv(res, out / f"requests_{cfg.name}_c{conc}_r{rep}.csv")
                     results += res
                     w = _noise_window(before, after)
                     if w is not None:
                         ops.append(w)
-                cell = _cell(cfg.name, conc, results, ops, args.repeats)
+                cell = _cell(cfg.name, conc, results, ops, args.repeats, gate_deferred)
                 log(f"{cfg.name} c={conc}: p95={_fmt(cell.p95_s)} s, neighbour "
                     f"{_fmt(cell.neighbour_ops_per_s, 0)} ops/s, deferred {cell.deferred}, "
                     f"rejected {cell.rejected}, errors {cell.errors}")
@@ -183,11 +225,25 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
     return cells
 
 
-def _cell(name: str, conc: int, results: list[RequestResult], ops: list[float], runs: int) -> Cell:
+def agent_slo(args: argparse.Namespace) -> float:
+    """The autotune row's SLO: --slo-p95, else 1.3 x this run's ``alone`` p95 at the lowest
+    concurrency (the target the row is judged by), else a per-model default."""
+    if args.slo_p95:
+        return args.slo_p95
+    alone = getattr(args, "alone_p95", None)
+    if alone:
+        return 1.3 * alone
+    return 0.5 if args.model == "tiny" else 2.0
+
+
+def _cell(name: str, conc: int, results: list[RequestResult], ops: list[float], runs: int,
+          gate_deferred: int = 0) -> Cell:
+    """``deferred``: requests that saw a 503 or a client-side deferral, plus requests an
+    ``autotune gate`` front queued before admitting them (its own counter)."""
     p50, p95, p99 = percentiles([r.latency_s for r in results if r.outcome == "ok"])
     return Cell(config=name, concurrency=conc, p50_s=p50, p95_s=p95, p99_s=p99,
                 neighbour_ops_per_s=sum(ops) / len(ops) if ops else None,
-                deferred=sum(1 for r in results if r.retries > 0),
+                deferred=sum(1 for r in results if r.retries > 0) + gate_deferred,
                 rejected=sum(1 for r in results if r.outcome == "rejected"),
                 runs=runs, errors=sum(1 for r in results if r.outcome == "error"))
 
@@ -271,19 +327,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                    help=f"comma list from {list(CONFIGS)}")
     p.add_argument("--concurrency", default=None, help="comma list (default 1,2,4,8; quick 1,4)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3; quick 1)")
+    p.add_argument("--requests", type=int, default=None, help="requests per run (default 20; quick 4)")
     p.add_argument("--max-tokens", type=int, default=50)
     p.add_argument("--model", default="gpt2")
     p.add_argument("--max-concurrency", type=int, default=2, help="server worker threads")
     p.add_argument("--noise-cpu", type=int, default=os.cpu_count() or 2)
     p.add_argument("--noise-mem-mib", type=int, default=1024)
+    p.add_argument("--warmup-s", type=float, default=None,
+                   help="autotune row: seconds of load before measuring (default 90; quick 45)")
+    p.add_argument("--slo-p95", type=float, default=None,
+                   help="autotune row: the agent's p95 SLO, s (default 1.3 x alone's p95 at the lowest c)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
+    if a.warmup_s is None:
+        a.warmup_s = 45.0 if a.quick else 90.0
     if a.quick:
-        a.model, a.requests, a.repeats = "tiny", 4, 1
+        a.model = "tiny"
         a.concurrency = a.concurrency or "1,4"
         a.noise_mem_mib = min(a.noise_mem_mib, 64)
+    a.requests = a.requests or (4 if a.quick else 20)
+    a.repeats = a.repeats or (1 if a.quick else 3)
     a.concurrency = [int(x) for x in str(a.concurrency or "1,2,4,8").split(",") if x]
     a.configs = [x for x in a.configs.split(",") if x]
     unknown = [x for x in a.configs if x not in CONFIGS]
@@ -310,13 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs:
             log(f"config {name}")
             try:
-                cells += run_config(CONFIGS[name], args, host, cgs, args.out)
+                new = run_config(CONFIGS[name], args, host, cgs, args.out)
+                cells += new
+                if name == "alone" and new and new[0].p95_s:
+                    args.alone_p95 = min(new, key=lambda c: c.concurrency).p95_s
             except Skip as why:
                 skipped[name] = str(why)
                 log(f"skipped {name}: {why}")
     finally:
         common.cleanup()
     meta = {"model": args.model, "requests": args.requests, "repeats": args.repeats,
+            "agent_slo_p95_s": agent_slo(args) if "autotune" in args.configs else None,
+            "warmup_s": args.warmup_s,
             "max_tokens": args.max_tokens, "server_workers": args.max_concurrency,
             "noise_cpu": args.noise_cpu, "noise_mem_mib": args.noise_mem_mib,
             "ncpu": os.cpu_count(), "kernel": os.uname().release, "skipped": skipped,
