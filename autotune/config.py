@@ -52,6 +52,9 @@ class Service(_Strict):
     slo: SLO = SLO()
     latency: LatencySource | None = None
     min_cpu_cores: float | None = Field(default=None, ge=0)  # floor a neighbour keeps
+    # Control URL of the autotune gate in front of this service (`autotune gate`); the
+    # `admission` knob sets its threshold/limit. Without it admission is advice only.
+    admission_url: str | None = None
 
     @model_validator(mode="after")
     def _has_match(self) -> "Service":

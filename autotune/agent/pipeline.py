@@ -28,12 +28,28 @@ def knob_reader(host: Host, cfg: Config) -> ReadCurrent:
         try:
             if knob == "affinity":
                 target = _service_pids_target(host, cfg, target)
+            else:
+                target = resolve_target(cfg, knob, target)
             return get_knob(knob).read(host, target).value
         except Exception as err:  # an unreadable knob is a missing reading, not a crash
             log.debug("read %s %s failed: %s", knob, target, err)
             return None
 
     return read
+
+
+def resolve_target(cfg: Config, knob: str, target: str) -> str:
+    """The knob-level target for a rule-level one. Admission targets a service by name; its
+    knob needs that service's gate control URL (config ``admission_url``)."""
+    if knob == "admission":
+        try:
+            url = cfg.service(target).admission_url
+        except KeyError:
+            url = None
+        if not url:
+            raise LookupError(f"service {target!r} has no admission_url (no gate in front of it)")
+        return url
+    return target
 
 
 def _service_pids_target(host: Host, cfg: Config, service: str) -> str:

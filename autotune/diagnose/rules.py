@@ -30,7 +30,7 @@ KNOBS = (
     "thp",  # "enabled" | "defrag" | "khugepaged/defrag"; mode
     "governor",  # "all"; governor name
     "affinity",  # service name; cpu list
-    "admission",  # service name; "psi_threshold=40"
+    "admission",  # service name (its admission_url); "threshold=40" (gate settings, partial ok)
     "advice",  # service name or "host"; free text, never applied
 )
 NUMERIC_KNOBS = {"cgroup.cpu_quota", "cgroup.cpu_weight", "cgroup.memory_high", "cgroup.memory_max", "sysctl"}

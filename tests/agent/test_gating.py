@@ -44,3 +44,17 @@ def test_cooldowns_and_rate_limit():
     assert select_action([act()], GateView(last_knob_ts={"cgroup.cpu_quota": 980}), 1000, V).chosen is None
     assert select_action([act()], GateView(changes_last_hour=3), 1000, V).chosen is None
     assert select_action([act()], GateView(changes_last_hour=2), 1000, V).chosen is not None
+
+
+def test_admission_target_resolves_to_service_gate_url():
+    import pytest
+
+    from autotune.agent.pipeline import resolve_target
+    from autotune.config import Config, Service
+
+    cfg = Config(service=[Service(name="llm", cgroup="/a", admission_url="http://127.0.0.1:8100"),
+                          Service(name="b", cgroup="/b")])
+    assert resolve_target(cfg, "admission", "llm") == "http://127.0.0.1:8100"
+    assert resolve_target(cfg, "cgroup.cpu_quota", "/a") == "/a"
+    with pytest.raises(LookupError, match="admission_url"):
+        resolve_target(cfg, "admission", "b")

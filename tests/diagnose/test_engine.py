@@ -130,3 +130,13 @@ def test_render_and_compare():
     assert same_value("cgroup.cpu_quota", "1.5", "1.501")
     assert not same_value("sysctl", "60", "10")
     assert not same_value("thp", None, "madvise")
+
+
+def test_admission_partial_proposal_matches_live_settings():
+    from autotune.diagnose.engine import same_value
+
+    live = "threshold=40,limit=4,min_limit=1,max_limit=64,adaptive=on"
+    assert same_value("admission", live, "threshold=40")
+    assert same_value("admission", live, "threshold=40.0")
+    assert not same_value("admission", live, "threshold=30")
+    assert not same_value("admission", live, "bogus=1")

@@ -59,7 +59,7 @@ FIXTURES = {
                                    ("cgroup.cpuset", "/autotune/llm", "1")),
     "raise-service-cpu-quota": (BOTH, {"svc.llm.cpu.throttled_pct": 40.0}, {},
                                 ("cgroup.cpu_quota", "/autotune/llm", "0.75")),
-    "psi-gated-admission": (BOTH, {"psi.cpu.some.avg60": 50.0}, {}, ("admission", "llm", "psi_threshold=40")),
+    "psi-gated-admission": (BOTH, {"psi.cpu.some.avg60": 50.0}, {}, ("admission", "llm", "threshold=40")),
     "prefault-model-weights": (BOTH, {"svc.llm.majflt.rate": 300.0}, {}, ("advice", "llm", None)),
     "host-majfault-advice": (NONE, {"vmstat.pgmajfault.rate": 2000.0}, {}, ("advice", "host", None)),
     "raise-service-memory-high": (BOTH, {"svc.llm.mem.high_events.rate": 25.0}, {},
