@@ -49,8 +49,8 @@ def register(app: typer.Typer) -> None:
         updates = {"mode": mode}
         if state is not None:
             updates["state_path"] = str(state)
-        if metrics_listen is not None:
-            updates["metrics_listen"] = None if metrics_listen.lower() in ("off", "none", "") else metrics_listen
+        listen = metrics_listen if metrics_listen is not None else cfg.agent.metrics_listen
+        updates["metrics_listen"] = None if (listen or "").lower() in ("off", "none", "") else listen
         cfg = cfg.model_copy(update={"agent": cfg.agent.model_copy(update=updates)})
         code = run_agent(cfg, root=root, helper_socket=helper_socket, duration=duration,
                          local_actuator=local_actuator)

@@ -1,0 +1,112 @@
+"""kill -9 at the worst moments of an apply: the journal and the host must still agree.
+
+Each case runs the real CLI (`python -m autotune run --mode apply --local-actuator`) on a writable
+fixture tree with AUTOTUNE_FAILPOINT armed; the process SIGKILLs itself at that point. Then the
+reconcile path runs (a fresh Agent.start on the same state DB) and Journal.rollback_all must put
+every touched value back to its original raw content.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotune.agent.actuator import LocalActuator, read_value, restore_prior
+from autotune.agent.loop import Agent
+from autotune.config import load_config
+from autotune.diagnose.rules import load_rules
+from autotune.host import Host
+from autotune.journal.journal import Journal
+from autotune.store.db import open_db
+from tests.agent.conftest import RULES, SWAPPINESS
+from tests.fixtures.hosts import writable_copy
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="--local-actuator is root only")
+REPO = Path(__file__).resolve().parents[2]
+
+CONFIG = """
+[agent]
+sample_period_s = 0.25
+window_s = 2
+evaluate_every_s = 0.25
+mode = "apply"
+state_path = "{state}"
+rule_dirs = ["{rules}"]
+metrics_listen = "off"
+
+[verification]
+window_s = 1.5
+settle_s = 0.25
+rule_cooldown_s = 3600
+knob_cooldown_s = 0
+"""
+
+
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    root = writable_copy("hybrid-local", tmp_path)
+    (root / "proc/pressure/cpu").write_text(
+        "some avg10=50.00 avg60=50.00 avg300=50.00 total=90000000\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "t.yaml").write_text(RULES)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(CONFIG.format(state=tmp_path / "state.db", rules=rules))
+    return root, cfg
+
+
+def run_agent(root: Path, cfg: Path, failpoint: str | None, duration: float = 12.0):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("AUTOTUNE_FAILPOINT", None)
+    if failpoint:
+        env["AUTOTUNE_FAILPOINT"] = failpoint
+    return subprocess.run(
+        [sys.executable, "-m", "autotune", "run", "--mode", "apply", "--root", str(root),
+         "--config", str(cfg), "--local-actuator", "--duration", str(duration)],
+        env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("point", ["before_plan", "after_plan", "after_write", "during_verify"])
+def test_kill9_then_reconcile_and_rollback(tmp_path, point):
+    root, cfg_path = setup(tmp_path)
+    original = (root / SWAPPINESS.lstrip("/")).read_text()
+    proc = run_agent(root, cfg_path, point)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+    cfg = load_config(cfg_path)
+    db = open_db(cfg.state_path())
+    journal = Journal(db)
+    entries = journal.entries()
+    live = (root / SWAPPINESS.lstrip("/")).read_text().strip()
+    if point == "before_plan":
+        assert entries == [] and live == original.strip()
+    else:
+        [e] = entries
+        assert live in (e.prior_value, e.proposed)  # never an unknown value
+        if point == "after_plan":
+            assert e.state == "planned" and live == e.prior_value
+        else:
+            assert live == e.proposed
+
+    # restart: the reconcile path settles every unfinished entry against the live value
+    host = Host(root, writable=True)
+    act = LocalActuator(host, cfg)
+    agent = Agent(cfg, host=host, db=db, actuator=act, ruleset=load_rules(cfg.rule_dirs()))
+    agent.start()
+    for e in journal.entries():
+        assert e.state in ("failed", "verifying", "rolled_back"), e
+        assert read_value(act, e.knob, e.target) in (e.prior_value, e.expected_value)
+    if point == "after_plan":
+        assert journal.entries()[0].state == "failed"  # the write never landed
+    if point in ("after_write", "during_verify"):
+        assert journal.entries()[0].state == "verifying"  # ours: re-verified later
+
+    journal.rollback_all(lambda k, t: read_value(act, k, t), restore_prior(act), same_for=act.same)
+    assert (root / SWAPPINESS.lstrip("/")).read_text() == original  # byte-exact
+    assert agent.trail.verify().ok
+    db.conn.close()
