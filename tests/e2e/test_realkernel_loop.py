@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -171,3 +172,128 @@ def test_affinity_changed_and_restored_thread_by_thread_through_helper(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# -- the agent itself: `autotune run --mode apply` through the helper ----------------------------
+AGENT_RULE = """
+rules:
+  - name: e2e-cap-unthrottled-burner
+    scope: service
+    role: latency-critical
+    priority: 90
+    cooldown_s: 3600
+    description: e2e test - cap a service that burns CPU unthrottled
+    rationale: >-
+      The service uses {metric:svc.$service.cpu.usage_cores} cores with no quota; capping it at
+      half a core throttles it, which its own cgroup CPU pressure shows as a regression.
+    when:
+      all:
+        - metric: svc.$service.cpu.usage_cores
+          op: ">"
+          value: 0.7
+    actions:
+      - knob: cgroup.cpu_quota
+        target: service
+        value: "0.5"
+"""
+
+# PSI objective points are >= 2 s apart and verification needs 5 on each side: 12 s windows.
+AGENT_CONFIG = """
+[agent]
+sample_period_s = 0.5
+window_s = 4
+evaluate_every_s = 1
+mode = "apply"
+state_path = "{state}"
+rule_dirs = ["{rules}"]
+helper_socket = "{sock}"
+
+[verification]
+window_s = 12
+settle_s = 1
+min_effect = 0.05
+rule_cooldown_s = 3600
+knob_cooldown_s = 3600
+
+[[service]]
+name = "burner"
+cgroup = "{target}"
+"""
+
+
+def _unified_dir(target: str):
+    """The v2 'unified' twin of our cgroup on a hybrid host: it carries the cgroup's PSI."""
+    from pathlib import Path
+
+    info = Host("/").cgroup
+    if info.layout != "hybrid" or not info.v2_mount:
+        return None
+    base = Path(info.v2_mount)
+    return base / target.lstrip("/") if (base / "cgroup.procs").exists() else None
+
+
+@pytest.mark.slow
+def test_agent_applies_verifies_regression_and_rolls_back_exactly(
+        e2e_cgroup, start_helper, run_cli, tmp_path):
+    """A rule caps the unthrottled burner; its own cgroup CPU pressure (the objective without a
+    latency source) jumps, verification says 'regressed', the agent restores the exact bytes."""
+    cg = e2e_cgroup
+    unified = _unified_dir(cg.target)
+    if cg.version == 1:
+        if unified is None:
+            pytest.skip("v1 cpu without a unified v2 tree: the burner's cgroup has no PSI objective")
+        unified.mkdir()
+        cg.dirs.append(unified)  # joined by add(), removed by the fixture
+    raw0 = cg.quota_files()
+    burner = cg.burner()
+    helper = start_helper(QUOTA_POLICY.format(target=cg.target))
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "e2e.yaml").write_text(AGENT_RULE)
+    state = tmp_path / "agent.db"
+    cfg = tmp_path / "autotune.toml"
+    cfg.write_text(AGENT_CONFIG.format(state=state, rules=rules, sock=helper.sock, target=cg.target))
+    log = open(tmp_path / "agent.log", "wb")
+    agent = subprocess.Popen([sys.executable, "-m", "autotune", "run", "--config", str(cfg),
+                              "--metrics-listen", "off", "--duration", "90"],
+                             stdout=log, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    entry = None
+    seen_capped = False
+    try:
+        while time.monotonic() - t0 < 80 and agent.poll() is None:
+            time.sleep(0.5)
+            if not state.exists():
+                continue
+            entries = Journal(open_db(state)).entries()
+            if entries:
+                entry = entries[0]
+                seen_capped |= cg.quota_files() != raw0
+                if entry.state in ("kept", "rolled_back", "failed", "drifted"):
+                    break
+        elapsed = time.monotonic() - t0
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(30)
+        log.close()
+    out = (tmp_path / "agent.log").read_text()[-3000:]
+    assert burner.poll() is None
+    assert entry is not None, f"the agent never acted:\n{out}"
+    e = Journal(open_db(state)).get(entry.id)
+    assert seen_capped, "the quota was never observed changed"
+    assert e.state == "rolled_back", (e.state, e.error, e.verify_result, out)
+    assert e.knob == "cgroup.cpu_quota" and e.target == cg.target and e.prior_value == "max"
+    vr = e.verify_result or {}
+    assert vr["verdict"] == "regressed" and vr["objective"] == "psi"
+    print(f"\nagent: applied after {e.applied_ts - e.planned_ts:.2f} s of planning, verdict "
+          f"{vr['verdict']} (cgroup cpu PSI some median {vr['before_median']:.2f}% -> "
+          f"{vr['after_median']:.2f}%, p={vr['p_value']:.3g}), rolled back {elapsed:.1f} s after start")
+    assert cg.quota_files() == raw0  # EXACTLY the prior bytes, written by the helper
+    trail = AuditTrail(open_db(state))
+    kinds = [(ev.kind, ev.outcome) for ev in trail.query(action_id=e.id)]
+    assert ("apply", "applied") in kinds and ("rollback", "rolled_back") in kinds, kinds
+    assert trail.verify().ok
+    # the operator's view agrees, and a second rollback has nothing left to do
+    r = run_cli("rollback", "--all", "--helper-socket", str(helper.sock), "--state", str(state))
+    assert r.returncode == 0 and "nothing to roll back" in r.stdout, r.stdout + r.stderr
