@@ -290,14 +290,15 @@ class Agent:
         if self.exporter is not None:
             self.exporter.update_symptoms(symptoms)
         key = _proposal_key(actions)
-        if key != self._last_proposal:
+        changed = key != self._last_proposal
+        if changed:
             self._last_proposal = key
             if actions:
                 self.audit("recommendation", outcome="proposed" if self.mode == "apply" else "recommended",
                            detail={"mode": self.mode, "symptoms": [s.model_dump() for s in symptoms],
                                    "actions": [a.model_dump() for a in actions]})
         if self.mode != "apply":
-            for a in actions:
+            for a in actions if changed else ():  # log a proposal once, not every tick
                 log.info("would %s %s on %s: %s -> %s (rule %s)", "advise" if a.advisory else "set",
                          a.knob, a.target, a.current, a.proposed, a.rule)
             return None

@@ -235,3 +235,16 @@ def test_helper_actuator_apply_restore_and_drift(tmp_path):
         assert act.read("cgroup.cpu_quota", "/autotune/gone") is None  # target gone -> None
     finally:
         run.stop()
+
+
+def test_restore_on_stop_puts_kept_changes_back(tmp_path, host_root, rules_dir):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.cfg = agent.cfg.model_copy(update={"agent": agent.cfg.agent.model_copy(update={"restore_on_stop": True})})
+    agent.start()
+    drive(agent, clock, Psi(host_root), 60, after_pct=1)
+    assert agent.journal.entries()[0].state == "kept"
+    plans = agent.stop()
+    assert [p.action for p in plans] == ["restore"]
+    assert swappiness(host_root) == ORIGINAL
+    assert kinds(agent)[-1] == "agent_stop" and agent.trail.verify().ok
