@@ -104,6 +104,13 @@ class _KnobActuator:
         return same_for(knob)
 
     def _target(self, knob: str, target: str) -> str:
+        if knob == "admission" and "://" not in target:  # rules name the service; use its gate
+            from autotune.agent.pipeline import resolve_target
+
+            try:
+                return resolve_target(self.cfg, knob, target)
+            except LookupError as err:
+                raise TargetGone(f"admission: {err}") from err
         if knob != "affinity" or target.startswith("pids:"):
             return target
         from autotune.sensors.service import resolve_service

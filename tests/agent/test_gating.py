@@ -58,3 +58,16 @@ def test_admission_target_resolves_to_service_gate_url():
     assert resolve_target(cfg, "cgroup.cpu_quota", "/a") == "/a"
     with pytest.raises(LookupError, match="admission_url"):
         resolve_target(cfg, "admission", "b")
+
+
+def test_actuator_routes_admission_service_to_its_gate(tmp_path):
+    from autotune.agent.actuator import DryRunActuator
+    from autotune.config import Config, Service
+    from autotune.host import Host
+
+    cfg = Config(service=[Service(name="llm", cgroup="/a", admission_url="http://127.0.0.1:9/"),
+                          Service(name="nogate", cgroup="/b")])
+    act = DryRunActuator(Host(tmp_path), cfg)
+    assert act._target("admission", "llm") == "http://127.0.0.1:9/"
+    assert act._target("admission", "http://x:1") == "http://x:1"
+    assert act.read("admission", "nogate") is None  # no gate: target gone, not a crash
