@@ -1,7 +1,9 @@
 """Smoke test: the seed-table benchmark in --quick mode, end to end on the real kernel."""
 
 import csv
+import json
 import os
+import time
 import sys
 from pathlib import Path
 
@@ -17,23 +19,36 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the bench creates cgroups: needs root")
 @pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroup filesystem")
+@pytest.mark.timeout(420)
 def test_quick_bench_writes_table(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.chdir(REPO)
     from bench import common
-    from bench.seed_table import SUMMARY_COLUMNS, main
+    from bench.seed_table import CONFIGS, main
 
     out = tmp_path / "quick"
+    t0 = time.monotonic()
     assert main(["--quick", "--out", str(out)]) == 0
+    wall_s = time.monotonic() - t0
+    meta = json.loads((out / "summary.json").read_text())["meta"]
+    assert meta["skipped"] == {}, meta["skipped"]  # every row ran, none skipped
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert list(rows[0]) == SUMMARY_COLUMNS
+    assert list(rows[0]) == ["config", "concurrency", "p50_s", "p95_s", "p99_s", "neighbour_ops_per_s",
+                             "deferred", "rejected", "runs"]
+    assert len(rows) == len(CONFIGS) * 2
     assert {(r["config"], r["concurrency"]) for r in rows} == {
-        (c, n) for c in ("alone", "contended", "static", "static+psi") for n in ("1", "4")}
+        (c, n) for c in ("alone", "contended", "static", "static+psi", "gate", "autotune") for n in ("1", "4")}
     for r in rows:
         assert float(r["p95_s"]) >= float(r["p50_s"]) > 0
         assert r["runs"] == "1"
         assert (r["neighbour_ops_per_s"] == "") == (r["config"] == "alone")
     assert (out / "plot.png").stat().st_size > 1000
+    # the agent-managed row really ran the agent and it changed something within its bounds
+    knobs = json.loads((out / "autotune" / "knobs.json").read_text())
+    assert knobs["start"]["server_cfs_quota_us"] == "50000"  # started from static: 0.5 core
+    assert 50000 <= int(knobs["end"]["server_cfs_quota_us"]) <= 150000
+    assert (out / "autotune" / "agent.log").stat().st_size > 0
+    assert wall_s < 300, f"--quick took {wall_s:.0f} s; budget ~4 min"
     # nothing left behind
     assert common._procs == [] and common._cgroups == []
     name = f"autotune-bench-{os.getpid()}"
