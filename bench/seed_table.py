@@ -191,8 +191,11 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
         ctx = Ctx(config=cfg.name, server_url=url, server_cg=server_cg, neighbour_cg=neigh_cg, out=out,
                   slo_p95_s=agent_slo(args), warmup_s=args.warmup_s, max_tokens=args.max_tokens)
         with FRONTS[cfg.front](ctx) as front_url:  # type: ignore[operator]
-            # one warm-up request (first-call allocations), not measured
-            asyncio.run(run_load(LoadSpec(url=front_url, requests=1, max_tokens=4)))
+            # warm-up, not measured: one full-length request per server worker, twice (first
+            # calls in each worker thread are several times slower: allocations, page faults)
+            workers = args.max_concurrency
+            asyncio.run(run_load(LoadSpec(url=front_url, requests=2 * workers, concurrency=workers,
+                                          max_tokens=args.max_tokens)))
             admit = common.seed_psi_admit(host) if cfg.seed_psi else None
             for conc in args.concurrency:
                 results: list[RequestResult] = []
@@ -338,6 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="autotune row: seconds of load before measuring (default 90; quick 45)")
     p.add_argument("--slo-p95", type=float, default=None,
                    help="autotune row: the agent's p95 SLO, s (default 1.3 x alone's p95 at the lowest c)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the estimated wall time of this run (bench/estimate.py) and exit")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     if a.warmup_s is None:
@@ -360,6 +365,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.estimate:
+        from bench.estimate import estimate_wall_s
+
+        est = estimate_wall_s(args.configs, args.concurrency, requests=args.requests, repeats=args.repeats,
+                              model=args.model, warmup_s=args.warmup_s)
+        print(f"estimated wall time: {est / 60:.0f} min ({len(args.configs)} configs x "
+              f"{len(args.concurrency)} concurrencies, {args.requests} requests x {args.repeats} repeats, "
+              f"model {args.model})")
+        return 0
     if os.geteuid() != 0:
         log("needs root: it creates cgroups and moves processes into them")
         return 2
