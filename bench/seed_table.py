@@ -1,7 +1,8 @@
 """Reproduce the seed research's table on this host, measured end to end from the client.
 
     sudo python -m bench.seed_table                # full: GPT-2 124M, c=1,2,4,8, 3 repeats
-    sudo python -m bench.seed_table --quick        # smoke: tiny model, few requests (< ~2 min)
+    sudo python -m bench.seed_table --quick        # smoke: tiny model, few requests (< ~3 min)
+    python -m bench.seed_table --estimate [...]    # estimated wall time of those options
 
 Configurations (the neighbour is ``autotune workload noise`` in its own cgroup):
 - ``alone``       server only, no limits;
@@ -11,7 +12,9 @@ Configurations (the neighbour is ``autotune workload noise`` in its own cgroup):
                   drop after 10 (the seed's "psi"), applied in front of each request;
 - ``gate``        static limits, requests go through ``autotune gate`` (pressure from the
                   server's own cgroup) - runs when that command exists;
-- ``autotune``    hook for the agent-managed run; not implemented yet (skipped with a note).
+- ``autotune``    static limits + gate, managed by ``autotune run --mode apply
+                  --local-actuator`` with bench/agent_rules.yaml (bench/agent_front.py);
+                  skipped with the reason when that command is missing.
 
 Per (config, concurrency) the latencies of all repeats are pooled for p50/p95/p99 (numpy
 linear percentiles), neighbour ops/s is the mean over the load windows, deferred / rejected
