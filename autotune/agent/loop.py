@@ -416,7 +416,9 @@ class Agent:
             if now < self.due(e):
                 continue
             try:
-                done.append(self._verify_entry(e, now))
+                finished = self._verify_entry(e, now)
+                if finished is not None:
+                    done.append(finished)
             except Exception as err:  # noqa: BLE001 - one entry must not block the others
                 why = f"{type(err).__name__}: {err}"
                 log.exception("verification of entry %s failed", e.id)
@@ -427,7 +429,7 @@ class Agent:
                     self.journal.mark_failed(e.id, f"verification keeps failing: {why}")
         return done
 
-    def _verify_entry(self, e: JournalEntry, now: float) -> JournalEntry:
+    def _verify_entry(self, e: JournalEntry, now: float) -> JournalEntry | None:
         v = self.cfg.verification
         same = self.actuator.same(e.knob)
         if e.state == "applied":
@@ -454,6 +456,8 @@ class Agent:
         objective = self.objective_name(e.service, before + after)
         result = jverify.evaluate(objective, before, after, e.service, alpha=v.alpha,
                                   min_effect=v.min_effect)
+        if self._wait_for_more_samples(e, result, applied_ts, now):
+            return None
         failpoint("during_verify")
         decision = jverify.decide(result, v.on_inconclusive)
         obj_after = {"objective": objective, "median": result.after_median, "n": result.n_after}
@@ -489,6 +493,19 @@ class Agent:
                    detail={"reason": f"verification {result.verdict}", "restored": prior.value})
         log.warning("rolled back %s on %s to %r: %s", e.knob, e.target, prior.value, result.reason)
         return out
+
+    def _wait_for_more_samples(self, e: JournalEntry, result, applied_ts: float, now: float) -> bool:
+        """A short after-window (a loaded host delays sampling) is not evidence: keep measuring,
+        up to 3x window_s after settling, before letting 'too few samples' decide. A short
+        before-window cannot grow, so it decides at once."""
+        v = self.cfg.verification
+        short_after = result.n_after < jverify.MIN_SAMPLES <= result.n_before
+        deadline = applied_ts + v.settle_s + 3 * v.window_s
+        if result.verdict != "inconclusive" or not short_after or now >= deadline:
+            return False
+        self._not_before[e.id] = min(deadline, now + max(1.0, v.window_s / 3))
+        log.info("entry %s: only %d samples after the change; measuring longer", e.id, result.n_after)
+        return True
 
     def _drifted(self, e: JournalEntry, cur: str | None, stage: str) -> JournalEntry:
         out = self.journal.mark_drifted(e.id, cur)

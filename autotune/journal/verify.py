@@ -29,6 +29,9 @@ Direction = Literal["lower_is_better", "higher_is_better"]
 Verdict = Literal["improved", "regressed", "inconclusive"]
 
 
+MIN_SAMPLES = 5  # per window; fewer cannot show a significant difference
+
+
 class VerifyResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -69,7 +72,7 @@ def compare(
     alpha: float = 0.05,
     min_effect: float = 0.05,
     direction: Direction = "lower_is_better",
-    min_samples: int = 5,
+    min_samples: int = MIN_SAMPLES,
     n_resamples: int = 2000,
     seed: int = 0,
     objective: str | None = None,
@@ -264,7 +267,7 @@ def evaluate(
     *,
     alpha: float = 0.05,
     min_effect: float = 0.05,
-    min_samples: int = 5,
+    min_samples: int = MIN_SAMPLES,
 ) -> VerifyResult:
     """Series from both windows of snapshots, then ``compare`` in the objective's direction."""
     obj = get_objective(objective_name)

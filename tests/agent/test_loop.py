@@ -248,3 +248,28 @@ def test_restore_on_stop_puts_kept_changes_back(tmp_path, host_root, rules_dir):
     assert [p.action for p in plans] == ["restore"]
     assert swappiness(host_root) == ORIGINAL
     assert kinds(agent)[-1] == "agent_stop" and agent.trail.verify().ok
+
+
+def test_short_after_window_waits_for_evidence_instead_of_keeping(tmp_path, host_root, rules_dir):
+    """A loaded host delays sampling; too few after-samples must not turn a regression into 'kept'."""
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)  # on_inconclusive = keep
+    agent.start()
+    psi = Psi(host_root)
+    landed_at = None
+    for _ in range(120):
+        clock.t += 1
+        landed = any(e.applied_ts for e in agent.journal.entries())
+        if landed and landed_at is None:
+            landed_at = clock.t
+        psi.tick(1, 60 if landed else 20)
+        stalled = landed_at is not None and clock.t - landed_at < 30 and int(clock.t) % 10 != 0
+        stages = (agent.evaluate, agent.verify) if stalled else (agent.sample, agent.evaluate, agent.verify)
+        for stage in stages:
+            agent.guarded(stage.__name__, stage)
+        if any(e.state in ("kept", "rolled_back") for e in agent.journal.entries()):
+            break
+    [e] = agent.journal.entries()
+    assert e.state == "rolled_back", (e.state, e.verify_result)
+    assert e.verify_result["verdict"] == "regressed"
+    assert swappiness(host_root) == ORIGINAL
