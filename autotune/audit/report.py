@@ -47,6 +47,7 @@ class ActionStory(BaseModel):
     rollback_ts: float | None
     objective_before: float | None
     objective_after: float | None
+    objective: str | None = None  # "latency_p95" (seconds), "psi" (%), "throughput", "requests"
 
     @property
     def start_ts(self) -> float:
@@ -84,9 +85,28 @@ def stories(events: list[AuditEvent]) -> list[ActionStory]:
             service=first("service"), rule=first("rule"), rationale=first("rationale"),
             outcome=outcome, apply_ts=ts_of("apply"), verify_ts=ts_of("verify"),
             rollback_ts=ts_of("rollback"), objective_before=first("objective_before"),
-            objective_after=obj_after,
+            objective_after=obj_after, objective=_objective_name(evs),
         ))
     return out
+
+
+def _objective_name(evs: list[AuditEvent]) -> str | None:
+    for e in evs:
+        name = (e.detail or {}).get("objective") or (e.test or {}).get("objective")
+        if name:
+            return str(name)
+    return None
+
+
+def format_objective(name: str | None, v: float | None) -> str:
+    """Objective values in their own unit: latency in ms, PSI in %, rates as plain numbers."""
+    if v is None:
+        return "–"
+    if name is None or name.startswith("latency"):
+        return f"{v * 1000:.1f} ms"
+    if name == "psi":
+        return f"{v:.1f} % (PSI)"
+    return f"{v:.3g} ({name})"
 
 
 # -- samples -------------------------------------------------------------------------------
@@ -165,15 +185,22 @@ def plot_action(story: ActionStory, snaps: list[Snapshot]) -> tuple[str, bool]:
                          lw=1, alpha=0.8, label=f"PSI {res} some avg10 (%)")
                 raw = True
     if not raw:
+        latency = story.objective is None or story.objective.startswith("latency")
+        scale, unit = (1000.0, "ms") if latency else (1.0, "%" if story.objective == "psi" else "")
+        name = "p95" if latency else (story.objective or "objective")
         if story.objective_before is not None:
-            ax.hlines(story.objective_before * 1000, -w, 0, color="#1f4e9c", lw=2.5, label="p95 before (ms)")
+            ax.hlines(story.objective_before * scale, -w, 0, color="#1f4e9c", lw=2.5,
+                      label=f"{name} before ({unit})" if unit else f"{name} before")
         if story.objective_after is not None:
-            ax.hlines(story.objective_after * 1000, 0, w, color="#2e8b57", lw=2.5, label="p95 after (ms)")
+            ax.hlines(story.objective_after * scale, 0, w, color="#2e8b57", lw=2.5,
+                      label=f"{name} after ({unit})" if unit else f"{name} after")
         ax.text(0.01, 0.04, "no raw samples kept for this period; levels from audit events",
                 transform=ax.transAxes, fontsize=8, color="#666")
-        lo = [v * 1000 for v in (story.objective_before, story.objective_after) if v is not None]
+        lo = [v * scale for v in (story.objective_before, story.objective_after) if v is not None]
         if lo:
             ax.set_ylim(0, max(lo) * 1.35)
+        if not latency:
+            ax.set_ylabel(f"{name} ({unit})" if unit else name)
         ax2.set_yticks([])
     marks = [(story.apply_ts, "apply", "#2e8b57", "-"), (story.verify_ts, "verify", "#1f4e9c", "--"),
              (story.rollback_ts, "rollback", "#c0392b", "-")]
@@ -182,7 +209,8 @@ def plot_action(story: ActionStory, snaps: list[Snapshot]) -> tuple[str, bool]:
             ax.axvline(ts - t0, color=color, ls=style, lw=1.4, label=label)
     ax.set_xlim(-w, w * 2 if snaps else w)
     ax.set_xlabel("seconds from apply")
-    ax.set_ylabel("p95 latency (ms)")
+    if not ax.get_ylabel():
+        ax.set_ylabel("p95 latency (ms)")
     if raw:
         ax2.set_ylabel("PSI some avg10 (%)")
         ax2.set_ylim(bottom=0)
@@ -340,7 +368,8 @@ def _action_html(a: ActionStory, png: str, raw: bool) -> str:
         f"<div class='kv'><b>rationale</b>{_e(a.rationale or '–')}</div>"
         f"<div class='kv'><b>symptoms</b>{sym}</div>"
         f"<div class='kv'><b>change</b>{change}</div>"
-        f"<div class='kv'><b>objective</b>{_ms(a.objective_before)} → {_ms(a.objective_after)}</div>"
+        f"<div class='kv'><b>objective</b>{_e(format_objective(a.objective, a.objective_before))} → "
+        f"{_e(format_objective(a.objective, a.objective_after))}</div>"
         f"<div class='kv'><b>test</b>{test_s}</div>"
         f"<div class='kv'><b>timeline</b>{timeline}</div>"
         f"<img alt='objective and PSI around action {a.action_id}' data-raw='{int(raw)}' "

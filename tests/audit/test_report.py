@@ -129,3 +129,13 @@ def test_report_rounds_long_floats(trail):
                             detail={"symptoms": [{"name": "cpu_pressure", "value": 63.66779906571064}]}))
     page, _ = build_html(trail)
     assert "p_value=0.5763" in page and "cpu_pressure=63.67" in page
+
+
+def test_objective_shown_in_its_own_unit():
+    from autotune.audit.report import format_objective
+
+    assert format_objective("psi", 19.9) == "19.9 % (PSI)"
+    assert format_objective("latency_p95", 0.25) == "250.0 ms"
+    assert format_objective(None, 1.5) == "1500.0 ms"
+    assert format_objective("throughput", 0.5) == "0.5 (throughput)"
+    assert format_objective("psi", None) == "–"
