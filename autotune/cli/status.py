@@ -116,5 +116,13 @@ def _print_human(caps, snap, agent) -> None:
                   f"{cgr.path if cgr else '-'}" + (f"  errors: {'; '.join(svc.errors)}" if svc.errors else ""))
     if snap.missing:
         con.print(f"[yellow]missing readings:[/] {'; '.join(snap.missing)}")
-    if agent.get("unmanaged"):
-        con.print(f"[yellow]unmanaged after drift:[/] {agent['unmanaged']}")
+    from rich.markup import escape
+
+    for u in agent.get("unmanaged") or []:
+        con.print(f"[yellow]unmanaged after drift:[/] {escape(u['knob'])} {escape(u['target'])} — "
+                  f"{escape(str(u.get('reason', '')))}; re-enable with "
+                  f"`autotune enable {escape(u['knob'])} {escape(u['target'])}`")
+    if agent.get("in_flight"):
+        con.print(f"changes being verified: {len(agent['in_flight'])} (see `autotune history`)")
+    if agent.get("error"):
+        con.print(f"[yellow]state store unreadable:[/] {escape(agent['error'])}")

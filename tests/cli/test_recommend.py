@@ -56,3 +56,22 @@ def test_status_json_shape(tmp_path):
     assert psi["memory"]["full"]["total"] >= 0
     assert data["metrics"]["meminfo"]["MemTotal"] % 1024 == 0
     assert data["host"]["cgroup"]["layout"] in ("v2", "hybrid", "v1", "none")
+
+
+def test_status_reports_targets_left_unmanaged_after_drift(tmp_path):
+    from autotune.journal.journal import Journal
+    from autotune.store.db import open_db
+
+    db_path = tmp_path / "state.db"
+    Journal(open_db(db_path)).disable_target("sysctl", "vm.swappiness", reason="drift: operator set 30")
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[agent]\nstate_path = "{db_path}"\n')
+    root = writable_copy("v2-docs", tmp_path)
+    res = CliRunner().invoke(app, ["status", "--root", str(root), "--config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    agent = json.loads(res.stdout)["agent"]
+    assert "error" not in agent, agent
+    [u] = agent["unmanaged"]
+    assert u["knob"] == "sysctl" and u["target"] == "vm.swappiness" and "drift" in u["reason"]
+    human = CliRunner().invoke(app, ["status", "--root", str(root), "--config", str(cfg)])
+    assert "unmanaged after drift" in human.stdout
