@@ -306,7 +306,7 @@ class Agent:
         for what, why in decision.skipped:
             log.debug("skipped %s: %s", what, why)
         if decision.chosen is not None:
-            if not self._enough_history(now):
+            if not self._enough_history(now, decision.chosen.service):
                 log.info("holding %s on %s: less than %.0f s of samples to verify it against",
                          decision.chosen.knob, decision.chosen.target, self.cfg.verification.window_s)
                 return decision.model_copy(update={
@@ -316,13 +316,21 @@ class Agent:
             self.apply(decision.chosen, symptoms=symptoms, now=now)
         return decision
 
-    def _enough_history(self, now: float) -> bool:
+    def _enough_history(self, now: float, service: str | None = None) -> bool:
         """A change is only worth making if its before-window can be measured: samples must
-        cover most of the last verification.window_s (a fresh agent waits that long)."""
+        cover most of the last verification.window_s (a fresh agent waits that long) AND yield
+        enough objective values for the test (PSI is measured over >= 2 s
+        intervals, so a short window or a late sample can leave too few)."""
         w = self.cfg.verification.window_s
         snaps = self.samples.window(now - w, now)
         period = self.cfg.agent.sample_period_s
-        return len(snaps) >= 5 and snaps[0].ts <= now - w + 2 * period
+        if len(snaps) < 5 or snaps[0].ts > now - w + 2 * period:
+            return False
+        name = self.objective_name(service, snaps)
+        # what a full window can yield: PSI/throughput are measured over >= 2 s intervals
+        interval = 2.0 if name in ("psi", "throughput") else period
+        need = min(jverify.MIN_SAMPLES, int(w // interval) - 1)
+        return len(jverify.objective_series(name, snaps, service)) >= need
 
     # -- apply ----------------------------------------------------------------------------
     def objective_name(self, service: str | None, window: list[Snapshot]) -> str:

@@ -211,7 +211,7 @@ rule_dirs = ["{rules}"]
 helper_socket = "{sock}"
 
 [verification]
-window_s = 12
+window_s = 16
 settle_s = 1
 min_effect = 0.05
 rule_cooldown_s = 3600
