@@ -6,27 +6,15 @@ thp_fault_alloc/fallback, numa_miss ... whichever this kernel has); rates are de
 
 from __future__ import annotations
 
-from autotune.errors import ParseError
 from autotune.host import Host
+from autotune.sensors.cgroup import parse_flat_keyed
 
 PATH = "/proc/vmstat"
 
 
 def parse_vmstat(text: str, source: str = PATH) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        fields = raw.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            raise ParseError(f"{source}: line {lineno}: expected '<name> <count>', got {raw.strip()!r}")
-        try:
-            out[fields[0]] = int(fields[1])
-        except ValueError as err:
-            raise ParseError(f"{source}: line {lineno}: {fields[0]} is not an integer ({fields[1]!r})") from err
-    if not out:
-        raise ParseError(f"{source}: empty file")
-    return out
+    """/proc/vmstat has the same "<name> <count>" lines as cgroup cpu.stat: one parser."""
+    return parse_flat_keyed(text, source)
 
 
 def read_vmstat(host: Host) -> dict[str, int]:
