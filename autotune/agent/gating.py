@@ -2,13 +2,15 @@
 
 One fix per tick (PSI averages lag, so the effect of one change must be measured before the
 next); one change in flight per target; cooldowns per rule and per knob; a global hourly rate
-limit; never touch a target an operator took over (drift -> unmanaged).
+limit; never touch a target an operator took over (drift -> unmanaged); never break a
+service's ``min_cpu_cores`` floor (see ``floor``).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from autotune.agent import floor
 from autotune.config import Verification
 from autotune.types import Action
 
@@ -23,6 +25,8 @@ class GateView(BaseModel):
     last_rule_ts: dict[str, float] = {}
     last_knob_ts: dict[str, float] = {}  # key: knob name
     changes_last_hour: int = 0
+    cpu_shares: dict[str, floor.CpuShare] = {}  # configured services' cpu, for floor checks
+    ncpu: int = 0
 
 
 class Decision(BaseModel):
@@ -47,6 +51,10 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
             continue
         if (a.knob, a.target) in view.unmanaged:
             skipped.append((key, "target unmanaged after drift (operator must re-enable)"))
+            continue
+        broken = floor.violation(a, view.cpu_shares, view.ncpu)
+        if broken is not None:
+            skipped.append((key, f"cpu floor: {broken}"))
             continue
         if any(t == a.target for (_, t) in view.in_flight):
             skipped.append((key, "a change on this target is still being verified"))

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autotune.agent import gating
+from autotune.agent import floor, gating
 from autotune.agent.actuator import Actuator, is_drift, read_value, restore_prior
 from autotune.agent.failpoints import failpoint
 from autotune.audit.trail import AuditEvent, AuditTrail
@@ -271,6 +271,8 @@ class Agent:
             unmanaged=frozenset((u.knob, u.target) for u in self.journal.unmanaged()),
             last_rule_ts=last_rule, last_knob_ts=last_knob,
             changes_last_hour=self.journal.changes_since(now - 3600),
+            cpu_shares=floor.shares_from(self.window[-1] if self.window else None, self.cfg.services),
+            ncpu=self.host.ncpu,
         )
 
     def evaluate(self, now: float | None = None) -> gating.Decision | None:

@@ -9,6 +9,7 @@ import pytest
 
 from autotune.agent.actuator import HelperActuator, LocalActuator, is_drift
 from autotune.agent.loop import Agent
+from autotune.config import Service
 from autotune.diagnose.rules import load_rules
 from autotune.errors import PolicyRefused
 from autotune.store.db import open_db
@@ -273,3 +274,51 @@ def test_short_after_window_waits_for_evidence_instead_of_keeping(tmp_path, host
     assert e.state == "rolled_back", (e.state, e.verify_result)
     assert e.verify_result["verdict"] == "regressed"
     assert swappiness(host_root) == ORIGINAL
+
+
+FLOOR_RULES = """
+symptoms:
+  - name: cpu_pressure
+    metric: psi.cpu.some.avg10
+    op: ">"
+    on: 5
+    for_s: 0
+    clear_for_s: 0
+rules:
+  - name: test-unlimit-llm
+    scope: host
+    priority: 50
+    cooldown_s: 0
+    rationale: test rule unlimiting the llm
+    when:
+      all: [{symptom: cpu_pressure}]
+    actions:
+      - knob: cgroup.cpu_quota
+        target: /autotune-fixture/llm
+        value: max
+"""
+
+
+@pytest.mark.parametrize("floor, applied", [(1.5, False), (0.5, True)])
+def test_neighbour_floor_is_enforced_by_the_agent(tmp_path, host_root, rules_dir, floor, applied):
+    """Unlimiting the llm (0.2 core, shares 512) would leave a 1024-shares neighbour 1.33 of the
+    2 cores under contention: refused against a 1.5-core floor, allowed against 0.5."""
+    (rules_dir / "test.yaml").write_text(FLOOR_RULES)
+    cpu = host_root / "sys/fs/cgroup/cpu"
+    quota_file = cpu / "autotune-fixture/llm/cpu.cfs_quota_us"
+    nb = cpu / "autotune-fixture/neighbour"
+    nb.mkdir()
+    for name, text in (("cpu.shares", "1024\n"), ("cpu.cfs_quota_us", "-1\n"), ("cpu.cfs_period_us", "100000\n"),
+                       ("cgroup.procs", ""), ("cpu.stat", "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n")):
+        (nb / name).write_text(text)
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.cfg = agent.cfg.model_copy(update={"services": [
+        Service(name="llm", cgroup="/autotune-fixture/llm"),
+        Service(name="neighbour", role="neighbour", cgroup="/autotune-fixture/neighbour", min_cpu_cores=floor)]})
+    psi = Psi(host_root)
+    drive(agent, clock, psi, 25, after_pct=20.0)
+    changed = quota_file.read_text() != "20000\n"
+    assert changed is applied
+    entries = agent.journal.entries()
+    assert bool(entries) is applied

@@ -1,0 +1,127 @@
+"""The CPU floor a service keeps (``min_cpu_cores``), whatever the agent changes. Pure.
+
+A neighbour's floor is a promise to whoever runs it on this node: giving the inference
+server more CPU must never starve it below that. Rule bounds can encode it for one host, but
+only by hand; this check refuses any cpu quota / weight / idle / cpuset change that would
+drop a floored service's *guaranteed* CPU below its floor.
+
+Guaranteed CPU of service n under full contention, from the configured services only:
+
+- by caps: the cpus n may use minus what the others can take on them at most
+  (each other's quota, or the cpus it shares with n when unlimited);
+- by weight: n's weight share of its cpus against the others sharing them (0 if idle);
+- guaranteed = min(n's own cap, max(by caps, by weight)).
+
+Processes outside the configured services are not counted; the floor is as good as the
+service list is complete. A change that does not lower a guarantee is never refused, so an
+already-broken floor does not freeze the agent.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict
+
+from autotune.cgroupfs import norm_cgpath
+from autotune.config import Service
+from autotune.errors import ParseError
+from autotune.host import parse_cpulist
+from autotune.types import Action, Snapshot
+
+CPU_KNOBS = ("cgroup.cpu_quota", "cgroup.cpu_weight", "cgroup.cpu_idle", "cgroup.cpuset")
+DEFAULT_WEIGHT = 100
+EPS = 1e-6
+
+
+class CpuShare(BaseModel):
+    """What one service can draw on and is entitled to, as its cgroup reads now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cgroup: str
+    quota_cores: float | None = None  # None = unlimited
+    weight: int = DEFAULT_WEIGHT
+    cpus: frozenset[int] | None = None  # None = every cpu
+    idle: bool = False
+    floor: float | None = None  # min_cpu_cores
+
+
+def shares_from(snapshot: Snapshot | None, services: list[Service]) -> dict[str, CpuShare]:
+    """Current shares of the configured services that have a cgroup reading."""
+    out: dict[str, CpuShare] = {}
+    if snapshot is None:
+        return out
+    for svc in services:
+        reading = snapshot.services.get(svc.name)
+        cg = reading.cgroup if reading is not None else None
+        if cg is None:
+            continue
+        out[svc.name] = CpuShare(
+            cgroup=norm_cgpath(cg.path), quota_cores=cg.cpu_quota_cores,
+            weight=cg.cpu_weight if cg.cpu_weight is not None else DEFAULT_WEIGHT,
+            cpus=frozenset(cg.cpuset_cpus) if cg.cpuset_cpus else None, floor=svc.min_cpu_cores)
+    return out
+
+
+def guaranteed(name: str, shares: dict[str, CpuShare], ncpu: int) -> float:
+    """Cores ``name`` gets when every configured service wants all it can have."""
+    me = shares[name]
+    mine = me.cpus if me.cpus is not None else frozenset(range(ncpu))
+    own_cap = min(me.quota_cores if me.quota_cores is not None else math.inf, float(len(mine)))
+    taken, rival_weight = 0.0, 0
+    for other, s in shares.items():
+        if other == name:
+            continue
+        overlap = len(mine if s.cpus is None else mine & s.cpus)
+        if overlap == 0:
+            continue
+        taken += min(s.quota_cores if s.quota_cores is not None else math.inf, float(overlap))
+        rival_weight += 0 if s.idle else s.weight
+    by_caps = max(0.0, len(mine) - taken)
+    if me.idle:
+        by_weight = 0.0 if rival_weight else float(len(mine))
+    else:
+        by_weight = len(mine) * me.weight / (me.weight + rival_weight)
+    return min(own_cap, max(by_caps, by_weight))
+
+
+def _after(share: CpuShare, knob: str, value: str) -> CpuShare:
+    """The share as it would be after ``knob`` := ``value`` (values as the knobs normalize them)."""
+    try:
+        if knob == "cgroup.cpu_quota":
+            v = value.strip().lower()
+            return share.model_copy(update={"quota_cores": None if v in ("max", "-1") else float(v)})
+        if knob == "cgroup.cpu_weight":
+            return share.model_copy(update={"weight": int(value)})
+        if knob == "cgroup.cpu_idle":
+            return share.model_copy(update={"idle": value.strip() == "1"})
+        if knob == "cgroup.cpuset":
+            return share.model_copy(update={"cpus": frozenset(parse_cpulist(value))})
+    except ValueError:
+        return share  # the knob itself refuses a malformed value, with its own error
+    return share
+
+
+def violation(action: Action, shares: dict[str, CpuShare], ncpu: int) -> str | None:
+    """Why ``action`` would break a service's floor, or None if it keeps every floor."""
+    if action.knob not in CPU_KNOBS or ncpu <= 0:
+        return None
+    try:
+        target = norm_cgpath(action.target)
+    except ParseError:
+        return None  # the knob refuses a malformed target with its own error
+    hit = [n for n, s in shares.items() if s.cgroup == target]
+    if not hit:
+        return None  # not a configured service's cgroup: its effect on floors is unknown
+    after = dict(shares)
+    for n in hit:
+        after[n] = _after(shares[n], action.knob, action.proposed)
+    for name, s in shares.items():
+        if s.floor is None:
+            continue
+        was, now = guaranteed(name, shares, ncpu), guaranteed(name, after, ncpu)
+        if now + EPS < s.floor and now + EPS < was:
+            return (f"would leave {name} {now:.2f} guaranteed cores (was {was:.2f}), "
+                    f"below its min_cpu_cores {s.floor:g}")
+    return None
