@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         adaptive: Annotated[bool, typer.Option("--adaptive/--no-adaptive",
                                                help="Adapt limit and threshold from observed latency.")] = True,
         law: Annotated[str, typer.Option(help="Adaptive law: gradient or aimd.")] = "gradient",
+        min_inflight: Annotated[int, typer.Option(
+            min=0, help="Pressure holds nothing while fewer of our requests are in flight "
+                        "(so a neighbour's pressure cannot starve the service; 0 = always gate).")] = 1,
         control_listen: Annotated[str | None, typer.Option(
             help="Serve /gate/* on this HOST:PORT instead of the proxy listener.")] = None,
         root: RootOpt = None,
@@ -46,13 +49,13 @@ def register(app: typer.Typer) -> None:
                 parse_listen(control_listen)
             g = make_gate(host=Host(root), pressure=pressure, threshold_pct=threshold, limit=max_concurrency,
                           min_limit=min_limit, max_limit=max_limit, max_queue=queue, queue_timeout_s=timeout,
-                          adaptive=adaptive, law=law)
+                          adaptive=adaptive, law=law, min_inflight=min_inflight)
         except AutotuneError as err:
             fail(str(err))
             return
         src = g.pressure.path if g.pressure else "off"
         typer.echo(f"autotune gate: {listen} -> {upstream} (pressure {src}, threshold {threshold:g}%, "
-                   f"limit {max_concurrency}, queue {queue}, adaptive {'on' if adaptive else 'off'})", err=True)
+                   f"limit {max_concurrency}, min in flight {min_inflight}, queue {queue}, adaptive {'on' if adaptive else 'off'})", err=True)
         try:
             asyncio.run(serve(g, listen=listen, upstream=upstream, control_listen=control_listen,
                               timeout_s=upstream_timeout))

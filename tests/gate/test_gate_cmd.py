@@ -25,7 +25,7 @@ def test_gate_command_proxies_and_serves_control_separately(upstream, tmp_path):
     port, cport = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotune", "gate", "--listen", f"127.0.0.1:{port}", "--upstream", upstream.url,
-         "--control-listen", f"127.0.0.1:{cport}", "--max-concurrency", "3", "--no-adaptive",
+         "--control-listen", f"127.0.0.1:{cport}", "--max-concurrency", "3", "--min-inflight", "2", "--no-adaptive",
          "--root", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -40,6 +40,7 @@ def test_gate_command_proxies_and_serves_control_separately(upstream, tmp_path):
                 assert time.monotonic() < deadline, "gate did not come up"
                 time.sleep(0.1)
         assert st["limit"] == 3 and st["pressure_pct"] == 1.0 and st["adaptive"] is False
+        assert st["min_inflight"] == 2
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=10)
         assert c.completions.create(model="fake", prompt="z", max_tokens=1).choices[0].text == "echo:z"
         # control plane lives only on the control port: on the proxy port /gate/status is forwarded
