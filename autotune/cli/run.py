@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
         """Run the closed loop: sample, detect, diagnose, (apply, verify, roll back)."""
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("apscheduler").setLevel(logging.DEBUG if verbose else logging.WARNING)
+        # one line per scrape/probe request and per scheduler tick is noise in the journal
+        for noisy in ("apscheduler", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
         cfg = load_config_or_exit(config)
         mode = mode or cfg.agent.mode
         if mode not in ("recommend", "apply"):
