@@ -36,7 +36,7 @@ class LatencySource(_Strict):
     flavor: Literal["auto", "vllm", "llamacpp", "tgi", "autotune"] = "auto"
     probe_url: str | None = None  # OpenAI-compatible base URL for an active probe
     probe_interval_s: float = Field(default=10.0, gt=0)
-    timeout_s: float = Field(default=2.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)  # metrics scrape; a probe waits up to 30 s
 
 
 class Service(_Strict):

@@ -97,13 +97,18 @@ class Agent:
 
     # -- plumbing -------------------------------------------------------------------------
     def _make_scrapers(self) -> dict[str, Any]:
-        from autotune.sensors.latency import LatencyScraper
+        """A metrics page when the service has one, else an active probe on its own thread."""
+        from autotune.sensors.latency import ActiveProbe, BackgroundProbe, LatencyScraper
 
-        out = {}
+        out: dict[str, Any] = {}
         for svc in self.cfg.services:
             lat = svc.latency
             if lat is not None and lat.metrics_url:
                 out[svc.name] = LatencyScraper(lat.metrics_url, lat.flavor, lat.timeout_s)
+            elif lat is not None and lat.probe_url:
+                # its own thread, so a slow answer (the very thing it measures) stalls nothing:
+                # the probe waits up to 30 s rather than the scrape timeout
+                out[svc.name] = BackgroundProbe(ActiveProbe(lat.probe_url, lat.probe_interval_s))
         return out
 
     def _load_detector(self):
@@ -336,13 +341,15 @@ class Agent:
 
     # -- apply ----------------------------------------------------------------------------
     def objective_name(self, service: str | None, window: list[Snapshot]) -> str:
-        """latency_p95 when the service has a latency source with data, else psi."""
+        """latency_p95 when the service's latency source gave enough distinct readings in the
+        window to test on (a sparse probe may not), else psi."""
         if service is not None:
             try:
                 svc = self.cfg.service(service)
             except KeyError:
                 svc = None
-            if svc is not None and svc.latency is not None and jverify.LatencyP95().series(window, service):
+            if (svc is not None and svc.latency is not None
+                    and len(jverify.LatencyP95().series(window, service)) >= jverify.MIN_SAMPLES):
                 return "latency_p95"
         return "psi"
 

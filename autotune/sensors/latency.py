@@ -386,3 +386,34 @@ class ActiveProbe:
 
     def close(self) -> None:
         self._client.close()
+
+
+class BackgroundProbe:
+    """An ``ActiveProbe`` on its own daemon thread: a slow or hung server never stalls sampling.
+
+    ``sample()`` returns the latest finished probe; the same reading object is returned until the
+    next probe finishes, and verification counts a repeated reading once.
+    """
+
+    def __init__(self, probe: ActiveProbe) -> None:
+        import threading
+
+        self.probe = probe
+        self._latest = LatencyReading(source=f"probe:{probe.base_url}", ok=False, error="no probe finished yet")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"probe {probe.base_url}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            self._latest = self.probe.probe()
+            self._stop.wait(max(0.0, self.probe.interval_s - (time.monotonic() - t0)))
+
+    def sample(self, now: float | None = None) -> LatencyReading:
+        return self._latest
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.probe.timeout + 1)
+        self.probe.close()

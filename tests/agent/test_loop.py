@@ -322,3 +322,53 @@ def test_neighbour_floor_is_enforced_by_the_agent(tmp_path, host_root, rules_dir
     assert changed is applied
     entries = agent.journal.entries()
     assert bool(entries) is applied
+
+
+def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rules_dir):
+    """A service with only probe_url gets probe readings in its snapshots, and the objective
+    switches from PSI to latency once enough distinct probes are in the window."""
+    import threading
+    import time as _time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Srv(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self._json(b'{"data": [{"id": "m"}]}')
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._json(b'{"choices": [{"text": "x"}]}')
+
+        def _json(self, body):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Srv)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cfg = make_cfg(tmp_path, rules_dir).model_copy(update={"services": [
+        Service.model_validate({"name": "llm", "cgroup": "/autotune-fixture/llm", "latency": {
+            "probe_url": f"http://127.0.0.1:{srv.server_address[1]}", "probe_interval_s": 0.05}})]})
+    h = host(host_root)
+    clock = Clock()
+    agent = Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=LocalActuator(h, cfg),
+                  ruleset=load_rules(cfg.rule_dirs()), clock=clock)
+    try:
+        snaps = []
+        for _ in range(8):
+            clock.t += 1
+            snaps.append(agent.sample())
+            _time.sleep(0.15)
+    finally:
+        agent.stop()
+        srv.shutdown()
+    lats = [s.services["llm"].latency for s in snaps]
+    assert all(r is not None and r.source.startswith("probe:") for r in lats)
+    assert sum(r.ok for r in lats) >= 6
+    assert agent.objective_name("llm", snaps[:3]) == "psi"  # too few probes to test on yet
+    assert agent.objective_name("llm", snaps) == "latency_p95"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 
 from autotune.sensors.latency import (
     ActiveProbe,
+    BackgroundProbe,
     Histogram,
     LatencyScraper,
     compute_window,
@@ -217,3 +219,35 @@ def test_active_probe_connection_refused():
     probe = ActiveProbe(f"http://127.0.0.1:{_closed_port()}", model="m", timeout=1.0)
     r = probe.probe()
     assert not r.ok and "probe failed" in r.error
+
+
+def test_background_probe_never_blocks_sampling_on_a_slow_server():
+    import threading
+
+    release = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        release.wait(10)  # the server is stuck
+        return httpx.Response(200, json={"choices": [{"text": "x"}]})
+
+    probe = ActiveProbe("http://srv", interval_s=0.05, model="m",
+                        client=httpx.Client(transport=httpx.MockTransport(handler)))
+    bg = BackgroundProbe(probe)
+    try:
+        t0 = time.monotonic()
+        r = bg.sample()
+        assert time.monotonic() - t0 < 0.5
+        assert not r.ok and "no probe finished yet" in r.error
+        release.set()
+        deadline = time.monotonic() + 5
+        while not bg.sample().ok:
+            assert time.monotonic() < deadline, "probe never finished"
+            time.sleep(0.01)
+        first = bg.sample()
+        assert first.requests == 1 and first.p95_s is not None
+        while bg.sample() is first:  # it keeps probing every interval
+            assert time.monotonic() < deadline + 5
+            time.sleep(0.01)
+    finally:
+        bg.close()
+    assert not bg._thread.is_alive()
