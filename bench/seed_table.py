@@ -286,6 +286,33 @@ def print_table(cells: list[Cell]) -> None:
     Console(width=max(120, Console().width)).print(t)
 
 
+def markdown_table(cells: list[Cell]) -> str:
+    """The table for bench/README.md: p95 against ``static`` (speedup) and ``alone`` (target 1.3x)."""
+    sp = speedups(cells)
+    alone = {c.concurrency: c.p95_s for c in cells if c.config == "alone"}
+    lines = ["| config | c | p50 (s) | p95 (s) | p99 (s) | static p95 / p95 | p95 / alone p95 "
+             "| neighbour ops/s | deferred | rejected | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        s, a = sp.get((c.config, c.concurrency)), alone.get(c.concurrency)
+        vs_alone = f"{c.p95_s / a:.2f}x" if a and c.p95_s else "-"
+        lines.append(f"| {c.config} | {c.concurrency} | {_fmt(c.p50_s)} | {_fmt(c.p95_s)} | {_fmt(c.p99_s)} | "
+                     f"{'-' if s is None else f'{s:.2f}x'} | {vs_alone} | {_fmt(c.neighbour_ops_per_s, 0)} | "
+                     f"{c.deferred} | {c.rejected} | {c.runs} |")
+    return "\n".join(lines)
+
+
+def read_summary(path: Path) -> list[Cell]:
+    """Cells back from a summary.csv (a committed run), empty fields as None."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = [c for c in SUMMARY_COLUMNS if rows and c not in rows[0]]
+    if missing:
+        raise SystemExit(f"{path}: not a seed_table summary, missing columns {missing}")
+    return [Cell.model_validate({k: (None if v == "" else v) for k, v in r.items() if k in Cell.model_fields})
+            for r in rows]
+
+
 def write_outputs(cells: list[Cell], out: Path, meta: dict) -> None:
     with open(out / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS)
@@ -347,6 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--estimate", action="store_true",
                    help="print the estimated wall time of this run (bench/estimate.py) and exit")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--report", type=Path, default=None, metavar="SUMMARY_CSV",
+                   help="print the table (and its markdown) of an earlier run's summary.csv and exit")
     a = p.parse_args(argv)
     if a.warmup_s is None:
         a.warmup_s = 45.0 if a.quick else 90.0
@@ -368,6 +397,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        cells = read_summary(args.report)
+        print_table(cells)
+        print(markdown_table(cells))
+        return 0
     if args.estimate:
         from bench.estimate import estimate_wall_s
 
@@ -409,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": time.time() - t0}
     write_outputs(cells, args.out, meta)
     print_table(cells)
+    (args.out / "table.md").write_text(markdown_table(cells) + "\n")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"results in {args.out}")
