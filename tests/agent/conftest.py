@@ -88,3 +88,55 @@ def make_cfg(tmp_path: Path, rules_dir: Path, **verification) -> Config:
 
 def host(root: Path, writable: bool = True) -> Host:
     return Host(root, writable=writable)
+
+
+class CannedHttp:
+    """A loopback HTTP server answering GET/POST paths with fixed bodies; records what it served."""
+
+    def __init__(self, routes: dict[tuple[str, str], bytes]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.hits: list[tuple[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, method: str) -> None:
+                if method == "POST":
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.hits.append((method, self.path))
+                body = routes.get((method, self.path))
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                self._answer("GET")
+
+            def do_POST(self):  # noqa: N802
+                self._answer("POST")
+
+            def log_message(self, *args):
+                pass
+
+        self._srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._srv.server_address[1]}"
+        threading.Thread(target=self._srv.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._srv.shutdown()
+        self._srv.server_close()
+
+
+@pytest.fixture
+def canned_http():
+    servers: list[CannedHttp] = []
+
+    def make(routes: dict[tuple[str, str], bytes]) -> CannedHttp:
+        servers.append(CannedHttp(routes))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()

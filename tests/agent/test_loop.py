@@ -13,7 +13,7 @@ from autotune.config import Service
 from autotune.diagnose.rules import load_rules
 from autotune.errors import PolicyRefused
 from autotune.store.db import open_db
-from tests.agent.conftest import SWAPPINESS, Clock, Psi, host, make_cfg
+from tests.agent.conftest import RULES, SWAPPINESS, Clock, Psi, host, make_cfg
 
 ORIGINAL = "60\n"  # the fixture's exact raw content
 
@@ -276,15 +276,7 @@ def test_short_after_window_waits_for_evidence_instead_of_keeping(tmp_path, host
     assert swappiness(host_root) == ORIGINAL
 
 
-FLOOR_RULES = """
-symptoms:
-  - name: cpu_pressure
-    metric: psi.cpu.some.avg10
-    op: ">"
-    on: 5
-    for_s: 0
-    clear_for_s: 0
-rules:
+FLOOR_RULES = RULES.split("rules:")[0] + """rules:
   - name: test-unlimit-llm
     scope: host
     priority: 50
@@ -324,36 +316,16 @@ def test_neighbour_floor_is_enforced_by_the_agent(tmp_path, host_root, rules_dir
     assert bool(entries) is applied
 
 
-def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rules_dir):
+def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rules_dir, canned_http):
     """A service with only probe_url gets probe readings in its snapshots, and the objective
     switches from PSI to latency once enough distinct probes are in the window."""
-    import threading
     import time as _time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Srv(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self._json(b'{"data": [{"id": "m"}]}')
-
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self._json(b'{"choices": [{"text": "x"}]}')
-
-        def _json(self, body):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Srv)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = canned_http({("GET", "/v1/models"): b'{"data": [{"id": "m"}]}',
+                       ("POST", "/v1/completions"): b'{"choices": [{"text": "x"}]}'})
     cfg = make_cfg(tmp_path, rules_dir).model_copy(update={"services": [
         Service.model_validate({"name": "llm", "cgroup": "/autotune-fixture/llm", "latency": {
-            "probe_url": f"http://127.0.0.1:{srv.server_address[1]}", "probe_interval_s": 0.05}})]})
+            "probe_url": srv.url, "probe_interval_s": 0.05}})]})
     h = host(host_root)
     clock = Clock()
     agent = Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=LocalActuator(h, cfg),
@@ -366,7 +338,6 @@ def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rul
             _time.sleep(0.15)
     finally:
         agent.stop()
-        srv.shutdown()
     lats = [s.services["llm"].latency for s in snaps]
     assert all(r is not None and r.source.startswith("probe:") for r in lats)
     assert sum(r.ok for r in lats) >= 6

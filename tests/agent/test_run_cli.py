@@ -80,40 +80,19 @@ def test_real_apply_run_leaves_a_verifiable_audit_chain(tmp_path):
     assert e.state in ("kept", "rolled_back")  # static PSI: inconclusive -> on_inconclusive (keep)
 
 
-def test_latency_scrapes_are_not_logged_per_request(tmp_path):
+def test_latency_scrapes_are_not_logged_per_request(tmp_path, canned_http):
     """The agent scrapes every sample; httpx's per-request INFO line would flood the journal."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    hits = []
-
-    class Page(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            hits.append(self.path)
-            body = b"vllm:e2e_request_latency_seconds_count 0\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = canned_http({("GET", "/metrics"): b"vllm:e2e_request_latency_seconds_count 0\n"})
     root = writable_copy("hybrid-local", tmp_path)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""[[service]]
 name = "llm"
 cgroup = "/autotune-fixture/llm"
 [service.latency]
-metrics_url = "http://127.0.0.1:{srv.server_address[1]}/metrics"
+metrics_url = "{srv.url}/metrics"
 """)
-    try:
-        proc = autotune("run", "--config", str(cfg), "--mode", "recommend", "--duration", "3", "--root", str(root),
-                        "--metrics-listen", "off", "--state", str(tmp_path / "s.db"))
-    finally:
-        srv.shutdown()
+    proc = autotune("run", "--config", str(cfg), "--mode", "recommend", "--duration", "3", "--root", str(root),
+                    "--metrics-listen", "off", "--state", str(tmp_path / "s.db"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(hits) >= 2  # it did scrape
+    assert len(srv.hits) >= 2  # it did scrape
     assert "HTTP Request" not in proc.stderr
