@@ -91,9 +91,19 @@ class Verification(_Strict):
     max_changes_per_hour: int = Field(default=12, ge=0)
 
 
+class RankerSettings(_Strict):
+    """The learned ranker (autotune/diagnose/ranker.py): orders candidate actions by the effect
+    this node's verified changes predict, once there are enough of them."""
+
+    enabled: bool = True
+    min_outcomes: int = Field(default=10, ge=3)  # verified changes before a model is fit
+    max_outcomes: int = Field(default=500, ge=3)  # newest verified changes it learns from
+
+
 class Config(_Strict):
     agent: AgentSettings = AgentSettings()
     verification: Verification = Verification()
+    ranker: RankerSettings = RankerSettings()
     services: list[Service] = Field(default=[], alias="service")
     source: str | None = Field(default=None, exclude=True)  # file it came from
 

@@ -94,6 +94,8 @@ class Agent:
         self._failures: dict[tuple[str, str], int] = {}
         self._not_before: dict[int, float] = {}  # entry id -> earliest re-verification (after a restart)
         self.started_ts: float | None = None
+        self._ranker: Any = None
+        self._ranker_marker: tuple[int, int | None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     def _make_scrapers(self) -> dict[str, Any]:
@@ -293,6 +295,8 @@ class Agent:
             cooldowns=self._cooldowns() if self.mode == "apply" else None,
         )
         self._save_detector()
+        if actions and self.cfg.ranker.enabled:
+            actions = self.ranker().rank(actions, symptoms)
         self.symptoms, self.actions = symptoms, actions
         if self.exporter is not None:
             self.exporter.update_symptoms(symptoms)
@@ -306,8 +310,9 @@ class Agent:
                                    "actions": [a.model_dump() for a in actions]})
         if self.mode != "apply":
             for a in actions if changed else ():  # log a proposal once, not every tick
-                log.info("would %s %s on %s: %s -> %s (rule %s)", "advise" if a.advisory else "set",
-                         a.knob, a.target, a.current, a.proposed, a.rule)
+                log.info("would %s %s on %s: %s -> %s (rule %s%s)", "advise" if a.advisory else "set",
+                         a.knob, a.target, a.current, a.proposed, a.rule,
+                         "" if a.score is None else f", predicted {a.score:+.0%}")
             return None
         decision = gating.select_action(actions, self.gate_view(actions, now), now, self.cfg.verification)
         for what, why in decision.skipped:
@@ -322,6 +327,19 @@ class Agent:
                                 f"{decision.chosen.target}", "not enough pre-change samples yet")]})
             self.apply(decision.chosen, symptoms=symptoms, now=now)
         return decision
+
+    def ranker(self):
+        """The learned ranker, refit whenever the journal has a newly verified change."""
+        from autotune.diagnose.ranker import from_journal
+
+        marker = self.journal.verified_marker()
+        if self._ranker is None or marker != self._ranker_marker:
+            r = self.cfg.ranker
+            self._ranker = from_journal(self.journal.verified(limit=r.max_outcomes), min_outcomes=r.min_outcomes)
+            self._ranker_marker = marker
+            log.info("learned ranker: %s (%s)", "active" if self._ranker.status.active else "inactive",
+                     self._ranker.status.reason)
+        return self._ranker
 
     def _enough_history(self, now: float, service: str | None = None) -> bool:
         """A change is only worth making if its before-window can be measured: samples must

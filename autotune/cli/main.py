@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "autotune.cli.audit_cmd",
     "autotune.cli.workload_cmd",
     "autotune.cli.gate_cmd",
+    "autotune.cli.ranker_cmd",
 ]
 
 @app.command()

@@ -376,6 +376,19 @@ class Journal:
         return [JournalEvent(id=r[0], entry_id=r[1], ts=r[2], from_state=r[3], to_state=r[4],
                              detail=r[5]) for r in rows]
 
+    def verified(self, limit: int | None = None) -> list[JournalEntry]:
+        """Entries that went through verification (they carry a verify_result), newest first."""
+        sql = f"SELECT {self._COLS} FROM journal_entries WHERE verify_result IS NOT NULL ORDER BY id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [self._row(r) for r in self.db.execute(sql).fetchall()]
+
+    def verified_marker(self) -> tuple[int, int | None]:
+        """(count, newest id) of verified entries: changes when there is something new to learn."""
+        n, last = self.db.execute(
+            "SELECT COUNT(*), MAX(id) FROM journal_entries WHERE verify_result IS NOT NULL").fetchone()
+        return int(n), last
+
     def unfinished(self) -> list[JournalEntry]:
         return self.entries(states=UNFINISHED)
 

@@ -343,3 +343,58 @@ def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rul
     assert sum(r.ok for r in lats) >= 6
     assert agent.objective_name("llm", snaps[:3]) == "psi"  # too few probes to test on yet
     assert agent.objective_name("llm", snaps) == "latency_p95"
+
+
+RANKED_RULES = RULES + """
+  - name: test-raise-dirty-ratio
+    scope: host
+    priority: 90
+    cooldown_s: 0
+    rationale: a higher-priority rule the journal says never helps
+    when:
+      all: [{symptom: cpu_pressure}]
+    actions:
+      - knob: sysctl
+        target: vm.dirty_ratio
+        value: 30
+        bounds: {min: 1, max: 100}
+"""
+
+
+@pytest.mark.parametrize("history, chosen", [(0, "test-raise-dirty-ratio"), (12, "test-lower-swappiness")])
+def test_learned_ranker_overrides_rule_priority_once_history_says_so(
+        tmp_path, host_root, rules_dir, history, chosen):
+    """With no history the higher-priority rule goes first; after 12 verified changes where
+    swappiness helped (~40 %) and dirty_ratio regressed, the ranker puts swappiness first."""
+    (rules_dir / "test.yaml").write_text(RANKED_RULES)
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, rule_cooldown_s=0)
+    clock.t -= 7200  # the history is older than the hourly rate limit's window
+    for i in range(history):
+        good = i % 2 == 0
+        knob_target, rule = ("vm.swappiness", "test-lower-swappiness") if good else \
+            ("vm.dirty_ratio", "test-raise-dirty-ratio")
+        e = agent.journal.plan(knob="sysctl", target=knob_target, prior={"value": "60" if good else "20"},
+                               proposed="10" if good else "30", rule=rule)
+        agent.journal.mark_applied(e.id, {"value": "x"})
+        agent.journal.mark_verifying(e.id)
+        gain = 0.4 + 0.01 * i if good else -0.3 - 0.01 * i
+        result = {"verdict": "improved" if good else "regressed", "effect": -gain, "direction": "lower_is_better"}
+        (agent.journal.mark_kept if good else agent.journal.mark_rolled_back)(e.id, result=result)
+    clock.t += 7200
+    psi = Psi(host_root)
+    decision = None
+    for _ in range(40):  # the agent waits for a full pre-change window first
+        clock.t += 1
+        psi.tick(1, 40.0)
+        agent.sample()
+        decision = agent.evaluate() or decision
+        if decision is not None and decision.chosen is not None:
+            break
+    assert decision is not None and decision.chosen is not None
+    assert decision.chosen.rule == chosen
+    assert agent.ranker().status.active is (history > 0)
+    if history:
+        assert decision.chosen.score > 0
+        recs = [e for e in agent.trail.query() if e.kind == "recommendation"]
+        assert any(a.get("score") is not None for r in recs for a in r.detail["actions"])
