@@ -24,7 +24,7 @@ def test_quick_bench_writes_table(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     monkeypatch.chdir(REPO)
     from bench import common
-    from bench.seed_table import CONFIGS, main
+    from bench.seed_table import DEFAULT_CONFIGS, main
 
     out = tmp_path / "quick"
     t0 = time.monotonic()
@@ -35,7 +35,7 @@ def test_quick_bench_writes_table(tmp_path, monkeypatch):
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert list(rows[0]) == ["config", "concurrency", "p50_s", "p95_s", "p99_s", "neighbour_ops_per_s",
                              "deferred", "rejected", "runs"]
-    assert len(rows) == len(CONFIGS) * 2
+    assert len(rows) == len(DEFAULT_CONFIGS) * 2
     assert {(r["config"], r["concurrency"]) for r in rows} == {
         (c, n) for c in ("alone", "contended", "static", "static+psi", "gate", "autotune") for n in ("1", "4")}
     for r in rows:
@@ -43,6 +43,7 @@ def test_quick_bench_writes_table(tmp_path, monkeypatch):
         assert r["runs"] == "1"
         assert (r["neighbour_ops_per_s"] == "") == (r["config"] == "alone")
     assert (out / "plot.png").stat().st_size > 1000
+    assert (out / "table.md").read_text().count("\n| autotune |") == 2
     # the agent-managed row really ran the agent and it changed something within its bounds
     knobs = json.loads((out / "autotune" / "knobs.json").read_text())
     assert knobs["start"]["server_cfs_quota_us"] == "50000"  # started from static: 0.5 core
