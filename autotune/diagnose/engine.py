@@ -348,8 +348,11 @@ def _actions(
                 continue
             if same_value(spec.knob, current, proposed):
                 continue
+            # a change to a neighbour is made FOR the bound service: judge it by that one's
+            # objective (the neighbour's own pressure rises by design)
+            judged_by = svc if spec.target == "neighbours" else owner
             out.append(Action(
-                knob=spec.knob, target=target, service=owner, current=current, proposed=proposed,
+                knob=spec.knob, target=target, service=judged_by, current=current, proposed=proposed,
                 rule=rule.name, rationale=rationale, priority=rule.priority, advisory=advisory,
                 evidence=dict(evidence),
             ))
