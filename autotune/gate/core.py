@@ -67,6 +67,8 @@ class GateStatus(BaseModel):
     min_inflight: int
     min_limit: int
     max_limit: int
+    min_threshold_pct: float  # the adaptive threshold law stays within these
+    max_threshold_pct: float
     adaptive: bool
     max_queue: int
     queue_timeout_s: float
@@ -230,15 +232,20 @@ class Gate:
     def configure(self, *, threshold_pct: float | None | str = "keep", limit: int | None = None,
                   min_limit: int | None = None, max_limit: int | None = None, adaptive: bool | None = None,
                   max_queue: int | None = None, queue_timeout_s: float | None = None,
-                  min_inflight: int | None = None) -> GateStatus:
+                  min_inflight: int | None = None, min_threshold_pct: float | None = None,
+                  max_threshold_pct: float | None = None) -> GateStatus:
         """Apply a partial update atomically (ValueError, nothing changed, if any part is bad).
 
         ``threshold_pct=None`` turns the pressure hold off; the default "keep" leaves it.
         A new limit resets the adaptive state to it (the agent's word beats old samples).
+        ``min_threshold_pct`` / ``max_threshold_pct`` bound the adaptive threshold law: that is
+        how the agent steers an adaptive gate without fighting it; the live threshold is
+        clamped into the new bounds.
         """
         s = self.settings
-        lim_cfg = s.limiter.model_copy(update={k: v for k, v in (("min_limit", min_limit), ("max_limit", max_limit))
-                                               if v is not None})
+        lim_cfg = s.limiter.model_copy(update={k: v for k, v in (
+            ("min_limit", min_limit), ("max_limit", max_limit),
+            ("min_threshold", min_threshold_pct), ("max_threshold", max_threshold_pct)) if v is not None})
         lim_cfg = LimiterConfig.model_validate(lim_cfg.model_dump())  # re-check bounds
         new = s.model_dump()
         new["limiter"] = lim_cfg
@@ -254,6 +261,12 @@ class Gate:
                 raise ValueError(f"limit {new_limit} outside [min_limit {lim_cfg.min_limit}, "
                                  f"max_limit {lim_cfg.max_limit}]")
             new["limit"] = int(min(max(new_limit, lim_cfg.min_limit), lim_cfg.max_limit))
+        t = new["threshold_pct"]
+        if t is not None and not lim_cfg.min_threshold <= t <= lim_cfg.max_threshold:
+            if threshold_pct != "keep":
+                raise ValueError(f"threshold {t:g} outside [min_threshold {lim_cfg.min_threshold:g}, "
+                                 f"max_threshold {lim_cfg.max_threshold:g}]")
+            new["threshold_pct"] = min(max(t, lim_cfg.min_threshold), lim_cfg.max_threshold)
         validated = GateSettings.model_validate(new)  # ValidationError is a ValueError
         self.settings = validated
         if limit is not None or validated.limit != s.limit:
@@ -266,7 +279,8 @@ class Gate:
         s = self.settings
         return GateStatus(
             threshold_pct=s.threshold_pct, limit=s.limit, min_inflight=s.min_inflight, min_limit=s.limiter.min_limit,
-            max_limit=s.limiter.max_limit, adaptive=s.adaptive, max_queue=s.max_queue,
+            max_limit=s.limiter.max_limit, min_threshold_pct=s.limiter.min_threshold,
+            max_threshold_pct=s.limiter.max_threshold, adaptive=s.adaptive, max_queue=s.max_queue,
             queue_timeout_s=s.queue_timeout_s, inflight=self.inflight,
             queue_length=sum(1 for f in self._waiters if not f.done()), admitted=self.admitted,
             deferred=self.deferred, rejected=self.rejected_queue_full + self.rejected_timeout,

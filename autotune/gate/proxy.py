@@ -57,7 +57,7 @@ def control_routes(gate: Gate) -> list[Route]:
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
             allowed = {"threshold_pct", "limit", "min_limit", "max_limit", "adaptive", "max_queue",
-                       "queue_timeout_s", "min_inflight"}
+                       "queue_timeout_s", "min_inflight", "min_threshold_pct", "max_threshold_pct"}
             unknown = set(body) - allowed
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)}; allowed {sorted(allowed)}")

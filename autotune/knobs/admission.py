@@ -1,9 +1,14 @@
 """Knob ``admission``: the gate's PSI threshold and concurrency limit, set over HTTP.
 
 Target: the gate's control URL ("http://127.0.0.1:8100"). Value: comma-separated settings,
-normalized to ``threshold=40,limit=4,min_limit=1,max_limit=64,adaptive=on`` (threshold in
-percent of PSI some avg10, or "off"). A proposal may name a subset ("limit=6"): the rest is
-taken from the gate's current settings. Read = GET /gate/status; write = POST /gate/config;
+normalized to ``threshold=40,limit=4,min_limit=1,max_limit=64,min_threshold=10,
+max_threshold=90,adaptive=on`` (thresholds in percent of PSI some avg10, or "off"). A proposal
+may name a subset ("limit=6"): the rest is taken from the gate's current settings.
+
+With ``adaptive=on`` the gate moves ``threshold`` and ``limit`` itself, by design: they are its
+controller's state, so ``same`` ignores them and only the bounds and the mode count as our
+value (otherwise every adaptation would read as drift and the target would go unmanaged). To
+steer an adaptive gate, set the bounds: ``min_threshold=90`` stops it holding on pressure. Read = GET /gate/status; write = POST /gate/config;
 restore = POST the recorded settings back. Nothing here touches host files, so the Host's
 ``writable`` flag does not apply; dry run is still ``change(dry_run=True)``.
 """
@@ -19,10 +24,13 @@ from autotune.errors import HostError, InvalidValue, TargetGone
 from autotune.host import Host
 from autotune.knobs.base import Knob, KnobState
 
-KEYS = ("threshold", "limit", "min_limit", "max_limit", "adaptive")
+KEYS = ("threshold", "limit", "min_limit", "max_limit", "min_threshold", "max_threshold", "adaptive")
+PERCENT_KEYS = ("threshold", "min_threshold", "max_threshold")
+ADAPTED = ("threshold", "limit")  # moved by the gate itself while adaptive=on
 # our key -> /gate/config field
 FIELDS = {"threshold": "threshold_pct", "limit": "limit", "min_limit": "min_limit",
-          "max_limit": "max_limit", "adaptive": "adaptive"}
+          "max_limit": "max_limit", "min_threshold": "min_threshold_pct",
+          "max_threshold": "max_threshold_pct", "adaptive": "adaptive"}
 
 
 def parse_value(value: str) -> dict[str, str]:
@@ -36,16 +44,17 @@ def parse_value(value: str) -> dict[str, str]:
         key, val = key.strip(), val.strip().lower()
         if not sep or key not in KEYS:
             raise InvalidValue(f"admission: {part!r} is not KEY=VALUE with KEY in {', '.join(KEYS)}")
-        if key == "threshold":
-            if val in ("off", "none"):
+        if key in PERCENT_KEYS:
+            if key == "threshold" and val in ("off", "none"):
                 val = "off"
             else:
                 try:
                     t = float(val)
                 except ValueError as err:
-                    raise InvalidValue(f"admission: threshold={val!r} is not a number or 'off'") from err
+                    hint = " or 'off'" if key == "threshold" else ""
+                    raise InvalidValue(f"admission: {key}={val!r} is not a number{hint}") from err
                 if not 0 <= t <= 100:
-                    raise InvalidValue(f"admission: threshold={val} outside 0..100 (percent PSI some avg10)")
+                    raise InvalidValue(f"admission: {key}={val} outside 0..100 (percent PSI some avg10)")
                 val = f"{t:g}"
         elif key == "adaptive":
             if val not in ("on", "off", "true", "false", "1", "0"):
@@ -76,6 +85,8 @@ def settings_from_status(status: dict) -> dict[str, str]:
         "limit": str(int(status["limit"])),
         "min_limit": str(int(status["min_limit"])),
         "max_limit": str(int(status["max_limit"])),
+        "min_threshold": f"{float(status['min_threshold_pct']):g}",
+        "max_threshold": f"{float(status['max_threshold_pct']):g}",
         "adaptive": "on" if status.get("adaptive") else "off",
     }
 
@@ -83,8 +94,8 @@ def settings_from_status(status: dict) -> dict[str, str]:
 def config_body(settings: dict[str, str]) -> dict:
     body: dict = {}
     for key, val in settings.items():
-        if key == "threshold":
-            body["threshold_pct"] = None if val == "off" else float(val)
+        if key in PERCENT_KEYS:
+            body[FIELDS[key]] = None if val == "off" else float(val)
         elif key == "adaptive":
             body["adaptive"] = val == "on"
         else:
@@ -133,6 +144,16 @@ class AdmissionKnob(Knob):
             raise InvalidValue(f"admission: min_limit {lo} > max_limit {hi}")
         if not lo <= lim <= hi:
             raise InvalidValue(f"admission: limit {lim} outside [min_limit {lo}, max_limit {hi}]")
+        tlo, thi = float(proposed["min_threshold"]), float(proposed["max_threshold"])
+        if tlo > thi:
+            raise InvalidValue(f"admission: min_threshold {tlo:g} > max_threshold {thi:g}")
+        if proposed["threshold"] != "off":
+            t = float(proposed["threshold"])
+            if not tlo <= t <= thi:
+                if "threshold" in parse_value(value):
+                    raise InvalidValue(f"admission: threshold {t:g} outside [min_threshold {tlo:g}, "
+                                       f"max_threshold {thi:g}]")
+                proposed["threshold"] = f"{min(max(t, tlo), thi):g}"  # the gate clamps it the same way
         return format_value(proposed)
 
     def write(self, host: Host, target: str, value: str) -> None:
@@ -159,9 +180,12 @@ class AdmissionKnob(Knob):
         if a is None or b is None:
             return a == b
         pa, pb = parse_value(a), parse_value(b)
+        adaptive = pa.get("adaptive") == pb.get("adaptive") == "on"
         for key in set(pa) & set(pb):
             x, y = pa[key], pb[key]
-            if key == "threshold" and "off" not in (x, y):
+            if adaptive and key in ADAPTED and not (key == "threshold" and "off" in (x, y)):
+                continue  # the gate's own controller moves these; not drift
+            if key in PERCENT_KEYS and "off" not in (x, y):
                 if abs(float(x) - float(y)) > 0.01:
                     return False
             elif x != y:

@@ -75,7 +75,7 @@ def test_rules_stay_inside_their_bounds(setup):
                 ("cgroup.cpu_weight", "/b-1/neighbour"): "10"})
     got = actions_for(setup, cur, **{"svc.llm.cpu.quota_cores": 1.5})
     assert not any(k[0].startswith("cgroup.") for k in got), got
-    assert got[("admission", GATE)].startswith("threshold=90")
+    assert got[("admission", GATE)] == "min_threshold=90"
 
 
 def test_only_the_documented_knobs(setup):

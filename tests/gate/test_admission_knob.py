@@ -26,7 +26,7 @@ def gate_url(run_app):
 def test_read_reports_normalized_settings(gate_url):
     gate, url = gate_url
     st = AdmissionKnob().read(HOST, url)
-    assert st.value == "threshold=40,limit=4,min_limit=1,max_limit=16,adaptive=off"
+    assert st.value == "threshold=40,limit=4,min_limit=1,max_limit=16,min_threshold=10,max_threshold=90,adaptive=off"
     assert st.raw == {"gate_config": st.value}
 
 
@@ -35,7 +35,8 @@ def test_change_partial_value_and_restore(gate_url):
     knob = AdmissionKnob()
     recorded = []
     res = knob.change(HOST, url, "limit=6, threshold=55.0", before_write=lambda s, p: recorded.append(s))
-    assert res.changed and res.proposed == "threshold=55,limit=6,min_limit=1,max_limit=16,adaptive=off"
+    assert res.changed and res.proposed == ("threshold=55,limit=6,min_limit=1,max_limit=16,min_threshold=10,"
+                                            "max_threshold=90,adaptive=off")
     assert gate.settings.limit == 6 and gate.settings.threshold_pct == 55
     assert recorded and recorded[0].value.startswith("threshold=40,limit=4")
     knob.restore(HOST, res.before)
@@ -57,7 +58,8 @@ def test_threshold_off(gate_url):
 
 
 @pytest.mark.parametrize("bad", ["limit=0", "threshold=120", "threshold=abc", "speed=3", "limit", "",
-                                 "limit=40", "min_limit=8,max_limit=2"])
+                                 "limit=40", "min_limit=8,max_limit=2", "min_threshold=80,max_threshold=20",
+                                 "min_threshold=101", "threshold=95"])
 def test_invalid_values_rejected(gate_url, bad):
     _, url = gate_url
     with pytest.raises(InvalidValue):
@@ -74,3 +76,31 @@ def test_no_gate_is_target_gone():
         port = s.getsockname()[1]
     with pytest.raises(TargetGone):
         AdmissionKnob(timeout=1).read(HOST, f"http://127.0.0.1:{port}")
+
+
+def test_adaptive_gate_moving_its_own_threshold_is_not_drift():
+    """The benchmark's autotune row: the agent set threshold 90, the adaptive gate then moved it
+    to 68, and the agent called that drift and gave the gate up. With adaptive on, threshold
+    and limit are the gate's controller state; only the bounds and the mode are ours."""
+    knob = AdmissionKnob()
+    ours = "threshold=90,limit=4,min_limit=1,max_limit=64,min_threshold=90,max_threshold=95,adaptive=on"
+    moved = "threshold=92,limit=9,min_limit=1,max_limit=64,min_threshold=90,max_threshold=95,adaptive=on"
+    assert knob.same(ours, moved)
+    assert not knob.same(ours, moved.replace("min_threshold=90", "min_threshold=10"))  # someone re-bounded it
+    assert not knob.same(ours.replace("on", "off"), moved.replace("on", "off"))  # static gate: exact values
+    assert not knob.same(ours, moved.replace("threshold=92", "threshold=off"))  # pressure hold switched off
+
+
+def test_bounds_steer_an_adaptive_gate(run_app):
+    gate = Gate(GateSettings(threshold_pct=24, limit=4, adaptive=True))
+    url = run_app(build_app(gate, "http://127.0.0.1:9")).url
+    knob = AdmissionKnob()
+    res = knob.change(HOST, url, "min_threshold=90")  # live threshold 24 is clamped up with it
+    assert res.changed and "threshold=90," in res.proposed
+    assert gate.settings.limiter.min_threshold == 90 and gate.settings.threshold_pct == 90
+    for _ in range(50):  # slow requests under pressure would lower it; the bound holds
+        gate.settings.threshold_pct = gate.settings.threshold_pct  # (validated assignment)
+        gate._adapt(10.0, 1)
+    assert gate.settings.threshold_pct >= 90
+    knob.restore(HOST, res.before)
+    assert gate.settings.limiter.min_threshold == 10 and gate.settings.threshold_pct == 24
