@@ -336,14 +336,16 @@ def plot(cells: list[Cell], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for name in dict.fromkeys(c.config for c in cells):
+        color = palette[list(CONFIGS).index(name) % len(palette)] if name in CONFIGS else None
         rows = [c for c in cells if c.config == name]
         xs = [c.concurrency for c in rows if c.p95_s is not None]
-        ax1.plot(xs, [c.p95_s for c in rows if c.p95_s is not None], marker="o", label=name)
+        ax1.plot(xs, [c.p95_s for c in rows if c.p95_s is not None], marker="o", label=name, color=color)
         nx = [c.concurrency for c in rows if c.neighbour_ops_per_s is not None]
-        if nx:
+        if nx:  # same colour per config in both panels (alone has no neighbour)
             ax2.plot(nx, [c.neighbour_ops_per_s for c in rows if c.neighbour_ops_per_s is not None],
-                     marker="s", label=name)
+                     marker="s", label=name, color=color)
     ax1.set(xlabel="client concurrency", ylabel="p95 end-to-end latency (s)", yscale="log",
             title="LLM service")
     ax2.set(xlabel="client concurrency", ylabel="ops/s", title="Noisy neighbour throughput")
@@ -380,7 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="print the estimated wall time of this run (bench/estimate.py) and exit")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--report", type=Path, default=None, metavar="SUMMARY_CSV",
-                   help="print the table (and its markdown) of an earlier run's summary.csv and exit")
+                   help="print the table of an earlier run's summary.csv; (re)write table.md and plot.png beside it")
     a = p.parse_args(argv)
     if a.warmup_s is None:
         a.warmup_s = 45.0 if a.quick else 90.0
@@ -406,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = read_summary(args.report)
         print_table(cells)
         print(markdown_table(cells))
+        (args.report.parent / "table.md").write_text(markdown_table(cells) + "\n")
+        plot(cells, args.report.parent / "plot.png")
         return 0
     if args.estimate:
         from bench.estimate import estimate_wall_s

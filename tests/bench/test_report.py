@@ -28,6 +28,8 @@ def test_report_reads_back_and_computes_ratios(tmp_path, capsys):
     assert "| autotune | 1 |" in row and "| 3.33x |" in row and "| 1.20x |" in row and "| 90000 | 3 | 1 | 2 |" in row
     assert main(["--report", str(path)]) == 0
     assert "| static | 1 |" in capsys.readouterr().out
+    assert (tmp_path / "table.md").read_text().splitlines() == md
+    assert (tmp_path / "plot.png").stat().st_size > 1000
 
 
 def test_report_names_a_file_that_is_not_a_summary(tmp_path):
