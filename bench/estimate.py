@@ -2,23 +2,23 @@
 
 The server is CPU-bound, so a run's wall time is ~ requests x (seconds per request at that
 concurrency): beyond c=2 (two server workers) throughput no longer grows. Per-request times
-below were measured on the 2-core dev VM (GPT-2 124M, 50 tokens, 2 server workers, other
-engineers' tests also running: treat as upper-side figures) with
-``--configs alone,contended,static,gate --concurrency 1,4 --requests 4 --repeats 1``;
-``static+psi`` is taken as ``static``, ``autotune`` as ``alone`` (quota raised to 1.5 cores,
-weights favouring the server) and is not measured yet. The tiny model is ~20x cheaper.
+below are cell wall times / requests from the committed full run on the quiet 2-vCPU VM
+(bench/results/2026-11-23-gpt2-full: GPT-2 124M, 50 tokens, 2 server workers, 55 min for
+``--repeats 2 --requests 20``). ``static-seed-threads`` is not measured: ~1.8x static, from the
+brief's 20-token measurement (2 threads 4.49 s vs 1 thread 2.49 s under 0.5 core). The tiny
+model is ~20x cheaper.
 """
 
 from __future__ import annotations
 
 # config -> (s/request at c=1, s/request at c>=2), GPT-2 124M, steady state (after warm-up)
 GPT2_S_PER_REQUEST: dict[str, tuple[float, float]] = {
-    "alone": (2.1, 1.6),
-    "contended": (24.6, 3.2),  # 2 intra-op threads against 2 CPU burners, one request at a time
-    "static": (4.4, 4.4),
-    "static+psi": (4.4, 4.4),
-    "gate": (4.1, 4.2),
-    "autotune": (2.1, 1.6),
+    "alone": (2.2, 1.35),
+    "contended": (3.0, 1.95),
+    "static": (4.6, 4.8),
+    "static+psi": (4.6, 4.2),  # the seed's gate drops requests after 10 retries at c>=4
+    "gate": (4.8, 4.7),
+    "autotune": (2.3, 1.9),
     "static-seed-threads": (8.0, 8.0),  # ~1.8x static (the brief: 4.49 s vs 2.49 s, 2 vs 1 thread)
 }
 PER_CONFIG_OVERHEAD_S = {"gpt2": 30.0, "tiny": 10.0}  # server + neighbour start, warm-up requests
