@@ -7,14 +7,16 @@ drop a floored service's *guaranteed* CPU below its floor.
 
 Guaranteed CPU of service n under full contention, from the configured services only:
 
-- by caps: the cpus n may use minus what the others can take on them at most
-  (each other's quota, or the cpus it shares with n when unlimited);
-- by weight: n's weight share of its cpus against the others sharing them (0 if idle);
+- available: the cpus n may use, minus ``reserve`` (CPU measured in use by everything outside
+  the configured services: the agent, a gate, a load balancer... they are not ours to cap);
+- by caps: available minus what the others can take at most (each other's quota, or the cpus
+  it shares with n when unlimited);
+- by weight: n's weight share of the available cpus against the others sharing them (0 if idle);
 - guaranteed = min(n's own cap, max(by caps, by weight)).
 
-Processes outside the configured services are not counted; the floor is as good as the
-service list is complete. A change that does not lower a guarantee is never refused, so an
-already-broken floor does not freeze the agent.
+A change that would break a floor is shrunk to the largest step that keeps it (``clamp``) and
+refused only when no useful step is left. A change that does not lower a guarantee is never
+refused, so an already-broken floor does not freeze the agent.
 """
 
 from __future__ import annotations
@@ -64,10 +66,20 @@ def shares_from(snapshot: Snapshot | None, services: list[Service]) -> dict[str,
     return out
 
 
-def guaranteed(name: str, shares: dict[str, CpuShare], ncpu: int) -> float:
+def reserve_from(metrics: dict[str, float] | None, services: list[Service], ncpu: int) -> float:
+    """Cores busy outside the configured services: host busy cores minus their usage."""
+    if not metrics or "cpu.util_pct" not in metrics:
+        return 0.0
+    busy = metrics["cpu.util_pct"] / 100.0 * ncpu
+    ours = sum(metrics.get(f"svc.{s.name}.cpu.usage_cores", 0.0) for s in services)
+    return max(0.0, busy - ours)
+
+
+def guaranteed(name: str, shares: dict[str, CpuShare], ncpu: int, reserve: float = 0.0) -> float:
     """Cores ``name`` gets when every configured service wants all it can have."""
     me = shares[name]
     mine = me.cpus if me.cpus is not None else frozenset(range(ncpu))
+    room = max(0.0, len(mine) - reserve * len(mine) / max(1, ncpu))
     own_cap = min(me.quota_cores if me.quota_cores is not None else math.inf, float(len(mine)))
     taken, rival_weight = 0.0, 0
     for other, s in shares.items():
@@ -78,11 +90,11 @@ def guaranteed(name: str, shares: dict[str, CpuShare], ncpu: int) -> float:
             continue
         taken += min(s.quota_cores if s.quota_cores is not None else math.inf, float(overlap))
         rival_weight += 0 if s.idle else s.weight
-    by_caps = max(0.0, len(mine) - taken)
+    by_caps = max(0.0, room - taken)
     if me.idle:
-        by_weight = 0.0 if rival_weight else float(len(mine))
+        by_weight = 0.0 if rival_weight else room
     else:
-        by_weight = len(mine) * me.weight / (me.weight + rival_weight)
+        by_weight = room * me.weight / (me.weight + rival_weight)
     return min(own_cap, max(by_caps, by_weight))
 
 
@@ -103,7 +115,7 @@ def _after(share: CpuShare, knob: str, value: str) -> CpuShare:
     return share
 
 
-def violation(action: Action, shares: dict[str, CpuShare], ncpu: int) -> str | None:
+def violation(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float = 0.0) -> str | None:
     """Why ``action`` would break a service's floor, or None if it keeps every floor."""
     if action.knob not in CPU_KNOBS or ncpu <= 0:
         return None
@@ -120,8 +132,52 @@ def violation(action: Action, shares: dict[str, CpuShare], ncpu: int) -> str | N
     for name, s in shares.items():
         if s.floor is None:
             continue
-        was, now = guaranteed(name, shares, ncpu), guaranteed(name, after, ncpu)
+        was, now = guaranteed(name, shares, ncpu, reserve), guaranteed(name, after, ncpu, reserve)
         if now + EPS < s.floor and now + EPS < was:
             return (f"would leave {name} {now:.2f} guaranteed cores (was {was:.2f}), "
                     f"below its min_cpu_cores {s.floor:g}")
     return None
+
+
+STEPPABLE = ("cgroup.cpu_quota", "cgroup.cpu_weight")
+
+
+def clamp(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float = 0.0,
+          min_step: float = 0.05) -> Action | None:
+    """The largest part of a numeric quota/weight step that keeps every floor, or None.
+
+    Bisects between the current and the proposed value; a step under ``min_step`` (relative)
+    is not worth a change and verification window.
+    """
+    if action.knob not in STEPPABLE or action.current is None:
+        return None
+    try:
+        lo = float(action.current)
+        hi = float(action.proposed) if action.proposed.strip().lower() not in ("max", "-1") else float(ncpu)
+    except ValueError:
+        return None
+
+    def ok(v: float) -> bool:
+        return violation(action.model_copy(update={"proposed": fmt(v)}), shares, ncpu, reserve) is None
+
+    def fmt(v: float) -> str:
+        return str(int(round(v))) if action.knob == "cgroup.cpu_weight" else f"{v:.2f}".rstrip("0").rstrip(".")
+
+    if not ok(lo):
+        return None
+    good = lo
+    a, b = lo, hi
+    for _ in range(30):
+        mid = (a + b) / 2
+        if ok(mid):
+            good, a = mid, mid
+        else:
+            b = mid
+    if action.knob == "cgroup.cpu_quota":  # round toward the current value: stay on the safe side
+        good = math.floor(good * 100) / 100 if hi > lo else math.ceil(good * 100) / 100
+    if abs(good - lo) < min_step * max(abs(lo), 1e-9) or not ok(good):
+        return None
+    return action.model_copy(update={
+        "proposed": fmt(good),
+        "rationale": f"{action.rationale} (step cut from {action.proposed} to {fmt(good)} to keep the "
+                     f"neighbours' min_cpu_cores)"})

@@ -27,6 +27,7 @@ class GateView(BaseModel):
     changes_last_hour: int = 0
     cpu_shares: dict[str, floor.CpuShare] = {}  # configured services' cpu, for floor checks
     ncpu: int = 0
+    cpu_reserve: float = 0.0  # cores busy outside the configured services
 
 
 class Decision(BaseModel):
@@ -52,10 +53,13 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
         if (a.knob, a.target) in view.unmanaged:
             skipped.append((key, "target unmanaged after drift (operator must re-enable)"))
             continue
-        broken = floor.violation(a, view.cpu_shares, view.ncpu)
+        broken = floor.violation(a, view.cpu_shares, view.ncpu, view.cpu_reserve)
         if broken is not None:
-            skipped.append((key, f"cpu floor: {broken}"))
-            continue
+            smaller = floor.clamp(a, view.cpu_shares, view.ncpu, view.cpu_reserve)
+            if smaller is None:
+                skipped.append((key, f"cpu floor: {broken}"))
+                continue
+            a = smaller
         if any(t == a.target for (_, t) in view.in_flight):
             skipped.append((key, "a change on this target is still being verified"))
             continue

@@ -95,6 +95,7 @@ class Agent:
         self._not_before: dict[int, float] = {}  # entry id -> earliest re-verification (after a restart)
         self.started_ts: float | None = None
         self._ranker: Any = None
+        self._last_metrics: dict[str, float] | None = None
         self._ranker_marker: tuple[int, int | None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
@@ -280,6 +281,7 @@ class Agent:
             changes_last_hour=self.journal.changes_since(now - 3600),
             cpu_shares=floor.shares_from(self.window[-1] if self.window else None, self.cfg.services),
             ncpu=self.host.ncpu,
+            cpu_reserve=floor.reserve_from(self._last_metrics, self.cfg.services, self.host.ncpu),
         )
 
     def evaluate(self, now: float | None = None) -> gating.Decision | None:
@@ -290,6 +292,7 @@ class Agent:
         if not self.window:
             return None
         history = self._history()
+        self._last_metrics = history[-1][1] if history else None
         symptoms, actions, self.detector = evaluate(
             self.ruleset, self.cfg, history, self.detector, self._read_current, now,
             cooldowns=self._cooldowns() if self.mode == "apply" else None,

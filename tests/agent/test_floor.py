@@ -2,7 +2,7 @@
 
 import pytest
 
-from autotune.agent.floor import CpuShare, guaranteed, shares_from, violation
+from autotune.agent.floor import CpuShare, clamp, guaranteed, reserve_from, shares_from, violation
 from autotune.agent.gating import GateView, select_action
 from autotune.config import Service, Verification
 from autotune.types import Action, CgroupReading, ServiceReading, Snapshot
@@ -95,3 +95,39 @@ def test_shares_from_a_snapshot():
     assert list(s) == ["neighbour"]  # no cgroup reading for llm: nothing to judge it by
     assert s["neighbour"] == CpuShare(cgroup="/b/neighbour", weight=10, cpus=frozenset({0, 1}), floor=0.5)
     assert shares_from(None, svcs) == {}
+
+
+def test_cpu_used_outside_the_services_is_reserved():
+    """Run 2 of the GPT-2 bench: quota 1.5 of 2 cores left the neighbour 0.44, not 0.5, because
+    the load generator, gate and agent (~0.06 core) run outside both cgroups."""
+    s = bench_shares(server_quota=1.5, server_w=10000)
+    assert guaranteed("neighbour", s, 2, reserve=0.06) == pytest.approx(0.44)
+    assert violation(act("cgroup.cpu_quota", "/b/server", "1.5"), bench_shares(server_w=10000), 2, 0.06) is not None
+    m = {"cpu.util_pct": 100.0, "svc.llm.cpu.usage_cores": 1.5, "svc.neighbour.cpu.usage_cores": 0.44}
+    svcs = [Service(name="llm", cgroup="/b/server"), Service(name="neighbour", role="neighbour", cgroup="/b/n")]
+    assert reserve_from(m, svcs, 2) == pytest.approx(0.06)
+    assert reserve_from({}, svcs, 2) == 0.0
+    assert reserve_from({**m, "cpu.util_pct": 50.0}, svcs, 2) == 0.0  # never negative
+
+
+def test_a_too_large_step_is_cut_to_what_keeps_the_floor():
+    s = bench_shares(server_w=10000)  # server at 0.5 core
+    a = act("cgroup.cpu_quota", "/b/server", "1.5").model_copy(update={"current": "0.5"})
+    cut = clamp(a, s, 2, reserve=0.06)
+    assert cut is not None and cut.proposed == "1.44" and "step cut from 1.5 to 1.44" in cut.rationale
+    assert violation(cut, s, 2, 0.06) is None
+    at_cap = bench_shares(server_quota=1.44, server_w=10000)
+    again = act("cgroup.cpu_quota", "/b/server", "4.32").model_copy(update={"current": "1.44"})
+    assert clamp(again, at_cap, 2, reserve=0.06) is None  # no useful step left: refused
+    w = act("cgroup.cpu_weight", "/b/neighbour", "10").model_copy(update={"current": "100"})
+    unlimited = bench_shares(server_quota=None, server_w=100)
+    cutw = clamp(w, unlimited, 2)  # weight share must stay >= 0.5 of 2 cores: 100 -> 34 at most
+    assert cutw is not None and 33 <= int(cutw.proposed) <= 34
+    assert clamp(act("thp", "always", "never"), s, 2) is None
+
+
+def test_gating_takes_the_cut_step():
+    view = GateView(cpu_shares=bench_shares(server_w=10000), ncpu=2, cpu_reserve=0.06)
+    a = act("cgroup.cpu_quota", "/b/server", "1.5").model_copy(update={"current": "0.5"})
+    d = select_action([a], view, 0, V)
+    assert d.chosen is not None and d.chosen.proposed == "1.44"

@@ -291,10 +291,11 @@ FLOOR_RULES = RULES.split("rules:")[0] + """rules:
 """
 
 
-@pytest.mark.parametrize("floor, applied", [(1.5, False), (0.5, True)])
-def test_neighbour_floor_is_enforced_by_the_agent(tmp_path, host_root, rules_dir, floor, applied):
+@pytest.mark.parametrize("floor, quota", [(1.5, "50000\n"), (1.9, "20000\n"), (0.5, "-1\n")])
+def test_neighbour_floor_is_enforced_by_the_agent(tmp_path, host_root, rules_dir, floor, quota):
     """Unlimiting the llm (0.2 core, shares 512) would leave a 1024-shares neighbour 1.33 of the
-    2 cores under contention: refused against a 1.5-core floor, allowed against 0.5."""
+    2 cores under contention: against a 1.5-core floor the step is cut to 0.5 core (2 - 1.5),
+    against 1.9 nothing useful is left (refused), against 0.5 it goes through."""
     (rules_dir / "test.yaml").write_text(FLOOR_RULES)
     cpu = host_root / "sys/fs/cgroup/cpu"
     quota_file = cpu / "autotune-fixture/llm/cpu.cfs_quota_us"
@@ -310,10 +311,8 @@ def test_neighbour_floor_is_enforced_by_the_agent(tmp_path, host_root, rules_dir
         Service(name="neighbour", role="neighbour", cgroup="/autotune-fixture/neighbour", min_cpu_cores=floor)]})
     psi = Psi(host_root)
     drive(agent, clock, psi, 25, after_pct=20.0)
-    changed = quota_file.read_text() != "20000\n"
-    assert changed is applied
-    entries = agent.journal.entries()
-    assert bool(entries) is applied
+    assert quota_file.read_text().strip() == quota.strip()
+    assert bool(agent.journal.entries()) is (quota != "20000\n")
 
 
 def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rules_dir, canned_http):
