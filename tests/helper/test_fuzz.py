@@ -124,7 +124,9 @@ def _allowed(rel: str, content: str) -> bool:
 
 
 def _allowed_content(rel: str, c: str) -> bool:
-    if rel == "host/sys/fs/cgroup/cpu/autotune/llm/cpu.cfs_quota_us":
+    # the policy's subtree is /autotune: the subtree root itself is a target too (allow._under),
+    # so /autotune's own quota may change within the range, like /autotune/llm's
+    if rel in ("host/sys/fs/cgroup/cpu/autotune/llm/cpu.cfs_quota_us", "host/sys/fs/cgroup/cpu/autotune/cpu.cfs_quota_us"):
         return c == "-1" or 10000 <= int(c) <= 200000
     if rel == "host/proc/sys/vm/swappiness":
         return 0 <= float(c) <= 100
