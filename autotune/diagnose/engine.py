@@ -275,27 +275,15 @@ def same_value(knob: str, a: str | None, b: str | None) -> bool:
             return parse_cpulist(a) == parse_cpulist(b)
         except Exception:
             pass
-    if knob == "admission":  # "k=v,..." settings; a partial proposal matches on its own keys
-        pa, pb = _kv(a), _kv(b)
-        common = set(pa) & set(pb)
-        return bool(common) and all(_kv_equal(pa[k], pb[k]) for k in common)
+    if knob == "admission":  # the knob's own comparison: partial proposals, adaptive gates
+        from autotune.errors import InvalidValue
+        from autotune.knobs.admission import AdmissionKnob
+
+        try:
+            return AdmissionKnob().same(a, b)
+        except InvalidValue:
+            return False  # a malformed proposal differs; the knob's validate names the error
     return a.strip() == b.strip()
-
-
-def _kv(text: str) -> dict[str, str]:
-    out = {}
-    for part in text.split(","):
-        key, sep, val = part.partition("=")
-        if sep:
-            out[key.strip()] = val.strip()
-    return out
-
-
-def _kv_equal(x: str, y: str) -> bool:
-    nx, ny = _num(x), _num(y)
-    if nx is not None and ny is not None:
-        return abs(nx - ny) <= 0.01
-    return x == y
 
 
 def _clamp(x: float, spec: ActionSpec, m: dict[str, float], svc: str | None) -> float:

@@ -135,7 +135,8 @@ class AdmissionKnob(Knob):
         return KnobState(knob=self.name, target=target, value=value, raw={"gate_config": value})
 
     def validate(self, host: Host, target: str, value: str) -> str:
-        proposed = parse_value(value)
+        asked = parse_value(value)
+        proposed = dict(asked)
         if set(proposed) != set(KEYS):  # partial: fill the rest from the live gate
             current = parse_value(self.read(host, target).value)
             proposed = {**current, **proposed}
@@ -150,7 +151,7 @@ class AdmissionKnob(Knob):
         if proposed["threshold"] != "off":
             t = float(proposed["threshold"])
             if not tlo <= t <= thi:
-                if "threshold" in parse_value(value):
+                if "threshold" in asked:
                     raise InvalidValue(f"admission: threshold {t:g} outside [min_threshold {tlo:g}, "
                                        f"max_threshold {thi:g}]")
                 proposed["threshold"] = f"{min(max(t, tlo), thi):g}"  # the gate clamps it the same way
@@ -181,7 +182,10 @@ class AdmissionKnob(Knob):
             return a == b
         pa, pb = parse_value(a), parse_value(b)
         adaptive = pa.get("adaptive") == pb.get("adaptive") == "on"
-        for key in set(pa) & set(pb):
+        common = set(pa) & set(pb)
+        if not common:  # partial values about different settings say nothing about each other
+            return False
+        for key in common:
             x, y = pa[key], pb[key]
             if adaptive and key in ADAPTED and not (key == "threshold" and "off" in (x, y)):
                 continue  # the gate's own controller moves these; not drift
