@@ -95,7 +95,6 @@ class Agent:
         self._not_before: dict[int, float] = {}  # entry id -> earliest re-verification (after a restart)
         self.started_ts: float | None = None
         self._ranker: Any = None
-        self._last_metrics: dict[str, float] | None = None
         self._ranker_marker: tuple[int, int | None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
@@ -268,7 +267,9 @@ class Agent:
                 out[rule.name] = ts
         return out
 
-    def gate_view(self, actions: list[Action], now: float) -> gating.GateView:
+    def gate_view(self, actions: list[Action], now: float,
+                  metrics: dict[str, float] | None = None) -> gating.GateView:
+        """``metrics``: the newest derived metrics (the floor's reserve is measured from them)."""
         unfinished = self.journal.unfinished()
         last_rule = {a.rule: ts for a in actions
                      if (ts := self.journal.last_change_ts(rule=a.rule)) is not None}
@@ -281,7 +282,7 @@ class Agent:
             changes_last_hour=self.journal.changes_since(now - 3600),
             cpu_shares=floor.shares_from(self.window[-1] if self.window else None, self.cfg.services),
             ncpu=self.host.ncpu,
-            cpu_reserve=floor.reserve_from(self._last_metrics, self.cfg.services, self.host.ncpu),
+            cpu_reserve=floor.reserve_from(metrics, self.cfg.services, self.host.ncpu),
         )
 
     def evaluate(self, now: float | None = None) -> gating.Decision | None:
@@ -292,7 +293,6 @@ class Agent:
         if not self.window:
             return None
         history = self._history()
-        self._last_metrics = history[-1][1] if history else None
         symptoms, actions, self.detector = evaluate(
             self.ruleset, self.cfg, history, self.detector, self._read_current, now,
             cooldowns=self._cooldowns() if self.mode == "apply" else None,
@@ -317,7 +317,8 @@ class Agent:
                          a.knob, a.target, a.current, a.proposed, a.rule,
                          "" if a.score is None else f", predicted {a.score:+.0%}")
             return None
-        decision = gating.select_action(actions, self.gate_view(actions, now), now, self.cfg.verification)
+        view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
+        decision = gating.select_action(actions, view, now, self.cfg.verification)
         for what, why in decision.skipped:
             log.debug("skipped %s: %s", what, why)
         if decision.chosen is not None:

@@ -24,9 +24,7 @@ def register(app: typer.Typer) -> None:
         r = from_journal(Journal(db).verified(limit=cfg.ranker.max_outcomes), min_outcomes=cfg.ranker.min_outcomes)
         groups: dict[tuple[str, str], list[float]] = defaultdict(list)
         for o in r.outcomes:
-            knob = next(k.split("=", 1)[1] for k in o.features if k.startswith("knob="))
-            rule = next(k.split("=", 1)[1] for k in o.features if k.startswith("rule="))
-            groups[(knob, rule)].append(o.improvement)
+            groups[(o.knob, o.rule)].append(o.improvement)
         rows = [{"knob": k, "rule": ru, "n": len(v), "mean_improvement": sum(v) / len(v)}
                 for (k, ru), v in sorted(groups.items(), key=lambda kv: -sum(kv[1]) / len(kv[1]))]
         if json_out:

@@ -37,6 +37,8 @@ class Outcome(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     entry_id: int
+    knob: str
+    rule: str
     features: dict[str, float]
     improvement: float  # + = the objective got better, relative, clipped to +-CLIP
 
@@ -88,7 +90,7 @@ def outcome_of(entry: Any) -> Outcome | None:
     if effect is None or vr.get("verdict") not in ("improved", "regressed", "inconclusive"):
         return None
     gain = -effect if vr.get("direction", "lower_is_better") == "lower_is_better" else effect
-    return Outcome(entry_id=entry.id, improvement=max(-CLIP, min(CLIP, gain)),
+    return Outcome(entry_id=entry.id, knob=entry.knob, rule=entry.rule, improvement=max(-CLIP, min(CLIP, gain)),
                    features=features(entry.knob, entry.rule, entry.prior_value, entry.proposed,
                                      entry.service, entry.symptoms))
 

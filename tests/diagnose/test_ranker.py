@@ -112,11 +112,13 @@ def test_learns_which_knob_helps_and_outranks_rule_priority(journal):
 def test_unlearnable_outcomes_keep_priority_order():
     """Same features, outcomes pure noise: the model cannot beat the mean, so it is not used."""
     rng = random.Random(3)
-    outs = [Outcome(entry_id=i, features={"knob=k": 1.0, "rule=r": 1.0}, improvement=rng.uniform(-1, 1))
+    outs = [Outcome(entry_id=i, knob="k", rule="r", features={"knob=k": 1.0, "rule=r": 1.0},
+                    improvement=rng.uniform(-1, 1))
             for i in range(30)]
     r = Ranker(outs, min_outcomes=10)
     assert not r.status.active and "does not beat the mean" in r.status.reason
-    same = Ranker([Outcome(entry_id=i, features={"knob=k": 1.0}, improvement=0.1) for i in range(12)])
+    same = Ranker([Outcome(entry_id=i, knob="k", rule="r", features={"knob=k": 1.0}, improvement=0.1)
+                   for i in range(12)])
     assert not same.status.active and "same" in same.status.reason
 
 
