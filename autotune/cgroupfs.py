@@ -10,9 +10,16 @@ Vocabulary (what rules, knobs, journal and audit speak):
   v1 ``memory.limit_in_bytes`` for max, ``memory.soft_limit_in_bytes`` for high (the nearest v1
   notion: reclaimed first under global pressure; v1 has no throttling limit and no memory.low).
 - cpuset as a **cpu list** ("0-1"): v2 ``cpuset.cpus``, v1 ``cpuset.cpus``.
+
+This module is the one door to cgroup files for sensors, knobs, workload and bench: where a
+cgroup lives (``controller_dir``), which cgroup a process is in (``pid_cgroup``), the cpu
+bandwidth limit (``read_cpu_max`` / ``write_cpu_max`` / ``effective_cpu_quota_cores``) and
+moving a process in (``add_pid``). Everything goes through the ``Host``.
 """
 
 from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
 
 from autotune.errors import MissingFile, ParseError
 from autotune.host import Host
@@ -92,3 +99,132 @@ def quota_to_cores(quota_usec: int | None, period_usec: int) -> float | None:
     if quota_usec is None or quota_usec < 0:
         return None
     return quota_usec / period_usec
+
+
+def _int(text: str, source: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError as err:
+        raise ParseError(f"{source}: expected an integer, got {text.strip()[:40]!r}") from err
+
+
+class CpuMax(BaseModel):
+    """One cgroup's cpu bandwidth limit as the kernel holds it.
+
+    ``raw`` maps each file to its exact content in restore order (v1: the period first, so a
+    restore can unlimit the quota before touching the period).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    quota_usec: int | None  # None = unlimited
+    period_usec: int
+    raw: dict[str, str]
+
+    @property
+    def cores(self) -> float | None:
+        return quota_to_cores(self.quota_usec, self.period_usec)
+
+
+def cpu_max_files(host: Host, cgpath: str) -> tuple[int, list[str]]:
+    """(version, host paths of the quota files): v2 [cpu.max]; v1 [cfs_period_us, cfs_quota_us]."""
+    version = controller_version(host, "cpu")
+    d = controller_dir(host, "cpu", cgpath)
+    if version == 2:
+        return 2, [f"{d}/cpu.max"]
+    return 1, [f"{d}/cpu.cfs_period_us", f"{d}/cpu.cfs_quota_us"]
+
+
+def read_cpu_max(host: Host, cgpath: str) -> CpuMax:
+    """The cpu quota of ``cgpath`` (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` + period).
+
+    MissingFile when the controller or a file is absent; ParseError names a garbled file.
+    """
+    version, paths = cpu_max_files(host, cgpath)
+    raw = {p: host.read_text(p) for p in paths}
+    if version == 2:
+        (path, text), = raw.items()
+        quota, period = parse_cpu_max(text, source=path)
+        return CpuMax(version=2, quota_usec=quota, period_usec=period, raw=raw)
+    ppath, qpath = paths
+    quota, period = _int(raw[qpath], qpath), _int(raw[ppath], ppath)
+    return CpuMax(version=1, quota_usec=None if quota < 0 else quota, period_usec=period, raw=raw)
+
+
+def write_cpu_max(host: Host, cgpath: str, quota_usec: int | None, period_usec: int | None = None) -> None:
+    """Set the quota (None = unlimited). ``period_usec`` None keeps the current period.
+
+    v2: one write of "<quota|max> <period>"; v1: the period (when given) then the quota.
+    """
+    version, paths = cpu_max_files(host, cgpath)
+    if version == 2:
+        if period_usec is None:
+            period_usec = read_cpu_max(host, cgpath).period_usec
+        host.write_text(paths[0], f"{'max' if quota_usec is None else quota_usec} {period_usec}")
+        return
+    ppath, qpath = paths
+    if period_usec is not None:
+        host.write_text(ppath, str(period_usec))
+    host.write_text(qpath, str(-1 if quota_usec is None else quota_usec))
+
+
+def effective_cpu_quota_cores(host: Host, cgpath: str) -> float | None:
+    """Smallest cpu quota (cores) from ``cgpath`` up to the root; None when none is set.
+
+    Levels without quota files are skipped; a garbled file raises ParseError.
+    """
+    if host.cgroup.controller_version("cpu") is None:
+        return None
+    best: float | None = None
+    path = norm_cgpath(cgpath)
+    while True:
+        try:
+            cores = read_cpu_max(host, path).cores
+        except MissingFile:
+            cores = None
+        if cores is not None:
+            best = cores if best is None else min(best, cores)
+        if path == "/":
+            return best
+        path = norm_cgpath(path.rsplit("/", 1)[0] or "/")
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """/proc/<pid>/cgroup -> {controller: cgroup path}; the v2 ("0::") line is under "".
+
+    A v1 line serving several controllers ("1:cpu,cpuacct:/x") gives each of them.
+    """
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, ctrls, path = parts
+        if ctrls == "":
+            out.setdefault("", norm_cgpath(path))
+        for c in ctrls.split(","):
+            if c:
+                out.setdefault(c, norm_cgpath(path))
+    return out
+
+
+def pid_cgroup(host: Host, controller: str | None = None, pid: int | str = "self") -> str | None:
+    """The cgroup of ``pid`` in the hierarchy that manages ``controller`` (None: the v2 tree).
+
+    None when /proc/<pid>/cgroup has no such line (process gone, controller not mounted).
+    """
+    groups = parse_proc_cgroup(host.read_optional(f"/proc/{pid}/cgroup") or "")
+    if controller is None:
+        return groups.get("")
+    version = host.cgroup.controller_version(controller)
+    if version == 2:
+        return groups.get("")
+    if version == 1:
+        return groups.get(controller)
+    return None
+
+
+def add_pid(host: Host, cgdir: str, pid: int | str) -> None:
+    """Move ``pid`` into the cgroup at host path ``cgdir`` (one write to cgroup.procs)."""
+    host.write_text(f"{cgdir}/cgroup.procs", str(pid))

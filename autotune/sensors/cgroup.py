@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from autotune.cgroupfs import (
+    CpuMax,
     controller_dir,
     norm_cgpath,
-    parse_cpu_max,
-    quota_to_cores,
+    read_cpu_max,
     shares_to_weight,
     v2_dir,
 )
@@ -91,8 +91,11 @@ class _Reader:
     def get(self, path: str | None, parse: Callable[[str, str], T]) -> T | None:
         if path is None:
             return None
+        return self.call(lambda: parse(self.host.read_text(path), path))
+
+    def call(self, read: Callable[[], T]) -> T | None:
         try:
-            return parse(self.host.read_text(path), path)
+            return read()
         except MissingFile:
             return None
         except HostError as err:  # ParseError, permission, EIO...
@@ -109,6 +112,12 @@ def _dir(host: Host, controller: str, cgpath: str) -> tuple[int | None, str | No
     if version is None:
         return None, None
     return version, controller_dir(host, controller, cgpath)
+
+
+def _quota_into(fields: dict, cpu_max: CpuMax | None) -> None:
+    if cpu_max is not None and cpu_max.period_usec:
+        fields["cpu_period_usec"] = cpu_max.period_usec
+        fields["cpu_quota_cores"] = cpu_max.cores
 
 
 def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> CgroupReading:
@@ -137,11 +146,7 @@ def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> 
         fields["nr_throttled"] = stat.get("nr_throttled")
         if "throttled_time" in stat:  # nanoseconds in v1
             fields["throttled_usec"] = stat["throttled_time"] // 1000
-        period = r.get(f"{cpu_dir}/cpu.cfs_period_us", _int)
-        quota = r.get(f"{cpu_dir}/cpu.cfs_quota_us", _int)
-        fields["cpu_period_usec"] = period
-        if quota is not None and period:
-            fields["cpu_quota_cores"] = quota_to_cores(quota, period)
+        _quota_into(fields, r.call(lambda: read_cpu_max(host, cgpath)))
         shares = r.get(f"{cpu_dir}/cpu.shares", _int)
         fields["cpu_weight"] = shares_to_weight(shares) if shares is not None else None
     elif unified:
@@ -152,10 +157,7 @@ def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> 
         fields["nr_throttled"] = stat.get("nr_throttled")
         fields["throttled_usec"] = stat.get("throttled_usec")
         if cpu_v == 2:
-            qp = r.get(f"{unified}/cpu.max", lambda t, s: parse_cpu_max(t, source=s))
-            if qp is not None:
-                fields["cpu_quota_cores"] = quota_to_cores(qp[0], qp[1])
-                fields["cpu_period_usec"] = qp[1]
+            _quota_into(fields, r.call(lambda: read_cpu_max(host, cgpath)))
             fields["cpu_weight"] = r.get(f"{unified}/cpu.weight", _int)
     if acct_v == 1:
         usage_ns = r.get(f"{acct_dir}/cpuacct.usage", _int)
