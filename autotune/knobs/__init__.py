@@ -1,17 +1,28 @@
-"""Knob registry: names the rule engine emits -> Knob instances.
+"""Knob registry: names the rule engine emits -> Knob instances. The one list of knobs.
 
-``get_knob("cgroup.cpu_quota")``. Other components may add knobs (e.g. the gate's
-``admission``) with ``register_knob``; the registry itself stays import-light.
+``get_knob("cgroup.cpu_quota")``. One module per knob (``cgroup.cpu_quota`` lives in
+``knobs/cgroup/cpu_quota.py``); each knob declares the facts other code asks of it (see
+``knobs/base.Knob``). Tests may add knobs with ``register_knob``.
 """
 
 from __future__ import annotations
 
 from autotune.errors import ConfigError
 from autotune.knobs.admission import AdmissionKnob
+from autotune.knobs.advice import Advice
 from autotune.knobs.affinity import Affinity
 from autotune.knobs.base import ChangeResult, Knob, KnobState
-from autotune.knobs.cgroup import CGROUP_KNOBS
-from autotune.knobs.governor import Governor, GovernorEpp
+from autotune.knobs.cgroup.cpu_burst import CpuBurst
+from autotune.knobs.cgroup.cpu_idle import CpuIdle
+from autotune.knobs.cgroup.cpu_quota import CpuQuota
+from autotune.knobs.cgroup.cpu_weight import CpuWeight
+from autotune.knobs.cgroup.cpuset import Cpuset
+from autotune.knobs.cgroup.io_weight import IoWeight
+from autotune.knobs.cgroup.memory_high import MemoryHigh
+from autotune.knobs.cgroup.memory_low import MemoryLow
+from autotune.knobs.cgroup.memory_max import MemoryMax
+from autotune.knobs.governor import Governor
+from autotune.knobs.governor_epp import GovernorEpp
 from autotune.knobs.sysctl import Sysctl
 from autotune.knobs.thp import Thp
 
@@ -23,8 +34,11 @@ class UnknownKnob(ConfigError, KeyError):
 
 
 KNOBS: dict[str, Knob] = {
-    k.name: k for k in (Sysctl(), Thp(), Affinity(), Governor(), GovernorEpp(), AdmissionKnob(),
-                        *(cls() for cls in CGROUP_KNOBS))
+    k.name: k for k in (
+        Sysctl(), Thp(), Governor(), GovernorEpp(), Affinity(), AdmissionKnob(), Advice(),
+        CpuQuota(), CpuBurst(), CpuWeight(), CpuIdle(), Cpuset(),
+        MemoryHigh(), MemoryMax(), MemoryLow(), IoWeight(),
+    )
 }
 
 

@@ -16,13 +16,16 @@ restore = POST the recorded settings back. Nothing here touches host files, so t
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
 from autotune.errors import HostError, InvalidValue, TargetGone
 from autotune.host import Host
 from autotune.knobs.base import Knob, KnobState
+
+if TYPE_CHECKING:
+    from autotune.config import Config
 
 KEYS = ("threshold", "limit", "min_limit", "max_limit", "min_threshold", "max_threshold", "adaptive")
 PERCENT_KEYS = ("threshold", "min_threshold", "max_threshold")
@@ -106,6 +109,21 @@ def config_body(settings: dict[str, str]) -> dict:
 class AdmissionKnob(Knob):
     name: ClassVar[str] = "admission"
     description: ClassVar[str] = "Admission gate: PSI threshold (%) and concurrency limit (POST /gate/config)"
+    target_kind = "service"
+    needs_helper = False  # the gate's HTTP control API is unprivileged: the agent applies it
+
+    def resolve_target(self, host: Host, cfg: Config, target: str) -> str:
+        """Rules name the service; the knob talks to its gate (config ``admission_url``)."""
+        if "://" in target:
+            return target
+        try:
+            url = cfg.service(target).admission_url
+        except KeyError:
+            url = None
+        if not url:
+            raise TargetGone(f"admission: service {target!r} has no admission_url (no gate in "
+                             "front of it)")
+        return url
 
     def __init__(self, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
         self.timeout = timeout
@@ -178,9 +196,12 @@ class AdmissionKnob(Knob):
         self.write(host, state.target, state.raw.get("gate_config", state.value))
 
     def same(self, a: str | None, b: str | None) -> bool:
-        if a is None or b is None:
+        if a is None or b is None or a == b:
             return a == b
-        pa, pb = parse_value(a), parse_value(b)
+        try:
+            pa, pb = parse_value(a), parse_value(b)
+        except InvalidValue:
+            return False  # a malformed value differs; validate names what is wrong with it
         adaptive = pa.get("adaptive") == pb.get("adaptive") == "on"
         common = set(pa) & set(pb)
         if not common:  # partial values about different settings say nothing about each other

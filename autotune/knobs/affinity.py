@@ -10,11 +10,15 @@ Which pids may be touched is the helper's business (it resolves service names to
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from autotune.errors import HostError, InvalidValue, MissingFile, ParseError, TargetGone
 from autotune.host import Host, format_cpulist, parse_cpulist
 from autotune.knobs._util import invalid
 from autotune.knobs.base import Knob, KnobState
+
+if TYPE_CHECKING:
+    from autotune.config import Config
 
 MIXED = "mixed"
 
@@ -65,6 +69,29 @@ def online_cpus(host: Host) -> list[int]:
 class Affinity(Knob):
     name = "affinity"
     description = "cpu list for every thread of the service's processes"
+    target_kind = "service"  # rules and the helper's policy name services, never raw pids
+
+    def canonical(self, value: str) -> str:
+        try:
+            return format_cpulist(parse_cpulist(value))
+        except ValueError:
+            return value.strip()  # "mixed"
+
+    def resolve_target(self, host: Host, cfg: Config, target: str) -> str:
+        """A configured service -> "pids:<its pids>" (in production the helper does this from
+        its own policy; the dry-run and local actuators do it here)."""
+        if target.startswith("pids:"):
+            return target
+        from autotune.sensors.service import resolve_service
+
+        try:
+            svc = cfg.service(target)
+        except KeyError as err:
+            raise InvalidValue(f"affinity target {target!r} is not a configured [[service]]") from err
+        pids = resolve_service(host, svc).pids
+        if not pids:
+            raise TargetGone(f"affinity: service {target!r} has no processes")
+        return "pids:" + ",".join(str(p) for p in pids)
 
     def _masks(self, host: Host, target: str) -> dict[int, tuple[int, str]]:
         """tid -> (pid, cpulist) for every thread still alive."""

@@ -8,14 +8,26 @@ dry-run report exactly what a real apply would do.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from autotune.errors import HostError
 from autotune.host import Host
+
+if TYPE_CHECKING:
+    from autotune.config import Config, Service
+
+# What a knob's target names; the helper's policy confines each kind its own way.
+TargetKind = Literal[
+    "cgroup",  # a cgroup path: confined to policy subtrees
+    "key",  # a sysctl key: confined to listed keys, each with its own value range
+    "choice",  # one of a few fixed names (THP file, cpufreq policy)
+    "service",  # a configured service (resolved to pids, a gate URL...), or "host" for advice
+]
 
 
 class KnobState(BaseModel):
@@ -47,10 +59,20 @@ class ChangeResult(BaseModel):
 
 
 class Knob(ABC):
-    """One tunable. Subclasses live one per module in ``autotune/knobs/``."""
+    """One tunable. Subclasses live one per module in ``autotune/knobs/``.
+
+    Besides read/validate/write/restore a knob owns every fact other code needs about it, so
+    the rule loader, engine, actuator, floor and helper ask the knob and never test its name.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    target_kind: ClassVar[TargetKind]
+    numeric: ClassVar[bool] = False  # values are numbers a rule may step (factor/delta) and clamp
+    decimals: ClassVar[int] = 0  # a computed number is rounded to this many decimals
+    tolerance: ClassVar[float] = 0.0  # numbers this close are the same value
+    needs_helper: ClassVar[bool] = True  # written by the root helper; False: the agent applies it
+    advisory: ClassVar[bool] = False  # a recommendation for an operator, never read or applied
 
     @abstractmethod
     def read(self, host: Host, target: str) -> KnobState:
@@ -69,9 +91,53 @@ class Knob(ABC):
         for path, content in state.raw.items():
             host.write_text(path, content)
 
+    # -- values --------------------------------------------------------------------------
+    def format(self, x: float) -> str:
+        """A computed number (a rule's step or bound, a floor's cut) as a value of this knob."""
+        if self.decimals <= 0:
+            return str(int(round(x)))
+        return f"{round(x, self.decimals):.{self.decimals}f}".rstrip("0").rstrip(".")
+
+    def canonical(self, value: str) -> str:
+        """Host-free normal form two values are compared in (override: "0,1" is "0-1")."""
+        return value.strip()
+
     def same(self, a: str | None, b: str | None) -> bool:
-        """Compare two normalized values (override for tolerant numeric comparison)."""
-        return a == b
+        """THE comparison of two values of this knob: ``change``'s no-op and read-back checks,
+        drift, rollback and the engine's "already there" all use it. Numbers (numeric knobs)
+        within ``tolerance``; anything else by ``canonical`` form."""
+        if a is None or b is None:
+            return a == b
+        if self.numeric:
+            x, y = number(a), number(b)
+            if x is not None and y is not None:
+                return abs(x - y) <= self.tolerance
+        return self.canonical(a) == self.canonical(b)
+
+    # -- targets -------------------------------------------------------------------------
+    def check_target(self, target: str) -> None:
+        """Raise InvalidValue when a rule names a literal target this knob cannot take."""
+
+    def service_target(self, service: Service) -> str | None:
+        """The target a rule's ``service``/``neighbours`` means for this knob (None: none)."""
+        return service.name
+
+    def resolve_target(self, host: Host, cfg: Config, target: str) -> str:
+        """What read/write take for a rule-level target (a service name -> pids, a URL...).
+        TargetGone when the service has nothing to act on."""
+        return target
+
+    def host_files(self, host: Host, target: str) -> frozenset[str] | None:
+        """Exact host paths this knob reads and writes for ``target`` (the helper allows no
+        other); None when it has no fixed set (cgroup files: the policy confines the cgroup)."""
+        return None
+
+    # -- effects -------------------------------------------------------------------------
+    def cpu_share(self, value: str) -> dict[str, Any] | None:
+        """How setting ``value`` changes a service's CPU share as ``agent/floor`` models it:
+        a partial update of its fields ``quota_cores``, ``weight``, ``cpus``, ``idle``. None
+        when this knob does not touch guaranteed CPU; ValueError for a malformed value."""
+        return None
 
     def change(
         self,
@@ -101,3 +167,12 @@ class Knob(ABC):
             knob=self.name, target=target, before=before, proposed=proposed, after=after,
             changed=True,
         )
+
+
+def number(value: str) -> float | None:
+    """A finite number, or None ("max", "0-1", "threshold=40" are not numbers)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None

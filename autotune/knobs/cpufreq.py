@@ -1,4 +1,4 @@
-"""``governor`` and ``governor.epp``: cpufreq scaling governor / energy-performance preference.
+"""Shared plumbing of the cpufreq knobs (``governor``, ``governor.epp``).
 
 Target "all" (every cpufreq policy) or "policyN". Values are checked against what each touched
 policy lists as available; the raw record covers every policy touched, so one restore puts
@@ -7,6 +7,7 @@ each policy back to its own prior value.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from autotune.errors import InvalidValue, MissingFile
@@ -34,9 +35,27 @@ def policies(host: Host, target: str) -> list[str]:
     return [target]
 
 
-class _CpufreqChoice(Knob):
+class CpufreqChoice(Knob):
+    """One file per cpufreq policy holding one of the names its ``available_file`` lists."""
+
+    target_kind = "choice"
     file: ClassVar[str]
     available_file: ClassVar[str]
+
+    def check_target(self, target: str) -> None:
+        if target != "all":  # rules act on the whole machine; policyN is for operators
+            raise InvalidValue(f"{self.name} target must be 'all'")
+
+    def host_files(self, host: Host, target: str) -> frozenset[str] | None:
+        """The file in every policy the target covers that exists now (none: no cpufreq)."""
+        if target == "all":
+            try:
+                pols = [p for p in host.listdir(CPUFREQ_DIR) if re.fullmatch(r"policy\d+", p)]
+            except MissingFile:
+                pols = []
+        else:
+            pols = [target]
+        return frozenset(f"{CPUFREQ_DIR}/{p}/{self.file}" for p in pols)
 
     def read(self, host: Host, target: str) -> KnobState:
         raw: dict[str, str] = {}
@@ -63,17 +82,3 @@ class _CpufreqChoice(Knob):
     def write(self, host: Host, target: str, value: str) -> None:
         for pol in policies(host, target):
             host.write_text(f"{CPUFREQ_DIR}/{pol}/{self.file}", value)
-
-
-class Governor(_CpufreqChoice):
-    name = "governor"
-    description = "cpufreq scaling governor (performance, schedutil, ...)"
-    file = "scaling_governor"
-    available_file = "scaling_available_governors"
-
-
-class GovernorEpp(_CpufreqChoice):
-    name = "governor.epp"
-    description = "energy_performance_preference (intel_pstate/amd-pstate active mode)"
-    file = "energy_performance_preference"
-    available_file = "energy_performance_available_preferences"

@@ -17,6 +17,7 @@ from autotune.knobs.base import Knob, KnobState
 
 SYSCTL_ROOT = "/proc/sys"
 _KEY_RE = re.compile(r"^[a-z0-9_.\-/]+$")
+_RULE_KEY_RE = re.compile(r"[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+")  # rules name keys dotted
 
 
 def sysctl_path(target: str) -> str:
@@ -47,6 +48,18 @@ def normalize(text: str) -> str:
 class Sysctl(Knob):
     name = "sysctl"
     description = "kernel parameter under /proc/sys (value: the key's own format)"
+    target_kind = "key"
+    numeric = True  # single-number keys step; multi-field values compare field by field
+
+    def canonical(self, value: str) -> str:
+        return normalize(value)
+
+    def check_target(self, target: str) -> None:
+        if not _RULE_KEY_RE.fullmatch(target):
+            raise InvalidValue(f"sysctl target must be a key like 'vm.swappiness', got {target!r}")
+
+    def host_files(self, host: Host, target: str) -> frozenset[str] | None:
+        return frozenset({sysctl_path(target)})
 
     def read(self, host: Host, target: str) -> KnobState:
         path = sysctl_path(target)

@@ -40,6 +40,14 @@ def _path(target: str) -> str:
 class Thp(Knob):
     name = "thp"
     description = "transparent hugepage mode (enabled/defrag: a listed mode; khugepaged/defrag: 0/1)"
+    target_kind = "choice"
+
+    def check_target(self, target: str) -> None:
+        if target not in TARGETS:
+            raise InvalidValue(f"thp target must be one of {sorted(TARGETS)}")
+
+    def host_files(self, host: Host, target: str) -> frozenset[str] | None:
+        return frozenset({_path(target)})
 
     def _read_file(self, host: Host, target: str) -> tuple[str, str]:
         path = _path(target)

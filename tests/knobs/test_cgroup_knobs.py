@@ -7,7 +7,7 @@ import pytest
 from autotune.errors import InvalidValue, MissingFile, TargetGone
 from autotune.host import Host
 from autotune.knobs import get_knob
-from autotune.knobs.cgroup import PAGE_BYTES, parse_bytes
+from autotune.knobs.cgroup.base import PAGE_BYTES, parse_bytes
 from tests.knobs.trees import CG
 
 
