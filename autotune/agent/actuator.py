@@ -11,9 +11,11 @@ behind it decides the privilege model:
 - ``LocalActuator``: ONLY for tests and the benchmark harness running as root. Writes straight
   through the knobs on a writable Host, with no helper and no policy. Never use it in production.
 
-Routing shared by all three: ``admission`` (the gate's unprivileged HTTP control API) is always
-applied by the agent itself through ``AdmissionKnob``, never via the helper; ``advice`` is a
-recommendation and is never applied (``apply`` raises PolicyRefused).
+Routing shared by all three, asked of the knob: a knob with ``needs_helper`` False (``admission``,
+the gate's unprivileged HTTP control API) is always applied by the agent itself, never via the
+helper; an ``advisory`` knob (``advice``) is a recommendation: ``read`` gives None and
+``apply``/``restore`` raise PolicyRefused. Rule-level targets (a service name) become knob
+targets through ``Knob.resolve_target``.
 
 Conventions: ``read`` returns None when the target is gone (cgroup removed, service has no
 processes, gate not answering) and raises for anything else (helper unreachable, refusal), so a
@@ -29,14 +31,11 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from autotune.config import Config
-from autotune.errors import InvalidValue, MissingFile, PolicyRefused, TargetGone
+from autotune.errors import MissingFile, PolicyRefused, TargetGone
 from autotune.host import Host
 from autotune.knobs.base import ChangeResult, Knob, KnobState
 
 log = logging.getLogger(__name__)
-
-ADVICE = "advice"  # knob name of advisory actions: never applied
-DIRECT_KNOBS = frozenset({"admission"})  # unprivileged: applied by the agent, not the helper
 
 Same = Callable[[str | None, str | None], bool]
 
@@ -77,17 +76,22 @@ def _registry_knob(name: str) -> Knob:
     return get_knob(name)
 
 
+def _known_knob(name: str) -> Knob | None:
+    """The registry's knob, or None for a name only the helper may know."""
+    from autotune.knobs import KNOBS
+
+    return KNOBS.get(name)
+
+
 def same_for(knob: str) -> Same:
     """Comparison for ``knob`` from the registry; plain equality for unknown knobs."""
-    try:
-        return _registry_knob(knob).same
-    except Exception:  # noqa: BLE001 - unknown knob: compare strings
-        return lambda a, b: a == b
+    k = _known_knob(knob)
+    return k.same if k is not None else (lambda a, b: a == b)
 
 
-def _refuse_advice(knob: str) -> None:
-    if knob == ADVICE:
-        raise PolicyRefused("advice is a recommendation for an operator and is never applied")
+def _refuse_advisory(k: Knob | None) -> None:
+    if k is not None and k.advisory:
+        raise PolicyRefused(f"{k.name} is a recommendation for an operator and is never applied")
 
 
 class _KnobActuator:
@@ -104,25 +108,8 @@ class _KnobActuator:
         return same_for(knob)
 
     def _target(self, knob: str, target: str) -> str:
-        if knob == "admission" and "://" not in target:  # rules name the service; use its gate
-            from autotune.agent.pipeline import resolve_target
-
-            try:
-                return resolve_target(self.cfg, knob, target)
-            except LookupError as err:
-                raise TargetGone(f"admission: {err}") from err
-        if knob != "affinity" or target.startswith("pids:"):
-            return target
-        from autotune.sensors.service import resolve_service
-
-        try:
-            svc = self.cfg.service(target)
-        except KeyError as err:
-            raise InvalidValue(f"affinity target {target!r} is not a configured [[service]]") from err
-        pids = resolve_service(self.host, svc).pids
-        if not pids:
-            raise TargetGone(f"affinity: service {target!r} has no processes")
-        return "pids:" + ",".join(str(p) for p in pids)
+        """The knob's own target for a rule-level one (a service name -> its pids, its gate)."""
+        return _registry_knob(knob).resolve_target(self.host, self.cfg, target)
 
     @staticmethod
     def _as_client(state: KnobState | None, target: str) -> KnobState | None:
@@ -135,9 +122,9 @@ class _KnobActuator:
                                       "after": self._as_client(res.after, target)})
 
     def read(self, knob: str, target: str) -> KnobState | None:
-        if knob == ADVICE:
-            return None
         k = _registry_knob(knob)
+        if k.advisory:
+            return None
         try:
             return self._as_client(k.read(self.host, self._target(knob, target)), target)
         except (TargetGone, MissingFile):
@@ -153,15 +140,15 @@ class _KnobActuator:
 
     def apply(self, knob: str, target: str, value: str, *, expect_before: str | None,
               request_id: str = "") -> ChangeResult:
-        _refuse_advice(knob)
         k = _registry_knob(knob)
+        _refuse_advisory(k)
         kt = self._target(knob, target)
         self._check_expected(k, knob, target, kt, expect_before)
         return self._result(k.change(self.host, kt, value, dry_run=self.dry_run), target)
 
     def restore(self, knob: str, target: str, state: KnobState, *, force: bool = False) -> ChangeResult:
-        _refuse_advice(knob)
         k = _registry_knob(knob)
+        _refuse_advisory(k)
         kt = self._target(knob, target)
         before = k.read(self.host, kt)
         if self.dry_run or (not force and k.same(before.value, state.value)):
@@ -188,7 +175,8 @@ class DryRunActuator(_KnobActuator):
 
 
 class HelperActuator:
-    """Production: privileged knobs through the helper; ``admission`` directly over HTTP."""
+    """Production: privileged knobs through the helper; the others (``admission``, over
+    HTTP) directly."""
 
     dry_run = False
 
@@ -202,10 +190,15 @@ class HelperActuator:
     def ping(self) -> int:
         return self.client.ping()
 
+    @staticmethod
+    def _direct_knob(knob: str) -> bool:
+        """True when the agent applies ``knob`` itself (a name the registry lacks goes to the
+        helper, which refuses it with a reason)."""
+        k = _known_knob(knob)
+        return k is not None and not k.needs_helper
+
     def read(self, knob: str, target: str) -> KnobState | None:
-        if knob == ADVICE:
-            return None
-        if knob in DIRECT_KNOBS:
+        if self._direct_knob(knob):
             return self._direct.read(knob, target)
         from autotune.helper.client import HelperRefused
 
@@ -218,16 +211,16 @@ class HelperActuator:
 
     def apply(self, knob: str, target: str, value: str, *, expect_before: str | None,
               request_id: str = "") -> ChangeResult:
-        _refuse_advice(knob)
-        if knob in DIRECT_KNOBS:
+        _refuse_advisory(_known_knob(knob))
+        if self._direct_knob(knob):
             return self._direct.apply(knob, target, value, expect_before=expect_before,
                                       request_id=request_id)
         return self.client.apply(knob, target, value, expect_before=expect_before,
                                  request_id=request_id or uuid.uuid4().hex)
 
     def restore(self, knob: str, target: str, state: KnobState, *, force: bool = False) -> ChangeResult:
-        _refuse_advice(knob)
-        if knob in DIRECT_KNOBS:
+        _refuse_advisory(_known_knob(knob))
+        if self._direct_knob(knob):
             return self._direct.restore(knob, target, state, force=force)
         if not force:
             cur = self.read(knob, target)
@@ -258,5 +251,5 @@ def restore_prior(actuator: Actuator, *, force: bool = False) -> Callable[[dict]
     return restore
 
 
-__all__ = ["ADVICE", "DIRECT_KNOBS", "Actuator", "Drift", "DryRunActuator", "HelperActuator",
+__all__ = ["Actuator", "Drift", "DryRunActuator", "HelperActuator",
            "LocalActuator", "is_drift", "read_value", "restore_prior", "same_for"]

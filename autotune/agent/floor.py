@@ -25,13 +25,15 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
+from typing import Any
+
 from autotune.cgroupfs import norm_cgpath
 from autotune.config import Service
 from autotune.errors import ParseError
-from autotune.host import parse_cpulist
+from autotune.knobs import KNOBS
+from autotune.knobs.base import Knob
 from autotune.types import Action, Snapshot
 
-CPU_KNOBS = ("cgroup.cpu_quota", "cgroup.cpu_weight", "cgroup.cpu_idle", "cgroup.cpuset")
 DEFAULT_WEIGHT = 100
 EPS = 1e-6
 
@@ -98,26 +100,21 @@ def guaranteed(name: str, shares: dict[str, CpuShare], ncpu: int, reserve: float
     return min(own_cap, max(by_caps, by_weight))
 
 
-def _after(share: CpuShare, knob: str, value: str) -> CpuShare:
-    """The share as it would be after ``knob`` := ``value`` (values as the knobs normalize them)."""
+def _effect(knob: Knob | None, value: str) -> dict[str, Any] | None:
+    """The knob's change to a CpuShare (``Knob.cpu_share``); None when it does not touch
+    guaranteed CPU; {} for a malformed value (the knob itself refuses it, with its own error)."""
+    if knob is None:
+        return None
     try:
-        if knob == "cgroup.cpu_quota":
-            v = value.strip().lower()
-            return share.model_copy(update={"quota_cores": None if v in ("max", "-1") else float(v)})
-        if knob == "cgroup.cpu_weight":
-            return share.model_copy(update={"weight": int(value)})
-        if knob == "cgroup.cpu_idle":
-            return share.model_copy(update={"idle": value.strip() == "1"})
-        if knob == "cgroup.cpuset":
-            return share.model_copy(update={"cpus": frozenset(parse_cpulist(value))})
+        return knob.cpu_share(value)
     except ValueError:
-        return share  # the knob itself refuses a malformed value, with its own error
-    return share
+        return {}
 
 
 def violation(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float = 0.0) -> str | None:
     """Why ``action`` would break a service's floor, or None if it keeps every floor."""
-    if action.knob not in CPU_KNOBS or ncpu <= 0:
+    change = _effect(KNOBS.get(action.knob), action.proposed)
+    if change is None or ncpu <= 0:
         return None
     try:
         target = norm_cgpath(action.target)
@@ -128,7 +125,7 @@ def violation(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: f
         return None  # not a configured service's cgroup: its effect on floors is unknown
     after = dict(shares)
     for n in hit:
-        after[n] = _after(shares[n], action.knob, action.proposed)
+        after[n] = shares[n].model_copy(update=change)
     for name, s in shares.items():
         if s.floor is None:
             continue
@@ -139,17 +136,16 @@ def violation(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: f
     return None
 
 
-STEPPABLE = ("cgroup.cpu_quota", "cgroup.cpu_weight")
-
-
 def clamp(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float = 0.0,
           min_step: float = 0.05) -> Action | None:
     """The largest part of a numeric quota/weight step that keeps every floor, or None.
 
-    Bisects between the current and the proposed value; a step under ``min_step`` (relative)
-    is not worth a change and verification window.
+    Bisects between the current and the proposed value, then rounds toward the current value
+    at the knob's step (``Knob.decimals``: stay on the safe side); a step under ``min_step``
+    (relative) is not worth a change and verification window.
     """
-    if action.knob not in STEPPABLE or action.current is None:
+    knob = KNOBS.get(action.knob)
+    if knob is None or not knob.numeric or _effect(knob, action.proposed) is None or action.current is None:
         return None
     try:
         lo = float(action.current)
@@ -161,7 +157,7 @@ def clamp(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float
         return violation(action.model_copy(update={"proposed": fmt(v)}), shares, ncpu, reserve) is None
 
     def fmt(v: float) -> str:
-        return str(int(round(v))) if action.knob == "cgroup.cpu_weight" else f"{v:.2f}".rstrip("0").rstrip(".")
+        return knob.format(v)
 
     if not ok(lo):
         return None
@@ -173,8 +169,8 @@ def clamp(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float
             good, a = mid, mid
         else:
             b = mid
-    if action.knob == "cgroup.cpu_quota":  # round toward the current value: stay on the safe side
-        good = math.floor(good * 100) / 100 if hi > lo else math.ceil(good * 100) / 100
+    scale = 10 ** knob.decimals
+    good = math.floor(good * scale) / scale if hi > lo else math.ceil(good * scale) / scale
     if abs(good - lo) < min_step * max(abs(lo), 1e-9) or not ok(good):
         return None
     return action.model_copy(update={

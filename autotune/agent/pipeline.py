@@ -19,44 +19,21 @@ ReadCurrent = Callable[[str, str], "str | None"]
 
 
 def knob_reader(host: Host, cfg: Config) -> ReadCurrent:
-    """read_current(knob, target) through the knob registry; None when unreadable."""
-    from autotune.knobs import get_knob
+    """read_current(knob, target) for recommend: the dry-run actuator's read (the one
+    read-only path through the knobs); None when unreadable."""
+    from autotune.agent.actuator import DryRunActuator
+
+    actuator = DryRunActuator(host, cfg)
 
     def read(knob: str, target: str) -> str | None:
-        if knob in ("advice",):
-            return None
         try:
-            if knob == "affinity":
-                target = _service_pids_target(host, cfg, target)
-            else:
-                target = resolve_target(cfg, knob, target)
-            return get_knob(knob).read(host, target).value
+            state = actuator.read(knob, target)
         except Exception as err:  # an unreadable knob is a missing reading, not a crash
             log.debug("read %s %s failed: %s", knob, target, err)
             return None
+        return state.value if state is not None else None
 
     return read
-
-
-def resolve_target(cfg: Config, knob: str, target: str) -> str:
-    """The knob-level target for a rule-level one. Admission targets a service by name; its
-    knob needs that service's gate control URL (config ``admission_url``)."""
-    if knob == "admission":
-        try:
-            url = cfg.service(target).admission_url
-        except KeyError:
-            url = None
-        if not url:
-            raise LookupError(f"service {target!r} has no admission_url (no gate in front of it)")
-        return url
-    return target
-
-
-def _service_pids_target(host: Host, cfg: Config, service: str) -> str:
-    from autotune.sensors.service import resolve_service
-
-    resolved = resolve_service(host, cfg.service(service))
-    return "pids:" + ",".join(str(p) for p in resolved.pids)
 
 
 def metric_history(

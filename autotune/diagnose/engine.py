@@ -37,7 +37,9 @@ from autotune.diagnose.rules import (
     RuleSet,
     SymptomCond,
 )
-from autotune.host import format_cpulist, parse_cpulist
+from autotune.host import format_cpulist
+from autotune.knobs import get_knob
+from autotune.knobs.base import number
 from autotune.types import Action, Symptom
 
 log = logging.getLogger(__name__)
@@ -174,18 +176,12 @@ def _holds(c: Any, m: dict[str, float], symptoms: list[Symptom], svc: str | None
 
 # -- actions --------------------------------------------------------------------------------
 def _service_target(config: Any, name: str, knob: str) -> str | None:
-    """cgroup knobs act on the service's cgroup; the others take the service name."""
-    if not knob.startswith("cgroup."):
-        return name
+    """What ``service`` means for this knob (a cgroup path, the service name...)."""
     try:
         svc = config.service(name)
     except KeyError:
         return None
-    if svc.cgroup:
-        return svc.cgroup
-    if svc.unit:
-        return f"/system.slice/{svc.unit}"  # systemd's default place for a system unit
-    return None
+    return get_knob(knob).service_target(svc)
 
 
 def _targets(spec: ActionSpec, svc: str | None, config: Any) -> list[tuple[str, str | None]]:
@@ -246,44 +242,9 @@ def render(text: str, m: dict[str, float], svc: str | None) -> str | None:
     return None if missing else out
 
 
-def _num(v: str | None) -> float | None:
-    if v is None:
-        return None
-    try:
-        x = float(v)
-    except ValueError:
-        return None
-    return x if math.isfinite(x) else None
-
-
-def format_value(knob: str, x: float) -> str:
-    if knob == "cgroup.cpu_quota":
-        return f"{max(0.01, round(x, 2)):.2f}".rstrip("0").rstrip(".")
-    return str(int(round(x)))
-
-
 def same_value(knob: str, a: str | None, b: str | None) -> bool:
-    """Normalized comparison: numbers numerically, cpu lists as sets, text stripped."""
-    if a is None or b is None:
-        return False
-    na, nb = _num(a), _num(b)
-    if na is not None and nb is not None:
-        tol = 0.005 if knob == "cgroup.cpu_quota" else 1e-9
-        return abs(na - nb) <= tol
-    if knob in ("cgroup.cpuset", "affinity"):
-        try:
-            return parse_cpulist(a) == parse_cpulist(b)
-        except Exception:
-            pass
-    if knob == "admission":  # the knob's own comparison: partial proposals, adaptive gates
-        from autotune.errors import InvalidValue
-        from autotune.knobs.admission import AdmissionKnob
-
-        try:
-            return AdmissionKnob().same(a, b)
-        except InvalidValue:
-            return False  # a malformed proposal differs; the knob's validate names the error
-    return a.strip() == b.strip()
+    """The knob's own comparison; an unknown current value differs from any proposal."""
+    return a is not None and b is not None and get_knob(knob).same(a, b)
 
 
 def _clamp(x: float, spec: ActionSpec, m: dict[str, float], svc: str | None) -> float:
@@ -300,25 +261,23 @@ def _clamp(x: float, spec: ActionSpec, m: dict[str, float], svc: str | None) -> 
 
 
 def _propose(spec: ActionSpec, current: str | None, m: dict[str, float], svc: str | None) -> str | None:
+    knob = get_knob(spec.knob)
     if spec.step is not None:
-        cur = _num(current)
+        cur = number(current)
         if cur is None:
             return None  # unlimited ("max") or unreadable: nothing to step from
         x = cur * spec.step.factor if spec.step.factor is not None else cur + spec.step.delta
-        return format_value(spec.knob, _clamp(x, spec, m, svc))
+        return knob.format(_clamp(x, spec, m, svc))
     if isinstance(spec.value, (int, float)):
         x = float(spec.value)
-        return format_value(spec.knob, _clamp(x, spec, m, svc)) if spec.knob in _NUMERIC else str(spec.value)
+        return knob.format(_clamp(x, spec, m, svc)) if knob.numeric else str(spec.value)
     text = render(spec.value, m, svc)
     if text is None:
         return None
-    x = _num(text)
-    if x is not None and spec.knob in _NUMERIC:
-        return format_value(spec.knob, _clamp(x, spec, m, svc))
+    x = number(text)
+    if x is not None and knob.numeric:
+        return knob.format(_clamp(x, spec, m, svc))
     return text
-
-
-_NUMERIC = {"cgroup.cpu_quota", "cgroup.cpu_weight", "cgroup.memory_high", "cgroup.memory_max", "sysctl"}
 
 
 def _actions(
@@ -329,7 +288,7 @@ def _actions(
     for spec in rule.actions:
         for target, owner in _targets(spec, svc, config):
             advisory = spec.is_advisory
-            current = None if spec.knob == "advice" else _safe_read(read_current, spec.knob, target)
+            current = None if get_knob(spec.knob).advisory else _safe_read(read_current, spec.knob, target)
             proposed = _propose(spec, current, m, owner if spec.target == "neighbours" else svc)
             if proposed is None:
                 log.debug("rule %s: no value for %s %s (current %r)", rule.name, spec.knob, target, current)

@@ -17,24 +17,12 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from autotune.detect.metrics import CONTEXT_METRICS, is_known_metric
 from autotune.detect.symptoms import SERVICE_PLACEHOLDER, SymptomSpec, expand_specs
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, InvalidValue
+from autotune.knobs import KNOBS, get_knob
 
-# Registry names the knobs package implements, with the target each one takes.
-KNOBS = (
-    "cgroup.cpu_quota",  # cgroup path; cores ("1.5") or "max"
-    "cgroup.cpu_weight",  # cgroup path; 1..10000
-    "cgroup.cpuset",  # cgroup path; cpu list "0-1"
-    "cgroup.memory_high",  # cgroup path; bytes or "max"
-    "cgroup.memory_max",  # cgroup path; bytes or "max"
-    "sysctl",  # key "vm.swappiness"
-    "thp",  # "enabled" | "defrag" | "khugepaged/defrag"; mode
-    "governor",  # "all"; governor name
-    "affinity",  # service name; cpu list
-    "admission",  # service name (its admission_url); "threshold=40" (gate settings, partial ok)
-    "advice",  # service name or "host"; free text, never applied
-)
-NUMERIC_KNOBS = {"cgroup.cpu_quota", "cgroup.cpu_weight", "cgroup.memory_high", "cgroup.memory_max", "sysctl"}
-THP_TARGETS = {"enabled", "defrag", "khugepaged/defrag"}
+# Knob names a rule may use: the knob registry's (each knob checks its own targets and says
+# whether it is numeric or advisory).
+KnobName = Literal[tuple(KNOBS)]  # type: ignore[valid-type]
 SPECIAL_TARGETS = {"service", "neighbours", "host"}
 # Placeholders a value or rationale may use: {name} or {metric:NAME}
 VARIABLES = {"service", "ncpu", "dedicated_cpus", "shared_cpus", "threads_hint"}
@@ -152,7 +140,7 @@ class Bounds(_Strict):
 
 
 class ActionSpec(_Strict):
-    knob: Literal[KNOBS]  # type: ignore[valid-type]
+    knob: KnobName
     target: str = Field(min_length=1)
     value: str | float | None = None
     step: Step | None = None
@@ -163,28 +151,20 @@ class ActionSpec(_Strict):
     def _check(self) -> "ActionSpec":
         if (self.value is None) == (self.step is None):
             raise ValueError("give exactly one of value or step")
-        if self.step is not None and self.knob not in NUMERIC_KNOBS:
+        if self.step is not None and not get_knob(self.knob).numeric:
             raise ValueError(f"step needs a numeric knob, not {self.knob!r}; give a value")
         if isinstance(self.value, str):
             _check_placeholders(self.value)
         if self.target not in SPECIAL_TARGETS:
-            _check_literal_target(self.knob, self.target)
+            try:
+                get_knob(self.knob).check_target(self.target)
+            except InvalidValue as err:
+                raise ValueError(str(err)) from None
         return self
 
     @property
     def is_advisory(self) -> bool:
-        return self.advisory or self.knob == "advice"
-
-
-def _check_literal_target(knob: str, target: str) -> None:
-    if knob.startswith("cgroup.") and not target.startswith("/"):
-        raise ValueError(f"target for {knob} is 'service', 'neighbours' or a cgroup path starting with '/'")
-    if knob == "sysctl" and not re.fullmatch(r"[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+", target):
-        raise ValueError(f"sysctl target must be a key like 'vm.swappiness', got {target!r}")
-    if knob == "thp" and target not in THP_TARGETS:
-        raise ValueError(f"thp target must be one of {sorted(THP_TARGETS)}")
-    if knob == "governor" and target != "all":
-        raise ValueError("governor target must be 'all'")
+        return self.advisory or get_knob(self.knob).advisory
 
 
 class Rule(_Strict):

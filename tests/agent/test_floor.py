@@ -131,3 +131,28 @@ def test_gating_takes_the_cut_step():
     a = act("cgroup.cpu_quota", "/b/server", "1.5").model_copy(update={"current": "0.5"})
     d = select_action([a], view, 0, V)
     assert d.chosen is not None and d.chosen.proposed == "1.44"
+
+
+def test_floor_asks_the_knob_how_a_change_moves_cpu():
+    """No knob names in the floor: a knob that declares a cpu_share effect is judged and cut at
+    its own step (``decimals``); one that declares none is not judged."""
+    from autotune.knobs import KNOBS, register_knob
+    from autotune.knobs.cgroup.cpu_weight import CpuWeight
+
+    class Tenths(CpuWeight):
+        name = "test.weight_tenths"
+        decimals = 1
+
+        def cpu_share(self, value):
+            return {"weight": round(float(value) * 10)}
+
+    register_knob(Tenths())
+    try:
+        s = bench_shares(server_quota=None)
+        assert violation(act("test.weight_tenths", "/b/server", "30"), s, 2) is None  # weight 300
+        assert violation(act("test.weight_tenths", "/b/server", "40"), s, 2) is not None
+        cut = clamp(act("test.weight_tenths", "/b/server", "40").model_copy(update={"current": "10"}), s, 2)
+        assert cut is not None and cut.proposed == "30"  # 30.0 rounds toward the current value
+        assert violation(act("cgroup.memory_max", "/b/server", "1"), s, 2) is None
+    finally:
+        del KNOBS["test.weight_tenths"]

@@ -46,20 +46,6 @@ def test_cooldowns_and_rate_limit():
     assert select_action([act()], GateView(changes_last_hour=2), 1000, V).chosen is not None
 
 
-def test_admission_target_resolves_to_service_gate_url():
-    import pytest
-
-    from autotune.agent.pipeline import resolve_target
-    from autotune.config import Config, Service
-
-    cfg = Config(service=[Service(name="llm", cgroup="/a", admission_url="http://127.0.0.1:8100"),
-                          Service(name="b", cgroup="/b")])
-    assert resolve_target(cfg, "admission", "llm") == "http://127.0.0.1:8100"
-    assert resolve_target(cfg, "cgroup.cpu_quota", "/a") == "/a"
-    with pytest.raises(LookupError, match="admission_url"):
-        resolve_target(cfg, "admission", "b")
-
-
 def test_actuator_routes_admission_service_to_its_gate(tmp_path):
     from autotune.agent.actuator import DryRunActuator
     from autotune.config import Config, Service

@@ -147,3 +147,40 @@ def test_shipped_rule_pack_loads():
     rs = load_rules([Path(__file__).resolve().parents[2] / "rules"])
     assert len(rs.rules) >= 10
     assert all(len(r.rationale) > 40 for r in rs.rules)
+
+
+def test_every_registered_knob_is_a_rule_knob_and_its_facts_decide(tmp_path):
+    """The loader takes knob names, numeric-ness, advisory-ness and target checks from the
+    knob registry: the knobs its old private list lacked load, and each knob's own target
+    check is reported under the rule's file and field."""
+    write(tmp_path, "ok.yaml", """
+        rules:
+          - name: newer-knobs
+            scope: host
+            rationale: something long enough
+            when: {all: [{metric: vmstat.compact_stall.rate, op: ">", value: 1}]}
+            actions:
+              - {knob: cgroup.cpu_idle, target: /autotune/batch, value: "1"}
+              - {knob: cgroup.io_weight, target: /autotune/batch, step: {factor: 0.5}}
+              - {knob: cgroup.memory_low, target: /autotune/llm, value: 1G}
+              - {knob: governor.epp, target: all, value: performance}
+    """)
+    (rule,) = load_rules([tmp_path]).rules
+    assert [a.is_advisory for a in rule.actions] == [False] * 4
+    write(tmp_path, "bad.yaml", """
+        rules:
+          - name: bad-targets
+            scope: host
+            rationale: something long enough
+            when: {all: [{metric: vmstat.compact_stall.rate, op: ">", value: 1}]}
+            actions:
+              - {knob: governor.epp, target: policy0, value: performance}
+              - {knob: cgroup.cpu_idle, target: /autotune/batch, step: {delta: 1}}
+              - {knob: sysctl, target: vm/swappiness, value: 10}
+              - {knob: cgroup.memory_low, target: llm, value: 1G}
+    """)
+    msg = load_error(tmp_path)
+    assert "bad.yaml: rule 'bad-targets': actions.0: governor.epp target must be 'all'" in msg
+    assert "bad.yaml: rule 'bad-targets': actions.1: step needs a numeric knob, not 'cgroup.cpu_idle'" in msg
+    assert "bad.yaml: rule 'bad-targets': actions.2: sysctl target must be a key like 'vm.swappiness'" in msg
+    assert "bad.yaml: rule 'bad-targets': actions.3: target for cgroup.memory_low is 'service'" in msg
