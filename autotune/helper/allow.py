@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from autotune.config import Service
-from autotune.errors import AutotuneError, HostError, MissingFile
+from autotune.errors import AutotuneError, HostError
 from autotune.helper.policy import (
-    CPUFREQ_DIR, GOVERNOR_FILES, SYSCTL_ROOT, THP_DIR, AffinityRule, CgroupRule, ChoiceRule,
-    Policy, SysctlRule, sysctl_key,
+    AffinityRule, CgroupRule, ChoiceRule, Policy, SysctlRule, sysctl_key,
 )
 from autotune.host import Host, parse_cpulist
+from autotune.knobs.base import Knob
 
 # resolve(host, service) -> object with .pids (autotune.sensors.service.ResolvedService)
 Resolver = Callable[[Host, Service], object]
@@ -143,28 +143,10 @@ def resolve_pids(policy: Policy, host: Host, service: str, resolver: Resolver | 
     return pids
 
 
-def _expected_files(host: Host, t: Target) -> set[str] | None:
-    """Exact host paths a knob may write for this target (None: check by subtree instead)."""
-    rule = t.rule
-    if isinstance(rule, SysctlRule):
-        return {f"{SYSCTL_ROOT}/{t.knob_target.replace('.', '/')}"}
-    if isinstance(rule, ChoiceRule):
-        if t.knob == "thp":
-            return {f"{THP_DIR}/{t.knob_target}"}
-        fname = GOVERNOR_FILES[t.knob]
-        if t.knob_target == "all":
-            try:
-                pols = [p for p in host.listdir(CPUFREQ_DIR) if re.fullmatch(r"policy\d+", p)]
-            except MissingFile:
-                pols = []
-        else:
-            pols = [t.knob_target]
-        return {f"{CPUFREQ_DIR}/{p}/{fname}" for p in pols}
-    return None
-
-
-def check_paths(policy: Policy, host: Host, t: Target, paths: Iterable[str]) -> None:
-    """Every raw key a knob would write (or a client asks to restore) must be allowed."""
+def check_paths(policy: Policy, host: Host, t: Target, knob: Knob, paths: Iterable[str]) -> None:
+    """Every raw key a knob would write (or a client asks to restore) must be allowed: exactly
+    the files the knob declares for the target (``Knob.host_files``), or for a cgroup knob
+    any file under the allowed subtrees."""
     rule = t.rule
     if isinstance(rule, AffinityRule):
         tids = _threads(host, t.pids)
@@ -175,7 +157,7 @@ def check_paths(policy: Policy, host: Host, t: Target, paths: Iterable[str]) -> 
             if int(m.group(1)) not in tids:
                 raise Refusal("target_refused", f"thread {m.group(1)} does not belong to service {t.client_target}")
         return
-    expected = _expected_files(host, t)
+    expected = knob.host_files(host, t.knob_target)
     allowed_dirs = _allowed_cgroup_dirs(host, rule) if isinstance(rule, CgroupRule) else []
     for p in paths:
         if not isinstance(p, str) or not p.startswith("/") or "\x00" in p or ".." in p.split("/"):
@@ -190,6 +172,8 @@ def check_paths(policy: Policy, host: Host, t: Target, paths: Iterable[str]) -> 
             parent = os.path.dirname(os.path.normpath(p))
             if real != os.path.join(_real(host, parent), os.path.basename(p)):
                 raise Refusal("target_refused", f"{p} is a symlink to {real}; refused")
+        elif not isinstance(rule, CgroupRule):
+            raise Refusal("target_refused", f"{t.knob} declares no host files; may not write {p}")
         elif not any(_under(real, a) and real != a for a in allowed_dirs):
             raise Refusal("target_refused", f"raw path {p} resolves to {real}, outside the allowed "
                                             f"subtrees {rule.subtrees}")

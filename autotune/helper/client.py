@@ -58,8 +58,7 @@ class HelperClient:
 
     def restore(self, knob: str, target: str, state: KnobState) -> ChangeResult:
         msg = {"op": "restore", "knob": knob, "target": target, "request_id": uuid.uuid4().hex,
-               "state": {"knob": state.knob, "target": state.target, "value": state.value,
-                         "raw": dict(state.raw)}}
+               "state": {"value": state.value, "raw": dict(state.raw)}}
         return self._change_result(knob, target, self._call(msg))
 
     def close(self) -> None:

@@ -198,7 +198,7 @@ class Helper:
 
     def _read_checked(self, knob: Knob, t: Target) -> KnobState:
         state = knob.read(self.host, t.knob_target)
-        allow.check_paths(self.policy, self.host, t, state.raw.keys())
+        allow.check_paths(self.policy, self.host, t, knob, state.raw.keys())
         return state
 
     def _read(self, req: ReadRequest) -> Response:
@@ -222,7 +222,7 @@ class Helper:
 
     def _change(self, knob: Knob, t: Target, value: str, *, dry_run: bool) -> Response:
         def record(before: KnobState, _proposed: str) -> None:
-            allow.check_paths(self.policy, self.host, t, before.raw.keys())
+            allow.check_paths(self.policy, self.host, t, knob, before.raw.keys())
             self.origins.record(t.knob, t.client_target, before.raw)
 
         res = knob.change(self.host, t.knob_target, value, dry_run=dry_run, before_write=record)
@@ -233,9 +233,7 @@ class Helper:
 
     def _restore(self, req: RestoreRequest) -> Response:
         knob, t = self._knob_and_target(req.knob, req.target)
-        if req.state.knob != req.knob:
-            raise Refusal("bad_request", f"state is for knob {req.state.knob!r}, request names {req.knob!r}")
-        allow.check_paths(self.policy, self.host, t, req.state.raw.keys())
+        allow.check_paths(self.policy, self.host, t, knob, req.state.raw.keys())
         current = self._read_checked(knob, t)
         if req.state.raw and self.origins.known(req.knob, req.target, dict(req.state.raw)):
             # Exactly a state this helper saw before its own write: put it back verbatim.

@@ -13,19 +13,12 @@ import os
 import stat
 import tomllib
 from pathlib import Path
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autotune.config import Service, format_validation_error
 from autotune.errors import ConfigError
-
-SYSCTL_ROOT = "/proc/sys"
-THP_DIR = "/sys/kernel/mm/transparent_hugepage"
-CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
-GOVERNOR_FILES = {"governor": "scaling_governor", "governor.epp": "energy_performance_preference"}
-
-Family = Literal["cgroup", "sysctl", "choice", "affinity"]
+from autotune.knobs import KNOBS
+from autotune.knobs.base import TargetKind
 
 
 class _Strict(BaseModel):
@@ -118,21 +111,21 @@ class Limits(_Strict):
     max_connections: int = Field(default=16, ge=1, le=1024)
 
 
-def knob_family(name: str) -> Family | None:
-    if name.startswith("cgroup.") and len(name) > 7:
-        return "cgroup"
-    if name == "sysctl":
-        return "sysctl"
-    if name in ("thp", "governor", "governor.epp"):
-        return "choice"
-    if name == "affinity":
-        return "affinity"
-    return None
-
-
-_FAMILY_MODEL: dict[str, type[BaseModel]] = {
-    "cgroup": CgroupRule, "sysctl": SysctlRule, "choice": ChoiceRule, "affinity": AffinityRule,
+# How the policy confines each kind of target (``Knob.target_kind``).
+_KIND_MODEL: dict[TargetKind, type[BaseModel]] = {
+    "cgroup": CgroupRule, "key": SysctlRule, "choice": ChoiceRule, "service": AffinityRule,
 }
+
+
+def helper_knobs() -> dict[str, TargetKind]:
+    """Registry knobs the helper writes, with the kind of target each takes."""
+    return {n: k.target_kind for n, k in KNOBS.items() if k.needs_helper and not k.advisory}
+
+
+def rule_model(name: str) -> type[BaseModel] | None:
+    """The policy table model for knob ``name``; None when the helper does not write it."""
+    kind = helper_knobs().get(name)
+    return None if kind is None else _KIND_MODEL[kind]
 
 
 class Policy(_Strict):
@@ -152,14 +145,14 @@ class Policy(_Strict):
         if isinstance(knobs, dict):
             typed = {}
             for name, body in knobs.items():
-                fam = knob_family(name)
-                if fam is None:
+                model = rule_model(name)
+                if model is None:
                     raise ValueError(
-                        f"knob {name!r}: the helper does not know this knob (expected cgroup.*, "
-                        "sysctl, thp, governor, governor.epp, affinity)"
+                        f"knob {name!r}: the helper does not know this knob (expected one of "
+                        f"{', '.join(sorted(helper_knobs()))})"
                     )
                 try:
-                    typed[name] = _FAMILY_MODEL[fam].model_validate(body)
+                    typed[name] = model.model_validate(body)
                 except ValidationError as err:
                     raise ValueError("; ".join(
                         f"knob.{name}.{'.'.join(str(p) for p in e['loc']) or '(table)'}: {e['msg']}"

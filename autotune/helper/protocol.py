@@ -64,12 +64,11 @@ class ApplyRequest(_Req):
 
 
 class RawState(BaseModel):
-    """A KnobState as the client recorded it (every raw path is re-checked by the helper)."""
+    """The value and raw record of a KnobState the client recorded for the request's knob and
+    target (named once, by the request; every raw path is re-checked by the helper)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    knob: KnobName
-    target: Text
     value: Text
     raw: Annotated[dict[Text, Text], Field(max_length=MAX_RAW_ENTRIES)] = {}
 

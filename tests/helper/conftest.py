@@ -75,6 +75,9 @@ class FakeSysctl(Knob):
     def _path(self, target):
         return "/proc/sys/" + target.replace(".", "/")
 
+    def host_files(self, host, target):
+        return frozenset({self._path(target)})
+
     def read(self, host, target):
         v = host.read_text(self._path(target))
         return KnobState(knob=self.name, target=target, value=" ".join(v.split()),
@@ -91,6 +94,9 @@ class FakeSysctl(Knob):
 
 class FakeThp(Knob):
     name = "thp"
+
+    def host_files(self, host, target):
+        return frozenset({f"{THP}/{target}"})
 
     def read(self, host, target):
         text = host.read_text(f"{THP}/{target}")

@@ -50,7 +50,7 @@ shaped = st.one_of(
     ),
     st.fixed_dictionaries({
         "op": st.just("restore"), "knob": knob, "target": target,
-        "state": st.fixed_dictionaries({"knob": knob, "target": target, "value": value, "raw": raw}),
+        "state": st.fixed_dictionaries({"value": value, "raw": raw}),
     }),
 )
 # Requests that pair a knob with a target it could accept, so many get past the target check
@@ -66,8 +66,7 @@ plausible = st.sampled_from(PAIRS).flatmap(lambda kt: st.one_of(
     ),
     st.fixed_dictionaries({
         "op": st.just("restore"), "knob": st.just(kt[0]), "target": st.just(kt[1]),
-        "state": st.fixed_dictionaries({"knob": st.just(kt[0]), "target": st.just(kt[1]),
-                                        "value": st.sampled_from(VALUES), "raw": raw}),
+        "state": st.fixed_dictionaries({"value": st.sampled_from(VALUES), "raw": raw}),
     }),
 ))
 json_values = st.recursive(

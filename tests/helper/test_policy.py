@@ -116,3 +116,48 @@ def test_cli_check_policy(tmp_path):
                           "--no-owner-check"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "knob cgroup.cpu_quota" in out.stdout
+
+
+def test_policy_tables_follow_the_knobs_target_kind():
+    """The table model comes from ``Knob.target_kind``; knobs the agent applies itself
+    (admission) or never applies (advice) have no place in the helper's policy."""
+    from autotune.knobs import KNOBS
+
+    pol = Policy.model_validate({
+        "knob": {"cgroup.cpu_idle": {"subtrees": ["/a"], "values": ["0", "1"]},
+                 "governor.epp": {"targets": ["all"], "values": ["performance"]},
+                 "sysctl": {"keys": {"vm.swappiness": {"min": 0, "max": 100}}}},
+    })
+    assert {n: type(r).__name__ for n, r in pol.knob.items()} == {
+        "cgroup.cpu_idle": "CgroupRule", "governor.epp": "ChoiceRule", "sysctl": "SysctlRule"}
+    for name in ("admission", "advice", "cgroup.nope"):
+        with pytest.raises(ValueError, match=f"knob '{re.escape(name)}': the helper does not know"):
+            Policy.model_validate({"knob": {name: {"subtrees": ["/a"], "min": 0}}})
+    assert all(KNOBS[n].needs_helper for n in ("cgroup.cpu_idle", "governor.epp", "sysctl"))
+
+
+def test_allowed_raw_paths_come_from_the_knob(tmp_path):
+    """check_paths allows exactly what ``Knob.host_files`` names: no path constants of its own."""
+    from autotune.helper import allow
+    from autotune.host import Host
+    from autotune.knobs import get_knob
+    from autotune.knobs.sysctl import Sysctl
+
+    root = tmp_path / "root"
+    for rel in ("proc/sys/vm/swappiness", "proc/sys/vm/dirty_ratio", "elsewhere/swappiness"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("60\n")
+    host = Host(root)
+    pol = Policy.model_validate({"knob": {"sysctl": {"keys": {"vm.swappiness": {"min": 0, "max": 100}}}}})
+    t = allow.check_target(pol, host, "sysctl", "vm.swappiness")
+    allow.check_paths(pol, host, t, get_knob("sysctl"), ["/proc/sys/vm/swappiness"])
+    with pytest.raises(allow.Refusal, match="may not write /proc/sys/vm/dirty_ratio"):
+        allow.check_paths(pol, host, t, get_knob("sysctl"), ["/proc/sys/vm/dirty_ratio"])
+
+    class Relocated(Sysctl):
+        def host_files(self, host, target):
+            return frozenset({"/elsewhere/swappiness"})
+
+    allow.check_paths(pol, host, t, Relocated(), ["/elsewhere/swappiness"])
+    with pytest.raises(allow.Refusal, match="may not write /proc/sys/vm/swappiness"):
+        allow.check_paths(pol, host, t, Relocated(), ["/proc/sys/vm/swappiness"])

@@ -169,6 +169,8 @@ def test_oversized_message_refused_server_keeps_serving(serve):
      b'{"op":"apply","knob":"sysctl","target":"vm.swappiness","value":"10","dry_run":"no"}',
      b'{"op":"read","knob":"sysctl","target":"vm.swappiness","shell":"rm -rf /"}',
      b'{"op":"restore","knob":"sysctl","target":"vm.swappiness","state":"x"}',
+     # the request names knob and target once; a state naming them again is not guessed at
+     b'{"op":"restore","knob":"sysctl","target":"vm.swappiness","state":{"knob":"thp","value":"1"}}',
      b"[" * 5000 + b"]" * 5000],
 )
 def test_malformed_requests_refused(serve, host_root, payload):
