@@ -26,12 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from autotune.cgroupfs import controller_dir, cores_to_quota, norm_cgpath
-from autotune.errors import HostError
+from autotune import cgroupfs
+from autotune.cgroupfs import controller_dir, norm_cgpath
+from autotune.errors import HostError, InvalidValue, MissingFile
 from autotune.host import Host
+from autotune.knobs import get_knob
 from autotune.sensors.psi import read_psi_file
 from autotune.workload.load import AdmitHook
-from autotune.workload.threads import own_cgroup
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory")
 GIB = 1024**3
@@ -46,7 +47,11 @@ def log(msg: str) -> None:
 
 # -- cgroups ------------------------------------------------------------------------------------
 class BenchCgroup:
-    """One role's cgroup in every hierarchy we use (v1 cpu/cpuacct/memory, and v2 for PSI)."""
+    """One role's cgroup in every hierarchy we use (v1 cpu/cpuacct/memory, and v2 for PSI).
+
+    Limits are set through the knobs (the same code the agent's changes go through), and
+    processes are moved in through ``cgroupfs``: the bench writes no cgroup file itself.
+    """
 
     def __init__(self, host: Host, name: str) -> None:
         self.host = host
@@ -56,11 +61,11 @@ class BenchCgroup:
         info = host.cgroup
         for ctrl in V1_CONTROLLERS:
             if info.controller_version(ctrl) == 1:
-                parent = own_cgroup(host, ctrl) or "/"
+                parent = cgroupfs.pid_cgroup(host, ctrl) or "/"
                 self.paths[ctrl] = norm_cgpath(f"{parent}/{name}")
                 self.dirs[ctrl] = controller_dir(host, ctrl, self.paths[ctrl])
         if info.v2_mount:
-            self.paths["v2"] = norm_cgpath(f"{_own_v2(host)}/{name}")
+            self.paths["v2"] = norm_cgpath(f"{cgroupfs.pid_cgroup(host) or '/'}/{name}")
             self.dirs["v2"] = info.v2_mount + self.paths["v2"]
         if not self.dirs:
             raise HostError("no cgroup hierarchy found: the bench needs cgroup v1 or v2 mounted")
@@ -68,45 +73,40 @@ class BenchCgroup:
             os.makedirs(host.path(d), exist_ok=True)
         _cgroups.append(self)
 
-    # Limits: v1 names here (cpu is v1 on the dev VM); pure v2 hosts get cpu.max / memory.max.
-    def set_cpu_quota(self, cores: float | None, period_usec: int = 100000) -> None:
-        if "cpu" in self.dirs:
-            quota = cores_to_quota(cores, period_usec)
-            self.host.write_text(f"{self.dirs['cpu']}/cpu.cfs_period_us", str(period_usec))
-            self.host.write_text(f"{self.dirs['cpu']}/cpu.cfs_quota_us",
-                                 "-1" if quota is None else str(quota))
-        elif "v2" in self.dirs and self.host.exists(f"{self.dirs['v2']}/cpu.max"):
-            quota = cores_to_quota(cores, period_usec)
-            self.host.write_text(f"{self.dirs['v2']}/cpu.max",
-                                 f"{'max' if quota is None else quota} {period_usec}")
-        elif cores is not None:
-            raise HostError(f"cannot set a cpu quota for {self.name}: no cpu controller")
+    def _set(self, knob: str, controller: str, value: str, *, required: bool) -> None:
+        """Set ``knob`` on this role's cgroup in the hierarchy that manages ``controller``.
+        A host without that controller is fine unless a limit was asked for (``required``)."""
+        k = get_knob(knob)
+        target = self.paths.get(controller) or self.paths.get("v2")
+        try:
+            if target is None:
+                raise MissingFile(f"no {controller} hierarchy")
+            k.write(self.host, target, k.validate(self.host, target, value))
+        except (MissingFile, InvalidValue) as err:
+            if required:
+                raise HostError(f"cannot set {knob} for {self.name}: {err}") from err
+
+    def set_cpu_quota(self, cores: float | None) -> None:
+        """Cores, or None for no limit (the period stays the kernel's default 100 ms)."""
+        self._set("cgroup.cpu_quota", "cpu", "max" if cores is None else str(cores),
+                  required=cores is not None)
 
     def reset_cpu_weight(self) -> None:
         """Back to the default share (v1 cpu.shares 1024 / v2 cpu.weight 100): the agent-managed
         run changes weights, and no other configuration may inherit them."""
-        if "cpu" in self.dirs:
-            self.host.write_text(f"{self.dirs['cpu']}/cpu.shares", "1024")
-        elif "v2" in self.dirs and self.host.exists(f"{self.dirs['v2']}/cpu.weight"):
-            self.host.write_text(f"{self.dirs['v2']}/cpu.weight", "100")
+        self._set("cgroup.cpu_weight", "cpu", "100", required=False)
 
     def cpu_cgroup_path(self) -> str:
         """The path the agent's config names (cpu hierarchy; v2 path on a pure v2 host)."""
         return self.paths.get("cpu") or self.paths["v2"]
 
     def set_memory_max(self, nbytes: int | None) -> None:
-        if "memory" in self.dirs:
-            self.host.write_text(f"{self.dirs['memory']}/memory.limit_in_bytes",
-                                 "-1" if nbytes is None else str(nbytes))
-        elif "v2" in self.dirs and self.host.exists(f"{self.dirs['v2']}/memory.max"):
-            self.host.write_text(f"{self.dirs['v2']}/memory.max",
-                                 "max" if nbytes is None else str(nbytes))
-        elif nbytes is not None:
-            raise HostError(f"cannot set memory.max for {self.name}: no memory controller")
+        self._set("cgroup.memory_max", "memory", "max" if nbytes is None else str(nbytes),
+                  required=nbytes is not None)
 
     def add_pid(self, pid: int) -> None:
         for d in self.dirs.values():
-            self.host.write_text(f"{d}/cgroup.procs", str(pid))
+            cgroupfs.add_pid(self.host, d, pid)
 
     def enter(self) -> None:
         """Move the calling process in (used as preexec_fn: children inherit the cgroups)."""
@@ -133,7 +133,7 @@ class BenchCgroup:
             text = self.host.read_optional(f"{d}/cgroup.procs") or ""
             for pid in text.split():
                 try:
-                    self.host.write_text(f"{parent}/cgroup.procs", pid)
+                    cgroupfs.add_pid(self.host, parent, pid)
                 except HostError:
                     pass  # already gone
             for _ in range(40):
@@ -148,14 +148,6 @@ class BenchCgroup:
                 os.rmdir(self.host.path(parent))
             except OSError:
                 pass
-
-
-def _own_v2(host: Host) -> str:
-    text = host.read_optional("/proc/self/cgroup") or ""
-    for line in text.splitlines():
-        if line.startswith("0::"):
-            return norm_cgpath(line[3:])
-    return "/"
 
 
 def bench_cgroups(host: Host, roles: tuple[str, ...] = ("server", "neighbour")) -> dict[str, BenchCgroup]:
