@@ -22,10 +22,9 @@ refused, so an already-broken floor does not freeze the agent.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-
-from typing import Any
 
 from autotune.cgroupfs import norm_cgpath
 from autotune.config import Service
