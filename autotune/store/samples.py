@@ -22,6 +22,7 @@ Deletes hand pages back to the filesystem through ``PRAGMA incremental_vacuum`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -82,6 +83,7 @@ _V1_PSI = re.compile(r"(?:(svc\..+?\.)cgroup\.)?(psi\.[a-z]+\.(?:some|full)\.avg
 _V1_SVC_KEY = re.compile(r"(svc\..+?\.)(" + "|".join(re.escape(k) for k in _V1_SVC) + ")")
 
 
+@functools.cache  # the same few hundred keys repeat in every row
 def _v1_name(key: str) -> str | None:
     """The vocabulary name of a v1 stats key, or None when it was a raw counter."""
     if key in _V1_HOST:
