@@ -31,7 +31,7 @@ from autotune.cgroupfs import controller_dir, norm_cgpath
 from autotune.errors import HostError, InvalidValue, MissingFile
 from autotune.host import Host
 from autotune.knobs import get_knob
-from autotune.sensors.psi import read_psi_file
+from autotune.sensors.psi import read_psi_file, some_avg10_pct
 from autotune.workload.load import AdmitHook
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory")
@@ -123,8 +123,7 @@ class BenchCgroup:
         """This cgroup's own PSI cpu some avg10 (percent), from the v2 tree."""
         if "v2" not in self.dirs:
             return None
-        r = read_psi_file(self.host, f"{self.dirs['v2']}/cpu.pressure")
-        return r.some.avg10_pct if r and r.some else None
+        return some_avg10_pct(read_psi_file(self.host, f"{self.dirs['v2']}/cpu.pressure"))
 
     def remove(self) -> None:
         """Move any leftover pids to the parent, then rmdir this and the bench parent dir."""
@@ -259,9 +258,8 @@ def seed_psi_admit(host: Host, *, threshold_pct: float = 95.0, retry_s: float = 
     async def admit() -> tuple[bool, int]:
         deferrals = 0
         while True:
-            r = read_psi_file(host, "/proc/pressure/cpu")
-            avg10 = r.some.avg10_pct if r and r.some else 0.0
-            if avg10 <= threshold_pct:
+            avg10 = some_avg10_pct(read_psi_file(host, "/proc/pressure/cpu"))
+            if avg10 is None or avg10 <= threshold_pct:
                 return True, deferrals
             if deferrals >= max_retries:
                 return False, deferrals

@@ -2,8 +2,11 @@
 
 The agent feeds the latest Snapshot, the active Symptoms and each AuditEvent; a custom
 collector renders them at scrape time (so a scrape never blocks the loop and never reads
-/proc itself). Counters of actions/rollbacks/refusals follow the audit trail and can be primed
-from it at start (``prime_from_trail``) so they survive agent restarts.
+/proc itself). Gauges and rates are read through the metric vocabulary (``detect.metrics``:
+``derive_metrics`` over the last two snapshots); only cumulative counters (PSI stall time,
+vmstat counts) and the latency source's up/down come from the snapshot itself. Counters of
+actions/rollbacks/refusals follow the audit trail and can be primed from it at start
+(``prime_from_trail``) so they survive agent restarts.
 
 Counting conventions (the agent/journal writes events this way):
 - ``autotune_actions_total{knob,outcome}``: one per action verdict, i.e. a ``verify`` event with
@@ -24,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from autotune.audit.trail import FINAL_OUTCOMES
+from autotune.detect.metrics import PSI_LINES, derive_metrics
 from autotune.types import Snapshot, Symptom
 
 if TYPE_CHECKING:
@@ -57,7 +61,7 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.snapshot: Snapshot | None = None
-        self.vm_rates: dict[str, float] = {}
+        self.metrics: dict[str, float] = {}  # derive_metrics over (previous, latest) snapshot
         self.symptoms: list[Symptom] = []
         self.actions: Counter[tuple[str, str]] = Counter()
         self.rollbacks: Counter[str] = Counter()
@@ -74,7 +78,7 @@ class _Collector(Collector):
 
     def collect(self):  # noqa: C901 - a flat list of families reads best
         with self.s.lock:
-            snap, rates, syms = self.s.snapshot, dict(self.s.vm_rates), list(self.s.symptoms)
+            snap, m, syms = self.s.snapshot, self.s.metrics, list(self.s.symptoms)
             actions, rollbacks = dict(self.s.actions), dict(self.s.rollbacks)
             refusals, events = dict(self.s.refusals), dict(self.s.events)
 
@@ -119,15 +123,13 @@ class _Collector(Collector):
         tot = CounterMetricFamily("autotune_psi_stall_seconds", "Host PSI cumulative stall time.",
                                   labels=["resource", "kind"])
         for res, reading in sorted(snap.psi.items()):
-            if reading is None:
-                continue
-            for kind in ("some", "full"):
-                line = getattr(reading, kind)
-                if line is None:
-                    continue
-                for window, v in (("10s", line.avg10_pct), ("60s", line.avg60_pct), ("300s", line.avg300_pct)):
-                    avg.add_metric([res, kind, window], v)
-                tot.add_metric([res, kind], line.total_usec / 1e6)
+            for kind in PSI_LINES:
+                base = f"psi.{res}.{kind}.avg"
+                if base + "10" not in m:
+                    continue  # no such file or line
+                for window in ("10", "60", "300"):
+                    avg.add_metric([res, kind, f"{window}s"], m[base + window])
+                tot.add_metric([res, kind], getattr(reading, kind).total_usec / 1e6)
         yield avg
         yield tot
         vm = CounterMetricFamily("autotune_vmstat_events", "Key /proc/vmstat counters.", labels=["counter"])
@@ -138,12 +140,13 @@ class _Collector(Collector):
         vr = GaugeMetricFamily("autotune_vmstat_rate_per_second",
                                "Key /proc/vmstat counters per second over the last sample interval.",
                                labels=["counter"])
-        for name, v in sorted(rates.items()):
-            vr.add_metric([name], v)
+        for name in sorted(KEY_VMSTAT):
+            if f"vmstat.{name}.rate" in m:
+                vr.add_metric([name], m[f"vmstat.{name}.rate"])
         yield vr
-        if "MemAvailable" in snap.meminfo_bytes:
+        if "mem.available_bytes" in m:
             yield GaugeMetricFamily("autotune_memory_available_bytes", "MemAvailable from /proc/meminfo.",
-                                    value=snap.meminfo_bytes["MemAvailable"])
+                                    value=m["mem.available_bytes"])
         lat = GaugeMetricFamily("autotune_service_latency_seconds", "Inference latency percentile per service.",
                                 labels=["service", "percentile"])
         ttft = GaugeMetricFamily("autotune_service_ttft_p95_seconds", "Time to first token, p95.", labels=["service"])
@@ -151,17 +154,16 @@ class _Collector(Collector):
         wait = GaugeMetricFamily("autotune_service_requests_waiting", "Requests queued in the server.",
                                  labels=["service"])
         for name, svc in sorted(snap.services.items()):
-            lr = svc.latency
-            if lr is None:
+            if svc.latency is None:
                 continue
-            up.add_metric([name], 1 if lr.ok else 0)
-            for pct, v in (("p50", lr.p50_s), ("p95", lr.p95_s), ("p99", lr.p99_s)):
-                if v is not None:
-                    lat.add_metric([name, pct], v)
-            if lr.ttft_p95_s is not None:
-                ttft.add_metric([name], lr.ttft_p95_s)
-            if lr.waiting is not None:
-                wait.add_metric([name], lr.waiting)
+            up.add_metric([name], 1 if svc.latency.ok else 0)
+            p = f"svc.{name}.latency."
+            for pct in ("p50", "p95", "p99"):
+                if p + pct + "_s" in m:
+                    lat.add_metric([name, pct], m[p + pct + "_s"])
+            for family, key in ((ttft, "ttft_p95_s"), (wait, "waiting")):
+                if p + key in m:
+                    family.add_metric([name], m[p + key])
         yield from (lat, ttft, up, wait)
 
 
@@ -191,14 +193,9 @@ class Exporter:
     def update_snapshot(self, snapshot: Snapshot) -> None:
         with self._s.lock:
             prev = self._s.snapshot
-            rates: dict[str, float] = {}
-            if prev is not None and snapshot.ts > prev.ts:
-                dt = snapshot.ts - prev.ts
-                for name in KEY_VMSTAT:
-                    a, b = prev.vmstat.get(name), snapshot.vmstat.get(name)
-                    if a is not None and b is not None and b >= a:  # counter reset -> no rate
-                        rates[name] = (b - a) / dt
-            self._s.snapshot, self._s.vm_rates = snapshot, rates
+            # rates over the last sample interval; a counter reset or a clock step gives none
+            window = [prev, snapshot] if prev is not None else [snapshot]
+            self._s.snapshot, self._s.metrics = snapshot, derive_metrics(window)
 
     def update_symptoms(self, symptoms: list[Symptom]) -> None:
         with self._s.lock:

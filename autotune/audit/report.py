@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from autotune.audit.export import iso
 from autotune.audit.trail import FINAL_OUTCOMES, AuditEvent, AuditTrail
+from autotune.detect.metrics import gauges
 from autotune.types import Snapshot
 
 PSI_RESOURCES = ("cpu", "memory", "io")
@@ -110,26 +111,18 @@ def format_objective(name: str | None, v: float | None) -> str:
 
 
 # -- samples -------------------------------------------------------------------------------
-def objective_of(snap: Snapshot, service: str | None) -> float | None:
-    """p95 latency (s) of ``service`` (or the first service reporting one)."""
-    names = [service] if service else list(snap.services)
-    for name in names:
-        svc = snap.services.get(name) if name else None
-        if svc and svc.latency and svc.latency.ok and svc.latency.p95_s is not None:
-            return svc.latency.p95_s
-    return None
-
-
-def psi_of(snap: Snapshot, resource: str) -> float | None:
-    r = snap.psi.get(resource)
-    return r.some.avg10_pct if r is not None and r.some is not None else None
+def objective_of(m: dict[str, float], service: str | None) -> float | None:
+    """p95 latency (s) of ``service`` (or the first service reporting one); ``m`` is ``gauges(snap)``."""
+    if service:
+        return m.get(f"svc.{service}.latency.p95_s")
+    return next((v for k, v in m.items() if k.startswith("svc.") and k.endswith(".latency.p95_s")), None)
 
 
 def violation_s(snaps: list[Snapshot], service: str | None, slo_s: float) -> float:
     """Seconds whose sample showed the objective above the SLO (each sample counts until the next)."""
     total = 0.0
     for a, b in zip(snaps, snaps[1:]):
-        v = objective_of(a, service)
+        v = objective_of(gauges(a), service)
         if v is not None and v > slo_s:
             total += b.ts - a.ts
     return total
@@ -172,14 +165,15 @@ def plot_action(story: ActionStory, snaps: list[Snapshot]) -> tuple[str, bool]:
     raw = False
     if snaps:
         xs = [s.ts - t0 for s in snaps]
-        obj = [objective_of(s, story.service) for s in snaps]
+        ms = [gauges(s) for s in snaps]
+        obj = [objective_of(m, story.service) for m in ms]
         if any(v is not None for v in obj):
             ax.plot(xs, [v * 1000 if v is not None else float("nan") for v in obj],
                     color="#1f4e9c", lw=1.8, label="p95 latency (ms)")
             raw = True
         colors = {"cpu": "#d9822b", "memory": "#8e44ad", "io": "#7f8c8d"}
         for res in PSI_RESOURCES:
-            vals = [psi_of(s, res) for s in snaps]
+            vals = [m.get(f"psi.{res}.some.avg10") for m in ms]
             if any(v is not None for v in vals):
                 ax2.plot(xs, [v if v is not None else float("nan") for v in vals], color=colors[res],
                          lw=1, alpha=0.8, label=f"PSI {res} some avg10 (%)")

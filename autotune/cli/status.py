@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from autotune.cli.common import ConfigOpt, JsonOpt, RootOpt, load_config_or_exit, print_json
+from autotune.detect.metrics import PSI_FIELDS, PSI_LINES, gauges
 
 
 def psi_json(reading) -> dict[str, Any] | None:
@@ -20,6 +21,14 @@ def psi_json(reading) -> dict[str, Any] | None:
         return {"avg10": ln.avg10_pct, "avg60": ln.avg60_pct, "avg300": ln.avg300_pct, "total": ln.total_usec}
 
     return {"some": line(reading.some), "full": line(reading.full)}
+
+
+def psi_rows(snap) -> dict[str, list[float | None]]:
+    """The human table's PSI cells per resource (some avg10/60/300, full avg10/60/300), read
+    through the metric vocabulary (``psi.<res>.<line>.<avgN>``); None where the kernel has none."""
+    m = gauges(snap)
+    cells = [(line, avg) for line in PSI_LINES for avg in PSI_FIELDS]
+    return {res: [m.get(f"psi.{res}.{line}.{avg}") for line, avg in cells] for res in snap.psi}
 
 
 def snapshot_json(snap) -> dict[str, Any]:
@@ -96,20 +105,15 @@ def _print_human(caps, snap, agent) -> None:
     p = Table(title="Pressure (PSI %)")
     for col in ("resource", "some avg10", "avg60", "avg300", "full avg10", "avg60", "avg300"):
         p.add_column(col, justify="right")
-    for res, r in snap.psi.items():
-        if r is None:
-            p.add_row(res, "-", "-", "-", "-", "-", "-")
-            continue
-        s = [f"{v:.2f}" for v in ((r.some.avg10_pct, r.some.avg60_pct, r.some.avg300_pct) if r.some else ())] or ["-"] * 3
-        f = [f"{v:.2f}" for v in ((r.full.avg10_pct, r.full.avg60_pct, r.full.avg300_pct) if r.full else ())] or ["-"] * 3
-        p.add_row(res, *s, *f)
+    for res, cells in psi_rows(snap).items():
+        p.add_row(res, *(f"{v:.2f}" if v is not None else "-" for v in cells))
     con.print(p)
+    m = gauges(snap)
     if snap.loadavg:
         la = snap.loadavg
-        con.print(f"load {la.load1:.2f} {la.load5:.2f} {la.load15:.2f}  runnable {la.runnable}/{la.threads}")
-    mem = snap.meminfo_bytes
-    if "MemTotal" in mem and "MemAvailable" in mem:
-        con.print(f"memory available {mem['MemAvailable'] / 2**30:.1f} / {mem['MemTotal'] / 2**30:.1f} GiB")
+        con.print(f"load {m['load.1']:.2f} {m['load.5']:.2f} {m['load.15']:.2f}  runnable {la.runnable}/{la.threads}")
+    if "mem.total_bytes" in m and "mem.available_bytes" in m:
+        con.print(f"memory available {m['mem.available_bytes'] / 2**30:.1f} / {m['mem.total_bytes'] / 2**30:.1f} GiB")
     for name, svc in snap.services.items():
         cgr = svc.cgroup
         con.print(f"service {name}: {len(svc.processes)} process(es), cgroup "

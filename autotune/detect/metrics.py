@@ -1,4 +1,12 @@
-"""Flatten a window of Snapshots into named metrics: gauges from the last, rates first->last.
+"""The metric vocabulary: the only flat names for what a Snapshot says, and the one place
+that derives them. Gauges come from the last snapshot, rates from first -> last.
+
+Every consumer of flat readings goes through here: the detector and rules (``derive_metrics``
+over a window), per-sample series such as the sample store's bucket stats (``steps``: one dict
+per snapshot, rates over the pair ending there; ``series``: one name), the audit report and
+``status`` (``gauges``: one snapshot), the Prometheus exporter (the last two snapshots), and the
+engine's SLO context (``slo_ratios``). Raw counters (PSI ``total_usec``, vmstat counts) are not
+flat metrics: they stay in the Snapshot, and their rates are metrics here.
 
 Pure: no /proc, no clock. A metric whose inputs are missing, or whose counter went backwards
 (reset, process restarted), is simply absent - never NaN, never an exception. Rules and symptom
@@ -43,7 +51,7 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``rss_bytes`` | bytes | sum of RSS |
 | ``latency.<p50|p95|p99|ttft_p95>_s`` | s | last latency reading (when ok) |
 | ``latency.requests`` ``latency.running`` ``latency.waiting`` | count | last latency reading |
-| ``slo.p95_ratio`` ``slo.p99_ratio`` ``slo.ttft_p95_ratio`` | ratio | latency / SLO; needs ``services`` |
+| ``slo.p95_ratio`` ``slo.p99_ratio`` ``slo.ttft_p95_ratio`` | ratio | latency / SLO (``slo_ratios``); needs ``services`` |
 
 Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
 role aggregates (``neighbours.*``, ``services.count``, ``services.latency_critical.count``) and knob facts read through
@@ -140,25 +148,48 @@ def derive_metrics(
     _load(out, last, ncpu_v)
     _mem(out, last.meminfo_bytes)
 
-    slos = {getattr(s, "name", None): getattr(s, "slo", None) for s in services}
     for name, svc in last.services.items():
         prev = first.services.get(name)
         prefix = f"svc.{name}."
         svc_out: dict[str, float] = {}
         _service(svc_out, prev, svc, [s.services.get(name) for s in window], dt if rate_ok else 0.0)
-        _slo(svc_out, slos.get(name))
         out.update({prefix + k: v for k, v in svc_out.items()})
+    out.update(slo_ratios(out, services))
     return out
+
+
+def gauges(snapshot: Snapshot, *, ncpu: int | None = None, services: Iterable[object] = ()) -> dict[str, float]:
+    """The metrics one snapshot gives on its own (no rates): ``derive_metrics([snapshot])``."""
+    return derive_metrics([snapshot], ncpu=ncpu, services=services)
+
+
+def steps(window: Sequence[Snapshot], **kw) -> list[tuple[float, dict[str, float]]]:
+    """(ts, metrics) at each snapshot: its gauges plus rates over the pair ending there."""
+    return [(snap.ts, derive_metrics(window[max(0, i - 1) : i + 1], **kw)) for i, snap in enumerate(window)]
 
 
 def series(window: Sequence[Snapshot], name: str, **kw) -> list[tuple[float, float]]:
     """(ts, value) of ``name`` at each snapshot; rates use the pair ending there."""
-    pts = []
-    for i, snap in enumerate(window):
-        m = derive_metrics(window[max(0, i - 1) : i + 1], **kw)
-        if name in m:
-            pts.append((snap.ts, m[name]))
-    return pts
+    return [(ts, m[name]) for ts, m in steps(window, **kw) if name in m]
+
+
+_SLO = (("latency.p95_s", "p95_latency_s", "slo.p95_ratio"),
+        ("latency.p99_s", "p99_latency_s", "slo.p99_ratio"),
+        ("latency.ttft_p95_s", "ttft_p95_s", "slo.ttft_p95_ratio"))
+
+
+def slo_ratios(metrics: dict[str, float], services: Iterable[object]) -> dict[str, float]:
+    """``svc.<s>.slo.*_ratio`` = latency / SLO target, for each config ``Service`` with an SLO
+    whose latency is in ``metrics``. The one place the ratio is computed (the engine calls it too)."""
+    out: dict[str, float] = {}
+    for svc in services:
+        name, slo = getattr(svc, "name", None), getattr(svc, "slo", None)
+        for lat_key, slo_key, ratio_key in _SLO:
+            target = getattr(slo, slo_key, None)
+            lat = metrics.get(f"svc.{name}.{lat_key}")
+            if target and lat is not None:
+                out[f"svc.{name}.{ratio_key}"] = lat / target
+    return out
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -226,10 +257,11 @@ def _load(out, last: Snapshot, ncpu: int | None) -> None:
 
 def _mem(out, mi: dict[str, int]) -> None:
     total, avail = mi.get("MemTotal"), mi.get("MemAvailable")
+    if avail is not None:
+        out["mem.available_bytes"] = float(avail)
     if total:
         out["mem.total_bytes"] = float(total)
         if avail is not None:
-            out["mem.available_bytes"] = float(avail)
             out["mem.available_pct"] = 100.0 * avail / total
     st, sf = mi.get("SwapTotal"), mi.get("SwapFree")
     if st and sf is not None:
@@ -304,16 +336,3 @@ def _cgroup(out, cg0: CgroupReading | None, cg: CgroupReading, dt: float) -> Non
             out["cpu.throttled_pct"] = 0.0  # no period ran out: idle or unlimited
     for ev in MEM_EVENTS:
         _rate(out, f"mem.{ev}_events.rate", cg0.memory_events.get(ev), cg.memory_events.get(ev), dt)
-
-
-def _slo(out, slo) -> None:
-    if slo is None:
-        return
-    for lat_key, slo_key, name in (
-        ("latency.p95_s", "p95_latency_s", "slo.p95_ratio"),
-        ("latency.p99_s", "p99_latency_s", "slo.p99_ratio"),
-        ("latency.ttft_p95_s", "ttft_p95_s", "slo.ttft_p95_ratio"),
-    ):
-        target = getattr(slo, slo_key, None)
-        if target and lat_key in out:
-            out[name] = out[lat_key] / target

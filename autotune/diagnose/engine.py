@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from autotune.detect.metrics import slo_ratios
 from autotune.detect.symptoms import SERVICE_PLACEHOLDER
 from autotune.diagnose.rules import (
     _PLACEHOLDER,
@@ -104,13 +105,8 @@ def context_metrics(ruleset: RuleSet, metrics: dict[str, float], config: Any, re
         vals = [m[f"svc.{s.name}.{key}"] for s in neighbours if f"svc.{s.name}.{key}" in m]
         if vals:
             m.setdefault(f"neighbours.{key}", float(sum(vals)))
-    for s in services:
-        for lat, slo_attr, name in (("p95_s", "p95_latency_s", "p95"), ("p99_s", "p99_latency_s", "p99"),
-                                    ("ttft_p95_s", "ttft_p95_s", "ttft_p95")):
-            target = getattr(s.slo, slo_attr, None)
-            v = m.get(f"svc.{s.name}.latency.{lat}")
-            if target and v is not None:
-                m.setdefault(f"svc.{s.name}.slo.{name}_ratio", v / target)
+    for name, ratio in slo_ratios(m, services).items():
+        m.setdefault(name, ratio)
     used = ruleset.context_metrics_used()
     facts = {
         "host.governor_powersave": ("governor", "all", lambda v: "powersave" in v.split()),

@@ -1,5 +1,8 @@
 """The gate's pressure input: PSI ``some avg10`` of the host or of one cgroup, polled.
 
+The file is parsed by the sensors' parser (``sensors.psi.parse_psi``), the same one that fills
+Snapshots, so the gate and the agent read the same number.
+
 PSI triggers (poll() on the pressure file) answer EINVAL on the target kernels, and avg10
 only moves every 2 s anyway, so the file is read at most every ``min_interval_s`` (0.5 s) and
 cached. A missing or unreadable file gives ``None`` (unknown): the gate then fails open rather
@@ -12,23 +15,9 @@ import time
 from collections.abc import Callable
 
 from autotune.cgroupfs import v2_dir
-from autotune.errors import ConfigError, HostError, ParseError
+from autotune.errors import ConfigError, HostError
 from autotune.host import Host
-
-
-def parse_some_avg10(text: str, *, source: str) -> float:
-    """'some avg10=12.34 avg60=... total=...' -> 12.34 (percent)."""
-    for line in text.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "some":
-            for field in fields[1:]:
-                key, _, val = field.partition("=")
-                if key == "avg10":
-                    try:
-                        return float(val)
-                    except ValueError as err:
-                        raise ParseError(f"{source}: avg10={val!r} is not a number") from err
-    raise ParseError(f"{source}: no 'some avg10=' field")
+from autotune.sensors.psi import parse_psi, some_avg10_pct
 
 
 def pressure_path(host: Host, spec: str) -> str:
@@ -66,8 +55,8 @@ class PressureSource:
             return self._value
         self._at = now
         try:
-            self._value = parse_some_avg10(self.host.read_text(self.path), source=self.path)
-            self.error = None
+            self._value = some_avg10_pct(parse_psi(self.host.read_text(self.path), self.path))
+            self.error = None if self._value is not None else f"{self.path}: no 'some' line"
         except HostError as err:
             self._value, self.error = None, str(err)
         return self._value

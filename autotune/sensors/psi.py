@@ -56,6 +56,15 @@ def parse_psi(text: str, source: str) -> PsiReading:
     return PsiReading(some=lines.get("some"), full=lines.get("full"))
 
 
+def some_avg10_pct(reading: PsiReading | None) -> float | None:
+    """``some avg10`` (%) of one pressure reading; None when the file or its 'some' line is absent.
+
+    For readers of a lone pressure file (the gate, the bench). A Snapshot's PSI goes by the
+    ``detect.metrics`` names (``psi.cpu.some.avg10``, ``svc.<s>.psi.cpu.some.avg10``).
+    """
+    return reading.some.avg10_pct if reading is not None and reading.some is not None else None
+
+
 def read_psi_file(host: Host, path: str) -> PsiReading | None:
     """One pressure file, or None when the kernel does not provide it."""
     text = host.read_optional(path)

@@ -9,9 +9,12 @@ aggregate row per ``aggregate_every_s`` bucket and deletes them.
 Why per-bucket rows with both a compacted snapshot and per-metric stats: the *last* snapshot
 of a bucket keeps every cumulative counter exact (vmstat, CPU seconds, PSI total_usec), so
 rates between buckets stay computable with the same code that reads raw snapshots; the
-per-metric ``[min, mean, max, last]`` keeps what a last value loses for gauges (a PSI spike
-inside the minute). vmstat and per-CPU times are left out of the stats (counters, recoverable
-from consecutive buckets' snapshots) to keep rows small.
+per-metric ``[min, mean, max, last]`` keeps what a last value loses (a PSI spike inside the
+minute). Stats are keyed by the ``detect.metrics`` vocabulary (``psi.cpu.some.avg10``,
+``svc.<s>.cpu.throttled_pct``...), one value per sample from ``detect.metrics.steps``: its
+gauges plus rates over the pair ending there (a bucket's first sample pairs with the previous
+bucket's last, when that is kept). ``vmstat.*.rate`` is left out of the stats (recoverable from
+consecutive buckets' snapshots) to keep rows small.
 
 Deletes hand pages back to the filesystem through ``PRAGMA incremental_vacuum`` (open_db sets
 ``auto_vacuum=INCREMENTAL`` on new files) and a WAL checkpoint, so the file stays bounded.
@@ -19,10 +22,12 @@ Deletes hand pages back to the filesystem through ``PRAGMA incremental_vacuum`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import re
 import time
 import zlib
 from collections.abc import Iterable
@@ -31,6 +36,7 @@ from typing import Any
 import sqlite_utils
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from autotune.detect.metrics import steps
 from autotune.store.db import migrate, transaction
 from autotune.types import Snapshot
 
@@ -60,7 +66,75 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_v1]
+# v1 stats keys that have a vocabulary name (gauges); everything else there was a raw counter
+# (PSI total_usec, CPU seconds, cgroup usage, process fault counts), exact in the bucket's
+# last snapshot, and is dropped.
+_V1_HOST = {"loadavg.load1": "load.1", "loadavg.load5": "load.5", "loadavg.load15": "load.15",
+            "stat.procs_running": "stat.procs_running", "stat.procs_blocked": "stat.procs_blocked",
+            "meminfo.MemTotal": "mem.total_bytes", "meminfo.MemAvailable": "mem.available_bytes"}
+_V1_SVC = {"cgroup.cpu_quota_cores": "cpu.quota_cores", "cgroup.cpu_weight": "cpu.weight",
+           "cgroup.memory_current_bytes": "mem.usage_bytes", "cgroup.memory_max_bytes": "mem.max_bytes",
+           "cgroup.memory_high_bytes": "mem.high_bytes", "cgroup.nr_tasks": "tasks",
+           "procs.count": "processes", "procs.rss_bytes": "rss_bytes", "procs.num_threads": "threads",
+           "procs.running_threads": "running_threads",
+           **{f"latency.{k}": f"latency.{k}" for k in
+              ("p50_s", "p95_s", "p99_s", "ttft_p95_s", "requests", "running", "waiting")}}
+_V1_PSI = re.compile(r"(?:(svc\..+?\.)cgroup\.)?(psi\.[a-z]+\.(?:some|full)\.avg(?:10|60|300))_pct")
+_V1_SVC_KEY = re.compile(r"(svc\..+?\.)(" + "|".join(re.escape(k) for k in _V1_SVC) + ")")
+
+
+@functools.cache  # the same few hundred keys repeat in every row
+def _v1_name(key: str) -> str | None:
+    """The vocabulary name of a v1 stats key, or None when it was a raw counter."""
+    if key in _V1_HOST:
+        return _V1_HOST[key]
+    m = _V1_PSI.fullmatch(key)
+    if m:
+        return (m.group(1) or "") + m.group(2)
+    m = _V1_SVC_KEY.fullmatch(key)
+    return m.group(1) + _V1_SVC[m.group(2)] if m else None
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    """Drop the raw table's PSI columns (written, never read: the snapshot holds PSI) and rename
+    aggregate stats to the ``detect.metrics`` vocabulary (``_v1_name``; raw counters dropped)."""
+    for col in ("cpu_some_avg10", "memory_some_avg10", "io_some_avg10"):
+        db.execute(f"ALTER TABLE samples_raw DROP COLUMN {col}")
+    zdicts = {int(i): bytes(d) for i, d in db.execute("SELECT id, data FROM samples_dict")}
+    rows = db.execute("SELECT bucket_ts, stats_codec, stats_dict_id, stats_body FROM samples_agg").fetchall()
+    for bucket_ts, codec, dict_id, body in rows:
+        zdict = zdicts.get(dict_id) if dict_id is not None else None
+        try:
+            stats = json.loads(_decode(codec, zdict, body))
+        except (zlib.error, ValueError) as err:
+            log.warning("state DB samples_agg bucket=%s: undecodable stats left as is (%s)", bucket_ts, err)
+            continue
+        renamed = {new: v for k, v in stats.items() if (new := _v1_name(k)) is not None}
+        db.execute("UPDATE samples_agg SET stats_body=? WHERE bucket_ts=?",
+                   [_encode(json.dumps(renamed, separators=(",", ":")).encode(), codec, zdict), bucket_ts])
+
+
+MIGRATIONS = [_v1, _v2]
+
+
+def _decode(codec: int, zdict: bytes | None, body: bytes) -> bytes:
+    if codec == CODEC_JSON:
+        return bytes(body)
+    if codec == CODEC_ZLIB:
+        return zlib.decompress(body)
+    if codec == CODEC_ZDICT and zdict is not None:
+        d = zlib.decompressobj(zdict=zdict)
+        return d.decompress(body) + d.flush()
+    raise ValueError(f"unknown codec {codec}")
+
+
+def _encode(raw: bytes, codec: int, zdict: bytes | None) -> bytes:
+    if codec == CODEC_JSON:
+        return raw
+    if codec == CODEC_ZLIB:
+        return zlib.compress(raw, 6)
+    c = zlib.compressobj(6, zdict=zdict) if zdict is not None else zlib.compressobj(6)
+    return c.compress(raw) + c.flush()
 
 
 class MetricStats(BaseModel):
@@ -94,77 +168,13 @@ class RetainReport(BaseModel):
     file_bytes: int = 0
 
 
-# -- flattening ----------------------------------------------------------------------------
-def _psi_into(out: dict[str, float], prefix: str, psi: dict[str, Any]) -> None:
-    for res, reading in psi.items():
-        if reading is None:
-            continue
-        for kind in ("some", "full"):
-            line = getattr(reading, kind)
-            if line is None:
-                continue
-            p = f"{prefix}psi.{res}.{kind}."
-            out[p + "avg10_pct"] = line.avg10_pct
-            out[p + "avg60_pct"] = line.avg60_pct
-            out[p + "avg300_pct"] = line.avg300_pct
-            out[p + "total_usec"] = line.total_usec
-
-
-_CG_FIELDS = (
-    "cpu_usage_usec", "nr_periods", "nr_throttled", "throttled_usec", "cpu_quota_cores",
-    "cpu_period_usec", "cpu_weight", "memory_current_bytes", "memory_max_bytes",
-    "memory_high_bytes", "nr_tasks",
-)
-_LAT_FIELDS = ("p50_s", "p95_s", "p99_s", "ttft_p95_s", "requests", "running", "waiting")
-
-
-def flatten(s: Snapshot) -> dict[str, float]:
-    """Numeric metrics of one snapshot by dotted name (vmstat and per-CPU times left out).
-
-    Names: ``psi.cpu.some.avg10_pct``, ``loadavg.load1``, ``stat.user_s``, ``meminfo.MemAvailable``,
-    ``svc.<name>.latency.p95_s``, ``svc.<name>.cgroup.cpu_usage_usec``,
-    ``svc.<name>.cgroup.psi.cpu.some.avg10_pct``, ``svc.<name>.procs.rss_bytes`` (sum over processes).
-    """
-    out: dict[str, float] = {}
-    _psi_into(out, "", s.psi)
-    if s.loadavg is not None:
-        for k, v in s.loadavg.model_dump().items():
-            out[f"loadavg.{k}"] = v
-    if s.stat is not None:
-        for k, v in s.stat.total.model_dump().items():
-            out[f"stat.{k}"] = v
-        for k in ("ctxt", "processes", "procs_running", "procs_blocked"):
-            v = getattr(s.stat, k)
-            if v is not None:
-                out[f"stat.{k}"] = v
-    for k, v in s.meminfo_bytes.items():
-        out[f"meminfo.{k}"] = v
-    for name, svc in s.services.items():
-        p = f"svc.{name}."
-        if svc.latency is not None and svc.latency.ok:
-            for k in _LAT_FIELDS:
-                v = getattr(svc.latency, k)
-                if v is not None:
-                    out[p + "latency." + k] = v
-        cg = svc.cgroup
-        if cg is not None:
-            for k in _CG_FIELDS:
-                v = getattr(cg, k)
-                if v is not None:
-                    out[p + "cgroup." + k] = v
-            for k, v in cg.memory_events.items():
-                out[p + "cgroup.memory_events." + k] = v
-            _psi_into(out, p + "cgroup.", cg.psi)
-        if svc.processes:
-            procs = svc.processes
-            out[p + "procs.count"] = len(procs)
-            out[p + "procs.rss_bytes"] = sum(x.rss_bytes for x in procs)
-            out[p + "procs.num_threads"] = sum(x.num_threads for x in procs)
-            out[p + "procs.running_threads"] = sum(x.running_threads for x in procs)
-            out[p + "procs.cpu_s"] = sum(x.cpu_user_s + x.cpu_system_s for x in procs)
-            out[p + "procs.ctx_involuntary"] = sum(x.ctx_involuntary for x in procs)
-            out[p + "procs.major_faults"] = sum(x.major_faults for x in procs)
-    return out
+# -- stats ---------------------------------------------------------------------------------
+def _stat_metrics(snaps: list[Snapshot], before: Snapshot | None) -> list[dict[str, float]]:
+    """One vocabulary dict per sample of ``snaps`` (vmstat rates left out, see above);
+    ``before``, the previous bucket's last sample, only gives the first sample's rates."""
+    window = ([before] if before is not None else []) + snaps
+    out = [{k: v for k, v in m.items() if not k.startswith("vmstat.")} for _ts, m in steps(window)]
+    return out[len(window) - len(snaps):]
 
 
 def _round(x: float) -> float:
@@ -179,11 +189,6 @@ def _pack_stats(stats: dict[str, list[float]]) -> dict[str, Any]:
 
 def _unpack_stats(packed: dict[str, Any]) -> dict[str, list[float]]:
     return {k: (v if isinstance(v, list) else [v, v, v, v]) for k, v in packed.items()}
-
-
-def _host_psi(s: Snapshot, res: str) -> float | None:
-    r = s.psi.get(res)
-    return r.some.avg10_pct if r is not None and r.some is not None else None
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -206,7 +211,7 @@ class SampleStore:
         self.keep_bucket_snapshot = keep_bucket_snapshot
         migrate(db, COMPONENT, MIGRATIONS)
         self._dicts: dict[int, bytes] = {}
-        self._dict_ids: dict[str, int] = {}  # kind ("snapshot" | "stats") -> newest dict id
+        self._dict_ids: dict[str, int] = {}  # kind ("snapshot" | "metrics") -> newest dict id
         for did, kind, data in db.execute("SELECT id, kind, data FROM samples_dict ORDER BY id"):
             self._dict_ids[kind] = int(did)
             self._dicts[int(did)] = bytes(data)
@@ -225,8 +230,7 @@ class SampleStore:
             )
             did = self._dict_ids[kind] = int(cur.lastrowid)
             self._dicts[did] = raw[-_ZDICT_MAX:]
-        c = zlib.compressobj(6, zdict=self._dicts[did])
-        return CODEC_ZDICT, did, c.compress(raw) + c.flush()
+        return CODEC_ZDICT, did, _encode(raw, CODEC_ZDICT, self._dicts[did])
 
     def _zdict(self, dict_id: int) -> bytes:
         if dict_id not in self._dicts:
@@ -237,14 +241,7 @@ class SampleStore:
         return self._dicts[dict_id]
 
     def _decode(self, codec: int, dict_id: int | None, body: bytes) -> bytes:
-        if codec == CODEC_JSON:
-            return bytes(body)
-        if codec == CODEC_ZLIB:
-            return zlib.decompress(body)
-        if codec == CODEC_ZDICT and dict_id is not None:
-            d = zlib.decompressobj(zdict=self._zdict(dict_id))
-            return d.decompress(body) + d.flush()
-        raise ValueError(f"unknown codec {codec}")
+        return _decode(codec, self._zdict(dict_id) if codec == CODEC_ZDICT and dict_id is not None else None, body)
 
     def _snapshot(self, codec: int, dict_id: int | None, body: bytes, where: str) -> Snapshot | None:
         """Decode one row; a corrupt row is skipped with a warning, never raised into the loop."""
@@ -257,12 +254,8 @@ class SampleStore:
     # writing ---------------------------------------------------------------------------
     def _insert(self, s: Snapshot) -> None:
         codec, dict_id, body = self._encode(s.model_dump_json(exclude_defaults=True).encode())
-        self.db.execute(
-            "INSERT INTO samples_raw(ts, codec, dict_id, body, cpu_some_avg10, memory_some_avg10,"
-            " io_some_avg10) VALUES (?,?,?,?,?,?,?)",
-            [s.ts, codec, dict_id, body, _host_psi(s, "cpu"), _host_psi(s, "memory"),
-             _host_psi(s, "io")],
-        )
+        self.db.execute("INSERT INTO samples_raw(ts, codec, dict_id, body) VALUES (?,?,?,?)",
+                        [s.ts, codec, dict_id, body])
 
     def append(self, snapshot: Snapshot) -> None:
         """Store one snapshot (one committed transaction)."""
@@ -333,6 +326,20 @@ class SampleStore:
         return {"raw": int(raw), "aggregates": int(agg)}
 
     # retention -------------------------------------------------------------------------
+    def _last_before(self, bucket_ts: float) -> Snapshot | None:
+        """The previous bucket's last sample: raw if still kept, else its aggregate's snapshot."""
+        row = self.db.execute(
+            "SELECT codec, dict_id, body, ts FROM samples_raw WHERE ts >= ? AND ts < ?"
+            " ORDER BY ts DESC, id DESC LIMIT 1", [bucket_ts - self.every_s, bucket_ts],
+        ).fetchone()
+        if row is None:
+            row = self.db.execute(
+                "SELECT codec, dict_id, last_body, last_ts FROM samples_agg WHERE bucket_ts >= ?"
+                " AND bucket_ts < ? AND last_body IS NOT NULL ORDER BY bucket_ts DESC LIMIT 1",
+                [bucket_ts - self.every_s, bucket_ts],
+            ).fetchone()
+        return None if row is None else self._snapshot(row[0], row[1], row[2], f"sample ts={row[3]}")
+
     def _fold_bucket(self, bucket_ts: float, end_ts: float) -> int:
         rows = self.db.execute(
             "SELECT codec, dict_id, body, ts FROM samples_raw WHERE ts >= ? AND ts < ? "
@@ -343,8 +350,8 @@ class SampleStore:
         if not snaps:
             return len(rows)
         acc: dict[str, list[float]] = {}  # name -> [min, sum, max, last, count]
-        for s in snaps:
-            for k, v in flatten(s).items():
+        for m in _stat_metrics(snaps, self._last_before(bucket_ts)):
+            for k, v in m.items():
                 if v is None or (isinstance(v, float) and not math.isfinite(v)):
                     continue
                 a = acc.get(k)
@@ -381,8 +388,8 @@ class SampleStore:
         codec, dict_id, body = (CODEC_JSON, None, None)
         if self.keep_bucket_snapshot:
             codec, dict_id, body = self._encode(last_snap.model_dump_json(exclude_defaults=True).encode())
-        scodec, sdict, sbody = self._encode(
-            json.dumps(_pack_stats(stats), separators=(",", ":")).encode(), "stats"
+        scodec, sdict, sbody = self._encode(  # "metrics": v2 names, so not v1's "stats" dictionary
+            json.dumps(_pack_stats(stats), separators=(",", ":")).encode(), "metrics"
         )
         self.db.execute(
             "INSERT OR REPLACE INTO samples_agg(bucket_ts, every_s, n, first_ts, last_ts, codec,"

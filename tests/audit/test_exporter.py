@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 
 from autotune.audit.exporter import Exporter, parse_listen
 from autotune.audit.trail import AuditEvent
+from autotune.detect.metrics import derive_metrics
 from autotune.types import (LatencyReading, PsiLine, PsiReading, ServiceReading, Snapshot, Symptom)
 
 from .conftest import make_events
@@ -65,6 +66,25 @@ def test_values_follow_snapshot_symptoms_and_events(exp):
     assert g("autotune_helper_refusals_total", {"knob": "sysctl"}) == 1
     assert g("autotune_build_info", {"version": __import__("autotune").__version__,
                                      "python": __import__("platform").python_version()}) == 1
+
+
+def test_gauges_and_rates_are_the_metric_vocabulary(exp):
+    m = derive_metrics([_snap(100.0, 1000), _snap(102.0, 1100)])  # what the fixture fed, in order
+    g = exp.registry.get_sample_value
+    psi = {k: v for k, v in m.items() if k.startswith("psi.") and ".avg" in k}
+    assert len(psi) == 9  # cpu some, memory some + full; io absent
+    for name, v in psi.items():
+        _, res, kind, avg = name.split(".")
+        assert g("autotune_psi_avg_percent", {"resource": res, "kind": kind, "window": avg[3:] + "s"}) == v, name
+    page = generate_latest(exp.registry).decode()
+    assert page.count("autotune_psi_avg_percent{") == len(psi)
+    assert g("autotune_vmstat_rate_per_second", {"counter": "pgmajfault"}) == m["vmstat.pgmajfault.rate"]
+    assert g("autotune_memory_available_bytes") == m["mem.available_bytes"]
+    for pct in ("p50", "p95", "p99"):
+        assert g("autotune_service_latency_seconds", {"service": "llm", "percentile": pct}) == \
+            m[f"svc.llm.latency.{pct}_s"]
+    assert g("autotune_service_ttft_p95_seconds", {"service": "llm"}) == m["svc.llm.latency.ttft_p95_s"]
+    assert g("autotune_service_requests_waiting", {"service": "llm"}) == m["svc.llm.latency.waiting"]
 
 
 def test_counter_reset_gives_no_rate(exp):

@@ -4,8 +4,9 @@ import base64
 import random
 from html.parser import HTMLParser
 
-from autotune.audit.report import build_html, stories, violation_s, write_report
+from autotune.audit.report import build_html, objective_of, stories, violation_s, write_report
 from autotune.audit.trail import AuditEvent
+from autotune.detect.metrics import derive_metrics, gauges
 from autotune.types import LatencyReading, PsiLine, PsiReading, ServiceReading, Snapshot
 
 from .conftest import T0, make_events
@@ -114,6 +115,18 @@ def test_violation_seconds_counts_samples_above_slo():
     assert violation_s(snaps, "llm", 0.2) == 100
     assert violation_s(snaps, "llm", 0.5) == 0
     assert violation_s(snaps, "other", 0.2) == 0
+
+
+def test_objective_is_the_vocabulary_latency():
+    s = _snaps(0, 0, lat_s=0.3)[0]
+    two = s.model_copy(update={"services": {
+        "batch": ServiceReading(name="batch", latency=LatencyReading(source="t", ok=False, p95_s=9.0)),
+        **s.services}})
+    m = derive_metrics([two])
+    assert m == gauges(two)
+    assert objective_of(m, "llm") == m["svc.llm.latency.p95_s"] == 0.3
+    assert objective_of(m, None) == 0.3  # the first service *reporting* one (batch's source failed)
+    assert objective_of(m, "batch") is None
 
 
 def test_report_plots_only_the_latest_actions_but_counts_all(filled):

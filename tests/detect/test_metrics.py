@@ -7,7 +7,7 @@ import math
 import pytest
 
 from autotune.config import SLO, Service
-from autotune.detect.metrics import derive_metrics, is_known_metric, series
+from autotune.detect.metrics import derive_metrics, gauges, is_known_metric, series, slo_ratios, steps
 from autotune.types import (
     CgroupReading,
     CpuTimes,
@@ -137,6 +137,26 @@ def test_series_per_sample():
     pts = series(two(), "vmstat.pgmajfault.rate")
     assert pts == [(110.0, pytest.approx(10.0))]
     assert [ts for ts, _ in series(two(), "psi.cpu.some.avg10")] == [100.0, 110.0]
+
+
+def test_gauges_and_steps_are_derive_metrics():
+    a, b = two()
+    assert gauges(b) == derive_metrics([b]) and "psi.cpu.some.stall_pct" not in gauges(b)
+    assert steps([a, b]) == [(100.0, derive_metrics([a])), (110.0, derive_metrics([a, b]))]
+
+
+def test_slo_ratio_is_computed_once_from_flat_latency():
+    svc = Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5, ttft_p95_s=0.2))
+    flat = {"svc.llm.latency.p95_s": 0.8, "svc.llm.latency.p99_s": 1.0, "svc.other.latency.p95_s": 9.0}
+    assert slo_ratios(flat, [svc]) == {"svc.llm.slo.p95_ratio": pytest.approx(1.6)}  # no p99 SLO, no ttft reading
+    assert slo_ratios(flat, [Service(name="llm", cgroup="/x")]) == {}  # no SLO at all
+    m = derive_metrics(two(), services=[svc])
+    assert {k: v for k, v in m.items() if ".slo." in k} == slo_ratios(m, [svc])
+
+
+def test_mem_available_without_mem_total():
+    m = gauges(Snapshot(ts=1.0, meminfo_bytes={"MemAvailable": 250}))
+    assert m == {"mem.available_bytes": 250.0}  # no total: no percentage, but the bytes are known
 
 
 @pytest.mark.parametrize("name,ok", [

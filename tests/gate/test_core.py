@@ -8,10 +8,11 @@ import uuid
 
 import pytest
 
-from autotune.errors import ConfigError, ParseError
+from autotune.errors import ConfigError
 from autotune.gate.core import Gate, GateRejected, GateSettings
-from autotune.gate.pressure import PressureSource, parse_some_avg10, pressure_path
+from autotune.gate.pressure import PressureSource, pressure_path
 from autotune.host import Host
+from autotune.sensors.psi import parse_psi
 
 PSI = "some avg10={:.2f} avg60=1.00 avg300=1.00 total=1\n"
 
@@ -166,13 +167,26 @@ def test_configure_is_atomic_and_validated():
 
 
 # -- pressure source ----------------------------------------------------------------------------
-def test_parse_some_avg10():
-    assert parse_some_avg10("some avg10=12.34 avg60=0 avg300=0 total=9\nfull avg10=1 avg60=0 avg300=0 total=0\n",
-                            source="x") == 12.34
-    with pytest.raises(ParseError, match="no 'some avg10='"):
-        parse_some_avg10("garbage\n", source="x")
-    with pytest.raises(ParseError, match="not a number"):
-        parse_some_avg10("some avg10=abc\n", source="x")
+def _source(tmp_path, text: str) -> PressureSource:
+    f = tmp_path / "proc/pressure/cpu"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(text)
+    return PressureSource(Host(tmp_path), min_interval_s=0)
+
+
+def test_pressure_reading_is_the_sensors_parse_of_the_same_file(tmp_path):
+    text = "some avg10=12.34 avg60=0.50 avg300=0.10 total=9\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=0\n"
+    assert _source(tmp_path, text).read() == parse_psi(text, "cpu").some.avg10_pct == 12.34
+
+
+def test_unparsable_pressure_file_is_unknown_with_a_reason(tmp_path):
+    for text, why in (("garbage\n", "expected 'some' or 'full'"),
+                      ("some avg10=abc avg60=0 avg300=0 total=0\n", "non-numeric"),
+                      ("some avg10=1\n", "missing avg60, avg300, total"),
+                      ("full avg10=1.00 avg60=0.00 avg300=0.00 total=0\n", "no 'some' line")):
+        src = _source(tmp_path, text)
+        assert src.read() is None, text
+        assert "/proc/pressure/cpu" in src.error and why in src.error, src.error
 
 
 def test_pressure_source_caches_for_min_interval(tmp_path):
@@ -189,7 +203,7 @@ def test_pressure_source_caches_for_min_interval(tmp_path):
     assert src.read() == 90
     f.write_text("junk")
     now[0] = 2.0
-    assert src.read() is None and "no 'some avg10='" in src.error
+    assert src.read() is None and "expected 'some' or 'full'" in src.error
 
 
 def test_cgroup_pressure_path_on_hybrid_and_v1_hosts(tmp_path):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from autotune.errors import ParseError
 from autotune.host import Host
-from autotune.sensors.psi import parse_psi, read_cgroup_psi, read_psi
+from autotune.sensors.psi import parse_psi, read_cgroup_psi, read_psi, some_avg10_pct
 from tests.fixtures.hosts import NAMES, fixture_path
 
 
@@ -41,6 +41,13 @@ def test_prometheus_cpu_has_only_some():
 def test_irq_full_only_v2docs():
     r = read_psi(Host(fixture_path("v2-docs")))
     assert r["irq"].some is None and r["irq"].full.total_usec == 4321
+    assert some_avg10_pct(r["irq"]) is None  # no 'some' line: unknown, not 0
+
+
+def test_some_avg10_pct_of_a_lone_reading():
+    r = read_psi(Host(fixture_path("prometheus-procfs")))
+    assert some_avg10_pct(r["cpu"]) == r["cpu"].some.avg10_pct
+    assert some_avg10_pct(r["irq"]) is None  # file absent
 
 
 def test_cgroup_psi_v2docs():

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+import json
+import zlib
+
+from autotune.detect.metrics import gauges, is_known_metric, steps
 from autotune.errors import HostError
-from autotune.store.db import open_db, schema_version
-from autotune.store.samples import SampleStore, flatten
+from autotune.store.db import migrate, open_db, schema_version
+from autotune.store.samples import CODEC_JSON, CODEC_ZDICT, MIGRATIONS, MetricStats, SampleStore
 from autotune.types import PsiLine, PsiReading, Snapshot
 from samplegen import realistic_snapshot
 
@@ -24,8 +28,9 @@ def db(tmp_path):
 def test_migration_is_versioned_and_idempotent(db):
     SampleStore(db)
     SampleStore(db)
-    assert schema_version(db, "samples") == 1
+    assert schema_version(db, "samples") == 2
     assert db["samples_raw"].exists() and db["samples_agg"].exists()
+    assert "cpu_some_avg10" not in db["samples_raw"].columns_dict  # v1's unread column is gone
 
 
 def test_newer_schema_is_refused(db):
@@ -79,13 +84,16 @@ def test_retain_folds_buckets_with_stats(db):
     assert [s.ts for s in st.window(0)] == [130.0]  # the current bucket stays raw
     aggs = st.aggregates(0)
     assert [a.bucket_ts for a in aggs] == [0.0, 60.0]
-    a0 = aggs[0].stats["psi.cpu.some.avg10_pct"]
+    a0 = aggs[0].stats["psi.cpu.some.avg10"]
     assert (a0.min, a0.mean, a0.max, a0.last) == (0.0, 2.5, 5.0, 5.0)
     assert aggs[0].n == 6 and aggs[0].last.ts == 50.0
-    assert aggs[0].stats["psi.cpu.some.total_usec"].last == 500
-    c = aggs[1].stats["psi.cpu.some.avg10_pct"]
+    assert aggs[0].last.psi["cpu"].some.total_usec == 500  # counters stay exact in the last snapshot
+    stall = aggs[0].stats["psi.cpu.some.stall_pct"]  # 100 us stalled per 10 s = 0.001 %
+    assert stall.min == pytest.approx(0.001) and stall.max == pytest.approx(0.001)
+    c = aggs[1].stats["psi.cpu.some.avg10"]
     assert (c.min, c.mean, c.max, c.last) == (7.0, 7.0, 7.0, 7.0)
-    assert set(st.aggregates(0, metrics=["meminfo.MemAvailable"])[0].stats) == {"meminfo.MemAvailable"}
+    assert aggs[1].stats["psi.cpu.some.stall_pct"].max == 0.0  # 500 -> 0 at ts 60 is a reset: no rate
+    assert set(st.aggregates(0, metrics=["mem.available_bytes"])[0].stats) == {"mem.available_bytes"}
 
 
 def test_late_sample_merges_into_existing_bucket(db):
@@ -95,7 +103,7 @@ def test_late_sample_merges_into_existing_bucket(db):
     st.append(snap(20.0, 9.0))  # arrives after its bucket was folded
     st.retain(now=100.0, raw_keep_s=0, agg_keep_s=3600)
     (a,) = st.aggregates(0)
-    s = a.stats["psi.cpu.some.avg10_pct"]
+    s = a.stats["psi.cpu.some.avg10"]
     assert a.n == 3 and (s.min, s.max, s.last) == (2.0, 9.0, 9.0)
     assert s.mean == pytest.approx(5.0)
 
@@ -129,21 +137,67 @@ def test_simulated_day_file_stays_bounded(tmp_path):
     db.conn.close()
 
 
-def test_flatten_names_units():
-    s = realistic_snapshot(1.0, tick=3)
-    f = flatten(s)
-    assert "psi.cpu.some.avg10_pct" in f
-    assert "svc.llm.latency.p95_s" in f
-    assert "svc.batch.cgroup.psi.cpu.some.total_usec" in f
-    assert f["svc.llm.procs.count"] == 3
-    assert not any(k.startswith("vmstat.") for k in f)
+def test_aggregate_keys_are_the_metric_vocabulary(db):
+    snaps = [realistic_snapshot(float(t), tick=t) for t in range(0, 120, 10)]
+    st = SampleStore(db, aggregate_every_s=60)
+    st.extend(snaps)
+    st.retain(now=120.0, raw_keep_s=0, agg_keep_s=3600)
+    a0, a1 = st.aggregates(0)
+    want = {k for _ts, m in steps(snaps[:6]) for k in m if not k.startswith("vmstat.")}
+    assert set(a0.stats) == want and all(is_known_metric(k) for k in want)
+    assert "psi.cpu.some.avg10" in want and "svc.llm.latency.p95_s" in want and "svc.llm.cpu.usage_cores" in want
+    last = dict(steps(snaps[:6]))[50.0]
+    for k in ("psi.cpu.some.avg10", "svc.llm.cpu.usage_cores", "svc.batch.psi.cpu.some.stall_pct", "cpu.util_pct"):
+        assert a0.stats[k].last == last[k], k
+    # the second bucket's first sample pairs with the first bucket's last: its rates are there
+    assert a1.stats["cpu.util_pct"].last == steps(snaps)[-1][1]["cpu.util_pct"]
+    assert a1.stats["cpu.util_pct"].min == min(m["cpu.util_pct"] for _ts, m in steps(snaps)[6:])
 
 
-def test_deletes_shrink_the_file(db):
+def test_first_sample_of_a_bucket_pairs_with_the_folded_bucket_before(db):
+    st = SampleStore(db, aggregate_every_s=60)
+    st.extend([snap(0.0, 1.0, total=0), snap(50.0, 1.0, total=1_000_000)])
+    st.retain(now=60.0, raw_keep_s=0, agg_keep_s=3600)  # bucket 0 folded, its raw rows deleted
+    st.append(snap(70.0, 2.0, total=3_000_000))  # alone in its bucket
+    st.retain(now=120.0, raw_keep_s=0, agg_keep_s=3600)
+    _, a1 = st.aggregates(0)
+    assert a1.stats["psi.cpu.some.stall_pct"].last == pytest.approx(10.0)  # 2 s stalled over 20 s
+
+
+def _v1_db(db) -> None:
+    """A samples store at schema v1, with rows as v1 wrote them (old stats keys, PSI columns)."""
+    migrate(db, "samples", MIGRATIONS[:1])
+    old = {"psi.cpu.some.avg10_pct": [1.0, 2.0, 3.0, 3.0], "psi.cpu.some.total_usec": 500,
+           "loadavg.load1": 0.5, "meminfo.MemAvailable": 1000, "meminfo.Cached": 7, "stat.user_s": 9.0,
+           "svc.llm.latency.p95_s": [0.1, 0.2, 0.3, 0.25], "svc.llm.cgroup.psi.io.full.avg300_pct": 4.0,
+           "svc.llm.cgroup.cpu_quota_cores": 1.5, "svc.llm.cgroup.cpu_usage_usec": 123,
+           "svc.llm.procs.count": 3, "svc.llm.procs.cpu_s": 8.0, "svc.my.svc.procs.rss_bytes": 10}
+    raw = json.dumps(old).encode()
+    zdict = b'{"psi.cpu.some.avg10_pct":'
+    did = db.execute("INSERT INTO samples_dict(kind, created_ts, data) VALUES ('stats', 0, ?)", [zdict]).lastrowid
+    c = zlib.compressobj(6, zdict=zdict)
+    for bucket, codec, dict_id, body in ((0.0, CODEC_JSON, None, raw),
+                                         (60.0, CODEC_ZDICT, did, c.compress(raw) + c.flush())):
+        db.execute("INSERT INTO samples_agg VALUES (?, 60, 2, ?, ?, 0, NULL, NULL, ?, ?, ?)",
+                   [bucket, bucket, bucket + 50, codec, dict_id, body])
+    db.execute("INSERT INTO samples_raw(ts, codec, dict_id, body, cpu_some_avg10) VALUES (?, 0, NULL, ?, 5.0)",
+               [130.0, snap(130.0, 5.0).model_dump_json().encode()])
+    db.conn.commit()
+
+
+def test_v2_migration_renames_stats_to_the_vocabulary_and_drops_the_unread_column(db):
+    _v1_db(db)
     st = SampleStore(db)
-    st.extend(realistic_snapshot(float(i), tick=i) for i in range(600))
-    st.vacuum()
-    full = st.file_bytes()
-    rep = st.retain(now=10_000.0, raw_keep_s=0, agg_keep_s=0)
-    assert st.counts() == {"raw": 0, "aggregates": 0}
-    assert rep.file_bytes < full / 5
+    assert schema_version(db, "samples") == 2
+    assert set(db["samples_raw"].columns_dict) == {"id", "ts", "codec", "dict_id", "body"}
+    assert st.window(0) == [snap(130.0, 5.0)]
+    for a in st.aggregates(0):
+        assert {k: [v.min, v.mean, v.max, v.last] for k, v in a.stats.items()} == {
+            "psi.cpu.some.avg10": [1.0, 2.0, 3.0, 3.0], "load.1": [0.5] * 4, "mem.available_bytes": [1000] * 4,
+            "svc.llm.latency.p95_s": [0.1, 0.2, 0.3, 0.25], "svc.llm.psi.io.full.avg300": [4.0] * 4,
+            "svc.llm.cpu.quota_cores": [1.5] * 4, "svc.llm.processes": [3] * 4, "svc.my.svc.rss_bytes": [10] * 4,
+        }  # raw counters (total_usec, user_s, cpu_usage_usec, cpu_s) and meminfo beyond the vocabulary dropped
+        assert all(is_known_metric(k) for k in a.stats)
+    st.retain(now=200.0, raw_keep_s=0, agg_keep_s=3600)  # new buckets are written with v2 names
+    (new,) = st.aggregates(120.0)
+    assert new.stats == {k: MetricStats(min=v, mean=v, max=v, last=v) for k, v in gauges(snap(130.0, 5.0)).items()}
