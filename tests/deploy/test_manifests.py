@@ -186,18 +186,24 @@ def test_configmap_yaml_is_generated_from_the_sources():
         "deploy/kubernetes/configmap.yaml")
 
 
-def test_config_policy_and_rules_load():
+def test_config_policy_and_rules_load(tmp_path):
     cfg = load_config(K8S / "autotune.toml")
     assert cfg.agent.mode == "apply"
     policy = load_policy(K8S / "policy.toml", require_root_owned=False)
-    ruleset = load_rules([REPO / "rules", K8S / "rules"])
-    assert any(r.name == "cap-besteffort-cpu" for r in ruleset.rules)
+    pack = tmp_path / "rules"  # what the pod mounts at /etc/autotune/rules
+    pack.mkdir()
+    for key, text in CONFIGMAPS["autotune-rules"]["data"].items():
+        (pack / key).write_text(text)
+    ruleset = load_rules([pack])
+    granted = set(policy.knob) | {"advice", "admission"}
+    for rule in ruleset.rules:
+        assert {a.knob for a in rule.actions} <= granted, rule.name
+    [cap] = [r for r in ruleset.rules if r.name == "cap-besteffort-cpu"]
     # kubelet ownership: the only knob the helper grants on a node is the quota of best-effort
     assert set(policy.knob) == {"cgroup.cpu_quota"}
-    neighbours = [s for s in cfg.services if s.role == "neighbour"]
-    for s in neighbours:
-        if s.cgroup:
-            assert s.cgroup in policy.knob["cgroup.cpu_quota"].subtrees
+    [besteffort] = [s for s in cfg.services if s.role == "neighbour"]
+    assert besteffort.cgroup in policy.knob["cgroup.cpu_quota"].subtrees
+    assert float(cap.actions[0].value) == besteffort.min_cpu_cores  # a lower cap is refused by the floor
 
 
 def test_metrics_port_is_the_configured_listen_port():
