@@ -144,14 +144,21 @@ def default_state_path() -> Path:
     return Path("/var/lib/autotune/autotune.db")
 
 
+PACKAGED_RULES = Path(__file__).resolve().parent / "rules"  # wheel: rules/ copied in (setup.py)
+SYSTEM_RULES = Path("/usr/share/autotune/rules")
+
+
 def default_rule_dir() -> Path:
-    """The shipped rule pack: <checkout>/rules, else /usr/share/autotune/rules."""
+    """The shipped rule pack: $AUTOTUNE_RULES, else the checkout's rules/, else the copy inside
+    the installed package, else /usr/share/autotune/rules (a distribution's package)."""
     env = os.environ.get("AUTOTUNE_RULES")
     if env:
         return Path(env)
-    if (REPO_ROOT / "rules").is_dir():
+    if (REPO_ROOT / "pyproject.toml").exists() and (REPO_ROOT / "rules").is_dir():
         return REPO_ROOT / "rules"
-    return Path("/usr/share/autotune/rules")
+    if any(PACKAGED_RULES.glob("*.yaml")):
+        return PACKAGED_RULES
+    return SYSTEM_RULES
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from autotune.cli.common import ConfigOpt, fail, load_config_or_exit, print_json
+from autotune.cli.common import ConfigOpt, fail, load_config_or_exit, print_json, require_extra
 
 audit_app = typer.Typer(help="Inspect the tamper-evident audit trail of every agent decision.",
                         no_args_is_help=True)
@@ -159,6 +159,7 @@ def report_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Self-contained HTML report: summary tables and a plot per action."""
+    require_extra("report", what="audit report --html")
     from autotune.audit.report import write_report
 
     cfg = load_config_or_exit(config)  # service SLOs for "time in SLO violation"

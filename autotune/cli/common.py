@@ -26,6 +26,34 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+DIST = "autotune-node"  # the distribution's name on the package index (the command is autotune)
+# The modules each optional extra of pyproject.toml brings, for the commands that need them.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "report": ("matplotlib",),
+    "gate": ("starlette", "uvicorn"),
+    "workload": ("fastapi", "uvicorn", "torch", "transformers", "tokenizers"),
+}
+
+
+def require_extra(extra: str, *, what: str) -> None:
+    """Exit 2 with one line naming the extra when a module only ``extra`` installs is missing.
+
+    Checked with ``find_spec`` (nothing is imported), before the command does any work.
+    """
+    import importlib.util
+
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    from autotune.config import REPO_ROOT
+
+    if (REPO_ROOT / "pyproject.toml").exists():  # a checkout: the extra of this tree
+        how = f"pip install -e '{REPO_ROOT}[{extra}]'"
+    else:
+        how = f"pip install '{DIST}[{extra}]'"
+    fail(f"{what}: needs the '{extra}' extra ({', '.join(missing)} not installed): {how}")
+
+
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from autotune.cli.common import RootOpt, fail
+from autotune.cli.common import RootOpt, fail, require_extra
 
 
 def register(app: typer.Typer) -> None:
@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         root: RootOpt = None,
     ) -> None:
         """Reverse proxy that admits requests while CPU pressure is low and under a concurrency limit."""
+        require_extra("gate", what="gate")
         import asyncio
 
         from autotune.errors import AutotuneError

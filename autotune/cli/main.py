@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "autotune.cli.workload_cmd",
     "autotune.cli.gate_cmd",
     "autotune.cli.ranker_cmd",
+    "autotune.cli.health",
 ]
 
 @app.command()

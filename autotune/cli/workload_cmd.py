@@ -27,7 +27,7 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="uvicorn / server log level.")] = "info",
 ) -> None:
     """Serve GPT-2 (random weights) on an OpenAI-compatible /v1/completions with /metrics."""
-    from autotune.cli.common import fail
+    from autotune.cli.common import fail, require_extra
 
     n: int | None = None
     if threads != "auto":
@@ -37,10 +37,8 @@ def serve_cmd(
             fail(f"--threads must be 'auto' or a positive integer, got {threads!r}")
         if n is None or n < 1:
             fail(f"--threads must be 'auto' or a positive integer, got {threads!r}")
-    try:
-        from autotune.workload.server import serve
-    except ModuleNotFoundError as err:
-        fail(f"{err.name} is missing: install the workload extra (pip install -e '.[workload]')")
+    require_extra("workload", what="workload serve")
+    from autotune.workload.server import serve
     from autotune.workload.model import PRESETS
 
     if model not in PRESETS:
