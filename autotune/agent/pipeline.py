@@ -1,41 +1,18 @@
-"""One evaluation step shared by `recommend` and `run`: window -> metrics -> symptoms -> actions.
+"""One evaluation step of the Agent (``run`` and ``recommend`` alike): window -> metrics ->
+symptoms -> actions.
 
-Pure apart from ``read_current`` (knob reads), which callers supply: a read-only Host in
-recommend mode, the helper's view in apply mode. Nothing here writes to the host.
+Pure apart from ``read_current`` (knob reads), which the Agent supplies through its actuator
+(the dry-run one in recommend mode, the helper in apply mode). Nothing here writes to the host.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from autotune.config import Config
-from autotune.host import Host
 from autotune.types import Action, Snapshot, Symptom
 
-log = logging.getLogger(__name__)
-
 ReadCurrent = Callable[[str, str], "str | None"]
-
-
-def knob_reader(host: Host, cfg: Config) -> ReadCurrent:
-    """read_current(knob, target) through the knob registry; None when unreadable."""
-    from autotune.knobs import get_knob
-
-    def read(knob: str, target: str) -> str | None:
-        if knob in ("advice",):
-            return None
-        try:
-            if knob == "affinity":
-                target = _service_pids_target(host, cfg, target)
-            else:
-                target = resolve_target(cfg, knob, target)
-            return get_knob(knob).read(host, target).value
-        except Exception as err:  # an unreadable knob is a missing reading, not a crash
-            log.debug("read %s %s failed: %s", knob, target, err)
-            return None
-
-    return read
 
 
 def resolve_target(cfg: Config, knob: str, target: str) -> str:
@@ -50,13 +27,6 @@ def resolve_target(cfg: Config, knob: str, target: str) -> str:
             raise LookupError(f"service {target!r} has no admission_url (no gate in front of it)")
         return url
     return target
-
-
-def _service_pids_target(host: Host, cfg: Config, service: str) -> str:
-    from autotune.sensors.service import resolve_service
-
-    resolved = resolve_service(host, cfg.service(service))
-    return "pids:" + ",".join(str(p) for p in resolved.pids)
 
 
 def metric_history(
