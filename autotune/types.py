@@ -175,3 +175,30 @@ class Recommendation(_Frozen):
     symptoms: list[Symptom]
     actions: list[Action]
     notes: list[str] = []
+
+
+# -- verification ----------------------------------------------------------------------------
+Direction = Literal["lower_is_better", "higher_is_better"]
+Verdict = Literal["improved", "regressed", "inconclusive"]
+
+
+class VerifyResult(BaseModel):
+    """The verdict on one change (autotune/verify/stats.compare), as journal and audit keep it.
+
+    Every field but ``verdict`` has a default and unknown keys are ignored, so rows written by
+    other versions (or by tests holding only a verdict and an effect) still load."""
+
+    model_config = ConfigDict(frozen=True)
+
+    verdict: Verdict
+    p_value: float | None = None  # Mann-Whitney two-sided; None when not computed
+    effect: float | None = None  # (after_median - before_median) / |before_median|; + means larger
+    ci_low: float | None = None  # bootstrap CI of after_median - before_median, objective units
+    ci_high: float | None = None
+    n_before: int = 0
+    n_after: int = 0
+    before_median: float | None = None
+    after_median: float | None = None
+    direction: Direction = "lower_is_better"
+    objective: str | None = None  # the objective's name (autotune/verify/objectives.py)
+    reason: str = ""

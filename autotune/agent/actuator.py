@@ -58,7 +58,7 @@ class Actuator(Protocol):
         """Put a recorded state back. Without ``force`` nothing is written when the live value
         already reads as ``state.value``; with ``force`` the raw record is written regardless.
         Deciding whether a restore would clobber someone else's change is the caller's job
-        (Journal.rollback_plan)."""
+        (verify/rollback.plan)."""
 
     def same(self, knob: str) -> Same:
         """The knob's normalized-value comparison (tolerant for numbers)."""
@@ -236,20 +236,10 @@ def is_drift(err: BaseException) -> bool:
 
 
 def read_value(actuator: Actuator, knob: str, target: str) -> str | None:
-    """Normalized live value or None (gone). For Journal.reconcile / rollback_all callbacks."""
+    """Normalized live value or None (gone). For Journal.reconcile's callback."""
     state = actuator.read(knob, target)
     return state.value if state is not None else None
 
 
-def restore_prior(actuator: Actuator, *, force: bool = False) -> Callable[[dict], None]:
-    """A ``restore(prior_dict)`` callback for Journal.rollback_all."""
-
-    def restore(prior: dict) -> None:
-        state = KnobState.model_validate(prior)
-        actuator.restore(state.knob, state.target, state, force=force)
-
-    return restore
-
-
 __all__ = ["Actuator", "Drift", "DryRunActuator", "HelperActuator",
-           "LocalActuator", "is_drift", "read_value", "restore_prior", "same_for"]
+           "LocalActuator", "is_drift", "read_value", "same_for"]

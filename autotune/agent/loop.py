@@ -1,10 +1,11 @@
 """The closed loop: sample -> evaluate (detect, diagnose, gate) -> apply -> verify -> keep/rollback.
 
-``Agent`` holds no scheduling: ``autotune run`` calls its stages from APScheduler jobs, tests
-call them directly with a fake clock. Everything that must survive a crash lives in the state
-DB: samples (SampleStore), the action journal (written BEFORE each write), the audit trail and
-the detector state. Verification is driven by the journal (entries in ``verifying`` whose
-window is complete), so a restarted agent picks up where the dead one stopped.
+``Agent`` holds no scheduling: ``agent/daemon.py`` calls its stages from APScheduler jobs (or in
+the foreground for ``recommend``), tests call them directly with a fake clock. Everything that
+must survive a crash lives in the state DB: samples (SampleStore), the action journal (written
+BEFORE each write), the audit trail and the detector state. The verify stage
+(``verify/stage.Verifier``) is driven by the journal, so a restarted agent picks up where the
+dead one stopped; every rollback goes through ``verify/rollback.Rollback``.
 
 Failure policy (TuneD's lesson): a stage that raises is logged with context and audited once
 (until it succeeds again) and never stops the loop; a (knob, target) that fails three times in a
@@ -19,31 +20,22 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autotune.agent import floor, gating
-from autotune.agent.actuator import Actuator, is_drift, read_value, restore_prior
-from autotune.agent.failpoints import failpoint
+from autotune.agent import floor, gating, state
+from autotune.agent.actuator import Actuator, is_drift, read_value
 from autotune.audit.trail import AuditEvent, AuditTrail
 from autotune.config import Config
 from autotune.errors import PolicyRefused
+from autotune.failpoints import failpoint
 from autotune.host import Host
-from autotune.journal import verify as jverify
 from autotune.journal.journal import Journal, JournalEntry
-from autotune.knobs.base import KnobState
-from autotune.store.db import migrate, transaction
 from autotune.store.samples import SampleStore
 from autotune.types import Action, Snapshot, Symptom
+from autotune.verify.rollback import Rollback, RollbackOutcome
+from autotune.verify.stage import Verifier
 
 log = logging.getLogger(__name__)
 
-COMPONENT = "agent"
 MAX_CONSECUTIVE_FAILURES = 3
-
-
-def _v1(db) -> None:
-    db.execute("CREATE TABLE agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL, ts REAL NOT NULL)")
-
-
-MIGRATIONS = [_v1]
 
 
 def _proposal_key(actions: Iterable[Action]) -> frozenset[tuple[str, str, str, str]]:
@@ -51,7 +43,9 @@ def _proposal_key(actions: Iterable[Action]) -> frozenset[tuple[str, str, str, s
 
 
 class Agent:
-    """One agent on one host. ``mode`` defaults to ``cfg.agent.mode`` (recommend | apply)."""
+    """One agent on one host. ``mode`` defaults to ``cfg.agent.mode`` (recommend | apply).
+    ``observed_s``: a one-shot run (recommend) that lasts this long; symptoms' durations are
+    capped to fit in it."""
 
     def __init__(
         self,
@@ -65,8 +59,9 @@ class Agent:
         exporter=None,
         mode: str | None = None,
         scrapers: dict[str, Any] | None = None,
+        observed_s: float | None = None,
     ) -> None:
-        from autotune.detect.symptoms import DetectorState
+        from autotune.sensors.latency import scrapers_for
 
         self.cfg = cfg
         self.host = host
@@ -78,61 +73,27 @@ class Agent:
         self.mode = mode or cfg.agent.mode
         if self.mode not in ("recommend", "apply"):
             raise ValueError(f"mode must be recommend or apply, got {self.mode!r}")
-        migrate(db, COMPONENT, MIGRATIONS)
         self.journal = Journal(db, clock=clock)
         self.trail = AuditTrail(db)
         self.samples = SampleStore(db, aggregate_every_s=cfg.agent.aggregate_every_s)
         period = cfg.agent.sample_period_s
         self.window: deque[Snapshot] = deque(maxlen=max(4, int(cfg.agent.window_s / period * 2)))
         self.lookback = max(1, round(cfg.agent.window_s / period))
-        self.detector = self._load_detector() or DetectorState()
-        self.scrapers = scrapers if scrapers is not None else self._make_scrapers()
+        self.detector = state.load_detector(db)
+        self.scrapers = scrapers if scrapers is not None else scrapers_for(cfg.services)
         self.symptoms: list[Symptom] = []
         self.actions: list[Action] = []
         self._last_proposal: frozenset | None = None
         self._stage_errors: dict[str, str] = {}
         self._failures: dict[tuple[str, str], int] = {}
-        self._not_before: dict[int, float] = {}  # entry id -> earliest re-verification (after a restart)
+        self.observed_s = observed_s
+        self.verifier = Verifier(cfg, journal=self.journal, samples=self.samples, actuator=actuator,
+                                 audit=self.audit, on_failure=self._count_failure)
         self.started_ts: float | None = None
         self._ranker: Any = None
         self._ranker_marker: tuple[int, int | None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
-    def _make_scrapers(self) -> dict[str, Any]:
-        """A metrics page when the service has one, else an active probe on its own thread."""
-        from autotune.sensors.latency import ActiveProbe, BackgroundProbe, LatencyScraper
-
-        out: dict[str, Any] = {}
-        for svc in self.cfg.services:
-            lat = svc.latency
-            if lat is not None and lat.metrics_url:
-                out[svc.name] = LatencyScraper(lat.metrics_url, lat.flavor, lat.timeout_s)
-            elif lat is not None and lat.probe_url:
-                # its own thread, so a slow answer (the very thing it measures) stalls nothing:
-                # the probe waits up to 30 s rather than the scrape timeout
-                out[svc.name] = BackgroundProbe(ActiveProbe(lat.probe_url, lat.probe_interval_s))
-        return out
-
-    def _load_detector(self):
-        from autotune.detect.symptoms import DetectorState
-
-        row = self.db.execute("SELECT value FROM agent_state WHERE key='detector'").fetchone()
-        if row is None:
-            return None
-        try:
-            return DetectorState.model_validate_json(row[0])
-        except ValueError as err:  # an old or garbled state only costs the detector's memory
-            log.warning("ignoring unreadable detector state: %s", err)
-            return None
-
-    def _save_detector(self) -> None:
-        with transaction(self.db):
-            self.db.execute(
-                "INSERT INTO agent_state(key, value, ts) VALUES ('detector', ?, ?) ON CONFLICT(key)"
-                " DO UPDATE SET value=excluded.value, ts=excluded.ts",
-                [self.detector.model_dump_json(), self.clock()],
-            )
-
     def audit(self, kind: str, **fields: Any) -> AuditEvent | None:
         """Append one audit event and count it in the exporter; never raises."""
         try:
@@ -214,7 +175,7 @@ class Agent:
                 if e.state == "applied":
                     self.journal.mark_verifying(e.id)
                 # fresh after-window data from this run before judging it again
-                self._not_before[e.id] = now + self.cfg.verification.window_s
+                self.verifier.hold(e.id, now + self.cfg.verification.window_s)
             self.audit("reconcile", action_id=e.id, knob=e.knob, target=e.target, service=e.service,
                        rule=e.rule, before=e.prior_value, after=o.current, outcome=o.outcome,
                        detail={"reason": o.detail, "state": o.state})
@@ -295,9 +256,9 @@ class Agent:
         history = self._history()
         symptoms, actions, self.detector = evaluate(
             self.ruleset, self.cfg, history, self.detector, self._read_current, now,
-            cooldowns=self._cooldowns() if self.mode == "apply" else None,
+            cooldowns=self._cooldowns() if self.mode == "apply" else None, observed_s=self.observed_s,
         )
-        self._save_detector()
+        state.save_detector(self.db, self.detector, self.clock())
         if actions and self.cfg.ranker.enabled:
             actions = self.ranker().rank(actions, symptoms)
         self.symptoms, self.actions = symptoms, actions
@@ -322,7 +283,7 @@ class Agent:
         for what, why in decision.skipped:
             log.debug("skipped %s: %s", what, why)
         if decision.chosen is not None:
-            if not self._enough_history(now, decision.chosen.service):
+            if not self.verifier.can_measure(now, decision.chosen.service):
                 log.info("holding %s on %s: less than %.0f s of samples to verify it against",
                          decision.chosen.knob, decision.chosen.target, self.cfg.verification.window_s)
                 return decision.model_copy(update={
@@ -345,44 +306,7 @@ class Agent:
                      self._ranker.status.reason)
         return self._ranker
 
-    def _enough_history(self, now: float, service: str | None = None) -> bool:
-        """A change is only worth making if its before-window can be measured: samples must
-        cover most of the last verification.window_s (a fresh agent waits that long) AND yield
-        enough objective values for the test (PSI is measured over >= 2 s
-        intervals, so a short window or a late sample can leave too few)."""
-        w = self.cfg.verification.window_s
-        snaps = self.samples.window(now - w, now)
-        period = self.cfg.agent.sample_period_s
-        if len(snaps) < 5 or snaps[0].ts > now - w + 2 * period:
-            return False
-        name = self.objective_name(service, snaps)
-        # what a full window can yield: PSI/throughput are measured over >= 2 s intervals
-        interval = 2.0 if name in ("psi", "throughput") else period
-        need = min(jverify.MIN_SAMPLES, int(w // interval) - 1)
-        return len(jverify.objective_series(name, snaps, service)) >= need
-
     # -- apply ----------------------------------------------------------------------------
-    def objective_name(self, service: str | None, window: list[Snapshot]) -> str:
-        """latency_p95 when the service's latency source gave enough distinct readings in the
-        window to test on (a sparse probe may not), else psi."""
-        if service is not None:
-            try:
-                svc = self.cfg.service(service)
-            except KeyError:
-                svc = None
-            if (svc is not None and svc.latency is not None
-                    and len(jverify.LatencyP95().series(window, service)) >= jverify.MIN_SAMPLES):
-                return "latency_p95"
-        return "psi"
-
-    def _objective_summary(self, service: str | None, window: list[Snapshot]) -> dict[str, Any]:
-        import statistics
-
-        name = self.objective_name(service, window)
-        series = jverify.objective_series(name, window, service)
-        return {"objective": name, "median": statistics.median(series) if series else None,
-                "n": len(series)}
-
     def apply(self, action: Action, *, symptoms: Iterable[Symptom] = (), now: float | None = None
               ) -> JournalEntry | None:
         """Journal, write, mark verifying. Returns the entry (None when nothing was planned)."""
@@ -398,7 +322,7 @@ class Agent:
         entry = self.journal.plan(
             knob=knob, target=target, prior=prior, proposed=action.proposed, rule=action.rule,
             rationale=action.rationale, service=action.service, symptoms=symptoms,
-            objective_before=self._objective_summary(action.service, recent),
+            objective_before=self.verifier.summary(action.service, recent),
         )
         failpoint("after_plan")
         ev = dict(action_id=entry.id, knob=knob, target=target, service=action.service,
@@ -440,119 +364,12 @@ class Agent:
         return entry
 
     # -- verify ---------------------------------------------------------------------------
-    def due(self, entry: JournalEntry) -> float:
-        v = self.cfg.verification
-        base = (entry.applied_ts or entry.planned_ts) + v.settle_s + v.window_s
-        return max(base, self._not_before.get(entry.id, 0.0))
-
     def verify(self, now: float | None = None) -> list[JournalEntry]:
-        """Judge every change whose after-window is complete; returns the finished entries."""
+        """Judge every change whose after-window is complete (verify/stage.Verifier)."""
         now = self.clock() if now is None else now
         if self.actuator.dry_run:
             return []
-        done = []
-        for e in self.journal.entries(states=("applied", "verifying")):
-            if now < self.due(e):
-                continue
-            try:
-                finished = self._verify_entry(e, now)
-                if finished is not None:
-                    done.append(finished)
-            except Exception as err:  # noqa: BLE001 - one entry must not block the others
-                why = f"{type(err).__name__}: {err}"
-                log.exception("verification of entry %s failed", e.id)
-                self.audit("error", action_id=e.id, knob=e.knob, target=e.target, outcome="failed",
-                           detail={"stage": "verify", "error": why})
-                self._count_failure(e.knob, e.target, why)
-                if self.journal.is_unmanaged(e.knob, e.target):
-                    self.journal.mark_failed(e.id, f"verification keeps failing: {why}")
-        return done
-
-    def _verify_entry(self, e: JournalEntry, now: float) -> JournalEntry | None:
-        v = self.cfg.verification
-        same = self.actuator.same(e.knob)
-        if e.state == "applied":
-            e = self.journal.mark_verifying(e.id)
-        ev = dict(action_id=e.id, knob=e.knob, target=e.target, service=e.service, rule=e.rule,
-                  rationale=e.rationale, before=e.prior_value)
-        cur = read_value(self.actuator, e.knob, e.target)
-        if cur is None:
-            out = self.journal.mark_failed(e.id, "target gone before verification")
-            self.audit("verify", **ev, after=None, outcome="failed",
-                       detail={"reason": "target gone", "duration_s": now - (e.applied_ts or now)})
-            return out
-        if not same(cur, e.expected_value):
-            if same(cur, e.prior_value):
-                out = self.journal.mark_rolled_back(e.id, detail="live value back at prior before verification")
-                self.audit("verify", **ev, after=cur, outcome="rolled_back",
-                           detail={"reason": "reverted by someone else before verification",
-                                   "duration_s": now - (e.applied_ts or now)})
-                return out
-            return self._drifted(e, cur, "verify")
-        applied_ts = e.applied_ts or e.planned_ts
-        before = [s for s in self.samples.window(applied_ts - v.window_s, applied_ts) if s.ts < applied_ts]
-        after = self.samples.window(applied_ts + v.settle_s, now)
-        objective = self.objective_name(e.service, before + after)
-        result = jverify.evaluate(objective, before, after, e.service, alpha=v.alpha,
-                                  min_effect=v.min_effect)
-        if self._wait_for_more_samples(e, result, applied_ts, now):
-            return None
-        failpoint("during_verify")
-        decision = jverify.decide(result, v.on_inconclusive)
-        obj_after = {"objective": objective, "median": result.after_median, "n": result.n_after}
-        test = {"name": "mann_whitney_u+bootstrap_median", **result.model_dump()}
-        detail = {"duration_s": now - applied_ts, "objective": objective, "decision": decision,
-                  "verdict": result.verdict, "reason": result.reason}
-        figures = dict(objective_before=result.before_median, objective_after=result.after_median,
-                       test=test)
-        if decision == "keep":
-            out = self.journal.mark_kept(e.id, result=result, objective_after=obj_after,
-                                         detail=result.reason)
-            self.audit("verify", **ev, after=cur, outcome="kept", **figures, detail=detail)
-            log.info("kept %s on %s: %s", e.knob, e.target, result.reason)
-            return out
-        # rollback: re-read right before writing; never clobber someone else's value
-        cur = read_value(self.actuator, e.knob, e.target)
-        if cur is None or not same(cur, e.expected_value):
-            if cur is not None and same(cur, e.prior_value):
-                return self.journal.mark_rolled_back(e.id, result=result, objective_after=obj_after,
-                                                     detail="already back at prior")
-            if cur is None:
-                return self.journal.mark_failed(e.id, "target gone before rollback")
-            return self._drifted(e, cur, "rollback")
-        prior = KnobState.model_validate(e.prior)
-        res = self.actuator.restore(e.knob, e.target, prior)
-        after_val = res.after.value if res.after is not None else read_value(self.actuator, e.knob, e.target)
-        out = self.journal.mark_rolled_back(
-            e.id, result=result, objective_after=obj_after,
-            detail=f"{result.verdict}: {result.reason}; restored {prior.value!r}",
-        )
-        self.audit("verify", **ev, after=cur, outcome="rolled_back", **figures, detail=detail)
-        self.audit("rollback", **ev, after=after_val, outcome="rolled_back", **figures,
-                   detail={"reason": f"verification {result.verdict}", "restored": prior.value})
-        log.warning("rolled back %s on %s to %r: %s", e.knob, e.target, prior.value, result.reason)
-        return out
-
-    def _wait_for_more_samples(self, e: JournalEntry, result, applied_ts: float, now: float) -> bool:
-        """A short after-window (a loaded host delays sampling) is not evidence: keep measuring,
-        up to 3x window_s after settling, before letting 'too few samples' decide. A short
-        before-window cannot grow, so it decides at once."""
-        v = self.cfg.verification
-        short_after = result.n_after < jverify.MIN_SAMPLES <= result.n_before
-        deadline = applied_ts + v.settle_s + 3 * v.window_s
-        if result.verdict != "inconclusive" or not short_after or now >= deadline:
-            return False
-        self._not_before[e.id] = min(deadline, now + max(1.0, v.window_s / 3))
-        log.info("entry %s: only %d samples after the change; measuring longer", e.id, result.n_after)
-        return True
-
-    def _drifted(self, e: JournalEntry, cur: str | None, stage: str) -> JournalEntry:
-        out = self.journal.mark_drifted(e.id, cur)
-        self.audit("drift", action_id=e.id, knob=e.knob, target=e.target, service=e.service,
-                   rule=e.rule, before=e.expected_value, after=cur, outcome="drifted",
-                   detail={"stage": stage, "reason": out.error})
-        log.warning("drift on %s %s: %s; target left alone and unmanaged", e.knob, e.target, out.error)
-        return out
+        return self.verifier.run(now)
 
     # -- retention / stop -----------------------------------------------------------------
     def retain(self, now: float | None = None):
@@ -560,22 +377,16 @@ class Agent:
         a = self.cfg.agent
         return self.samples.retain(now, a.raw_retention_h * 3600, a.aggregate_retention_d * 86400)
 
-    def stop(self, now: float | None = None) -> list:
-        """Optionally restore everything we changed (agent.restore_on_stop); audit agent_stop."""
-        plans = []
+    def stop(self, now: float | None = None) -> list[RollbackOutcome]:
+        """Optionally undo everything we changed (agent.restore_on_stop); audit agent_stop."""
+        undone: list[RollbackOutcome] = []
         if self.cfg.agent.restore_on_stop and not self.actuator.dry_run:
-            plans = self.journal.rollback_all(lambda k, t: read_value(self.actuator, k, t),
-                                              restore_prior(self.actuator), same_for=self.actuator.same)
-            for p in plans:
-                if p.action != "nothing" or p.reason.startswith("restore failed"):
-                    self.audit("rollback", action_id=p.entry_id, knob=p.knob, target=p.target,
-                               before=p.current, outcome="rolled_back" if p.action == "restore" else p.action,
-                               detail={"reason": p.reason, "stage": "stop"})
+            undone = Rollback(self.journal, self.actuator, audit=self.audit, by="stop").all()
         for s in self.scrapers.values():
             close = getattr(s, "close", None)
             if close is not None:
                 close()
-        self.audit("agent_stop", detail={"mode": self.mode, "restored": [p.model_dump() for p in plans
-                                                                          if p.action == "restore"]})
-        return plans
+        self.audit("agent_stop", detail={"mode": self.mode, "restored": [
+            o.model_dump() for o in undone if o.result == "restored"]})
+        return undone
 

@@ -1,39 +1,18 @@
-"""One evaluation step shared by `recommend` and `run`: window -> metrics -> symptoms -> actions.
+"""One evaluation step of the Agent (``run`` and ``recommend`` alike): window -> metrics ->
+symptoms -> actions.
 
-Pure apart from ``read_current`` (knob reads), which callers supply: a read-only Host in
-recommend mode, the helper's view in apply mode. Nothing here writes to the host.
+Pure apart from ``read_current`` (knob reads), which the Agent supplies through its actuator
+(the dry-run one in recommend mode, the helper in apply mode). Nothing here writes to the host.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from autotune.config import Config
-from autotune.host import Host
 from autotune.types import Action, Snapshot, Symptom
 
-log = logging.getLogger(__name__)
-
 ReadCurrent = Callable[[str, str], "str | None"]
-
-
-def knob_reader(host: Host, cfg: Config) -> ReadCurrent:
-    """read_current(knob, target) for recommend: the dry-run actuator's read (the one
-    read-only path through the knobs); None when unreadable."""
-    from autotune.agent.actuator import DryRunActuator
-
-    actuator = DryRunActuator(host, cfg)
-
-    def read(knob: str, target: str) -> str | None:
-        try:
-            state = actuator.read(knob, target)
-        except Exception as err:  # an unreadable knob is a missing reading, not a crash
-            log.debug("read %s %s failed: %s", knob, target, err)
-            return None
-        return state.value if state is not None else None
-
-    return read
 
 
 def metric_history(

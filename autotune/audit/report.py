@@ -24,6 +24,7 @@ from autotune.audit.export import iso
 from autotune.audit.trail import FINAL_OUTCOMES, AuditEvent, AuditTrail
 from autotune.detect.metrics import gauges
 from autotune.types import Snapshot
+from autotune.verify.objectives import unit as objective_unit
 
 PSI_RESOURCES = ("cpu", "memory", "io")
 MIN_WINDOW_S = 60.0
@@ -48,7 +49,7 @@ class ActionStory(BaseModel):
     rollback_ts: float | None
     objective_before: float | None
     objective_after: float | None
-    objective: str | None = None  # "latency_p95" (seconds), "psi" (%), "throughput", "requests"
+    objective: str | None = None  # a metric name (verify/objectives.py) or a legacy "psi", "latency_p95"...
 
     @property
     def start_ts(self) -> float:
@@ -103,9 +104,10 @@ def format_objective(name: str | None, v: float | None) -> str:
     """Objective values in their own unit: latency in ms, PSI in %, rates as plain numbers."""
     if v is None:
         return "–"
-    if name is None or name.startswith("latency"):
+    unit = objective_unit(name)
+    if name is None or unit == "s":
         return f"{v * 1000:.1f} ms"
-    if name == "psi":
+    if unit == "%":
         return f"{v:.1f} % (PSI)"
     return f"{v:.3g} ({name})"
 
@@ -179,8 +181,8 @@ def plot_action(story: ActionStory, snaps: list[Snapshot]) -> tuple[str, bool]:
                          lw=1, alpha=0.8, label=f"PSI {res} some avg10 (%)")
                 raw = True
     if not raw:
-        latency = story.objective is None or story.objective.startswith("latency")
-        scale, unit = (1000.0, "ms") if latency else (1.0, "%" if story.objective == "psi" else "")
+        latency = story.objective is None or objective_unit(story.objective) == "s"
+        scale, unit = (1000.0, "ms") if latency else (1.0, "%" if objective_unit(story.objective) == "%" else "")
         name = "p95" if latency else (story.objective or "objective")
         if story.objective_before is not None:
             ax.hlines(story.objective_before * scale, -w, 0, color="#1f4e9c", lw=2.5,

@@ -85,11 +85,11 @@ def features(knob: str, rule: str, prior: str | None, proposed: str | None, serv
 
 def outcome_of(entry: Any) -> Outcome | None:
     """A journal entry's verified effect as an Outcome (None if it was never verified)."""
-    vr = entry.verify_result or {}
-    effect = _num(vr.get("effect"))
-    if effect is None or vr.get("verdict") not in ("improved", "regressed", "inconclusive"):
+    vr = entry.verify_result  # a VerifyResult (autotune/types.py) or None
+    effect = _num(vr.effect) if vr is not None else None
+    if vr is None or effect is None:
         return None
-    gain = -effect if vr.get("direction", "lower_is_better") == "lower_is_better" else effect
+    gain = -effect if vr.direction == "lower_is_better" else effect
     return Outcome(entry_id=entry.id, knob=entry.knob, rule=entry.rule, improvement=max(-CLIP, min(CLIP, gain)),
                    features=features(entry.knob, entry.rule, entry.prior_value, entry.proposed,
                                      entry.service, entry.symptoms))

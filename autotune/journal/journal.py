@@ -13,8 +13,10 @@ prior -> the write never landed (planned) or was already undone (applied/verifyi
 -> keep it for re-verification; anything else -> drift: the (knob, target) becomes
 ``unmanaged`` and is never written again until an operator calls ``enable_target``.
 
-The journal knows nothing of knobs or the helper: it stores KnobState dicts and asks callbacks
-for live values. Value comparison defaults to string equality; pass the knob's ``same``.
+The journal knows nothing of knobs or the helper: it stores ``KnobState`` records (the prior
+and the read-back) and the ``VerifyResult``, and asks callbacks for live values. Value
+comparison defaults to string equality; pass the knob's ``same``. Undoing entries is
+``autotune/verify/rollback.py``'s job; the journal only records the transitions.
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ import sqlite_utils
 from pydantic import BaseModel, ConfigDict
 
 from autotune.errors import AutotuneError
+from autotune.knobs.base import KnobState
 from autotune.store.db import migrate, transaction
+from autotune.types import VerifyResult
 
 COMPONENT = "journal"
 
 State = Literal["planned", "applied", "verifying", "kept", "rolled_back", "failed", "drifted"]
 UNFINISHED: tuple[State, ...] = ("planned", "applied", "verifying")
-# From -> allowed next states. Terminal entries may still be rolled back later by an operator
-# (``autotune rollback``): a kept change, a drifted one (forced) or a failed partial write.
+# From -> allowed next states. Terminal entries may still be rolled back later
+# (verify/rollback.py): a kept change, a drifted one (forced) or a failed partial write.
 TRANSITIONS: dict[str, set[str]] = {
     "planned": {"applied", "failed", "drifted"},
     "applied": {"verifying", "kept", "rolled_back", "failed", "drifted"},
@@ -97,13 +101,13 @@ class JournalEntry(_M):
     rule: str
     rationale: str
     symptoms: list[dict[str, Any]]
-    prior: dict[str, Any]  # KnobState dump: knob, target, value, raw (restore record)
+    prior: KnobState  # the restore record: value and exact raw contents before the change
     proposed: str
-    applied: dict[str, Any] | None
+    applied: KnobState | None  # read back after the write
     state: State
-    objective_before: dict[str, Any] | None
+    objective_before: dict[str, Any] | None  # {"objective": name, "median": v, "n": count}
     objective_after: dict[str, Any] | None
-    verify_result: dict[str, Any] | None
+    verify_result: VerifyResult | None
     error: str | None
     planned_ts: float
     applied_ts: float | None
@@ -111,15 +115,13 @@ class JournalEntry(_M):
     finished_ts: float | None
 
     @property
-    def prior_value(self) -> str | None:
-        return self.prior.get("value")
+    def prior_value(self) -> str:
+        return self.prior.value
 
     @property
     def expected_value(self) -> str:
         """What the target should read while our change is in place."""
-        if self.applied and self.applied.get("value") is not None:
-            return str(self.applied["value"])
-        return self.proposed
+        return self.applied.value if self.applied is not None else self.proposed
 
 
 class JournalEvent(_M):
@@ -149,16 +151,6 @@ class ReconcileOutcome(_M):
     detail: str
 
 
-class RollbackPlan(_M):
-    entry_id: int
-    knob: str
-    target: str
-    action: Literal["restore", "skip_drift", "nothing"]
-    restore: dict[str, Any] | None  # the prior KnobState dict to write back when action=restore
-    current: str | None
-    reason: str
-
-
 def _dump(obj: Any) -> str | None:
     if obj is None:
         return None
@@ -173,6 +165,20 @@ def _as_dict(state: Any) -> dict[str, Any]:
     if isinstance(state, Mapping):
         return dict(state)
     raise TypeError(f"expected a KnobState or dict, got {type(state).__name__}")
+
+
+def knob_state(state: Any, knob: str, target: str) -> KnobState:
+    """A KnobState from a model or a dict; rows written before the journal was typed (and callers
+    passing a bare ``{"value": ...}``) may lack knob/target, which are the entry's."""
+    if isinstance(state, KnobState):
+        return state
+    return KnobState.model_validate({"knob": knob, "target": target, **_as_dict(state)})
+
+
+def _result(result: Any) -> VerifyResult | None:
+    if result is None or isinstance(result, VerifyResult):
+        return result
+    return VerifyResult.model_validate(_as_dict(result))
 
 
 def _eq(a: str | None, b: str | None) -> bool:
@@ -210,9 +216,9 @@ class Journal:
         """Durably record the prior value (KnobState or dict) BEFORE anything is written.
 
         Raises JournalError for an unmanaged (drifted) target, so nothing can clobber it."""
-        prior_d = _as_dict(prior)
-        if "value" not in prior_d:
+        if "value" not in _as_dict(prior):
             raise JournalError(f"journal plan {knob} {target}: prior state has no 'value'")
+        prior_s = knob_state(prior, knob, target)
         syms = [_as_dict(s) for s in symptoms]
         now = self.clock()
         with self._tx():
@@ -227,11 +233,11 @@ class Journal:
                 "INSERT INTO journal_entries (ts, knob, target, service, rule, rationale, symptoms,"
                 " prior, proposed, state, objective_before, planned_ts, updated_ts)"
                 " VALUES (?,?,?,?,?,?,?,?,?,'planned',?,?,?)",
-                [now, knob, target, service, rule, rationale, json.dumps(syms), _dump(prior_d),
+                [now, knob, target, service, rule, rationale, json.dumps(syms), _dump(prior_s),
                  proposed, _dump(objective_before), now, now],
             )
             eid = int(cur.lastrowid)
-            self._event(eid, None, "planned", f"prior={prior_d.get('value')!r} proposed={proposed!r}", now)
+            self._event(eid, None, "planned", f"prior={prior_s.value!r} proposed={proposed!r}", now)
         return self.get(eid)
 
     def write_ahead(self, **meta: Any) -> "WriteAhead":
@@ -268,8 +274,10 @@ class Journal:
         return self.get(eid)
 
     def mark_applied(self, entry_id: int, applied: Any, detail: str = "") -> JournalEntry:
-        """The write landed; ``applied`` is the KnobState read back after it."""
-        return self._transition(entry_id, "applied", detail, applied=_dump(_as_dict(applied)))
+        """The write landed; ``applied`` is the KnobState (or dict) read back after it."""
+        e = self.get(entry_id)
+        return self._transition(entry_id, "applied", detail,
+                                applied=_dump(knob_state(applied, e.knob, e.target)))
 
     def mark_verifying(
         self, entry_id: int, objective_before: Mapping[str, Any] | None = None
@@ -279,7 +287,7 @@ class Journal:
 
     def mark_kept(self, entry_id: int, *, result: Any = None,
                   objective_after: Mapping[str, Any] | None = None, detail: str = "") -> JournalEntry:
-        return self._transition(entry_id, "kept", detail, verify_result=_dump(result),
+        return self._transition(entry_id, "kept", detail, verify_result=_dump(_result(result)),
                                 objective_after=_dump(objective_after))
 
     def mark_rolled_back(self, entry_id: int, *, result: Any = None,
@@ -287,7 +295,7 @@ class Journal:
                          detail: str = "") -> JournalEntry:
         extra: dict[str, Any] = {}
         if result is not None:
-            extra["verify_result"] = _dump(result)
+            extra["verify_result"] = _dump(_result(result))
         if objective_after is not None:
             extra["objective_after"] = _dump(objective_after)
         return self._transition(entry_id, "rolled_back", detail, **extra)
@@ -317,10 +325,12 @@ class Journal:
         lj = lambda s: json.loads(s) if s is not None else None  # noqa: E731
         return JournalEntry(
             id=eid, ts=ts, knob=knob, target=target, service=service, rule=rule,
-            rationale=rationale, symptoms=json.loads(symptoms), prior=json.loads(prior),
-            proposed=proposed, applied=lj(applied), state=state, objective_before=lj(ob),
-            objective_after=lj(oa), verify_result=lj(vr), error=error, planned_ts=pts,
-            applied_ts=ats, verifying_ts=vts, finished_ts=fts,
+            rationale=rationale, symptoms=json.loads(symptoms),
+            prior=knob_state(json.loads(prior), knob, target), proposed=proposed,
+            applied=knob_state(lj(applied), knob, target) if applied is not None else None,
+            state=state, objective_before=lj(ob), objective_after=lj(oa),
+            verify_result=_result(lj(vr)), error=error, planned_ts=pts, applied_ts=ats,
+            verifying_ts=vts, finished_ts=fts,
         )
 
     def get(self, entry_id: int) -> JournalEntry:
@@ -478,14 +488,15 @@ class Journal:
                     e2 = self._transition(e.id, "applied", "write landed before crash")
                 else:
                     e2 = e
-                    self._note(e.id, "reconcile: value still ours; needs re-verification")
+                    self.note(e.id, "reconcile: value still ours; needs re-verification")
                 out.append(self._outcome(e2, "reverify", cur, "value is ours; re-verify"))
             else:
                 e2 = self.mark_drifted(e.id, cur)
                 out.append(self._outcome(e2, "drift", cur, e2.error or "drift"))
         return out
 
-    def _note(self, eid: int, detail: str) -> None:
+    def note(self, eid: int, detail: str) -> None:
+        """An event on the entry without a state change (e.g. a failed rollback attempt)."""
         with self._tx():
             st = self.db.execute("SELECT state FROM journal_entries WHERE id=?", [eid]).fetchone()[0]
             self._event(eid, st, st, detail, self.clock())
@@ -494,79 +505,6 @@ class Journal:
     def _outcome(e: JournalEntry, outcome: str, cur: str | None, detail: str) -> ReconcileOutcome:
         return ReconcileOutcome(entry_id=e.id, knob=e.knob, target=e.target, outcome=outcome,  # type: ignore[arg-type]
                                 state=e.state, current=cur, detail=detail)
-
-    # -- rollback -------------------------------------------------------------------------
-    @staticmethod
-    def rollback_plan(entry: JournalEntry, current: str | None, *, force: bool = False,
-                      same: Same | None = None) -> RollbackPlan:
-        """Decide how to undo one entry given the live value. Pure: writes nothing.
-
-        restore -> live value is ours (or force); skip_drift -> someone else changed it since;
-        nothing -> already at prior, already rolled back, or target gone.
-        """
-        eq = same or _eq
-
-        def plan(action: str, reason: str) -> RollbackPlan:
-            return RollbackPlan(entry_id=entry.id, knob=entry.knob, target=entry.target,
-                                action=action, current=current, reason=reason,  # type: ignore[arg-type]
-                                restore=entry.prior if action == "restore" else None)
-
-        if entry.state == "rolled_back":
-            return plan("nothing", "already rolled back")
-        if current is None:
-            return plan("nothing", "target gone")
-        if eq(current, entry.prior_value):
-            return plan("nothing", f"already at prior {entry.prior_value!r}")
-        if eq(current, entry.expected_value):
-            return plan("restore", f"{current!r} is ours; restore {entry.prior_value!r}")
-        if force:
-            return plan("restore", f"forced over drift: live {current!r}, restore {entry.prior_value!r}")
-        return plan("skip_drift", f"live {current!r} is neither ours {entry.expected_value!r} "
-                                  f"nor prior {entry.prior_value!r}; not clobbering (use force)")
-
-    def rollback_candidates(self, *, knob: str | None = None,
-                            target: str | None = None) -> list[JournalEntry]:
-        """Entries ``rollback --all`` considers, NEWEST FIRST.
-
-        Newest first undoes a stack of changes on one target in reverse: entry B (v1->v2) is
-        restored to v1, which is exactly entry A's (v0->v1) value, so A then restores v0; the
-        first prior of a target wins in the end, as if nothing had ever been changed.
-        """
-        return self.entries(knob=knob, target=target, newest_first=True,
-                            states=("applied", "verifying", "kept", "failed", "drifted"))
-
-    def rollback_all(
-        self,
-        read_current: ReadCurrent,
-        restore: Callable[[dict[str, Any]], None],
-        *,
-        force: bool = False,
-        same_for: Callable[[str], Same] | None = None,
-        knob: str | None = None,
-        target: str | None = None,
-    ) -> list[RollbackPlan]:
-        """Undo changes newest first, re-reading the live value before each entry.
-
-        ``restore(prior_state_dict)`` performs the write (helper/knob); failures are journaled
-        on the entry's events and the loop continues.
-        """
-        done = []
-        for e in self.rollback_candidates(knob=knob, target=target):
-            try:
-                cur = read_current(e.knob, e.target)
-            except Exception:  # noqa: BLE001 - unreadable == gone
-                cur = None
-            p = self.rollback_plan(e, cur, force=force, same=same_for(e.knob) if same_for else None)
-            if p.action == "restore":
-                try:
-                    restore(e.prior)
-                except Exception as err:  # noqa: BLE001 - keep going, record why
-                    self._note(e.id, f"rollback failed: {err}")
-                    p = p.model_copy(update={"action": "nothing", "reason": f"restore failed: {err}"})
-                else:
-                    self._transition(e.id, "rolled_back", p.reason)
-            done.append(p)
-        return done
 
 
 class WriteAhead:
@@ -577,7 +515,6 @@ class WriteAhead:
         self.meta = meta
         self.entry: JournalEntry | None = None
 
-    def __call__(self, before: Any, proposed: str) -> None:
-        b = _as_dict(before)
-        self.entry = self.journal.plan(knob=b["knob"], target=b["target"], prior=b,
+    def __call__(self, before: KnobState, proposed: str) -> None:
+        self.entry = self.journal.plan(knob=before.knob, target=before.target, prior=before,
                                        proposed=proposed, **self.meta)

@@ -417,3 +417,18 @@ class BackgroundProbe:
         self._stop.set()
         self._thread.join(timeout=self.probe.timeout + 1)
         self.probe.close()
+
+
+def scrapers_for(services) -> dict[str, LatencyScraper | BackgroundProbe]:
+    """One latency source per configured service (config ``Service``) that declares one: its
+    metrics page when it has one, else an active probe on its own thread, so a slow answer
+    (the very thing it measures) stalls nothing: the probe waits up to 30 s rather than the
+    scrape timeout."""
+    out: dict[str, LatencyScraper | BackgroundProbe] = {}
+    for svc in services:
+        lat = svc.latency
+        if lat is not None and lat.metrics_url:
+            out[svc.name] = LatencyScraper(lat.metrics_url, lat.flavor, lat.timeout_s)
+        elif lat is not None and lat.probe_url:
+            out[svc.name] = BackgroundProbe(ActiveProbe(lat.probe_url, lat.probe_interval_s))
+    return out

@@ -2,8 +2,8 @@
 
 Each case runs the real CLI (`python -m autotune run --mode apply --local-actuator`) on a writable
 fixture tree with AUTOTUNE_FAILPOINT armed; the process SIGKILLs itself at that point. Then the
-reconcile path runs (a fresh Agent.start on the same state DB) and Journal.rollback_all must put
-every touched value back to its original raw content.
+reconcile path runs (a fresh Agent.start on the same state DB) and the one rollback routine
+(verify/rollback.Rollback) must put every touched value back to its original raw content.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from autotune.agent.actuator import LocalActuator, read_value, restore_prior
+from autotune.agent.actuator import LocalActuator, read_value
 from autotune.agent.loop import Agent
 from autotune.config import load_config
 from autotune.diagnose.rules import load_rules
 from autotune.host import Host
 from autotune.journal.journal import Journal
 from autotune.store.db import open_db
+from autotune.verify.rollback import Rollback
 from tests.agent.conftest import RULES, SWAPPINESS
 from tests.fixtures.hosts import writable_copy
 
@@ -106,7 +107,7 @@ def test_kill9_then_reconcile_and_rollback(tmp_path, point):
     if point in ("after_write", "during_verify"):
         assert journal.entries()[0].state == "verifying"  # ours: re-verified later
 
-    journal.rollback_all(lambda k, t: read_value(act, k, t), restore_prior(act), same_for=act.same)
+    Rollback(journal, act, by="operator").all()
     assert (root / SWAPPINESS.lstrip("/")).read_text() == original  # byte-exact
     assert agent.trail.verify().ok
     db.conn.close()

@@ -232,7 +232,7 @@ def test_rollback_through_helper_writes_the_exact_prior_raw(helper_env):
     q0, p0, s0 = ((root / f).read_bytes() for f in (QUOTA, PERIOD, SWAP))
     e1 = agent_change_via_helper(journal, srv.sock, "cgroup.cpu_quota", CG, "0.5")
     agent_change_via_helper(journal, srv.sock, "sysctl", "vm.swappiness", "10")
-    assert e1.prior["raw"] == {f"/{PERIOD}": p0.decode(), f"/{QUOTA}": q0.decode()}
+    assert e1.prior.raw == {f"/{PERIOD}": p0.decode(), f"/{QUOTA}": q0.decode()}
     r = cli("rollback", str(e1.id), "--helper-socket", srv.sock, "--state", str(db_path), "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)[0]["exact"] is True

@@ -67,8 +67,8 @@ def test_outcome_sign_clip_and_unverified(journal):
     e = journal.plan(knob="k", target="/x", prior={"value": "1"}, proposed="2", rule="r")
     assert outcome_of(journal.get(e.id)) is None  # planned, never verified
     higher = journal.get(record(journal, "k", "r", "1", "2", 0.0))
-    higher = higher.model_copy(update={"verify_result": {**higher.verify_result, "effect": 0.2,
-                                                         "direction": "higher_is_better"}})
+    higher = higher.model_copy(update={"verify_result": higher.verify_result.model_copy(
+        update={"effect": 0.2, "direction": "higher_is_better"})})
     assert outcome_of(higher).improvement == pytest.approx(0.2)
 
 

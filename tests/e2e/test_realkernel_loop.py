@@ -286,11 +286,11 @@ def test_agent_applies_verifies_regression_and_rolls_back_exactly(
     assert seen_capped, "the quota was never observed changed"
     assert e.state == "rolled_back", (e.state, e.error, e.verify_result, out)
     assert e.knob == "cgroup.cpu_quota" and e.target == cg.target and e.prior_value == "max"
-    vr = e.verify_result or {}
-    assert vr["verdict"] == "regressed" and vr["objective"] == "psi"
+    vr = e.verify_result
+    assert vr.verdict == "regressed" and vr.objective == "svc.burner.psi.cpu.some.stall_pct"
     print(f"\nagent: applied after {e.applied_ts - e.planned_ts:.2f} s of planning, verdict "
-          f"{vr['verdict']} (cgroup cpu PSI some median {vr['before_median']:.2f}% -> "
-          f"{vr['after_median']:.2f}%, p={vr['p_value']:.3g}), rolled back {elapsed:.1f} s after start")
+          f"{vr.verdict} (cgroup cpu PSI some median {vr.before_median:.2f}% -> "
+          f"{vr.after_median:.2f}%, p={vr.p_value:.3g}), rolled back {elapsed:.1f} s after start")
     assert cg.quota_files() == raw0  # EXACTLY the prior bytes, written by the helper
     trail = AuditTrail(open_db(state))
     kinds = [(ev.kind, ev.outcome) for ev in trail.query(action_id=e.id)]

@@ -11,6 +11,7 @@ import pytest
 from autotune.knobs.base import KnobState
 from autotune.journal.journal import Journal, JournalError
 from autotune.store.db import open_db, schema_version
+from autotune.types import VerifyResult
 
 
 class Clock:
@@ -57,7 +58,7 @@ def test_migration_idempotent_versioned(db):
 
 def test_lifecycle_records_every_transition(j, clock):
     e = plan(j)
-    assert e.state == "planned" and e.prior["raw"] and e.prior_value == "max"
+    assert e.state == "planned" and e.prior.raw and e.prior_value == "max"
     clock.t += 1
     j.mark_applied(e.id, prior("1.5"))
     clock.t += 1
@@ -65,7 +66,7 @@ def test_lifecycle_records_every_transition(j, clock):
     clock.t += 30
     done = j.mark_kept(e.id, result={"verdict": "improved"}, objective_after={"median": 0.3})
     assert done.state == "kept" and done.applied_ts == 1001 and done.finished_ts == 1032
-    assert done.verify_result == {"verdict": "improved"}
+    assert done.verify_result == VerifyResult(verdict="improved")
     assert [ev.to_state for ev in j.events(e.id)] == ["planned", "applied", "verifying", "kept"]
     with pytest.raises(JournalError, match="cannot go from kept to verifying"):
         j.mark_verifying(e.id)
@@ -105,7 +106,7 @@ def test_kill9_right_after_plan_keeps_entry(tmp_path):
     eid = int(p.stdout.split()[0])
     j = Journal(open_db(path))
     e = j.get(eid)
-    assert e.state == "planned" and e.prior["raw"] == {"/proc/sys/vm/swappiness": "60"}
+    assert e.state == "planned" and e.prior.raw == {"/proc/sys/vm/swappiness": "60"}
     out = j.reconcile(lambda knob, target: "60")
     assert out[0].outcome == "not_applied" and j.get(eid).state == "failed"
 
@@ -152,56 +153,6 @@ def test_reconcile_applied_back_at_prior_is_rolled_back(j):
     assert out[0].outcome == "already_restored" and j.get(a.id).state == "rolled_back"
 
 
-def test_rollback_plan_skips_drift_unless_forced(j):
-    a = plan(j)
-    j.mark_applied(a.id, prior("1.5"))
-    e = j.get(a.id)
-    assert Journal.rollback_plan(e, "1.5").action == "restore"
-    assert Journal.rollback_plan(e, "1.5").restore["value"] == "max"
-    assert Journal.rollback_plan(e, "max").action == "nothing"
-    assert Journal.rollback_plan(e, None).action == "nothing"
-    skip = Journal.rollback_plan(e, "0.7")
-    assert skip.action == "skip_drift" and skip.restore is None
-    forced = Journal.rollback_plan(e, "0.7", force=True)
-    assert forced.action == "restore" and forced.restore["value"] == "max"
-
-
-def test_rollback_all_newest_first_restores_first_prior(j, clock):
-    live = {"/a": "max"}
-    a = plan(j, target="/a", old="max", new="1.5")
-    j.mark_applied(a.id, prior("1.5", "/a"))
-    j.mark_kept(a.id)
-    clock.t += 10
-    b = plan(j, target="/a", old="1.5", new="1.0")
-    j.mark_applied(b.id, prior("1.0", "/a"))
-    j.mark_kept(b.id)
-    live["/a"] = "1.0"
-    writes = []
-
-    def restore(state):
-        writes.append(state["value"])
-        live[state["target"]] = state["value"]
-
-    plans = j.rollback_all(lambda k, t: live[t], restore)
-    assert [p.entry_id for p in plans] == [b.id, a.id]
-    assert writes == ["1.5", "max"] and live["/a"] == "max"
-    assert {j.get(a.id).state, j.get(b.id).state} == {"rolled_back"}
-    assert j.rollback_all(lambda k, t: live[t], restore) == []
-
-
-def test_rollback_all_restore_failure_is_journaled(j):
-    a = plan(j)
-    j.mark_applied(a.id, prior("1.5"))
-
-    def boom(state):
-        raise OSError("EPERM")
-
-    (p,) = j.rollback_all(lambda k, t: "1.5", boom)
-    assert p.action == "nothing" and "EPERM" in p.reason
-    assert j.get(a.id).state == "applied"
-    assert "rollback failed" in j.events(a.id)[-1].detail
-
-
 def test_write_ahead_hook_plans_before_write(j):
     from autotune.host import Host
     from autotune.knobs.base import Knob
@@ -225,4 +176,33 @@ def test_write_ahead_hook_plans_before_write(j):
     hook = j.write_ahead(rule="r", rationale="because")
     res = Fake().change(Host.__new__(Host), "t", "b", before_write=hook)
     assert res.changed and order == [("write", "planned")]
-    assert hook.entry.prior == {"knob": "fake", "target": "t", "value": "a", "raw": {"/x": "a"}}
+    assert hook.entry.prior == KnobState(knob="fake", target="t", value="a", raw={"/x": "a"})
+
+
+def test_rows_written_before_the_journal_was_typed_still_load(j, db):
+    """prior/applied without knob/target, a verify_result with only some fields, an unknown
+    key and a legacy objective name: all load as KnobState / VerifyResult."""
+    import json
+
+    db.execute(
+        "INSERT INTO journal_entries (ts, knob, target, service, rule, prior, proposed, applied,"
+        " state, objective_before, verify_result, planned_ts, updated_ts) VALUES"
+        " (1, 'sysctl', 'vm.swappiness', NULL, 'r', ?, '10', ?, 'kept', ?, ?, 1, 1)",
+        [json.dumps({"value": "60", "raw": {"/proc/sys/vm/swappiness": "60\n"}}),
+         json.dumps({"value": "10"}), json.dumps({"objective": "psi", "median": 20.0, "n": 9}),
+         json.dumps({"verdict": "improved", "effect": -0.3, "objective": "psi", "old_key": 1})])
+    [e] = j.entries()
+    assert e.prior == KnobState(knob="sysctl", target="vm.swappiness", value="60",
+                                raw={"/proc/sys/vm/swappiness": "60\n"})
+    assert e.applied.value == "10" and e.expected_value == "10" and e.prior_value == "60"
+    assert e.verify_result == VerifyResult(verdict="improved", effect=-0.3, objective="psi")
+    assert e.objective_before["objective"] == "psi"
+
+
+def test_partial_results_and_states_are_validated_on_write(j):
+    a = plan(j)
+    j.mark_applied(a.id, {"value": "1.5"})  # a bare dict: knob/target are the entry's
+    assert j.get(a.id).applied == KnobState(knob="cgroup.cpu_quota", target="/autotune/batch", value="1.5")
+    with pytest.raises(ValueError):
+        j.mark_kept(a.id, result={"verdict": "great"})
+    assert j.get(a.id).state == "applied"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autotune.journal.verify import (
+from autotune.verify.stats import (
     OBJECTIVES, VerifyResult, compare, decide, evaluate, objective_series,
 )
 from autotune.types import (

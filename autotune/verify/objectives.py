@@ -1,0 +1,209 @@
+"""What verification measures: objectives are named series of the metric vocabulary.
+
+An objective is a flat metric name from ``autotune/detect/metrics.py`` -
+``svc.llm.latency.p95_s``, ``svc.llm.psi.cpu.some.stall_pct``, ``psi.cpu.some.stall_pct``,
+``svc.batch.cpu.usage_cores`` - and its series over a window of snapshots is that metric as
+``derive_metrics`` computes it, once per interval. Nothing here recomputes a metric.
+
+Samples must be roughly independent for the test (``stats.compare``) to mean anything:
+
+- a rate (PSI stall %, cores used) is derived over runs of consecutive snapshots spanning at
+  least ``min_interval_s`` (2 s), not per tick; avg10 would be worse still (a 10 s moving
+  average: successive 1 s readings share most of their information);
+- a latency reading is taken once per reading of its source: a probe repeated between two
+  samples counts once.
+
+Journal rows written before objectives were metric names say ``psi``, ``latency_p95``,
+``requests`` or ``throughput``; ``LEGACY`` maps them, so they still load, display and evaluate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from autotune.detect.metrics import derive_metrics
+from autotune.types import Direction, LatencyReading, Snapshot
+
+MIN_SAMPLES = 5  # per window; fewer cannot show a significant difference
+
+
+class Kind(BaseModel):
+    """Facts about one metric used as an objective (keyed by its name without ``svc.<s>.``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metric: str  # e.g. "psi.cpu.some.stall_pct"
+    direction: Direction
+    unit: str  # "s", "%", "cores", "" - how reports show it
+    service_only: bool = False  # only exists as svc.<s>.<metric>
+    per_reading: bool = False  # a value per reading of the source (latency), not per interval
+    min_interval_s: float = 0.0  # rates: derive over at least this long
+    upper: float | None = None  # a % of wall time cannot exceed 100 (snapshot-time jitter can)
+    fallback: str | None = None  # a gauge used when no interval yields a value (every 10 s)
+
+
+FALLBACK_EVERY_S = 10.0  # avg10's own averaging horizon
+
+KINDS: dict[str, Kind] = {k.metric: k for k in (
+    Kind(metric="latency.p95_s", direction="lower_is_better", unit="s", service_only=True,
+         per_reading=True),
+    Kind(metric="latency.requests", direction="higher_is_better", unit="", service_only=True,
+         per_reading=True),
+    Kind(metric="psi.cpu.some.stall_pct", direction="lower_is_better", unit="%",
+         min_interval_s=2.0, upper=100.0, fallback="psi.cpu.some.avg10"),
+    Kind(metric="cpu.usage_cores", direction="higher_is_better", unit="cores", service_only=True,
+         min_interval_s=2.0),
+)}
+
+# short names journaled before objectives were metric names
+LEGACY: dict[str, str] = {
+    "latency_p95": "latency.p95_s",
+    "requests": "latency.requests",
+    "psi": "psi.cpu.some.stall_pct",
+    "throughput": "cpu.usage_cores",
+}
+
+# every name ``objective()`` accepts besides a full svc.<s>.<metric>
+OBJECTIVES: dict[str, Kind] = {**KINDS, **{old: KINDS[new] for old, new in LEGACY.items()}}
+
+
+class Objective(BaseModel):
+    """One metric on one scope: ``name`` is the flat metric name (``svc.<s>.`` + kind, or the
+    host's); ``service`` is None for a host metric."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: Kind
+    service: str | None = None
+
+    @property
+    def direction(self) -> Direction:
+        return self.kind.direction
+
+    def _metric(self, metric: str) -> str:
+        return f"svc.{self.service}.{metric}" if self.service is not None else metric
+
+    def series(self, window: Sequence[Snapshot]) -> list[float]:
+        """Roughly independent values of the metric over ``window`` (oldest first)."""
+        if self.kind.per_reading:
+            return self._per_reading(window)
+        out = self._per_interval(window)
+        if not out and self.kind.fallback is not None:
+            return self._fallback(window)
+        return out
+
+    def _per_reading(self, window: Sequence[Snapshot]) -> list[float]:
+        out: list[float] = []
+        prev: LatencyReading | None = None
+        for s in window:
+            svc = s.services.get(self.service or "")
+            reading = svc.latency if svc is not None else None
+            if reading is None or not reading.ok or reading == prev:
+                continue  # no reading, a failed one, or the previous one repeated
+            prev = reading
+            v = derive_metrics([s]).get(self.name)
+            if v is not None:
+                out.append(v)
+        return out
+
+    def _per_interval(self, window: Sequence[Snapshot]) -> list[float]:
+        """The metric over runs of consecutive snapshots spanning >= min_interval_s. A run that
+        yields no value (counter reset, a reading missing at either end) is dropped and the
+        next one starts where it ended."""
+        out: list[float] = []
+        start = 0
+        for i in range(1, len(window)):
+            if window[i].ts - window[start].ts < self.kind.min_interval_s:
+                continue
+            v = derive_metrics(window[start : i + 1]).get(self.name)
+            if v is not None:
+                out.append(v if self.kind.upper is None else min(self.kind.upper, v))
+            start = i
+        return out
+
+    def _fallback(self, window: Sequence[Snapshot]) -> list[float]:
+        """The fallback gauge, one reading per FALLBACK_EVERY_S (none from a single reading)."""
+        name = self._metric(self.kind.fallback or "")
+        points = [(s.ts, v) for s in window if (v := derive_metrics([s]).get(name)) is not None]
+        if len(points) < 2:
+            return []
+        out, last_ts = [], -math.inf
+        for ts, v in points:
+            if ts - last_ts >= FALLBACK_EVERY_S:
+                out.append(v)
+                last_ts = ts
+        return out
+
+
+def _known() -> str:
+    return (", ".join(sorted(LEGACY)) + "; or a metric: " + ", ".join(
+        ("svc.<s>." if k.service_only else "[svc.<s>.]") + m for m, k in KINDS.items()))
+
+
+def _split(name: str) -> tuple[Kind, str | None] | None:
+    """(kind, service) of a flat metric name, or None when it is not an objective."""
+    if name in KINDS and not KINDS[name].service_only:
+        return KINDS[name], None
+    if name.startswith("svc."):
+        for metric, kind in KINDS.items():
+            if name.endswith("." + metric) and len(name) > len("svc.") + len(metric) + 1:
+                return kind, name[len("svc."): -len(metric) - 1]
+    return None
+
+
+def objective(name: str, service: str | None = None,
+              window: Sequence[Snapshot] = ()) -> Objective:
+    """The objective called ``name``: a flat metric name, or a legacy short name read for
+    ``service`` (``psi`` is the service's cgroup PSI when ``window`` has it, else the host's).
+    Raises ValueError naming the known objectives."""
+    split = _split(name)
+    if split is not None:
+        kind, svc = split
+        return Objective(name=name, kind=kind, service=svc)
+    if name in LEGACY:
+        kind = KINDS[LEGACY[name]]
+        if service is None and kind.service_only:
+            raise ValueError(f"objective {name!r} is a service's ({kind.metric}); name the service")
+        if service is not None and (kind.service_only or _measured(
+                Objective(name=f"svc.{service}.{kind.metric}", kind=kind, service=service), window)):
+            return Objective(name=f"svc.{service}.{kind.metric}", kind=kind, service=service)
+        return Objective(name=kind.metric, kind=kind)
+    raise ValueError(f"unknown objective {name!r}; known: {_known()}")
+
+
+def _measured(obj: Objective, window: Sequence[Snapshot]) -> bool:
+    return bool(obj.series(window))
+
+
+def choose(service: str | None, window: Sequence[Snapshot], *, has_latency: bool) -> Objective:
+    """The objective a change on ``service`` is judged by: its p95 latency when its latency
+    source (``has_latency``) gave enough distinct readings in ``window`` to test on (a sparse
+    probe may not), else its cgroup's CPU pressure, else the host's (a v1-only host has no
+    cgroup PSI)."""
+    if service is not None:
+        if has_latency:
+            lat = objective(f"svc.{service}.latency.p95_s")
+            if len(lat.series(window)) >= MIN_SAMPLES:
+                return lat
+        psi = objective(f"svc.{service}.psi.cpu.some.stall_pct")
+        if _measured(psi, window):
+            return psi
+    return objective("psi.cpu.some.stall_pct")
+
+
+def unit(name: str | None) -> str:
+    """How to show values of objective ``name`` ("s", "%", "cores" or ""); "" when unknown."""
+    if name is None:
+        return ""
+    split = _split(name)
+    kind = split[0] if split is not None else OBJECTIVES.get(name)
+    return kind.unit if kind is not None else ""
+
+
+def objective_series(name: str, window: Sequence[Snapshot], service: str | None = None) -> list[float]:
+    """Values of objective ``name`` (a metric or legacy name, read for ``service``) over ``window``."""
+    return objective(name, service, window).series(window)

@@ -1,0 +1,192 @@
+"""The one rollback routine (verify/rollback.py) on a journal in a tmp DB and a fake actuator:
+the plan, newest-first undo of stacked changes, drift, gone targets, failures, audit records.
+(The plan and rollback-all tests moved here from tests/journal with the code.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from autotune.errors import HostError
+from autotune.journal.journal import Journal
+from autotune.knobs.base import ChangeResult, KnobState
+from autotune.store.db import open_db
+from autotune.verify.rollback import Rollback, candidates, plan
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeActuator:
+    """Live values in a dict keyed by target; ``restore`` may be made to fail."""
+
+    dry_run = False
+
+    def __init__(self, live: dict[str, str | None], fail: Exception | None = None) -> None:
+        self.live = live
+        self.fail = fail
+        self.writes: list[str] = []
+
+    def same(self, knob):
+        return lambda a, b: a == b
+
+    def read(self, knob, target):
+        v = self.live.get(target)
+        return None if v is None else KnobState(knob=knob, target=target, value=v, raw={target: v})
+
+    def restore(self, knob, target, state, *, force=False):
+        if self.fail is not None:
+            raise self.fail
+        self.writes.append(state.value)
+        before = self.read(knob, target)
+        self.live[target] = state.value
+        return ChangeResult(knob=knob, target=target, before=before, proposed=state.value,
+                            after=self.read(knob, target), changed=True)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def j(tmp_path, clock):
+    db = open_db(tmp_path / "state.db")
+    yield Journal(db, clock=clock)
+    db.conn.close()
+
+
+def prior(value: str, target: str = "/a") -> KnobState:
+    return KnobState(knob="cgroup.cpu_quota", target=target, value=value, raw={target: value})
+
+
+def change(j: Journal, old: str, new: str, target: str = "/a", *, keep: bool = False):
+    e = j.plan(knob="cgroup.cpu_quota", target=target, prior=prior(old, target), proposed=new,
+               rule="r", service="batch")
+    j.mark_applied(e.id, prior(new, target))
+    if keep:
+        j.mark_kept(e.id)
+    return j.get(e.id)
+
+
+def test_plan_skips_drift_unless_forced(j):
+    e = change(j, "max", "1.5")
+    assert plan(e, "1.5").action == "restore"
+    assert plan(e, "1.5").restore.value == "max"
+    assert plan(e, "max").action == "nothing"
+    assert plan(e, None).action == "nothing"
+    skip = plan(e, "0.7")
+    assert skip.action == "skip_drift" and skip.restore is None
+    forced = plan(e, "0.7", force=True)
+    assert forced.action == "restore" and forced.restore.value == "max"
+
+
+def test_all_newest_first_restores_first_prior(j, clock):
+    a = change(j, "max", "1.5", keep=True)
+    clock.t += 10
+    b = change(j, "1.5", "1.0", keep=True)
+    act = FakeActuator({"/a": "1.0"})
+    events: list[tuple] = []
+    rb = Rollback(j, act, audit=lambda kind, **f: events.append((kind, f["action_id"], f["outcome"])),
+                  by="operator", via="local")
+    out = rb.all()
+    assert [o.entry_id for o in out] == [b.id, a.id]
+    assert [o.result for o in out] == ["restored", "restored"]
+    assert act.writes == ["1.5", "max"] and act.live["/a"] == "max"
+    assert {j.get(a.id).state, j.get(b.id).state} == {"rolled_back"}
+    assert events == [("rollback", b.id, "rolled_back"), ("rollback", a.id, "rolled_back")]
+    assert "operator rollback via local" in j.events(a.id)[-1].detail
+    assert candidates(j) == [] and rb.all() == []
+
+
+def test_restore_failure_is_journaled_and_the_entry_stays(j):
+    a = change(j, "max", "1.5")
+    events: list[str] = []
+    (o,) = Rollback(j, FakeActuator({"/a": "1.5"}, fail=HostError("EPERM")),
+                    audit=lambda kind, **f: events.append(kind), by="stop").all()
+    assert o.result == "failed" and "EPERM" in o.reason
+    assert j.get(a.id).state == "applied"
+    assert "rollback failed" in j.events(a.id)[-1].detail
+    assert events == ["error"]
+
+
+def test_abort_on_stops_the_whole_run(j):
+    change(j, "max", "1.5")
+    rb = Rollback(j, FakeActuator({"/a": "1.5"}, fail=HostError("socket closed")), by="operator",
+                  abort_on=(HostError,))
+    with pytest.raises(HostError, match="socket closed"):
+        rb.all()
+
+
+def test_drift_is_skipped_marked_and_audited(j):
+    a = change(j, "max", "1.5", keep=True)
+    events: list[tuple] = []
+    (o,) = Rollback(j, FakeActuator({"/a": "0.7"}), audit=lambda kind, **f: events.append(
+        (kind, f["outcome"], f["before"])), by="operator").all()
+    assert o.result == "skipped_drift" and "not clobbering" in o.reason
+    assert j.get(a.id).state == "drifted" and j.is_unmanaged("cgroup.cpu_quota", "/a")
+    assert events == [("drift", "skipped", "0.7")]
+
+
+def test_back_at_prior_settles_an_in_place_entry(j):
+    a = change(j, "max", "1.5", keep=True)
+    act = FakeActuator({"/a": "max"})
+    (o,) = Rollback(j, act, by="operator").all()
+    assert o.result == "already_prior" and act.writes == []
+    assert j.get(a.id).state == "rolled_back"
+
+
+def test_gone_target_fails_an_unfinished_entry_and_leaves_a_kept_one(j):
+    a = change(j, "max", "1.5")
+    b = change(j, "max", "1.5", target="/b", keep=True)
+    out = Rollback(j, FakeActuator({}), by="stop").all()
+    assert [o.result for o in out] == ["gone", "gone"]
+    assert j.get(a.id).state == "failed" and j.get(b.id).state == "kept"
+
+
+def test_single_entry_refused_under_a_newer_change_and_planned_is_blocked(j, clock):
+    old = change(j, "max", "1.5")
+    clock.t += 1
+    change(j, "1.5", "1.0")
+    act = FakeActuator({"/a": "1.0"})
+    (o,) = Rollback(j, act, by="operator").entries([old], single=True)
+    assert o.result == "blocked" and "newer entry" in o.reason and act.writes == []
+    planned = j.plan(knob="cgroup.cpu_quota", target="/c", prior=prior("max", "/c"), proposed="1",
+                     rule="r")
+    (o,) = Rollback(j, act, by="operator").entries([planned])
+    assert o.result == "blocked" and j.get(planned.id).state == "planned"
+
+
+def test_read_back_that_is_not_the_prior_fails(j):
+    change(j, "max", "1.5")
+
+    class Stuck(FakeActuator):
+        def restore(self, knob, target, state, *, force=False):
+            self.writes.append(state.value)  # the write "lands" but the value stays
+
+    (o,) = Rollback(j, Stuck({"/a": "1.5"}), by="operator").all()
+    assert o.result == "failed" and "reads back '1.5'" in o.reason
+
+
+def test_settle_and_figures_reach_journal_and_audit(j):
+    from autotune.types import VerifyResult
+
+    a = change(j, "max", "1.5")
+    j.mark_verifying(a.id)
+    events: list[dict] = []
+    result = VerifyResult(verdict="regressed", effect=0.5)
+    o = Rollback(j, FakeActuator({"/a": "1.5"}), audit=lambda kind, **f: events.append(f),
+                 by="verify").entry(j.get(a.id), why="verification regressed",
+                                    settle={"result": result, "objective_after": {"median": 3.0}},
+                                    figures={"objective_before": 2.0, "objective_after": 3.0})
+    assert o.result == "restored" and o.exact is True
+    e = j.get(a.id)
+    assert e.state == "rolled_back" and e.verify_result == result
+    assert e.objective_after == {"median": 3.0}
+    [ev] = events
+    assert ev["objective_after"] == 3.0 and ev["detail"]["by"] == "verify"
+    assert ev["detail"]["reason"].startswith("verification regressed; ")
