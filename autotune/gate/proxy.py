@@ -15,6 +15,7 @@ streamed ones.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -126,8 +127,21 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         url = httpx.URL(path=request.url.path, query=request.url.query.encode())
         req = http().build_request(request.method, url, headers=headers, content=await request.body())
+        sending = asyncio.ensure_future(http().send(req, stream=True))
+        left = asyncio.ensure_future(_client_gone(request))
         try:
-            resp = await http().send(req, stream=True)
+            await asyncio.wait({sending, left}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+            if not sending.done():  # the client left before the upstream answered (or we are
+                sending.cancel()  # cancelled): closing the upstream connection aborts it there too
+                await asyncio.gather(sending, return_exceptions=True)
+        if sending.cancelled():
+            if ticket is not None:
+                ticket.release()
+            return Response(status_code=499)  # nobody is listening
+        try:
+            resp = sending.result()
         except httpx.HTTPError as err:
             if ticket is not None:
                 ticket.release()
@@ -168,6 +182,12 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
     routes = control_routes(gate) if control else []
     routes.append(Route("/{path:path}", proxy, methods=METHODS))
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (its body is already read, so only that can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _GatedStream(StreamingResponse):

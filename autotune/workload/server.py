@@ -342,12 +342,19 @@ def render_prompt(engine: Engine, prompt: str | list[int], req: CompletionReques
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for request bodies over ``max_bytes``, before they are read when
-    Content-Length says so, or as soon as a chunked body passes the limit."""
+    """ASGI middleware: 413 for request bodies over ``max_bytes``, decided from Content-Length
+    before anything is parsed, or as soon as a chunked body passes the limit.
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    The rest of the body is read and dropped (up to ``drain_bytes``) before answering: a server
+    that closes a connection with unread data in its receive buffer makes the kernel send RST,
+    which can destroy the 413 before the client reads it (a proxy in front sees "ReadError").
+    Dropping bytes costs the event loop next to nothing; parsing or tokenizing them would not.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, drain_bytes: int = 64 << 20) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -359,6 +366,7 @@ class BodyLimit:
         except ValueError:
             size = None
         if size is not None and size > self.max_bytes:
+            await self._drain(receive, 0)
             await _send_error(send, self._too_large(size))
             return
         seen = 0
@@ -369,10 +377,21 @@ class BodyLimit:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
-                    raise self._too_large(seen)
+                    total = await self._drain(receive, seen) if msg.get("more_body") else seen
+                    raise self._too_large(total)
             return msg
 
         await self.app(scope, limited, send)
+
+    async def _drain(self, receive: Any, seen: int) -> int:
+        while seen <= self.drain_bytes:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            seen += len(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        return seen
 
     def _too_large(self, size: int) -> APIError:
         return APIError(413, f"request body of {size} bytes is over this server's limit of "
