@@ -270,14 +270,15 @@ def test_metrics_page_has_wait_and_upstream_histograms(upstream, run_app):
 
 
 def test_client_leaving_before_the_upstream_answers_frees_the_slot(upstream, run_app):
-    # A non-streamed request: nothing flows until upstream is done (30 s here). The gate
+    # A non-streamed request: nothing flows until upstream is done (5 s here). The gate
     # watches the client meanwhile; when it leaves, the upstream request is dropped too.
-    upstream.delay_s = 30.0
+    upstream.delay_s = 5.0
     gate = gate_for(limit=1)
     g = run_app(build_app(gate, upstream.url))
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{g.url}/v1/completions", json={"model": "fake", "prompt": "a"}, timeout=httpx.Timeout(10, read=0.3))
     wait_until(lambda: gate.status().inflight == 0, timeout=10)
+    assert upstream.inflight == 1  # upstream is still at it: the slot was freed by the client leaving
     upstream.delay_s = 0.01
     out = client(g.url).completions.create(model="fake", prompt="next", max_tokens=1)
     assert out.choices[0].text == "echo:next" and gate.status().admitted == 2
