@@ -163,3 +163,19 @@ def test_openai_client_compat(live_server):
     assert r.usage.completion_tokens == 4
     chunks = list(client.completions.create(model="gpt2-tiny", prompt="hi", max_tokens=3, stream=True))
     assert len(chunks) == 3
+
+
+def test_workers_follow_the_thread_choice_and_export_it(engine):
+    from autotune.workload.threads import ThreadChoice, ThreadFollower
+
+    wanted = [2]
+    follower = ThreadFollower(interval_s=0.0, choose=lambda: ThreadChoice(
+        threads=wanted[0], affinity_cpus=2, quota_cores=None, cgroup=None, reason="test"))
+    app = create_app(engine, max_concurrency=1, threads=follower)
+    body = {"prompt": "a b c", "max_tokens": 2}
+    (r,) = _post_all(app, [body])
+    assert r.json()["timing"]["threads"] == 2 and _metrics(app)["autotune_workload_intra_op_threads"] == 2
+    wanted[0] = 1  # e.g. the agent cut the quota to half a core
+    (r,) = _post_all(app, [body])
+    assert r.json()["timing"]["threads"] == 1 and _metrics(app)["autotune_workload_intra_op_threads"] == 1
+    assert follower.changes == 1
