@@ -8,6 +8,8 @@ Errors must be ``{"error": {"message", "type", "param", "code"}}`` with vLLM's s
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -317,3 +319,16 @@ def test_gate_passes_scrapes_and_model_lists_without_admission(gate):
     assert httpx.get(f"{gate.url}/health", timeout=10).json()["status"] == "ok"
     assert [m.id for m in openai.OpenAI(base_url=f"{gate.url}/v1", api_key="x").models.list().data] == [MODEL]
     assert g.status().admitted == admitted and g.passthrough == passed + 3
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_both_pages(server, gate):
+    httpx.post(f"{gate.url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 3}, timeout=30)
+    for url, colons in ((f"{gate.url}/gate/metrics", False), (f"{server.url}/metrics", True)):
+        out = subprocess.run(["promtool", "check", "metrics"], input=httpx.get(url, timeout=10).text,
+                             capture_output=True, text=True, timeout=60)
+        problems = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+        if colons:  # vLLM's own names contain ':' (promtool lints it); nothing else may be wrong
+            assert problems and all("should not contain ':'" in p and p.startswith("vllm:") for p in problems), problems
+        else:
+            assert out.returncode == 0 and not problems, problems
