@@ -181,7 +181,7 @@ class Scheduler:
 
         req, m, rec = job.req, self.metrics, job.rec
         gen = torch.Generator()
-        gen.manual_seed(req.seed if req.seed is not None else time.time_ns() & 0xFFFFFFFF)
+        gen.manual_seed((req.seed if req.seed is not None else time.time_ns()) & 0xFFFFFFFFFFFFFFFF)
         stops = req.stops()
         hold = 0 if req.include_stop_str_in_output or not stops else max(map(len, stops)) - 1
         for p_index, prompt in enumerate(job.prompts):
