@@ -106,7 +106,13 @@ class ProcessReading(_Frozen):
 
 
 class LatencyReading(_Frozen):
-    """Windowed inference latency from a metrics page or active probe."""
+    """Windowed inference latency from a metrics page or active probe.
+
+    p50/p95/p99 are end-to-end request latency; ``ttft_*`` time to first token; ``itl_*`` the
+    gap between output tokens (inter-token latency; TGI reports it as a per-request mean).
+    ``*_samples`` / ``tokens`` / ``requests`` say how much the window held, so a caller can
+    discount a quantile drawn from a handful of observations. None = not available.
+    """
 
     source: str
     ok: bool
@@ -115,6 +121,12 @@ class LatencyReading(_Frozen):
     p95_s: float | None = None
     p99_s: float | None = None
     ttft_p95_s: float | None = None
+    ttft_samples: float | None = None  # first tokens observed in the window
+    itl_p50_s: float | None = None
+    itl_p95_s: float | None = None
+    itl_mean_s: float | None = None  # mean seconds per generated token (llama.cpp: the only figure)
+    itl_samples: float | None = None  # observations behind the itl quantiles
+    tokens: float | None = None  # tokens generated in the window
     requests: float | None = None  # requests completed in the window
     running: float | None = None
     waiting: float | None = None

@@ -11,7 +11,9 @@ are not events we can subscribe to: PSI triggers are EINVAL here).
 
 With ``adaptive`` on, each completed request's latency feeds ``limiter.update_limit`` and
 ``limiter.update_threshold``; the agent's knob (POST /gate/config) sets the starting point and
-the bounds. Single event loop only: not thread-safe, no locks needed.
+the bounds. The registry holds the counters (at scrape time) and histograms of the queue wait
+and of the upstream time of admitted requests, in seconds. Single event loop only: not
+thread-safe, no locks needed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +37,11 @@ from autotune.gate.limiter import (
     update_threshold,
 )
 from autotune.gate.pressure import PressureSource
+
+
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0,
+                    30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class GateSettings(BaseModel):
@@ -120,8 +127,20 @@ class Gate:
         self._poller: asyncio.Task[None] | None = None
         self._held_for_pressure = False
         self._state = LimiterState(limit=float(self.settings.limit))
+        self.passthrough = 0
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_GateCollector(self))
+        self.queue_wait = Histogram("autotune_gate_queue_wait_seconds", "Arrival to admission of "
+                                    "admitted requests, seconds (0 when admitted at once).",
+                                    buckets=WAIT_BUCKETS, registry=self.registry)
+        self.upstream_first_byte = Histogram("autotune_gate_upstream_first_byte_seconds",
+                                             "Admission to the first upstream body chunk, seconds "
+                                             "(what the adaptive limit learns from).",
+                                             buckets=UPSTREAM_BUCKETS, registry=self.registry)
+        self.upstream_latency = Histogram("autotune_gate_upstream_latency_seconds", "Admission to "
+                                          "the end of the upstream response (the slot's hold "
+                                          "time), seconds.", buckets=UPSTREAM_BUCKETS,
+                                          registry=self.registry)
 
     # -- admission ------------------------------------------------------------------------------
     def _pressure(self) -> float | None:
@@ -145,7 +164,9 @@ class Gate:
     async def acquire(self) -> Ticket:
         """Wait for a slot. GateRejected when the queue is full or the wait times out."""
         s = self.settings
+        arrived = self.clock()
         if not self._waiters and self._blocked_by() is None:
+            self.queue_wait.observe(0.0)
             return self._take()
         if len(self._waiters) >= s.max_queue:
             self.rejected_queue_full += 1
@@ -170,7 +191,9 @@ class Gate:
             if fut.done() and not fut.cancelled():
                 self._release(None)
             raise
-        return Ticket(self, self.clock())
+        now = self.clock()
+        self.queue_wait.observe(max(0.0, now - arrived))
+        return Ticket(self, now)
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[Ticket]:
@@ -181,7 +204,16 @@ class Gate:
             yield ticket
             ok = True
         finally:
-            ticket.release(latency_s=self.clock() - ticket.admitted_at if ok else None)
+            held = self.clock() - ticket.admitted_at
+            if ok:
+                self.observe_upstream(first_byte_s=None, total_s=held)
+            ticket.release(latency_s=held if ok else None)
+
+    def observe_upstream(self, *, first_byte_s: float | None, total_s: float) -> None:
+        """Record one admitted request's upstream timings (the proxy calls this at its end)."""
+        if first_byte_s is not None:
+            self.upstream_first_byte.observe(max(0.0, first_byte_s))
+        self.upstream_latency.observe(max(0.0, total_s))
 
     def _forget(self, fut: asyncio.Future[None]) -> None:
         try:
@@ -309,6 +341,9 @@ class _GateCollector:
         rej.add_metric(["queue_full"], st.rejected_queue_full)
         rej.add_metric(["timeout"], st.rejected_timeout)
         yield rej
+        yield CounterMetricFamily("autotune_gate_passthrough", "Requests forwarded without admission "
+                                  "(probes, scrapes, model lists: anything but inference).",
+                                  value=g.passthrough)
         yield GaugeMetricFamily("autotune_gate_limit", "Current concurrency limit.", value=st.limit)
         yield GaugeMetricFamily("autotune_gate_inflight", "Requests in flight upstream.", value=st.inflight)
         yield GaugeMetricFamily("autotune_gate_queue_length", "Requests waiting for admission.",

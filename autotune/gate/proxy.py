@@ -1,14 +1,21 @@
 """The gate as an HTTP reverse proxy in front of an OpenAI-compatible server.
 
-Every path and method is forwarded (``/gate/*`` is ours). Bodies stream through unbuffered in
-both directions of the response (SSE chunks are forwarded as they arrive); the admission slot
-is held until the response body is finished or the client goes away. The latency fed to the
-adaptive limiter is the time from admission to the first upstream body chunk: the whole
-generation for non-streamed requests, time-to-first-token for streamed ones.
+Every path and method is forwarded (``/gate/*`` is ours), but only inference requests (POST
+to a completion / chat / embedding path of OpenAI, TGI or llama.cpp, see ``INFERENCE_PATHS``)
+go through admission. Everything else (``GET /metrics`` scrapes, ``/health`` probes,
+``/v1/models``) passes straight through: a probe must see the server, not the queue, and its
+millisecond latency must not teach the adaptive limiter that the server is fast.
+
+Bodies stream through unbuffered in both directions of the response (SSE chunks are forwarded
+as they arrive); the admission slot is held until the response body is finished or the client
+goes away. The latency fed to the adaptive limiter is the time from admission to the first
+upstream body chunk: the whole generation for non-streamed requests, time-to-first-token for
+streamed ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -30,6 +37,17 @@ HOP_BY_HOP = {
 }
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+# POST paths that run the model: OpenAI (vLLM, llama.cpp, TGI's /v1), TGI native, llama.cpp native.
+INFERENCE_PATHS = frozenset({
+    "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/responses",
+    "/completions", "/chat/completions", "/embeddings",
+    "/generate", "/generate_stream",
+    "/completion", "/infill", "/embedding", "/rerank", "/v1/rerank", "/reranking",
+})
+
+
+def is_inference(method: str, path: str, paths: frozenset[str] = INFERENCE_PATHS) -> bool:
+    return method == "POST" and (path.rstrip("/") or "/") in paths
 
 
 def openai_error(status: int, message: str, *, code: str, etype: str = "server_error",
@@ -75,7 +93,8 @@ def control_routes(gate: Gate) -> list[Route]:
 
 
 def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: bool = True,
-              client: httpx.AsyncClient | None = None) -> Starlette:
+              client: httpx.AsyncClient | None = None,
+              inference_paths: frozenset[str] = INFERENCE_PATHS) -> Starlette:
     """The proxy app. ``control=False`` leaves /gate/* to a separate control listener."""
     state: dict[str, httpx.AsyncClient] = {}
 
@@ -89,6 +108,9 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
         return state["client"]
 
     async def proxy(request: Request) -> Response:
+        if not is_inference(request.method, request.url.path, inference_paths):
+            gate.passthrough += 1
+            return await _forward(request, None)
         try:
             ticket = await gate.acquire()
         except GateRejected as err:
@@ -100,14 +122,29 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
             ticket.release()
             raise
 
-    async def _forward(request: Request, ticket: Ticket) -> Response:
+    async def _forward(request: Request, ticket: Ticket | None) -> Response:
+        """Forward to upstream; ``ticket`` None = pass-through (no slot, no latency learned)."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         url = httpx.URL(path=request.url.path, query=request.url.query.encode())
         req = http().build_request(request.method, url, headers=headers, content=await request.body())
+        sending = asyncio.ensure_future(http().send(req, stream=True))
+        left = asyncio.ensure_future(_client_gone(request))
         try:
-            resp = await http().send(req, stream=True)
+            await asyncio.wait({sending, left}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+            if not sending.done():  # the client left before the upstream answered (or we are
+                sending.cancel()  # cancelled): closing the upstream connection aborts it there too
+                await asyncio.gather(sending, return_exceptions=True)
+        if sending.cancelled():
+            if ticket is not None:
+                ticket.release()
+            return Response(status_code=499)  # nobody is listening
+        try:
+            resp = sending.result()
         except httpx.HTTPError as err:
-            ticket.release()
+            if ticket is not None:
+                ticket.release()
             return openai_error(502, f"autotune gate: upstream {upstream} failed: {type(err).__name__}: {err}",
                                 code="upstream_error")
 
@@ -115,15 +152,20 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
             first = True
             try:
                 async for chunk in resp.aiter_raw():
-                    if first:
-                        first = False
+                    if first and ticket is not None:
                         ticket.first_byte_s = gate.clock() - ticket.admitted_at
+                    first = False
                     yield chunk
             finally:
                 await close()
 
         async def close() -> None:
             await resp.aclose()
+            if ticket is None or ticket.released:
+                return
+            if resp.status_code < 500:
+                gate.observe_upstream(first_byte_s=ticket.first_byte_s,
+                                      total_s=gate.clock() - ticket.admitted_at)
             ticket.release(latency_s=ticket.first_byte_s if resp.status_code < 500 else None)
 
         out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -140,6 +182,12 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
     routes = control_routes(gate) if control else []
     routes.append(Route("/{path:path}", proxy, methods=METHODS))
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (its body is already read, so only that can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class _GatedStream(StreamingResponse):

@@ -3,16 +3,23 @@
 Histograms are cumulative since the server started, so one scrape says nothing about *now*:
 ``LatencyScraper`` keeps the previous scrape and turns the bucket deltas into windowed
 p50/p95/p99 by linear interpolation inside buckets, as Prometheus' ``histogram_quantile`` does.
-All latencies are seconds.
+Each figure comes with the number of observations behind it in the window (``*_samples``) and
+the tokens generated, so callers can tell a dense window from three lucky requests. All
+latencies are seconds.
 
-What each flavor can give (``FLAVORS`` is the one table of names):
-- vLLM (and our workload server, which uses vLLM names): e2e, TTFT and per-token histograms,
-  running / waiting gauges, a request counter.
-- TGI: e2e (``tgi_request_duration``) and per-token histograms, batch size / queue gauges and a
-  success counter; no TTFT histogram (queue time is the closest, not reported as TTFT).
+What each flavor gives (``FLAVORS`` is the one table of names; where a server renamed a metric
+the current name is listed first and read first, the older one is the fallback):
+- vLLM (and our workload server, which exports both names): e2e, TTFT and inter-token latency
+  histograms (``vllm:inter_token_latency_seconds``, before that
+  ``vllm:time_per_output_token_seconds``), running / waiting gauges, a request counter and a
+  generated-token counter.
+- TGI: e2e (``tgi_request_duration``) and per-request mean time per token
+  (``tgi_request_mean_time_per_token_duration``, one observation per request, TGI's "inter-token
+  latency") histograms, generated tokens per request (``tgi_request_generated_tokens``, whose
+  sum counts tokens), batch size / queue gauges and a success counter; no TTFT histogram.
 - llama.cpp server (``--metrics``): no latency histograms at all, so no percentiles; only the
   window mean time per generated token (delta of ``tokens_predicted_seconds_total`` over delta
-  of ``tokens_predicted_total``) and the processing / deferred gauges; no request counter.
+  of ``tokens_predicted_total``), the token count, and the processing / deferred gauges.
 """
 
 from __future__ import annotations
@@ -33,38 +40,44 @@ Flavor = Literal["vllm", "tgi", "llamacpp"]
 
 
 class FlavorMetrics(BaseModel):
-    """Metric names of one server flavor. Histograms by base name; counters without _total."""
+    """Metric names of one server flavor. Histograms by base name; counters without _total.
+
+    Tuples list a metric's names newest first: the first one present on a page is read.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     prefix: str  # how auto-detection recognises the flavor
-    e2e_hist: str | None = None
-    ttft_hist: str | None = None
-    tpot_hist: str | None = None  # per output token
+    e2e_hist: tuple[str, ...] = ()
+    ttft_hist: tuple[str, ...] = ()
+    itl_hist: tuple[str, ...] = ()  # inter-token latency (per gap, or per-request mean for TGI)
     running: str | None = None
     waiting: str | None = None
     requests: str | None = None  # completed requests counter
-    tokens: str | None = None  # generated tokens counter (llama.cpp mean-per-token)
-    tokens_seconds: str | None = None  # seconds spent generating those tokens
+    tokens: str | None = None  # generated tokens counter
+    tokens_hist: str | None = None  # generated tokens per request histogram (its sum counts)
+    tokens_seconds: str | None = None  # seconds spent generating ``tokens`` (llama.cpp)
 
 
 FLAVORS: dict[str, FlavorMetrics] = {
     "vllm": FlavorMetrics(
         prefix="vllm:",
-        e2e_hist="vllm:e2e_request_latency_seconds",
-        ttft_hist="vllm:time_to_first_token_seconds",
-        tpot_hist="vllm:time_per_output_token_seconds",
+        e2e_hist=("vllm:e2e_request_latency_seconds",),
+        ttft_hist=("vllm:time_to_first_token_seconds",),
+        itl_hist=("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
         running="vllm:num_requests_running",
         waiting="vllm:num_requests_waiting",
         requests="vllm:request_success",
+        tokens="vllm:generation_tokens",
     ),
     "tgi": FlavorMetrics(
         prefix="tgi_",
-        e2e_hist="tgi_request_duration",
-        tpot_hist="tgi_request_mean_time_per_token_duration",
+        e2e_hist=("tgi_request_duration",),
+        itl_hist=("tgi_request_mean_time_per_token_duration",),
         running="tgi_batch_current_size",
         waiting="tgi_queue_size",
         requests="tgi_request_success",
+        tokens_hist="tgi_request_generated_tokens",
     ),
     "llamacpp": FlavorMetrics(
         prefix="llamacpp:",
@@ -197,7 +210,7 @@ def histogram_quantile(q: float, hist: Histogram) -> float | None:
 
 # -- windowed result ----------------------------------------------------------------------------
 class LatencyWindow(BaseModel):
-    """Everything one window yields, richer than ``LatencyReading`` (per-token figures)."""
+    """Everything one window yields (``LatencyReading`` carries the same figures)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -208,9 +221,13 @@ class LatencyWindow(BaseModel):
     p99_s: float | None = None
     ttft_p50_s: float | None = None
     ttft_p95_s: float | None = None
-    tpot_p50_s: float | None = None
-    tpot_p95_s: float | None = None
-    tpot_mean_s: float | None = None  # mean seconds per generated token in the window
+    ttft_samples: float | None = None  # first tokens observed in the window
+    itl_p50_s: float | None = None
+    itl_p95_s: float | None = None
+    itl_mean_s: float | None = None  # mean seconds per generated token in the window
+    itl_samples: float | None = None  # observations behind the itl quantiles
+    itl_metric: str | None = None  # which name the itl figures came from
+    tokens: float | None = None  # tokens generated in the window
     requests: float | None = None
     running: float | None = None
     waiting: float | None = None
@@ -225,41 +242,56 @@ def _counter_delta(prev: float | None, cur: float | None) -> float | None:
     return cur if cur < prev else cur - prev  # reset: the counter restarted from zero
 
 
+def _first_present(names: tuple[str, ...], page: Page) -> str | None:
+    return next((n for n in names if n in page.histograms), None)
+
+
 def compute_window(flavor: Flavor, prev: Page | None, cur: Page, *, window_s: float | None = None) -> LatencyWindow:
     """Pure: windowed figures between two parsed pages (prev None = first scrape, no window)."""
     spec = FLAVORS[flavor]
 
-    def quantiles(name: str | None, qs: tuple[float, ...]) -> tuple[float | None, ...]:
-        if name is None or name not in cur.histograms or prev is None:
-            return (None,) * len(qs)
-        delta = histogram_delta(prev.histograms.get(name), cur.histograms[name])
-        return tuple(histogram_quantile(q, delta) for q in qs)
+    def delta(names: tuple[str, ...]) -> tuple[str | None, Histogram | None]:
+        name = _first_present(names, cur)
+        if name is None or prev is None:
+            return name, None
+        return name, histogram_delta(prev.histograms.get(name), cur.histograms[name])
 
-    p50, p95, p99 = quantiles(spec.e2e_hist, (0.5, 0.95, 0.99))
-    t50, t95 = quantiles(spec.ttft_hist, (0.5, 0.95))
-    k50, k95 = quantiles(spec.tpot_hist, (0.5, 0.95))
-    tpot_mean = None
-    if prev is not None and spec.tokens and spec.tokens_seconds:
-        dtok = _counter_delta(prev.scalar(spec.tokens), cur.scalar(spec.tokens))
-        dsec = _counter_delta(prev.scalar(spec.tokens_seconds), cur.scalar(spec.tokens_seconds))
-        if dtok and dsec is not None:
-            tpot_mean = dsec / dtok
-    elif prev is not None and spec.tpot_hist and spec.tpot_hist in cur.histograms:
-        d = histogram_delta(prev.histograms.get(spec.tpot_hist), cur.histograms[spec.tpot_hist])
-        tpot_mean = d.sum / d.count if d.count > 0 else None
+    def quantiles(d: Histogram | None, qs: tuple[float, ...]) -> tuple[float | None, ...]:
+        return tuple(None if d is None else histogram_quantile(q, d) for q in qs)
+
+    _, e2e = delta(spec.e2e_hist)
+    _, ttft = delta(spec.ttft_hist)
+    itl_name, itl = delta(spec.itl_hist)
+    p50, p95, p99 = quantiles(e2e, (0.5, 0.95, 0.99))
+    t50, t95 = quantiles(ttft, (0.5, 0.95))
+    k50, k95 = quantiles(itl, (0.5, 0.95))
+    itl_mean = None
+    tokens = None
+    if prev is not None:
+        if spec.tokens:
+            tokens = _counter_delta(prev.scalar(spec.tokens), cur.scalar(spec.tokens))
+        elif spec.tokens_hist and spec.tokens_hist in cur.histograms:
+            tokens = histogram_delta(prev.histograms.get(spec.tokens_hist), cur.histograms[spec.tokens_hist]).sum
+        if spec.tokens_seconds:
+            dsec = _counter_delta(prev.scalar(spec.tokens_seconds), cur.scalar(spec.tokens_seconds))
+            if tokens and dsec is not None:
+                itl_mean = dsec / tokens
+        elif itl is not None and itl.count > 0:
+            itl_mean = itl.sum / itl.count
     requests = None
     if prev is not None:
         requests = _counter_delta(prev.scalar(spec.requests), cur.scalar(spec.requests))
-        if requests is None and spec.e2e_hist and spec.e2e_hist in cur.histograms:
-            requests = histogram_delta(prev.histograms.get(spec.e2e_hist), cur.histograms[spec.e2e_hist]).count
+        if requests is None and e2e is not None:
+            requests = e2e.count
     unavailable = tuple(
-        label for label, name in (("e2e percentiles", spec.e2e_hist), ("ttft percentiles", spec.ttft_hist),
-                                  ("per-token percentiles", spec.tpot_hist), ("request count", spec.requests))
-        if name is None
-    )
+        label for label, names in (("e2e percentiles", spec.e2e_hist), ("ttft percentiles", spec.ttft_hist),
+                                   ("per-token percentiles", spec.itl_hist))
+        if not names
+    ) + (("request count",) if spec.requests is None else ())
     return LatencyWindow(
         flavor=flavor, window_s=window_s, p50_s=p50, p95_s=p95, p99_s=p99, ttft_p50_s=t50, ttft_p95_s=t95,
-        tpot_p50_s=k50, tpot_p95_s=k95, tpot_mean_s=tpot_mean, requests=requests,
+        ttft_samples=None if ttft is None else ttft.count, itl_p50_s=k50, itl_p95_s=k95, itl_mean_s=itl_mean,
+        itl_samples=None if itl is None else itl.count, itl_metric=itl_name, tokens=tokens, requests=requests,
         running=cur.scalar(spec.running), waiting=cur.scalar(spec.waiting), unavailable=unavailable,
     )
 
@@ -267,7 +299,7 @@ def compute_window(flavor: Flavor, prev: Page | None, cur: Page, *, window_s: fl
 def _missing_required(flavor: Flavor, page: Page) -> list[str]:
     spec = FLAVORS[flavor]
     if spec.e2e_hist:
-        return [] if spec.e2e_hist in page.histograms else [spec.e2e_hist]
+        return [] if _first_present(spec.e2e_hist, page) else [spec.e2e_hist[0]]
     needed = [n for n in (spec.tokens, spec.tokens_seconds) if n]
     return [n for n in needed if page.scalar(n) is None]
 
@@ -329,7 +361,9 @@ class LatencyScraper:
         self.last_window = win
         return LatencyReading(
             source=f"{flavor}:{self.url}", ok=True, p50_s=win.p50_s, p95_s=win.p95_s, p99_s=win.p99_s,
-            ttft_p95_s=win.ttft_p95_s, requests=win.requests, running=win.running, waiting=win.waiting,
+            ttft_p95_s=win.ttft_p95_s, ttft_samples=win.ttft_samples, itl_p50_s=win.itl_p50_s,
+            itl_p95_s=win.itl_p95_s, itl_mean_s=win.itl_mean_s, itl_samples=win.itl_samples,
+            tokens=win.tokens, requests=win.requests, running=win.running, waiting=win.waiting,
         )
 
 

@@ -115,6 +115,8 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, index: int, prompt: st
                max_tokens: int, admit: AdmitHook | None) -> RequestResult:
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": spec.temperature,
             "stream": spec.stream, "seed": spec.seed * 100003 + index}
+    if spec.stream:
+        body["stream_options"] = {"include_usage": True}
     if spec.model:
         body["model"] = spec.model
     started, t0 = time.time(), time.perf_counter()
@@ -145,7 +147,9 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, index: int, prompt: st
                             if "error" in chunk:
                                 err = str(chunk["error"])[:200]
                                 return result("error")
-                            if chunk["choices"][0].get("finish_reason") is None:
+                            if chunk.get("usage"):  # the include_usage chunk: exact count
+                                tokens = int(chunk["usage"].get("completion_tokens", tokens))
+                            elif chunk.get("choices"):  # one chunk per token (vLLM)
                                 tokens += 1
                                 if ttft is None:
                                     ttft = time.perf_counter() - t0

@@ -21,12 +21,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:  # torch is heavy: imported inside functions only
+    import torch
     from tokenizers import Tokenizer
 
 FinishReason = Literal["length", "stop"]
@@ -84,12 +85,18 @@ def spec_for(name: str) -> ModelSpec:
 
 
 class TokenEvent(BaseModel):
-    """One generated token, with the seconds since the request started generating."""
+    """One generated token, with the seconds since the request started generating.
+
+    ``logprob`` / ``top_logprobs`` are filled only when asked for: natural log-probabilities
+    under the model's raw distribution (before temperature / top-p / top-k), as vLLM reports.
+    """
 
     index: int
     token_id: int
     text: str
     elapsed_s: float
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = []  # (token id, logprob), most likely first
 
 
 class Generation(BaseModel):
@@ -157,23 +164,58 @@ class Engine:
         ids = self.tokenizer.encode(prompt).ids
         return ids or [0]  # an empty prompt still needs one position to predict from
 
+    @cached_property
+    def max_chars_per_token(self) -> int:
+        """Longest token in characters: ``len(text) > n * this`` proves more than n tokens."""
+        return max(len(self.tokenizer.decode([i])) for i in range(self.tok_vocab))
+
+    def encode_tail(self, text: str, keep: int) -> list[int]:
+        """The last ``keep`` tokens of ``text`` without tokenizing all of a long text.
+
+        Tokenizing holds the GIL (about 2 us per character here), so a megabyte prompt would
+        stall every other request and the /metrics page for seconds. Only a tail long enough
+        to hold ``keep + 1`` tokens whatever they are is encoded; the first token of that tail
+        may be a cut word and is never among those kept.
+        """
+        if keep <= 0:
+            return []
+        tail = (keep + 2) * self.max_chars_per_token
+        ids = self.encode(text[-tail:] if len(text) > tail else text)
+        return ids[-keep:]
+
     def decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id % self.tok_vocab])
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.decode_one(i) for i in ids)
 
     def stream(
         self, prompt: str, max_tokens: int, temperature: float = 0.7, seed: int | None = None
     ) -> Iterator[TokenEvent]:
+        """Library convenience: the prompt is truncated from the left so that prompt plus
+        ``max_tokens`` fit the model's context (the server refuses overflow instead)."""
+        max_tokens = max(0, min(max_tokens, self.spec.n_positions - 1))
+        ids = self.encode(prompt)[-(self.spec.n_positions - max_tokens):]
+        yield from self.stream_ids(ids, max_tokens, temperature=temperature, seed=seed)
+
+    def stream_ids(
+        self, ids: list[int], max_tokens: int, *, temperature: float = 0.7, seed: int | None = None,
+        top_p: float = 1.0, top_k: int = 0, logprobs: int | None = None,
+        generator: "torch.Generator | None" = None,
+    ) -> Iterator[TokenEvent]:
         """Yield tokens as they are produced (KV-cache incremental decoding).
 
-        ``temperature <= 0`` is greedy. The prompt is truncated from the left so that prompt
-        plus ``max_tokens`` fit the model's context.
+        ``ids`` must fit the context with ``max_tokens`` (callers validate). ``temperature <= 0``
+        is greedy; ``top_k`` 0 and ``top_p`` 1 disable those filters. ``logprobs`` = k also
+        reports each token's logprob and the k most likely alternatives. A shared
+        ``generator`` lets several choices of one request draw different samples.
         """
         import torch
 
-        max_tokens = max(0, min(max_tokens, self.spec.n_positions - 1))
-        ids = self.encode(prompt)[-(self.spec.n_positions - max_tokens):]
-        gen = torch.Generator()
-        gen.manual_seed(seed if seed is not None else time.time_ns() & 0xFFFFFFFF)
+        gen = generator
+        if gen is None:
+            gen = torch.Generator()
+            gen.manual_seed(seed if seed is not None else time.time_ns() & 0xFFFFFFFF)
         start = time.perf_counter()
         with torch.inference_mode():
             past = None
@@ -182,14 +224,25 @@ class Engine:
                 out = self.model(input_ids=inp, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 logits = out.logits[0, -1, :]
-                if temperature <= 0:
-                    nxt = int(torch.argmax(logits))
-                else:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    nxt = int(torch.multinomial(probs, 1, generator=gen))
+                nxt = _sample(logits, temperature, top_p, top_k, gen)
+                lp, top = None, []
+                if logprobs is not None:
+                    lp, top = _logprobs(logits, nxt, logprobs)
                 yield TokenEvent(index=i, token_id=nxt, text=self.decode_one(nxt),
-                                 elapsed_s=time.perf_counter() - start)
+                                 elapsed_s=time.perf_counter() - start, logprob=lp, top_logprobs=top)
                 inp = torch.tensor([[nxt]], dtype=torch.long)
+
+    def prompt_logprobs(self, ids: list[int], k: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        """Logprob of each prompt token given the ones before it (None for the first), with
+        the k most likely alternatives: what ``echo`` with ``logprobs`` returns."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], dtype=torch.long)).logits[0]
+        out: list[tuple[float | None, list[tuple[int, float]]]] = [(None, [])]
+        for pos in range(1, len(ids)):
+            out.append(_logprobs(logits[pos - 1], ids[pos], k))
+        return out
 
     def generate(
         self, prompt: str, max_tokens: int, temperature: float = 0.7, seed: int | None = None
@@ -209,3 +262,32 @@ class Engine:
 
 
 _SEED_LOCK = threading.Lock()  # manual_seed + init must not interleave with another build
+
+
+def _sample(logits, temperature: float, top_p: float, top_k: int, gen) -> int:  # noqa: ANN001
+    import torch
+
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    scaled = logits / temperature
+    if top_k and 0 < top_k < scaled.numel():
+        kth = torch.topk(scaled, top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        outside = torch.cumsum(sorted_p, dim=-1) - sorted_p > top_p  # keep the first that crosses
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _logprobs(logits, token_id: int, k: int) -> tuple[float, list[tuple[int, float]]]:  # noqa: ANN001
+    import torch
+
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        values, idx = torch.topk(lp, k)
+        top = [(int(i), float(v)) for i, v in zip(idx, values)]
+    return float(lp[token_id]), top

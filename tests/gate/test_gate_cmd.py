@@ -45,7 +45,9 @@ def test_gate_command_proxies_and_serves_control_separately(upstream, tmp_path):
         assert c.completions.create(model="fake", prompt="z", max_tokens=1).choices[0].text == "echo:z"
         # control plane lives only on the control port: on the proxy port /gate/status is forwarded
         assert httpx.get(f"http://127.0.0.1:{port}/gate/status").status_code == 404
-        assert httpx.get(f"http://127.0.0.1:{cport}/gate/status").json()["admitted"] == 2  # both forwarded
+        # both forwarded; only the completion went through admission
+        assert httpx.get(f"http://127.0.0.1:{cport}/gate/status").json()["admitted"] == 1
+        assert "autotune_gate_passthrough_total 1.0" in httpx.get(f"http://127.0.0.1:{cport}/gate/metrics").text
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -48,7 +48,8 @@ def test_non_stream_completion_passes_through(upstream, run_app):
     assert [m.id for m in models.data] == ["fake"]
     wait_until(lambda: gate.status().inflight == 0)  # released just after the body is sent
     st = gate.status()
-    assert st.admitted == 2 and st.deferred == 0
+    assert st.admitted == 1 and st.deferred == 0  # GET /v1/models passed without admission
+    assert gate.passthrough == 1
 
 
 def test_stream_chunks_arrive_before_upstream_finishes(upstream, run_app):
@@ -204,12 +205,80 @@ def test_client_leaving_mid_stream_frees_the_slot(upstream, run_app):
     g = run_app(build_app(gate, upstream.url))
     with httpx.stream("POST", f"{g.url}/v1/completions", json={"model": "fake", "prompt": "s", "stream": True},
                       timeout=30) as r:
-        first = next(r.iter_raw())
+        # Keep the iterator: a discarded ``next(r.iter_raw())`` generator is closed at once by
+        # refcounting, which closes the connection, and the gate then frees the slot before
+        # the assertion below (that was the flake under load).
+        chunks = r.iter_raw()
+        first = next(chunks)
         assert first.startswith(b"data: ")
-        assert gate.status().inflight == 1  # the stream is far from over: the slot is held
+        wait_until(lambda: len(upstream.chunk_sent_at) >= 3)  # the stream keeps going...
+        assert gate.status().inflight == 1  # ...and the slot stays held while we are connected
     wait_until(lambda: gate.status().inflight == 0, timeout=30)
     wait_until(lambda: upstream.inflight == 0, timeout=30)  # and the upstream request was closed too
     assert upstream.finished == 0 and len(upstream.chunk_sent_at) < upstream.chunks
     # the freed slot is usable: the next request is admitted at once
+    out = client(g.url).completions.create(model="fake", prompt="next", max_tokens=1)
+    assert out.choices[0].text == "echo:next" and gate.status().admitted == 2
+
+
+def test_probes_and_scrapes_pass_a_full_gate_without_feeding_the_limiter(upstream, run_app):
+    upstream.delay_s, upstream.chunks = 0.05, 10_000  # an endless stream holds the only slot
+    gate = Gate(GateSettings(limit=1, max_queue=4, threshold_pct=None, adaptive=True), poll_interval_s=0.05)
+    g = run_app(build_app(gate, upstream.url))
+    with httpx.stream("POST", f"{g.url}/v1/completions", json={"model": "fake", "prompt": "s", "stream": True},
+                      timeout=30) as r:
+        chunks = r.iter_raw()
+        next(chunks)
+        assert gate.status().inflight == 1
+        for path in ("/v1/models", "/metrics", "/health", "/v1/models/"):
+            resp = httpx.get(f"{g.url}{path}", timeout=5)  # would wait behind the stream if admitted
+            assert resp.status_code < 500, path  # what upstream said (200, 404, a redirect)
+        st = gate.status()
+        assert st.inflight == 1 and st.queue_length == 0 and st.deferred == 0 and st.admitted == 1
+        assert st.latency_short_s is None  # nothing learned from the probes' millisecond latencies
+    assert gate.passthrough == 4
+    wait_until(lambda: gate.status().inflight == 0)
+
+
+def test_inference_paths():
+    from autotune.gate.proxy import is_inference
+
+    for path in ("/v1/completions", "/v1/chat/completions", "/generate_stream", "/completion", "/v1/embeddings/"):
+        assert is_inference("POST", path), path
+    for method, path in (("GET", "/v1/completions"), ("GET", "/metrics"), ("GET", "/health"),
+                         ("POST", "/tokenize"), ("GET", "/v1/models"), ("POST", "/gate/config")):
+        assert not is_inference(method, path), (method, path)
+
+
+def test_metrics_page_has_wait_and_upstream_histograms(upstream, run_app):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    upstream.delay_s = 0.2
+    gate = gate_for(limit=1, max_queue=4, queue_timeout_s=10)
+    g = run_app(build_app(gate, upstream.url))
+    c = client(g.url)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda i: c.completions.create(model="fake", prompt=str(i), max_tokens=1), range(2)))
+    wait_until(lambda: gate.status().inflight == 0)
+    samples = {s.name: s.value for f in text_string_to_metric_families(httpx.get(f"{g.url}/gate/metrics").text)
+               for s in f.samples if not s.labels.get("le")}
+    assert samples["autotune_gate_queue_wait_seconds_count"] == 2
+    assert samples["autotune_gate_queue_wait_seconds_sum"] > 0.1  # the second waited for the first
+    assert samples["autotune_gate_upstream_latency_seconds_count"] == 2
+    assert samples["autotune_gate_upstream_latency_seconds_sum"] >= 0.4
+    assert samples["autotune_gate_upstream_first_byte_seconds_count"] == 2
+
+
+def test_client_leaving_before_the_upstream_answers_frees_the_slot(upstream, run_app):
+    # A non-streamed request: nothing flows until upstream is done (5 s here). The gate
+    # watches the client meanwhile; when it leaves, the upstream request is dropped too.
+    upstream.delay_s = 5.0
+    gate = gate_for(limit=1)
+    g = run_app(build_app(gate, upstream.url))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{g.url}/v1/completions", json={"model": "fake", "prompt": "a"}, timeout=httpx.Timeout(10, read=0.3))
+    wait_until(lambda: gate.status().inflight == 0, timeout=10)
+    assert upstream.inflight == 1  # upstream is still at it: the slot was freed by the client leaving
+    upstream.delay_s = 0.01
     out = client(g.url).completions.create(model="fake", prompt="next", max_tokens=1)
     assert out.choices[0].text == "echo:next" and gate.status().admitted == 2

@@ -118,8 +118,8 @@ def test_vllm_window_reflects_only_the_second_scrape():
     # second scrape's workload was 2x slower (median e2e ~2.4 s vs ~1.2 s)
     assert 1.8 < w.p50_s < 3.2
     assert w.p50_s <= w.p95_s <= w.p99_s
-    assert w.ttft_p95_s is not None and w.tpot_p50_s is not None
-    assert 0.05 < w.tpot_mean_s < 0.12
+    assert w.ttft_p95_s is not None and w.itl_p50_s is not None
+    assert 0.05 < w.itl_mean_s < 0.12
     assert w.unavailable == ()
 
 
@@ -135,7 +135,7 @@ def test_tgi_window():
 def test_llamacpp_window_gives_mean_time_per_token_only():
     p1, p2 = parse_page(page("llamacpp_1.prom")), parse_page(page("llamacpp_2.prom"))
     w = compute_window("llamacpp", p1, p2, window_s=15)
-    assert w.tpot_mean_s == pytest.approx(24.0 / 400)
+    assert w.itl_mean_s == pytest.approx(24.0 / 400)
     assert w.p95_s is None and w.requests is None
     assert w.running == 2 and w.waiting == 3
     assert {"e2e percentiles", "request count"} <= set(w.unavailable)
@@ -251,3 +251,79 @@ def test_background_probe_never_blocks_sampling_on_a_slow_server():
     finally:
         bg.close()
     assert not bg._thread.is_alive()
+
+
+# -- current names first, previous names as fallback ---------------------------------------------
+# Pages under tests/fixtures/metrics/*_current_*.prom follow each server's current documentation
+# (vLLM docs usage/metrics.md + vllm/v1/metrics/loggers.py; TGI docs reference/metrics.md;
+# llama.cpp tools/server/README.md "Available metrics"), see that directory's README. In both
+# windows each flavor served 60 requests x 40 tokens with inter-token latency median ~90 ms.
+WINDOW_REQUESTS, WINDOW_TOKENS, ITL_MEDIAN = 60, 60 * 40, 0.09
+
+
+@pytest.mark.parametrize("flavor", ["vllm", "tgi", "llamacpp"])
+def test_current_pages_detect_and_scrape(flavor):
+    src = Pages(page(f"{flavor}_current_1.prom"), page(f"{flavor}_current_2.prom"))
+    s = LatencyScraper("http://x/metrics", client=src.client())
+    assert s.sample(now=0.0).ok
+    r = s.sample(now=15.0)
+    assert r.ok and r.source.startswith(f"{flavor}:")
+    assert r.tokens == WINDOW_TOKENS  # density: tokens generated in the window
+    assert r.running == 4 and r.waiting == 1
+    assert r.itl_mean_s == pytest.approx(ITL_MEDIAN, rel=0.1)
+
+
+def test_current_vllm_page_gives_itl_from_the_new_name():
+    w = compute_window("vllm", parse_page(page("vllm_current_1.prom")),
+                       parse_page(page("vllm_current_2.prom")), window_s=15)
+    assert w.itl_metric == "vllm:inter_token_latency_seconds"
+    assert w.itl_samples == WINDOW_REQUESTS * 39  # one per gap between tokens
+    # buckets 0.075 / 0.1 around the median: interpolation is good to a bucket's width
+    assert 0.075 <= w.itl_p50_s <= 0.1 and w.itl_p50_s <= w.itl_p95_s <= 0.15
+    assert w.ttft_samples == WINDOW_REQUESTS and 0.2 < w.ttft_p95_s < 0.6
+    assert w.requests == WINDOW_REQUESTS and 3.0 < w.p50_s < 4.5  # 0.2 s + 39 x 90 ms
+    assert w.unavailable == ()
+
+
+def test_current_tgi_page_counts_tokens_from_the_generated_tokens_histogram():
+    w = compute_window("tgi", parse_page(page("tgi_current_1.prom")),
+                       parse_page(page("tgi_current_2.prom")), window_s=15)
+    assert w.itl_metric == "tgi_request_mean_time_per_token_duration"
+    assert w.itl_samples == WINDOW_REQUESTS  # TGI: one per-request mean per request
+    # TGI's buckets are 50 % wide (1e-4 * 1.5^k): the median lands in (0.0876, 0.131]
+    assert 0.0876 < w.itl_p50_s <= 0.1314 and w.itl_p50_s <= w.itl_p95_s <= 0.1971
+    assert w.tokens == WINDOW_TOKENS and w.requests == WINDOW_REQUESTS
+    assert w.ttft_p95_s is None and "ttft percentiles" in w.unavailable
+
+
+def test_current_llamacpp_page_has_only_the_mean():
+    w = compute_window("llamacpp", parse_page(page("llamacpp_current_1.prom")),
+                       parse_page(page("llamacpp_current_2.prom")), window_s=15)
+    assert w.itl_mean_s == pytest.approx(ITL_MEDIAN)
+    assert w.itl_p95_s is None and w.itl_samples is None and w.requests is None
+    assert {"per-token percentiles", "request count"} <= set(w.unavailable)
+
+
+def test_previous_vllm_name_is_the_fallback():
+    # vllm_*.prom (older vLLM) has only vllm:time_per_output_token_seconds
+    w = compute_window("vllm", parse_page(page("vllm_1.prom")), parse_page(page("vllm_2.prom")))
+    assert w.itl_metric == "vllm:time_per_output_token_seconds"
+    assert w.itl_p95_s is not None and w.itl_samples == 120
+
+
+def _itl_page(name: str, values: list[float]) -> str:
+    bounds = [0.05, 0.1, 0.2]
+    lines = [f"# TYPE {name} histogram"]
+    lines += [f'{name}_bucket{{le="{b}"}} {sum(v <= b for v in values)}' for b in bounds]
+    lines += [f'{name}_bucket{{le="+Inf"}} {len(values)}', f"{name}_sum {sum(values)}", f"{name}_count {len(values)}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_when_both_vllm_names_are_present_the_current_one_wins():
+    e2e = _itl_page("vllm:e2e_request_latency_seconds", [1.0])
+    prev = parse_page(e2e + _itl_page("vllm:inter_token_latency_seconds", [])
+                      + _itl_page("vllm:time_per_output_token_seconds", []))
+    cur = parse_page(e2e + _itl_page("vllm:inter_token_latency_seconds", [0.03] * 10)
+                     + _itl_page("vllm:time_per_output_token_seconds", [0.15] * 10))
+    w = compute_window("vllm", prev, cur)
+    assert w.itl_metric == "vllm:inter_token_latency_seconds" and w.itl_p95_s < 0.05

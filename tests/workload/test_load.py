@@ -44,8 +44,12 @@ class FakeServer:
         await asyncio.sleep(0.01)
         self.in_flight -= 1
         if body.get("stream"):
-            chunks = [{"choices": [{"text": "a", "finish_reason": None}]}] * body["max_tokens"]
-            chunks.append({"choices": [{"text": "", "finish_reason": "length"}]})
+            # vLLM's shape: one chunk per token, the last with finish_reason, then usage
+            n = body["max_tokens"]
+            chunks = [{"choices": [{"text": "a", "finish_reason": None if i < n - 1 else "length"}]}
+                      for i in range(n)]
+            if (body.get("stream_options") or {}).get("include_usage"):
+                chunks.append({"choices": [], "usage": {"completion_tokens": n}})
             text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
             return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
         return httpx.Response(200, json={"usage": {"completion_tokens": body["max_tokens"]}})

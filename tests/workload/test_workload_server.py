@@ -47,7 +47,7 @@ def _metrics(app) -> dict[str, float]:
 
 def test_completion_non_stream(engine):
     app = create_app(engine, max_concurrency=1)
-    (r,) = _post_all(app, [{"model": "gpt2", "prompt": "Why is the sky blue?", "max_tokens": 7,
+    (r,) = _post_all(app, [{"model": "gpt2-tiny", "prompt": "Why is the sky blue?", "max_tokens": 7,
                             "temperature": 0.7}])
     assert r.status_code == 200
     body = r.json()
@@ -58,11 +58,23 @@ def test_completion_non_stream(engine):
     assert body["usage"]["prompt_tokens"] == len(engine.encode("Why is the sky blue?"))
 
 
-def test_bad_requests(engine):
+def test_bad_requests_are_openai_shaped_400s(engine):
+    # vLLM answers validation problems with 400 {"error": {...}}, never FastAPI's 422
     app = create_app(engine, max_concurrency=1)
-    r1, r2 = _post_all(app, [{"prompt": ["a", "b"], "max_tokens": 2}, {"prompt": "x", "max_tokens": -1}])
-    assert r1.status_code == 400
-    assert r2.status_code == 422
+    r1, r2, r3 = _post_all(app, [{"prompt": "x", "max_tokens": -1}, {"prompt": "x", "n": "two"},
+                                 {"prompt": ""}])
+    for r, param in ((r1, "max_tokens"), (r2, "n"), (r3, "prompt")):
+        assert r.status_code == 400
+        assert r.json()["error"]["type"] == "BadRequestError" and r.json()["error"]["param"] == param
+
+
+def test_several_prompts_give_one_choice_each(engine):
+    app = create_app(engine, max_concurrency=1)
+    (r,) = _post_all(app, [{"prompt": ["a b", "hello there"], "max_tokens": 2}])
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["usage"]["prompt_tokens"] == len(engine.encode("a b")) + len(engine.encode("hello there"))
+    assert body["usage"]["completion_tokens"] == 4
 
 
 def test_two_workers_overlap_one_worker_serialises(engine):
@@ -87,6 +99,7 @@ def test_metrics_count_requests(engine):
     assert m["vllm:e2e_request_latency_seconds_count"] == 3
     assert m["vllm:time_to_first_token_seconds_count"] == 3
     assert m["vllm:time_per_output_token_seconds_count"] == (3 - 1) + (5 - 1) + (4 - 1)
+    assert m["vllm:inter_token_latency_seconds_count"] == m["vllm:time_per_output_token_seconds_count"]
     assert m["vllm:generation_tokens_total"] == 12
     assert m["vllm:prompt_tokens_total"] == sum(len(engine.encode(b["prompt"])) for b in bodies)
     assert m["vllm:num_requests_running"] == 0
@@ -137,8 +150,8 @@ def test_stream_sse(live_server):
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
     chunks = [json.loads(e[6:]) for e in events[:-1]]
-    assert len(chunks) == 7  # 6 tokens + the finishing chunk
-    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 6 + ["length"]
+    assert len(chunks) == 6  # one per token; the last one carries finish_reason, as in vLLM
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 5 + ["length"]
     assert len({c["id"] for c in chunks}) == 1
 
 
@@ -146,7 +159,23 @@ def test_openai_client_compat(live_server):
     openai = pytest.importorskip("openai")
     url, _ = live_server
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
-    r = client.completions.create(model="gpt2", prompt="Why is the sky blue?", max_tokens=4)
+    r = client.completions.create(model="gpt2-tiny", prompt="Why is the sky blue?", max_tokens=4)
     assert r.usage.completion_tokens == 4
-    chunks = list(client.completions.create(model="gpt2", prompt="hi", max_tokens=3, stream=True))
-    assert len(chunks) == 4
+    chunks = list(client.completions.create(model="gpt2-tiny", prompt="hi", max_tokens=3, stream=True))
+    assert len(chunks) == 3
+
+
+def test_workers_follow_the_thread_choice_and_export_it(engine):
+    from autotune.workload.threads import ThreadChoice, ThreadFollower
+
+    wanted = [2]
+    follower = ThreadFollower(interval_s=0.0, choose=lambda: ThreadChoice(
+        threads=wanted[0], affinity_cpus=2, quota_cores=None, cgroup=None, reason="test"))
+    app = create_app(engine, max_concurrency=1, threads=follower)
+    body = {"prompt": "a b c", "max_tokens": 2}
+    (r,) = _post_all(app, [body])
+    assert r.json()["timing"]["threads"] == 2 and _metrics(app)["autotune_workload_intra_op_threads"] == 2
+    wanted[0] = 1  # e.g. the agent cut the quota to half a core
+    (r,) = _post_all(app, [body])
+    assert r.json()["timing"]["threads"] == 1 and _metrics(app)["autotune_workload_intra_op_threads"] == 1
+    assert follower.changes == 1
