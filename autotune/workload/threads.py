@@ -14,7 +14,8 @@ from the main thread leaves running workers at their old count. Verified on torc
 OpenMP + MKL): after the main thread set 1, a worker that had run with 2 kept 2 busy OpenMP
 threads; calling it in the worker moved it to 1.
 
-Quota reads go through the cgroup sensor (``read_cgroup``), one level at a time up to the root.
+Quota reads go through the one cgroup door (``cgroupfs.pid_cgroup``,
+``cgroupfs.effective_cpu_quota_cores``), one level at a time up to the root.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from autotune.cgroupfs import norm_cgpath
+from autotune import cgroupfs
 from autotune.errors import HostError
 from autotune.host import Host
-from autotune.sensors.cgroup import read_cgroup
 
 log = logging.getLogger(__name__)
 
@@ -44,42 +44,6 @@ class ThreadChoice(BaseModel):
     reason: str
 
 
-def own_cgroup(host: Host, controller: str = "cpu", pid: int | str = "self") -> str | None:
-    """The cgroup of ``pid`` in the hierarchy managing ``controller`` (/proc/<pid>/cgroup).
-
-    (The cgroup door in autotune/cgroupfs.py is gaining ``pid_cgroup`` for this; switch to it
-    once it lands.)
-    """
-    version = host.cgroup.controller_version(controller)
-    for line in (host.read_optional(f"/proc/{pid}/cgroup") or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, ctrls, path = parts
-        if (version == 2 and ctrls == "") or (version == 1 and controller in ctrls.split(",")):
-            return norm_cgpath(path)
-    return None
-
-
-def effective_quota_cores(host: Host, cgpath: str) -> float | None:
-    """Smallest cpu quota (cores) on the path from ``cgpath`` up to the root; None = none.
-
-    A level that cannot be read (gone, garbled) limits nothing.
-    """
-    best: float | None = None
-    path = norm_cgpath(cgpath)
-    while True:
-        try:
-            cores = read_cgroup(host, path).cpu_quota_cores
-        except HostError:
-            cores = None
-        if cores is not None:
-            best = cores if best is None else min(best, cores)
-        if path == "/":
-            return best
-        path = norm_cgpath(path.rsplit("/", 1)[0] or "/")
-
-
 def auto_threads(host: Host | None = None) -> ThreadChoice:
     """Choose intra-op threads for this process; never raises (falls back to affinity)."""
     host = host or Host()
@@ -90,9 +54,9 @@ def auto_threads(host: Host | None = None) -> ThreadChoice:
     cgpath: str | None = None
     quota: float | None = None
     try:
-        cgpath = own_cgroup(host, "cpu")
+        cgpath = cgroupfs.pid_cgroup(host, "cpu")
         if cgpath is not None:
-            quota = effective_quota_cores(host, cgpath)
+            quota = cgroupfs.effective_cpu_quota_cores(host, cgpath)
     except HostError:
         pass
     if quota is None:

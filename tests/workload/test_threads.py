@@ -9,14 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from autotune import cgroupfs
 from autotune.host import Host
-from autotune.workload.threads import (
-    ThreadChoice,
-    ThreadFollower,
-    auto_threads,
-    effective_quota_cores,
-    own_cgroup,
-)
+from autotune.workload.threads import ThreadChoice, ThreadFollower, auto_threads
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -40,8 +35,8 @@ def _hybrid(root: Path, quotas: dict[str, int]) -> Host:
 
 def test_v1_quota_on_parent_limits_threads(tmp_path):
     host = _hybrid(tmp_path, {"/": -1, "/bench": 150000, "/bench/server": -1})
-    assert own_cgroup(host, "cpu") == "/bench/server"
-    assert effective_quota_cores(host, "/bench/server") == 1.5
+    assert cgroupfs.pid_cgroup(host, "cpu") == "/bench/server"
+    assert cgroupfs.effective_cpu_quota_cores(host, "/bench/server") == 1.5
     choice = auto_threads(host)
     assert choice.threads == 1  # floor(1.5) = 1 even with 2+ cpus
     assert choice.quota_cores == 1.5
@@ -64,7 +59,7 @@ def test_v2_cpu_max(tmp_path):
     _w(tmp_path, "/proc/self/cgroup", "0::/svc\n")
     _w(tmp_path, "/sys/fs/cgroup/svc/cpu.max", "250000 100000\n")
     host = Host(tmp_path)
-    assert effective_quota_cores(host, "/svc") == 2.5
+    assert cgroupfs.effective_cpu_quota_cores(host, "/svc") == 2.5
     assert auto_threads(host).threads == min(AFFINITY, 2)
 
 
