@@ -91,6 +91,7 @@ class Delta(BaseModel):
     token: TokenEvent | None = None
     finish_reason: str | None = None
     stop_reason: str | None = None
+    completion_tokens: int = 0  # the request's tokens when this was produced (continuous usage)
     # echo + logprobs: (token id, logprob or None for the first, alternatives) per prompt token
     prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] | None = None
 
@@ -241,10 +242,11 @@ class Scheduler:
                 finish = "length"
             upto = len(full) if finish else max(sent, len(full) - hold)
             delta = Delta(choice=choice, text=full[sent:upto], token=ev, finish_reason=finish,
-                          stop_reason=stop_reason)
+                          stop_reason=stop_reason, completion_tokens=rec.completion_tokens)
             if ev.index == 0:
                 delta = first.model_copy(update={"text": first.text + delta.text, "token": ev,
-                                                 "finish_reason": finish, "stop_reason": stop_reason})
+                                                 "finish_reason": finish, "stop_reason": stop_reason,
+                                                 "completion_tokens": rec.completion_tokens})
             job.put(delta)
             sent = upto
             if finish:
@@ -491,8 +493,9 @@ def create_app(engine: Engine, *, max_concurrency: int = 2, max_queue: int = 0,
     return app
 
 
-def _usage(job: Job) -> dict[str, int]:
-    p, c = job.rec.prompt_tokens, job.rec.completion_tokens
+def _usage(job: Job, *, completion_tokens: int | None = None) -> dict[str, int]:
+    p = job.rec.prompt_tokens
+    c = job.rec.completion_tokens if completion_tokens is None else completion_tokens
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
@@ -526,8 +529,8 @@ async def _stream(engine: Engine, job: Job, model: str) -> AsyncIterator[str]:
                                          "logprobs": lp.body() if lp else None,
                                          "finish_reason": ev.finish_reason,
                                          "stop_reason": ev.stop_reason}])
-            if req.continuous_usage():
-                chunk["usage"] = _usage(job)
+            if req.continuous_usage():  # the count when the token was made, not when it is sent
+                chunk["usage"] = _usage(job, completion_tokens=ev.completion_tokens)
             yield _sse(chunk)
         if req.include_usage():
             final = _chunk(job, model, [])
