@@ -24,9 +24,14 @@ class _Strict(BaseModel):
 
 
 class SLO(_Strict):
-    p95_latency_s: float | None = Field(default=None, gt=0)
+    """Latency targets of a latency-critical service; slack is computed against whichever are
+    set (``slo.slack`` in autotune/detect/metrics.py). Per-token ones are dense (every token is
+    a sample), so the agent can decide and verify within seconds."""
+
+    p95_latency_s: float | None = Field(default=None, gt=0)  # end-to-end request latency
     p99_latency_s: float | None = Field(default=None, gt=0)
-    ttft_p95_s: float | None = Field(default=None, gt=0)
+    ttft_p95_s: float | None = Field(default=None, gt=0)  # time to first token
+    itl_p95_s: float | None = Field(default=None, gt=0)  # inter-token latency (per output token)
 
 
 class LatencySource(_Strict):

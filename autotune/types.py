@@ -105,6 +105,18 @@ class ProcessReading(_Frozen):
     affinity: list[int] = []
 
 
+class Buckets(_Frozen):
+    """One latency histogram over one interval: observations per bucket (not cumulative).
+
+    ``le`` are the finite upper bounds (seconds, ascending); ``counts`` has one more entry, the
+    +Inf bucket. Kept per snapshot so any window merges into a quantile (autotune/histogram.py).
+    """
+
+    le: tuple[float, ...]
+    counts: tuple[float, ...]
+    sum: float = 0.0
+
+
 class LatencyReading(_Frozen):
     """Windowed inference latency from a metrics page or active probe.
 
@@ -130,6 +142,8 @@ class LatencyReading(_Frozen):
     requests: float | None = None  # requests completed in the window
     running: float | None = None
     waiting: float | None = None
+    # the interval's histograms by kind ("e2e", "ttft", "itl"), for window quantiles
+    hist: dict[str, Buckets] = {}
 
 
 class ServiceReading(_Frozen):
@@ -191,7 +205,9 @@ class Recommendation(_Frozen):
 
 # -- verification ----------------------------------------------------------------------------
 Direction = Literal["lower_is_better", "higher_is_better"]
-Verdict = Literal["improved", "regressed", "inconclusive"]
+# compare: improved | regressed | unchanged (measured, too small to matter) | inconclusive;
+# guard (a give-back, verify/stage.py): held | violated (the SLO broke: rolled back at once)
+Verdict = Literal["improved", "regressed", "unchanged", "inconclusive", "held", "violated"]
 
 
 class VerifyResult(BaseModel):
@@ -204,7 +220,8 @@ class VerifyResult(BaseModel):
 
     verdict: Verdict
     p_value: float | None = None  # Mann-Whitney two-sided; None when not computed
-    effect: float | None = None  # (after_median - before_median) / |before_median|; + means larger
+    effect: float | None = None  # (after_median - before_median) / |before_median| (absolute
+    # objectives: the plain difference); + means larger
     ci_low: float | None = None  # bootstrap CI of after_median - before_median, objective units
     ci_high: float | None = None
     n_before: int = 0

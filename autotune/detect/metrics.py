@@ -49,9 +49,18 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``running_threads`` | threads | mean over the window of threads in state R |
 | ``majflt.rate`` ``minflt.rate`` ``nvcsw.rate`` ``nivcsw.rate`` | per s | d per-process counters (pids in both ends) |
 | ``rss_bytes`` | bytes | sum of RSS |
-| ``latency.<p50|p95|p99|ttft_p95>_s`` | s | last latency reading (when ok) |
-| ``latency.requests`` ``latency.running`` ``latency.waiting`` | count | last latency reading |
-| ``slo.p95_ratio`` ``slo.p99_ratio`` ``slo.ttft_p95_ratio`` | ratio | latency / SLO (``slo_ratios``); needs ``services`` |
+| ``latency.<p50|p95|p99>_s`` | s | end-to-end request latency over the window (*) |
+| ``latency.ttft_p95_s`` | s | time to first token over the window (*) |
+| ``latency.itl_<p50|p95|mean>_s`` | s | inter-token latency (gap between output tokens) over the window (*) |
+| ``latency.<requests|tokens|ttft_samples|itl_samples>`` | count | completed requests, generated tokens, observations behind ttft / itl, summed over the window's scrapes |
+| ``latency.running`` ``latency.waiting`` | count | last latency reading |
+| ``slo.<p95|p99|ttft_p95|itl_p95>_ratio`` | ratio | latency / its SLO target (``slo_ratios``); needs ``services`` |
+| ``slo.slack`` | ratio | 1 - the largest ratio: (target - latency) / target of the binding target (Heracles' slack); 1 when the service is idle (no request running, waiting or finished in the window); absent without data |
+| ``slo.targets`` | count | SLO targets the service declares that a latency source can measure (0: the service is not SLO-controlled) |
+
+(*) Window quantiles merge the per-scrape histograms every snapshot keeps (``LatencyReading.hist``,
+autotune/histogram.py): the p95 of all tokens generated in the window, however many scrapes it
+spans. A source without histograms (an active probe, llama.cpp) gives its last reading instead.
 
 Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
 role aggregates (``neighbours.*``, ``services.count``, ``services.latency_critical.count``) and knob facts read through
@@ -64,7 +73,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from autotune.types import CgroupReading, PsiReading, ServiceReading, Snapshot
+from autotune import histogram
+from autotune.types import CgroupReading, LatencyReading, PsiReading, ServiceReading, Snapshot
 
 PSI_RES = ("cpu", "memory", "io", "irq")
 PSI_LINES = ("some", "full")
@@ -103,8 +113,8 @@ _SVC_SUFFIXES = [
     r"mem\.(" + "|".join(MEM_EVENTS) + r")_events\.rate",
     r"(tasks|processes|threads|running_threads|rss_bytes)",
     r"(majflt|minflt|nvcsw|nivcsw)\.rate",
-    r"latency\.(p50_s|p95_s|p99_s|ttft_p95_s|requests|running|waiting)",
-    r"slo\.(p95|p99|ttft_p95)_ratio",
+    r"latency\.(p50_s|p95_s|p99_s|ttft_p95_s|itl_p50_s|itl_p95_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting)",
+    r"slo\.((p95|p99|ttft_p95|itl_p95)_ratio|slack|targets)",
 ]
 _KNOWN = re.compile(
     "^(?:" + "|".join(_HOST_PATTERNS) + r"|svc\.[^.\s]+(?:\.[^.\s]+)*?\.(?:" + "|".join(_SVC_SUFFIXES) + "))$"
@@ -175,21 +185,43 @@ def series(window: Sequence[Snapshot], name: str, **kw) -> list[tuple[float, flo
 
 _SLO = (("latency.p95_s", "p95_latency_s", "slo.p95_ratio"),
         ("latency.p99_s", "p99_latency_s", "slo.p99_ratio"),
-        ("latency.ttft_p95_s", "ttft_p95_s", "slo.ttft_p95_ratio"))
+        ("latency.ttft_p95_s", "ttft_p95_s", "slo.ttft_p95_ratio"),
+        ("latency.itl_p95_s", "itl_p95_s", "slo.itl_p95_ratio"))
 
 
 def slo_ratios(metrics: dict[str, float], services: Iterable[object]) -> dict[str, float]:
-    """``svc.<s>.slo.*_ratio`` = latency / SLO target, for each config ``Service`` with an SLO
-    whose latency is in ``metrics``. The one place the ratio is computed (the engine calls it too)."""
+    """``svc.<s>.slo.*_ratio`` = latency / SLO target, ``slo.slack`` and ``slo.targets`` for
+    each config ``Service``. The one place they are computed (the engine calls it too).
+
+    Slack is Heracles' (target - latency) / target of the binding target, i.e. 1 - the largest
+    ratio. An idle service (its source reads, nothing ran, waited or finished in the window)
+    has full slack, 1: there is no latency to protect, so its resources may go back."""
     out: dict[str, float] = {}
     for svc in services:
         name, slo = getattr(svc, "name", None), getattr(svc, "slo", None)
+        measured = getattr(svc, "latency", None) is not None
+        ratios = []
+        targets = 0
         for lat_key, slo_key, ratio_key in _SLO:
             target = getattr(slo, slo_key, None)
+            targets += bool(target and measured)
             lat = metrics.get(f"svc.{name}.{lat_key}")
             if target and lat is not None:
-                out[f"svc.{name}.{ratio_key}"] = lat / target
+                out[f"svc.{name}.{ratio_key}"] = ratio = lat / target
+                ratios.append(ratio)
+        out[f"svc.{name}.slo.targets"] = float(targets)
+        if ratios:
+            out[f"svc.{name}.slo.slack"] = 1.0 - max(ratios)
+        elif targets and _idle(metrics, f"svc.{name}."):
+            out[f"svc.{name}.slo.slack"] = 1.0
     return out
+
+
+def _idle(metrics: dict[str, float], prefix: str) -> bool:
+    """The latency source read, and nothing ran, waited or finished in the window."""
+    keys = ("latency.requests", "latency.running", "latency.waiting")
+    vals = [metrics.get(prefix + k) for k in keys]
+    return all(v is not None for v in vals) and not any(vals) and not metrics.get(prefix + "latency.tokens")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -294,12 +326,40 @@ def _service(
             if "cpu.usage_cores" not in out:
                 cpu = [(b.cpu_user_s + b.cpu_system_s) - (a.cpu_user_s + a.cpu_system_s) for a, b in pairs]
                 out["cpu.usage_cores"] = sum(c for c in cpu if c >= 0) / dt
-    lat = svc.latency
-    if lat is not None and lat.ok:
-        for key in ("p50_s", "p95_s", "p99_s", "ttft_p95_s", "requests", "running", "waiting"):
-            val = getattr(lat, key)
-            if val is not None:
-                out[f"latency.{key}"] = float(val)
+    _latency(out, svc.latency, history)
+
+
+# window quantiles from merged histograms: metric suffix -> (histogram kind, quantile)
+_QUANTILES = {"p50_s": ("e2e", 0.5), "p95_s": ("e2e", 0.95), "p99_s": ("e2e", 0.99),
+              "ttft_p95_s": ("ttft", 0.95), "itl_p50_s": ("itl", 0.5), "itl_p95_s": ("itl", 0.95)}
+# counts summed over the window's scrapes
+_COUNTS = ("requests", "tokens", "ttft_samples", "itl_samples")
+
+
+def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | None]) -> None:
+    """Latency over the window: the intervals after the first snapshot (the first one's
+    interval lies before the window), or the one snapshot's own interval."""
+    if lat is None or not lat.ok:
+        return
+    readings = [h.latency for h in (history[1:] if len(history) > 1 else history)
+                if h is not None and h.latency is not None and h.latency.ok]
+    for key in ("running", "waiting"):
+        if getattr(lat, key) is not None:
+            out[f"latency.{key}"] = float(getattr(lat, key))
+    for key in _COUNTS:
+        vals = [getattr(r, key) for r in readings if getattr(r, key) is not None]
+        if vals:
+            out[f"latency.{key}"] = float(sum(vals))
+    merged = {kind: histogram.merge(r.hist.get(kind) for r in readings) for kind in ("e2e", "ttft", "itl")}
+    for key, (kind, q) in _QUANTILES.items():
+        v = histogram.quantile(q, merged[kind]) if merged[kind] is not None else getattr(lat, key)
+        if v is not None:
+            out[f"latency.{key}"] = float(v)
+    itl = merged["itl"]
+    if itl is not None and histogram.count(itl) > 0:
+        out["latency.itl_mean_s"] = itl.sum / histogram.count(itl)
+    elif lat.itl_mean_s is not None:
+        out["latency.itl_mean_s"] = float(lat.itl_mean_s)
 
 
 def _cgroup(out, cg0: CgroupReading | None, cg: CgroupReading, dt: float) -> None:

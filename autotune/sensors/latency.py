@@ -24,9 +24,7 @@ the current name is listed first and read first, the older one is the fallback):
 
 from __future__ import annotations
 
-import math
 import time
-from bisect import bisect_left
 from collections import defaultdict
 from typing import Literal
 
@@ -34,7 +32,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
-from autotune.types import LatencyReading
+from autotune.histogram import from_cumulative, quantile
+from autotune.types import Buckets, LatencyReading
 
 Flavor = Literal["vllm", "tgi", "llamacpp"]
 
@@ -176,36 +175,14 @@ def histogram_delta(prev: Histogram | None, cur: Histogram) -> Histogram:
 
 
 def histogram_quantile(q: float, hist: Histogram) -> float | None:
-    """Prometheus ``histogram_quantile`` on cumulative buckets; None for an empty window or a
-    histogram without a +Inf bucket. A rank in the +Inf bucket returns the highest finite bound."""
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile {q} outside [0, 1]")
-    les = [le for le, _ in hist.buckets]
-    if len(les) < 2 or not math.isinf(les[-1]):
-        return None
-    cum: list[float] = []
-    running = 0.0
-    for _, c in hist.buckets:  # enforce monotonicity like Prometheus (float noise, races)
-        running = max(running, c)
-        cum.append(running)
-    total = cum[-1]
-    if total <= 0:
-        return None
-    rank = q * total
-    i = bisect_left(cum, rank)
-    if i >= len(les) - 1:
-        return les[-2]
-    upper = les[i]
-    if i == 0:
-        if upper <= 0:
-            return upper
-        lower, below = 0.0, 0.0
-    else:
-        lower, below = les[i - 1], cum[i - 1]
-    in_bucket = cum[i] - below
-    if in_bucket <= 0:
-        return upper
-    return lower + (upper - lower) * (rank - below) / in_bucket
+    """Prometheus ``histogram_quantile`` on cumulative buckets (autotune/histogram.py's rule);
+    None for an empty window or a histogram without a +Inf bucket."""
+    return quantile(q, to_buckets(hist))
+
+
+def to_buckets(hist: Histogram | None) -> Buckets | None:
+    """A (delta) histogram as per-bucket counts, the form snapshots keep."""
+    return None if hist is None else from_cumulative(hist.buckets, hist.sum)
 
 
 # -- windowed result ----------------------------------------------------------------------------
@@ -232,6 +209,7 @@ class LatencyWindow(BaseModel):
     running: float | None = None
     waiting: float | None = None
     unavailable: tuple[str, ...] = ()  # figures this flavor cannot provide
+    hist: dict[str, Buckets] = {}  # the window's histograms by kind: e2e, ttft, itl
 
 
 def _counter_delta(prev: float | None, cur: float | None) -> float | None:
@@ -288,8 +266,10 @@ def compute_window(flavor: Flavor, prev: Page | None, cur: Page, *, window_s: fl
                                    ("per-token percentiles", spec.itl_hist))
         if not names
     ) + (("request count",) if spec.requests is None else ())
+    hist = {kind: b for kind, h in (("e2e", e2e), ("ttft", ttft), ("itl", itl))
+            if (b := to_buckets(h)) is not None}
     return LatencyWindow(
-        flavor=flavor, window_s=window_s, p50_s=p50, p95_s=p95, p99_s=p99, ttft_p50_s=t50, ttft_p95_s=t95,
+        hist=hist, flavor=flavor, window_s=window_s, p50_s=p50, p95_s=p95, p99_s=p99, ttft_p50_s=t50, ttft_p95_s=t95,
         ttft_samples=None if ttft is None else ttft.count, itl_p50_s=k50, itl_p95_s=k95, itl_mean_s=itl_mean,
         itl_samples=None if itl is None else itl.count, itl_metric=itl_name, tokens=tokens, requests=requests,
         running=cur.scalar(spec.running), waiting=cur.scalar(spec.waiting), unavailable=unavailable,
@@ -364,6 +344,7 @@ class LatencyScraper:
             ttft_p95_s=win.ttft_p95_s, ttft_samples=win.ttft_samples, itl_p50_s=win.itl_p50_s,
             itl_p95_s=win.itl_p95_s, itl_mean_s=win.itl_mean_s, itl_samples=win.itl_samples,
             tokens=win.tokens, requests=win.requests, running=win.running, waiting=win.waiting,
+            hist=win.hist,
         )
 
 
