@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+from autotune.config import Service
 from autotune.detect.metrics import derive_metrics
 from autotune.types import Direction, LatencyReading, Snapshot
 
@@ -43,6 +44,8 @@ class Kind(BaseModel):
     min_interval_s: float = 0.0  # rates: derive over at least this long
     upper: float | None = None  # a % of wall time cannot exceed 100 (snapshot-time jitter can)
     fallback: str | None = None  # a gauge used when no interval yields a value (every 10 s)
+    absolute: bool = False  # effects are differences in the metric's units, not relative
+    needs_slo: bool = False  # derived from the service's SLO (pass its config ``Service``)
 
 
 FALLBACK_EVERY_S = 10.0  # avg10's own averaging horizon
@@ -56,6 +59,9 @@ KINDS: dict[str, Kind] = {k.metric: k for k in (
          min_interval_s=2.0, upper=100.0, fallback="psi.cpu.some.avg10"),
     Kind(metric="cpu.usage_cores", direction="higher_is_better", unit="cores", service_only=True,
          min_interval_s=2.0),
+    # dense when the SLO names a per-token latency: every token in the interval is a sample
+    Kind(metric="slo.slack", direction="higher_is_better", unit="slack", service_only=True,
+         min_interval_s=2.0, absolute=True, needs_slo=True),
 )}
 
 # short names journaled before objectives were metric names
@@ -79,6 +85,10 @@ class Objective(BaseModel):
     name: str
     kind: Kind
     service: str | None = None
+    slo_of: tuple[Service, ...] = ()  # the service's config, for SLO-derived metrics
+
+    def _derive(self, window: Sequence[Snapshot]) -> dict[str, float]:
+        return derive_metrics(window, services=self.slo_of)
 
     @property
     def direction(self) -> Direction:
@@ -105,7 +115,7 @@ class Objective(BaseModel):
             if reading is None or not reading.ok or reading == prev:
                 continue  # no reading, a failed one, or the previous one repeated
             prev = reading
-            v = derive_metrics([s]).get(self.name)
+            v = self._derive([s]).get(self.name)
             if v is not None:
                 out.append(v)
         return out
@@ -119,7 +129,7 @@ class Objective(BaseModel):
         for i in range(1, len(window)):
             if window[i].ts - window[start].ts < self.kind.min_interval_s:
                 continue
-            v = derive_metrics(window[start : i + 1]).get(self.name)
+            v = self._derive(window[start : i + 1]).get(self.name)
             if v is not None:
                 out.append(v if self.kind.upper is None else min(self.kind.upper, v))
             start = i

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from autotune.verify.stats import (
-    OBJECTIVES, VerifyResult, compare, decide, evaluate, objective_series,
+    OBJECTIVES, VerifyResult, compare, decide, evaluate, mann_whitney_p, objective_series,
 )
 from autotune.types import (
     CgroupReading, LatencyReading, PsiLine, PsiReading, ServiceReading, Snapshot,
@@ -42,9 +42,53 @@ def test_noise_only_is_inconclusive(seed):
     assert r.verdict == "inconclusive", r.reason
 
 
-def test_significant_but_small_effect_is_inconclusive():
+def test_significant_but_small_effect_is_unchanged():
+    """A real 2 % shift when 5 % matters: measured, too small to matter - conclusive, kept
+    (it was 'inconclusive' before the verdict existed; the data do tell)."""
     r = compare(noisy(1, 1.0, n=400, sd=0.02), noisy(2, 1.02, n=400, sd=0.02), min_effect=0.05)
-    assert r.p_value < 0.05 and r.verdict == "inconclusive"
+    assert r.p_value < 0.05 and r.verdict == "unchanged"
+    assert -0.05 <= r.ci_low / r.before_median and r.ci_high / r.before_median <= 0.05
+    assert decide(r, "rollback") == "keep"
+
+
+def test_unchanged_needs_the_whole_ci_inside_the_margin():
+    same = compare(noisy(1, 1.0, n=200, sd=0.03), noisy(2, 1.0, n=200, sd=0.03), min_effect=0.05)
+    assert same.verdict == "unchanged"
+    wide = compare(noisy(1, 1.0, n=8, sd=0.3), noisy(2, 1.0, n=8, sd=0.3), min_effect=0.05)
+    assert wide.verdict == "inconclusive"  # eight noisy samples cannot show 'no change'
+
+
+def test_absolute_effect_for_a_ratio_objective():
+    """SLO slack near 0: a relative change is meaningless; the margin is in slack units."""
+    before = list(np.random.default_rng(1).normal(0.02, 0.02, 20))
+    after = list(np.random.default_rng(2).normal(0.25, 0.02, 20))
+    r = compare(before, after, direction="higher_is_better", absolute=True, min_effect=0.05)
+    assert r.verdict == "improved" and r.effect == pytest.approx(0.23, abs=0.03)
+    flat = compare(before, list(np.random.default_rng(3).normal(0.02, 0.005, 20)),
+                   direction="higher_is_better", absolute=True, min_effect=0.05)
+    assert flat.verdict == "unchanged"
+
+
+@pytest.mark.parametrize("x,y", [
+    ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]),  # exact, tie-free
+    ([0.3, 0.9, 0.1, 0.5, 0.7], [0.2, 0.8, 0.6, 1.0, 0.4]),  # exact, interleaved
+    ([1.0, 1.0, 2.0, 3.0], [2.0, 3.0, 3.0, 4.0]),  # ties: normal approximation
+    (list(np.random.default_rng(5).normal(0, 1, 40)), list(np.random.default_rng(6).normal(0.5, 1, 30))),
+])
+def test_mann_whitney_matches_scipy(x, y):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    want = scipy_stats.mannwhitneyu(x, y, alternative="two-sided").pvalue
+    assert mann_whitney_p(np.asarray(x), np.asarray(y)) == pytest.approx(want, rel=1e-9)
+
+
+def test_the_agent_path_does_not_import_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys, autotune.verify.stage, autotune.agent.loop; "
+            "print(any(m == 'scipy' or m.startswith('scipy.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("before,after", [
