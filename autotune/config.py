@@ -72,8 +72,8 @@ class Service(_Strict):
 
 class AgentSettings(_Strict):
     sample_period_s: float = Field(default=1.0, gt=0, le=60)
-    window_s: float = Field(default=30.0, gt=0)
-    evaluate_every_s: float = Field(default=5.0, gt=0)
+    window_s: float = Field(default=15.0, gt=0)  # rates, latency quantiles and slack (Heracles: 15 s)
+    evaluate_every_s: float = Field(default=2.0, gt=0)
     mode: Literal["recommend", "apply"] = "recommend"
     state_path: str | None = None
     rule_dirs: list[str] = []
@@ -91,9 +91,15 @@ class Verification(_Strict):
     alpha: float = Field(default=0.05, gt=0, lt=1)
     min_effect: float = Field(default=0.05, ge=0)  # relative change that counts (5 %)
     on_inconclusive: Literal["keep", "rollback"] = "keep"
-    rule_cooldown_s: float = Field(default=120.0, ge=0)
-    knob_cooldown_s: float = Field(default=60.0, ge=0)
-    max_changes_per_hour: int = Field(default=12, ge=0)
+    # floors under every rule's own cooldown_s (rules/*.yaml set their pace: the SLO controller
+    # steps every few seconds, host advice every few minutes)
+    rule_cooldown_s: float = Field(default=0.0, ge=0)
+    knob_cooldown_s: float = Field(default=0.0, ge=0)
+    max_changes_per_hour: int = Field(default=240, ge=0)
+    # a change whose after-window already tells (at alpha / early_alpha_divisor) is decided after
+    # early_after_s instead of the full window; a give-back that breaks the SLO is undone then
+    early_after_s: float = Field(default=4.0, ge=0)
+    early_alpha_divisor: float = Field(default=5.0, ge=1)
 
 
 class RankerSettings(_Strict):

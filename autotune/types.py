@@ -178,6 +178,19 @@ class Symptom(_Frozen):
     detail: str = ""
 
 
+class VerifyPlan(_Frozen):
+    """How a change is verified, decided by the rule that proposed it (journaled with it).
+
+    ``compare``: before vs after window of the objective (regressed -> roll back). ``guard``: a
+    give-back; kept while the service's SLO holds, rolled back at once when it breaks, and then
+    no give-back for that service for ``lockout_s``. Windows default to [verification]."""
+
+    mode: Literal["compare", "guard"] = "compare"
+    window_s: float | None = None
+    settle_s: float | None = None
+    lockout_s: float = 0.0
+
+
 class Action(_Frozen):
     """A concrete change proposed by a rule for one target."""
 
@@ -192,6 +205,7 @@ class Action(_Frozen):
     advisory: bool = False  # recommendation only; never applied (e.g. mlock model weights)
     score: float | None = None  # predicted improvement (learned ranker), higher is better
     evidence: dict[str, float] = Field(default_factory=dict)
+    verify: VerifyPlan = VerifyPlan()
 
 
 class Recommendation(_Frozen):

@@ -28,6 +28,7 @@ class GateView(BaseModel):
     cpu_shares: dict[str, floor.CpuShare] = {}  # configured services' cpu, for floor checks
     ncpu: int = 0
     cpu_reserve: float = 0.0  # cores busy outside the configured services
+    lockout_until: dict[str, float] = {}  # service -> no give-back before (a give-back broke its SLO)
 
 
 class Decision(BaseModel):
@@ -52,6 +53,11 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
             continue
         if (a.knob, a.target) in view.unmanaged:
             skipped.append((key, "target unmanaged after drift (operator must re-enable)"))
+            continue
+        until = view.lockout_until.get(a.service or "")
+        if a.verify.mode == "guard" and until is not None and now < until:
+            skipped.append((key, f"give-back locked out for {until - now:.0f} s more: the last one "
+                                 f"broke {a.service}'s SLO"))
             continue
         broken = floor.violation(a, view.cpu_shares, view.ncpu, view.cpu_reserve)
         if broken is not None:

@@ -211,12 +211,15 @@ class Agent:
 
         win = list(self.window)
         last = self.detector.last_ts
+        changed = self.journal.last_applied_ts()  # measure only what the current allocation does
         out = []
         for i, s in enumerate(win):
             if last is not None and s.ts <= last and i != len(win) - 1:
                 continue
-            m = derive_metrics(win[max(0, i - self.lookback): i + 1], ncpu=self.host.ncpu,
-                               services=self.cfg.services)
+            start = max(0, i - self.lookback)
+            while changed is not None and start < i - 1 and win[start].ts < changed <= s.ts:
+                start += 1
+            m = derive_metrics(win[start: i + 1], ncpu=self.host.ncpu, services=self.cfg.services)
             out.append((s.ts, m))
         return out
 
@@ -244,6 +247,8 @@ class Agent:
             cpu_shares=floor.shares_from(self.window[-1] if self.window else None, self.cfg.services),
             ncpu=self.host.ncpu,
             cpu_reserve=floor.reserve_from(metrics, self.cfg.services, self.host.ncpu),
+            lockout_until={s.name: t for s in self.cfg.services
+                           if (t := self.journal.lockout_until(s.name)) is not None},
         )
 
     def evaluate(self, now: float | None = None) -> gating.Decision | None:
@@ -257,6 +262,7 @@ class Agent:
         symptoms, actions, self.detector = evaluate(
             self.ruleset, self.cfg, history, self.detector, self._read_current, now,
             cooldowns=self._cooldowns() if self.mode == "apply" else None, observed_s=self.observed_s,
+            origins=self.journal.origin,
         )
         state.save_detector(self.db, self.detector, self.clock())
         if actions and self.cfg.ranker.enabled:
@@ -283,9 +289,10 @@ class Agent:
         for what, why in decision.skipped:
             log.debug("skipped %s: %s", what, why)
         if decision.chosen is not None:
-            if not self.verifier.can_measure(now, decision.chosen.service):
+            window = decision.chosen.verify.window_s or self.cfg.verification.window_s
+            if not self.verifier.can_measure(now, decision.chosen.service, window):
                 log.info("holding %s on %s: less than %.0f s of samples to verify it against",
-                         decision.chosen.knob, decision.chosen.target, self.cfg.verification.window_s)
+                         decision.chosen.knob, decision.chosen.target, window)
                 return decision.model_copy(update={
                     "chosen": None,
                     "skipped": [*decision.skipped, (f"{decision.chosen.rule}:{decision.chosen.knob}:"
@@ -318,11 +325,12 @@ class Agent:
         if prior is None:
             log.info("%s on %s: target gone, nothing to apply", knob, target)
             return None
-        recent = [s for s in self.window if s.ts >= now - self.cfg.verification.window_s]
+        window = action.verify.window_s or self.cfg.verification.window_s
+        recent = [s for s in self.window if s.ts >= now - window]
         entry = self.journal.plan(
             knob=knob, target=target, prior=prior, proposed=action.proposed, rule=action.rule,
             rationale=action.rationale, service=action.service, symptoms=symptoms,
-            objective_before=self.verifier.summary(action.service, recent),
+            objective_before=self.verifier.summary(action.service, recent), verify_plan=action.verify,
         )
         failpoint("after_plan")
         ev = dict(action_id=entry.id, knob=knob, target=target, service=action.service,
@@ -353,14 +361,15 @@ class Agent:
         self.journal.mark_applied(entry.id, result.after)
         entry = self.journal.mark_verifying(entry.id)
         self._failures.pop((knob, target), None)
-        v = self.cfg.verification
-        due = (entry.applied_ts or now) + v.settle_s + v.window_s
+        due = self.verifier.due(entry)
         self.audit("apply", **ev, after=result.after.value, outcome="applied",
                    objective_before=(entry.objective_before or {}).get("median"),
                    detail={"symptoms": [s.model_dump() for s in symptoms], "verify_due_ts": due,
-                           "objective": (entry.objective_before or {}).get("objective")})
-        log.info("applied %s on %s: %s -> %s (rule %s); verifying at %.0f", knob, target,
-                 prior.value, result.after.value, action.rule, due)
+                           "objective": (entry.objective_before or {}).get("objective"),
+                           "verify": entry.verify_plan.model_dump()})
+        log.info("applied %s on %s: %s -> %s (rule %s); %s within %.0f s", knob, target,
+                 prior.value, result.after.value, action.rule,
+                 "guarding the SLO" if entry.verify_plan.mode == "guard" else "verifying", due - now)
         return entry
 
     # -- verify ---------------------------------------------------------------------------

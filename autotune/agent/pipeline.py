@@ -40,6 +40,7 @@ def evaluate(
     now: float,
     cooldowns: dict[str, float] | None = None,
     observed_s: float | None = None,
+    origins: ReadCurrent | None = None,
 ) -> tuple[list[Symptom], list[Action], object]:
     """Detect symptoms over ``history`` and let the rules propose actions.
 
@@ -54,7 +55,8 @@ def evaluate(
         specs = [cap_duration(s, observed_s) for s in specs]
     symptoms, state = detect(specs, history, detector_state, now)
     metrics = history[-1][1] if history else {}
-    actions = diagnose(ruleset, metrics, symptoms, cfg, read_current, now, cooldowns or {})
+    actions = diagnose(ruleset, metrics, symptoms, cfg, read_current, now, cooldowns or {},
+                       origins=origins)
     return symptoms, actions, state
 
 

@@ -55,6 +55,7 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``latency.<requests|tokens|ttft_samples|itl_samples>`` | count | completed requests, generated tokens, observations behind ttft / itl, summed over the window's scrapes |
 | ``latency.running`` ``latency.waiting`` | count | last latency reading |
 | ``slo.<p95|p99|ttft_p95|itl_p95>_ratio`` | ratio | latency / its SLO target (``slo_ratios``); needs ``services`` |
+| ``slo.ratio`` | ratio | the largest (binding) ratio: how far over its target the service is |
 | ``slo.slack`` | ratio | 1 - the largest ratio: (target - latency) / target of the binding target (Heracles' slack); 1 when the service is idle (no request running, waiting or finished in the window); absent without data |
 | ``slo.targets`` | count | SLO targets the service declares that a latency source can measure (0: the service is not SLO-controlled) |
 
@@ -114,7 +115,7 @@ _SVC_SUFFIXES = [
     r"(tasks|processes|threads|running_threads|rss_bytes)",
     r"(majflt|minflt|nvcsw|nivcsw)\.rate",
     r"latency\.(p50_s|p95_s|p99_s|ttft_p95_s|itl_p50_s|itl_p95_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting)",
-    r"slo\.((p95|p99|ttft_p95|itl_p95)_ratio|slack|targets)",
+    r"slo\.((p95|p99|ttft_p95|itl_p95)_ratio|ratio|slack|targets)",
 ]
 _KNOWN = re.compile(
     "^(?:" + "|".join(_HOST_PATTERNS) + r"|svc\.[^.\s]+(?:\.[^.\s]+)*?\.(?:" + "|".join(_SVC_SUFFIXES) + "))$"
@@ -211,6 +212,7 @@ def slo_ratios(metrics: dict[str, float], services: Iterable[object]) -> dict[st
                 ratios.append(ratio)
         out[f"svc.{name}.slo.targets"] = float(targets)
         if ratios:
+            out[f"svc.{name}.slo.ratio"] = max(ratios)
             out[f"svc.{name}.slo.slack"] = 1.0 - max(ratios)
         elif targets and _idle(metrics, f"svc.{name}."):
             out[f"svc.{name}.slo.slack"] = 1.0

@@ -32,16 +32,18 @@ from autotune.diagnose.rules import (
     ActionSpec,
     AllCond,
     AnyCond,
+    FactorFrom,
     MetricCond,
     MetricRef,
     Rule,
     RuleSet,
+    Step,
     SymptomCond,
 )
 from autotune.host import format_cpulist
 from autotune.knobs import get_knob
 from autotune.knobs.base import number
-from autotune.types import Action, Symptom
+from autotune.types import Action, Symptom, VerifyPlan
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,12 @@ def diagnose(
     read_current: ReadCurrent,
     now: float,
     cooldowns: dict[str, float] | None = None,
+    origins: ReadCurrent | None = None,
 ) -> list[Action]:
-    """Actions proposed by every rule whose conditions hold, best first."""
+    """Actions proposed by every rule whose conditions hold, best first.
+
+    ``origins(knob, target)``: the value the agent found before its changes still in effect
+    (the journal's), None when it changed nothing there; give_back rules step toward it."""
     cooldowns = cooldowns or {}
     m = context_metrics(ruleset, metrics, config, read_current)
     actions: list[Action] = []
@@ -78,7 +84,7 @@ def diagnose(
                 evidence: dict[str, float] = {}
                 if not _holds(rule.when, m, symptoms, svc, evidence):
                     continue
-                actions.extend(_actions(rule, svc, m, config, read_current, evidence))
+                actions.extend(_actions(rule, svc, m, config, read_current, evidence, origins))
             except Exception:  # one bad rule must not stop the others
                 log.exception("rule %s failed for %s", rule.name, svc or "host")
     # one proposal per (knob, target): the best-ranked rule wins
@@ -215,9 +221,10 @@ def _variables(m: dict[str, float], svc: str | None) -> dict[str, str]:
     return v
 
 
-def render(text: str, m: dict[str, float], svc: str | None) -> str | None:
+def render(text: str, m: dict[str, float], svc: str | None,
+           extra: dict[str, str] | None = None) -> str | None:
     """Fill {name} and {metric:NAME} placeholders; None when one cannot be resolved."""
-    variables = _variables(m, svc)
+    variables = {**_variables(m, svc), **(extra or {})}
     missing = False
 
     def fill(match: re.Match[str]) -> str:
@@ -243,12 +250,18 @@ def same_value(knob: str, a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and get_knob(knob).same(a, b)
 
 
+def _bound(b: float | str | MetricRef | None, m: dict[str, float], svc: str | None) -> float | None:
+    if isinstance(b, MetricRef):
+        v = m.get(_sub(b.metric, svc))
+        return None if v is None else v * b.factor
+    return m.get(_sub(b, svc)) if isinstance(b, str) else b
+
+
 def _clamp(x: float, spec: ActionSpec, m: dict[str, float], svc: str | None) -> float:
     b = spec.bounds
     if b is None:
         return x
-    lo = m.get(_sub(b.min, svc)) if isinstance(b.min, str) else b.min
-    hi = m.get(_sub(b.max, svc)) if isinstance(b.max, str) else b.max
+    lo, hi = _bound(b.min, m, svc), _bound(b.max, m, svc)
     if hi is not None:
         x = min(x, hi)
     if lo is not None:
@@ -256,18 +269,40 @@ def _clamp(x: float, spec: ActionSpec, m: dict[str, float], svc: str | None) -> 
     return x
 
 
-def _propose(spec: ActionSpec, current: str | None, m: dict[str, float], svc: str | None) -> str | None:
+def _factor(step: Step, m: dict[str, float], bound_svc: str | None) -> float | None:
+    f = step.factor
+    if isinstance(f, FactorFrom):
+        v = m.get(_sub(f.metric, bound_svc))
+        return None if v is None else min(f.max, max(f.min, v))
+    return f
+
+
+def _propose(spec: ActionSpec, current: str | None, m: dict[str, float], svc: str | None,
+             bound_svc: str | None = None, start: str | None = None) -> str | None:
+    """The proposed value. ``svc`` resolves bounds (the target's own service), ``bound_svc``
+    the rule's service (a proportional factor); ``start`` is the give-back limit."""
     knob = get_knob(spec.knob)
     if spec.step is not None:
         cur = number(current)
         if cur is None:
             return None  # unlimited ("max") or unreadable: nothing to step from
-        x = cur * spec.step.factor if spec.step.factor is not None else cur + spec.step.delta
-        return knob.format(_clamp(x, spec, m, svc))
+        if spec.step.factor is not None:
+            f = _factor(spec.step, m, bound_svc if bound_svc is not None else svc)
+            if f is None:
+                return None
+            x = cur * f
+        else:
+            x = cur + spec.step.delta
+        x = _clamp(x, spec, m, svc)
+        if start is not None:
+            x = _toward(cur, x, number(start))
+            if x is None:
+                return None
+        return knob.format(x)
     if isinstance(spec.value, (int, float)):
         x = float(spec.value)
         return knob.format(_clamp(x, spec, m, svc)) if knob.numeric else str(spec.value)
-    text = render(spec.value, m, svc)
+    text = render(spec.value, m, svc, {"start": start} if start is not None else None)
     if text is None:
         return None
     x = number(text)
@@ -276,16 +311,43 @@ def _propose(spec: ActionSpec, current: str | None, m: dict[str, float], svc: st
     return text
 
 
+def _toward(cur: float, x: float, start: float | None) -> float | None:
+    """A give-back step: from ``cur`` toward ``start``, never past it; None when the step does
+    not move toward it (or there is no numeric start)."""
+    if start is None or cur == start:
+        return None
+    if start > cur:
+        x = min(x, start)
+        return x if x > cur else None
+    x = max(x, start)
+    return x if x < cur else None
+
+
+def _plan(rule: Rule) -> VerifyPlan:
+    v = rule.verify
+    return VerifyPlan(mode="guard" if rule.give_back else "compare",
+                      window_s=v.window_s if v else None, settle_s=v.settle_s if v else None,
+                      lockout_s=rule.lockout_s)
+
+
 def _actions(
-    rule: Rule, svc: str | None, m: dict[str, float], config: Any, read_current: ReadCurrent, evidence: dict[str, float]
+    rule: Rule, svc: str | None, m: dict[str, float], config: Any, read_current: ReadCurrent,
+    evidence: dict[str, float], origins: ReadCurrent | None = None,
 ) -> list[Action]:
     out = []
     rationale = render(rule.rationale, m, svc) or rule.rationale
+    plan = _plan(rule)
     for spec in rule.actions:
         for target, owner in _targets(spec, svc, config):
             advisory = spec.is_advisory
             current = None if get_knob(spec.knob).advisory else _safe_read(read_current, spec.knob, target)
-            proposed = _propose(spec, current, m, owner if spec.target == "neighbours" else svc)
+            start = None
+            if rule.give_back:
+                start = _safe_read(origins, spec.knob, target) if origins is not None else None
+                if start is None or current is None or same_value(spec.knob, current, start):
+                    continue  # the agent changed nothing here (or it is back): nothing to give
+            proposed = _propose(spec, current, m, owner if spec.target == "neighbours" else svc,
+                                bound_svc=svc, start=start)
             if proposed is None:
                 log.debug("rule %s: no value for %s %s (current %r)", rule.name, spec.knob, target, current)
                 continue
@@ -297,6 +359,6 @@ def _actions(
             out.append(Action(
                 knob=spec.knob, target=target, service=judged_by, current=current, proposed=proposed,
                 rule=rule.name, rationale=rationale, priority=rule.priority, advisory=advisory,
-                evidence=dict(evidence),
+                evidence=dict(evidence), verify=plan,
             ))
     return out

@@ -25,7 +25,7 @@ from autotune.knobs import KNOBS, get_knob
 KnobName = Literal[tuple(KNOBS)]  # type: ignore[valid-type]
 SPECIAL_TARGETS = {"service", "neighbours", "host"}
 # Placeholders a value or rationale may use: {name} or {metric:NAME}
-VARIABLES = {"service", "ncpu", "dedicated_cpus", "shared_cpus", "threads_hint"}
+VARIABLES = {"service", "ncpu", "dedicated_cpus", "shared_cpus", "threads_hint", "start"}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
@@ -108,11 +108,35 @@ AllCond.model_rebuild()
 AnyCond.model_rebuild()
 
 
+class FactorFrom(_Strict):
+    """A step factor read from a metric, clamped to [min, max]: a proportional step, e.g. the
+    SLO's binding ratio (latency 1.6x its target -> 1.6x the quota)."""
+
+    metric: str
+    min: float = Field(gt=0)
+    max: float = Field(gt=0)
+
+    _known = field_validator("metric")(_check_metric)
+
+    @model_validator(mode="after")
+    def _order(self) -> "FactorFrom":
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
 class Step(_Strict):
     """Change the current numeric value: multiply by ``factor`` or add ``delta``."""
 
-    factor: float | None = Field(default=None, gt=0)
+    factor: float | FactorFrom | None = None
     delta: float | None = None
+
+    @field_validator("factor")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and v <= 0:
+            raise ValueError("Input should be greater than 0")
+        return v
 
     @model_validator(mode="after")
     def _one(self) -> "Step":
@@ -122,10 +146,11 @@ class Step(_Strict):
 
 
 class Bounds(_Strict):
-    """Clamp for proposed numeric values; a string is a metric name (e.g. host.ncpu)."""
+    """Clamp for proposed numeric values; a string is a metric name (e.g. host.ncpu), a
+    ``{metric, factor}`` a scaled one (e.g. 1.25 x the cores the service uses)."""
 
-    min: float | str | None = None
-    max: float | str | None = None
+    min: float | str | MetricRef | None = None
+    max: float | str | MetricRef | None = None
 
     @field_validator("min", "max")
     @classmethod
@@ -167,6 +192,13 @@ class ActionSpec(_Strict):
         return self.advisory or get_knob(self.knob).advisory
 
 
+class VerifySpec(_Strict):
+    """How long a rule's change is measured (defaults: the config's [verification])."""
+
+    window_s: float | None = Field(default=None, gt=0)
+    settle_s: float | None = Field(default=None, ge=0)
+
+
 class Rule(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
@@ -178,6 +210,26 @@ class Rule(_Strict):
     enabled: bool = True
     when: Condition
     actions: list[ActionSpec] = Field(min_length=1)
+    # One step back toward the value the agent found (``{start}``): never past it, nothing when
+    # the agent never changed the target. Verified as a guard: kept while the SLO holds, undone
+    # at once when it breaks, and then no give-back for the service for ``lockout_s``.
+    give_back: bool = False
+    lockout_s: float = Field(default=0.0, ge=0)
+    verify: VerifySpec | None = None
+
+    @model_validator(mode="after")
+    def _give_back(self) -> "Rule":
+        if self.lockout_s and not self.give_back:
+            raise ValueError("lockout_s applies to give_back rules only")
+        for a in self.actions:
+            uses_start = isinstance(a.value, str) and "{start}" in a.value
+            if uses_start and not self.give_back:
+                raise ValueError("{start} is the value the agent found: only give_back rules use it")
+            if self.give_back and a.value is not None and not uses_start:
+                raise ValueError("a give_back action steps toward the start, or sets value '{start}'")
+            if self.give_back and a.is_advisory:
+                raise ValueError("a give_back rule changes something; advice is not given back")
+        return self
 
     @model_validator(mode="after")
     def _scope(self) -> "Rule":
@@ -244,7 +296,10 @@ class RuleSet(BaseModel):
             used |= metric_refs(r.when)
             for a in r.actions:
                 if a.bounds:
-                    used |= {b for b in (a.bounds.min, a.bounds.max) if isinstance(b, str)}
+                    used |= {b.metric if isinstance(b, MetricRef) else b
+                             for b in (a.bounds.min, a.bounds.max) if isinstance(b, (str, MetricRef))}
+                if a.step is not None and isinstance(a.step.factor, FactorFrom):
+                    used.add(a.step.factor.metric)
         return used & set(CONTEXT_METRICS)
 
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from autotune.errors import AutotuneError
 from autotune.knobs.base import KnobState
 from autotune.store.db import migrate, transaction
-from autotune.types import VerifyResult
+from autotune.types import VerifyPlan, VerifyResult
 
 COMPONENT = "journal"
 
@@ -85,7 +85,12 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    # how the change is verified (types.VerifyPlan as JSON); NULL on older rows = compare
+    db.execute("ALTER TABLE journal_entries ADD COLUMN verify_plan TEXT")
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 class _M(BaseModel):
@@ -113,6 +118,7 @@ class JournalEntry(_M):
     applied_ts: float | None
     verifying_ts: float | None
     finished_ts: float | None
+    verify_plan: VerifyPlan = VerifyPlan()
 
     @property
     def prior_value(self) -> str:
@@ -212,6 +218,7 @@ class Journal:
         service: str | None = None,
         symptoms: Iterable[Any] = (),
         objective_before: Mapping[str, Any] | None = None,
+        verify_plan: VerifyPlan | None = None,
     ) -> JournalEntry:
         """Durably record the prior value (KnobState or dict) BEFORE anything is written.
 
@@ -231,10 +238,11 @@ class Journal:
                 )
             cur = self.db.execute(
                 "INSERT INTO journal_entries (ts, knob, target, service, rule, rationale, symptoms,"
-                " prior, proposed, state, objective_before, planned_ts, updated_ts)"
-                " VALUES (?,?,?,?,?,?,?,?,?,'planned',?,?,?)",
+                " prior, proposed, state, objective_before, planned_ts, updated_ts, verify_plan)"
+                " VALUES (?,?,?,?,?,?,?,?,?,'planned',?,?,?,?)",
                 [now, knob, target, service, rule, rationale, json.dumps(syms), _dump(prior_s),
-                 proposed, _dump(objective_before), now, now],
+                 proposed, _dump(objective_before), now, now,
+                 verify_plan.model_dump_json() if verify_plan is not None else None],
             )
             eid = int(cur.lastrowid)
             self._event(eid, None, "planned", f"prior={prior_s.value!r} proposed={proposed!r}", now)
@@ -316,12 +324,12 @@ class Journal:
     # -- queries --------------------------------------------------------------------------
     _COLS = ("id, ts, knob, target, service, rule, rationale, symptoms, prior, proposed, applied,"
              " state, objective_before, objective_after, verify_result, error, planned_ts,"
-             " applied_ts, verifying_ts, finished_ts")
+             " applied_ts, verifying_ts, finished_ts, verify_plan")
 
     @staticmethod
     def _row(r: tuple[Any, ...]) -> JournalEntry:
         (eid, ts, knob, target, service, rule, rationale, symptoms, prior, proposed, applied,
-         state, ob, oa, vr, error, pts, ats, vts, fts) = r
+         state, ob, oa, vr, error, pts, ats, vts, fts, vp) = r
         lj = lambda s: json.loads(s) if s is not None else None  # noqa: E731
         return JournalEntry(
             id=eid, ts=ts, knob=knob, target=target, service=service, rule=rule,
@@ -331,6 +339,7 @@ class Journal:
             state=state, objective_before=lj(ob), objective_after=lj(oa),
             verify_result=_result(lj(vr)), error=error, planned_ts=pts, applied_ts=ats,
             verifying_ts=vts, finished_ts=fts,
+            verify_plan=VerifyPlan.model_validate_json(vp) if vp else VerifyPlan(),
         )
 
     def get(self, entry_id: int) -> JournalEntry:
@@ -414,6 +423,51 @@ class Journal:
         where, args = self._where(knob=knob, rule=rule, target=target)
         sql = "SELECT MAX(ts) FROM journal_entries" + (" WHERE " + " AND ".join(where) if where else "")
         r = self.db.execute(sql, args).fetchone()
+        return float(r[0]) if r and r[0] is not None else None
+
+    def origin(self, knob: str, target: str) -> str | None:
+        """The value ``target`` had before the agent's changes that are still in effect (the
+        prior of the oldest of them), None when none is: where a give-back stops. A drift
+        (someone else took the target) starts the chain afresh."""
+        row = self.db.execute(
+            "SELECT prior FROM journal_entries WHERE knob=? AND target=?"
+            " AND state IN ('applied','verifying','kept') AND id > COALESCE((SELECT MAX(id)"
+            " FROM journal_entries WHERE knob=? AND target=? AND state='drifted'), 0)"
+            " ORDER BY id LIMIT 1", [knob, target, knob, target]).fetchone()
+        return None if row is None else knob_state(json.loads(row[0]), knob, target).value
+
+    def lockout_until(self, service: str) -> float | None:
+        """When the newest give-back that broke ``service``'s SLO stops locking out further
+        give-backs, None when there is none. The lockout is its rule's lockout_s, doubled for
+        each give-back in a row that broke the SLO (at most 16x): a service whose slack looks
+        ample but is not stops being probed every half minute."""
+        rows = self.db.execute(
+            f"SELECT {self._COLS} FROM journal_entries WHERE service=? AND verify_plan IS NOT NULL"
+            " AND verify_result IS NOT NULL ORDER BY id DESC LIMIT 50", [service]).fetchall()
+        newest: JournalEntry | None = None
+        streak = 0
+        for r in rows:
+            e = self._row(r)
+            if e.verify_plan.mode != "guard" or e.verify_result is None:
+                continue
+            if e.verify_result.verdict != "violated":
+                break  # a give-back that held ends the streak
+            newest = newest or e
+            streak += 1
+        if newest is None:
+            return None
+        return (newest.finished_ts or newest.ts) + newest.verify_plan.lockout_s * min(16, 2 ** (streak - 1))
+
+    def last_applied_ts(self, before: float | None = None) -> float | None:
+        """When the host last changed under the agent's hand (any target): the newest write
+        that landed or rollback that restored a value, optionally the newest before
+        ``before``. Measurements of "the current allocation" start after it."""
+        cond, args = ("", []) if before is None else (" AND t < ?", [before])
+        r = self.db.execute(
+            "SELECT MAX(t) FROM (SELECT applied_ts AS t FROM journal_entries WHERE applied_ts IS NOT NULL"
+            " UNION ALL SELECT finished_ts FROM journal_entries WHERE state='rolled_back'"
+            " AND applied_ts IS NOT NULL AND finished_ts IS NOT NULL) WHERE t IS NOT NULL" + cond,
+            args).fetchone()
         return float(r[0]) if r and r[0] is not None else None
 
     def changes_since(self, ts: float, *, applied_only: bool = False) -> int:

@@ -59,9 +59,10 @@ KINDS: dict[str, Kind] = {k.metric: k for k in (
          min_interval_s=2.0, upper=100.0, fallback="psi.cpu.some.avg10"),
     Kind(metric="cpu.usage_cores", direction="higher_is_better", unit="cores", service_only=True,
          min_interval_s=2.0),
-    # dense when the SLO names a per-token latency: every token in the interval is a sample
+    # dense when the SLO names a per-token latency: every token generated in the interval is a
+    # sample, so one scrape interval (a second) already holds tens of them
     Kind(metric="slo.slack", direction="higher_is_better", unit="slack", service_only=True,
-         min_interval_s=2.0, absolute=True, needs_slo=True),
+         min_interval_s=1.0, absolute=True, needs_slo=True),
 )}
 
 # short names journaled before objectives were metric names
@@ -166,14 +167,15 @@ def _split(name: str) -> tuple[Kind, str | None] | None:
 
 
 def objective(name: str, service: str | None = None,
-              window: Sequence[Snapshot] = ()) -> Objective:
+              window: Sequence[Snapshot] = (), slo_of: Sequence[Service] = ()) -> Objective:
     """The objective called ``name``: a flat metric name, or a legacy short name read for
     ``service`` (``psi`` is the service's cgroup PSI when ``window`` has it, else the host's).
+    ``slo_of``: config services, for objectives derived from an SLO (``slo.slack``).
     Raises ValueError naming the known objectives."""
     split = _split(name)
     if split is not None:
         kind, svc = split
-        return Objective(name=name, kind=kind, service=svc)
+        return Objective(name=name, kind=kind, service=svc, slo_of=tuple(slo_of))
     if name in LEGACY:
         kind = KINDS[LEGACY[name]]
         if service is None and kind.service_only:
@@ -189,12 +191,18 @@ def _measured(obj: Objective, window: Sequence[Snapshot]) -> bool:
     return bool(obj.series(window))
 
 
-def choose(service: str | None, window: Sequence[Snapshot], *, has_latency: bool) -> Objective:
-    """The objective a change on ``service`` is judged by: its p95 latency when its latency
-    source (``has_latency``) gave enough distinct readings in ``window`` to test on (a sparse
-    probe may not), else its cgroup's CPU pressure, else the host's (a v1-only host has no
-    cgroup PSI)."""
+def choose(service: str | None, window: Sequence[Snapshot], *, has_latency: bool,
+           slo_of: Sequence[Service] = ()) -> Objective:
+    """The objective a change on ``service`` is judged by: its SLO slack when it declares an
+    SLO (``slo_of``: its config) and the window yields enough values (per 2 s: dense when the
+    SLO names a per-token latency), else its p95 latency when its latency source
+    (``has_latency``) gave enough distinct readings in ``window`` to test on (a sparse probe
+    may not), else its cgroup's CPU pressure, else the host's (a v1-only host has no cgroup PSI)."""
     if service is not None:
+        if has_latency and slo_of:
+            slack = objective(f"svc.{service}.slo.slack", slo_of=slo_of)
+            if len(slack.series(window)) >= MIN_SAMPLES:
+                return slack
         if has_latency:
             lat = objective(f"svc.{service}.latency.p95_s")
             if len(lat.series(window)) >= MIN_SAMPLES:
@@ -214,6 +222,7 @@ def unit(name: str | None) -> str:
     return kind.unit if kind is not None else ""
 
 
-def objective_series(name: str, window: Sequence[Snapshot], service: str | None = None) -> list[float]:
+def objective_series(name: str, window: Sequence[Snapshot], service: str | None = None,
+                     slo_of: Sequence[Service] = ()) -> list[float]:
     """Values of objective ``name`` (a metric or legacy name, read for ``service``) over ``window``."""
-    return objective(name, service, window).series(window)
+    return objective(name, service, window, slo_of).series(window)

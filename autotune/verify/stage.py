@@ -2,10 +2,22 @@
 
 Driven by the journal, not by memory: each entry in ``applied``/``verifying`` whose window is
 due is judged from the samples the store kept (before: ``window_s`` up to the write; after:
-from ``settle_s`` past it), so a restarted agent picks up where the dead one stopped. The
-objective (``objectives.choose``) is the service's p95 latency when its latency source gives
-enough readings, else CPU pressure; the verdict comes from ``stats``; a rollback goes through
-the one routine in ``rollback``.
+from ``settle_s`` past it), so a restarted agent picks up where the dead one stopped. Windows
+come from the rule (the entry's ``verify_plan``), else [verification].
+
+Two kinds of judgement (``VerifyPlan.mode``):
+
+- ``compare``: the objective (``objectives.choose``: the service's SLO slack when it declares an
+  SLO, else its p95 latency, else CPU pressure) before vs after, by ``stats.compare``; a
+  regression is rolled back. Once ``early_after_s`` of after-window exist, each tick looks
+  again at a stricter alpha (alpha / early_alpha_divisor, which pays for looking more than
+  once) and decides as soon as that is conclusive, so a controller can take its next step.
+- ``guard``: a give-back (resources returned toward where the agent found them). It is kept
+  while the service's SLO holds over the after-window, and undone at once - on the first tick
+  the after-window shows the SLO clearly broken - as PARTIES reverts a harmful downsize; the
+  journal's verdict (``violated``) then locks out further give-backs (Journal.lockout_until).
+
+A rollback goes through the one routine in ``rollback``.
 """
 
 from __future__ import annotations
@@ -18,12 +30,16 @@ from typing import Any
 from autotune.failpoints import failpoint
 from autotune.config import Config
 from autotune.journal.journal import Journal, JournalEntry
+from autotune.detect.metrics import derive_metrics
 from autotune.types import Snapshot, VerifyResult
 from autotune.verify import stats
 from autotune.verify.objectives import MIN_SAMPLES, Objective, choose
 from autotune.verify.rollback import Audit, Rollback
 
 log = logging.getLogger(__name__)
+
+GUARD_MIN_OBS = 10  # observations behind the SLO before a guard may call it broken
+EARLY_VIOLATION = -0.05  # slack a guard must see before undoing a give-back ahead of its window
 
 # what the rollback routine did -> the verify event's outcome
 _VERIFY_OUTCOME = {"restored": "rolled_back", "already_prior": "rolled_back",
@@ -46,15 +62,20 @@ class Verifier:
         self._not_before: dict[int, float] = {}  # entry id -> earliest (re-)verification
 
     # -- objectives -------------------------------------------------------------------------
+    def _service(self, service: str | None):
+        if service is None:
+            return None
+        try:
+            return self.cfg.service(service)
+        except KeyError:
+            return None
+
     def objective(self, service: str | None, window: list[Snapshot]) -> Objective:
         """What a change on ``service`` is judged by over ``window`` (objectives.choose)."""
-        svc = None
-        if service is not None:
-            try:
-                svc = self.cfg.service(service)
-            except KeyError:
-                svc = None
-        return choose(service, window, has_latency=svc is not None and svc.latency is not None)
+        svc = self._service(service)
+        slo = (svc,) if svc is not None and _slo_targets(svc) else ()
+        return choose(service, window, has_latency=svc is not None and svc.latency is not None,
+                      slo_of=slo)
 
     def summary(self, service: str | None, window: list[Snapshot]) -> dict[str, Any]:
         """{"objective": name, "median": value, "n": samples} - journaled as objective_before."""
@@ -63,40 +84,62 @@ class Verifier:
         return {"objective": obj.name, "median": statistics.median(series) if series else None,
                 "n": len(series)}
 
-    def can_measure(self, now: float, service: str | None = None) -> bool:
+    def can_measure(self, now: float, service: str | None = None, window_s: float | None = None) -> bool:
         """A change is only worth making if its before-window can be measured: samples must
-        cover most of the last verification.window_s (a fresh agent waits that long) AND yield
-        enough objective values for the test (a rate is measured over >= 2 s intervals, so a
-        short window or a late sample can leave too few)."""
-        w = self.cfg.verification.window_s
+        cover most of the last ``window_s`` (the rule's, else verification.window_s; a fresh
+        agent waits that long) AND yield enough objective values for the test (a rate is
+        measured over >= 2 s intervals, so a short window or a late sample can leave too few)."""
+        w = window_s or self.cfg.verification.window_s
         snaps = self.samples.window(now - w, now)
         period = self.cfg.agent.sample_period_s
         if len(snaps) < 5 or snaps[0].ts > now - w + 2 * period:
             return False
+        # what the before-window of a change made now will hold (judge: samples before the write)
+        snaps = self._since_last_change([s for s in snaps if s.ts < now], now)
         obj = self.objective(service, snaps)
         interval = obj.kind.min_interval_s or period  # what a full window can yield
         need = min(MIN_SAMPLES, int(w // interval) - 1)
         return len(obj.series(snaps)) >= need
+
+    def _since_last_change(self, snaps: list[Snapshot], until: float) -> list[Snapshot]:
+        """The part of ``snaps`` measured under the allocation in place at ``until``: after the
+        newest earlier change landed and settled (a controller steps every few seconds, and a
+        window reaching back past its last step would judge the step before)."""
+        last = self.journal.last_applied_ts(before=until)
+        if last is None:
+            return snaps
+        return [s for s in snaps if s.ts >= last + self.cfg.verification.settle_s]
 
     # -- scheduling -------------------------------------------------------------------------
     def hold(self, entry_id: int, until: float) -> None:
         """Judge ``entry_id`` no earlier than ``until`` (fresh data after a restart)."""
         self._not_before[entry_id] = until
 
+    def windows(self, entry: JournalEntry) -> tuple[float, float]:
+        """(settle_s, window_s) for ``entry``: its rule's, else [verification]'s."""
+        v, p = self.cfg.verification, entry.verify_plan
+        return (v.settle_s if p.settle_s is None else p.settle_s,
+                v.window_s if p.window_s is None else p.window_s)
+
     def due(self, entry: JournalEntry) -> float:
-        v = self.cfg.verification
-        base = (entry.applied_ts or entry.planned_ts) + v.settle_s + v.window_s
+        settle, window = self.windows(entry)
+        base = (entry.applied_ts or entry.planned_ts) + settle + window
         return max(base, self._not_before.get(entry.id, 0.0))
+
+    def early(self, entry: JournalEntry) -> float:
+        """When ``entry`` may first be decided ahead of its window (a clear verdict only)."""
+        settle, window = self.windows(entry)
+        return (entry.applied_ts or entry.planned_ts) + settle + min(window, self.cfg.verification.early_after_s)
 
     # -- the stage --------------------------------------------------------------------------
     def run(self, now: float) -> list[JournalEntry]:
         """Judge every change whose after-window is complete; returns the finished entries."""
         done = []
         for e in self.journal.entries(states=("applied", "verifying")):
-            if now < self.due(e):
+            if now < self.early(e) or (now < self.due(e) and e.id in self._not_before):
                 continue
             try:
-                finished = self.judge(e, now)
+                finished = self.judge(e, now, early=now < self.due(e))
                 if finished is not None:
                     done.append(finished)
             except Exception as err:  # noqa: BLE001 - one entry must not block the others
@@ -107,9 +150,26 @@ class Verifier:
                 self._failed(e, why)
         return done
 
-    def judge(self, e: JournalEntry, now: float) -> JournalEntry | None:
-        """Verify one due entry; None while it needs more samples (or a rollback failed)."""
+    def judge(self, e: JournalEntry, now: float, *, early: bool = False) -> JournalEntry | None:
+        """Verify one due entry; None while it needs more samples (or a rollback failed).
+        ``early``: before the window is complete - decide only on a clear verdict."""
         v = self.cfg.verification
+        settle, window = self.windows(e)
+        applied_ts = e.applied_ts or e.planned_ts
+        before = self._since_last_change(
+            [s for s in self.samples.window(applied_ts - window, applied_ts) if s.ts < applied_ts], applied_ts)
+        after = self.samples.window(applied_ts + settle, now)
+        if e.verify_plan.mode == "guard":
+            result = self.guard(e, before, after, early=early)
+            objective = result.objective or ""
+        else:
+            objective = self.objective(e.service, before + after).name
+            svc = self._service(e.service)
+            result = stats.evaluate(objective, before, after, e.service,
+                                    alpha=v.alpha / (v.early_alpha_divisor if early else 1.0),
+                                    min_effect=v.min_effect, slo_of=(svc,) if svc is not None else ())
+        if early and result.verdict not in ("improved", "regressed", "violated"):
+            return None  # not clear yet: look again next tick, decide at the window's end
         same = self.actuator.same(e.knob)
         if e.state == "applied":
             e = self.journal.mark_verifying(e.id)
@@ -130,20 +190,16 @@ class Verifier:
                                    "duration_s": now - (e.applied_ts or now)})
                 return out
             return self._drifted(e, cur)
-        applied_ts = e.applied_ts or e.planned_ts
-        before = [s for s in self.samples.window(applied_ts - v.window_s, applied_ts) if s.ts < applied_ts]
-        after = self.samples.window(applied_ts + v.settle_s, now)
-        objective = self.objective(e.service, before + after).name
-        result = stats.evaluate(objective, before, after, e.service, alpha=v.alpha,
-                                min_effect=v.min_effect)
-        if self._wait_for_more_samples(e, result, applied_ts, now):
+        if not early and self._wait_for_more_samples(e, result, applied_ts, now):
             return None
         failpoint("during_verify")
         decision = stats.decide(result, v.on_inconclusive)
         obj_after = {"objective": objective, "median": result.after_median, "n": result.n_after}
-        test = {"name": "mann_whitney_u+bootstrap_median", **result.model_dump()}
+        test = {"name": "slo_guard" if e.verify_plan.mode == "guard" else "mann_whitney_u+bootstrap_median",
+                **result.model_dump()}
         detail = {"duration_s": now - applied_ts, "objective": objective, "decision": decision,
-                  "verdict": result.verdict, "reason": result.reason}
+                  "verdict": result.verdict, "reason": result.reason, "early": early,
+                  "mode": e.verify_plan.mode}
         figures = dict(objective_before=result.before_median, objective_after=result.after_median,
                        test=test)
         if decision == "keep":
@@ -164,17 +220,46 @@ class Verifier:
                     undo.result, result.reason)
         return self.journal.get(e.id)
 
+    def guard(self, e: JournalEntry, before: list[Snapshot], after: list[Snapshot], *,
+              early: bool = False) -> VerifyResult:
+        """Did the service's SLO hold after a give-back? Slack over the whole after-window
+        (every token and request in it, merged): held when >= 0, violated when below (ahead of
+        the window: below EARLY_VIOLATION). A service without an SLO cannot be guarded:
+        inconclusive (then [verification] on_inconclusive decides)."""
+        svc = self._service(e.service)
+        name = f"svc.{e.service}.slo.slack"
+        base = dict(objective=name, direction="higher_is_better", p_value=None)
+        if svc is None or not _slo_targets(svc):
+            return VerifyResult(verdict="inconclusive", reason=f"{e.service} declares no SLO to guard", **base)
+        b = derive_metrics(before, services=[svc]) if len(before) > 1 else {}
+        a = derive_metrics(after, services=[svc]) if len(after) > 1 else {}
+        slack_b, slack_a = b.get(name), a.get(name)
+        n_after = _observations(a, svc)
+        figures = dict(before_median=slack_b, after_median=slack_a, n_before=_observations(b, svc),
+                       n_after=n_after, **base)
+        if slack_a is None or (slack_a < 1.0 and n_after < GUARD_MIN_OBS):
+            return VerifyResult(verdict="inconclusive", reason=f"too little latency data after the "
+                                f"give-back ({n_after} observations)", **figures)
+        limit = EARLY_VIOLATION if early else 0.0
+        if slack_a < limit:
+            return VerifyResult(verdict="violated", effect=None if slack_b is None else slack_a - slack_b,
+                                reason=f"SLO broken after the give-back: slack {slack_a:+.2f} "
+                                f"(before {_fmt(slack_b)}) over {n_after} observations", **figures)
+        return VerifyResult(verdict="held", effect=None if slack_b is None else slack_a - slack_b,
+                            reason=f"SLO held after the give-back: slack {slack_a:+.2f} "
+                            f"(before {_fmt(slack_b)}) over {n_after} observations", **figures)
+
     def _wait_for_more_samples(self, e: JournalEntry, result: VerifyResult, applied_ts: float,
                                now: float) -> bool:
         """A short after-window (a loaded host delays sampling) is not evidence: keep measuring,
         up to 3x window_s after settling, before letting 'too few samples' decide. A short
         before-window cannot grow, so it decides at once."""
-        v = self.cfg.verification
+        settle, window = self.windows(e)
         short_after = result.n_after < MIN_SAMPLES <= result.n_before
-        deadline = applied_ts + v.settle_s + 3 * v.window_s
+        deadline = applied_ts + settle + 3 * window
         if result.verdict != "inconclusive" or not short_after or now >= deadline:
             return False
-        self.hold(e.id, min(deadline, now + max(1.0, v.window_s / 3)))
+        self.hold(e.id, min(deadline, now + max(1.0, window / 3)))
         log.info("entry %s: only %d samples after the change; measuring longer", e.id, result.n_after)
         return True
 
@@ -191,3 +276,21 @@ class Verifier:
         self.on_failure(e.knob, e.target, why)
         if self.journal.is_unmanaged(e.knob, e.target):
             self.journal.mark_failed(e.id, f"verification keeps failing: {why}")
+
+
+def _slo_targets(svc) -> list[str]:
+    """The SLO fields ``svc`` sets (config.SLO)."""
+    return [k for k, v in svc.slo.model_dump().items() if v]
+
+
+# the observations behind each SLO target (detect/metrics names)
+_OBS = {"itl_p95_s": "latency.itl_samples", "ttft_p95_s": "latency.ttft_samples",
+        "p95_latency_s": "latency.requests", "p99_latency_s": "latency.requests"}
+
+
+def _observations(m: dict[str, float], svc) -> int:
+    return int(sum(m.get(f"svc.{svc.name}.{_OBS[k]}", 0.0) for k in _slo_targets(svc) if k in _OBS))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"

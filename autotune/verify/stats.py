@@ -196,10 +196,11 @@ def evaluate(
     alpha: float = 0.05,
     min_effect: float = 0.05,
     min_samples: int = MIN_SAMPLES,
+    slo_of: Sequence = (),
 ) -> VerifyResult:
     """The objective's series from both windows, then ``compare`` in its direction. The result
     carries ``objective_name`` as given (a metric name, or a legacy name read for ``service``)."""
-    obj = objective(objective_name, service, [*before, *after])
+    obj = objective(objective_name, service, [*before, *after], slo_of)
     return compare(obj.series(before), obj.series(after), alpha=alpha, min_effect=min_effect,
                    direction=obj.direction, min_samples=min_samples, objective=objective_name,
                    absolute=obj.kind.absolute)

@@ -50,13 +50,14 @@ class Clock:
 class Psi:
     """Writes /proc/pressure/cpu with a cumulative total growing at ``pct`` % of wall time."""
 
-    def __init__(self, root: Path, seed: int = 1) -> None:
+    def __init__(self, root: Path, seed: int = 1, noise: float = 2.0) -> None:
         self.path = root / "proc/pressure/cpu"
         self.total = 70_000_000
         self.rng = random.Random(seed)
+        self.noise = noise  # +- percentage points per tick
 
     def tick(self, dt_s: float, pct: float) -> None:
-        share = max(0.0, pct + self.rng.uniform(-2, 2)) / 100
+        share = max(0.0, pct + self.rng.uniform(-self.noise, self.noise)) / 100
         self.total += int(dt_s * 1e6 * share)
         self.path.write_text(
             f"some avg10={pct:.2f} avg60={pct:.2f} avg300={pct:.2f} total={self.total}\n"

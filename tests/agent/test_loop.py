@@ -84,11 +84,25 @@ def test_inconclusive_follows_policy(tmp_path, host_root, rules_dir, policy, sta
     clock = Clock()
     agent = make_agent(tmp_path, host_root, rules_dir, clock, on_inconclusive=policy)
     agent.start()
-    drive(agent, clock, Psi(host_root), 60, after_pct=20)  # same level before and after
+    # same level before and after, too noisy to tell whether anything changed
+    drive(agent, clock, Psi(host_root, noise=15.0), 60, after_pct=20)
     [e] = agent.journal.entries()
     assert e.verify_result.verdict == "inconclusive"
     assert e.state == state
     assert swappiness(host_root).strip() == value
+
+
+@pytest.mark.parametrize("policy", ["keep", "rollback"])
+def test_no_effect_measured_is_unchanged_and_kept(tmp_path, host_root, rules_dir, policy):
+    """Same level, little noise: the data show the change did nothing that matters (a
+    conclusive 'unchanged'), so the inconclusive policy does not apply."""
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, on_inconclusive=policy)
+    agent.start()
+    drive(agent, clock, Psi(host_root), 60, after_pct=20)
+    [e] = agent.journal.entries()
+    assert e.verify_result.verdict == "unchanged" and e.state == "kept"
+    assert swappiness(host_root).strip() == "10"
 
 
 def test_no_change_before_a_before_window_exists(tmp_path, host_root, rules_dir):

@@ -149,7 +149,7 @@ def test_slo_ratio_is_computed_once_from_flat_latency():
     svc = Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5, ttft_p95_s=0.2))
     flat = {"svc.llm.latency.p95_s": 0.8, "svc.llm.latency.p99_s": 1.0, "svc.other.latency.p95_s": 9.0}
     assert slo_ratios(flat, [svc]) == {  # no p99 SLO, no ttft reading
-        "svc.llm.slo.p95_ratio": pytest.approx(1.6), "svc.llm.slo.slack": pytest.approx(-0.6),
+        "svc.llm.slo.p95_ratio": pytest.approx(1.6), "svc.llm.slo.slack": pytest.approx(-0.6), "svc.llm.slo.ratio": pytest.approx(1.6),
         "svc.llm.slo.targets": 0.0}  # no latency source configured: not SLO-controlled
     assert slo_ratios(flat, [Service(name="llm", cgroup="/x")]) == {"svc.llm.slo.targets": 0.0}  # no SLO at all
     m = derive_metrics(two(), services=[svc])

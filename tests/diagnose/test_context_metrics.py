@@ -24,7 +24,7 @@ def test_slo_ratio_comes_from_detect_metrics(monkeypatch):
     m = context_metrics(RuleSet(rules=[]), flat, cfg, lambda knob, target: None)
     assert {k: v for k, v in m.items() if ".slo." in k} == vocab.slo_ratios(flat, cfg.services) == {
         "svc.llm.slo.p95_ratio": pytest.approx(1.6), "svc.llm.slo.p99_ratio": pytest.approx(0.5),
-        "svc.llm.slo.slack": pytest.approx(-0.6),  # 1 - the binding (largest) ratio
+        "svc.llm.slo.slack": pytest.approx(-0.6), "svc.llm.slo.ratio": pytest.approx(1.6),  # 1 - the binding (largest) ratio
         "svc.llm.slo.targets": 0.0, "svc.batch.slo.targets": 0.0}  # no latency source configured
     seen = []
     monkeypatch.setattr("autotune.diagnose.engine.slo_ratios", lambda mm, svcs: seen.append(mm) or {})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.config import Config, Service
+from autotune.config import SLO, Config, LatencySource, Service
 from autotune.detect.metrics import derive_metrics
 from autotune.detect.symptoms import DetectorState, detect
 from autotune.diagnose.engine import diagnose
@@ -23,6 +23,13 @@ LLM = Service(name="llm", cgroup="/autotune/llm", role="latency-critical")
 BATCH = Service(name="batch", cgroup="/autotune/batch", role="neighbour")
 BOTH = Config(service=[LLM, BATCH])
 NONE = Config()
+# an SLO-controlled service: per-token latency target 0.1 s, read from a metrics page
+LLM_SLO = Service(name="llm", cgroup="/autotune/llm", role="latency-critical", slo=SLO(itl_p95_s=0.1),
+                  latency=LatencySource(metrics_url="http://127.0.0.1:8000/metrics"))
+SLO_BOTH = Config(service=[LLM_SLO, BATCH])
+OVER = {"svc.llm.latency.itl_p95_s": 0.16}  # 1.6x its target: slack -0.6
+AMPLE = {"svc.llm.latency.itl_p95_s": 0.05}  # half its target: slack 0.5
+BUSY = {"svc.llm.psi.cpu.some.avg10": 30.0, "svc.batch.cpu.usage_cores": 1.5}
 
 # what read_current returns on a plain host; fixtures override entries
 CURRENT = {
@@ -74,13 +81,45 @@ FIXTURES = {
                                        "svc.llm.cpu.quota_util_pct": 99.0},
                                 {("cgroup.cpu_quota", "/autotune/llm"): "1"},
                                 ("cgroup.cpu_quota", "/autotune/llm", "1.5")),
+    # the SLO controller (rules/slo.yaml): upsize on low slack, proportional quota step
+    "slo-raise-quota": (SLO_BOTH, {**OVER, "svc.llm.cpu.throttled_pct": 40.0}, {},
+                        ("cgroup.cpu_quota", "/autotune/llm", "0.8")),
+    "slo-raise-weight": (SLO_BOTH, {**OVER, **BUSY}, {}, ("cgroup.cpu_weight", "/autotune/llm", "400")),
+    "slo-lower-neighbour-weight": (SLO_BOTH, {**OVER, **BUSY}, {},
+                                   ("cgroup.cpu_weight", "/autotune/batch", "25")),
+    "slo-dedicate-cpus": (SLO_BOTH, {**OVER, **BUSY, "svc.llm.cpu.weight": 4000.0}, {},
+                          ("cgroup.cpuset", "/autotune/llm", "1")),
+    # ... and give back toward where the agent found each value (ORIGINS below)
+    "slo-give-back-cpus": (SLO_BOTH, AMPLE, {("cgroup.cpuset", "/autotune/batch"): "0"},
+                           ("cgroup.cpuset", "/autotune/batch", "0-1")),
+    "slo-give-back-neighbour-weight": (SLO_BOTH, AMPLE, {("cgroup.cpu_weight", "/autotune/batch"): "25"},
+                                       ("cgroup.cpu_weight", "/autotune/batch", "50")),
+    "slo-give-back-weight": (SLO_BOTH, AMPLE, {("cgroup.cpu_weight", "/autotune/llm"): "1600"},
+                             ("cgroup.cpu_weight", "/autotune/llm", "800")),
+    "slo-give-back-quota": (SLO_BOTH, {**AMPLE, "svc.llm.cpu.usage_cores": 0.4},
+                            {("cgroup.cpu_quota", "/autotune/llm"): "2"},
+                            ("cgroup.cpu_quota", "/autotune/llm", "1.5")),
+}
+
+# the journal's "value before the agent's changes" for the give-back fixtures
+ORIGINS = {
+    ("cgroup.cpuset", "/autotune/batch"): "0-1",
+    ("cgroup.cpuset", "/autotune/llm"): "0-1",
+    ("cgroup.cpu_weight", "/autotune/batch"): "100",
+    ("cgroup.cpu_weight", "/autotune/llm"): "100",
+    ("cgroup.cpu_quota", "/autotune/llm"): "0.5",
 }
 
 
-def run(cfg: Config, metrics: dict[str, float], current: dict, now: float = 60.0):
+def run(cfg: Config, metrics: dict[str, float], current: dict, now: float = 60.0,
+        origins: dict | None = None):
+    from autotune.detect.metrics import slo_ratios
+
+    metrics = {**metrics, **slo_ratios(metrics, cfg.services)}  # as derive_metrics adds them
     hist = [(float(t), metrics) for t in range(0, int(now) + 1)]
     symptoms, _ = detect(RULES.symptom_specs(cfg), hist, DetectorState(), now)
-    actions = diagnose(RULES, metrics, symptoms, cfg, lambda k, t: current.get((k, t)), now, {})
+    actions = diagnose(RULES, metrics, symptoms, cfg, lambda k, t: current.get((k, t)), now, {},
+                       origins=lambda k, t: (origins or {}).get((k, t)))
     return symptoms, actions
 
 
@@ -88,7 +127,7 @@ def run(cfg: Config, metrics: dict[str, float], current: dict, now: float = 60.0
 def test_each_rule_fires_on_its_fixture(rule):
     assert rule in FIXTURES, f"rule {rule!r} has no fixture in {__file__}: add one"
     cfg, overrides, cur_over, (knob, target, proposed) = FIXTURES[rule]
-    _, actions = run(cfg, {**CALM, **overrides}, {**CURRENT, **cur_over})
+    _, actions = run(cfg, {**CALM, **overrides}, {**CURRENT, **cur_over}, origins=ORIGINS)
     mine = [a for a in actions if a.rule == rule]
     assert mine, f"{rule} did not fire; got {[a.rule for a in actions]}"
     hit = [a for a in mine if a.knob == knob and a.target == target]
@@ -99,10 +138,35 @@ def test_each_rule_fires_on_its_fixture(rule):
     assert "{" not in hit[0].proposed
 
 
-@pytest.mark.parametrize("cfg", [NONE, BOTH], ids=["no-services", "llm+batch"])
-def test_calm_state_fires_nothing(cfg):
-    symptoms, actions = run(cfg, CALM, CURRENT)
+@pytest.mark.parametrize("cfg,extra", [(NONE, {}), (BOTH, {}), (SLO_BOTH, {"svc.llm.latency.itl_p95_s": 0.09})],
+                         ids=["no-services", "llm+batch", "slo-slack-10pct"])
+def test_calm_state_fires_nothing(cfg, extra):
+    symptoms, actions = run(cfg, {**CALM, **extra}, CURRENT, origins=ORIGINS)
     assert symptoms == [] and actions == []
+
+
+def test_give_back_needs_a_change_to_give_back():
+    """Ample slack on values the agent never changed (no origin): nothing to give back."""
+    _, actions = run(SLO_BOTH, {**CALM, **AMPLE}, {**CURRENT, ("cgroup.cpu_weight", "/autotune/batch"): "25"})
+    assert actions == []
+
+
+def test_give_back_stops_at_the_start_value():
+    _, actions = run(SLO_BOTH, {**CALM, **AMPLE}, {**CURRENT, ("cgroup.cpu_weight", "/autotune/batch"): "80"},
+                     origins=ORIGINS)
+    [a] = [a for a in actions if a.rule == "slo-give-back-neighbour-weight"]
+    assert a.proposed == "100"  # x2 would be 160: clamped at where the agent found it
+    assert a.verify.mode == "guard" and a.verify.lockout_s == 30
+
+
+def test_slo_controlled_service_gets_no_psi_rules():
+    """PSI-driven upsizes (cpu.yaml) stay out of an SLO-controlled service's way."""
+    metrics = {**CALM, "svc.llm.psi.cpu.some.avg10": 30.0, "svc.llm.cpu.throttled_pct": 40.0,
+               "svc.llm.latency.itl_p95_s": 0.09}
+    _, actions = run(SLO_BOTH, metrics, CURRENT, origins=ORIGINS)
+    assert actions == []
+    _, plain = run(BOTH, metrics, CURRENT)
+    assert {"raise-service-cpu-weight", "raise-service-cpu-quota"} <= {a.rule for a in plain}
 
 
 def test_rule_already_at_target_value_is_silent():

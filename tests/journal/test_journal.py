@@ -53,7 +53,7 @@ def plan(j: Journal, old: str = "max", new: str = "1.5", target: str = "/autotun
 def test_migration_idempotent_versioned(db):
     Journal(db)
     Journal(db)
-    assert schema_version(db, "journal") == 1
+    assert schema_version(db, "journal") == 2  # v2: verify_plan
 
 
 def test_lifecycle_records_every_transition(j, clock):
@@ -206,3 +206,39 @@ def test_partial_results_and_states_are_validated_on_write(j):
     with pytest.raises(ValueError):
         j.mark_kept(a.id, result={"verdict": "great"})
     assert j.get(a.id).state == "applied"
+
+
+def test_origin_is_the_value_before_the_changes_still_in_effect(j):
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") is None  # never changed
+    a = plan(j, "0.5", "1")
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") is None  # planned, not landed yet
+    j.mark_applied(a.id, prior("1", "/autotune/batch"))
+    j.mark_kept(a.id)
+    b = plan(j, "1", "1.5")
+    j.mark_applied(b.id, prior("1.5", "/autotune/batch"))
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") == "0.5"  # before A, not B
+    j.mark_rolled_back(b.id)
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") == "0.5"  # A still in effect
+    j.mark_rolled_back(a.id)
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") is None  # nothing left in effect
+    c = plan(j, "0.5", "2")
+    j.mark_applied(c.id, prior("2", "/autotune/batch"))
+    j.mark_drifted(c.id, "0.7")
+    j.enable_target("cgroup.cpu_quota", "/autotune/batch")
+    d = plan(j, "0.7", "1")
+    j.mark_applied(d.id, prior("1", "/autotune/batch"))
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") == "0.7"  # the operator's value
+
+
+def test_lockout_after_a_give_back_that_broke_the_slo(j, clock):
+    from autotune.types import VerifyPlan, VerifyResult
+
+    assert j.lockout_until("batch") is None
+    e = j.plan(knob="cgroup.cpu_quota", target="/autotune/batch", prior=prior("1.5", "/autotune/batch"),
+               proposed="1.2", rule="give-back", service="batch",
+               verify_plan=VerifyPlan(mode="guard", lockout_s=30))
+    assert j.get(e.id).verify_plan.mode == "guard"
+    j.mark_applied(e.id, prior("1.2", "/autotune/batch"))
+    j.mark_rolled_back(e.id, result=VerifyResult(verdict="violated"))
+    done = j.get(e.id).finished_ts
+    assert j.lockout_until("batch") == pytest.approx(done + 30)
