@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -38,8 +37,11 @@ from pathlib import Path
 
 import httpx
 
-from autotune.cgroupfs import quota_to_cores, shares_to_weight, weight_to_shares
+from autotune.errors import AutotuneError
 from autotune.host import Host
+from autotune.knobs import get_knob
+from autotune.sensors.cgroup import read_cgroup
+from autotune.types import CgroupReading
 from autotune.workload.load import LoadSpec, run_load
 from bench import common
 from bench.coloc_metrics import (Alloc, EdgeSample, OracleChoice, PhaseStats, PointResult, Slo,
@@ -227,7 +229,7 @@ def to_toml(doc: dict, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- cgroups: allocation and readings (v1 cpu/cpuacct where present, else v2) ---------------------
+# -- cgroups: allocation through the agent's knobs, readings through its sensor ----------------
 def set_alloc(cgs: dict[str, BenchCgroup], alloc: Alloc) -> None:
     server, neighbour = cgs["server"], cgs["neighbour"]
     server.set_cpu_quota(alloc.quota_cores)
@@ -237,50 +239,18 @@ def set_alloc(cgs: dict[str, BenchCgroup], alloc: Alloc) -> None:
 
 
 def set_cpu_weight(cg: BenchCgroup, weight: int) -> None:
-    """v2 units (1..10000, default 100); v1 cpu.shares = weight x 1024 / 100, as the agent maps it."""
-    if "cpu" in cg.dirs:
-        cg.host.write_text(f"{cg.dirs['cpu']}/cpu.shares", str(weight_to_shares(weight)))
-    elif "v2" in cg.dirs and cg.host.exists(f"{cg.dirs['v2']}/cpu.weight"):
-        cg.host.write_text(f"{cg.dirs['v2']}/cpu.weight", str(weight))
+    """v2 units (1..10000, default 100), written by the ``cgroup.cpu_weight`` knob (v1: shares)."""
+    knob = get_knob("cgroup.cpu_weight")
+    target = cg.cpu_cgroup_path()
+    knob.write(cg.host, target, knob.validate(cg.host, target, str(weight)))
 
 
-def _read_int(cg: BenchCgroup, key: str, name: str) -> int | None:
-    d = cg.dirs.get(key)
-    text = cg.host.read_optional(f"{d}/{name}") if d else None
+def read_cg(cg: BenchCgroup) -> CgroupReading | None:
+    """The agent's own reading of the cgroup (quota, weight, CPU time); None when unreadable."""
     try:
-        return int(text.split()[0]) if text else None
-    except ValueError:
+        return read_cgroup(cg.host, cg.cpu_cgroup_path())
+    except AutotuneError:
         return None
-
-
-def read_quota_cores(cg: BenchCgroup) -> float | None:
-    if "cpu" in cg.dirs:
-        q, p = _read_int(cg, "cpu", "cpu.cfs_quota_us"), _read_int(cg, "cpu", "cpu.cfs_period_us")
-        return quota_to_cores(q, p) if q is not None and p else None
-    text = cg.host.read_optional(f"{cg.dirs['v2']}/cpu.max") if "v2" in cg.dirs else None
-    if text and not text.startswith("max"):
-        q, p = text.split()
-        return int(q) / int(p)
-    return None
-
-
-def read_weight(cg: BenchCgroup) -> int | None:
-    if "cpu" in cg.dirs:
-        s = _read_int(cg, "cpu", "cpu.shares")
-        return shares_to_weight(s) if s is not None else None
-    return _read_int(cg, "v2", "cpu.weight")
-
-
-def read_cpu_s(cg: BenchCgroup) -> float | None:
-    """Cumulative CPU seconds of the cgroup (v1 cpuacct.usage, else v2 cpu.stat usage_usec)."""
-    ns = _read_int(cg, "cpuacct", "cpuacct.usage")
-    if ns is not None:
-        return ns / 1e9
-    text = cg.host.read_optional(f"{cg.dirs['v2']}/cpu.stat") if "v2" in cg.dirs else None
-    for line in (text or "").splitlines():
-        if line.startswith("usage_usec "):
-            return int(line.split()[1]) / 1e6
-    return None
 
 
 # -- the server: restarted only when its thread choice would differ -------------------------------
@@ -348,13 +318,15 @@ class Measured:
 def sampler(cgs: dict[str, BenchCgroup], noise_json: Path | None, edges: list[EdgeSample]):
     def on_edge(k: int, t: float) -> None:
         noise = common.read_noise(noise_json) if noise_json else None
+        srv, nb = read_cg(cgs["server"]), read_cg(cgs["neighbour"])
         edges.append(EdgeSample(
             k=k, t_s=t,
             noise_ops_total=noise.get("ops_total") if noise else None,
             noise_elapsed_s=noise.get("elapsed_s") if noise else None,
-            neighbour_cpu_s=read_cpu_s(cgs["neighbour"]) if noise_json else None,
-            server_quota_cores=read_quota_cores(cgs["server"]), server_weight=read_weight(cgs["server"]),
-            neighbour_weight=read_weight(cgs["neighbour"])))
+            neighbour_cpu_s=nb.cpu_usage_usec / 1e6 if noise_json and nb and nb.cpu_usage_usec is not None else None,
+            server_quota_cores=srv.cpu_quota_cores if srv else None,
+            server_weight=srv.cpu_weight if srv else None,
+            neighbour_weight=nb.cpu_weight if nb else None))
     return on_edge
 
 
@@ -460,7 +432,7 @@ def be_alone(args, noise_json: Path, cache: Cache) -> float | None:
     got = cache.get(key)
     if got is None:
         log(f"alone: the neighbour alone for {args.be_alone_s:g} s")
-        a = _wait_noise(noise_json)
+        a = common.read_noise(noise_json)
         time.sleep(args.be_alone_s)
         b = common.read_noise(noise_json)
         ops = (b["ops_total"] - a["ops_total"]) / (b["elapsed_s"] - a["elapsed_s"]) if a and b else None
@@ -469,7 +441,7 @@ def be_alone(args, noise_json: Path, cache: Cache) -> float | None:
     return got["ops_per_s"]
 
 
-def _wait_noise(noise_json: Path, timeout_s: float = 30.0) -> dict | None:
+def _wait_noise(noise_json: Path, timeout_s: float = 60.0) -> dict | None:
     """The neighbour's first report (its burners and hog are up), then its next one."""
     deadline = time.monotonic() + timeout_s
     first = None
@@ -477,9 +449,10 @@ def _wait_noise(noise_json: Path, timeout_s: float = 30.0) -> dict | None:
         r = common.read_noise(noise_json)
         if r and first is None:
             first = r
-        elif r and first and r["elapsed_s"] > first["elapsed_s"] and r.get("mem_resident", True) is not False:
-            return r
+        elif r and first and r["elapsed_s"] > first["elapsed_s"] and (r.get("mem_resident") or not r.get("mem_mib")):
+            return r  # a second report, with the hog's pages all touched (when there is a hog)
         time.sleep(0.2)
+    log(f"the neighbour did not report twice within {timeout_s:.0f} s; going on")
     return common.read_noise(noise_json)
 
 
@@ -516,10 +489,14 @@ def measure_point(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_js
         k_now = int(now // args.window_s + 1e-9)
         return known_violation(records, now, args.window_s, k_settle, k_now, slo)
 
+    t0 = time.monotonic()
     set_alloc(cgs, alloc)
     url = server.ensure(alloc)
+    t1 = time.monotonic()
     m = measure(url, sched, args, cgs, noise_json, slo, stop=hopeless)
+    t2 = time.monotonic()
     server.wait_idle()
+    t3 = time.monotonic()
     n_ended = len(m.edges) - 1  # edges k = 0..n, fewer when stopped early
     ended = [w for i, w in enumerate(m.windows) if i < n_ended and w.phase == "measure"]
     stopped = n_ended < len(m.windows)
@@ -529,7 +506,8 @@ def measure_point(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_js
                       lc_perf=st.lc_perf, neighbour_ops_per_s=st.neighbour_ops_per_s,
                       neighbour_cores=st.neighbour_cores, stopped_early=stopped)
     log(f"oracle grid {load_label(load)} {alloc.label()}: {res.violating}/{res.windows} violating"
-        f"{' (stopped early)' if stopped else ''}, neighbour {_f(res.neighbour_cores)} cores")
+        f"{' (stopped early)' if stopped else ''}, neighbour {_f(res.neighbour_cores)} cores "
+        f"(server {t1 - t0:.0f} s, load {t2 - t1:.0f} s, idle {t3 - t2:.0f} s)")
     return {"point": res.model_dump(), "windows": [w.model_dump() for w in m.windows]}
 
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO))
 from bench.coloc_metrics import (Alloc, EdgeSample, PointResult, Slo, Window, aggregate_windows,  # noqa: E402
                                  cache_key, completed_per_s, convergence_s, emu, goodput, known_violation,
                                  phase_stats, select_oracle, violation_pct)
-from bench.openloop import (Phase, RequestRecord, Schedule, load_schedule, parse_phases, percentile,  # noqa: E402
+from bench.openloop import (Phase, RequestRecord, load_schedule, parse_phases, percentile,  # noqa: E402
                             poisson_arrivals)
 
 SLO = Slo(ttft_p95_s=1.0, itl_p95_s=0.1)
