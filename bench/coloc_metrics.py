@@ -1,0 +1,333 @@
+"""The colocation benchmark's figures, as pure functions of request records and edge samples.
+
+Definitions (bench/README.md, "Colocation under changing load", says the same):
+- a **window** is ``window_s`` long and lies inside one phase. Its TTFT p95 is over the
+  requests that *arrived* in it (a request that failed before its first token - timeout,
+  client-side drop, error - counts as an infinite TTFT, so the users who came then are all
+  counted); its ITL p95 is over the inter-token gaps that *ended* in it, from any request;
+  ``completed`` = requests that finished OK in it, ``offered`` = requests that arrived in it.
+- a window **violates** when TTFT p95 > SLO or ITL p95 > SLO. A window with no arrival and
+  no token has no data: it cannot violate and is left out of the violation share.
+- **convergence** of a phase = seconds from the phase start to the first window that starts
+  a run of ``hold_s`` of non-violating windows inside the phase; None if there is none.
+- **EMU** (Heracles) = LC share + BE share. LC share = the phase's LC figure over the same for
+  ``alone`` at that phase's load. The LC figure of an open-loop phase is its goodput (requests
+  that arrived in it and completed OK / requests that arrived in it): with one arrival seed,
+  rows and ``alone`` see the same requests, so the share is completed(row) / completed(alone);
+  of a closed-loop phase, the requests sent in it that completed OK per second. BE share = the
+  neighbour's ops/s over the phase / its ops/s alone. EMU therefore runs 0..2 (2 = both as
+  fast as alone; Heracles normalises LC to its peak instead, so its EMU tops out near 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+from pydantic import BaseModel
+
+from bench.openloop import RequestRecord, Schedule, percentile
+
+
+class Slo(BaseModel):
+    ttft_p95_s: float
+    itl_p95_s: float
+
+
+class EdgeSample(BaseModel):
+    """What the harness reads at a window edge (all optional: a reading may be missing)."""
+
+    k: int
+    t_s: float
+    noise_ops_total: int | None = None
+    noise_elapsed_s: float | None = None
+    neighbour_cpu_s: float | None = None  # cumulative CPU seconds of the neighbour's cgroup
+    server_quota_cores: float | None = None  # None = no quota
+    server_weight: int | None = None
+    neighbour_weight: int | None = None
+
+
+class Window(BaseModel):
+    start_s: float
+    phase_index: int
+    phase: str
+    rate: float | None  # the phase's configured req/s (open loop)
+    concurrency: int | None  # the phase's clients (closed loop)
+    ttft_p95_s: float | None
+    itl_p95_s: float | None
+    completed: int
+    offered: int
+    failed: int
+    tokens: int
+    neighbour_ops_per_s: float | None
+    neighbour_cores: float | None
+    violating: bool
+    has_data: bool
+    server_quota_cores: float | None = None  # read at the window's start
+    server_weight: int | None = None
+    neighbour_weight: int | None = None
+
+
+WINDOW_COLUMNS = list(Window.model_fields)
+
+
+def _ttft_or_inf(r: RequestRecord) -> float | None:
+    """TTFT for the window p95: measured, +inf for a failure before the first token, None for
+    a request the harness cancelled (grid early stop: not an observation)."""
+    if r.outcome == "cancelled" and not r.token_s:
+        return None
+    return r.ttft_s if r.token_s else math.inf
+
+
+def failed(r: RequestRecord) -> bool:
+    return r.outcome in ("timeout", "rejected", "error")
+
+
+def aggregate_windows(records: list[RequestRecord], edges: list[EdgeSample], schedule: Schedule,
+                      window_s: float, slo: Slo) -> list[Window]:
+    """One Window per ``window_s`` of the schedule (edges: k = 0..n, matched by k)."""
+    n = round(schedule.total_s / window_s)
+    by_k = {e.k: e for e in edges}
+    ttfts: list[list[float]] = [[] for _ in range(n)]
+    gaps: list[list[float]] = [[] for _ in range(n)]
+    completed, offered, nfailed, tokens = [0] * n, [0] * n, [0] * n, [0] * n
+
+    def slot(t: float | None) -> int | None:
+        if t is None or t < 0:
+            return None
+        k = int(t // window_s)
+        return k if k < n else None
+
+    for r in records:
+        a = slot(r.arrival_s)
+        if a is not None and not (r.outcome == "cancelled" and not r.token_s):
+            offered[a] += 1
+            v = _ttft_or_inf(r)
+            if v is not None:
+                ttfts[a].append(v)
+            if failed(r):
+                nfailed[a] += 1
+        if r.outcome == "ok" and (f := slot(r.finished_s)) is not None:
+            completed[f] += 1
+        for t in r.token_s:
+            if (k := slot(t)) is not None:
+                tokens[k] += 1
+        for end, gap in r.itl_s():
+            if (k := slot(end)) is not None:
+                gaps[k].append(gap)
+
+    out = []
+    for k in range(n):
+        start = k * window_s
+        i = schedule.phase_at(start + window_s / 2)
+        p = schedule.phases[i]
+        t95, i95 = percentile(ttfts[k], 95), percentile(gaps[k], 95)
+        e0, e1 = by_k.get(k), by_k.get(k + 1)
+        ops = cores = None
+        if e0 and e1:
+            if None not in (e0.noise_ops_total, e1.noise_ops_total, e0.noise_elapsed_s, e1.noise_elapsed_s) \
+                    and e1.noise_elapsed_s > e0.noise_elapsed_s:  # type: ignore[operator]
+                ops = (e1.noise_ops_total - e0.noise_ops_total) / (e1.noise_elapsed_s - e0.noise_elapsed_s)  # type: ignore[operator]
+            if e0.neighbour_cpu_s is not None and e1.neighbour_cpu_s is not None and e1.t_s > e0.t_s:
+                cores = (e1.neighbour_cpu_s - e0.neighbour_cpu_s) / (e1.t_s - e0.t_s)
+        viol = (t95 is not None and t95 > slo.ttft_p95_s) or (i95 is not None and i95 > slo.itl_p95_s)
+        alloc = e0 or e1  # in force when the window began (after a phase change's setting)
+        out.append(Window(
+            start_s=start, phase_index=i, phase=p.name, rate=p.rate, concurrency=p.concurrency,
+            ttft_p95_s=t95, itl_p95_s=i95, completed=completed[k], offered=offered[k], failed=nfailed[k],
+            tokens=tokens[k], neighbour_ops_per_s=ops, neighbour_cores=cores, violating=bool(viol),
+            has_data=bool(ttfts[k] or gaps[k]),
+            server_quota_cores=alloc.server_quota_cores if alloc else None,
+            server_weight=alloc.server_weight if alloc else None,
+            neighbour_weight=alloc.neighbour_weight if alloc else None))
+    return out
+
+
+# -- per phase ------------------------------------------------------------------------------------
+def violation_pct(windows: list[Window]) -> float | None:
+    """Share of windows with data that violate, in percent; None when none has data."""
+    data = [w for w in windows if w.has_data]
+    if not data:
+        return None
+    return 100.0 * sum(w.violating for w in data) / len(data)
+
+
+def convergence_s(windows: list[Window], phase_start_s: float, hold_s: float, window_s: float) -> float | None:
+    """Seconds from the phase start to the first window that begins ``hold_s`` of windows
+    without a violation, all inside the phase (``windows`` = that phase's, in order)."""
+    need = max(1, math.ceil(hold_s / window_s - 1e-9))
+    for j in range(len(windows) - need + 1):
+        if not any(w.violating for w in windows[j:j + need]):
+            return windows[j].start_s - phase_start_s
+    return None
+
+
+def goodput(records: list[RequestRecord], phase: int) -> float | None:
+    """Requests that arrived in ``phase`` and completed OK / those that arrived (cancelled
+    ones excluded); None when nothing arrived."""
+    arrived = [r for r in records if r.phase == phase and r.outcome != "cancelled"]
+    if not arrived:
+        return None
+    return sum(r.outcome == "ok" for r in arrived) / len(arrived)
+
+
+def completed_per_s(records: list[RequestRecord], phase: int, duration_s: float) -> float:
+    """Requests sent in ``phase`` that completed OK, per second of the phase (closed loop)."""
+    return sum(r.phase == phase and r.outcome == "ok" for r in records) / duration_s
+
+
+def mean_rate(edges: list[EdgeSample], k0: int, k1: int) -> tuple[float | None, float | None]:
+    """(neighbour ops/s, neighbour cores) between edges k0 and k1, from the cumulative counters."""
+    by_k = {e.k: e for e in edges}
+    a, b = by_k.get(k0), by_k.get(k1)
+    if not a or not b:
+        return None, None
+    ops = cores = None
+    if None not in (a.noise_ops_total, b.noise_ops_total, a.noise_elapsed_s, b.noise_elapsed_s) \
+            and b.noise_elapsed_s > a.noise_elapsed_s:  # type: ignore[operator]
+        ops = (b.noise_ops_total - a.noise_ops_total) / (b.noise_elapsed_s - a.noise_elapsed_s)  # type: ignore[operator]
+    if a.neighbour_cpu_s is not None and b.neighbour_cpu_s is not None and b.t_s > a.t_s:
+        cores = (b.neighbour_cpu_s - a.neighbour_cpu_s) / (b.t_s - a.t_s)
+    return ops, cores
+
+
+class PhaseStats(BaseModel):
+    phase_index: int
+    phase: str
+    rate: float | None
+    concurrency: int | None
+    windows: int
+    violation_pct: float | None
+    violation_pct_after: float | None  # windows starting >= transient_s into the phase
+    lc_perf: float | None  # open loop: goodput; closed loop: OK completions/s (module docstring)
+    neighbour_ops_per_s: float | None
+    neighbour_cores: float | None
+    convergence_s: float | None
+
+
+def phase_stats(windows: list[Window], records: list[RequestRecord], edges: list[EdgeSample],
+                schedule: Schedule, *, window_s: float, transient_s: float, hold_s: float) -> list[PhaseStats]:
+    out = []
+    for i, (p, start) in enumerate(zip(schedule.phases, schedule.starts(), strict=True)):
+        ws = [w for w in windows if w.phase_index == i]
+        k0 = round(start / window_s)
+        ops, cores = mean_rate(edges, k0, k0 + round(p.duration_s / window_s))
+        out.append(PhaseStats(
+            phase_index=i, phase=p.name, rate=p.rate, concurrency=p.concurrency, windows=len(ws),
+            violation_pct=violation_pct(ws),
+            violation_pct_after=violation_pct([w for w in ws if w.start_s >= start + transient_s - 1e-9]),
+            lc_perf=goodput(records, i) if p.rate is not None else completed_per_s(records, i, p.duration_s),
+            neighbour_ops_per_s=ops, neighbour_cores=cores,
+            convergence_s=convergence_s(ws, start, hold_s, window_s)))
+    return out
+
+
+def emu(lc_row: float | None, lc_alone: float | None, be_ops: float | None,
+        be_alone_ops: float | None) -> tuple[float | None, float | None, float | None]:
+    """(LC share, BE share, EMU); a share is None when either side is missing or alone is 0,
+    and EMU is None unless both shares are known."""
+    lc = lc_row / lc_alone if lc_row is not None and lc_alone else None
+    be = be_ops / be_alone_ops if be_ops is not None and be_alone_ops else None
+    return lc, be, (lc + be if lc is not None and be is not None else None)
+
+
+# -- oracle ---------------------------------------------------------------------------------------
+class Alloc(BaseModel):
+    """A static allocation: server cpu quota (cores; None = none), cpu weights (v2 units 1..10000,
+    written as v1 shares x10.24 where cpu is v1), server memory max."""
+
+    quota_cores: float | None = None
+    server_weight: int = 100
+    neighbour_weight: int = 100
+    memory_max_bytes: int | None = None
+
+    def label(self) -> str:
+        q = "max" if self.quota_cores is None else f"{self.quota_cores:g}"
+        return f"q={q},w={self.server_weight}:{self.neighbour_weight}"
+
+
+class PointResult(BaseModel):
+    """One grid point measured at one load."""
+
+    alloc: Alloc
+    load: str  # the phase load it was measured at: "0.4/s" or "c=8"
+    windows: int  # measured windows that ended (after the settle windows)
+    violating: int
+    lc_perf: float | None  # as PhaseStats.lc_perf
+    neighbour_ops_per_s: float | None
+    neighbour_cores: float | None
+    stopped_early: bool = False
+
+
+class OracleChoice(BaseModel):
+    load: str
+    alloc: Alloc
+    emu: float | None
+    valid: bool  # no violating window and the neighbour at or above its floor
+    reason: str
+
+
+def point_emu(p: PointResult, lc_alone: float | None, be_alone_ops: float | None) -> float | None:
+    return emu(p.lc_perf, lc_alone, p.neighbour_ops_per_s, be_alone_ops)[2]
+
+
+def select_oracle(points: list[PointResult], *, floor_cores: float, lc_alone: float | None,
+                  be_alone_ops: float | None) -> OracleChoice | None:
+    """Highest EMU among points with no violating window and the neighbour >= ``floor_cores``.
+
+    With no such point, the least bad one stands in (``valid`` False, the reason says why):
+    fewest violating windows per measured window, then the floor held, then EMU.
+    """
+    if not points:
+        return None
+
+    def e(p: PointResult) -> float:
+        v = point_emu(p, lc_alone, be_alone_ops)
+        return -math.inf if v is None else v
+
+    def floor_ok(p: PointResult) -> bool:
+        return p.neighbour_cores is not None and p.neighbour_cores >= floor_cores
+
+    valid = [p for p in points if p.violating == 0 and p.windows > 0 and floor_ok(p)]
+    if valid:
+        best = max(valid, key=e)
+        return OracleChoice(load=best.load, alloc=best.alloc, emu=point_emu(best, lc_alone, be_alone_ops),
+                            valid=True, reason=f"highest EMU of {len(valid)} valid point(s) of {len(points)}")
+    best = min(points, key=lambda p: (p.violating / max(1, p.windows), not floor_ok(p), -e(p)))
+    if any(p.violating == 0 and p.windows > 0 for p in points):
+        why = f"every point that held the SLO left the neighbour under {floor_cores:g} cores"
+    else:
+        why = "every point had a violating window"
+    return OracleChoice(load=best.load, alloc=best.alloc, emu=point_emu(best, lc_alone, be_alone_ops),
+                        valid=False, reason=f"no valid point ({why}): the least violating one stands in")
+
+
+def cache_key(fields: dict) -> str:
+    """Stable key of everything a cached measurement depends on (canonical JSON, sha256)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def known_violation(records: list[RequestRecord], now_s: float, window_s: float, k_from: int, k_to: int,
+                    slo: Slo) -> bool:
+    """True when one of the ended windows k_from..k_to-1 already violates, whatever the requests
+    still in flight do: a pending request's TTFT is at least ``now_s - arrival``, and a p95 over
+    lower bounds is a lower bound of the p95 (the grid stops a hopeless point early on this)."""
+    for k in range(k_from, k_to):
+        lo, hi = k * window_s, (k + 1) * window_s
+        ttft: list[float] = []
+        gaps: list[float] = []
+        for r in records:
+            if lo <= r.arrival_s < hi:
+                if r.token_s:
+                    ttft.append(r.token_s[0] - r.arrival_s)
+                elif r.finished_s is not None:
+                    if r.outcome != "cancelled":
+                        ttft.append(math.inf)
+                else:
+                    ttft.append(now_s - r.arrival_s)
+            gaps += [g for end, g in r.itl_s() if lo <= end < hi]
+        t95, i95 = percentile(ttft, 95), percentile(gaps, 95)
+        if (t95 is not None and t95 > slo.ttft_p95_s) or (i95 is not None and i95 > slo.itl_p95_s):
+            return True
+    return False
