@@ -1,15 +1,13 @@
-"""The agent-managed row: ``autotune run --mode apply --local-actuator`` over the static limits.
+"""The agent row of every benchmark: ``autotune run --mode apply --local-actuator``.
 
-The run starts exactly like ``static`` (server quota 0.5 core, memory max 4 GiB, neighbour
-burning every CPU) with ``autotune gate`` in front of the server. The agent watches both
-cgroups with a bench config (``write_config``) whose only rules are ``bench/agent_rules.yaml``:
-server quota 0.5..1.5 cores (the neighbour keeps a 0.5-core floor on 2 CPUs), cpu weights of
-both, and the gate's PSI threshold. Short verification windows (settle 4 s, window 15 s) let
-it converge within the warm-up (load at concurrency 2 for ``warmup_s``) before the measured
-cells; it keeps running, and may keep acting, while they are measured.
+The agent runs the DEFAULT rule pack (``rules/``) unchanged, with a config that declares only
+the two services (the server: latency-critical, its SLO and its metrics page; the neighbour:
+its ``min_cpu_cores`` floor) and where to keep state. No thresholds, steps, bounds or timings
+are set for the benchmark: the row measures what a user with the shipped pack gets.
 
-``--local-actuator`` writes through the knobs as root with no helper and no policy: fine for
-a benchmark on a throwaway cgroup, never for production.
+``--local-actuator`` writes through the knobs as root with no helper and no policy: fine for a
+benchmark on throwaway cgroups, never for production. Both bench/seed_table.py and
+bench/colocation.py start their agent rows from here.
 """
 
 from __future__ import annotations
@@ -18,18 +16,18 @@ import asyncio
 import json
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 from autotune.workload.load import LoadSpec, run_load
 from bench import common
-from bench.common import BenchCgroup, log
+from bench.common import BenchCgroup
 
-RULES_TEMPLATE = Path(__file__).with_name("agent_rules.yaml")
 NEIGHBOUR_FLOOR_CORES = 0.5
 
 
 class AgentUnavailable(Exception):
-    """``autotune run`` (with ``--local-actuator``) is not in this checkout yet."""
+    """``autotune run`` (with ``--local-actuator``) is not in this checkout."""
 
 
 def check_available() -> None:
@@ -41,78 +39,82 @@ def check_available() -> None:
         raise AgentUnavailable("'autotune run' has no --local-actuator flag")
 
 
-def _q(s: str) -> str:
-    return json.dumps(s)  # a JSON string is a valid TOML basic string for these values
+# -- config ---------------------------------------------------------------------------------------
+def agent_config(*, server_cg: BenchCgroup, neighbour_cg: BenchCgroup, server_url: str,
+                 slo: dict[str, float], state_path: Path, metrics_port: int,
+                 overrides: dict | None = None) -> dict:
+    """The agent's config as a dict: the two services, the SLO, the floor; nothing tuned.
 
-
-def write_config(path: Path, *, server_cg: BenchCgroup, neighbour_cg: BenchCgroup, server_url: str,
-                 slo_p95_s: float, rules_dir: Path, state_path: Path, metrics_port: int) -> Path:
-    """The agent's TOML: llm = server cgroup (latency-critical, SLO p95), neighbour with a floor."""
-    text = f"""# written by bench/agent_front.py for one benchmark run
-[agent]
-mode = "apply"
-sample_period_s = 1.0
-window_s = 15.0
-evaluate_every_s = 2.0
-state_path = {_q(str(state_path))}
-rule_dirs = [{_q(str(rules_dir))}]
-metrics_listen = {_q(f"127.0.0.1:{metrics_port}")}
-restore_on_stop = false
-
-[verification]
-settle_s = 4.0
-window_s = 15.0
-on_inconclusive = "keep"
-rule_cooldown_s = 20.0
-knob_cooldown_s = 5.0
-max_changes_per_hour = 60
-
-[[service]]
-name = "llm"
-role = "latency-critical"
-cgroup = {_q(server_cg.cpu_cgroup_path())}
-slo = {{ p95_latency_s = {slo_p95_s:.3f} }}
-latency = {{ metrics_url = {_q(server_url + "/metrics")}, flavor = "auto" }}
-
-[[service]]
-name = "neighbour"
-role = "neighbour"
-cgroup = {_q(neighbour_cg.cpu_cgroup_path())}
-min_cpu_cores = {NEIGHBOUR_FLOOR_CORES}
-"""
-    path.write_text(text)
-    return path
-
-
-def write_rules(rules_dir: Path, *, gate_url: str) -> Path:
-    rules_dir.mkdir(parents=True, exist_ok=True)
-    out = rules_dir / "bench.yaml"
-    out.write_text(RULES_TEMPLATE.read_text().replace("@GATE_URL@", gate_url))
-    return out
-
-
-def knob_snapshot(server_cg: BenchCgroup, neighbour_cg: BenchCgroup, gate_url: str) -> dict:
-    """What the agent may have changed, read back raw (for the log and summary.json)."""
-
-    def cpu_file(cg: BenchCgroup, name: str) -> str | None:
-        d = cg.dirs.get("cpu")
-        text = cg.host.read_optional(f"{d}/{name}") if d else None
-        return text.strip() if text else None
-
-    gate = None
-    try:
-        import httpx
-
-        gate = {k: v for k, v in httpx.get(f"{gate_url}/gate/status", timeout=5).json().items()
-                if k in ("threshold_pct", "limit", "min_inflight", "admitted", "deferred", "rejected")}
-    except Exception as err:  # noqa: BLE001 - a snapshot for the log, never fatal
-        gate = {"error": str(err)}
-    return {
-        "server_cfs_quota_us": cpu_file(server_cg, "cpu.cfs_quota_us"),
-        "server_shares": cpu_file(server_cg, "cpu.shares"),
-        "neighbour_shares": cpu_file(neighbour_cg, "cpu.shares"),
-        "gate": gate,
+    ``slo``: [service.slo] fields (itl_p95_s, ttft_p95_s, p95_latency_s). ``overrides`` are
+    merged in ({"verification": {...}}, or {"service:llm": {...}} for one service's table)."""
+    doc: dict = {
+        "agent": {"mode": "apply", "state_path": str(state_path),
+                  "metrics_listen": f"127.0.0.1:{metrics_port}"},
+        "service": [
+            {"name": "llm", "role": "latency-critical", "cgroup": server_cg.cpu_cgroup_path(),
+             "slo": dict(slo), "latency": {"metrics_url": f"{server_url}/metrics", "flavor": "auto"}},
+            {"name": "neighbour", "role": "neighbour", "cgroup": neighbour_cg.cpu_cgroup_path(),
+             "min_cpu_cores": NEIGHBOUR_FLOOR_CORES},
+        ],
     }
+    for key, body in (overrides or {}).items():
+        if key.startswith("service:"):
+            name = key.split(":", 1)[1]
+            for svc in doc["service"]:
+                if svc["name"] == name:
+                    deep_merge(svc, body)
+        else:
+            deep_merge(doc.setdefault(key, {}), body)
+    return doc
+
+
+def deep_merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            deep_merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a TOML basic string for these values
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(doc: dict, header: str = "") -> str:
+    """Enough TOML for the agent's config: tables of scalars / inline tables, [[service]] arrays."""
+    lines = [f"# {header}"] if header else []
+    for section, body in doc.items():
+        items = body if isinstance(body, list) else [body]
+        for item in items:
+            lines += ["", f"[[{section}]]" if isinstance(body, list) else f"[{section}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: Path, doc: dict, *, header: str) -> str | None:
+    """Write the config and let the agent validate it; its one-line complaint, or None."""
+    path.write_text(to_toml(doc, header=header))
+    check = subprocess.run(common.autotune_argv("config", "check", str(path)), capture_output=True, text=True)
+    if check.returncode != 0:
+        return (check.stderr or check.stdout).strip().replace("\n", " | ")
+    return None
+
+
+# -- running --------------------------------------------------------------------------------------
+def start_agent(config: Path, log_path: Path):
+    """``autotune run --mode apply --local-actuator`` in the bench's own cgroup (not the roles')."""
+    return common.spawn(common.autotune_argv("run", "--config", str(config), "--mode", "apply",
+                                             "--local-actuator"), None, log_path)
 
 
 def warm_up(url: str, seconds: float, *, concurrency: int = 2, max_tokens: int = 50) -> int:
@@ -129,7 +131,45 @@ def warm_up(url: str, seconds: float, *, concurrency: int = 2, max_tokens: int =
     return sent
 
 
-def start_agent(config: Path, log_path: Path):
-    """``autotune run --mode apply --local-actuator`` in the bench's own cgroup (not the roles')."""
-    return common.spawn(common.autotune_argv("run", "--config", str(config), "--mode", "apply",
-                                             "--local-actuator"), None, log_path)
+def knob_snapshot(server_cg: BenchCgroup, neighbour_cg: BenchCgroup) -> dict:
+    """What the agent may have changed, read back raw (for the log and summary.json)."""
+
+    def cpu_file(cg: BenchCgroup, name: str) -> str | None:
+        d = cg.dirs.get("cpu")
+        text = cg.host.read_optional(f"{d}/{name}") if d else None
+        return text.strip() if text else None
+
+    return {
+        "server_cfs_quota_us": cpu_file(server_cg, "cpu.cfs_quota_us"),
+        "server_shares": cpu_file(server_cg, "cpu.shares"),
+        "neighbour_shares": cpu_file(neighbour_cg, "cpu.shares"),
+    }
+
+
+def journal_summary(state_path: Path) -> dict:
+    """The agent's changes from its state DB: counts per rule and per verdict, and the share of
+    verdicts that are conclusive (anything but ``inconclusive``)."""
+    from autotune.journal.journal import Journal
+    from autotune.store.db import open_db
+
+    if not Path(state_path).exists():
+        return {"changes": 0}
+    db = open_db(state_path)
+    try:
+        entries = Journal(db).entries()
+    finally:
+        db.close()
+    verdicts = Counter(e.verify_result.verdict for e in entries if e.verify_result is not None)
+    judged = sum(verdicts.values())
+    return {
+        "changes": len(entries),
+        "by_rule": dict(Counter(e.rule for e in entries)),
+        "by_state": dict(Counter(e.state for e in entries)),
+        "verdicts": dict(verdicts),
+        "conclusive_share": None if not judged else 1 - verdicts.get("inconclusive", 0) / judged,
+        "entries": [{"rule": e.rule, "knob": e.knob, "target": e.target, "prior": e.prior_value,
+                     "proposed": e.proposed, "state": e.state, "applied_ts": e.applied_ts,
+                     "verdict": e.verify_result.verdict if e.verify_result else None,
+                     "reason": e.verify_result.reason if e.verify_result else e.error}
+                    for e in entries],
+    }

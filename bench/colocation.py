@@ -115,15 +115,15 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
     ctx.out.mkdir(parents=True, exist_ok=True)
     config = ctx.out / "config.toml"
     state = ctx.out / "state.db"
-    doc = agent_config(server_cg=ctx.cgs["server"], neighbour_cg=ctx.cgs["neighbour"],
-                       server_url=ctx.server_url, slo=ctx.slo, slo_fields=ctx.args.agent_slo_fields,
-                       state_path=state, metrics_port=common.free_port(),
-                       overrides=merge_overrides(ctx.row.agent_overrides, ctx.args.agent_set))
-    config.write_text(to_toml(doc, header="written by bench/colocation.py for one benchmark row"))
-    check = subprocess.run(common.autotune_argv("config", "check", str(config)), capture_output=True, text=True)
-    if check.returncode != 0:
-        msg = (check.stderr or check.stdout).strip().replace("\n", " | ")
-        raise Skip(f"the agent rejects the config: {msg}")
+    slo_values = {"ttft_p95_s": ctx.slo.ttft_p95_s, "itl_p95_s": ctx.slo.itl_p95_s}
+    doc = af.agent_config(server_cg=ctx.cgs["server"], neighbour_cg=ctx.cgs["neighbour"],
+                          server_url=ctx.server_url,
+                          slo={k: slo_values[k] for k in ctx.args.agent_slo_fields},
+                          state_path=state, metrics_port=common.free_port(),
+                          overrides=merge_overrides(ctx.row.agent_overrides, ctx.args.agent_set))
+    problem = af.write_config(config, doc, header="written by bench/colocation.py for one benchmark row")
+    if problem:
+        raise Skip(f"the agent rejects the config: {problem}")
     agent = af.start_agent(config, ctx.out / "agent.log")
     log(f"{ctx.row.name}: agent pid {agent.pid}, SLO TTFT p95 {ctx.slo.ttft_p95_s:g} s / ITL p95 "
         f"{ctx.slo.itl_p95_s:g} s, default rule pack")
@@ -132,9 +132,9 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
     finally:
         ctx.notes["agent_exit_code_during_run"] = agent.poll()
         common.stop(agent)
-        hist = subprocess.run(common.autotune_argv("history", "--state", str(state), "--json", "-n", "0"),
-                              capture_output=True, text=True)
-        (ctx.out / "journal.json").write_text(hist.stdout if hist.returncode == 0 else hist.stderr)
+        summary = af.journal_summary(state)
+        ctx.notes["agent_changes"] = {k: v for k, v in summary.items() if k != "entries"}
+        (ctx.out / "journal.json").write_text(json.dumps(summary, indent=2))
 
 
 ROWS: dict[str, Row] = {r.name: r for r in [
@@ -150,41 +150,7 @@ ROWS: dict[str, Row] = {r.name: r for r in [
 DEFAULT_ROWS = list(ROWS)
 
 
-# -- agent config ---------------------------------------------------------------------------------
-def agent_config(*, server_cg: BenchCgroup, neighbour_cg: BenchCgroup, server_url: str, slo: Slo,
-                 slo_fields: list[str], state_path: Path, metrics_port: int, overrides: dict) -> dict:
-    """The agent's config as a dict: the two services, the SLO, the floor; nothing tuned."""
-    slo_values = {"ttft_p95_s": slo.ttft_p95_s, "itl_p95_s": slo.itl_p95_s}
-    doc: dict = {
-        "agent": {"mode": "apply", "state_path": str(state_path),
-                  "metrics_listen": f"127.0.0.1:{metrics_port}"},
-        "service": [
-            {"name": "llm", "role": "latency-critical", "cgroup": server_cg.cpu_cgroup_path(),
-             "slo": {k: slo_values[k] for k in slo_fields},
-             "latency": {"metrics_url": f"{server_url}/metrics", "flavor": "auto"}},
-            {"name": "neighbour", "role": "neighbour", "cgroup": neighbour_cg.cpu_cgroup_path(),
-             "min_cpu_cores": NEIGHBOUR_FLOOR_CORES},
-        ],
-    }
-    for key, body in overrides.items():
-        if key.startswith("service:"):
-            name = key.split(":", 1)[1]
-            for svc in doc["service"]:
-                if svc["name"] == name:
-                    _deep_merge(svc, body)
-        else:
-            _deep_merge(doc.setdefault(key, {}), body)
-    return doc
-
-
-def _deep_merge(into: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _deep_merge(into[k], v)
-        else:
-            into[k] = v
-
-
+# -- agent config -----------------------------------------------------------------------------
 def merge_overrides(row: dict, cli: list[str]) -> dict:
     """The row's overrides, then ``--agent-set section.key=value`` ones (value: JSON, else a string)."""
     out = json.loads(json.dumps(row))
@@ -202,31 +168,6 @@ def merge_overrides(row: dict, cli: list[str]) -> dict:
             d = d.setdefault(p, {})
         d[parts[-1]] = value
     return out
-
-
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a TOML basic string for these values
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {v!r} as TOML")
-
-
-def to_toml(doc: dict, header: str = "") -> str:
-    """Enough TOML for the agent's config: tables of scalars / inline tables, [[service]] arrays."""
-    lines = [f"# {header}"] if header else []
-    for section, body in doc.items():
-        items = body if isinstance(body, list) else [body]
-        for item in items:
-            lines += ["", f"[[{section}]]" if isinstance(body, list) else f"[{section}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-    return "\n".join(lines) + "\n"
 
 
 # -- cgroups: allocation through the agent's knobs, readings through its sensor ----------------

@@ -20,19 +20,26 @@ GPT2_S_PER_REQUEST: dict[str, tuple[float, float]] = {
     "gate": (4.8, 4.7),
     "autotune": (2.3, 1.9),
     "static-seed-threads": (8.0, 8.0),  # ~1.8x static (the brief: 4.49 s vs 2.49 s, 2 vs 1 thread)
+    # one point of the oracle grid: 1-1.5 cores or all of them at high weight, ~between these
+    "oracle": (2.4, 1.6),
 }
+ORACLE_POINT_OVERHEAD_S = 3.0  # settle after each allocation change
 PER_CONFIG_OVERHEAD_S = {"gpt2": 30.0, "tiny": 10.0}  # server + neighbour start, warm-up requests
 TINY_FACTOR = 0.05
 
 
 def estimate_wall_s(configs: list[str], concurrency: list[int], *, requests: int, repeats: int,
-                    model: str = "gpt2", warmup_s: float = 90.0) -> float:
-    """Seconds a run with these arguments should take on the dev VM."""
+                    model: str = "gpt2", warmup_s: float = 90.0, oracle_points: int = 7) -> float:
+    """Seconds a run with these arguments should take on the dev VM. The oracle measures each
+    of its ``oracle_points`` grid points once per concurrency instead of ``repeats`` times."""
     scale = TINY_FACTOR if model == "tiny" else 1.0
     total = 0.0
     for name in configs:
         c1, cn = GPT2_S_PER_REQUEST[name]
         total += PER_CONFIG_OVERHEAD_S.get(model, 30.0) + (warmup_s if name == "autotune" else 0.0)
+        runs = oracle_points if name == "oracle" else repeats
         for c in concurrency:
-            total += requests * repeats * (c1 if c == 1 else cn) * scale
+            total += requests * runs * (c1 if c == 1 else cn) * scale
+            if name == "oracle":
+                total += oracle_points * ORACLE_POINT_OVERHEAD_S
     return total

@@ -11,10 +11,15 @@ Configurations (the neighbour is ``autotune workload noise`` in its own cgroup):
 - ``static+psi``  + the seed's gate: defer while system cpu some avg10 > 95 %, 0.5 s retries,
                   drop after 10 (the seed's "psi"), applied in front of each request;
 - ``gate``        static limits, requests go through ``autotune gate`` (pressure from the
-                  server's own cgroup) - runs when that command exists;
-- ``autotune``    static limits + gate, managed by ``autotune run --mode apply
-                  --local-actuator`` with bench/agent_rules.yaml (bench/agent_front.py);
-                  skipped with the reason when that command is missing.
+                  server's own cgroup); not in the default run;
+- ``oracle``      per concurrency, the best static allocation: a grid over the server's cpu
+                  quota and both cpu weights (``--oracle-quotas``, ``--oracle-ratios``), each
+                  point measured; the lowest p95 among points where the neighbour kept its
+                  0.5-core floor (measured, from its cgroup's CPU time) is the cell;
+- ``autotune``    static limits, managed by ``autotune run --mode apply --local-actuator``
+                  with the DEFAULT rule pack and a config declaring only the two services,
+                  the server's SLO (``--slo-itl``: per-token p95) and the neighbour's floor
+                  (bench/agent_front.py); skipped with the reason when that command is missing.
 
 Per (config, concurrency) the latencies of all repeats are pooled for p50/p95/p99 (numpy
 linear percentiles), neighbour ops/s is the mean over the load windows, deferred / rejected
@@ -52,7 +57,8 @@ class BenchConfig(BaseModel):
     memory_max_bytes: int | None = None
     seed_psi: bool = False
     front: str = "server"  # key of FRONTS: what the load generator talks to
-    threads: str = "auto"  # server's torch intra-op threads: auto (fits the quota) or a number
+    threads: str = "auto"  # server's torch intra-op threads: auto (follows the quota) or a number
+    oracle: bool = False  # per concurrency: the best point of a measured allocation grid
 
 
 CONFIGS: dict[str, BenchConfig] = {
@@ -62,6 +68,7 @@ CONFIGS: dict[str, BenchConfig] = {
     "static+psi": BenchConfig(name="static+psi", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB,
                               seed_psi=True),
     "gate": BenchConfig(name="gate", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB, front="gate"),
+    "oracle": BenchConfig(name="oracle", oracle=True),
     "autotune": BenchConfig(name="autotune", cpu_quota_cores=0.5, memory_max_bytes=4 * GIB,
                             front="autotune"),
     # not in the default run: the seed's static setup also left torch at its default thread
@@ -69,7 +76,7 @@ CONFIGS: dict[str, BenchConfig] = {
     "static-seed-threads": BenchConfig(name="static-seed-threads", cpu_quota_cores=0.5,
                                        memory_max_bytes=4 * GIB, threads=str(os.cpu_count() or 1)),
 }
-DEFAULT_CONFIGS = [c for c in CONFIGS if c != "static-seed-threads"]
+DEFAULT_CONFIGS = [c for c in CONFIGS if c not in ("static-seed-threads", "gate")]
 
 
 class Cell(BaseModel):
@@ -94,7 +101,7 @@ class Ctx(BaseModel):
     server_cg: BenchCgroup
     neighbour_cg: BenchCgroup
     out: Path
-    slo_p95_s: float = 2.0  # the agent's SLO (autotune row)
+    slo_itl_s: float = 0.1  # the agent's SLO: per-token p95 (autotune row)
     warmup_s: float = 90.0  # load before the autotune row's measured cells
     max_tokens: int = 50
 
@@ -134,36 +141,41 @@ def front_gate(ctx: Ctx) -> Iterator[str]:
 
 @contextmanager
 def front_autotune(ctx: Ctx) -> Iterator[str]:
-    """The gate in front, ``autotune run --mode apply --local-actuator`` managing both cgroups
-    (bench/agent_front.py), warmed up under load before the measured cells."""
+    """``autotune run --mode apply --local-actuator`` managing both cgroups with the default rule
+    pack (bench/agent_front.py), warmed up under load before the measured cells."""
     from bench import agent_front as af
 
     try:
         af.check_available()
     except af.AgentUnavailable as why:
         raise Skip(f"{why} (the row needs `autotune run --mode apply --local-actuator`)") from None
-    with front_gate(ctx) as gate_url:
-        d = ctx.out / "autotune"
-        d.mkdir(parents=True, exist_ok=True)
-        rules = d / "rules"
-        af.write_rules(rules, gate_url=gate_url)
-        config = af.write_config(d / "config.toml", server_cg=ctx.server_cg, neighbour_cg=ctx.neighbour_cg,
-                                 server_url=ctx.server_url, slo_p95_s=ctx.slo_p95_s, rules_dir=rules,
-                                 state_path=d / "state.db", metrics_port=common.free_port())
-        snaps = {"start": af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg, gate_url)}
-        agent = af.start_agent(config, d / "agent.log")
-        try:
-            log(f"autotune: agent pid {agent.pid}, SLO p95 {ctx.slo_p95_s:.2f} s, warm-up {ctx.warmup_s:.0f} s")
-            sent = af.warm_up(gate_url, ctx.warmup_s, max_tokens=ctx.max_tokens)
-            if agent.poll() is not None:
-                raise RuntimeError(f"the agent exited ({agent.returncode}) during warm-up; see {d / 'agent.log'}")
-            snaps["after_warmup"] = af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg, gate_url)
-            log(f"autotune: {sent} warm-up requests; knobs now {snaps['after_warmup']}")
-            yield gate_url
-        finally:
-            snaps["end"] = af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg, gate_url)
-            common.stop(agent)
-            (d / "knobs.json").write_text(json.dumps(snaps, indent=2))
+    d = ctx.out / "autotune"
+    d.mkdir(parents=True, exist_ok=True)
+    state = d / "state.db"
+    doc = af.agent_config(server_cg=ctx.server_cg, neighbour_cg=ctx.neighbour_cg, server_url=ctx.server_url,
+                          slo={"itl_p95_s": ctx.slo_itl_s}, state_path=state,
+                          metrics_port=common.free_port())
+    problem = af.write_config(d / "config.toml", doc, header="written by bench/seed_table.py for the autotune row")
+    if problem:
+        raise Skip(f"the agent rejects the config: {problem}")
+    snaps = {"start": af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg)}
+    agent = af.start_agent(d / "config.toml", d / "agent.log")
+    try:
+        log(f"autotune: agent pid {agent.pid}, SLO ITL p95 {ctx.slo_itl_s:.3f} s, warm-up {ctx.warmup_s:.0f} s")
+        sent = af.warm_up(ctx.server_url, ctx.warmup_s, max_tokens=ctx.max_tokens)
+        if agent.poll() is not None:
+            raise RuntimeError(f"the agent exited ({agent.returncode}) during warm-up; see {d / 'agent.log'}")
+        snaps["after_warmup"] = af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg)
+        log(f"autotune: {sent} warm-up requests; knobs now {snaps['after_warmup']}")
+        yield ctx.server_url
+    finally:
+        snaps["end"] = af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg)
+        common.stop(agent)
+        (d / "knobs.json").write_text(json.dumps(snaps, indent=2))
+        summary = af.journal_summary(state)
+        (d / "journal.json").write_text(json.dumps(summary, indent=2))
+        log(f"autotune: {summary.get('changes', 0)} changes, verdicts {summary.get('verdicts')}, "
+            f"conclusive {summary.get('conclusive_share')}")
 
 
 FRONTS: dict[str, Callable[[Ctx], object]] = {
@@ -176,6 +188,85 @@ def _noise_window(before: dict | None, after: dict | None) -> float | None:
     if not before or not after or after["elapsed_s"] <= before["elapsed_s"]:
         return None
     return (after["ops_total"] - before["ops_total"]) / (after["elapsed_s"] - before["elapsed_s"])
+
+
+def oracle_points(args: argparse.Namespace, ncpu: int) -> list[tuple[float | None, tuple[int, int]]]:
+    """Grid points that can keep the neighbour's floor at all: an unlimited server leaves the
+    neighbour only its weight share of the CPUs under full contention."""
+    from bench.agent_front import NEIGHBOUR_FLOOR_CORES
+
+    out = []
+    for q in args.oracle_quotas:
+        for srv, nb in args.oracle_ratios:
+            left = ncpu - q if q is not None else 0.0
+            share = ncpu * nb / (srv + nb)
+            if max(left, share) >= NEIGHBOUR_FLOOR_CORES:
+                out.append((q, (srv, nb)))
+    return out
+
+
+def _cores_used(cg: BenchCgroup) -> float | None:
+    """CPU seconds the cgroup has used so far (its cgroup's own counter)."""
+    from autotune.errors import AutotuneError
+    from autotune.sensors.cgroup import read_cgroup
+
+    try:
+        usage = read_cgroup(cg.host, cg.cpu_cgroup_path()).cpu_usage_usec
+    except AutotuneError:
+        return None
+    return None if usage is None else usage / 1e6
+
+
+def _set_weights(cgs: dict[str, BenchCgroup], ratio: tuple[int, int]) -> None:
+    from autotune.knobs import get_knob
+
+    knob = get_knob("cgroup.cpu_weight")
+    for cg, w in ((cgs["server"], 100 * ratio[0]), (cgs["neighbour"], 100 * ratio[1])):
+        target = cg.cpu_cgroup_path()
+        knob.write(cg.host, target, knob.validate(cg.host, target, str(min(10000, w))))
+
+
+def run_oracle(args: argparse.Namespace, cgs: dict[str, BenchCgroup], url: str, noise_json: Path,
+               out: Path) -> list[Cell]:
+    """Per concurrency, every grid point measured once (``--requests`` requests); the cell is
+    the point with the lowest p95 among those where the neighbour kept its floor."""
+    from bench.agent_front import NEIGHBOUR_FLOOR_CORES
+
+    cells, rows = [], []
+    points = oracle_points(args, os.cpu_count() or 2)
+    for conc in args.concurrency:
+        best: tuple[float, Cell, dict] | None = None
+        for quota, ratio in points:
+            cgs["server"].set_cpu_quota(quota)
+            _set_weights(cgs, ratio)
+            time.sleep(3.0)  # the server's thread follower re-reads its quota every 2 s
+            spec = LoadSpec(url=url, requests=args.requests, concurrency=conc, max_tokens=args.max_tokens, seed=0)
+            n0, c0, t0 = common.read_noise(noise_json), _cores_used(cgs["neighbour"]), time.monotonic()
+            res = asyncio.run(run_load(spec))
+            n1, c1, dt = common.read_noise(noise_json), _cores_used(cgs["neighbour"]), time.monotonic() - t0
+            ops = _noise_window(n0, n1)
+            nb_cores = (c1 - c0) / dt if c0 is not None and c1 is not None and dt > 0 else None
+            cell = _cell("oracle", conc, res, [ops] if ops is not None else [], 1)
+            ok = nb_cores is not None and nb_cores >= 0.95 * NEIGHBOUR_FLOOR_CORES
+            row = {"concurrency": conc, "quota_cores": "max" if quota is None else quota,
+                   "weights": f"{ratio[0]}:{ratio[1]}", "p95_s": cell.p95_s,
+                   "neighbour_ops_per_s": cell.neighbour_ops_per_s, "neighbour_cores": nb_cores,
+                   "keeps_floor": ok}
+            rows.append(row)
+            log(f"oracle c={conc} quota={row['quota_cores']} weights {row['weights']}: p95={_fmt(cell.p95_s)} s, "
+                f"neighbour {_fmt(nb_cores)} cores{'' if ok else ' (below its floor)'}")
+            write_csv(res, out / f"requests_oracle_c{conc}_q{row['quota_cores']}_w{ratio[0]}-{ratio[1]}.csv")
+            if ok and cell.p95_s is not None and (best is None or cell.p95_s < best[0]):
+                best = (cell.p95_s, cell, row)
+        if best is not None:
+            cells.append(best[1])
+            best[2]["chosen"] = True
+    with open(out / "oracle_points.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["concurrency", "quota_cores", "weights", "p95_s",
+                                           "neighbour_ops_per_s", "neighbour_cores", "keeps_floor", "chosen"])
+        w.writeheader()
+        w.writerows(rows)
+    return cells
 
 
 def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
@@ -197,13 +288,15 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
     cells: list[Cell] = []
     try:
         ctx = Ctx(config=cfg.name, server_url=url, server_cg=server_cg, neighbour_cg=neigh_cg, out=out,
-                  slo_p95_s=agent_slo(args), warmup_s=args.warmup_s, max_tokens=args.max_tokens)
+                  slo_itl_s=agent_slo(args), warmup_s=args.warmup_s, max_tokens=args.max_tokens)
         with FRONTS[cfg.front](ctx) as front_url:  # type: ignore[operator]
             # warm-up, not measured: one full-length request per server worker, twice (first
             # calls in each worker thread are several times slower: allocations, page faults)
             workers = args.max_concurrency
             asyncio.run(run_load(LoadSpec(url=front_url, requests=2 * workers, concurrency=workers,
                                           max_tokens=args.max_tokens)))
+            if cfg.oracle:
+                return run_oracle(args, cgs, front_url, noise_json, out)
             admit = common.seed_psi_admit(host) if cfg.seed_psi else None
             for conc in args.concurrency:
                 results: list[RequestResult] = []
@@ -236,15 +329,13 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
     return cells
 
 
+# the autotune row's per-token SLO (p95 inter-token latency, s) per model: see bench/README.md
+SLO_ITL = {"gpt2": 0.1, "tiny": 0.05}
+
+
 def agent_slo(args: argparse.Namespace) -> float:
-    """The autotune row's SLO: --slo-p95, else 1.3 x this run's ``alone`` p95 at the lowest
-    concurrency (the target the row is judged by), else a per-model default."""
-    if args.slo_p95:
-        return args.slo_p95
-    alone = getattr(args, "alone_p95", None)
-    if alone:
-        return 1.3 * alone
-    return 0.5 if args.model == "tiny" else 2.0
+    """The autotune row's SLO: --slo-itl, else the model's default (SLO_ITL)."""
+    return args.slo_itl or SLO_ITL.get(args.model, SLO_ITL["gpt2"])
 
 
 def _cell(name: str, conc: int, results: list[RequestResult], ops: list[float], runs: int,
@@ -376,8 +467,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise-mem-mib", type=int, default=1024)
     p.add_argument("--warmup-s", type=float, default=None,
                    help="autotune row: seconds of load before measuring (default 90; quick 45)")
-    p.add_argument("--slo-p95", type=float, default=None,
-                   help="autotune row: the agent's p95 SLO, s (default 1.3 x alone's p95 at the lowest c)")
+    p.add_argument("--slo-itl", type=float, default=None,
+                   help=f"autotune row: the server's per-token p95 SLO, s (default {SLO_ITL})")
+    p.add_argument("--oracle-quotas", default=None,
+                   help="oracle grid: server cpu quotas in cores, 'max' = none (default 1,1.5,max; quick 1,max)")
+    p.add_argument("--oracle-ratios", default=None,
+                   help="oracle grid: server:neighbour cpu weight ratios (default 1:1,4:1,16:1; quick 1:1,4:1)")
     p.add_argument("--estimate", action="store_true",
                    help="print the estimated wall time of this run (bench/estimate.py) and exit")
     p.add_argument("--out", type=Path, default=None)
@@ -394,6 +489,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.repeats = a.repeats or (1 if a.quick else 3)
     a.concurrency = [int(x) for x in str(a.concurrency or "1,2,4,8").split(",") if x]
     a.configs = [x for x in a.configs.split(",") if x]
+    quotas = a.oracle_quotas or ("1,max" if a.quick else "1,1.5,max")
+    ratios = a.oracle_ratios or ("1:1,4:1" if a.quick else "1:1,4:1,16:1")
+    a.oracle_quotas = [None if x.strip() == "max" else float(x) for x in quotas.split(",") if x]
+    a.oracle_ratios = [tuple(int(v) for v in x.split(":")) for x in ratios.split(",") if x]
     unknown = [x for x in a.configs if x not in CONFIGS]
     if unknown:
         p.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
@@ -415,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.estimate import estimate_wall_s
 
         est = estimate_wall_s(args.configs, args.concurrency, requests=args.requests, repeats=args.repeats,
-                              model=args.model, warmup_s=args.warmup_s)
+                              model=args.model, warmup_s=args.warmup_s,
+                              oracle_points=len(oracle_points(args, os.cpu_count() or 2)))
         print(f"estimated wall time: {est / 60:.0f} min ({len(args.configs)} configs x "
               f"{len(args.concurrency)} concurrencies, {args.requests} requests x {args.repeats} repeats, "
               f"model {args.model})")
@@ -436,15 +536,15 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 new = run_config(CONFIGS[name], args, host, cgs, args.out)
                 cells += new
-                if name == "alone" and new and new[0].p95_s:
-                    args.alone_p95 = min(new, key=lambda c: c.concurrency).p95_s
             except Skip as why:
                 skipped[name] = str(why)
                 log(f"skipped {name}: {why}")
     finally:
         common.cleanup()
     meta = {"model": args.model, "requests": args.requests, "repeats": args.repeats,
-            "agent_slo_p95_s": agent_slo(args) if "autotune" in args.configs else None,
+            "agent_slo_itl_p95_s": agent_slo(args) if "autotune" in args.configs else None,
+            "oracle_grid": {"quotas": args.oracle_quotas, "ratios": args.oracle_ratios}
+            if "oracle" in args.configs else None,
             "warmup_s": args.warmup_s,
             "max_tokens": args.max_tokens, "server_workers": args.max_concurrency,
             "noise_cpu": args.noise_cpu, "noise_mem_mib": args.noise_mem_mib,

@@ -15,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from bench import agent_front as af  # noqa: E402
 from bench import coloc_report as report  # noqa: E402
 from bench import colocation as co  # noqa: E402
 from bench.coloc_metrics import Alloc, EdgeSample, Slo, aggregate_windows  # noqa: E402
@@ -126,14 +127,14 @@ class FakeCg:
 
 
 def agent_doc(fields=("ttft_p95_s", "itl_p95_s"), overrides=None):
-    return co.agent_config(server_cg=FakeCg("/b/server"), neighbour_cg=FakeCg("/b/neighbour"),
-                           server_url="http://127.0.0.1:9000", slo=Slo(ttft_p95_s=4.0, itl_p95_s=0.15),
-                           slo_fields=list(fields), state_path=Path("/tmp/s.db"), metrics_port=9999,
-                           overrides=overrides or {})
+    slo = {"ttft_p95_s": 4.0, "itl_p95_s": 0.15}
+    return af.agent_config(server_cg=FakeCg("/b/server"), neighbour_cg=FakeCg("/b/neighbour"),
+                           server_url="http://127.0.0.1:9000", slo={k: slo[k] for k in fields},
+                           state_path=Path("/tmp/s.db"), metrics_port=9999, overrides=overrides or {})
 
 
 def test_agent_config_declares_only_services_slo_and_floor(tmp_path):
-    text = co.to_toml(agent_doc(), header="test")
+    text = af.to_toml(agent_doc(), header="test")
     data = tomllib.loads(text)
     assert set(data) == {"agent", "service"}  # nothing tuned: default rules, default verification
     assert "rule_dirs" not in data["agent"] and data["agent"]["mode"] == "apply"
@@ -149,16 +150,16 @@ def test_agent_validates_the_config_or_names_the_field(tmp_path):
     from autotune.errors import ConfigError
 
     path = tmp_path / "c.toml"
-    path.write_text(co.to_toml(agent_doc(fields=("ttft_p95_s",))))
-    cfg = load_config(path)  # what the agent knows today must load
+    path.write_text(af.to_toml(agent_doc()))
+    cfg = load_config(path)
     assert cfg.service("llm").slo.ttft_p95_s == 4.0 and cfg.service("neighbour").min_cpu_cores == 0.5
-    path.write_text(co.to_toml(agent_doc()))
-    try:
-        cfg = load_config(path)
-    except ConfigError as err:  # until the agent knows itl_p95_s, the row skips with this message
-        assert "itl_p95_s" in str(err)
-    else:
-        assert cfg.service("llm").slo.itl_p95_s == 0.15
+    assert cfg.service("llm").slo.itl_p95_s == 0.15
+    assert af.write_config(path, agent_doc(), header="test") is None  # the agent itself agrees
+    bad = agent_doc(overrides={"service:llm": {"slo": {"itl_p95": 0.1}}})
+    problem = af.write_config(path, bad, header="test")
+    assert problem and "itl_p95" in problem  # the agent names the field
+    with pytest.raises(ConfigError):
+        load_config(path)
 
 
 def test_agent_overrides_from_the_row_and_the_command_line():
@@ -168,7 +169,7 @@ def test_agent_overrides_from_the_row_and_the_command_line():
     assert doc["verification"] == {"window_s": 15, "settle_s": 4}
     assert doc["ranker"] == {"enabled": False} and doc["agent"]["sample_period_s"] == 0.5
     assert doc["service"][0]["slo"] == {"ttft_p95_s": 2.0, "itl_p95_s": 0.15}
-    assert tomllib.loads(co.to_toml(doc))["verification"]["window_s"] == 15
+    assert tomllib.loads(af.to_toml(doc))["verification"]["window_s"] == 15
     with pytest.raises(SystemExit, match="section.key=value"):
         co.merge_overrides({}, ["nodot=1"])
 
