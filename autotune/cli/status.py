@@ -102,6 +102,10 @@ def _print_human(caps, snap, agent) -> None:
     t.add_row("cpufreq", f"{caps.cpufreq} {' '.join(caps.governors_available)}")
     t.add_row("THP", ", ".join(caps.thp_files) or "absent")
     con.print(t)
+    if caps.problems:
+        from rich.markup import escape
+
+        con.print(f"[yellow]host files unreadable (detected without them):[/] {escape('; '.join(caps.problems))}")
     p = Table(title="Pressure (PSI %)")
     for col in ("resource", "some avg10", "avg60", "avg300", "full avg10", "avg60", "avg300"):
         p.add_column(col, justify="right")
