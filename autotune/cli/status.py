@@ -77,7 +77,7 @@ def _agent_state(cfg) -> dict[str, Any]:
         from autotune.journal.journal import Journal
         from autotune.store.db import open_db
 
-        journal = Journal(open_db(path, create_dirs=False))
+        journal = Journal(open_db(path, read_only=True))
         out["unmanaged"] = [u.model_dump(mode="json") if hasattr(u, "model_dump") else u
                             for u in journal.unmanaged()]
         out["in_flight"] = [e.model_dump(mode="json") if hasattr(e, "model_dump") else e
