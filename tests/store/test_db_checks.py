@@ -274,6 +274,14 @@ def test_cli_commands_on_a_broken_db_say_one_line_and_exit_2(tmp_path, kind):
     assert r.returncode == 0 and "state store unreadable" in r.stdout and what.split(" (")[0] in r.stdout
 
 
+def test_health_probe_on_a_random_file_is_one_line(tmp_path):
+    """`health` stays a light stdlib probe (no quick_check every few seconds) but never a traceback."""
+    p, _ = _broken(tmp_path, "random")
+    r = cli("health", "--state", str(p))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"autotune: {p}: file is not a database"]
+
+
 def test_cli_safety_net_for_damage_found_after_open(tmp_path, monkeypatch, capsys):
     """Damage quick_check cannot see (a record's contents) still ends in one line, exit 2."""
     from autotune.cli import main as main_mod
