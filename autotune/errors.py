@@ -23,6 +23,11 @@ class ParseError(HostError):
     """A host file exists but its contents could not be parsed. Names the file."""
 
 
+class StateError(HostError):
+    """The state database is missing, damaged, not autotune's or unusable. One line naming the
+    file and what is wrong (raised by ``autotune.store.db``)."""
+
+
 class TargetGone(HostError):
     """A cgroup or process vanished; not an error for the loop, just nothing to do."""
 

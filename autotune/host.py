@@ -4,25 +4,50 @@ Every path the agent reads or writes is an absolute host path ("/proc/stat") res
 ``Host.root``. The same code therefore reads a live kernel (root "/"), a fixture tree in
 tests, or a host's /proc and /sys mounted into a container at "/host". Writing is off unless
 the Host was built ``writable=True`` (only the privileged helper and tests do that).
+
+Reads are bounded, because a rooted tree (or a broken kernel interface) can hold anything
+where a procfs file is expected:
+- only regular files are read: procfs, sysfs and cgroupfs files are regular; a FIFO, socket or
+  device is refused before any read (opened O_NONBLOCK, so even the open cannot hang);
+- at most ``MAX_READ_BYTES`` = 1 MiB per file: the largest files we parse, /proc/stat and
+  cgroup.procs, stay far below (about 80 bytes per CPU, 8 per pid); a larger file is a
+  ParseError after reading 1 MiB, not a 100 MB string;
+- a read still going after ``READ_TIMEOUT_S`` is abandoned (checked between 8 KiB chunks).
+  One read() that blocks inside the kernel (a hung FUSE or NFS mount) cannot be interrupted
+  without a thread per read; procfs/sysfs reads do not block that way, so we do not pay that.
+Every failure is a HostError naming the file; sensors turn it into a missing reading.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import stat as stat_mod
+import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
-from autotune.errors import HostError, MissingFile
+from autotune.errors import HostError, MissingFile, ParseError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CgroupLayout = Literal["v2", "hybrid", "v1", "none"]
 
 ENV_ROOT = "AUTOTUNE_ROOT"
 CGROUP_MOUNT = "/sys/fs/cgroup"
 PSI_RESOURCES = ("cpu", "memory", "io", "irq")
+CPU_ONLINE = "/sys/devices/system/cpu/online"
+
+MAX_READ_BYTES = 1 << 20  # per host file; see the module docstring
+READ_TIMEOUT_S = 2.0  # per host file, checked between chunks
+_CHUNK = 8 * 1024  # measured: larger buffers make seq_file regenerate more per read()
+MAX_CPUS = 65536  # cpu ids in a cpu list are < MAX_CPUS (the kernel's NR_CPUS tops out at 8192)
 
 
 class CgroupInfo(BaseModel):
@@ -58,6 +83,7 @@ class Capabilities(BaseModel):
     governors_available: list[str]
     thp: bool
     thp_files: list[str]
+    problems: list[str] = []  # files that exist but could not be read: detected without them
 
 
 class Host:
@@ -102,15 +128,42 @@ class Host:
             raise HostError(f"{host_path}: cannot list ({err.strerror})") from err
 
     # -- reading -----------------------------------------------------------------------
-    def read_text(self, host_path: str) -> str:
-        """Read a whole file. MissingFile if absent; HostError on other OS errors."""
+    def read_text(self, host_path: str, *, max_bytes: int = MAX_READ_BYTES) -> str:
+        """Read a whole regular file of at most ``max_bytes`` (bounded; see the module doc).
+
+        MissingFile if absent; ParseError if larger than ``max_bytes``; HostError on anything
+        else (not a regular file, permission, EIO, too slow). Every message names the file.
+        """
+        local = self.path(host_path)
         try:
-            with open(self.path(host_path), encoding="utf-8", errors="replace") as fh:
-                return fh.read()
+            # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever
+            fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except FileNotFoundError as err:
             raise MissingFile(f"{host_path}: not present under {self.root}") from err
         except OSError as err:
             raise HostError(f"{host_path}: cannot read ({err.strerror})") from err
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat_mod.S_ISREG(mode):
+                raise HostError(f"{host_path}: not a regular file ({_file_kind(mode)}); refusing to read it")
+            chunks: list[bytes] = []
+            total, deadline = 0, time.monotonic() + READ_TIMEOUT_S
+            while True:
+                chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ParseError(f"{host_path}: larger than the {_size(max_bytes)} read limit; "
+                                     "not a kernel file this agent understands")
+                if time.monotonic() > deadline:
+                    raise HostError(f"{host_path}: read not finished after {READ_TIMEOUT_S:g} s; abandoned")
+        except OSError as err:
+            raise HostError(f"{host_path}: cannot read ({err.strerror})") from err
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
     def read_optional(self, host_path: str) -> str | None:
         """Read a file, or None when it does not exist (feature absent on this kernel)."""
@@ -145,35 +198,56 @@ class Host:
 
     @cached_property
     def ncpu(self) -> int:
-        online = self.read_optional("/sys/devices/system/cpu/online")
-        if online:
+        return self._ncpu[0]
+
+    @cached_property
+    def _ncpu(self) -> tuple[int, list[str]]:
+        """(CPU count, problems): cpu/online, else per-CPU lines of /proc/stat, else this
+        machine's count. An unreadable or absurd file is skipped with a problem, never fatal."""
+        problems: list[str] = []
+        online = _soft(problems, lambda: self.read_optional(CPU_ONLINE))
+        if online and online.strip():
             try:
-                return len(parse_cpulist(online))
-            except ValueError:
-                pass
-        stat = self.read_optional("/proc/stat") or ""
+                return len(parse_cpulist(online)), problems
+            except ValueError as err:
+                problems.append(f"{CPU_ONLINE}: {err}")
+        stat = _soft(problems, lambda: self.read_optional("/proc/stat")) or ""
         n = sum(1 for line in stat.splitlines() if line.startswith("cpu") and line[3:4].isdigit())
-        return n or (os.cpu_count() or 1)
+        if not n and problems:
+            problems.append(f"CPU count: using this machine's ({os.cpu_count() or 1})")
+        for p in problems:
+            log.warning("%s", p)
+        return n or (os.cpu_count() or 1), problems
 
     def capabilities(self) -> Capabilities:
+        """Detect what the host supports. Never raises for an unreadable file: the feature is
+        reported absent and the file named in ``problems``."""
+        problems = list(self._ncpu[1])
+
+        def soft(fn: Callable[[], T], default: T) -> T:
+            got = _soft(problems, fn)
+            return default if got is None else got
+
         psi = {r: self.exists(f"/proc/pressure/{r}") for r in PSI_RESOURCES}
-        cpu_psi = self.read_optional("/proc/pressure/cpu") or ""
+        cpu_psi = soft(lambda: self.read_optional("/proc/pressure/cpu"), "")
         triggers, detail = probe_psi_triggers(self)
-        policies = _cpufreq_policies(self)
+        policies = soft(lambda: _cpufreq_policies(self), [])
         governors: set[str] = set()
         for pol in policies:
-            text = self.read_optional(f"/sys/devices/system/cpu/cpufreq/{pol}/scaling_available_governors")
-            governors.update((text or "").split())
+            text = soft(lambda p=pol: self.read_optional(
+                f"/sys/devices/system/cpu/cpufreq/{p}/scaling_available_governors"), "")
+            governors.update(text.split())
         thp_dir = "/sys/kernel/mm/transparent_hugepage"
         thp_files = [
             f for f in ("enabled", "defrag", "khugepaged/defrag") if self.exists(f"{thp_dir}/{f}")
         ]
-        release = self.read_optional("/proc/sys/kernel/osrelease")
+        release = soft(lambda: self.read_optional("/proc/sys/kernel/osrelease"), "")
+        cgroup = soft(lambda: self.cgroup, CgroupInfo(layout="none"))
         return Capabilities(
             root=str(self.root),
-            kernel=release.strip() if release else None,
+            kernel=release.strip() or None,
             ncpu=self.ncpu,
-            cgroup=self.cgroup,
+            cgroup=cgroup,
             psi=psi,
             psi_full_cpu="full" in cpu_psi,
             psi_triggers=triggers,
@@ -183,26 +257,61 @@ class Host:
             governors_available=sorted(governors),
             thp=bool(thp_files),
             thp_files=thp_files,
+            problems=problems,
         )
 
 
+def _soft(problems: list[str], fn: Callable[[], T]) -> T | None:
+    """fn(), or None with its HostError's message added to ``problems``."""
+    try:
+        return fn()
+    except HostError as err:
+        problems.append(str(err))
+        return None
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat_mod.S_ISDIR, "a directory"), (stat_mod.S_ISFIFO, "a FIFO"),
+                       (stat_mod.S_ISSOCK, "a socket"), (stat_mod.S_ISCHR, "a character device"),
+                       (stat_mod.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return f"mode {stat_mod.filemode(mode)}"
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else f"{n} bytes"
+
+
 def parse_cpulist(text: str) -> list[int]:
-    """Parse the kernel's cpu list format ("0-3,8,10-11") into sorted ints."""
+    """Parse the kernel's cpu list format ("0-3,8,10-11") into sorted ints.
+
+    ValueError on anything malformed, and on cpu ids >= MAX_CPUS: "0-2147483647" must be an
+    error in microseconds, not a 2-billion-element set after 12 s.
+    """
     cpus: set[int] = set()
     text = text.strip()
     if not text:
         return []
     for part in text.split(","):
         part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            a, b = int(lo), int(hi)
-            if b < a:
-                raise ValueError(f"bad cpu range {part!r}")
-            cpus.update(range(a, b + 1))
-        else:
-            cpus.add(int(part))
+        lo, dash, hi = part.partition("-")
+        a = _cpu_id(lo, part)
+        b = _cpu_id(hi, part) if dash else a
+        if b < a:
+            raise ValueError(f"bad cpu range {part!r}")
+        cpus.update(range(a, b + 1))
     return sorted(cpus)
+
+
+def _cpu_id(text: str, part: str) -> int:
+    text = text.strip()
+    # ASCII digits only: int() would also take "1_0", "+7" or Arabic-Indic digits
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"bad cpu list element {part[:40]!r}")
+    if len(text) > 6 or int(text) >= MAX_CPUS:
+        raise ValueError(f"cpu id {text[:20]} out of range (ids must be < {MAX_CPUS})")
+    return int(text)
 
 
 def format_cpulist(cpus: list[int] | set[int]) -> str:

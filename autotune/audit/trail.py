@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import re
+import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ import sqlite_utils
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from autotune.errors import InvalidValue
-from autotune.store.db import migrate
+from autotune.store.db import db_path, describe, migrate
 
 COMPONENT = "audit"
 GENESIS = "0" * 64
@@ -210,7 +211,17 @@ class AuditTrail:
 
     # reading ------------------------------------------------------------------------------
     def verify(self) -> VerifyReport:
-        """Walk the chain from the first row: ids consecutive from 1, prev_hash links, hashes."""
+        """Walk the chain from the first row: ids consecutive from 1, prev_hash links, hashes.
+
+        A table or page that cannot be read raises StateError (naming the file): an unreadable
+        trail is never reported as a verified one.
+        """
+        try:
+            return self._verify()
+        except sqlite3.DatabaseError as err:
+            raise describe(err, db_path(self.db)) from err
+
+    def _verify(self) -> VerifyReport:
         expected_id, prev, checked = 1, GENESIS, 0
         cur = self.db.conn.execute(f"SELECT {','.join(COLUMNS)} FROM audit_events ORDER BY id")
         for raw in cur:

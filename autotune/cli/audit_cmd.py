@@ -35,7 +35,7 @@ def _trail(ctx: typer.Context):
     path = (ctx.obj or {}).get("state") or default_state_path()
     if not Path(path).exists():
         fail(f"no state database at {path}; start the agent first or pass --state PATH")
-    return AuditTrail(open_db(path))
+    return AuditTrail(open_db(path, read_only=True))
 
 
 def _when(text: str | None, opt: str) -> float | None:
@@ -138,15 +138,22 @@ def show_cmd(ctx: typer.Context, action_id: Annotated[int, typer.Argument(help="
 @audit_app.command("verify")
 def verify_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check the hash chain; exit 1 naming the first bad row if it was tampered with."""
-    rep = _trail(ctx).verify()
+    from autotune.store.db import read_note
+
+    trail = _trail(ctx)
+    rep = trail.verify()
+    unread = read_note(trail.db)  # part of the DB (its -wal) could not be read: never say OK
     if json_out:
-        print_json(rep.model_dump())
+        print_json({**rep.model_dump(), **({"ok": False, "unread": unread} if unread else {})})
+    elif rep.ok and unread:
+        typer.secho(f"audit trail verified only up to its last checkpoint ({rep.checked} events, "
+                    f"head {rep.head_hash}): {unread}", fg="yellow", err=True)
     elif rep.ok:
         typer.echo(f"audit trail OK: {rep.checked} events, head {rep.head_hash}")
     else:
         typer.secho(f"audit trail BROKEN at event id {rep.first_bad_id}: {rep.reason} "
                     f"({rep.checked} events before it verify)", fg="red", err=True)
-    if not rep.ok:
+    if not rep.ok or unread:
         raise typer.Exit(1)
 
 

@@ -29,7 +29,7 @@ def newest_sample_ts(db_path: Path) -> float | None:
         raise OSError(f"{db_path}: cannot open state DB ({err})") from err
     try:
         row = con.execute("SELECT max(ts) FROM samples_raw").fetchone()
-    except sqlite3.OperationalError as err:
+    except sqlite3.DatabaseError as err:  # also "file is not a database": one line, exit 2
         if "no such table" in str(err):
             return None
         raise OSError(f"{db_path}: {err}") from err

@@ -59,14 +59,14 @@ def entry_json(e: "JournalEntry") -> dict[str, Any]:
     return e.model_dump(mode="json")
 
 
-def _open(state: Path | None, config: Path | None) -> tuple[Any, Any]:
+def _open(state: Path | None, config: Path | None, *, read_only: bool = False) -> tuple[Any, Any]:
     cfg = load_config_or_exit(config)
     path = state or cfg.state_path()
     if not Path(path).exists():
         fail(f"no state database at {path}; start the agent first or pass --state PATH")
     from autotune.store.db import open_db
 
-    return cfg, open_db(path)
+    return cfg, open_db(path, read_only=read_only)
 
 
 def register(app: typer.Typer) -> None:
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         """Changes the agent made, newest first: rule, prior -> proposed, state, verification."""
         from autotune.journal.journal import Journal
 
-        _cfg, db = _open(state, config)
+        _cfg, db = _open(state, config, read_only=True)
         journal = Journal(db)
         entries = journal.entries(states=[outcome] if outcome else None, knob=knob, target=target,
                                   newest_first=True, limit=limit or None)

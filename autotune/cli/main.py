@@ -50,12 +50,19 @@ for _mod in COMMAND_MODULES:
 
 
 def main() -> None:
+    import sqlite3
+
     from autotune.errors import AutotuneError
 
     try:
         app()
     except AutotuneError as err:
         typer.secho(f"autotune: {err}", fg="red", err=True)
+        sys.exit(2)
+    except sqlite3.DatabaseError as err:  # damage open_db's checks could not see: one line too
+        from autotune.store.db import describe
+
+        typer.secho(f"autotune: {describe(err)}", fg="red", err=True)
         sys.exit(2)
 
 

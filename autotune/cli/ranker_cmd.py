@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         from autotune.diagnose.ranker import from_journal
         from autotune.journal.journal import Journal
 
-        cfg, db = _open(state, config)
+        cfg, db = _open(state, config, read_only=True)
         r = from_journal(Journal(db).verified(limit=cfg.ranker.max_outcomes), min_outcomes=cfg.ranker.min_outcomes)
         groups: dict[tuple[str, str], list[float]] = defaultdict(list)
         for o in r.outcomes:

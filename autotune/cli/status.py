@@ -77,7 +77,7 @@ def _agent_state(cfg) -> dict[str, Any]:
         from autotune.journal.journal import Journal
         from autotune.store.db import open_db
 
-        journal = Journal(open_db(path, create_dirs=False))
+        journal = Journal(open_db(path, read_only=True))
         out["unmanaged"] = [u.model_dump(mode="json") if hasattr(u, "model_dump") else u
                             for u in journal.unmanaged()]
         out["in_flight"] = [e.model_dump(mode="json") if hasattr(e, "model_dump") else e
@@ -102,6 +102,10 @@ def _print_human(caps, snap, agent) -> None:
     t.add_row("cpufreq", f"{caps.cpufreq} {' '.join(caps.governors_available)}")
     t.add_row("THP", ", ".join(caps.thp_files) or "absent")
     con.print(t)
+    if caps.problems:
+        from rich.markup import escape
+
+        con.print(f"[yellow]host files unreadable (detected without them):[/] {escape('; '.join(caps.problems))}")
     p = Table(title="Pressure (PSI %)")
     for col in ("resource", "some avg10", "avg60", "avg300", "full avg10", "avg60", "avg300"):
         p.add_column(col, justify="right")
