@@ -103,12 +103,17 @@ class Verification(_Strict):
 
 
 class RankerSettings(_Strict):
-    """The learned ranker (autotune/diagnose/ranker.py): orders candidate actions by the effect
-    this node's verified changes predict, once there are enough of them."""
+    """The learned allocation search (autotune/diagnose/learner.py, autotune/agent/learning.py):
+    for a latency-critical service with an SLO next to neighbours, trials of the allocation the
+    rules allow, a Gaussian-process model of their score, and the next allocation by expected
+    improvement among those predicted to keep the SLO. ``autotune ranker`` shows what it knows."""
 
     enabled: bool = True
-    min_outcomes: int = Field(default=10, ge=3)  # verified changes before a model is fit
-    max_outcomes: int = Field(default=500, ge=3)  # newest verified changes it learns from
+    trial_s: float = Field(default=10.0, gt=0)  # an allocation in place this long is one trial
+    safe_prob: float = Field(default=0.8, gt=0, lt=1)  # P(SLO kept) a candidate needs to be tried
+    stop_ei: float = Field(default=0.01, gt=0)  # stop exploring under this share of the best score
+    max_trials: int = Field(default=30, ge=1)  # per load phase
+    phase_change: float = Field(default=0.35, gt=0)  # relative load change that starts a new phase
 
 
 class Config(_Strict):

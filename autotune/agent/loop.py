@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from autotune.agent import floor, gating, state
+from autotune.agent.learning import Learning
 from autotune.agent.actuator import Actuator, is_drift, read_value
 from autotune.audit.trail import AuditEvent, AuditTrail
 from autotune.config import Config
@@ -90,8 +91,7 @@ class Agent:
         self.verifier = Verifier(cfg, journal=self.journal, samples=self.samples, actuator=actuator,
                                  audit=self.audit, on_failure=self._count_failure)
         self.started_ts: float | None = None
-        self._ranker: Any = None
-        self._ranker_marker: tuple[int, int | None] | None = None
+        self.learning = Learning(cfg, db, self.journal, ncpu=host.ncpu)
 
     # -- plumbing -------------------------------------------------------------------------
     def audit(self, kind: str, **fields: Any) -> AuditEvent | None:
@@ -265,8 +265,10 @@ class Agent:
             origins=self.journal.origin,
         )
         state.save_detector(self.db, self.detector, self.clock())
-        if actions and self.cfg.ranker.enabled:
-            actions = self.ranker().rank(actions, symptoms)
+        since = self.journal.last_applied_ts()
+        current = [s for s in self.window if since is None or s.ts >= since]
+        self.learning.observe(now, current, self._read_current)
+        actions = self.learning.merge(actions, now, current, self._read_current)
         self.symptoms, self.actions = symptoms, actions
         if self.exporter is not None:
             self.exporter.update_symptoms(symptoms)
@@ -299,19 +301,6 @@ class Agent:
                                 f"{decision.chosen.target}", "not enough pre-change samples yet")]})
             self.apply(decision.chosen, symptoms=symptoms, now=now)
         return decision
-
-    def ranker(self):
-        """The learned ranker, refit whenever the journal has a newly verified change."""
-        from autotune.diagnose.ranker import from_journal
-
-        marker = self.journal.verified_marker()
-        if self._ranker is None or marker != self._ranker_marker:
-            r = self.cfg.ranker
-            self._ranker = from_journal(self.journal.verified(limit=r.max_outcomes), min_outcomes=r.min_outcomes)
-            self._ranker_marker = marker
-            log.info("learned ranker: %s (%s)", "active" if self._ranker.status.active else "inactive",
-                     self._ranker.status.reason)
-        return self._ranker
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, action: Action, *, symptoms: Iterable[Symptom] = (), now: float | None = None

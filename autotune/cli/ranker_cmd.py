@@ -1,45 +1,116 @@
-"""`autotune ranker`: what the learned ranker has learned from this node's verified changes."""
+"""`autotune ranker`: the learned allocation search - is it in use, why, what it has tried and
+what it would choose now; `export` / `import` move its trials between nodes (a fleet's prior)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from autotune.cli.common import ConfigOpt, JsonOpt, print_json
+from autotune.cli.common import ConfigOpt, JsonOpt, fail, print_json
 from autotune.cli.history import StateOpt, _open
 
 
-def register(app: typer.Typer) -> None:
-    @app.command()
-    def ranker(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-        """Is the learned ranker in use, how well it predicts, and the outcomes it learns from."""
-        from rich.console import Console
-        from rich.table import Table
+def _trials(db, service: str | None = None):
+    from autotune.diagnose.learner import Trial
 
-        from autotune.diagnose.ranker import from_journal
-        from autotune.journal.journal import Journal
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name='learner_trials'").fetchone() is None:
+        return []
+    sql = "SELECT trial FROM learner_trials" + (" WHERE service=?" if service else "") + " ORDER BY id"
+    return [Trial.model_validate_json(r[0]) for r in db.execute(sql, [service] if service else [])]
+
+
+def _status(cfg, db) -> dict:
+    """Per searched service: trials, the best one, and what the model proposes at the newest load."""
+    from autotune.agent.learning import Learning
+    from autotune.diagnose import learner as L
+
+    searched = Learning.__new__(Learning)  # the service selection only; no DB writes
+    searched.cfg = cfg
+    out: dict = {"enabled": cfg.ranker.enabled, "inactive_reason": searched.why_inactive(), "services": {}}
+    for svc in searched.services():
+        trials = _trials(db, svc.name)
+        entry: dict = {"trials": len(trials), "imported": sum(t.source == "imported" for t in trials)}
+        if trials:
+            best = max(trials, key=lambda t: t.score)
+            entry["best_observed"] = {"allocation": best.allocation.label(), "score": best.score,
+                                      "slack": best.slack, "neighbour_share": best.be_share, "load": best.load}
+            ncpu = trials[-1].ncpu
+            load = trials[-1].load
+            floor = sum(n.min_cpu_cores or 0.0 for n in cfg.services if n.role == "neighbour")
+            cands = L.candidates(ncpu, quota_min=0.25, neighbour_floor=floor)
+            p = L.propose(trials, cands, load=load, ncpu=ncpu,
+                          phase_trials=[t for t in trials if abs(t.load - load) <= cfg.ranker.phase_change * max(load, 0.05)],
+                          settings=L.Settings(safe_prob=cfg.ranker.safe_prob, stop_ei=cfg.ranker.stop_ei,
+                                              max_trials=cfg.ranker.max_trials))
+            entry.update(status=p.status, reason=p.reason, load=load,
+                         proposal=p.allocation.label() if p.allocation else None)
+        else:
+            entry.update(status="waiting", reason="no trial yet: the rules decide alone until the first "
+                         "allocation has been observed for [ranker] trial_s")
+        out["services"][svc.name] = entry
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    ranker_app = typer.Typer(help="The learned allocation search: status, export, import.",
+                             invoke_without_command=True, no_args_is_help=False)
+    app.add_typer(ranker_app, name="ranker")
+
+    @ranker_app.callback()
+    def ranker(ctx: typer.Context, state: StateOpt = None, config: ConfigOpt = None,
+               json_out: JsonOpt = False) -> None:
+        """Is the learned allocation search in use, why, what it tried and would choose now."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from rich.console import Console
 
         cfg, db = _open(state, config, read_only=True)
-        r = from_journal(Journal(db).verified(limit=cfg.ranker.max_outcomes), min_outcomes=cfg.ranker.min_outcomes)
-        groups: dict[tuple[str, str], list[float]] = defaultdict(list)
-        for o in r.outcomes:
-            groups[(o.knob, o.rule)].append(o.improvement)
-        rows = [{"knob": k, "rule": ru, "n": len(v), "mean_improvement": sum(v) / len(v)}
-                for (k, ru), v in sorted(groups.items(), key=lambda kv: -sum(kv[1]) / len(kv[1]))]
+        st = _status(cfg, db)
         if json_out:
-            print_json({"enabled": cfg.ranker.enabled, **r.status.model_dump(), "by_rule": rows})
+            print_json(st)
             return
         console = Console()
-        state_txt = "in use" if r.status.active and cfg.ranker.enabled else "not in use"
-        if not cfg.ranker.enabled:
-            state_txt += " (disabled in [ranker])"
-        console.print(f"learned ranker: {state_txt}: {r.status.reason}")
-        if not rows:
+        if st["inactive_reason"]:
+            console.print(f"learned allocation search: not in use: {st['inactive_reason']}; the rules decide alone")
             return
-        t = Table(title="verified changes by rule (improvement: + = objective got better)")
-        for col in ("knob", "rule", "n", "mean improvement"):
-            t.add_column(col, justify="right" if col in ("n", "mean improvement") else "left")
-        for row in rows:
-            t.add_row(row["knob"], row["rule"], str(row["n"]), f"{row['mean_improvement']:+.0%}")
-        console.print(t)
+        for name, e in st["services"].items():
+            console.print(f"[bold]{name}[/]: {e['status']} - {e['reason']}")
+            console.print(f"  trials: {e['trials']} ({e['imported']} imported)")
+            if "best_observed" in e:
+                b = e["best_observed"]
+                console.print(f"  best observed: {b['allocation']}: score {b['score']:.3f}, slack {b['slack']:+.2f}, "
+                              f"neighbours {b['neighbour_share']:.0%} of the host at {b['load']:.2f} req/s")
+            if e.get("proposal"):
+                console.print(f"  would choose now: {e['proposal']}")
+
+    @ranker_app.command("export")
+    def export(path: Annotated[Path, typer.Argument(help="JSON-lines file to write.")],
+               state: StateOpt = None, config: ConfigOpt = None) -> None:
+        """Write this node's trials (JSON lines) for another node to import as a prior."""
+        _cfg, db = _open(state, config, read_only=True)
+        trials = _trials(db)
+        try:
+            path.write_text("".join(t.model_dump_json() + "\n" for t in trials))
+        except OSError as err:
+            fail(f"{path}: cannot write ({err.strerror})")
+        typer.echo(f"exported {len(trials)} trials to {path}")
+
+    @ranker_app.command("import")
+    def import_(path: Annotated[Path, typer.Argument(help="JSON-lines file from `autotune ranker export`.")],
+                service: Annotated[Optional[str], typer.Option(help="Record them for this service.")] = None,
+                state: StateOpt = None, config: ConfigOpt = None) -> None:
+        """Add another node's trials as a prior (marked imported: they count as noisier evidence)."""
+        from autotune.agent.learning import Learning
+        from autotune.errors import ConfigError
+        from autotune.journal.journal import Journal
+
+        cfg, db = _open(state, config)
+        if not path.is_file():
+            fail(f"{path}: no such file")
+        try:
+            n = Learning(cfg, db, Journal(db), ncpu=1).import_(path, service)
+        except ConfigError as err:
+            fail(str(err))
+        typer.echo(f"imported {n} trials from {path}")

@@ -1,0 +1,297 @@
+"""The allocation search (diagnose/learner.py) wired into the agent: trials from what the
+agent observes, proposals as ordinary guarded Actions, trials kept in the state DB.
+
+For each latency-critical service that declares an SLO, has a latency source and a cgroup,
+next to neighbours with cgroups:
+
+- ``observe``: once the allocation (its quota, its weight : the neighbours') has been in place
+  for ``trial_s`` past the newest change, the window since that change becomes a Trial: load
+  (requests/s), SLO slack, the neighbours' share of the host. A guarded change of the search
+  that broke the SLO (undone at once by the verify stage) becomes a Trial too: that is what
+  teaches the model where the unsafe region begins.
+- ``actions``: the proposal as Actions on the knobs that differ from the live allocation
+  (quota on the service, weight on the neighbours), rule ``learned-allocation``, verified as a
+  guard (kept while the SLO holds, undone at once when it breaks). While the search is active
+  for a service, the rule pack's give-backs for it stand aside (the search decides how much to
+  return); its upsizes still fire when the slack is low: the rules are the safety net.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autotune.config import Config, Service
+from autotune.detect.metrics import derive_metrics
+from autotune.diagnose import learner as L
+from autotune.knobs import get_knob
+from autotune.knobs.base import number
+from autotune.store.db import migrate, transaction
+from autotune.types import Action, Snapshot, VerifyPlan
+
+log = logging.getLogger(__name__)
+
+RULE = "learned-allocation"
+COMPONENT = "learner"
+PRIORITY = 75  # under the rules' upsizes (80-90): the safety net wins when the SLO breaks
+PLAN = VerifyPlan(mode="guard", window_s=10.0, settle_s=2.0, lockout_s=30.0)
+MAX_TRIALS_KEPT = 500  # per service; older ones are dropped
+# the knobs the search moves and the allocation dimension each one is (rules/slo.yaml steps them)
+SEARCHED = {"cgroup.cpu_quota": "quota_cores", "cgroup.cpu_weight": "ratio"}
+
+
+def _v1(db) -> None:
+    db.execute("CREATE TABLE learner_trials (id INTEGER PRIMARY KEY, service TEXT NOT NULL, ts REAL NOT NULL,"
+               " trial TEXT NOT NULL, entry_id INTEGER)")
+    db.execute("CREATE INDEX learner_trials_service ON learner_trials(service, ts)")
+
+
+MIGRATIONS = [_v1]
+ReadCurrent = Callable[[str, str], "str | None"]
+
+
+class Learning:
+    def __init__(self, cfg: Config, db, journal, *, ncpu: int) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.journal = journal
+        self.ncpu = ncpu
+        self.settings = L.Settings(safe_prob=cfg.ranker.safe_prob, stop_ei=cfg.ranker.stop_ei,
+                                   max_trials=cfg.ranker.max_trials, phase_change=cfg.ranker.phase_change)
+        migrate(db, COMPONENT, MIGRATIONS)
+        self.phases: dict[str, L.Phases] = {}
+        self.proposals: dict[str, L.Proposal] = {}
+        self._model_key: dict[str, int] = {}
+        self._last_trial_ts: dict[str, float] = {}
+
+    # -- who is searched ------------------------------------------------------------------------
+    def services(self) -> list[Service]:
+        """Latency-critical services with an SLO, a latency source and a cgroup, with neighbours."""
+        if not self.cfg.ranker.enabled or not self.neighbours():
+            return []
+        return [s for s in self.cfg.services if s.role == "latency-critical" and s.cgroup and s.latency
+                and any(s.slo.model_dump().values())]
+
+    def neighbours(self) -> list[Service]:
+        return [s for s in self.cfg.services if s.role == "neighbour" and s.cgroup]
+
+    def why_inactive(self) -> str | None:
+        if not self.cfg.ranker.enabled:
+            return "disabled in [ranker]"
+        if not self.neighbours():
+            return "no neighbour service with a cgroup: nothing to share the CPUs with"
+        if not self.services():
+            return "no latency-critical service with an SLO, a latency source and a cgroup"
+        return None
+
+    # -- the live allocation --------------------------------------------------------------------
+    def allocation(self, svc: Service, read: ReadCurrent) -> L.Allocation | None:
+        quota = read("cgroup.cpu_quota", svc.cgroup)
+        weight = number(read("cgroup.cpu_weight", svc.cgroup))
+        nw = [number(read("cgroup.cpu_weight", n.cgroup)) for n in self.neighbours()]
+        if quota is None or weight is None or not nw or any(w is None for w in nw):
+            return None
+        q = number(quota)
+        return L.Allocation(quota_cores=q, ratio=weight / (sum(nw) / len(nw)))  # type: ignore[arg-type]
+
+    def candidates(self, svc: Service) -> list[L.Allocation]:
+        floor = sum(n.min_cpu_cores or 0.0 for n in self.neighbours())
+        start = number(self.journal.origin("cgroup.cpu_quota", svc.cgroup) or "") or 0.25
+        return L.candidates(self.ncpu, quota_min=min(start, 1.0), neighbour_floor=floor)
+
+    # -- trials -----------------------------------------------------------------------------------
+    def trials(self, service: str | None = None) -> list[L.Trial]:
+        sql = "SELECT trial FROM learner_trials" + (" WHERE service=?" if service else "") + " ORDER BY id"
+        return [L.Trial.model_validate_json(r[0]) for r in self.db.execute(sql, [service] if service else [])]
+
+    def _add(self, t: L.Trial, entry_id: int | None = None) -> None:
+        with transaction(self.db):
+            self.db.execute("INSERT INTO learner_trials(service, ts, trial, entry_id) VALUES (?,?,?,?)",
+                            [t.service, t.ts, t.model_dump_json(), entry_id])
+            self.db.execute("DELETE FROM learner_trials WHERE service=? AND id NOT IN (SELECT id FROM "
+                            "learner_trials WHERE service=? ORDER BY id DESC LIMIT ?)",
+                            [t.service, t.service, MAX_TRIALS_KEPT])
+
+    def observe(self, now: float, window: list[Snapshot], read: ReadCurrent) -> list[L.Trial]:
+        """Record what the allocation in place since the newest change did (``window``: the
+        agent's samples since then), and any guarded change of ours that broke the SLO."""
+        out = []
+        changed = self.journal.last_applied_ts() or 0.0
+        for svc in self.services():
+            out += self._violations(svc, window, read)
+            span = [s for s in window if s.ts >= changed + PLAN.settle_s]
+            if len(span) < 2 or span[-1].ts - span[0].ts < self.cfg.ranker.trial_s:
+                continue
+            if now - self._last_trial_ts.get(svc.name, 0.0) < self.cfg.ranker.trial_s:
+                continue
+            t = self._trial(svc, span, read, now)
+            if t is not None:
+                self._add(t)
+                self._last_trial_ts[svc.name] = now
+                out.append(t)
+        return out
+
+    def _window_facts(self, svc: Service, span: list[Snapshot]) -> tuple[float, float, float] | None:
+        """(load requests/s, slack, neighbours' host share) over ``span``; None without slack."""
+        m = derive_metrics(span, ncpu=self.ncpu, services=self.cfg.services)
+        slack = m.get(f"svc.{svc.name}.slo.slack")
+        if slack is None:
+            return None
+        dt = max(1e-6, span[-1].ts - span[0].ts)
+        load = m.get(f"svc.{svc.name}.latency.requests", 0.0) / dt
+        be = sum(m.get(f"svc.{n.name}.cpu.usage_cores", 0.0) for n in self.neighbours()) / max(1, self.ncpu)
+        return load, slack, be
+
+    def _trial(self, svc: Service, span: list[Snapshot], read: ReadCurrent, now: float) -> L.Trial | None:
+        alloc = self.allocation(svc, read)
+        facts = self._window_facts(svc, span)
+        if alloc is None or facts is None:
+            return None
+        load, slack, be = facts
+        return L.Trial(ts=now, service=svc.name, allocation=alloc, ncpu=self.ncpu, load=load, slack=slack,
+                       be_share=be, score=L.score(slack, be))
+
+    def _violations(self, svc: Service, window: list[Snapshot], read: ReadCurrent) -> list[L.Trial]:
+        """Our guarded changes undone because the SLO broke, not yet recorded as trials."""
+        seen = {r[0] for r in self.db.execute(
+            "SELECT entry_id FROM learner_trials WHERE entry_id IS NOT NULL AND service=?", [svc.name])}
+        out = []
+        for e in self.journal.entries(states=("rolled_back",), since_ts=(window[0].ts - 60) if window else None):
+            vr = e.verify_result
+            if (e.rule != RULE or e.service != svc.name or e.id in seen or vr is None
+                    or vr.verdict != "violated" or vr.after_median is None):
+                continue
+            live = self.allocation(svc, read)
+            if live is None:
+                continue
+            tried = self._with(live, e.knob, e.target, e.proposed, read)
+            facts = self._window_facts(svc, window) if len(window) > 1 else None
+            load = facts[0] if facts else 0.0
+            t = L.Trial(ts=e.finished_ts or e.ts, service=svc.name, allocation=tried, ncpu=self.ncpu, load=load,
+                        slack=vr.after_median, be_share=facts[2] if facts else 0.0, score=L.score(vr.after_median, 0.0))
+            self._add(t, entry_id=e.id)
+            out.append(t)
+        return out
+
+    def _with(self, a: L.Allocation, knob: str, target: str, value: str, read: ReadCurrent) -> L.Allocation:
+        """``a`` with one of the search's own changes made: the quota on the service, or one
+        neighbour's weight (the ratio moves by that neighbour's old / new weight)."""
+        v = number(value)
+        dim = SEARCHED.get(knob)
+        if dim == "quota_cores":
+            return a.model_copy(update={"quota_cores": v})
+        old = number(read(knob, target))
+        if dim == "ratio" and v and old:
+            return a.model_copy(update={"ratio": a.ratio * old / v})
+        return a
+
+    # -- proposals ------------------------------------------------------------------------------
+    def propose(self, svc: Service, now: float, window: list[Snapshot]) -> L.Proposal:
+        """The search's word for ``svc`` now (refit only when a trial was added)."""
+        facts = self._window_facts(svc, window) if len(window) > 1 else None
+        load = facts[0] if facts else (self.phases[svc.name].ref_load if svc.name in self.phases else 0.0)
+        phases = self.phases.setdefault(svc.name, L.Phases())
+        new_phase = phases.update(load or 0.0, now, change=self.settings.phase_change)
+        trials = self.trials(svc.name)
+        key = len(trials) * 2 + int(new_phase)
+        if not new_phase and self._model_key.get(svc.name) == key and svc.name in self.proposals:
+            return self.proposals[svc.name]
+        phase_trials = [t for t in trials if t.ts >= phases.started_ts and t.source == "observed"]
+        p = L.propose(trials, self.candidates(svc), load=phases.ref_load or 0.0, ncpu=self.ncpu,
+                      phase_trials=phase_trials, settings=self.settings)
+        if p.reason != getattr(self.proposals.get(svc.name), "reason", None):
+            log.info("learned allocation for %s (%s, %d trials in phase): %s", svc.name, p.status,
+                     p.trials_in_phase, p.reason)
+        self.proposals[svc.name], self._model_key[svc.name] = p, key
+        return p
+
+    def actions(self, now: float, window: list[Snapshot], read: ReadCurrent) -> list[Action]:
+        """Actions that move each searched service to its proposed allocation."""
+        out: list[Action] = []
+        for svc in self.services():
+            try:
+                p = self.propose(svc, now, window)
+            except Exception:  # noqa: BLE001 - a failed fit leaves the rules in charge
+                log.exception("allocation search for %s failed; the rules decide alone", svc.name)
+                continue
+            live = self.allocation(svc, read)
+            if p.allocation is None or live is None:
+                continue
+            out += self._moves(svc, live, p, read)
+        return out
+
+    def _moves(self, svc: Service, live: L.Allocation, p: L.Proposal, read: ReadCurrent) -> list[Action]:
+        want = p.allocation
+        assert want is not None
+        why = f"allocation search ({p.status}): {p.reason}"
+        moves = []
+        quota_knob, weight_knob = get_knob("cgroup.cpu_quota"), get_knob("cgroup.cpu_weight")
+        q_now = read("cgroup.cpu_quota", svc.cgroup)
+        q_want = "max" if want.quota_cores is None else quota_knob.format(want.quota_cores)
+        if not quota_knob.same(q_now, q_want):
+            moves.append(Action(knob="cgroup.cpu_quota", target=svc.cgroup, service=svc.name, current=q_now,
+                                proposed=q_want, rule=RULE, rationale=why, priority=PRIORITY, verify=PLAN))
+        weight = number(read("cgroup.cpu_weight", svc.cgroup)) or 100.0
+        for n in self.neighbours():
+            w_now = read("cgroup.cpu_weight", n.cgroup)
+            w_want = weight_knob.format(min(10000.0, max(1.0, weight / want.ratio)))
+            if not weight_knob.same(w_now, w_want):
+                moves.append(Action(knob="cgroup.cpu_weight", target=n.cgroup, service=svc.name, current=w_now,
+                                    proposed=w_want, rule=RULE, rationale=why, priority=PRIORITY, verify=PLAN))
+        return moves
+
+    def merge(self, actions: list[Action], now: float, window: list[Snapshot], read: ReadCurrent) -> list[Action]:
+        """The rules' actions plus the search's; the rules' give-backs stand aside for the
+        services the search is active for (it decides how much to give back)."""
+        searched = {s.name for s in self.services()}
+        if not searched:
+            return actions
+        mine = self.actions(now, window, read)
+        active = {s for s in searched if self.proposals.get(s) is not None
+                  and self.proposals[s].status != "inactive"}
+        kept = [a for a in actions if not (a.verify.mode == "guard" and a.service in active and a.rule != RULE)]
+        return sorted(kept + mine, key=lambda a: -a.priority)
+
+    # -- fleet: export / import -------------------------------------------------------------------
+    def export(self, path: Path) -> int:
+        trials = self.trials()
+        Path(path).write_text("\n".join(t.model_dump_json() for t in trials) + ("\n" if trials else ""))
+        return len(trials)
+
+    def import_(self, path: Path, service: str | None = None) -> int:
+        """Another node's trials as a prior (marked imported: noisier evidence)."""
+        n = 0
+        for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                t = L.Trial.model_validate_json(line)
+            except ValueError as err:
+                from autotune.errors import ConfigError
+
+                raise ConfigError(f"{path}:{line_no}: not a trial ({err.__class__.__name__}: "
+                                  f"{str(err).splitlines()[0]})") from None
+            self._add(t.model_copy(update={"source": "imported", "service": service or t.service}))
+            n += 1
+        return n
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"enabled": self.cfg.ranker.enabled, "inactive_reason": self.why_inactive(),
+                               "services": {}}
+        for svc in self.services():
+            trials = self.trials(svc.name)
+            p = self.proposals.get(svc.name)
+            out["services"][svc.name] = {
+                "trials": len(trials), "imported": sum(t.source == "imported" for t in trials),
+                "status": p.status if p else ("inactive" if not trials else "waiting"),
+                "reason": p.reason if p else None,
+                "best_observed": max(trials, key=lambda t: t.score).model_dump() if trials else None,
+            }
+        return out
+
+
+def trials_json(trials: list[L.Trial]) -> str:
+    return json.dumps([t.model_dump() for t in trials], indent=2)

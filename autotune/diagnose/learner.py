@@ -1,0 +1,315 @@
+"""The learned part of diagnosis: a safe search over the allocation the rules allow (CLITE).
+
+Rules know *which* knobs may help a latency-critical service and in which bounds; they cannot
+know where, between "the service has everything" and "the neighbours have everything", this
+node's best allocation lies for the load it has now. This module learns it from the node's own
+trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net around it:
+
+- An allocation is the server's cpu quota and the cpu-weight ratio server : neighbours (the
+  knobs rules/slo.yaml steps), from a candidate grid the rules' bounds and the neighbours'
+  ``min_cpu_cores`` floors allow (``candidates``).
+- Every observed window becomes a ``Trial``: allocation, load (requests/s), SLO slack and the
+  neighbours' share of the host's CPUs. Its score is CLITE's: ``0.5 / ratio`` (at most 0.5)
+  while the service misses its SLO, ``0.5 + 0.5 x neighbour share`` once it meets it.
+- Two Gaussian processes (scikit-learn, Matern 5/2 + noise) over (quota share, log weight
+  ratio, load) predict the score and the slack of every candidate.
+- ``propose`` picks the next allocation by expected improvement, among candidates predicted to
+  keep the SLO (P(slack >= 0) >= ``safe_prob``) or that give the service at least what a
+  known-safe allocation gave it: exploration is constrained, not only scored. It starts from
+  the generous extreme (CLITE starts from the equal split and the extremes; the equal split and
+  the stingy extreme are not safe to start from), stops exploring when the best expected
+  improvement is under ``stop_ei`` of the best score or after ``max_trials`` in the phase, and
+  starts again when the load moves (``Phases``).
+- Each proposal is applied as ordinary journaled changes, guarded like a give-back (undone at
+  once when the SLO breaks); the rules' upsizes stay the safety net and decide alone while the
+  search has nothing to say.
+
+Pure apart from the fit: no clock, no host. scikit-learn is imported by ``Model`` only, so an
+agent that never searches never loads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RATIOS = (0.25, 1.0, 4.0, 16.0, 64.0)  # server : neighbours cpu weight
+QUOTA_STEP = 0.25  # cores between candidate quotas
+RATIO_SCALE = math.log2(64.0)
+
+
+class Allocation(BaseModel):
+    """The server's cpu quota (cores; None = unlimited) and its cpu weight : the neighbours'."""
+
+    model_config = ConfigDict(frozen=True)
+
+    quota_cores: float | None
+    ratio: float = Field(gt=0)
+
+    def label(self) -> str:
+        q = "max" if self.quota_cores is None else f"{self.quota_cores:g}"
+        return f"quota {q}, weights {self.ratio:g}:1" if self.ratio >= 1 else f"quota {q}, weights 1:{1 / self.ratio:g}"
+
+
+class Trial(BaseModel):
+    """One observed window under one allocation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ts: float
+    service: str
+    allocation: Allocation
+    ncpu: int
+    load: float  # requests/s completed in the window
+    slack: float  # SLO slack over the window (detect/metrics slo.slack)
+    be_share: float  # neighbours' cores / host CPUs
+    score: float
+    source: Literal["observed", "imported"] = "observed"
+
+
+def score(slack: float, be_share: float) -> float:
+    """CLITE's score: at most 0.5 while the SLO is missed (0.5 / binding ratio), 0.5 + 0.5 x the
+    neighbours' share of the host once it is met."""
+    if slack < 0:
+        return 0.5 / (1.0 - slack)
+    return 0.5 + 0.5 * max(0.0, min(1.0, be_share))
+
+
+def features(a: Allocation, load: float, ncpu: int) -> list[float]:
+    """(quota as a share of the host, log weight ratio scaled to about [-1, 1], log load)."""
+    q = ncpu if a.quota_cores is None else min(a.quota_cores, ncpu)
+    return [q / max(1, ncpu), math.log2(a.ratio) / RATIO_SCALE, math.log1p(max(0.0, load))]
+
+
+def candidates(ncpu: int, *, quota_min: float, neighbour_floor: float = 0.0,
+               ratios: Sequence[float] = RATIOS) -> list[Allocation]:
+    """The grid the search may try: quotas from ``quota_min`` to the host in QUOTA_STEP, plus
+    unlimited, times the weight ratios, keeping every point where the neighbours are still
+    guaranteed ``neighbour_floor`` cores under full contention (the larger of what the quota
+    leaves and their weight share; agent/floor.py checks each change again before it is made)."""
+    quotas: list[float | None] = []
+    q = max(QUOTA_STEP, math.ceil(quota_min / QUOTA_STEP) * QUOTA_STEP)
+    while q < ncpu - 1e-9:
+        quotas.append(round(q, 4))
+        q += QUOTA_STEP
+    quotas.append(None)
+    out = []
+    for q in quotas:
+        for r in ratios:
+            left = ncpu - q if q is not None else 0.0
+            share = ncpu / (1.0 + r)
+            if max(left, share) + 1e-9 >= neighbour_floor:
+                out.append(Allocation(quota_cores=q, ratio=r))
+    return out
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    allocation: Allocation
+    score: float
+    score_sd: float
+    slack: float
+    slack_sd: float
+    p_safe: float
+    ei: float = 0.0
+
+
+class Model:
+    """Two Gaussian processes over the trials: score and slack."""
+
+    def __init__(self, trials: Sequence[Trial], *, imported_noise: float = 4.0) -> None:
+        import numpy as np
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+        self.np = np
+        X = np.array([features(t.allocation, t.load, t.ncpu) for t in trials])
+        # imported trials (another node's) count, but as noisier evidence than our own
+        alpha = np.array([1e-4 * (imported_noise if t.source == "imported" else 1.0) for t in trials])
+        self.gps = {}
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        for name, ys in (("score", [t.score for t in trials]), ("slack", [max(-3.0, t.slack) for t in trials])):
+            kernel = (ConstantKernel(1.0, (1e-2, 1e2)) * Matern(length_scale=[0.3, 0.3, 0.5],
+                      length_scale_bounds=(0.05, 5.0), nu=2.5) + WhiteKernel(1e-3, (1e-6, 1e-1)))
+            gp = GaussianProcessRegressor(kernel=kernel, alpha=alpha, normalize_y=True,
+                                          n_restarts_optimizer=1, random_state=0)
+            with warnings.catch_warnings():  # a flat surface pins a length scale at its bound: fine
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                gp.fit(X, np.array(ys))
+            self.gps[name] = gp
+
+    def predict(self, allocs: Sequence[Allocation], load: float, ncpu: int) -> list[Prediction]:
+        np = self.np
+        X = np.array([features(a, load, ncpu) for a in allocs])
+        s_mu, s_sd = self.gps["score"].predict(X, return_std=True)
+        k_mu, k_sd = self.gps["slack"].predict(X, return_std=True)
+        out = []
+        for a, sm, ss, km, ks in zip(allocs, s_mu, s_sd, k_mu, k_sd):
+            p_safe = _phi(km / max(ks, 1e-6))
+            out.append(Prediction(allocation=a, score=float(sm), score_sd=float(ss), slack=float(km),
+                                  slack_sd=float(ks), p_safe=float(p_safe)))
+        return out
+
+
+def _phi(z: float) -> float:
+    return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def expected_improvement(mu: float, sd: float, best: float, xi: float = 0.01) -> float:
+    """EI of a maximisation: E[max(0, f - best - xi)] under N(mu, sd)."""
+    if sd <= 1e-9:
+        return max(0.0, mu - best - xi)
+    z = (mu - best - xi) / sd
+    return (mu - best - xi) * _phi(z) + sd * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+class Settings(BaseModel):
+    """Search knobs (config [ranker])."""
+
+    model_config = ConfigDict(frozen=True)
+
+    safe_prob: float = 0.8  # P(slack >= 0) a candidate needs to be explored
+    stop_ei: float = 0.01  # stop exploring when the best EI is under this share of the best score
+    max_trials: int = 30  # per load phase
+    phase_change: float = 0.35  # relative load change that starts a new phase
+
+
+class Proposal(BaseModel):
+    """What the search says now: an allocation to try or keep, or nothing, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    allocation: Allocation | None
+    status: Literal["inactive", "exploring", "converged"]
+    reason: str
+    prediction: Prediction | None = None
+    trials_in_phase: int = 0
+
+
+def server_cores(a: Allocation, ncpu: int) -> float:
+    """Cores the service is sure of when the neighbours want every CPU: the smaller of its quota
+    and its weight share of the host."""
+    cap = float(ncpu) if a.quota_cores is None else min(a.quota_cores, float(ncpu))
+    return min(cap, ncpu * a.ratio / (1.0 + a.ratio))
+
+
+def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float, ncpu: int,
+            phase_trials: Sequence[Trial], settings: Settings = Settings(),
+            model: Model | None = None) -> Proposal:
+    """The next allocation for a service at ``load``. ``trials``: everything known (all loads,
+    imported too); ``phase_trials``: those observed since the load phase began."""
+    if not cands:
+        return Proposal(allocation=None, status="inactive", reason="no candidate allocation keeps the floors")
+    tried = {t.allocation for t in phase_trials}
+    n = len(phase_trials)
+    generous = max(cands, key=lambda a: (server_cores(a, ncpu), a.ratio,
+                                         math.inf if a.quota_cores is None else a.quota_cores))
+    if not trials:
+        return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
+                        reason="no trial yet: start from the generous extreme (safe, and it bounds the search)")
+    if generous not in tried and n == 0:
+        return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
+                        reason="new load phase: first the generous extreme")
+    model = model or Model(trials)
+    preds = model.predict(cands, load, ncpu)
+    safe = [p for p in preds if _allowed(p, phase_trials, ncpu, settings)]
+    if not safe:
+        return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
+                        reason="no allocation is predicted to keep the SLO: back to the generous extreme")
+    best_pred = max(safe, key=lambda p: (p.score, -abs(p.slack)))
+    frontier = _next_step_down(safe, phase_trials, ncpu, settings)
+    if frontier is not None and n < settings.max_trials:
+        return Proposal(allocation=frontier.allocation, status="exploring", prediction=frontier,
+                        trials_in_phase=n, reason=f"one step below the allocations known to keep the SLO "
+                        f"({server_cores(frontier.allocation, ncpu):.2f} cores sure for the service), "
+                        f"predicted slack {frontier.slack:+.2f}, P(SLO kept) {frontier.p_safe:.0%}")
+    observed = [t.score for t in phase_trials]
+    best = max(observed) if observed else best_pred.score
+    scored = [p.model_copy(update={"ei": expected_improvement(p.score, p.score_sd, best)}) for p in safe]
+    top = max(scored, key=lambda p: p.ei)
+    if n >= settings.max_trials:
+        return Proposal(allocation=best_pred.allocation, status="converged", prediction=best_pred,
+                        trials_in_phase=n, reason=f"{n} trials in this load phase: holding the best "
+                        f"predicted ({best_pred.allocation.label()}, score {best_pred.score:.3f})")
+    if top.ei < settings.stop_ei * max(best, 1e-6):
+        return Proposal(allocation=best_pred.allocation, status="converged", prediction=best_pred,
+                        trials_in_phase=n, reason=f"best expected improvement {top.ei:.4f} is under "
+                        f"{settings.stop_ei:.0%} of the best score {best:.3f}: holding "
+                        f"{best_pred.allocation.label()}")
+    if top.allocation in tried and top.ei < 2 * settings.stop_ei * max(best, 1e-6):
+        return Proposal(allocation=best_pred.allocation, status="converged", prediction=best_pred,
+                        trials_in_phase=n, reason="the most promising allocation was tried already: holding "
+                        f"{best_pred.allocation.label()}")
+    return Proposal(allocation=top.allocation, status="exploring", prediction=top, trials_in_phase=n,
+                    reason=f"expected improvement {top.ei:.4f} over the best score {best:.3f}, "
+                    f"P(SLO kept) {top.p_safe:.0%}")
+
+
+def _allowed(p: Prediction, phase_trials: Sequence[Trial], ncpu: int, settings: Settings) -> bool:
+    """The safe set, expanded from what this phase has shown (SafeOpt's idea on one axis, the
+    cores the service is sure of): at most what already broke the SLO is out; at least what
+    already kept it is in; one QUOTA_STEP below the known-safe frontier is in when the model
+    predicts the SLO kept there with ``safe_prob``. Without a known-safe trial yet, the model
+    alone decides."""
+    c = server_cores(p.allocation, ncpu)
+    bad = [server_cores(t.allocation, ncpu) for t in phase_trials if t.slack < 0]
+    if bad and c <= max(bad) + 1e-9:
+        return False
+    good = [server_cores(t.allocation, ncpu) for t in phase_trials if t.slack >= 0]
+    if good and c >= min(good) - 1e-9:
+        return True
+    reach = (min(good) - QUOTA_STEP - 1e-9) if good else -math.inf
+    return p.p_safe >= settings.safe_prob and c >= reach
+
+
+FRONTIER_MARGIN = 0.05  # predicted slack a step down needs before it is tried without EI
+
+
+def _next_step_down(safe: Sequence[Prediction], phase_trials: Sequence[Trial], ncpu: int,
+                    settings: Settings) -> Prediction | None:
+    """Giving the service less leaves more for the neighbours (the score's monotone side): while
+    the model predicts the SLO kept with margin one step below every allocation that kept it,
+    that step is worth a trial whatever its expected improvement (the score model, flat
+    across allocations the service does not use, cannot see that gain). Its largest sure
+    share among those steps, then the best predicted score."""
+    good = [server_cores(t.allocation, ncpu) for t in phase_trials if t.slack >= 0]
+    if not good:
+        return None
+    floor = min(good)
+    below = [p for p in safe if server_cores(p.allocation, ncpu) < floor - 1e-9
+             and p.p_safe >= settings.safe_prob and p.slack >= FRONTIER_MARGIN]
+    if not below:
+        return None
+    return max(below, key=lambda p: (server_cores(p.allocation, ncpu), p.score))
+
+
+class Phases(BaseModel):
+    """Where the current load phase began: a load that stays ``change`` (relative) away from the
+    phase's reference for ``hold_s`` starts a new phase, and the search explores again."""
+
+    ref_load: float | None = None
+    started_ts: float = 0.0
+    away_since: float | None = None
+
+    def update(self, load: float, now: float, *, change: float, hold_s: float = 15.0) -> bool:
+        """Feed the current load; True when a new phase begins."""
+        if self.ref_load is None:
+            self.ref_load, self.started_ts = load, now
+            return True
+        base = max(self.ref_load, 0.05)
+        if abs(load - self.ref_load) / base <= change:
+            self.away_since = None
+            return False
+        if self.away_since is None:
+            self.away_since = now
+        if now - self.away_since >= hold_s:
+            self.ref_load, self.started_ts, self.away_since = load, now, None
+            return True
+        return False

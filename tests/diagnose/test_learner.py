@@ -1,0 +1,114 @@
+"""The learned allocation search (diagnose/learner.py): score, candidates, safe exploration that
+reaches the best allocation of a known surface, and load phases."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from autotune.diagnose import learner as L
+
+NCPU = 2
+
+
+def surface(a: L.Allocation, load: float) -> tuple[float, float]:
+    """A 2-CPU node with CPU-burning neighbours: (slack, neighbours' share of the host).
+
+    The server needs ``demand`` cores; it gets the least of its quota, its demand and its weight
+    share; per-token latency grows as demand / got (0.7 of the target when it gets all it needs)."""
+    demand = 0.4 + 0.8 * load
+    cap = NCPU if a.quota_cores is None else a.quota_cores
+    got = min(cap, demand, NCPU * a.ratio / (1 + a.ratio))
+    ratio = 0.7 * demand / max(got, 1e-3)
+    return 1.0 - ratio, (NCPU - got) / NCPU
+
+
+def best_feasible(cands, load) -> float:
+    return max(L.score(*surface(a, load)) for a in cands if surface(a, load)[0] >= 0)
+
+
+def run_search(load: float, *, budget: int = 30, seed: int = 0, noise: float = 0.02):
+    rng = random.Random(seed)
+    cands = L.candidates(NCPU, quota_min=0.5, neighbour_floor=0.5)
+    trials: list[L.Trial] = []
+    p = None
+    for i in range(budget):
+        p = L.propose(trials, cands, load=load, ncpu=NCPU, phase_trials=trials)
+        if p.status == "converged":
+            break
+        slack, be = surface(p.allocation, load)
+        slack += rng.gauss(0, noise)
+        trials.append(L.Trial(ts=float(i), service="llm", allocation=p.allocation, ncpu=NCPU, load=load,
+                              slack=slack, be_share=be, score=L.score(slack, be)))
+    return p, trials, cands
+
+
+def test_score_is_cliteish():
+    assert L.score(-1.0, 0.9) == 0.25  # twice its target: 0.5 / 2, whatever the neighbours do
+    assert L.score(-0.01, 1.0) < 0.5 <= L.score(0.0, 0.0)
+    assert L.score(0.3, 0.6) == pytest.approx(0.8)
+
+
+def test_candidates_keep_the_neighbours_floor():
+    cands = L.candidates(NCPU, quota_min=0.5, neighbour_floor=0.5)
+    assert L.Allocation(quota_cores=1.5, ratio=64.0) in cands  # the quota leaves 0.5 core
+    assert L.Allocation(quota_cores=None, ratio=1.0) in cands  # half the host by weight
+    assert L.Allocation(quota_cores=None, ratio=4.0) not in cands  # 0.4 core under contention
+    assert L.Allocation(quota_cores=1.75, ratio=4.0) not in cands
+    assert min(a.quota_cores for a in cands if a.quota_cores is not None) == 0.5
+
+
+def test_first_proposal_is_the_generous_extreme():
+    cands = L.candidates(NCPU, quota_min=0.5, neighbour_floor=0.5)
+    p = L.propose([], cands, load=0.3, ncpu=NCPU, phase_trials=[])
+    assert p.status == "exploring" and p.allocation == L.Allocation(quota_cores=1.5, ratio=64.0)
+
+
+@pytest.mark.parametrize("load", [0.1, 0.4, 0.8])
+def test_search_reaches_95pct_of_the_best_safe_allocation_within_30_trials(load):
+    p, trials, cands = run_search(load)
+    best = best_feasible(cands, load)
+    chosen = p.allocation
+    slack, be = surface(chosen, load)
+    assert slack >= 0, f"converged on an allocation that misses the SLO: {chosen}"
+    assert L.score(slack, be) >= 0.95 * best, (chosen, p.reason)
+    assert len(trials) <= 30
+    # exploration is constrained: few trials break the SLO on the way
+    assert sum(surface(t.allocation, load)[0] < 0 for t in trials) <= 3
+
+
+def test_a_search_that_knows_nothing_safe_goes_back_to_the_generous_extreme():
+    cands = L.candidates(NCPU, quota_min=0.5, neighbour_floor=0.5)
+    bad = [L.Trial(ts=float(i), service="llm", allocation=a, ncpu=NCPU, load=0.5, slack=-1.0, be_share=0.5,
+                   score=L.score(-1.0, 0.5)) for i, a in enumerate(cands[:6])]
+    p = L.propose(bad, cands, load=0.5, ncpu=NCPU, phase_trials=bad)
+    assert p.allocation == L.Allocation(quota_cores=1.5, ratio=64.0)  # 1.5 cores, sure
+
+
+def test_imported_trials_are_a_prior():
+    """A node that imports another's trials explores less to reach the same allocation."""
+    _, cold, _ = run_search(0.4, seed=1)
+    prior = [t.model_copy(update={"source": "imported"}) for t in cold]
+    cands = L.candidates(NCPU, quota_min=0.5, neighbour_floor=0.5)
+    trials: list[L.Trial] = []
+    for i in range(30):
+        p = L.propose(prior + trials, cands, load=0.4, ncpu=NCPU, phase_trials=trials)
+        if p.status == "converged":
+            break
+        slack, be = surface(p.allocation, 0.4)
+        trials.append(L.Trial(ts=100.0 + i, service="llm", allocation=p.allocation, ncpu=NCPU, load=0.4,
+                              slack=slack, be_share=be, score=L.score(slack, be)))
+    assert len(trials) < len(cold)
+    assert L.score(*surface(p.allocation, 0.4)) >= 0.95 * best_feasible(cands, 0.4)
+
+
+def test_phases_follow_a_sustained_load_change_only():
+    ph = L.Phases()
+    assert ph.update(0.2, 0.0, change=0.35) is True  # the first load starts a phase
+    assert ph.update(0.24, 5.0, change=0.35) is False  # within 35 %
+    assert ph.update(0.5, 10.0, change=0.35) is False  # away, not for long yet
+    assert ph.update(0.2, 12.0, change=0.35) is False  # a blip: back
+    assert ph.update(0.5, 20.0, change=0.35) is False
+    assert ph.update(0.5, 36.0, change=0.35) is True  # away for 16 s: a new phase
+    assert ph.ref_load == 0.5 and ph.started_ts == 36.0
