@@ -8,7 +8,6 @@ checked to be root-owned and not group/world-writable, so nobody but root can wi
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import tomllib
@@ -19,6 +18,7 @@ from autotune.config import Service, format_validation_error
 from autotune.errors import ConfigError
 from autotune.knobs import KNOBS
 from autotune.knobs.base import TargetKind
+from autotune.knobs.grammar import parse_cpulist_strict, parse_decimal_strict
 
 
 class _Strict(BaseModel):
@@ -46,12 +46,11 @@ class ValueRule(_Strict):
             return None
         if self.min is None and self.max is None:
             return f"value {value!r} is not one of {self.values}"
-        fields = value.split()
-        try:
-            nums = [float(f) for f in fields]
+        try:  # the knobs' own strict grammar: "1_0", "\uff11", "inf" or "1e1" are no numbers
+            nums = [float(parse_decimal_strict(f, signed=True)) for f in value.split(" ")]
         except ValueError:
             nums = []
-        if not nums or not all(math.isfinite(n) for n in nums):
+        if not nums:
             lits = f" or one of {self.values}" if self.values else ""
             return f"value {value!r} is not a number{lits}"
         for n in nums:
@@ -71,6 +70,7 @@ class CgroupRule(ValueRule):
         for s in self.subtrees:
             if not s.startswith("/") or ".." in s.split("/"):
                 raise ValueError(f"subtree {s!r} must be an absolute cgroup path without '..'")
+        _cpus_ok(self.cpus)
         return self
 
 
@@ -94,6 +94,19 @@ class ChoiceRule(ValueRule):
 class AffinityRule(_Strict):
     services: list[str] = Field(min_length=1)
     cpus: str | None = None  # allowed cpu list; None = any online cpu
+
+    @model_validator(mode="after")
+    def _cpus(self) -> "AffinityRule":
+        _cpus_ok(self.cpus)
+        return self
+
+
+def _cpus_ok(cpus: str | None) -> None:
+    if cpus is not None:
+        try:
+            parse_cpulist_strict(cpus)
+        except ValueError as err:
+            raise ValueError(f"cpus {cpus!r}: {err}") from None
 
 
 class Peers(_Strict):
