@@ -121,6 +121,8 @@ class Limits(_Strict):
     rate_per_s: float = Field(default=5.0, gt=0)  # sustained requests per second per peer uid
     burst: int = Field(default=20, ge=1)
     conn_timeout_s: float = Field(default=10.0, gt=0, le=600)  # idle time before closing
+    first_byte_timeout_s: float = Field(default=2.0, gt=0, le=60)  # a fresh connection's silence
+    request_timeout_s: float = Field(default=5.0, gt=0, le=600)  # a started line must end by then
     max_connections: int = Field(default=16, ge=1, le=1024)
 
 
