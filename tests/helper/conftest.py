@@ -187,6 +187,8 @@ def build_host(root: Path) -> Path:
         _w(root, f"{CPU}{cg}/cgroup.procs", "")
         _w(root, f"{CPU}{cg}/cpu.cfs_quota_us", "-1\n")
         _w(root, f"{CPU}{cg}/cpu.cfs_period_us", "100000\n")
+        _w(root, f"{CPU}{cg}/cpu.shares", "1024\n")
+        _w(root, f"{CPU}{cg}/cpu.cfs_burst_us", "0\n")
     # escapes: a directory symlink and a file symlink inside the allowed subtree
     os.symlink("../other", root / f"{CPU}/autotune/evil".lstrip("/"))
     (root / f"{CPU}/autotune/trap".lstrip("/")).mkdir()
@@ -195,6 +197,8 @@ def build_host(root: Path) -> Path:
     _w(root, "/proc/sys/vm/swappiness", "60\n")
     _w(root, "/proc/sys/vm/dirty_ratio", "20\n")
     _w(root, "/proc/sys/kernel/panic", "0\n")
+    _w(root, "/proc/sys/net/ipv4/tcp_rmem", "4096\t131072\t6291456\n")
+    _w(root, "/proc/sys/net/ipv4/tcp_congestion_control", "cubic\n")
     _w(root, f"{THP}/enabled", "always [madvise] never\n")
     _w(root, f"{THP}/defrag", "always defer defer+madvise [madvise] never\n")
     for pid, tids in ((100, (100, 101)), (200, (200,))):
