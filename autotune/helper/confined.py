@@ -20,6 +20,7 @@ from autotune.errors import HostError, MissingFile
 from autotune.host import CgroupInfo, Host
 
 MAX_READ_BYTES = 4 << 20  # knob files are tiny; a big cgroup.procs stays well below this
+READ_CHUNK = 65536
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -125,14 +126,20 @@ class ConfinedHost(Host):
     # -- the Host interface ---------------------------------------------------------------
     def read_text(self, host_path: str) -> str:
         fd = self._open(host_path, os.O_RDONLY)
+        chunks: list[bytes] = []
+        size = 0
         try:
-            with os.fdopen(fd, "rb") as fh:
-                data = fh.read(MAX_READ_BYTES + 1)
+            # small reads: procfs sysctl handlers allocate the whole requested count (ENOMEM)
+            while chunk := os.read(fd, READ_CHUNK):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_READ_BYTES:
+                    raise HostError(f"{host_path}: larger than {MAX_READ_BYTES} bytes; refused")
         except OSError as err:
             raise HostError(f"{host_path}: cannot read ({err.strerror})") from err
-        if len(data) > MAX_READ_BYTES:
-            raise HostError(f"{host_path}: larger than {MAX_READ_BYTES} bytes; refused")
-        return data.decode("utf-8", errors="replace")
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
     def write_text(self, host_path: str, value: str) -> None:
         if not self.writable:
