@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from autotune.helper.protocol import Response
 from autotune.knobs import KNOBS as REAL_KNOBS
-from autotune.knobs.grammar import parse_int_strict
+from autotune.knobs.grammar import parse_decimal_strict, parse_int_strict
 from autotune.host import parse_cpulist
 
 from .conftest import CPU, FAKE_KNOBS, THP, needs_root, write_policy
@@ -223,15 +223,21 @@ def _files(root: Path) -> dict[str, str]:
     return out
 
 
-def _allowed(rel: str, content: str) -> bool:
-    """Is this (changed) file content within what the test policy allows?"""
+def _allowed(rel: str, content: str, num) -> bool:
+    """Is this (changed) file content within what the test policy allows? ``num`` parses the
+    numbers: the policy's decimal ranges for the fake knobs, and for the real knobs the
+    kernel's own grammar (an integer sysctl holds an integer)."""
     try:
-        return _allowed_content(rel, content.strip())
+        return _allowed_content(rel, content.strip(), num)
     except (ValueError, StopIteration):
         return False
 
 
-def _allowed_content(rel: str, c: str) -> bool:
+def _decimal(text: str) -> float:
+    return float(parse_decimal_strict(text, signed=True))
+
+
+def _allowed_content(rel: str, c: str, num) -> bool:
     # the policy's subtree is /autotune: the subtree root itself is a target too (allow._under),
     # so /autotune's own files may change within the range, like /autotune/llm's
     cg = "host/sys/fs/cgroup/cpu/autotune/"
@@ -244,9 +250,9 @@ def _allowed_content(rel: str, c: str) -> bool:
     if rel in (cg + "llm/cpu.cfs_burst_us", cg + "cpu.cfs_burst_us"):
         return 0 <= parse_int_strict(c) <= 50000
     if rel == "host/proc/sys/vm/swappiness":
-        return 0 <= parse_int_strict(c) <= 100
+        return 0 <= num(c) <= 100
     if rel == "host/proc/sys/net/ipv4/tcp_rmem":
-        nums = [parse_int_strict(f) for f in c.split()]
+        nums = [num(f) for f in c.split()]
         return len(nums) == 3 and all(4096 <= n <= 16777216 for n in nums)
     if rel == "host/proc/sys/net/ipv4/tcp_congestion_control":
         return c in ("cubic", "bbr")
@@ -288,7 +294,8 @@ def test_every_line_gets_one_answer_and_nothing_escapes_policy(serve, host_root,
     after = _files(host_root)
     assert set(after) == set(before), "files appeared or vanished"
     changed = {k for k in after if after[k].strip() != before[k].strip()}
-    bad = {k: after[k] for k in changed if not _allowed(k, after[k])}
+    num = _decimal if registry == "fake" else parse_int_strict
+    bad = {k: after[k] for k in changed if not _allowed(k, after[k], num)}
     assert not bad, f"writes outside policy: {bad}"
     assert after["outside.txt"] == "secret\n"
     print(registry, counts, sorted(changed))
