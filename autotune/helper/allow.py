@@ -2,8 +2,10 @@
 
 Every check answers with a ``Refusal(code, reason)`` rather than a bool so the client (and the
 audit trail) learns exactly why. Paths are compared on their REAL location under the Host root
-(``os.path.realpath`` after mapping), so '..' and symlinks cannot walk out of an allowed
-subtree, and a raw restore record can only name files the policy already allows.
+(``os.path.realpath`` after mapping), so '..' cannot walk out of an allowed subtree, a symlink
+anywhere below the root (or below a cgroup mount) is refused outright, and a raw restore record
+can only name files the policy already allows. ``ConfinedHost`` enforces the same when the
+file is finally opened, so a link swapped in after these checks still goes nowhere.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from dataclasses import dataclass
 
 from autotune.config import Service
 from autotune.errors import AutotuneError, HostError
+from autotune.helper.confined import ConfinedHost
 from autotune.helper.policy import (
     AffinityRule, CgroupRule, ChoiceRule, Policy, SysctlRule, sysctl_key,
 )
-from autotune.host import Host, parse_cpulist
+from autotune.host import Host
 from autotune.knobs.base import Knob
+from autotune.knobs.grammar import parse_cpulist_strict
 
 # resolve(host, service) -> object with .pids (autotune.sensors.service.ResolvedService)
 Resolver = Callable[[Host, Service], object]
@@ -43,6 +47,32 @@ class Target:
     knob_target: str
     rule: object
     pids: tuple[int, ...] = ()
+
+    @property
+    def canonical(self) -> str:
+        """The target's one spelling (origins are keyed by it): the cleaned cgroup path, the
+        dotted sysctl key, the exact choice or service name (never a service's pids)."""
+        return self.client_target if isinstance(self.rule, AffinityRule) else self.knob_target
+
+
+def canonical_spelling(policy: Policy, knob: str, target: str) -> str | None:
+    """``Target.canonical`` without the host (lexical only); None when the policy would
+    refuse the target whatever the host holds."""
+    rule = policy.rule(knob)
+    if rule is None:
+        return None
+    if isinstance(rule, CgroupRule):
+        try:
+            return _clean_cgpath(target)
+        except Refusal:
+            return None
+    if isinstance(rule, SysctlRule):
+        return sysctl_key(target)
+    return target
+
+
+def _link(host: Host, host_path: str) -> str | None:
+    return ConfinedHost.of(host).symlink_on_path(host_path)
 
 
 def _real(host: Host, host_path: str) -> str:
@@ -102,6 +132,10 @@ def check_target(policy: Policy, host: Host, knob: str, target: str,
             if not any(_under(real, a) for a in allowed):
                 raise Refusal("target_refused", f"cgroup {cg} resolves to {real}, outside the allowed "
                                                 f"subtrees {rule.subtrees} (symlink escape refused)")
+            link = _link(host, base + cg)
+            if link is not None:
+                raise Refusal("target_refused", f"cgroup {cg}: {link} is a symbolic link; the helper "
+                                                "follows no links below a cgroup mount")
         if not found:
             raise Refusal("target_gone", f"cgroup {cg} does not exist in any hierarchy")
         return Target(knob, target, cg, rule)
@@ -164,19 +198,20 @@ def check_paths(policy: Policy, host: Host, t: Target, knob: Knob, paths: Iterab
             raise Refusal("target_refused", f"raw path {p!r} must be absolute without '..'")
         try:
             real = _real(host, p)
+            link = _link(host, p)
         except HostError as err:
             raise Refusal("target_refused", f"raw path {p!r}: {err}") from err
         if expected is not None:
             if os.path.normpath(p) not in expected:
                 raise Refusal("target_refused", f"{t.knob} on {t.client_target} may not write {p}")
-            parent = os.path.dirname(os.path.normpath(p))
-            if real != os.path.join(_real(host, parent), os.path.basename(p)):
-                raise Refusal("target_refused", f"{p} is a symlink to {real}; refused")
         elif not isinstance(rule, CgroupRule):
             raise Refusal("target_refused", f"{t.knob} declares no host files; may not write {p}")
         elif not any(_under(real, a) and real != a for a in allowed_dirs):
             raise Refusal("target_refused", f"raw path {p} resolves to {real}, outside the allowed "
                                             f"subtrees {rule.subtrees}")
+        if link is not None:
+            raise Refusal("target_refused", f"raw path {p}: {link} is a symbolic link (to "
+                                            f"{real}); the helper follows no links")
 
 
 def _threads(host: Host, pids: Iterable[int]) -> set[int]:
@@ -211,8 +246,8 @@ def check_value(host: Host, t: Target, value: str, current: str | None = None) -
 
 def _cpus_refusal(host: Host, allowed: str | None, value: str) -> str | None:
     try:
-        want = set(parse_cpulist(value))
-        ok = set(parse_cpulist(allowed)) if allowed else set(range(host.ncpu))
+        want = set(parse_cpulist_strict(value))
+        ok = set(parse_cpulist_strict(allowed)) if allowed else set(range(host.ncpu))
     except ValueError:
         return f"value {value!r} is not a cpu list"
     if not want:

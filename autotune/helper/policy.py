@@ -8,7 +8,6 @@ checked to be root-owned and not group/world-writable, so nobody but root can wi
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import tomllib
@@ -19,6 +18,7 @@ from autotune.config import Service, format_validation_error
 from autotune.errors import ConfigError
 from autotune.knobs import KNOBS
 from autotune.knobs.base import TargetKind
+from autotune.knobs.grammar import parse_cpulist_strict, parse_decimal_strict
 
 
 class _Strict(BaseModel):
@@ -46,12 +46,11 @@ class ValueRule(_Strict):
             return None
         if self.min is None and self.max is None:
             return f"value {value!r} is not one of {self.values}"
-        fields = value.split()
-        try:
-            nums = [float(f) for f in fields]
+        try:  # the knobs' own strict grammar: "1_0", "\uff11", "inf" or "1e1" are no numbers
+            nums = [float(parse_decimal_strict(f, signed=True)) for f in value.split(" ")]
         except ValueError:
             nums = []
-        if not nums or not all(math.isfinite(n) for n in nums):
+        if not nums:
             lits = f" or one of {self.values}" if self.values else ""
             return f"value {value!r} is not a number{lits}"
         for n in nums:
@@ -71,6 +70,7 @@ class CgroupRule(ValueRule):
         for s in self.subtrees:
             if not s.startswith("/") or ".." in s.split("/"):
                 raise ValueError(f"subtree {s!r} must be an absolute cgroup path without '..'")
+        _cpus_ok(self.cpus)
         return self
 
 
@@ -95,6 +95,19 @@ class AffinityRule(_Strict):
     services: list[str] = Field(min_length=1)
     cpus: str | None = None  # allowed cpu list; None = any online cpu
 
+    @model_validator(mode="after")
+    def _cpus(self) -> "AffinityRule":
+        _cpus_ok(self.cpus)
+        return self
+
+
+def _cpus_ok(cpus: str | None) -> None:
+    if cpus is not None:
+        try:
+            parse_cpulist_strict(cpus)
+        except ValueError as err:
+            raise ValueError(f"cpus {cpus!r}: {err}") from None
+
 
 class Peers(_Strict):
     """A peer may connect when its uid is listed OR its primary gid is listed."""
@@ -108,6 +121,8 @@ class Limits(_Strict):
     rate_per_s: float = Field(default=5.0, gt=0)  # sustained requests per second per peer uid
     burst: int = Field(default=20, ge=1)
     conn_timeout_s: float = Field(default=10.0, gt=0, le=600)  # idle time before closing
+    first_byte_timeout_s: float = Field(default=2.0, gt=0, le=60)  # a fresh connection's silence
+    request_timeout_s: float = Field(default=5.0, gt=0, le=600)  # a started line must end by then
     max_connections: int = Field(default=16, ge=1, le=1024)
 
 

@@ -1,14 +1,16 @@
 """Wire format between agent and helper: one JSON object per line over a Unix stream socket.
 
-Requests are strict (no type coercion, no unknown fields, bounded string sizes) so that a
-malformed message is refused with a reason instead of being guessed at. Every request gets
-exactly one response line: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
-{"code": ..., "reason": ...}}``.
+Requests are strict (no type coercion, no unknown fields, bounded string sizes, valid Unicode)
+so that a malformed message is refused with a reason instead of being guessed at. Every request
+line gets exactly one response line: ``{"ok": true, "result": ...}`` or ``{"ok": false, "error":
+{"code": ..., "reason": ...}}``. Parsing never raises anything but ``BadRequest``: a 5,000-digit
+JSON integer or a lone surrogate is a refusal, not a dropped connection.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -31,6 +33,7 @@ ErrorCode = Literal[
     "drift",  # expect_before does not match the current value
     "target_gone",  # cgroup / service / file vanished
     "host_error",  # the kernel refused or a file could not be read
+    "busy",  # too many connections in flight; nothing was read: retry after retry_after_s
     "internal",  # a bug in the helper; it keeps serving
 ]
 
@@ -89,6 +92,7 @@ _REQUEST = TypeAdapter(Request)
 class ErrorInfo(BaseModel):
     code: ErrorCode
     reason: str
+    retry_after_s: float | None = None  # "busy": when trying again is likely to succeed
 
 
 class Result(BaseModel):
@@ -111,8 +115,10 @@ class Response(BaseModel):
     error: ErrorInfo | None = None
 
     @classmethod
-    def refuse(cls, code: str, reason: str, request_id: str | None = None) -> "Response":
-        return cls(ok=False, request_id=request_id, error=ErrorInfo(code=code, reason=reason))
+    def refuse(cls, code: str, reason: str, request_id: str | None = None, *,
+               retry_after_s: float | None = None) -> "Response":
+        return cls(ok=False, request_id=request_id,
+                   error=ErrorInfo(code=code, reason=reason, retry_after_s=retry_after_s))
 
 
 class BadRequest(Exception):
@@ -124,6 +130,27 @@ class BadRequest(Exception):
         self.request_id = request_id
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate(data: object) -> str | None:
+    """Where a lone surrogate (not valid Unicode, cannot be answered or audited) hides in parsed
+    JSON, or None. Iterative: nesting depth is already bounded by the JSON parser."""
+    stack: list[tuple[str, object]] = [("(request)", data)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return where
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                name = k if isinstance(k, str) and k.isascii() and len(k) <= 64 else "(a key)"
+                stack += [(f"{where}: key", k), (name, v)]
+        elif isinstance(item, list):
+            stack += [(f"{where}[{i}]", v) for i, v in enumerate(item)]
+    return None
+
+
 def parse_request(line: bytes) -> Request:
     """bytes (without the newline) -> a typed request, or BadRequest naming the problem."""
     try:
@@ -131,10 +158,15 @@ def parse_request(line: bytes) -> Request:
         data = json.loads(text)
     except UnicodeDecodeError as err:
         raise BadRequest(f"request is not UTF-8 (byte {err.start})") from err
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise BadRequest(f"request is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise BadRequest("request is not valid JSON: nested too deeply") from err
+    except ValueError as err:  # JSONDecodeError, and int() past sys.get_int_max_str_digits()
+        raise BadRequest(f"request is not valid JSON: {str(err)[:200]}") from err
     if not isinstance(data, dict):
         raise BadRequest(f"request must be a JSON object, got {type(data).__name__}")
+    bad = _surrogate(data)
+    if bad is not None:
+        raise BadRequest(f"request is not valid Unicode: lone surrogate in {bad}")
     rid = data.get("request_id")
     rid = rid if isinstance(rid, str) and len(rid) <= 128 else None
     try:
@@ -147,8 +179,17 @@ def parse_request(line: bytes) -> Request:
 
 
 def encode(model: BaseModel) -> bytes:
-    """One message as a JSON line."""
+    """One message as a JSON line (always one line: JSON escapes every newline)."""
     return model.model_dump_json(exclude_none=False).encode() + b"\n"
+
+
+def encode_response(resp: Response) -> bytes:
+    """``encode`` that cannot fail: an answer the serializer refuses becomes ``internal``."""
+    try:
+        return encode(resp)
+    except Exception as err:  # a bug (e.g. unencodable text in a reason): still answer
+        return encode(Response.refuse("internal", f"response could not be encoded: "
+                                                  f"{type(err).__name__}"))
 
 
 def request_dict(req: BaseModel) -> dict:

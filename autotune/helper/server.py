@@ -1,8 +1,9 @@
 """The helper's Unix socket server: peer credentials, bounded reads, rate limits, timeouts.
 
-One thread per connection (bounded by policy.limits.max_connections). Each connection may send
-many newline-terminated requests. Nothing here runs a shell or opens a path by itself: every
-write goes through ``Helper`` and the Knob implementations on a writable Host.
+One thread per connection (bounded by policy.limits.max_connections; see ``HelperServer`` for
+what happens when full). Each connection may send many newline-terminated requests, and every
+line read gets exactly one answer. Nothing here runs a shell or opens a path by itself: every
+write goes through ``Helper`` and the Knob implementations on a confined, writable Host.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from autotune.errors import HostError
 from autotune.helper.handler import Helper
-from autotune.helper.protocol import Response, encode
+from autotune.helper.protocol import Response, encode_response
 
 log = logging.getLogger("autotune.helper")
 
 SD_LISTEN_FDS_START = 3
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn; 64 overflowed at 100 clients
 
 
 class TokenBucket:
@@ -87,8 +90,29 @@ def bind_socket(path: str | os.PathLike[str], mode: int = 0o660) -> socket.socke
     return sock
 
 
+@dataclass(eq=False)
+class _Conn:
+    """One accepted connection as the accept loop sees it (guarded by the server's lock)."""
+
+    sock: socket.socket
+    state: str = "new"  # new (nothing read yet) | idle (answered, waiting) | active (a line)
+    since: float = 0.0  # when it entered ``state``
+
+
 class HelperServer:
-    """Accept loop + per-connection threads around a ``Helper``."""
+    """Accept loop + one thread per connection around a ``Helper``.
+
+    At most ``limits.max_connections`` connections are served. When full, a newcomer takes
+    the slot of the connection that has been silent longest (fresh or between requests):
+    that one is shut for reading, so whatever it already sent is still answered and its next
+    send fails (EPIPE: not delivered, safe to retry). Only when every slot is mid-request is
+    the newcomer answered ``busy`` with ``retry_after_s``. A fresh connection must send its
+    first byte within ``first_byte_timeout_s``, a started line must end within
+    ``request_timeout_s``, and an idle one is closed after ``conn_timeout_s``: a silent or
+    trickling client holds a slot briefly and never blocks the others.
+    """
+
+    RETRY_AFTER_S = 0.05
 
     def __init__(self, helper: Helper, sock: socket.socket, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -97,10 +121,11 @@ class HelperServer:
         lim = helper.policy.limits
         self.limits = lim
         self.bucket = TokenBucket(lim.rate_per_s, lim.burst, clock)
-        self._slots = threading.BoundedSemaphore(lim.max_connections)
+        self._lock = threading.Lock()
+        self._conns: dict[int, _Conn] = {}  # id(thread's _Conn) -> _Conn, oldest first
         self._stop = threading.Event()
-        self._threads: set[threading.Thread] = set()
-        self.sock.listen(64)  # before any thread starts, so early clients are not refused
+        self._busy_count, self._busy_logged = 0, 0.0
+        self.sock.listen(LISTEN_BACKLOG)  # before any thread starts, so early clients queue
 
     # -- lifecycle --------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -116,13 +141,16 @@ class HelperServer:
                     break
                 log.warning("accept failed: %s", err)
                 continue
-            if not self._slots.acquire(blocking=False):
-                self._send(conn, Response.refuse("rate_limited", "too many concurrent connections"))
-                conn.close()
+            c = self._admit(conn)
+            if c is None:
+                self._refuse_busy(conn)
                 continue
-            th = threading.Thread(target=self._serve_conn, args=(conn,), daemon=True)
-            self._threads.add(th)
-            th.start()
+            try:
+                threading.Thread(target=self._serve_conn, args=(c,), daemon=True).start()
+            except RuntimeError as err:  # cannot start a thread: answer busy rather than hang
+                log.warning("cannot start a connection thread: %s", err)
+                self._forget(c)
+                self._refuse_busy(conn)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -130,6 +158,9 @@ class HelperServer:
             self.sock.shutdown(socket.SHUT_RDWR)  # Linux: wakes a blocked accept() at once
         except OSError:
             pass
+        with self._lock:
+            for c in self._conns.values():
+                _shut(c.sock, socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.shutdown()
@@ -138,11 +169,55 @@ class HelperServer:
         except OSError:
             pass
 
+    # -- admission --------------------------------------------------------------------------
+    def _admit(self, sock: socket.socket) -> _Conn | None:
+        """A slot for ``sock`` (taking the longest-silent one when full), or None: busy."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._conns) >= self.limits.max_connections:
+                silent = [c for c in self._conns.values() if c.state != "active"]
+                if not silent:
+                    return None
+                victim = min(silent, key=lambda c: c.since)
+                del self._conns[id(victim)]
+                _shut(victim.sock, socket.SHUT_RD)  # its thread answers what it read, then ends
+                log.debug("full: closed a connection silent for %.2fs", now - victim.since)
+            c = _Conn(sock, "new", now)
+            self._conns[id(c)] = c
+            return c
+
+    def _forget(self, c: _Conn) -> None:
+        with self._lock:
+            self._conns.pop(id(c), None)
+
+    def _set_state(self, c: _Conn, state: str) -> None:
+        with self._lock:
+            c.state, c.since = state, time.monotonic()
+
+    def _refuse_busy(self, sock: socket.socket) -> None:
+        """Answer ``busy`` without reading anything (so a retry can never double a request)."""
+        resp = Response.refuse("busy", f"{self.limits.max_connections} connections are mid-request; "
+                                       f"retry in {self.RETRY_AFTER_S}s",
+                               retry_after_s=self.RETRY_AFTER_S)
+        try:
+            sock.setblocking(False)
+            sock.send(encode_response(resp))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+        self._busy_count += 1
+        now = time.monotonic()
+        if now - self._busy_logged >= 1.0:  # one line a second, not one per refused client
+            log.warning("busy: refused %d connection(s): all %d slots mid-request",
+                        self._busy_count, self.limits.max_connections)
+            self._busy_count, self._busy_logged = 0, now
+
     # -- one connection ---------------------------------------------------------------------
-    def _serve_conn(self, conn: socket.socket) -> None:
+    def _serve_conn(self, c: _Conn) -> None:
+        conn = c.sock
         try:
             with conn:
-                conn.settimeout(self.limits.conn_timeout_s)
                 try:
                     pid, uid, gid = peer_credentials(conn)
                 except OSError as err:
@@ -156,10 +231,14 @@ class HelperServer:
                     self.helper.decide(peer, None, resp)
                     self._send(conn, resp)
                     return
-                for line, oversize in self._lines(conn):
-                    if oversize:
+                for line, problem in self._lines(c):
+                    if problem == "too_large":
                         resp = Response.refuse("too_large", f"request exceeds "
                                                             f"{self.limits.max_request_bytes} bytes")
+                        self.helper.decide(peer, None, resp)
+                    elif problem == "too_slow":
+                        resp = Response.refuse("bad_request", f"request line not finished within "
+                                                              f"{self.limits.request_timeout_s}s")
                         self.helper.decide(peer, None, resp)
                     elif not self.bucket.allow(uid):
                         resp = Response.refuse("rate_limited", f"more than {self.limits.rate_per_s}/s "
@@ -167,26 +246,43 @@ class HelperServer:
                         self.helper.decide(peer, None, resp)
                     else:
                         resp = self.helper.handle_line(line, peer)
-                    if not self._send(conn, resp):
+                    if not self._send(conn, resp) or problem == "too_slow":
                         return
+                    self._set_state(c, "idle")
         except Exception:  # the accept loop must survive anything one connection does
             log.exception("connection handler failed")
         finally:
-            self._slots.release()
-            self._threads.discard(threading.current_thread())
+            self._forget(c)
 
-    def _lines(self, conn: socket.socket):
-        """Yield (line, oversize) without ever buffering more than max_request_bytes."""
-        limit = self.limits.max_request_bytes
+    def _deadline(self, c: _Conn, reading: bool) -> float:
+        lim = self.limits
+        if reading:
+            return c.since + lim.request_timeout_s
+        return c.since + (lim.first_byte_timeout_s if c.state == "new" else lim.conn_timeout_s)
+
+    def _lines(self, c: _Conn):
+        """Yield (line, problem) without ever buffering more than max_request_bytes; problem is
+        None, "too_large" (the line was discarded) or "too_slow" (the last, unfinished line)."""
+        conn, limit = c.sock, self.limits.max_request_bytes
         buf = bytearray()
-        discarding = False
+        discarding = reading = False
         while not self._stop.is_set():
+            left = self._deadline(c, reading) - time.monotonic()
             try:
+                if left <= 0:
+                    raise TimeoutError
+                conn.settimeout(left)
                 chunk = conn.recv(min(65536, limit + 1))
-            except (TimeoutError, OSError):
+            except TimeoutError:
+                if reading:
+                    yield b"", "too_slow"
+                return
+            except OSError:
                 return
             if not chunk:
-                return
+                return  # a line without its newline at EOF is no message: nothing to answer
+            if not reading:
+                self._set_state(c, "active")
             while chunk:
                 nl = chunk.find(b"\n")
                 part, chunk = (chunk, b"") if nl < 0 else (chunk[:nl], chunk[nl + 1:])
@@ -196,7 +292,7 @@ class HelperServer:
                     continue
                 if len(buf) + len(part) > limit:
                     buf.clear()
-                    yield b"", True
+                    yield b"", "too_large"
                     discarding = nl < 0
                     continue
                 buf += part
@@ -204,15 +300,25 @@ class HelperServer:
                     line = bytes(buf).rstrip(b"\r")
                     buf.clear()
                     if line.strip():
-                        yield line, False
+                        yield line, None
+            reading = bool(buf) or discarding  # a line is under way: not silent, not evictable
+            if reading != (c.state == "active"):
+                self._set_state(c, "active" if reading else "idle")
 
-    @staticmethod
-    def _send(conn: socket.socket, resp: Response) -> bool:
+    def _send(self, conn: socket.socket, resp: Response) -> bool:
         try:
-            conn.sendall(encode(resp))
+            conn.settimeout(self.limits.request_timeout_s)  # a client that never reads
+            conn.sendall(encode_response(resp))
             return True
         except OSError:
             return False
+
+
+def _shut(sock: socket.socket, how: int) -> None:
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
 
 
 def serve(helper: Helper, *, socket_path: str | None, socket_mode: int = 0o660) -> None:

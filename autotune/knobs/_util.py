@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from autotune.errors import InvalidValue
 
 
@@ -11,5 +13,7 @@ def invalid(knob: str, target: str, value: object, why: str) -> InvalidValue:
 
 
 def fmt_float(x: float) -> str:
-    """Compact decimal: 0.5 -> "0.5", 2.0 -> "2", 1/3 -> "0.333333"."""
-    return f"{x:.6g}"
+    """Compact decimal with 6 significant digits and never an exponent (values must pass the
+    strict grammar): 0.5 -> "0.5", 2.0 -> "2", 1/3 -> "0.333333", 2e6 -> "2000000"."""
+    text = format(Decimal(f"{x:.6g}"), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -23,6 +23,7 @@ import httpx
 from autotune.errors import HostError, InvalidValue, TargetGone
 from autotune.host import Host
 from autotune.knobs.base import Knob, KnobState
+from autotune.knobs.grammar import parse_decimal_strict, parse_int_strict
 
 if TYPE_CHECKING:
     from autotune.config import Config
@@ -52,7 +53,7 @@ def parse_value(value: str) -> dict[str, str]:
                 val = "off"
             else:
                 try:
-                    t = float(val)
+                    t = float(parse_decimal_strict(val))
                 except ValueError as err:
                     hint = " or 'off'" if key == "threshold" else ""
                     raise InvalidValue(f"admission: {key}={val!r} is not a number{hint}") from err
@@ -65,7 +66,7 @@ def parse_value(value: str) -> dict[str, str]:
             val = "on" if val in ("on", "true", "1") else "off"
         else:
             try:
-                n = int(val)
+                n = parse_int_strict(val, signed=True)
             except ValueError as err:
                 raise InvalidValue(f"admission: {key}={val!r} is not an integer") from err
             if n < 1:

@@ -16,6 +16,7 @@ from autotune.errors import HostError, InvalidValue, MissingFile, ParseError, Ta
 from autotune.host import Host, format_cpulist, parse_cpulist
 from autotune.knobs._util import invalid
 from autotune.knobs.base import Knob, KnobState
+from autotune.knobs.grammar import parse_cpulist_strict, strip_ws
 
 if TYPE_CHECKING:
     from autotune.config import Config
@@ -73,9 +74,9 @@ class Affinity(Knob):
 
     def canonical(self, value: str) -> str:
         try:
-            return format_cpulist(parse_cpulist(value))
+            return format_cpulist(parse_cpulist_strict(strip_ws(value)))
         except ValueError:
-            return value.strip()  # "mixed"
+            return strip_ws(value)  # "mixed"
 
     def resolve_target(self, host: Host, cfg: Config, target: str) -> str:
         """A configured service -> "pids:<its pids>" (in production the helper does this from
@@ -115,9 +116,9 @@ class Affinity(Knob):
     def validate(self, host: Host, target: str, value: str) -> str:
         parse_target(target)
         try:
-            cpus = parse_cpulist(str(value))
+            cpus = parse_cpulist_strict(strip_ws(str(value)))
         except ValueError as err:
-            raise invalid(self.name, target, value, "is not a cpu list like '0-1,3'") from err
+            raise invalid(self.name, target, value, f"is not a cpu list like '0-1,3': {err}") from err
         if not cpus:
             raise invalid(self.name, target, value, "is empty")
         online = online_cpus(host)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from autotune.errors import HostError
 from autotune.host import Host
+from autotune.knobs.grammar import decimal_or_none, strip_ws
 
 if TYPE_CHECKING:
     from autotune.config import Config, Service
@@ -100,7 +101,7 @@ class Knob(ABC):
 
     def canonical(self, value: str) -> str:
         """Host-free normal form two values are compared in (override: "0,1" is "0-1")."""
-        return value.strip()
+        return strip_ws(value)
 
     def same(self, a: str | None, b: str | None) -> bool:
         """THE comparison of two values of this knob: ``change``'s no-op and read-back checks,
@@ -108,8 +109,8 @@ class Knob(ABC):
         within ``tolerance``; anything else by ``canonical`` form."""
         if a is None or b is None:
             return a == b
-        if self.numeric:
-            x, y = number(a), number(b)
+        if self.numeric:  # the strict grammar: "1e1", "１０" or "1_0" are not the number 10
+            x, y = decimal_or_none(a), decimal_or_none(b)
             if x is not None and y is not None:
                 return abs(x - y) <= self.tolerance
         return self.canonical(a) == self.canonical(b)
@@ -170,7 +171,10 @@ class Knob(ABC):
 
 
 def number(value: str) -> float | None:
-    """A finite number, or None ("max", "0-1", "threshold=40" are not numbers)."""
+    """A finite number, or None ("max", "0-1", "threshold=40" are not numbers).
+
+    Loose on purpose: the rule engine reads its own rendered arithmetic with it ("1.5e+09").
+    Values bound for the kernel go through ``knobs/grammar.py`` instead."""
     try:
         x = float(value)
     except (TypeError, ValueError):

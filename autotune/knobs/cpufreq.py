@@ -14,6 +14,7 @@ from autotune.errors import InvalidValue, MissingFile
 from autotune.host import Host
 from autotune.knobs._util import invalid
 from autotune.knobs.base import Knob, KnobState
+from autotune.knobs.grammar import strip_ws
 
 CPUFREQ_DIR = "/sys/devices/system/cpu/cpufreq"
 MIXED = "mixed"
@@ -70,7 +71,7 @@ class CpufreqChoice(Knob):
         return KnobState(knob=self.name, target=target, value=value, raw=raw)
 
     def validate(self, host: Host, target: str, value: str) -> str:
-        v = str(value).strip()
+        v = strip_ws(str(value))
         for pol in policies(host, target):
             path = f"{CPUFREQ_DIR}/{pol}/{self.available_file}"
             avail = (host.read_optional(path) or "").split()

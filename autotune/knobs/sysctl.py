@@ -1,8 +1,12 @@
 """``sysctl``: any /proc/sys key ("vm.swappiness" or "vm/swappiness").
 
-Which keys and ranges may be changed is the privileged helper's policy; this knob only checks
-that the key is well formed and the value is a plausible single line. Values are compared
-field-wise after whitespace normalization, so "4096\t87380 6291456" equals "4096 87380 6291456".
+Which keys and ranges may be changed is the privileged helper's policy; this knob checks that
+the key is well formed and the value is one the kernel takes. A key whose current value is all
+integers is an integer sysctl (``proc_dointvec`` and friends): every field must be a strict
+decimal integer (``knobs/grammar.parse_int_strict``; the kernel refuses ``60.5``, ``1e1``, ``+5``
+and reads ``010`` as octal), with as many fields as the key has. Any other key takes printable
+ASCII fields. Fields are separated by ASCII spaces/tabs, so "4096\t87380 6291456" equals
+"4096 87380 6291456".
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from autotune.errors import InvalidValue, MissingFile
 from autotune.host import Host
 from autotune.knobs._util import invalid
 from autotune.knobs.base import Knob, KnobState
+from autotune.knobs.grammar import fields, parse_int_strict, printable_ascii
 
 SYSCTL_ROOT = "/proc/sys"
 _KEY_RE = re.compile(r"^[a-z0-9_.\-/]+$")
@@ -34,15 +39,19 @@ def sysctl_path(target: str) -> str:
     return f"{SYSCTL_ROOT}/{rel}"
 
 
+_KERNEL_INT = re.compile(r"-?[0-9]+", re.ASCII)  # how the kernel prints an integer field
+
+
 def normalize(text: str) -> str:
-    """Whitespace-normalize; integer fields lose leading zeros/plus signs ("060" -> "60")."""
-    out = []
-    for f in text.split():
-        try:
-            out.append(str(int(f)))
-        except ValueError:
-            out.append(f)
-    return " ".join(out)
+    """Fields joined by one space ("4096\t87380  6291456" -> "4096 87380 6291456"); nothing
+    else changes, so "060" stays "060" (the kernel would read it as octal 48, not 60)."""
+    return " ".join(fields(text))
+
+
+def is_integer_value(text: str) -> bool:
+    """Does this (read) value consist of integer fields only, i.e. is the key an integer sysctl?"""
+    fs = fields(text)
+    return bool(fs) and all(_KERNEL_INT.fullmatch(f) for f in fs)
 
 
 class Sysctl(Knob):
@@ -71,17 +80,29 @@ class Sysctl(Knob):
 
     def validate(self, host: Host, target: str, value: str) -> str:
         path = sysctl_path(target)
-        norm = normalize(str(value))
-        if not norm:
+        text = str(value)
+        if not printable_ascii(text.strip(" \t\n")):
+            raise invalid(self.name, target, value, "must be one line of printable ASCII")
+        want = fields(text)
+        if not want:
             raise invalid(self.name, target, value, "is empty")
-        if any(ord(c) < 32 and c not in " \t\n" for c in str(value)) or "\n" in str(value).strip():
-            raise invalid(self.name, target, value, "must be a single line without control chars")
         local = host.path(path)
         if not local.exists():
             raise invalid(self.name, target, value, f"cannot be set: {path} does not exist")
         if local.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0:
             raise invalid(self.name, target, value, f"cannot be set: {path} is read-only")
-        return norm
+        current = self.read(host, target).value
+        if not is_integer_value(current):
+            return " ".join(want)
+        try:
+            nums = [parse_int_strict(f, signed=True) for f in want]
+        except ValueError as err:
+            raise invalid(self.name, target, value, f"is not an integer for this integer sysctl: "
+                                                    f"{err}") from err
+        if len(nums) != len(fields(current)):
+            raise invalid(self.name, target, value, f"has {len(nums)} fields; {target} takes "
+                                                    f"{len(fields(current))} (now {current!r})")
+        return " ".join(map(str, nums))
 
     def write(self, host: Host, target: str, value: str) -> None:
         host.write_text(sysctl_path(target), value)

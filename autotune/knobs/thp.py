@@ -13,6 +13,7 @@ from autotune.errors import InvalidValue, MissingFile, ParseError
 from autotune.host import Host
 from autotune.knobs._util import invalid
 from autotune.knobs.base import Knob, KnobState
+from autotune.knobs.grammar import strip_ws
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 TARGETS = ("enabled", "defrag", "khugepaged/defrag")
@@ -68,7 +69,7 @@ class Thp(Knob):
 
     def validate(self, host: Host, target: str, value: str) -> str:
         path, text = self._read_file(host, target)
-        v = str(value).strip()
+        v = strip_ws(str(value))
         if target == "khugepaged/defrag":
             if v not in ("0", "1"):
                 raise invalid(self.name, target, value, "must be 0 or 1")

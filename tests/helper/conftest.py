@@ -187,6 +187,8 @@ def build_host(root: Path) -> Path:
         _w(root, f"{CPU}{cg}/cgroup.procs", "")
         _w(root, f"{CPU}{cg}/cpu.cfs_quota_us", "-1\n")
         _w(root, f"{CPU}{cg}/cpu.cfs_period_us", "100000\n")
+        _w(root, f"{CPU}{cg}/cpu.shares", "1024\n")
+        _w(root, f"{CPU}{cg}/cpu.cfs_burst_us", "0\n")
     # escapes: a directory symlink and a file symlink inside the allowed subtree
     os.symlink("../other", root / f"{CPU}/autotune/evil".lstrip("/"))
     (root / f"{CPU}/autotune/trap".lstrip("/")).mkdir()
@@ -195,11 +197,14 @@ def build_host(root: Path) -> Path:
     _w(root, "/proc/sys/vm/swappiness", "60\n")
     _w(root, "/proc/sys/vm/dirty_ratio", "20\n")
     _w(root, "/proc/sys/kernel/panic", "0\n")
+    _w(root, "/proc/sys/net/ipv4/tcp_rmem", "4096\t131072\t6291456\n")
+    _w(root, "/proc/sys/net/ipv4/tcp_congestion_control", "cubic\n")
     _w(root, f"{THP}/enabled", "always [madvise] never\n")
     _w(root, f"{THP}/defrag", "always defer defer+madvise [madvise] never\n")
     for pid, tids in ((100, (100, 101)), (200, (200,))):
         for tid in tids:
             _w(root, f"/proc/{pid}/task/{tid}/mask", "0-1\n")
+            _w(root, f"/proc/{pid}/task/{tid}/status", "Name:\tllm\nCpus_allowed_list:\t0-1\n")
     _w(root, "/run/svc/llm", "100\n")
     _w(root, "/run/svc/noisy", "200\n")
     _w(root.parent, "outside.txt", "secret\n")
@@ -241,8 +246,13 @@ cmdline = "noisy"
 """
 
 
-def write_policy(path: Path, *, max_bytes=4096, rate=1000.0, burst=1000, text: str | None = None) -> Path:
-    path.write_text(text if text is not None else POLICY.format(max_bytes=max_bytes, rate=rate, burst=burst))
+def write_policy(path: Path, *, max_bytes=4096, rate=1000.0, burst=1000, text: str | None = None,
+                 limits: str = "") -> Path:
+    """The test policy; ``limits`` adds lines to its [limits] table ("max_connections = 2")."""
+    if text is None:
+        text = POLICY.format(max_bytes=max_bytes, rate=rate, burst=burst)
+        text = text.replace("conn_timeout_s = 5\n", f"conn_timeout_s = 5\n{limits}\n")
+    path.write_text(text)
     os.chmod(path, 0o644)
     return path
 

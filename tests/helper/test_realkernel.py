@@ -77,3 +77,32 @@ def test_helper_applies_and_restores_cpu_quota_on_real_cgroup(tmp_path, test_cgr
     finally:
         server.close()
         th.join(5)
+
+
+def test_helper_reads_live_sysctl_and_thp_and_dry_runs_without_writing(tmp_path):
+    """The confined Host on the live /proc and /sys (procfs sysctl files fail a large read
+    with ENOMEM; the kernel's own layout has no links below the root). Dry runs only: no
+    global setting changes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (policy ownership)")
+    swap = Path("/proc/sys/vm/swappiness")
+    if not swap.exists():
+        pytest.skip("no /proc/sys/vm/swappiness")
+    before = swap.read_text()
+    pol = tmp_path / "policy.toml"
+    pol.write_text('[knob.sysctl]\nkeys = { "vm.swappiness" = { min = 0, max = 100 } }\n')
+    os.chmod(pol, 0o644)
+    from autotune.knobs import KNOBS
+
+    helper = Helper(load_policy(pol), Host("/", writable=True), knobs=KNOBS)
+    read = helper.handle_line(b'{"op":"read","knob":"sysctl","target":"vm.swappiness"}')
+    assert read.ok and read.result.before.value == before.strip(), read.error
+    other = "10" if before.strip() != "10" else "20"
+    dry = helper.handle_line(('{"op":"apply","knob":"sysctl","target":"vm.swappiness","value":"%s",'
+                              '"dry_run":true}' % other).encode())
+    assert dry.ok and dry.result.proposed == other and not dry.result.changed, dry.error
+    for bad in ("60.5", "1e1", "0x10"):
+        resp = helper.handle_line(('{"op":"apply","knob":"sysctl","target":"vm.swappiness",'
+                                   '"value":"%s","dry_run":true}' % bad).encode())
+        assert not resp.ok and resp.error.code == "invalid_value", (bad, resp.error)
+    assert swap.read_text() == before

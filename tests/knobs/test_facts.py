@@ -59,7 +59,11 @@ def test_one_same_per_knob():
     assert get_knob("cgroup.cpuset").same("0-3", "0,1,2,3") and get_knob("affinity").same("0,1", "0-1")
     assert get_knob("affinity").same("mixed", "mixed") and not get_knob("affinity").same("mixed", "0")
     sysctl = get_knob("sysctl")
-    assert sysctl.same("4096\t87380 6291456", "4096 87380 6291456") and sysctl.same("060", "60")
+    assert sysctl.same("4096\t87380 6291456", "4096 87380 6291456")
+    # the strict grammar (issue 10, defect 4): the kernel reads "060" as octal 48, and "1e1",
+    # full-width or Arabic-Indic digits are no integers at all
+    for loose in ("060", "6_0", "\uff16\uff10", "\u0666\u0660", "6e1", "+60"):
+        assert not sysctl.same(loose, "60"), loose
     assert not sysctl.same("60", "10")
     assert get_knob("cgroup.io_weight").same("default 100", "100")
     assert get_knob("thp").same("madvise\n", "madvise") and not get_knob("thp").same("madvise", "never")

@@ -16,13 +16,15 @@ from autotune.errors import InvalidValue, MissingFile, ParseError, TargetGone
 from autotune.host import Host
 from autotune.knobs._util import invalid
 from autotune.knobs.base import Knob, KnobState
+from autotune.knobs.grammar import parse_decimal_strict, strip_ws
 
 if TYPE_CHECKING:
     from autotune.config import Service
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_MEM_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?$", re.IGNORECASE)
+_MEM_RE = re.compile(r"([0-9.]+)[ \t]*([KMGT]?)(?:I?B)?", re.IGNORECASE | re.ASCII)
 _MEM_MULT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_BYTES = (1 << 63) - 1  # larger limits mean nothing to the kernel (it clamps to "max")
 
 
 def parse_int(text: str, source: str) -> int:
@@ -104,7 +106,7 @@ class CgroupKnob(Knob):
             version, _ = self.files(host, target)
         except MissingFile as err:
             raise invalid(self.name, target, value, f"cannot be applied: {err}") from err
-        return self.normalize(host, target, version, str(value).strip())
+        return self.normalize(host, target, version, strip_ws(str(value)))
 
     def write(self, host: Host, target: str, value: str) -> None:
         version, path = self.files(host, target)
@@ -123,14 +125,21 @@ class CgroupKnob(Knob):
 
 # -- memory limits (memory_high, memory_max, memory_low) -----------------------------------
 def parse_bytes(value: str) -> int | None:
-    """"max" -> None; "512M" / "1.5G" / "1048576" -> bytes (K/M/G/T are powers of 1024)."""
-    v = value.strip()
-    if v.lower() in ("max", "-1"):
+    """"max"/"-1" -> None; "512M" / "1.5G" / "1048576" -> bytes (K/M/G/T are powers of 1024,
+    a fraction only with a unit; rounded down to whole bytes; at most 2**63-1)."""
+    v = strip_ws(value)
+    if v in ("max", "-1"):
         return None
-    m = _MEM_RE.match(v)
+    m = _MEM_RE.fullmatch(v)
     if not m:
         raise ValueError(f"{value!r} is not bytes, <n>K/M/G/T or 'max'")
-    return int(float(m.group(1)) * _MEM_MULT[m.group(2).upper()])
+    num, unit = m.group(1), m.group(2).upper()
+    if "." in num and not unit:
+        raise ValueError(f"{value!r}: a fraction of a byte; use whole bytes or a K/M/G/T unit")
+    n = int(parse_decimal_strict(num) * _MEM_MULT[unit])
+    if n > MAX_BYTES:
+        raise ValueError(f"{value!r} is more than {MAX_BYTES} bytes; use 'max'")
+    return n
 
 
 class MemoryLimit(CgroupKnob):

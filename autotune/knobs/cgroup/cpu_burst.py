@@ -6,6 +6,8 @@ from autotune import cgroupfs
 from autotune.host import Host
 from autotune.knobs._util import invalid
 from autotune.knobs.cgroup.base import CgroupKnob, parse_int
+from autotune.knobs.cgroup.cpu_quota import MAX_BW_USEC
+from autotune.knobs.grammar import parse_int_strict
 
 
 class CpuBurst(CgroupKnob):
@@ -20,11 +22,11 @@ class CpuBurst(CgroupKnob):
 
     def normalize(self, host: Host, target: str, version: int, value: str) -> str:
         try:
-            usec = int(value)
+            usec = parse_int_strict(value)
         except ValueError as err:
-            raise invalid(self.name, target, value, "must be an integer usec >= 0") from err
-        if usec < 0:
-            raise invalid(self.name, target, value, "must be >= 0 usec")
+            raise invalid(self.name, target, value, f"must be an integer usec >= 0: {err}") from err
+        if usec > MAX_BW_USEC:
+            raise invalid(self.name, target, value, f"exceeds the kernel's maximum {MAX_BW_USEC} us")
         quota = cgroupfs.read_cpu_max(host, target).quota_usec
         if quota is not None and usec > quota:
             raise invalid(self.name, target, value, f"exceeds the quota ({quota} us); the "

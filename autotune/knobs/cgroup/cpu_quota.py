@@ -6,7 +6,6 @@ The period is kept; quota = cores * period usec (v2 ``cpu.max``, v1 ``cpu.cfs_qu
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from autotune import cgroupfs
@@ -15,10 +14,11 @@ from autotune.host import Host
 from autotune.knobs._util import fmt_float, invalid
 from autotune.knobs.base import KnobState
 from autotune.knobs.cgroup.base import CgroupKnob, parse_int
+from autotune.knobs.grammar import parse_decimal_strict, strip_ws
 
 MAX_BW_USEC = (1 << 44) - 1  # kernel max_cfs_runtime, in usec
 MIN_QUOTA_USEC = 1000
-UNLIMITED = ("max", "-1", "inf", "unlimited")
+UNLIMITED = ("max", "-1")  # v2's word and v1's number; nothing looser ("inf" is no quota)
 
 
 class CpuQuota(CgroupKnob):
@@ -54,17 +54,18 @@ class CpuQuota(CgroupKnob):
         return KnobState(knob=self.name, target=target, value=value, raw=cm.raw)
 
     def validate(self, host: Host, target: str, value: str) -> str:
-        v = str(value).strip().lower()
+        v = strip_ws(str(value))
         if v in UNLIMITED:
             return "max"
         try:
-            cores = float(v)
+            exact = parse_decimal_strict(v)
         except ValueError as err:
-            raise invalid(self.name, target, value, "must be cores (e.g. 1.5) or 'max'") from err
-        if not math.isfinite(cores) or cores <= 0:
+            raise invalid(self.name, target, value, f"must be cores (e.g. 1.5) or 'max': {err}") from err
+        if exact <= 0:
             raise invalid(self.name, target, value, "must be a positive number of cores or 'max'")
+        cores = float(exact)
         period = self.cpu_max(host, target).period_usec
-        quota = round(cores * period)
+        quota = round(exact * period)  # exact: a 20-digit core count is refused below, not inf
         if quota < MIN_QUOTA_USEC:
             raise invalid(self.name, target, value, f"gives quota {quota} us < kernel minimum "
                           f"{MIN_QUOTA_USEC} us at period {period} us")

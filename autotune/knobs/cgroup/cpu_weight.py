@@ -9,6 +9,7 @@ from autotune import cgroupfs
 from autotune.host import Host
 from autotune.knobs._util import invalid
 from autotune.knobs.cgroup.base import CgroupKnob, parse_int
+from autotune.knobs.grammar import parse_int_strict
 
 
 class CpuWeight(CgroupKnob):
@@ -27,9 +28,9 @@ class CpuWeight(CgroupKnob):
 
     def normalize(self, host: Host, target: str, version: int, value: str) -> str:
         try:
-            w = int(value)
+            w = parse_int_strict(value)
         except ValueError as err:
-            raise invalid(self.name, target, value, "must be an integer 1..10000") from err
+            raise invalid(self.name, target, value, f"must be an integer 1..10000: {err}") from err
         if not cgroupfs.CPU_WEIGHT_MIN <= w <= cgroupfs.CPU_WEIGHT_MAX:
             raise invalid(self.name, target, value, "must be within 1..10000")
         return str(w)

@@ -12,6 +12,7 @@ from autotune.errors import ParseError
 from autotune.host import Host, format_cpulist, parse_cpulist
 from autotune.knobs._util import invalid
 from autotune.knobs.cgroup.base import CgroupKnob
+from autotune.knobs.grammar import parse_cpulist_strict, strip_ws
 
 
 class Cpuset(CgroupKnob):
@@ -22,9 +23,9 @@ class Cpuset(CgroupKnob):
 
     def canonical(self, value: str) -> str:
         try:
-            return format_cpulist(parse_cpulist(value))
+            return format_cpulist(parse_cpulist_strict(strip_ws(value)))
         except ValueError:
-            return value.strip()
+            return strip_ws(value)
 
     def cpu_share(self, value: str) -> dict[str, Any] | None:
         return {"cpus": frozenset(parse_cpulist(value))}
@@ -52,9 +53,9 @@ class Cpuset(CgroupKnob):
 
     def normalize(self, host: Host, target: str, version: int, value: str) -> str:
         try:
-            cpus = parse_cpulist(value)
+            cpus = parse_cpulist_strict(value)
         except ValueError as err:
-            raise invalid(self.name, target, value, "is not a cpu list like '0-1,3'") from err
+            raise invalid(self.name, target, value, f"is not a cpu list like '0-1,3': {err}") from err
         if not cpus:
             raise invalid(self.name, target, value, "is empty")
         allowed, source = self.allowed(host, target, version)

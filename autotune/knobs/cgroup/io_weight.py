@@ -9,6 +9,7 @@ from autotune.host import Host
 from autotune.knobs._util import invalid
 from autotune.knobs.base import KnobState
 from autotune.knobs.cgroup.base import CgroupKnob, parse_int
+from autotune.knobs.grammar import parse_int_strict, strip_ws
 
 BLKIO_MIN, BLKIO_MAX, BLKIO_DEFAULT = 10, 1000, 500
 
@@ -22,7 +23,7 @@ class IoWeight(CgroupKnob):
     numeric = True
 
     def canonical(self, value: str) -> str:
-        return value.strip().removeprefix("default").strip()
+        return strip_ws(strip_ws(value).removeprefix("default"))
 
     def read(self, host: Host, target: str) -> KnobState:
         version, path = self.files(host, target)
@@ -43,11 +44,11 @@ class IoWeight(CgroupKnob):
         raise ParseError(f"{path}: no 'default N' line in {raw.strip()!r}")
 
     def normalize(self, host: Host, target: str, version: int, value: str) -> str:
-        v = value.removeprefix("default").strip()
+        v = self.canonical(value)  # "default 100" is how io.weight itself spells it
         try:
-            w = int(v)
+            w = parse_int_strict(v)
         except ValueError as err:
-            raise invalid(self.name, target, value, "must be an integer 1..10000") from err
+            raise invalid(self.name, target, value, f"must be an integer 1..10000: {err}") from err
         if not 1 <= w <= 10000:
             raise invalid(self.name, target, value, "must be within 1..10000")
         if version == 1:  # what blkio.weight can represent: 10..1000 is weight 2..200
