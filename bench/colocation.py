@@ -16,8 +16,10 @@ convergence time (bench/coloc_metrics.py has the definitions).
 Rows (ROWS, a registry: name + starting allocation + what runs beside the load + agent config
 overrides): ``contended`` (no limits), ``static`` (server quota 0.5 core, memory max 4 GiB),
 ``static+psi`` (+ the seed's client-side PSI gate), ``autotune`` (``autotune run --mode apply
---local-actuator``, default rule pack, from the static allocation) and ``oracle`` (per phase,
-the best static allocation of a grid measured point by point and cached).
+--local-actuator``, default rule pack, the learned search off: rules only, from the static
+allocation), ``autotune-learned`` (the agent's defaults: rules + the learned allocation search)
+and ``oracle`` (per phase, the best static allocation of a grid measured point by point and
+cached).
 """
 
 from __future__ import annotations
@@ -142,8 +144,11 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("static", "server cpu quota 0.5 core, memory max 4 GiB (the seed's cgroups)", alloc=STATIC),
     Row("static+psi", "static + the seed's gate: defer while system cpu some avg10 > 95 %, "
         "0.5-s retries, drop after 10", alloc=STATIC, seed_psi=True),
-    Row("autotune", "the agent (apply mode, default rule pack) from the static allocation",
-        alloc=STATIC, controller=agent_controller),
+    Row("autotune", "the agent (apply mode, default rule pack, rules only: [ranker] off) from the "
+        "static allocation", alloc=STATIC, controller=agent_controller,
+        agent_overrides={"ranker": {"enabled": False}}),
+    Row("autotune-learned", "the agent with its defaults: the rule pack plus the learned allocation "
+        "search ([ranker] on), from the static allocation", alloc=STATIC, controller=agent_controller),
     Row("oracle", "per phase, the best static allocation of the grid (highest EMU with no "
         "violating window and the neighbour at its floor)", oracle=True),
 ]}

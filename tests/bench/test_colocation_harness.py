@@ -175,7 +175,9 @@ def test_agent_overrides_from_the_row_and_the_command_line():
 
 
 def test_rows_are_a_registry():
-    assert co.DEFAULT_ROWS == ["contended", "static", "static+psi", "autotune", "oracle"]
+    assert co.DEFAULT_ROWS == ["contended", "static", "static+psi", "autotune", "autotune-learned", "oracle"]
+    assert co.ROWS["autotune"].agent_overrides == {"ranker": {"enabled": False}}  # rules only
+    assert co.ROWS["autotune-learned"].agent_overrides == {}  # the agent's defaults
     assert co.ROWS["static"].alloc == co.ROWS["autotune"].alloc == co.STATIC
     assert co.STATIC.quota_cores == 0.5 and co.STATIC.memory_max_bytes == 4 * 1024**3
     assert co.ROWS["contended"].alloc == Alloc() and co.ROWS["static+psi"].seed_psi
