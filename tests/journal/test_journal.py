@@ -53,7 +53,7 @@ def plan(j: Journal, old: str = "max", new: str = "1.5", target: str = "/autotun
 def test_migration_idempotent_versioned(db):
     Journal(db)
     Journal(db)
-    assert schema_version(db, "journal") == 1
+    assert schema_version(db, "journal") == 2  # v2: the ``landed`` column
 
 
 def test_lifecycle_records_every_transition(j, clock):

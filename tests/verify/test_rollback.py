@@ -85,7 +85,7 @@ def test_plan_skips_drift_unless_forced(j):
     assert forced.action == "restore" and forced.restore.value == "max"
 
 
-def test_all_newest_first_restores_first_prior(j, clock):
+def test_all_restores_the_first_prior_once_per_target(j, clock):
     a = change(j, "max", "1.5", keep=True)
     clock.t += 10
     b = change(j, "1.5", "1.0", keep=True)
@@ -96,7 +96,8 @@ def test_all_newest_first_restores_first_prior(j, clock):
     out = rb.all()
     assert [o.entry_id for o in out] == [b.id, a.id]
     assert [o.result for o in out] == ["restored", "restored"]
-    assert act.writes == ["1.5", "max"] and act.live["/a"] == "max"
+    # one write per target: the value before the first change, never an intermediate prior
+    assert act.writes == ["max"] and act.live["/a"] == "max"
     assert {j.get(a.id).state, j.get(b.id).state} == {"rolled_back"}
     assert events == [("rollback", b.id, "rolled_back"), ("rollback", a.id, "rolled_back")]
     assert "operator rollback via local" in j.events(a.id)[-1].detail
@@ -148,17 +149,20 @@ def test_gone_target_fails_an_unfinished_entry_and_leaves_a_kept_one(j):
     assert j.get(a.id).state == "failed" and j.get(b.id).state == "kept"
 
 
-def test_single_entry_refused_under_a_newer_change_and_planned_is_blocked(j, clock):
+def test_single_entry_refused_under_a_newer_change(j, clock):
     old = change(j, "max", "1.5")
     clock.t += 1
     change(j, "1.5", "1.0")
     act = FakeActuator({"/a": "1.0"})
     (o,) = Rollback(j, act, by="operator").entries([old], single=True)
     assert o.result == "blocked" and "newer entry" in o.reason and act.writes == []
-    planned = j.plan(knob="cgroup.cpu_quota", target="/c", prior=prior("max", "/c"), proposed="1",
-                     rule="r")
-    (o,) = Rollback(j, act, by="operator").entries([planned])
-    assert o.result == "blocked" and j.get(planned.id).state == "planned"
+    # a newer PLANNED entry whose write may have landed blocks too (it is settled first)
+    clock.t += 1
+    j.plan(knob="cgroup.cpu_quota", target="/a", prior=prior("1.0"), proposed="0.5", rule="r")
+    act.live["/a"] = "0.5"  # the crash came after the write
+    (o,) = Rollback(j, act, by="operator").entries([old], single=True)
+    assert o.result == "blocked" and "newer entry 3" in o.reason and act.writes == []
+    assert j.get(3).state == "applied" and j.get(3).landed is True
 
 
 def test_read_back_that_is_not_the_prior_fails(j):
