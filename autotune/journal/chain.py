@@ -12,8 +12,10 @@ proposed value on its own, so an entry whose write never landed is never taken f
   A reading taken after autotune itself rolled another entry of the target back proves
   nothing (that restore may have written the very value the entry proposed).
 - Runs: the entries that landed (or may have, unknown) form runs, oldest first. A run breaks
-  where an entry's prior is not what the run had left in place: someone else changed the
-  target in between (an entry that landed unknown or drifted leaves nothing known in place).
+  where an entry's prior is not what the run had left in place when that entry was planned:
+  someone else changed the target in between (an entry whose fate is unknown, or that had
+  been found drifted by then, leaves nothing known in place; one rolled back by then left
+  its prior).
 - The newest run is what rollback undoes: ``original`` is its first entry's prior (the exact
   raw record), the value before the agent's first change since anyone else set the target;
   ``ours`` is the value the run left in place (None when unknown). Still-open entries of older
@@ -115,23 +117,33 @@ def history(entries: Sequence[JournalEntry], live: str | None, same: Same) -> Hi
         if reading is not None:
             readings[e.id] = reading
     runs: list[list[JournalEntry]] = []
-    left: str | None = None
+    prev: JournalEntry | None = None
     for e in es:
         got = landed[e.id]
         if got is False:
             continue  # never touched the target
-        if runs and (left is None or not same(e.prior_value, left)):
-            runs.append([])  # someone else changed the target in between
+        if prev is not None:
+            left = _left(prev, landed[prev.id], at=e.planned_ts)
+            if left is None or not same(e.prior_value, left):
+                runs.append([])  # someone else changed the target in between
         if not runs:
             runs.append([])
         runs[-1].append(e)
-        if got is None or e.state == "drifted":
-            left = None
-        elif e.state == "rolled_back":
-            left = e.prior_value
-        else:
-            left = e.expected_value
+        prev = e
     superseded = tuple(e for r in runs[:-1] for e in r if is_open(e) and e.state != "drifted")
+    ours = _left(prev, landed[prev.id], at=None) if prev is not None else None
     return History(entries=es, landed=landed, inferred=inferred,
                    run=tuple(runs[-1]) if runs else (), superseded=superseded,
-                   ours=left if runs else None, readings=readings)
+                   ours=ours, readings=readings)
+
+
+def _left(e: JournalEntry, landed: bool | None, *, at: float | None) -> str | None:
+    """The value ``e`` had left in place at time ``at`` (None: now); None when unknown. An
+    entry rolled back or found drifted only AFTER ``at`` was still in place then."""
+    if landed is None:
+        return None
+    ended = e.state in ("rolled_back", "drifted") and (
+        at is None or e.finished_ts is None or e.finished_ts <= at)
+    if not ended:
+        return e.expected_value
+    return e.prior_value if e.state == "rolled_back" else None

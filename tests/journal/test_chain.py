@@ -99,3 +99,14 @@ def test_drift_leaves_nothing_known_in_place(j):
     j.mark_drifted(a.id, "9")
     h = history(j.entries(), "9", eq)
     assert h.ours is None and [e.id for e in h.open_run()] == [a.id]
+
+
+def test_a_drift_found_after_the_next_change_does_not_break_the_run(j):
+    """A max -> 0.6, B 0.6 -> max; only then someone sets 0.75 and both are found drifted. B was
+    made over A's value, so the run is [A, B] and its original is A's prior (not 0.6)."""
+    a = applied(j, "max", "0.6", "kept")
+    b = applied(j, "0.6", "max")
+    j.mark_drifted(b.id, "0.75")
+    j.mark_drifted(a.id, "0.75")
+    h = history(j.entries(), "0.75", eq)
+    assert [e.id for e in h.run] == [a.id, b.id] and h.original.value == "max" and h.ours is None

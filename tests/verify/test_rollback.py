@@ -310,7 +310,7 @@ def test_stale_failed_entries_without_force_exit_clean_and_add_no_drift_rows(j, 
 def test_legacy_failed_entry_after_an_old_rollback_is_not_taken_for_landed(j, clock):
     """A DB from before the ``landed`` column: the buggy rollback already restored A (writing
     1.8, which is also B's proposed value); B's fate is unknown and the live value proves
-    nothing. B must not be 'restored' to 0.2."""
+    nothing. B must not be 'restored' to 0.2: the target holds A's original, so B is settled."""
     a = change(j, "1.8", "0.2")
     clock.t += 1
     b = failed(j, "0.2", "1.8", landed=None)
@@ -319,7 +319,8 @@ def test_legacy_failed_entry_after_an_old_rollback_is_not_taken_for_landed(j, cl
     act = FakeActuator({"/a": "1.8"})
     out = Rollback(j, act, by="operator").all()
     assert act.writes == [] and act.live["/a"] == "1.8"
-    assert [(o.entry_id, o.result) for o in out] == [(b.id, "skipped_drift")]
+    assert [(o.entry_id, o.result) for o in out] == [(b.id, "already_prior")]
+    assert Rollback(j, act, by="operator").all() == [] and act.writes == []
 
 
 def test_failed_write_that_landed_partly_is_restored(j):
