@@ -23,6 +23,11 @@ class ParseError(HostError):
     """A host file exists but its contents could not be parsed. Names the file."""
 
 
+class NotSent(HostError):
+    """A request that never left this process (the helper did not accept the connection):
+    nothing was written, so a change it carried certainly did not land."""
+
+
 class TargetGone(HostError):
     """A cgroup or process vanished; not an error for the loop, just nothing to do."""
 

@@ -24,7 +24,7 @@ from autotune.agent import floor, gating, state
 from autotune.agent.actuator import Actuator, is_drift, read_value
 from autotune.audit.trail import AuditEvent, AuditTrail
 from autotune.config import Config
-from autotune.errors import PolicyRefused
+from autotune.errors import NotSent, PolicyRefused
 from autotune.failpoints import failpoint
 from autotune.host import Host
 from autotune.journal.chain import landed_from
@@ -352,6 +352,12 @@ class Agent:
                 self._count_failure(knob, target, err.reason)
                 return self.journal.get(entry.id)
             after = self._failed_write(entry, ev, err)
+        except NotSent as err:  # the helper did not take the request: nothing was written
+            why = f"{type(err).__name__}: {err}"
+            self.journal.mark_failed(entry.id, f"not applied: {why}", landed=False)
+            self.audit("apply", **ev, after=None, outcome="failed", detail={"error": why, "landed": False})
+            self._count_failure(knob, target, why)
+            return self.journal.get(entry.id)
         except Exception as err:  # noqa: BLE001 - a failed write is journaled, not fatal
             after = self._failed_write(entry, ev, err)
         else:

@@ -15,7 +15,7 @@ import uuid
 
 from pydantic import ValidationError
 
-from autotune.errors import HostError, PolicyRefused
+from autotune.errors import HostError, NotSent, PolicyRefused
 from autotune.helper.protocol import Response, Result
 from autotune.knobs.base import ChangeResult, KnobState
 
@@ -125,9 +125,9 @@ class HelperClient:
         s.settimeout(self.timeout)
         try:
             s.connect(self.socket_path)
-        except OSError:
-            s.close()
-            raise
+        except OSError as err:
+            s.close()  # nothing was sent: a write this call carried did not happen
+            raise NotSent(f"helper at {self.socket_path}: {err.strerror or err}") from err
         self._sock, self._buf = s, b""
 
     def _pending_answer(self) -> bool:

@@ -125,3 +125,29 @@ def test_recommend_mode_start_reconciles_a_crashed_apply(tmp_path, host_root, ru
     rec.start()
     e = rec.journal.get(e.id)
     assert (e.state, e.landed) == (state, landed) and live(host_root) == value.strip()
+
+
+
+class NeverTaken(LocalActuator):
+    """The helper did not accept the connection: the client raises NotSent."""
+
+    reads = 0
+
+    def apply(self, *a, **kw):
+        from autotune.errors import NotSent
+
+        raise NotSent("helper at /run/autotune/helper.sock: Connection refused")
+
+    def read(self, *a, **kw):
+        NeverTaken.reads += 1
+        return super().read(*a, **kw)
+
+
+def test_a_request_the_helper_never_took_is_not_applied(tmp_path, host_root, rules_dir):
+    NeverTaken.reads = 0
+    agent = agent_with(tmp_path, host_root, rules_dir, NeverTaken)
+    e = agent.apply(ACTION)
+    assert e.state == "failed" and e.landed is False and "not applied" in e.error
+    assert NeverTaken.reads == 1  # the prior only: nothing to read back, nothing was sent
+    (host_root / SWAPPINESS.lstrip("/")).write_text("10\n")
+    assert rollback_all(agent) == [] and live(host_root) == "10"
