@@ -28,6 +28,11 @@ class StateError(HostError):
     file and what is wrong (raised by ``autotune.store.db``)."""
 
 
+class NotSent(HostError):
+    """A request that never left this process (the helper did not accept the connection):
+    nothing was written, so a change it carried certainly did not land."""
+
+
 class TargetGone(HostError):
     """A cgroup or process vanished; not an error for the loop, just nothing to do."""
 

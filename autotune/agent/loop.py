@@ -25,9 +25,10 @@ from autotune.agent.learning import Learning
 from autotune.agent.actuator import Actuator, is_drift, read_value
 from autotune.audit.trail import AuditEvent, AuditTrail
 from autotune.config import Config
-from autotune.errors import PolicyRefused
+from autotune.errors import NotSent, PolicyRefused
 from autotune.failpoints import failpoint
 from autotune.host import Host
+from autotune.journal.chain import landed_from
 from autotune.journal.journal import Journal, JournalEntry
 from autotune.store.samples import SampleStore
 from autotune.types import Action, Snapshot, Symptom
@@ -37,6 +38,12 @@ from autotune.verify.stage import Verifier
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 3
+
+
+def _may_have_written(err: PolicyRefused) -> bool:
+    """A helper refusal that can come after its write began (the knob's read-back mismatch, a
+    kernel error mid-write, a helper bug); every other code is decided before any write."""
+    return getattr(err, "code", None) in ("host_error", "internal")
 
 
 def _proposal_key(actions: Iterable[Action]) -> frozenset[tuple[str, str, str, str]]:
@@ -159,9 +166,11 @@ class Agent:
         })
 
     def reconcile(self, now: float) -> list:
-        """Settle unfinished entries (crash recovery). Drift: audited, left alone; ours: re-verify."""
-        if self.actuator.dry_run:
-            return []
+        """Settle unfinished entries (crash recovery). Drift: audited, left alone; ours: re-verify.
+
+        In every mode: reconcile only reads the targets and records what it finds, so recommend
+        mode (the dry-run actuator reads through the knobs) settles a crashed apply-mode run's
+        planned entries too; it never restores anything (``autotune rollback`` does)."""
         outcomes = self.journal.reconcile(lambda k, t: read_value(self.actuator, k, t),
                                           same_for=self.actuator.same)
         for o in outcomes:
@@ -327,39 +336,77 @@ class Agent:
         try:
             result = self.actuator.apply(knob, target, action.proposed, expect_before=prior.value,
                                          request_id=f"autotune-{entry.id}")
+            after = result.after
         except PolicyRefused as err:
-            if is_drift(err):
-                self.journal.mark_drifted(entry.id, None, detail=f"helper: {err.reason}")
+            if is_drift(err):  # checked before writing: nothing of ours landed
+                self.journal.mark_drifted(entry.id, None, detail=f"helper: {err.reason}", landed=False)
                 self.audit("drift", **ev, outcome="drifted", detail={"stage": "apply", "reason": err.reason})
-            else:
-                self.journal.mark_failed(entry.id, f"refused: {err.reason}")
+                return self.journal.get(entry.id)
+            if not _may_have_written(err):
+                self.journal.mark_failed(entry.id, f"refused: {err.reason}", landed=False)
                 self.audit("refusal", **ev, after=action.proposed, outcome="refused",
                            detail={"reason": err.reason, "code": getattr(err, "code", None)})
                 self._count_failure(knob, target, err.reason)
-            return self.journal.get(entry.id)
-        except Exception as err:  # noqa: BLE001 - a failed write is journaled, not fatal
+                return self.journal.get(entry.id)
+            after = self._failed_write(entry, ev, err)
+        except NotSent as err:  # the helper did not take the request: nothing was written
             why = f"{type(err).__name__}: {err}"
-            self.journal.mark_failed(entry.id, why)
-            self.audit("apply", **ev, after=action.proposed, outcome="failed", detail={"error": why})
+            self.journal.mark_failed(entry.id, f"not applied: {why}", landed=False)
+            self.audit("apply", **ev, after=None, outcome="failed", detail={"error": why, "landed": False})
             self._count_failure(knob, target, why)
             return self.journal.get(entry.id)
-        failpoint("after_write")
-        if not result.changed or result.after is None:
-            self.journal.mark_failed(entry.id, f"nothing written: live value already {result.before.value!r}")
+        except Exception as err:  # noqa: BLE001 - a failed write is journaled, not fatal
+            after = self._failed_write(entry, ev, err)
+        else:
+            failpoint("after_write")
+            if not result.changed or after is None:
+                self.journal.mark_failed(entry.id, f"nothing written: live value already "
+                                                   f"{result.before.value!r}", landed=False)
+                return self.journal.get(entry.id)
+        if after is None:  # failed; journaled and audited by _failed_write
             return self.journal.get(entry.id)
-        self.journal.mark_applied(entry.id, result.after)
+        self.journal.mark_applied(entry.id, after)
         entry = self.journal.mark_verifying(entry.id)
         self._failures.pop((knob, target), None)
         due = self.verifier.due(entry)
-        self.audit("apply", **ev, after=result.after.value, outcome="applied",
+        self.audit("apply", **ev, after=after.value, outcome="applied",
                    objective_before=(entry.objective_before or {}).get("median"),
                    detail={"symptoms": [s.model_dump() for s in symptoms], "verify_due_ts": due,
                            "objective": (entry.objective_before or {}).get("objective"),
                            "verify": entry.verify_plan.model_dump()})
         log.info("applied %s on %s: %s -> %s (rule %s); %s within %.0f s", knob, target,
-                 prior.value, result.after.value, action.rule,
+                 prior.value, after.value, action.rule,
                  "guarding the SLO" if entry.verify_plan.mode == "guard" else "verifying", due - now)
         return entry
+
+    def _failed_write(self, entry: JournalEntry, ev: dict[str, Any], err: BaseException):
+        """A write that raised after it may have touched the target: settle it by reading.
+        Returns the live state when the proposed value is in place (the write landed: verify it
+        as usual); otherwise journals the failure with what the reading showed and returns None."""
+        why = f"{type(err).__name__}: {err}"
+        try:
+            live = self.actuator.read(entry.knob, entry.target)
+        except Exception as rerr:  # noqa: BLE001 - fate unknown; rollback/reconcile read later
+            live, landed, note = None, None, f"; fate unknown (cannot read back: {rerr})"
+        else:
+            landed = landed_from(entry, live.value if live is not None else None,
+                                 self.actuator.same(entry.knob))
+            if landed:
+                log.warning("%s on %s: %s, but the proposed value is in place: applied", entry.knob,
+                            entry.target, why)
+                return live
+            if live is None:
+                note = "; target gone"
+            elif landed is False:
+                note = "; not applied (the prior is in place)"
+            else:  # neither prior nor proposed: the write left something else, ours to undo
+                landed, note = True, f"; the write left {live.value!r}"
+        self.journal.mark_failed(entry.id, why + note, landed=landed,
+                                 applied=live if landed else None)
+        self.audit("apply", **ev, after=live.value if live is not None else None, outcome="failed",
+                   detail={"error": why, "landed": landed})
+        self._count_failure(entry.knob, entry.target, why)
+        return None
 
     # -- verify ---------------------------------------------------------------------------
     def verify(self, now: float | None = None) -> list[JournalEntry]:

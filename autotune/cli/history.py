@@ -8,12 +8,17 @@ before its own write (memory or ``--state``); otherwise it applies ``state.value
 range-checked. ``--local`` is a root-only escape hatch that writes the recorded raw files with
 the knobs directly (fixture trees, helper down).
 
-A target whose live value is neither ours nor the prior was changed by someone else: it is
-skipped (and the entry marked drifted, the target unmanaged) unless ``--force``;
-``autotune enable KNOB TARGET`` hands it back to the agent. Every restore is journaled and
-audited (kind ``rollback``; skips are ``drift``, failures ``error``).
+``--all`` puts every target back to the value it held before the agent's first change (one
+write per target, see verify/rollback.py for the whole table); a change whose write may have
+landed (a crash right after the write) is settled by reading the target first, and one that
+never landed is never restored. A target whose live value is neither ours nor that original
+was changed by someone else: it is left alone (the entries marked drifted, the target
+unmanaged; later runs report it as ``left_alone``) unless ``--force``; ``autotune enable KNOB
+TARGET`` hands it back to the agent. Every restore is journaled and audited (kind
+``rollback``; skips are ``drift``, failures ``error``, settled fates ``reconcile``).
 
-Exit codes: 0 all done, 1 something skipped or failed, 2 usage / unreachable helper.
+Exit codes: 0 all done (or left alone as reported before), 1 something newly skipped, blocked
+or failed, 2 usage / unreachable helper.
 """
 
 from __future__ import annotations
@@ -121,7 +126,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def rollback(
         entry_id: Annotated[Optional[int], typer.Argument(metavar="ID", help="Journal entry id.")] = None,
-        all_: Annotated[bool, typer.Option("--all", help="Undo every change still in place, newest first.")] = False,
+        all_: Annotated[bool, typer.Option(
+            "--all", help="Put every target back to its value before the agent's first change.")] = False,
         force: Annotated[bool, typer.Option(
             "--force", help="Restore even where someone else changed the value since (drift).")] = False,
         knob: Annotated[Optional[str], typer.Option("--knob", help="With --all: only this knob.")] = None,
@@ -151,7 +157,7 @@ def register(app: typer.Typer) -> None:
         cfg, db = _open(state, config)
         journal = Journal(db)
         if all_:
-            entries = candidates(journal, knob=knob, target=target)
+            entries = candidates(journal, knob=knob, target=target)  # nothing open: no helper needed
         else:
             try:
                 entries = [journal.get(entry_id)]  # type: ignore[arg-type]
@@ -173,7 +179,10 @@ def register(app: typer.Typer) -> None:
         rollback = Rollback(journal, actuator, audit=audit_to(AuditTrail(db)), by="operator",
                             via=via, abort_on=(HostError,) if via == "helper" else ())
         try:
-            outcomes = rollback.entries(entries, force=force, single=not all_)
+            if all_:
+                outcomes = rollback.all(force=force, knob=knob, target=target)
+            else:
+                outcomes = rollback.entries(entries, force=force, single=True)
         except HostError as err:
             fail(f"helper went away during rollback: {err}; entries restored so far are journaled")
         finally:
@@ -182,14 +191,17 @@ def register(app: typer.Typer) -> None:
                 client.close()
         if json_out:
             print_json([o.model_dump() for o in outcomes])
+        elif not outcomes:
+            typer.echo("nothing to roll back")
         else:
             for o in outcomes:
-                color = {"restored": "green", "already_prior": None, "gone": None}.get(o.result, "red")
+                color = {"restored": "green", "already_prior": None, "gone": None, "not_applied": None,
+                         "left_alone": "yellow", "superseded": "yellow"}.get(o.result, "red")
                 line = f"entry {o.entry_id} {o.knob} {o.target}: {o.result} - {o.reason}"
                 if o.result == "restored":
                     line += f" (now {o.after!r}{', exact raw' if o.exact else ''})"
                 typer.secho(line, fg=color)
-            if any(o.result == "skipped_drift" for o in outcomes):
+            if any(o.result in ("skipped_drift", "left_alone") for o in outcomes):
                 typer.echo("drifted targets are now unmanaged; `autotune rollback --force` clobbers "
                            "them, `autotune enable KNOB TARGET` hands them back to the agent")
         if any(o.result in ("skipped_drift", "failed", "blocked") for o in outcomes):

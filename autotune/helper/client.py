@@ -19,7 +19,7 @@ import uuid
 
 from pydantic import ValidationError
 
-from autotune.errors import HostError, PolicyRefused
+from autotune.errors import HostError, NotSent, PolicyRefused
 from autotune.helper.protocol import Response, Result
 from autotune.knobs.base import ChangeResult, KnobState
 
@@ -169,11 +169,11 @@ class HelperClient:
             except BlockingIOError as err:  # the listen backlog is full (EAGAIN): not delivered
                 s.close()
                 if not self._pause(deadline, RETRY_S):
-                    raise HostError(f"helper at {self.socket_path}: listen queue full") from err
+                    raise NotSent(f"helper at {self.socket_path}: listen queue full") from err
                 continue
-            except OSError:
-                s.close()
-                raise
+            except OSError as err:
+                s.close()  # nothing was sent: a write this call carried did not happen
+                raise NotSent(f"helper at {self.socket_path}: {err.strerror or err}") from err
             self._sock, self._buf = s, b""
             return
 

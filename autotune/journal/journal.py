@@ -4,14 +4,21 @@ Lifecycle of an entry (``events`` keeps every transition with its time and detai
 
     planned -> applied -> verifying -> kept | rolled_back | failed
        |          `-------------`---> drifted (someone else changed the value)
-       `-> failed (the write never landed)
+       `-> failed | drifted (the write did not land, or its fate is unknown)
+
+``landed`` says whether the entry's write reached the target: True (``mark_applied``, or a
+failed write that left a value behind), False (refused before writing, or a reading showed
+the prior), None (not known yet: planned, or a write that failed in a way that may have
+landed). Rollback never restores the prior of an entry whose write never landed; an unknown
+one is settled by reading (``journal/chain.py``).
 
 ``plan`` commits the prior KnobState (the raw restore record) in its own transaction; with
 ``synchronous=FULL`` (open_db) the commit is fsynced, so a kill -9 right after ``plan`` leaves
 the entry on disk. At start ``reconcile`` compares each unfinished entry with the live value:
 prior -> the write never landed (planned) or was already undone (applied/verifying); proposed
--> keep it for re-verification; anything else -> drift: the (knob, target) becomes
-``unmanaged`` and is never written again until an operator calls ``enable_target``.
+-> the write landed: keep it for re-verification; anything else -> drift: the (knob, target)
+becomes ``unmanaged`` and is never written again until an operator calls ``enable_target``.
+``autotune rollback`` settles planned entries the same way when it meets them first.
 
 The journal knows nothing of knobs or the helper: it stores ``KnobState`` records (the prior
 and the read-back) and the ``VerifyResult``, and asks callbacks for live values. Value
@@ -46,7 +53,7 @@ TRANSITIONS: dict[str, set[str]] = {
     "applied": {"verifying", "kept", "rolled_back", "failed", "drifted"},
     "verifying": {"kept", "rolled_back", "failed", "drifted"},
     "kept": {"rolled_back", "drifted"},
-    "failed": {"rolled_back"},
+    "failed": {"rolled_back", "drifted"},  # a failed write that landed (partly) is ours to undo
     "drifted": {"rolled_back"},
     "rolled_back": set(),
 }
@@ -90,7 +97,17 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE journal_entries ADD COLUMN verify_plan TEXT")
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """``landed``: 1 the write reached the target, 0 it never did, NULL not known yet."""
+    db.execute("ALTER TABLE journal_entries ADD COLUMN landed INTEGER")
+    db.execute("UPDATE journal_entries SET landed=1 WHERE applied_ts IS NOT NULL")
+    # failures that certainly happened before any write; other old failures stay unknown
+    db.execute("UPDATE journal_entries SET landed=0 WHERE applied_ts IS NULL AND state='failed'"
+               " AND (error LIKE 'refused:%' OR error LIKE 'nothing written:%'"
+               " OR error LIKE 'not applied before crash%')")
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 
 
 class _M(BaseModel):
@@ -119,6 +136,7 @@ class JournalEntry(_M):
     verifying_ts: float | None
     finished_ts: float | None
     verify_plan: VerifyPlan = VerifyPlan()
+    landed: bool | None = None  # did the write reach the target (None: not known yet)
 
     @property
     def prior_value(self) -> str:
@@ -284,8 +302,10 @@ class Journal:
     def mark_applied(self, entry_id: int, applied: Any, detail: str = "") -> JournalEntry:
         """The write landed; ``applied`` is the KnobState (or dict) read back after it."""
         e = self.get(entry_id)
-        return self._transition(entry_id, "applied", detail,
-                                applied=_dump(knob_state(applied, e.knob, e.target)))
+        fields: dict[str, Any] = {"landed": 1}
+        if applied is not None:
+            fields["applied"] = _dump(knob_state(applied, e.knob, e.target))
+        return self._transition(entry_id, "applied", detail, **fields)
 
     def mark_verifying(
         self, entry_id: int, objective_before: Mapping[str, Any] | None = None
@@ -308,28 +328,64 @@ class Journal:
             extra["objective_after"] = _dump(objective_after)
         return self._transition(entry_id, "rolled_back", detail, **extra)
 
-    def mark_failed(self, entry_id: int, error: str) -> JournalEntry:
-        return self._transition(entry_id, "failed", error, error=error)
+    def mark_failed(self, entry_id: int, error: str, *, landed: bool | None = None,
+                    applied: Any = None) -> JournalEntry:
+        """The change failed. ``landed``: False it never touched the target, True it left a
+        value there (``applied``: the state read back, what rollback will take as ours), None
+        keep what is known (an applied entry stays landed)."""
+        return self._transition(entry_id, "failed", error, error=error,
+                                **self._landed_fields(entry_id, landed, applied))
 
-    def mark_drifted(self, entry_id: int, current: str | None, detail: str = "") -> JournalEntry:
-        """Someone else changed the target: journal it and stop managing the target."""
+    def mark_drifted(self, entry_id: int, current: str | None, detail: str = "", *,
+                     landed: bool | None = None, disable: bool = True) -> JournalEntry:
+        """Someone else changed the target: journal it and (``disable``) stop managing it.
+        ``disable=False`` for an old change found overwritten after the agent moved on."""
         e = self.get(entry_id)
         why = detail or (f"live value {current!r} is neither prior {e.prior_value!r} "
                          f"nor ours {e.expected_value!r}")
-        out = self._transition(entry_id, "drifted", why, error=why)
-        self.disable_target(e.knob, e.target, reason=f"drift on entry {entry_id}: {why}",
-                            entry_id=entry_id)
+        out = self._transition(entry_id, "drifted", why, error=why,
+                               **self._landed_fields(entry_id, landed, None))
+        if disable:
+            self.disable_target(e.knob, e.target, reason=f"drift on entry {entry_id}: {why}",
+                                entry_id=entry_id)
+        return out
+
+    def set_landed(self, entry_id: int, landed: bool, detail: str, *,
+                   applied: Any = None) -> JournalEntry:
+        """Record what a reading showed about a write whose fate was unknown (no state change)."""
+        fields = self._landed_fields(entry_id, landed, applied)
+        now = self.clock()
+        with self._tx():
+            st = self.db.execute("SELECT state FROM journal_entries WHERE id=?", [entry_id]).fetchone()
+            if st is None:
+                raise JournalError(f"journal entry {entry_id} does not exist")
+            sets = ", ".join(f"{k}=?" for k in fields)
+            self.db.execute(f"UPDATE journal_entries SET {sets}, updated_ts=? WHERE id=?",
+                            [*fields.values(), now, entry_id])
+            self._event(entry_id, st[0], st[0], detail, now)
+        return self.get(entry_id)
+
+    def _landed_fields(self, entry_id: int, landed: bool | None, applied: Any) -> dict[str, Any]:
+        if landed is None and applied is None:
+            return {}
+        e = self.get(entry_id)
+        if landed is False and (e.landed or applied is not None):
+            raise JournalError(f"journal entry {entry_id}: its write landed; it cannot be "
+                               "marked as never applied")
+        out: dict[str, Any] = {"landed": 0 if landed is False else 1}
+        if applied is not None:
+            out["applied"] = _dump(knob_state(applied, e.knob, e.target))
         return out
 
     # -- queries --------------------------------------------------------------------------
     _COLS = ("id, ts, knob, target, service, rule, rationale, symptoms, prior, proposed, applied,"
              " state, objective_before, objective_after, verify_result, error, planned_ts,"
-             " applied_ts, verifying_ts, finished_ts, verify_plan")
+             " applied_ts, verifying_ts, finished_ts, verify_plan, landed")
 
     @staticmethod
     def _row(r: tuple[Any, ...]) -> JournalEntry:
         (eid, ts, knob, target, service, rule, rationale, symptoms, prior, proposed, applied,
-         state, ob, oa, vr, error, pts, ats, vts, fts, vp) = r
+         state, ob, oa, vr, error, pts, ats, vts, fts, vp, landed) = r
         lj = lambda s: json.loads(s) if s is not None else None  # noqa: E731
         return JournalEntry(
             id=eid, ts=ts, knob=knob, target=target, service=service, rule=rule,
@@ -338,7 +394,7 @@ class Journal:
             applied=knob_state(lj(applied), knob, target) if applied is not None else None,
             state=state, objective_before=lj(ob), objective_after=lj(oa),
             verify_result=_result(lj(vr)), error=error, planned_ts=pts, applied_ts=ats,
-            verifying_ts=vts, finished_ts=fts,
+            verifying_ts=vts, finished_ts=fts, landed=None if landed is None else bool(landed),
             verify_plan=VerifyPlan.model_validate_json(vp) if vp else VerifyPlan(),
         )
 
@@ -528,7 +584,7 @@ class Journal:
             elif eq(cur, e.prior_value):
                 if e.state == "planned":
                     why = "not applied before crash (live value is still the prior)"
-                    e2 = self._transition(e.id, "failed", why, error=why)
+                    e2 = self._transition(e.id, "failed", why, error=why, landed=0)
                     out.append(self._outcome(e2, "not_applied", cur, why))
                 else:
                     # applied but back at prior: a rollback landed before the crash, or someone
@@ -539,7 +595,7 @@ class Journal:
             elif eq(cur, e.expected_value):
                 if e.state == "planned":
                     # no read-back was recorded; expected_value falls back to ``proposed``
-                    e2 = self._transition(e.id, "applied", "write landed before crash")
+                    e2 = self._transition(e.id, "applied", "write landed before crash", landed=1)
                 else:
                     e2 = e
                     self.note(e.id, "reconcile: value still ours; needs re-verification")

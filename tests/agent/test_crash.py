@@ -111,3 +111,32 @@ def test_kill9_then_reconcile_and_rollback(tmp_path, point):
     assert (root / SWAPPINESS.lstrip("/")).read_text() == original  # byte-exact
     assert agent.trail.verify().ok
     db.conn.close()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    env.pop("AUTOTUNE_FAILPOINT", None)
+    return subprocess.run([sys.executable, "-m", "autotune", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("how", ["--all", "ID"])
+def test_kill9_after_write_then_cli_rollback_restores_without_an_agent_start(tmp_path, how):
+    """Issue 10 defect 1: `AUTOTUNE_FAILPOINT=after_write autotune run`, then `autotune rollback`
+    (no agent start in between) settles the planned entry by reading the target and undoes it."""
+    root, cfg_path = setup(tmp_path)
+    original = (root / SWAPPINESS.lstrip("/")).read_text()
+    proc = run_agent(root, cfg_path, "after_write")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    journal = Journal(open_db(load_config(cfg_path).state_path()))
+    [e] = journal.entries()
+    assert e.state == "planned" and (root / SWAPPINESS.lstrip("/")).read_text().strip() == e.proposed
+    r = run_cli("rollback", "--all" if how == "--all" else str(e.id), "--local", "--root", str(root),
+                "--config", str(cfg_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restored" in r.stdout and "nothing to roll back" not in r.stdout
+    assert (root / SWAPPINESS.lstrip("/")).read_text() == original  # byte-exact
+    e = journal.get(e.id)
+    assert e.state == "rolled_back" and e.landed is True
+    r = run_cli("rollback", "--all", "--local", "--root", str(root), "--config", str(cfg_path))
+    assert r.returncode == 0 and "nothing to roll back" in r.stdout, r.stdout + r.stderr

@@ -273,3 +273,48 @@ def test_helper_refusal_is_reported_and_entry_kept(helper_env):
     assert (root / QUOTA).read_text().strip() == "50000"
     assert journal.get(e.id).state == "applied"
     assert AuditTrail(journal.db).query(kind="error")[0].detail["operation"] == "rollback"
+
+
+@needs_root
+def test_failed_entry_is_never_replayed_by_rollback_all(helper_env):
+    """Issue 10 defect 2: A 1.8 -> 0.2 applied; B 0.2 -> 1.8 failed because the helper went away
+    mid-apply (the agent's own path). `rollback --all` gives 1.8, and so does a second one."""
+    from autotune.agent.actuator import HelperActuator
+    from autotune.agent.loop import Agent
+    from autotune.config import Config
+    from autotune.types import Action
+
+    (root, db_path, journal, host), start = helper_env
+    (root / QUOTA).write_text("180000\n")  # 1.8 cores before the agent's first change
+    srv = start()
+    a = agent_change_via_helper(journal, srv.sock, "cgroup.cpu_quota", CG, "0.2")
+    cfg = Config.model_validate({"agent": {"mode": "apply", "state_path": str(db_path),
+                                           "metrics_listen": None}})
+    act = HelperActuator(HelperClient(srv.sock), host=host, cfg=cfg)
+    real_apply = act.apply
+
+    def apply_after_the_helper_died(*args, **kw):
+        srv.stop()
+        act.client.close()  # its open connection would still be served; reconnecting fails
+        return real_apply(*args, **kw)
+
+    act.apply = apply_after_the_helper_died
+    agent = Agent(cfg, host=host, db=journal.db, actuator=act, ruleset=None)
+    b = agent.apply(Action(knob="cgroup.cpu_quota", target=CG, proposed="1.8", rule="r",
+                           rationale="test"))
+    act.client.close()
+    # the helper never took the request (connect refused: NotSent), so B certainly never landed
+    assert b.state == "failed" and b.landed is False and "not applied" in b.error
+    assert (root / QUOTA).read_text().strip() == "20000"
+    srv = start()
+    base = ("--helper-socket", srv.sock, "--state", str(db_path))
+    r = cli("rollback", "--all", *base, "--json")
+    assert r.exit_code == 0, r.output
+    assert {o["entry_id"]: o["result"] for o in json.loads(r.stdout)} == {a.id: "restored"}
+    # (a restarted helper without --state re-applies the value: same number, maybe no newline)
+    assert (root / QUOTA).read_text().strip() == "180000"
+    for _ in range(2):
+        r = cli("rollback", "--all", *base)
+        assert r.exit_code == 0 and "nothing to roll back" in r.output, r.output
+        assert (root / QUOTA).read_text().strip() == "180000"  # not B's stale prior 0.2
+    assert AuditTrail(journal.db).query(kind="drift") == []

@@ -53,7 +53,7 @@ def plan(j: Journal, old: str = "max", new: str = "1.5", target: str = "/autotun
 def test_migration_idempotent_versioned(db):
     Journal(db)
     Journal(db)
-    assert schema_version(db, "journal") == 2  # v2: verify_plan
+    assert schema_version(db, "journal") == 3  # v2: verify_plan, v3: the ``landed`` column
 
 
 def test_lifecycle_records_every_transition(j, clock):
@@ -242,3 +242,46 @@ def test_lockout_after_a_give_back_that_broke_the_slo(j, clock):
     j.mark_rolled_back(e.id, result=VerifyResult(verdict="violated"))
     done = j.get(e.id).finished_ts
     assert j.lockout_until("batch") == pytest.approx(done + 30)
+
+def test_v2_migration_fills_landed_for_old_rows(tmp_path):
+    """A journal written before the ``landed`` column: applied rows landed, failures known to
+    be refused before writing did not, other failures stay unknown."""
+    from autotune.journal import journal as jm
+    from autotune.store.db import migrate
+
+    db = open_db(tmp_path / "old.db")
+    migrate(db, "journal", jm.MIGRATIONS[:1])
+    rows = [("applied", 5.0, None), ("failed", None, "refused: out of range"),
+            ("failed", None, "nothing written: live value already '1'"),
+            ("failed", None, "HostError: helper closed the connection"), ("planned", None, None)]
+    for state, ats, error in rows:
+        db.execute("INSERT INTO journal_entries (ts, knob, target, rule, prior, proposed, state,"
+                   " error, planned_ts, applied_ts, updated_ts) VALUES (1,'k','/t','r',?,?,?,?,1,?,1)",
+                   ['{"value": "1"}', "2", state, error, ats])
+    j = Journal(db)
+    assert [e.landed for e in j.entries()] == [True, False, False, None, None]
+    assert schema_version(db, "journal") == 2
+
+
+def test_landed_flags_follow_the_transitions(j):
+    a = plan(j)
+    assert a.landed is None
+    assert j.mark_applied(a.id, prior("1.5")).landed is True
+    with pytest.raises(JournalError, match="landed"):
+        j.mark_failed(a.id, "x", landed=False)
+    assert j.mark_failed(a.id, "verification keeps failing").landed is True  # stays landed
+    b = plan(j, target="/b")
+    assert j.set_landed(b.id, False, "a reading shows the prior").landed is False
+    assert j.events(b.id)[-1].detail == "a reading shows the prior"
+    c = plan(j, target="/c")
+    c = j.mark_failed(c.id, "wrote 1.5 read back 1.4", landed=True, applied=prior("1.4", "/c"))
+    assert c.landed is True and c.expected_value == "1.4"
+    assert j.mark_drifted(c.id, "0.7", disable=False).state == "drifted"  # failed -> drifted
+    assert not j.is_unmanaged("cgroup.cpu_quota", "/c")
+
+
+def test_reconcile_records_whether_the_write_landed(j):
+    a = plan(j, target="/a")
+    b = plan(j, target="/b")
+    j.reconcile(lambda knob, t: {"/a": "max", "/b": "1.5"}[t])
+    assert (j.get(a.id).landed, j.get(b.id).landed) == (False, True)

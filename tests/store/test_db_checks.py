@@ -195,7 +195,7 @@ def test_read_only_missing_component_is_an_error_not_empty(tmp_path):
     db = open_db(p)
     Journal(db)
     db.conn.close()
-    with pytest.raises(StateError, match=r"no audit data in this state database \(it has: journal v2\)"):
+    with pytest.raises(StateError, match=r"no audit data in this state database \(it has: journal v3\)"):
         AuditTrail(open_db(p, read_only=True))
     AuditTrail(open_db(p))  # a writing command creates what it needs ("just created")
 
