@@ -243,7 +243,8 @@ def test_lockout_after_a_give_back_that_broke_the_slo(j, clock):
     done = j.get(e.id).finished_ts
     assert j.lockout_until("batch") == pytest.approx(done + 30)
 
-def test_v2_migration_fills_landed_for_old_rows(tmp_path):
+
+def test_v3_migration_fills_landed_for_old_rows(tmp_path):
     """A journal written before the ``landed`` column: applied rows landed, failures known to
     be refused before writing did not, other failures stay unknown."""
     from autotune.journal import journal as jm
@@ -260,7 +261,7 @@ def test_v2_migration_fills_landed_for_old_rows(tmp_path):
                    ['{"value": "1"}', "2", state, error, ats])
     j = Journal(db)
     assert [e.landed for e in j.entries()] == [True, False, False, None, None]
-    assert schema_version(db, "journal") == 2
+    assert schema_version(db, "journal") == 3
 
 
 def test_landed_flags_follow_the_transitions(j):
