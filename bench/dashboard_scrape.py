@@ -11,8 +11,9 @@ latency source), Debian's ``prometheus`` scraping the agent's exporter, the gate
 gate. After ``--duration`` seconds it evaluates every query of docs/grafana-dashboard.json
 (variables set to the three instances) through Prometheus' HTTP API, checks the template
 variables, and for the agent's latency panels how much of the run had points (``coverage``:
-share of 2 s steps with a value after the first detection window). Writes ``result.json`` and
-``result.md``; exit status 0 when every query returned at least one series.
+share of 2 s steps with a value from 10 s after load starts). Writes ``summary.json`` and
+``table.md`` (the names bench/results/ tracks); exit status 0 when every panel query returned
+at least one series.
 
 No root, no cgroups, no host settings touched. Needs the workload extra (torch, transformers)
 and ``prometheus`` on PATH (Debian package ``prometheus``).
@@ -318,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=2)
     args = ap.parse_args(argv)
     result = run(args.duration, args.out, concurrency=args.concurrency)
-    (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "result.md").write_text(markdown(result))
+    (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "table.md").write_text(markdown(result))
     print(markdown(result))
     return 0 if result["ok"] else 1
 
