@@ -1,6 +1,6 @@
 """A real Prometheus scrapes a real agent run; every query of the Grafana dashboard must answer.
 
-    python -m bench.dashboard_scrape                      # 2 minutes, results in ./dashboard-scrape
+    python -m bench.dashboard_scrape                      # 2 minutes, results in bench/out/dashboard-scrape
     python -m bench.dashboard_scrape --duration 30 --out /tmp/ds
 
 Starts, each in its own process group and each stopped at the end: the reference server
@@ -315,7 +315,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=120.0, help="seconds of load with everything running")
-    ap.add_argument("--out", type=Path, default=Path("dashboard-scrape"))
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "dashboard-scrape")
     ap.add_argument("--concurrency", type=int, default=2)
     args = ap.parse_args(argv)
     result = run(args.duration, args.out, concurrency=args.concurrency)

@@ -60,7 +60,7 @@ def exported(page: str) -> set[str]:
     """Series names a page declares (# TYPE lines, expanded by type), with or without samples."""
     out = set()
     for name, typ in re.findall(r"^# TYPE (\S+) (\S+)$", page, re.M):
-        base = name.removesuffix("_total") if typ == "counter" else name.removesuffix("_info") if typ == "info" else name
+        base = name.removesuffix({"counter": "_total", "info": "_info"}.get(typ, ""))
         out |= {base + s for s in SUFFIXES[typ]}
     return out
 
