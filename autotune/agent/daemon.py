@@ -95,7 +95,7 @@ def _exporter(cfg: Config):
         return None
     from autotune.audit.exporter import Exporter
 
-    exporter = Exporter()
+    exporter = Exporter.for_config(cfg)
     try:
         addr, port = exporter.start(cfg.agent.metrics_listen)
     except (OSError, ValueError) as err:

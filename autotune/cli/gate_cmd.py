@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
         from autotune.errors import AutotuneError
         from autotune.gate.server import make_gate, parse_listen, serve
         from autotune.host import Host
+        from prometheus_client import disable_created_metrics
 
+        disable_created_metrics()  # like the agent's exporter: no *_created series (docs/metrics.md)
         if law not in ("gradient", "aimd"):
             fail(f"--law {law!r}: use gradient or aimd")
         try:

@@ -50,8 +50,8 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``majflt.rate`` ``minflt.rate`` ``nvcsw.rate`` ``nivcsw.rate`` | per s | d per-process counters (pids in both ends) |
 | ``rss_bytes`` | bytes | sum of RSS |
 | ``latency.<p50|p95|p99>_s`` | s | end-to-end request latency over the window (*) |
-| ``latency.ttft_p95_s`` | s | time to first token over the window (*) |
-| ``latency.itl_<p50|p95|mean>_s`` | s | inter-token latency (gap between output tokens) over the window (*) |
+| ``latency.ttft_<p50|p95|p99>_s`` | s | time to first token over the window (*) |
+| ``latency.itl_<p50|p95|p99|mean>_s`` | s | inter-token latency (gap between output tokens) over the window (*) |
 | ``latency.<requests|tokens|ttft_samples|itl_samples>`` | count | completed requests, generated tokens, observations behind ttft / itl, summed over the window's scrapes |
 | ``latency.running`` ``latency.waiting`` | count | last latency reading |
 | ``slo.<p95|p99|ttft_p95|itl_p95>_ratio`` | ratio | latency / its SLO target (``slo_ratios``); needs ``services`` |
@@ -114,7 +114,7 @@ _SVC_SUFFIXES = [
     r"mem\.(" + "|".join(MEM_EVENTS) + r")_events\.rate",
     r"(tasks|processes|threads|running_threads|rss_bytes)",
     r"(majflt|minflt|nvcsw|nivcsw)\.rate",
-    r"latency\.(p50_s|p95_s|p99_s|ttft_p95_s|itl_p50_s|itl_p95_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting)",
+    r"latency\.(p50_s|p95_s|p99_s|ttft_p(?:50|95|99)_s|itl_p(?:50|95|99)_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting)",
     r"slo\.((p95|p99|ttft_p95|itl_p95)_ratio|ratio|slack|targets)",
 ]
 _KNOWN = re.compile(
@@ -333,7 +333,8 @@ def _service(
 
 # window quantiles from merged histograms: metric suffix -> (histogram kind, quantile)
 _QUANTILES = {"p50_s": ("e2e", 0.5), "p95_s": ("e2e", 0.95), "p99_s": ("e2e", 0.99),
-              "ttft_p95_s": ("ttft", 0.95), "itl_p50_s": ("itl", 0.5), "itl_p95_s": ("itl", 0.95)}
+              "ttft_p50_s": ("ttft", 0.5), "ttft_p95_s": ("ttft", 0.95), "ttft_p99_s": ("ttft", 0.99),
+              "itl_p50_s": ("itl", 0.5), "itl_p95_s": ("itl", 0.95), "itl_p99_s": ("itl", 0.99)}
 # counts summed over the window's scrapes
 _COUNTS = ("requests", "tokens", "ttft_samples", "itl_samples")
 
@@ -354,7 +355,7 @@ def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | Non
             out[f"latency.{key}"] = float(sum(vals))
     merged = {kind: histogram.merge(r.hist.get(kind) for r in readings) for kind in ("e2e", "ttft", "itl")}
     for key, (kind, q) in _QUANTILES.items():
-        v = histogram.quantile(q, merged[kind]) if merged[kind] is not None else getattr(lat, key)
+        v = histogram.quantile(q, merged[kind]) if merged[kind] is not None else getattr(lat, key, None)
         if v is not None:
             out[f"latency.{key}"] = float(v)
     itl = merged["itl"]

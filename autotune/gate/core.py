@@ -348,7 +348,8 @@ class _GateCollector:
         yield GaugeMetricFamily("autotune_gate_inflight", "Requests in flight upstream.", value=st.inflight)
         yield GaugeMetricFamily("autotune_gate_queue_length", "Requests waiting for admission.",
                                 value=st.queue_length)
-        yield GaugeMetricFamily("autotune_gate_threshold_pct", "PSI some avg10 threshold (percent; -1 = off).",
-                                value=-1 if st.threshold_pct is None else st.threshold_pct)
-        yield GaugeMetricFamily("autotune_gate_pressure_pct", "Last PSI some avg10 read (percent; NaN = unknown).",
-                                value=math.nan if st.pressure_pct is None else st.pressure_pct)
+        # ratios (0-1), as every autotune series; the knob and /gate/status speak percent
+        yield GaugeMetricFamily("autotune_gate_threshold_ratio", "PSI some avg10 threshold (0-1; -1 = off).",
+                                value=-1 if st.threshold_pct is None else st.threshold_pct / 100)
+        yield GaugeMetricFamily("autotune_gate_pressure_ratio", "Last PSI some avg10 read (0-1; NaN = unknown).",
+                                value=math.nan if st.pressure_pct is None else st.pressure_pct / 100)

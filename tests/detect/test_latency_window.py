@@ -86,3 +86,18 @@ def test_a_service_without_latency_source_is_not_slo_controlled():
                                   "svc.x.latency.tokens"])
 def test_new_names_are_known(name):
     assert is_known_metric(name)
+
+
+def test_every_kind_has_p50_p95_p99_over_the_window():
+    """ttft and itl have the same three quantiles as e2e (the exporter's summary); without
+    histograms a quantile the reading does not carry is absent, not an error."""
+    window = [_snap(0.0, [0.5]), _snap(1.0, [0.03, 0.05, 0.07] * 10, ttft=[0.1, 0.3]),
+              _snap(2.0, [0.09] * 5, ttft=[0.15])]
+    m = derive_metrics(window)
+    for kind in ("ttft", "itl"):
+        merged = histogram.merge(r.services["llm"].latency.hist[kind] for r in window[1:])
+        for q in (50, 95, 99):
+            name = f"svc.llm.latency.{kind}_p{q}_s"
+            assert is_known_metric(name) and m[name] == pytest.approx(histogram.quantile(q / 100, merged)), name
+    plain = derive_metrics([_snap(0.0, [0.05], hist=False, itl_p95_s=0.07)])
+    assert plain["svc.llm.latency.itl_p95_s"] == 0.07 and "svc.llm.latency.itl_p99_s" not in plain
