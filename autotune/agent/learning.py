@@ -39,6 +39,7 @@ COMPONENT = "learner"
 PRIORITY = 75  # under the rules' upsizes (80-90): the safety net wins when the SLO breaks
 PLAN = VerifyPlan(mode="guard", window_s=10.0, settle_s=2.0, lockout_s=30.0)
 MAX_TRIALS_KEPT = 500  # per service; older ones are dropped
+FIT_TRIALS = 150  # the newest trials a fit uses (a GP fit is cubic in them)
 # the knobs the search moves and the allocation dimension each one is (rules/slo.yaml steps them)
 SEARCHED = {"cgroup.cpu_quota": "quota_cores", "cgroup.cpu_weight": "ratio"}
 
@@ -125,7 +126,12 @@ class Learning:
             span = [s for s in window if s.ts >= changed + PLAN.settle_s]
             if len(span) < 2 or span[-1].ts - span[0].ts < self.cfg.ranker.trial_s:
                 continue
-            if now - self._last_trial_ts.get(svc.name, 0.0) < self.cfg.ranker.trial_s:
+            p = self.proposals.get(svc.name)
+            settled = p is not None and p.status == "converged" and p.allocation == self.allocation(svc, read)
+            # holding a converged allocation: one trial a minute keeps the model current at a
+            # sixth of the fits (each fit is most of the search's CPU)
+            every = self.cfg.ranker.trial_s * (6 if settled else 1)
+            if now - self._last_trial_ts.get(svc.name, 0.0) < every:
                 continue
             t = self._trial(svc, span, read, now)
             if t is not None:
@@ -200,7 +206,7 @@ class Learning:
         if not new_phase and self._model_key.get(svc.name) == key and svc.name in self.proposals:
             return self.proposals[svc.name]
         phase_trials = [t for t in trials if t.ts >= phases.started_ts and t.source == "observed"]
-        p = L.propose(trials, self.candidates(svc), load=phases.ref_load or 0.0, ncpu=self.ncpu,
+        p = L.propose(trials[-FIT_TRIALS:], self.candidates(svc), load=phases.ref_load or 0.0, ncpu=self.ncpu,
                       phase_trials=phase_trials, settings=self.settings)
         if p.reason != getattr(self.proposals.get(svc.name), "reason", None):
             log.info("learned allocation for %s (%s, %d trials in phase): %s", svc.name, p.status,
