@@ -21,14 +21,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from autotune.agent import floor, gating, state
+from autotune.agent.actuator import Actuator, read_value
+from autotune.agent.apply import Applier
 from autotune.agent.learning import Learning
-from autotune.agent.actuator import Actuator, is_drift, read_value
 from autotune.audit.trail import AuditEvent, AuditTrail
 from autotune.config import Config
-from autotune.errors import NotSent, PolicyRefused
-from autotune.failpoints import failpoint
 from autotune.host import Host
-from autotune.journal.chain import landed_from
 from autotune.journal.journal import Journal, JournalEntry
 from autotune.store.samples import SampleStore
 from autotune.types import Action, Snapshot, Symptom
@@ -38,12 +36,6 @@ from autotune.verify.stage import Verifier
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 3
-
-
-def _may_have_written(err: PolicyRefused) -> bool:
-    """A helper refusal that can come after its write began (the knob's read-back mismatch, a
-    kernel error mid-write, a helper bug); every other code is decided before any write."""
-    return getattr(err, "code", None) in ("host_error", "internal")
 
 
 def _proposal_key(actions: Iterable[Action]) -> frozenset[tuple[str, str, str, str]]:
@@ -97,6 +89,9 @@ class Agent:
         self.observed_s = observed_s
         self.verifier = Verifier(cfg, journal=self.journal, samples=self.samples, actuator=actuator,
                                  audit=self.audit, on_failure=self._count_failure)
+        self.applier = Applier(cfg, journal=self.journal, actuator=actuator, verifier=self.verifier,
+                               audit=self.audit, on_failure=self._count_failure,
+                               on_success=lambda k, t: self._failures.pop((k, t), None))
         self.started_ts: float | None = None
         self.learning = Learning(cfg, db, self.journal, ncpu=host.ncpu)
 
@@ -314,99 +309,9 @@ class Agent:
     # -- apply ----------------------------------------------------------------------------
     def apply(self, action: Action, *, symptoms: Iterable[Symptom] = (), now: float | None = None
               ) -> JournalEntry | None:
-        """Journal, write, mark verifying. Returns the entry (None when nothing was planned)."""
+        """Journal, write, mark verifying (the fix stage: agent/apply.py)."""
         now = self.clock() if now is None else now
-        knob, target = action.knob, action.target
-        symptoms = list(symptoms)
-        failpoint("before_plan")
-        prior = self.actuator.read(knob, target)
-        if prior is None:
-            log.info("%s on %s: target gone, nothing to apply", knob, target)
-            return None
-        window = action.verify.window_s or self.cfg.verification.window_s
-        recent = [s for s in self.window if s.ts >= now - window]
-        entry = self.journal.plan(
-            knob=knob, target=target, prior=prior, proposed=action.proposed, rule=action.rule,
-            rationale=action.rationale, service=action.service, symptoms=symptoms,
-            objective_before=self.verifier.summary(action.service, recent), verify_plan=action.verify,
-        )
-        failpoint("after_plan")
-        ev = dict(action_id=entry.id, knob=knob, target=target, service=action.service,
-                  rule=action.rule, rationale=action.rationale, before=prior.value)
-        try:
-            result = self.actuator.apply(knob, target, action.proposed, expect_before=prior.value,
-                                         request_id=f"autotune-{entry.id}")
-            after = result.after
-        except PolicyRefused as err:
-            if is_drift(err):  # checked before writing: nothing of ours landed
-                self.journal.mark_drifted(entry.id, None, detail=f"helper: {err.reason}", landed=False)
-                self.audit("drift", **ev, outcome="drifted", detail={"stage": "apply", "reason": err.reason})
-                return self.journal.get(entry.id)
-            if not _may_have_written(err):
-                self.journal.mark_failed(entry.id, f"refused: {err.reason}", landed=False)
-                self.audit("refusal", **ev, after=action.proposed, outcome="refused",
-                           detail={"reason": err.reason, "code": getattr(err, "code", None)})
-                self._count_failure(knob, target, err.reason)
-                return self.journal.get(entry.id)
-            after = self._failed_write(entry, ev, err)
-        except NotSent as err:  # the helper did not take the request: nothing was written
-            why = f"{type(err).__name__}: {err}"
-            self.journal.mark_failed(entry.id, f"not applied: {why}", landed=False)
-            self.audit("apply", **ev, after=None, outcome="failed", detail={"error": why, "landed": False})
-            self._count_failure(knob, target, why)
-            return self.journal.get(entry.id)
-        except Exception as err:  # noqa: BLE001 - a failed write is journaled, not fatal
-            after = self._failed_write(entry, ev, err)
-        else:
-            failpoint("after_write")
-            if not result.changed or after is None:
-                self.journal.mark_failed(entry.id, f"nothing written: live value already "
-                                                   f"{result.before.value!r}", landed=False)
-                return self.journal.get(entry.id)
-        if after is None:  # failed; journaled and audited by _failed_write
-            return self.journal.get(entry.id)
-        self.journal.mark_applied(entry.id, after)
-        entry = self.journal.mark_verifying(entry.id)
-        self._failures.pop((knob, target), None)
-        due = self.verifier.due(entry)
-        self.audit("apply", **ev, after=after.value, outcome="applied",
-                   objective_before=(entry.objective_before or {}).get("median"),
-                   detail={"symptoms": [s.model_dump() for s in symptoms], "verify_due_ts": due,
-                           "objective": (entry.objective_before or {}).get("objective"),
-                           "verify": entry.verify_plan.model_dump()})
-        log.info("applied %s on %s: %s -> %s (rule %s); %s within %.0f s", knob, target,
-                 prior.value, after.value, action.rule,
-                 "guarding the SLO" if entry.verify_plan.mode == "guard" else "verifying", due - now)
-        return entry
-
-    def _failed_write(self, entry: JournalEntry, ev: dict[str, Any], err: BaseException):
-        """A write that raised after it may have touched the target: settle it by reading.
-        Returns the live state when the proposed value is in place (the write landed: verify it
-        as usual); otherwise journals the failure with what the reading showed and returns None."""
-        why = f"{type(err).__name__}: {err}"
-        try:
-            live = self.actuator.read(entry.knob, entry.target)
-        except Exception as rerr:  # noqa: BLE001 - fate unknown; rollback/reconcile read later
-            live, landed, note = None, None, f"; fate unknown (cannot read back: {rerr})"
-        else:
-            landed = landed_from(entry, live.value if live is not None else None,
-                                 self.actuator.same(entry.knob))
-            if landed:
-                log.warning("%s on %s: %s, but the proposed value is in place: applied", entry.knob,
-                            entry.target, why)
-                return live
-            if live is None:
-                note = "; target gone"
-            elif landed is False:
-                note = "; not applied (the prior is in place)"
-            else:  # neither prior nor proposed: the write left something else, ours to undo
-                landed, note = True, f"; the write left {live.value!r}"
-        self.journal.mark_failed(entry.id, why + note, landed=landed,
-                                 applied=live if landed else None)
-        self.audit("apply", **ev, after=live.value if live is not None else None, outcome="failed",
-                   detail={"error": why, "landed": landed})
-        self._count_failure(entry.knob, entry.target, why)
-        return None
+        return self.applier.apply(action, symptoms=list(symptoms), now=now, window=list(self.window))
 
     # -- verify ---------------------------------------------------------------------------
     def verify(self, now: float | None = None) -> list[JournalEntry]:
