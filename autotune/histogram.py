@@ -77,3 +77,22 @@ def quantile(q: float, b: Buckets | None) -> float | None:
 def count(b: Buckets | None) -> float:
     """Observations in ``b`` (0 for None)."""
     return 0.0 if b is None else float(sum(max(0.0, c) for c in b.counts))
+
+
+def samples(b: Buckets, limit: int) -> list[float]:
+    """The observations in ``b`` as values, each at its bucket's midpoint (the +Inf bucket at
+    the highest finite bound), thinned evenly to at most ``limit`` (ascending)."""
+    total = count(b)
+    if total <= 0 or not b.le:
+        return []
+    scale = min(1.0, limit / total)
+    out: list[float] = []
+    carry = 0.0
+    for i, c in enumerate(b.counts):
+        lower = 0.0 if i == 0 else b.le[i - 1]
+        value = b.le[-1] if i >= len(b.le) else (lower + b.le[i]) / 2
+        carry += max(0.0, c) * scale
+        n = int(carry + 1e-9)
+        carry -= n
+        out.extend([value] * n)
+    return out

@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 RULE = "learned-allocation"
 COMPONENT = "learner"
 PRIORITY = 75  # under the rules' upsizes (80-90): the safety net wins when the SLO breaks
+# a move that takes from the service is guarded (undone at once if the SLO breaks), one that
+# gives to it is compared like the rules' upsizes
 PLAN = VerifyPlan(mode="guard", window_s=10.0, settle_s=2.0, lockout_s=30.0)
+PLAN_UP = VerifyPlan(mode="compare", window_s=10.0, settle_s=2.0)
 MAX_TRIALS_KEPT = 500  # per service; older ones are dropped
 FIT_TRIALS = 150  # the newest trials a fit uses (a GP fit is cubic in them)
 # the knobs the search moves and the allocation dimension each one is (rules/slo.yaml steps them)
@@ -238,15 +241,19 @@ class Learning:
         q_now = read("cgroup.cpu_quota", svc.cgroup)
         q_want = "max" if want.quota_cores is None else quota_knob.format(want.quota_cores)
         if not quota_knob.same(q_now, q_want):
+            takes = _cores(q_want) < _cores(q_now)
             moves.append(Action(knob="cgroup.cpu_quota", target=svc.cgroup, service=svc.name, current=q_now,
-                                proposed=q_want, rule=RULE, rationale=why, priority=PRIORITY, verify=PLAN))
+                                proposed=q_want, rule=RULE, rationale=why, priority=PRIORITY,
+                                verify=PLAN if takes else PLAN_UP))
         weight = number(read("cgroup.cpu_weight", svc.cgroup)) or 100.0
         for n in self.neighbours():
             w_now = read("cgroup.cpu_weight", n.cgroup)
             w_want = weight_knob.format(min(10000.0, max(1.0, weight / want.ratio)))
             if not weight_knob.same(w_now, w_want):
+                takes = (number(w_want) or 0.0) > (number(w_now) or 0.0)  # a heavier neighbour
                 moves.append(Action(knob="cgroup.cpu_weight", target=n.cgroup, service=svc.name, current=w_now,
-                                    proposed=w_want, rule=RULE, rationale=why, priority=PRIORITY, verify=PLAN))
+                                    proposed=w_want, rule=RULE, rationale=why, priority=PRIORITY,
+                                    verify=PLAN if takes else PLAN_UP))
         return moves
 
     def merge(self, actions: list[Action], now: float, window: list[Snapshot], read: ReadCurrent) -> list[Action]:
@@ -297,6 +304,12 @@ class Learning:
                 "best_observed": max(trials, key=lambda t: t.score).model_dump() if trials else None,
             }
         return out
+
+
+def _cores(quota: str | None) -> float:
+    """A quota value as cores; unlimited ("max") and unreadable count as everything."""
+    v = number(quota) if quota is not None else None
+    return float("inf") if v is None else v
 
 
 def trials_json(trials: list[L.Trial]) -> str:

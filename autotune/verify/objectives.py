@@ -29,6 +29,8 @@ from autotune.detect.metrics import derive_metrics
 from autotune.types import Direction, LatencyReading, Snapshot
 
 MIN_SAMPLES = 5  # per window; fewer cannot show a significant difference
+MIN_TOKENS = 30  # per-token objectives: tokens each window needs before they are used
+MAX_TOKEN_SAMPLES = 600  # per window: enough for the test, bounded cost
 
 
 class Kind(BaseModel):
@@ -45,6 +47,7 @@ class Kind(BaseModel):
     upper: float | None = None  # a % of wall time cannot exceed 100 (snapshot-time jitter can)
     fallback: str | None = None  # a gauge used when no interval yields a value (every 10 s)
     absolute: bool = False  # effects are differences in the metric's units, not relative
+    per_token: str | None = None  # the histogram kind whose every observation is a sample
     needs_slo: bool = False  # derived from the service's SLO (pass its config ``Service``)
 
 
@@ -59,6 +62,10 @@ KINDS: dict[str, Kind] = {k.metric: k for k in (
          min_interval_s=2.0, upper=100.0, fallback="psi.cpu.some.avg10"),
     Kind(metric="cpu.usage_cores", direction="higher_is_better", unit="cores", service_only=True,
          min_interval_s=2.0),
+    # every token generated in the window is a sample: a 10 s window of one running request
+    # holds a hundred or more; the test compares their medians (the window's itl_p50)
+    Kind(metric="latency.itl_p50_s", direction="lower_is_better", unit="s", service_only=True,
+         per_token="itl"),
     # dense when the SLO names a per-token latency: every token generated in the interval is a
     # sample, so one scrape interval (a second) already holds tens of them
     Kind(metric="slo.slack", direction="higher_is_better", unit="slack", service_only=True,
@@ -102,10 +109,26 @@ class Objective(BaseModel):
         """Roughly independent values of the metric over ``window`` (oldest first)."""
         if self.kind.per_reading:
             return self._per_reading(window)
+        if self.kind.per_token:
+            return self._per_token(window)
         out = self._per_interval(window)
         if not out and self.kind.fallback is not None:
             return self._fallback(window)
         return out
+
+    def _per_token(self, window: Sequence[Snapshot]) -> list[float]:
+        """Every observation of the window's ``per_token`` histograms (the intervals after its
+        first snapshot), each at its bucket's midpoint, thinned evenly to MAX_TOKEN_SAMPLES."""
+        from autotune import histogram
+
+        parts = []
+        for s in window[1:] if len(window) > 1 else window:
+            svc = s.services.get(self.service or "")
+            lat = svc.latency if svc is not None else None
+            if lat is not None and lat.ok:
+                parts.append(lat.hist.get(self.kind.per_token or ""))
+        merged = histogram.merge(parts)
+        return histogram.samples(merged, MAX_TOKEN_SAMPLES) if merged is not None else []
 
     def _per_reading(self, window: Sequence[Snapshot]) -> list[float]:
         out: list[float] = []
@@ -193,12 +216,17 @@ def _measured(obj: Objective, window: Sequence[Snapshot]) -> bool:
 
 def choose(service: str | None, window: Sequence[Snapshot], *, has_latency: bool,
            slo_of: Sequence[Service] = ()) -> Objective:
-    """The objective a change on ``service`` is judged by: its SLO slack when it declares an
-    SLO (``slo_of``: its config) and the window yields enough values (per 2 s: dense when the
-    SLO names a per-token latency), else its p95 latency when its latency source
+    """The objective a change on ``service`` is judged by: its per-token latency when its
+    source reports one and the window holds enough tokens (every token a sample: the densest
+    signal an inference server has), else its SLO slack when it declares an SLO (``slo_of``: its
+    config) and the window yields enough values per interval, else its p95 latency when its latency source
     (``has_latency``) gave enough distinct readings in ``window`` to test on (a sparse probe
     may not), else its cgroup's CPU pressure, else the host's (a v1-only host has no cgroup PSI)."""
     if service is not None:
+        if has_latency:
+            per_token = objective(f"svc.{service}.latency.itl_p50_s")
+            if len(per_token.series(window)) >= 2 * MIN_TOKENS:
+                return per_token
         if has_latency and slo_of:
             slack = objective(f"svc.{service}.slo.slack", slo_of=slo_of)
             if len(slack.series(window)) >= MIN_SAMPLES:

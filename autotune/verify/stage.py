@@ -241,6 +241,10 @@ class Verifier:
             return VerifyResult(verdict="inconclusive", reason=f"too little latency data after the "
                                 f"give-back ({n_after} observations)", **figures)
         limit = EARLY_VIOLATION if early else 0.0
+        if slack_a < limit and slack_b is not None and slack_b < 0 and slack_a >= slack_b - 0.05:
+            return VerifyResult(verdict="inconclusive", reason=f"the SLO was broken before the change "
+                                f"(slack {slack_b:+.2f}) and is no worse after ({slack_a:+.2f}): not this "
+                                "change's doing", **figures)
         if slack_a < limit:
             return VerifyResult(verdict="violated", effect=None if slack_b is None else slack_a - slack_b,
                                 reason=f"SLO broken after the give-back: slack {slack_a:+.2f} "

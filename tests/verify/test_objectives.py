@@ -97,3 +97,32 @@ def test_reports_show_new_and_legacy_names_in_their_unit():
     assert format_objective("psi.cpu.some.stall_pct", 19.9) == "19.9 % (PSI)"
     assert format_objective("svc.llm.psi.cpu.some.stall_pct", 19.9) == "19.9 % (PSI)"
     assert format_objective("latency_p95", 0.25) == "250.0 ms"  # rows journaled before
+
+
+# -- per-token latency: every token a sample ---------------------------------------------------
+def _itl_snap(ts: float, itl: float, n: int = 40):
+    from autotune.types import Buckets, LatencyReading, ServiceReading, Snapshot
+
+    le = tuple(round(0.005 * i, 3) for i in range(1, 80))
+    counts = [0.0] * (len(le) + 1)
+    for i in range(n):
+        v = itl * (0.8 + 0.4 * i / n)
+        counts[next((k for k, b in enumerate(le) if v <= b), len(le))] += 1
+    lat = LatencyReading(source="vllm:t", ok=True, tokens=n, itl_samples=n, requests=1, running=1, waiting=0,
+                         hist={"itl": Buckets(le=le, counts=tuple(counts), sum=itl * n)})
+    return Snapshot(ts=ts, services={"llm": ServiceReading(name="llm", latency=lat)})
+
+
+def test_per_token_objective_is_chosen_when_tokens_flow_and_tells_a_small_shift():
+    from autotune.verify import stats
+    from autotune.verify.objectives import choose
+
+    before = [_itl_snap(float(t), 0.060) for t in range(6)]
+    after = [_itl_snap(10.0 + t, 0.050) for t in range(6)]
+    obj = choose("llm", before + after, has_latency=True)
+    assert obj.name == "svc.llm.latency.itl_p50_s"
+    assert len(obj.series(before)) == 200  # 5 intervals x 40 tokens (the first lies before the window)
+    r = stats.evaluate(obj.name, before, after, "llm")
+    assert r.verdict == "improved" and r.p_value < 0.001  # a 17 % faster token, seen in 200 vs 200
+    few = [_itl_snap(float(t), 0.060, n=5) for t in range(6)]
+    assert choose("llm", few, has_latency=True).name != "svc.llm.latency.itl_p50_s"  # too few tokens

@@ -1,0 +1,189 @@
+"""Accelerated soak: the agent's own CPU and memory over a long run, with everything active.
+
+    sudo python -m bench.soak [--duration-s 3600] [--sample-period-s 0.2] [--out DIR]
+
+The reference server (tiny GPT-2, in its own cgroup, starting at the static 0.5-core quota)
+serves an open-loop load whose rate cycles through low / high / peak / medium phases (so the
+SLO controller steps both ways and the learned allocation search explores, converges and starts
+again); a neighbour (one CPU burner, capped at 0.4 core so the soak leaves the machine usable)
+runs in its own cgroup. The agent is ``autotune run --mode apply --local-actuator`` with the
+default rule pack and the learned search on, sampling every ``--sample-period-s`` (0.2 s: five
+times the default, so an hour here is five hours of sampling).
+
+Every ``--every-s`` the agent process's CPU time (utime + stime from /proc/<pid>/stat) and its
+RSS (VmRSS, and VmHWM: the peak) are recorded; at the end: CPU as a share of one core per
+interval, RSS at start and end, the peak, whether scikit-learn was loaded (the model was
+active), how many trials the search recorded and how many changes the agent made.
+Writes ``soak.csv``, ``summary.json`` and the agent's state DB and log under the output dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from autotune.host import Host
+from bench import agent_front as af
+from bench import common
+from bench.common import log
+from bench.openloop import Phase, Schedule, run_schedule
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def proc_mem_kib(pid: int) -> tuple[int | None, int | None]:
+    rss = hwm = None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, hwm
+
+
+def sklearn_loaded(pid: int) -> bool:
+    try:
+        return "sklearn" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def cycle(duration_s: float, phase_s: float) -> Schedule:
+    rates = [("low", 2.0), ("high", 6.0), ("peak", 9.0), ("medium", 4.0)]
+    phases, t, i = [], 0.0, 0
+    while t < duration_s:
+        name, rate = rates[i % len(rates)]
+        d = min(phase_s, duration_s - t)
+        phases.append(Phase(name=f"{name}{i // len(rates)}", rate=rate, duration_s=d))
+        t += d
+        i += 1
+    return Schedule(phases=phases)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration-s", type=float, default=3600.0)
+    ap.add_argument("--sample-period-s", type=float, default=0.2)
+    ap.add_argument("--phase-s", type=float, default=120.0, help="load phase length")
+    ap.add_argument("--every-s", type=float, default=60.0, help="how often the agent's CPU/RSS is read")
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--slo-itl", type=float, default=0.05)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        log("needs root: it creates cgroups and moves processes into them")
+        return 2
+    out = args.out or Path("bench/results") / time.strftime("soak-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    common.install_cleanup()
+    host = Host("/", writable=True)
+    rows: list[dict] = []
+    t0 = time.time()
+    try:
+        cgs = common.bench_cgroups(host)
+        server_cg, nb_cg = cgs["server"], cgs["neighbour"]
+        server_cg.set_cpu_quota(0.5)
+        nb_cg.set_cpu_quota(0.4)
+        neighbour = common.start_neighbour(nb_cg, cpu=1, mem_mib=0, json_path=out / "noise.json",
+                                           log_path=out / "noise.log")
+        server, url = common.start_server(server_cg, model=args.model, max_concurrency=2,
+                                          log_path=out / "server.log")
+        state = out / "state.db"
+        doc = af.agent_config(server_cg=server_cg, neighbour_cg=nb_cg, server_url=url,
+                              slo={"itl_p95_s": args.slo_itl}, state_path=state,
+                              metrics_port=common.free_port(),
+                              overrides={"agent": {"sample_period_s": args.sample_period_s}})
+        problem = af.write_config(out / "config.toml", doc, header="written by bench/soak.py")
+        if problem:
+            log(f"the agent rejects the config: {problem}")
+            return 2
+        agent = af.start_agent(out / "config.toml", out / "agent.log")
+        log(f"agent pid {agent.pid}, sampling every {args.sample_period_s} s, {args.duration_s:.0f} s of load")
+        schedule = cycle(args.duration_s, args.phase_s)
+        done = threading.Event()
+
+        def watch() -> None:
+            start = time.monotonic()
+            while not done.is_set():
+                cpu = proc_cpu_s(agent.pid)
+                rss, hwm = proc_mem_kib(agent.pid)
+                rows.append({"t_s": round(time.monotonic() - start, 1), "cpu_s": cpu, "rss_kib": rss,
+                             "hwm_kib": hwm, "sklearn": sklearn_loaded(agent.pid)})
+                done.wait(args.every_s)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        records = asyncio.run(run_schedule(url, schedule, seed=0, max_tokens=16, timeout_s=30.0))
+        done.set()
+        watcher.join()
+        cpu, (rss, hwm) = proc_cpu_s(agent.pid), proc_mem_kib(agent.pid)
+        rows.append({"t_s": round(time.time() - t0, 1), "cpu_s": cpu, "rss_kib": rss, "hwm_kib": hwm,
+                     "sklearn": sklearn_loaded(agent.pid)})
+        alive = agent.poll() is None
+        common.stop(agent)
+        common.stop(server)
+        common.stop(neighbour)
+    finally:
+        common.cleanup()
+    with open(out / "soak.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    pts = [r for r in rows if r["cpu_s"] is not None]
+    per = [(b["cpu_s"] - a["cpu_s"]) / (b["t_s"] - a["t_s"]) for a, b in zip(pts, pts[1:]) if b["t_s"] > a["t_s"]]
+    steady = per[2:] or per  # the first minutes include start-up (imports, the first fits)
+    journal = af.journal_summary(state)
+    trials = _trials(state)
+    summary = {
+        "command": "python -m bench.soak " + " ".join(argv if argv is not None else os.sys.argv[1:]),
+        "duration_s": args.duration_s, "sample_period_s": args.sample_period_s,
+        "agent_alive_at_end": alive,
+        "cpu_pct_of_core_first_interval": round(100 * per[0], 3) if per else None,
+        "cpu_pct_of_core_last_interval": round(100 * per[-1], 3) if per else None,
+        "cpu_pct_of_core_steady_mean": round(100 * sum(steady) / len(steady), 3) if steady else None,
+        "cpu_s_total": pts[-1]["cpu_s"] if pts else None,
+        "rss_mib_start": round(pts[0]["rss_kib"] / 1024, 1) if pts and pts[0]["rss_kib"] else None,
+        "rss_mib_end": round(rss / 1024, 1) if rss else None,
+        "rss_mib_peak": round(hwm / 1024, 1) if hwm else None,
+        "sklearn_loaded": any(r["sklearn"] for r in rows),
+        "requests": len(records), "requests_ok": sum(r.outcome == "ok" for r in records),
+        "agent_changes": {k: v for k, v in journal.items() if k != "entries"},
+        "learner_trials": trials,
+        "wall_s": round(time.time() - t0, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _trials(state: Path) -> int:
+    from autotune.store.db import open_db
+
+    db = open_db(state, read_only=True)
+    try:
+        row = db.execute("SELECT COUNT(*) FROM learner_trials").fetchone() if db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name='learner_trials'").fetchone() else (0,)
+        return int(row[0])
+    finally:
+        db.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
