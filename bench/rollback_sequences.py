@@ -437,8 +437,16 @@ class World:
     def crash(self, p: int, v: int, point: str) -> int:
         pair = self.pairs[p]
         value = AGENT[pair[0]][v % len(AGENT[pair[0]])]
-        return self._step(f"apply {pair} {value} kill -9 at {point}", "agent",
-                          lambda: self._session("apply", pair, value, point=point))
+        before = self.live(pair)
+        rc = self._step(f"apply {pair} {value} kill -9 at {point}", "agent",
+                        lambda: self._session("apply", pair, value, point=point))
+        if point == "after_plan" and self._same(pair, self.live(pair), before):
+            # planned, never written - but the journal cannot know: a planned entry's write may
+            # have landed. If an operator changes the target before a reading settles it, the
+            # entry is drifted with its fate unknown, and ``--force`` (restore our recorded prior
+            # over someone else's value, as documented) may restore this prior
+            self.model[pair].unknown = before
+        return rc
 
     def failed_apply(self, p: int, v: int, fault: str) -> int:
         pair = self.pairs[p]
