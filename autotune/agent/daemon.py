@@ -77,8 +77,9 @@ def build_actuator(cfg: Config, root: Path | None, *, helper_socket: Path | None
     except HostError as err:
         raise HostError(
             f"apply mode needs the privileged helper, but it is not reachable at {sock} ({err}). "
-            "Start it (`autotune helper serve` / autotune-helper.service), pass --helper-socket, "
-            "or use --mode recommend") from err
+            f"Start it as root (`autotune helper --policy FILE --socket {sock}`, or "
+            "autotune-helper.socket under systemd), pass --helper-socket, or use --mode recommend"
+        ) from err
 
 
 def _rules(cfg: Config):
@@ -87,7 +88,8 @@ def _rules(cfg: Config):
     try:
         return load_rules(cfg.rule_dirs())
     except AutotuneError as err:
-        raise ConfigError(f"invalid rules:\n{err}") from err
+        sep = "\n" if "\n" in str(err) else " "  # one problem, one line
+        raise ConfigError(f"invalid rules:{sep}{err}") from err
 
 
 def _exporter(cfg: Config):

@@ -167,13 +167,35 @@ def report_cmd(
 ) -> None:
     """Self-contained HTML report: summary tables and a plot per action."""
     require_extra("report", what="audit report --html")
+    problem = _unwritable(html)
+    if problem:
+        fail(f"--html {html}: {problem}")
     from autotune.audit.report import write_report
 
     cfg = load_config_or_exit(config)  # service SLOs for "time in SLO violation"
     slos = {s.name: s.slo.p95_latency_s for s in cfg.services if s.slo.p95_latency_s}
     trail = _trail(ctx)
-    n = write_report(trail, html, since=_when(since, "--since"), until=_when(until, "--until"), slos=slos)
+    try:
+        n = write_report(trail, html, since=_when(since, "--since"), until=_when(until, "--until"), slos=slos)
+    except OSError as err:
+        fail(f"--html {html}: cannot write ({err.strerror or err})")
     typer.echo(f"wrote {html} ({n} actions)")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written as a new or replaced file, checked before any work."""
+    import os
+
+    if path.is_dir():
+        return "is a directory; give a file name such as report.html"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "exists and is not writable"
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    return None
 
 
 def _s(v: object) -> str:

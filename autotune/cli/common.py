@@ -9,9 +9,31 @@ from typing import Annotated, Any
 
 import typer
 
+def _root(value: Path | None) -> Path | None:
+    """--root must be a host tree (autotune.host.check_root): an empty or missing directory would
+    otherwise read as an idle host with this machine's CPU count."""
+    if value is not None:
+        from autotune.errors import HostError
+        from autotune.host import check_root
+
+        try:
+            check_root(value)
+        except HostError as err:
+            raise typer.BadParameter(str(err)) from err
+    return value
+
+
+def positive_seconds(value: float | None) -> float | None:
+    """Option callback: a duration or period must be more than 0 s (0 would mean no sampling)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be more than 0 seconds, got {value:g}")
+    return value
+
+
 RootOpt = Annotated[
     Path | None,
-    typer.Option("--root", envvar="AUTOTUNE_ROOT", help="Host root: '/' live, or a fixture / mounted host tree."),
+    typer.Option("--root", envvar="AUTOTUNE_ROOT", callback=_root,
+                 help="Host root: '/' live, or a fixture / mounted host tree (holding proc/ and sys/)."),
 ]
 ConfigOpt = Annotated[
     Path | None,
@@ -65,5 +87,5 @@ def load_config_or_exit(path: Path | None):
 
     try:
         return load_config(path)
-    except ConfigError as err:
-        fail(f"invalid config:\n{err}")
+    except ConfigError as err:  # one line per problem; a single problem is one line in all
+        fail(f"invalid config: {err}" if "\n" not in str(err) else f"invalid config:\n{err}")

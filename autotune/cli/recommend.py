@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from autotune.cli.common import ConfigOpt, JsonOpt, RootOpt, fail, load_config_or_exit, print_json
+from autotune.cli.common import (ConfigOpt, JsonOpt, RootOpt, fail, load_config_or_exit, positive_seconds,
+                                 print_json)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,8 +19,10 @@ def register(app: typer.Typer) -> None:
     def recommend(
         root: RootOpt = None,
         config: ConfigOpt = None,
-        duration: Annotated[float, typer.Option("--duration", "-d", min=0, help="Seconds to sample.")] = 10.0,
-        period: Annotated[float | None, typer.Option("--period", help="Sampling period s (default: config).")] = None,
+        duration: Annotated[float, typer.Option(
+            "--duration", "-d", callback=positive_seconds, help="Seconds to sample.")] = 10.0,
+        period: Annotated[float | None, typer.Option(
+            "--period", callback=positive_seconds, help="Sampling period s (default: config).")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Sample for DURATION seconds, print symptoms and recommended actions; write nothing."""
