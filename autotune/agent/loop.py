@@ -87,6 +87,7 @@ class Agent:
         self._last_proposal: frozenset | None = None
         self._stage_errors: dict[str, str] = {}
         self._failures: dict[tuple[str, str], int] = {}
+        self._refused: set[tuple[str, str, str | None]] = set()  # refused reads already reported
         self.observed_s = observed_s
         self.verifier = Verifier(cfg, journal=self.journal, samples=self.samples, actuator=actuator,
                                  audit=self.audit, on_failure=self._count_failure)
@@ -123,9 +124,25 @@ class Agent:
     def _read_current(self, knob: str, target: str) -> str | None:
         try:
             return read_value(self.actuator, knob, target)
+        except PolicyRefused as err:  # the operator must see it: logged and audited once
+            self._refused_read(knob, target, err)
+            return None
         except Exception as err:  # noqa: BLE001 - unreadable knob: a missing reading
             log.debug("read %s %s failed: %s", knob, target, err)
             return None
+
+    def _refused_read(self, knob: str, target: str, err: PolicyRefused) -> None:
+        """A read the helper refuses (a target outside its policy) leaves the rules that need it
+        without a value, every tick: say so once per (knob, target, code) in the log and trail."""
+        code = getattr(err, "code", None)
+        if (knob, target, code) in self._refused:
+            return
+        self._refused.add((knob, target, code))
+        log.warning("helper refused to read %s on %s (%s: %s): rules that need it are skipped; "
+                    "allow it in the helper policy if the agent should manage it",
+                    knob, target, code, err.reason)
+        self.audit("refusal", knob=knob, target=target, outcome="refused",
+                   detail={"op": "read", "reason": err.reason, "code": code})
 
     def _count_failure(self, knob: str, target: str, why: str) -> None:
         key = (knob, target)
@@ -332,6 +349,8 @@ class Agent:
                 self.journal.mark_drifted(entry.id, None, detail=f"helper: {err.reason}")
                 self.audit("drift", **ev, outcome="drifted", detail={"stage": "apply", "reason": err.reason})
             else:
+                log.warning("helper refused %s on %s -> %s (%s): %s", knob, target, action.proposed,
+                            getattr(err, "code", None), err.reason)
                 self.journal.mark_failed(entry.id, f"refused: {err.reason}")
                 self.audit("refusal", **ev, after=action.proposed, outcome="refused",
                            detail={"reason": err.reason, "code": getattr(err, "code", None)})

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "autotune.cli.gate_cmd",
     "autotune.cli.ranker_cmd",
     "autotune.cli.health",
+    "autotune.cli.demo_cmd",
 ]
 
 @app.command()
