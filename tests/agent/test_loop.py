@@ -357,3 +357,40 @@ def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rul
     # too few probes to test on yet: the service's own CPU pressure
     assert agent.verifier.objective("llm", snaps[:3]).name == "svc.llm.psi.cpu.some.stall_pct"
     assert agent.verifier.objective("llm", snaps).name == "svc.llm.latency.p95_s"
+
+
+class ReadRefusingActuator(LocalActuator):
+    """A helper whose policy does not cover the rule's target: every read is refused."""
+
+    def read(self, knob, target):
+        from autotune.helper.client import HelperRefused
+
+        raise HelperRefused("target_refused", f"{target} is not under any subtree the policy allows")
+
+
+def test_a_refused_read_is_in_the_agents_log_and_trail_once(tmp_path, host_root, rules_dir, caplog):
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=ReadRefusingActuator(host(host_root), cfg))
+    agent.start()
+    with caplog.at_level("WARNING", logger="autotune.agent.loop"):
+        drive(agent, clock, Psi(host_root), 12, after_pct=60, before_pct=60)
+    refusals = [e for e in agent.trail.query(kind="refusal")]
+    assert len(refusals) == 1, refusals  # asked every tick, reported once
+    r = refusals[0]
+    assert (r.knob, r.target, r.outcome) == ("sysctl", "vm.swappiness", "refused")
+    assert r.detail["op"] == "read" and r.detail["code"] == "target_refused"
+    logged = [rec.getMessage() for rec in caplog.records if "refused to read" in rec.getMessage()]
+    assert len(logged) == 1 and "vm.swappiness" in logged[0] and "helper policy" in logged[0]
+    assert swappiness(host_root) == ORIGINAL
+
+
+def test_a_refused_write_is_in_the_agents_log(tmp_path, host_root, rules_dir, caplog):
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=RefusingActuator(host(host_root), cfg),
+                       rule_cooldown_s=0)
+    agent.start()
+    with caplog.at_level("WARNING", logger="autotune.agent.loop"):
+        drive(agent, clock, Psi(host_root), 20, after_pct=60)
+    assert any("helper refused sysctl on vm.swappiness -> 10" in rec.getMessage() for rec in caplog.records)
