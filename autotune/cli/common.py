@@ -89,3 +89,30 @@ def load_config_or_exit(path: Path | None):
         return load_config(path)
     except ConfigError as err:  # one line per problem; a single problem is one line in all
         fail(f"invalid config: {err}" if "\n" not in str(err) else f"invalid config:\n{err}")
+
+
+WIDE_COLUMNS = 120  # below this a table's cells wrap into columns of a few letters
+
+
+def is_narrow(console) -> bool:
+    """True when ``console`` (a rich Console) is too narrow for the wide tables: print one
+    record per block instead (a head line, then indented detail lines that wrap whole)."""
+    return console.width < WIDE_COLUMNS
+
+
+def print_block(console, head: str, lines: list[str], *, indent: int = 4) -> None:
+    """One record: ``head`` (rich markup allowed), then each of ``lines`` (plain text) wrapped
+    at the console's width under an ``indent``-column margin."""
+    import textwrap
+
+    console.print(head.rstrip(), highlight=False)
+    width = max(20, console.width - indent)
+    for ln in lines:
+        for part in textwrap.wrap(ln, width=width, break_on_hyphens=False, break_long_words=True):
+            console.print(" " * indent + part, markup=False, highlight=False, soft_wrap=True)
+
+
+def fit_or_split(first: str, second: str, width: int) -> list[str]:
+    """``first  second`` as one line when it fits in ``width`` columns, else two lines."""
+    both = f"{first}  {second}"
+    return [both] if len(both) <= width else [first, second]

@@ -23,9 +23,12 @@ def register(app: typer.Typer) -> None:
         workdir: Annotated[Optional[Path], typer.Option(
             "--dir", help="New or empty directory for state, logs and audit trail (default: a new one in /tmp).")] = None,
     ) -> None:
-        """Root: run the server, a CPU-hungry neighbour, the helper and the agent on cgroups of
-        its own; break the server's SLO and watch each symptom, action, verdict and rollback; then
-        restore every value, stop everything and remove the cgroups (also on Ctrl-C)."""
+        """Watch the agent act on this host, then have everything put back (root).
+
+        Runs the reference server, a CPU-hungry neighbour, the privileged helper and the agent
+        on cgroups of its own; breaks the server's SLO and prints each symptom, action, verdict
+        and rollback as it happens; then restores every value, stops everything and removes the
+        cgroups (also on Ctrl-C). The state DB and logs stay in --dir."""
         import os
 
         if model not in ("tiny", "gpt2"):

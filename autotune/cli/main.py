@@ -13,6 +13,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: at 80 columns rich's option boxes wrapped help five lines deep and cut
+    # defaults ("http://127.0.0.1:…"); the plain layout wraps under one help column
+    rich_markup_mode=None,
 )
 
 # (module, attribute): each module exposes ``register(app)``; modules missing while the
