@@ -228,3 +228,22 @@ def pid_cgroup(host: Host, controller: str | None = None, pid: int | str = "self
 def add_pid(host: Host, cgdir: str, pid: int | str) -> None:
     """Move ``pid`` into the cgroup at host path ``cgdir`` (one write to cgroup.procs)."""
     host.write_text(f"{cgdir}/cgroup.procs", str(pid))
+
+
+def init_cpuset(host: Host, cgdir: str) -> None:
+    """Give a new v1 cpuset cgroup (host path ``cgdir``) its parent's cpus and mems: a v1
+    cpuset starts with none and refuses every task until it has both (v2 inherits by itself)."""
+    parent = cgdir.rsplit("/", 1)[0]
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not (host.read_optional(f"{cgdir}/{name}") or "").strip():
+            host.write_text(f"{cgdir}/{name}", (host.read_text(f"{parent}/{name}")).strip())
+
+
+def enable_v2_controllers(host: Host, cgdir: str, wanted: tuple[str, ...]) -> list[str]:
+    """Enable ``wanted`` controllers for the children of the v2 cgroup at ``cgdir`` (those its
+    parent makes available; a hybrid host's 'unified' tree has none). Returns what it enabled."""
+    available = (host.read_optional(f"{cgdir}/cgroup.controllers") or "").split()
+    todo = [c for c in wanted if c in available]
+    if todo:
+        host.write_text(f"{cgdir}/cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+    return todo

@@ -86,6 +86,21 @@ class Capabilities(BaseModel):
     problems: list[str] = []  # files that exist but could not be read: detected without them
 
 
+def check_root(root: str | os.PathLike[str]) -> Path:
+    """The root of a host tree, or HostError saying why it is none. '/' always passes; any other
+    root must be a directory holding proc/ or sys/ (a fixture, or a host's /proc and /sys
+    mounted at /host): an empty or missing one would read as an idle host with no symptoms."""
+    p = Path(root)
+    hint = "give '/' or a tree holding the host's proc/ and sys/ (e.g. /host)"
+    if not p.exists():
+        raise HostError(f"{root}: no such directory; {hint}")
+    if not p.is_dir():
+        raise HostError(f"{root}: not a directory; {hint}")
+    if p.resolve() != Path("/") and not ((p / "proc").is_dir() or (p / "sys").is_dir()):
+        raise HostError(f"{root}: holds neither proc/ nor sys/: not a host tree; {hint}")
+    return p
+
+
 class Host:
     """Rooted access to /proc, /sys and the cgroup mounts."""
 

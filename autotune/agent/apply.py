@@ -34,9 +34,10 @@ class Applier:
     """Applies one chosen action. ``audit(kind, **fields)`` records events; ``on_failure(knob,
     target, why)`` / ``on_success(knob, target)`` keep the agent's failure count per target."""
 
-    def __init__(self, cfg: Config, *, journal: Journal, actuator, verifier, audit: Callable[..., Any],
+    def __init__(self, cfg: Config, *, host, journal: Journal, actuator, verifier, audit: Callable[..., Any],
                  on_failure: Callable[[str, str, str], None], on_success: Callable[[str, str], None]) -> None:
         self.cfg = cfg
+        self.host = host  # only to say why a target is gone
         self.journal = journal
         self.actuator = actuator
         self.verifier = verifier
@@ -51,7 +52,7 @@ class Applier:
         failpoint("before_plan")
         prior = self.actuator.read(knob, target)
         if prior is None:
-            log.info("%s on %s: target gone, nothing to apply", knob, target)
+            log.info("%s on %s: nothing to apply: %s", knob, target, self._why_gone(knob, target))
             return None
         span = action.verify.window_s or self.cfg.verification.window_s
         recent = [s for s in window if s.ts >= now - span]
@@ -73,6 +74,8 @@ class Applier:
                 self.audit("drift", **ev, outcome="drifted", detail={"stage": "apply", "reason": err.reason})
                 return self.journal.get(entry.id)
             if not may_have_written(err):
+                log.warning("helper refused %s on %s -> %s (%s): %s", knob, target, action.proposed,
+                            getattr(err, "code", None), err.reason)
                 self.journal.mark_failed(entry.id, f"refused: {err.reason}", landed=False)
                 self.audit("refusal", **ev, after=action.proposed, outcome="refused",
                            detail={"reason": err.reason, "code": getattr(err, "code", None)})
@@ -108,6 +111,22 @@ class Applier:
                  prior.value, after.value, action.rule,
                  "guarding the SLO" if entry.verify_plan.mode == "guard" else "verifying", due - now)
         return entry
+
+    def _why_gone(self, knob: str, target: str) -> str:
+        """Why a target reads as absent, in the knob's own words ("service 'llm' has no
+        admission_url (no gate in front of it)"), else "target gone"."""
+        from autotune.errors import TargetGone
+        from autotune.knobs import KNOBS
+
+        k = KNOBS.get(knob)
+        try:
+            if k is not None:
+                k.resolve_target(self.host, self.cfg, target)
+        except TargetGone as err:
+            return str(err)
+        except Exception:  # noqa: BLE001 - only a better message was at stake
+            pass
+        return "target gone (cgroup removed, service not running)"
 
     def _failed_write(self, entry: JournalEntry, ev: dict[str, Any], err: BaseException):
         """A write that raised after it may have touched the target: settle it by reading.

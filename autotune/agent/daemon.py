@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from autotune.config import Config
-from autotune.errors import AutotuneError, ConfigError, HostError
+from autotune.errors import AutotuneError, ConfigError, HostError, PolicyRefused
 from autotune.host import Host
 from autotune.types import Recommendation
 
@@ -77,8 +77,9 @@ def build_actuator(cfg: Config, root: Path | None, *, helper_socket: Path | None
     except HostError as err:
         raise HostError(
             f"apply mode needs the privileged helper, but it is not reachable at {sock} ({err}). "
-            "Start it (`autotune helper serve` / autotune-helper.service), pass --helper-socket, "
-            "or use --mode recommend") from err
+            f"Start it as root (`autotune helper --policy FILE --socket {sock}`, or "
+            "autotune-helper.socket under systemd), pass --helper-socket, or use --mode recommend"
+        ) from err
 
 
 def _rules(cfg: Config):
@@ -87,7 +88,8 @@ def _rules(cfg: Config):
     try:
         return load_rules(cfg.rule_dirs())
     except AutotuneError as err:
-        raise ConfigError(f"invalid rules:\n{err}") from err
+        sep = "\n" if "\n" in str(err) else " "  # one problem, one line
+        raise ConfigError(f"invalid rules:{sep}{err}") from err
 
 
 def _exporter(cfg: Config):
@@ -116,8 +118,14 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
     from autotune.store.db import open_db
 
     ruleset = _rules(cfg)
-    host, actuator = build_actuator(cfg, root, helper_socket=helper_socket, local=local_actuator)
     db = open_db(cfg.state_path())
+    try:
+        host, actuator = build_actuator(cfg, root, helper_socket=helper_socket, local=local_actuator)
+    except PolicyRefused as err:  # the helper said no to this agent (its [peers]): audit it too
+        _audit_refused_connection(db, cfg, helper_socket, err)
+        raise HostError(f"the helper at {helper_socket or cfg.agent.helper_socket} refused this agent "
+                        f"(uid {os.geteuid()}): {err.reason}; add its user to [peers] users in the "
+                        "helper's policy and restart the helper") from err
     exporter = _exporter(cfg)
     agent = Agent(cfg, host=host, db=db, actuator=actuator, ruleset=ruleset, exporter=exporter)
 
@@ -168,6 +176,17 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
             close()
         log.info("agent stopped")
     return 0
+
+
+def _audit_refused_connection(db, cfg: Config, helper_socket, err: PolicyRefused) -> None:
+    import time as _time
+
+    from autotune.audit.trail import AuditEvent, AuditTrail
+
+    log.error("the helper refused this agent: %s", err.reason)
+    AuditTrail(db).append(AuditEvent(ts=_time.time(), kind="refusal", outcome="refused", detail={
+        "op": "connect", "code": getattr(err, "code", None), "reason": err.reason,
+        "socket": str(helper_socket or cfg.agent.helper_socket), "uid": os.geteuid()}))
 
 
 def recommend(cfg: Config, *, root: Path | None, duration: float, period: float | None = None,

@@ -26,6 +26,7 @@ from autotune.agent.apply import Applier
 from autotune.agent.learning import Learning
 from autotune.audit.trail import AuditEvent, AuditTrail
 from autotune.config import Config
+from autotune.errors import PolicyRefused
 from autotune.host import Host
 from autotune.journal.journal import Journal, JournalEntry
 from autotune.store.samples import SampleStore
@@ -39,7 +40,9 @@ MAX_CONSECUTIVE_FAILURES = 3
 
 
 def _proposal_key(actions: Iterable[Action]) -> frozenset[tuple[str, str, str, str]]:
-    return frozenset((a.rule, a.knob, a.target, a.proposed) for a in actions)
+    """What makes a proposal new (audited again): an advice's text quotes live metrics, so only
+    its rule and target count."""
+    return frozenset((a.rule, a.knob, a.target, "" if a.advisory else a.proposed) for a in actions)
 
 
 class Agent:
@@ -86,10 +89,14 @@ class Agent:
         self._last_proposal: frozenset | None = None
         self._stage_errors: dict[str, str] = {}
         self._failures: dict[tuple[str, str], int] = {}
+        self._refused: set[tuple[str, str, str | None]] = set()  # refused reads already reported
+        self._holding: tuple[str, str] | None = None  # (knob, target) held for samples, logged
+        self._logged: dict[tuple[str, str, str], float] = {}  # recommend mode: proposal -> last logged
         self.observed_s = observed_s
         self.verifier = Verifier(cfg, journal=self.journal, samples=self.samples, actuator=actuator,
                                  audit=self.audit, on_failure=self._count_failure)
-        self.applier = Applier(cfg, journal=self.journal, actuator=actuator, verifier=self.verifier,
+        self.applier = Applier(cfg, host=self.host, journal=self.journal, actuator=actuator,
+                               verifier=self.verifier,
                                audit=self.audit, on_failure=self._count_failure,
                                on_success=lambda k, t: self._failures.pop((k, t), None))
         self.started_ts: float | None = None
@@ -125,9 +132,25 @@ class Agent:
     def _read_current(self, knob: str, target: str) -> str | None:
         try:
             return read_value(self.actuator, knob, target)
+        except PolicyRefused as err:  # the operator must see it: logged and audited once
+            self._refused_read(knob, target, err)
+            return None
         except Exception as err:  # noqa: BLE001 - unreadable knob: a missing reading
             log.debug("read %s %s failed: %s", knob, target, err)
             return None
+
+    def _refused_read(self, knob: str, target: str, err: PolicyRefused) -> None:
+        """A read the helper refuses (a target outside its policy) leaves the rules that need it
+        without a value, every tick: say so once per (knob, target, code) in the log and trail."""
+        code = getattr(err, "code", None)
+        if (knob, target, code) in self._refused:
+            return
+        self._refused.add((knob, target, code))
+        log.warning("helper refused to read %s on %s (%s: %s): rules that need it are skipped; "
+                    "allow it in the helper policy if the agent should manage it",
+                    knob, target, code, err.reason)
+        self.audit("refusal", knob=knob, target=target, outcome="refused",
+                   detail={"op": "read", "reason": err.reason, "code": code})
 
     def _count_failure(self, knob: str, target: str, why: str) -> None:
         key = (knob, target)
@@ -285,10 +308,11 @@ class Agent:
                            detail={"mode": self.mode, "symptoms": [s.model_dump() for s in symptoms],
                                    "actions": [a.model_dump() for a in actions]})
         if self.mode != "apply":
-            for a in actions if changed else ():  # log a proposal once, not every tick
-                log.info("would %s %s on %s: %s -> %s (rule %s%s)", "advise" if a.advisory else "set",
-                         a.knob, a.target, a.current, a.proposed, a.rule,
-                         "" if a.score is None else f", predicted {a.score:+.0%}")
+            for a in actions:
+                if self._log_due(a, now):
+                    log.info("would %s %s on %s: %s -> %s (rule %s%s)", "advise" if a.advisory else "set",
+                             a.knob, a.target, a.current, a.proposed, a.rule,
+                             "" if a.score is None else f", predicted {a.score:+.0%}")
             return None
         view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
         decision = gating.select_action(actions, view, now, self.cfg.verification)
@@ -297,14 +321,29 @@ class Agent:
         if decision.chosen is not None:
             window = decision.chosen.verify.window_s or self.cfg.verification.window_s
             if not self.verifier.can_measure(now, decision.chosen.service, window):
-                log.info("holding %s on %s: less than %.0f s of samples to verify it against",
-                         decision.chosen.knob, decision.chosen.target, window)
+                held = (decision.chosen.knob, decision.chosen.target)
+                if held != self._holding:  # once per hold, not every tick until it lifts
+                    self._holding = held
+                    log.info("holding %s on %s: less than %.0f s of samples to verify it against",
+                             decision.chosen.knob, decision.chosen.target, window)
                 return decision.model_copy(update={
                     "chosen": None,
                     "skipped": [*decision.skipped, (f"{decision.chosen.rule}:{decision.chosen.knob}:"
                                 f"{decision.chosen.target}", "not enough pre-change samples yet")]})
+            self._holding = None
             self.apply(decision.chosen, symptoms=symptoms, now=now)
         return decision
+
+    def _log_due(self, action: Action, now: float) -> bool:
+        """Recommend mode: log a proposal once per its rule's cooldown (an advice's text moves
+        with the metrics every tick; the rule would not fire again before its cooldown)."""
+        key = (action.rule, action.knob, action.target)
+        last = self._logged.get(key)
+        cooldown = next((r.cooldown_s for r in getattr(self.ruleset, "rules", []) if r.name == action.rule), 0.0)
+        if last is not None and now - last < max(cooldown, self.cfg.verification.rule_cooldown_s, 1.0):
+            return False
+        self._logged[key] = now
+        return True
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, action: Action, *, symptoms: Iterable[Symptom] = (), now: float | None = None
@@ -312,6 +351,7 @@ class Agent:
         """Journal, write, mark verifying (the fix stage: agent/apply.py)."""
         now = self.clock() if now is None else now
         return self.applier.apply(action, symptoms=list(symptoms), now=now, window=list(self.window))
+
 
     # -- verify ---------------------------------------------------------------------------
     def verify(self, now: float | None = None) -> list[JournalEntry]:
@@ -332,11 +372,17 @@ class Agent:
         undone: list[RollbackOutcome] = []
         if self.cfg.agent.restore_on_stop and not self.actuator.dry_run:
             undone = Rollback(self.journal, self.actuator, audit=self.audit, by="stop").all()
+        left = [] if self.actuator.dry_run else self.journal.unfinished()
+        if left:  # say so: a stop must not leave an unjudged change in place without a word
+            log.warning("stopping with %d change(s) still being verified; they stay applied and are "
+                        "verified when the agent starts again (`autotune rollback --all` restores "
+                        "them): %s", len(left), "; ".join(
+                            f"#{e.id} {e.knob} {e.target} {e.prior_value} -> {e.proposed}" for e in left))
         for s in self.scrapers.values():
             close = getattr(s, "close", None)
             if close is not None:
                 close()
         self.audit("agent_stop", detail={"mode": self.mode, "restored": [
-            o.model_dump() for o in undone if o.result == "restored"]})
+            o.model_dump() for o in undone if o.result == "restored"], "left_verifying": [e.id for e in left]})
         return undone
 

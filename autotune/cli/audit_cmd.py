@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from autotune.cli.common import ConfigOpt, fail, load_config_or_exit, print_json, require_extra
+from autotune.cli.common import (ConfigOpt, fail, fit_or_split, is_narrow, load_config_or_exit, print_block,
+                                 print_json, require_extra)
 
 audit_app = typer.Typer(help="Inspect the tamper-evident audit trail of every agent decision.",
                         no_args_is_help=True)
@@ -80,19 +81,57 @@ def list_cmd(
         sys.stdout.write(export.to_csv(events))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    console = Console()
+    rows = [_row(e) for e in events]
+    if is_narrow(console):
+        console.print(f"audit events ({len(events)}), oldest first")
+        for e, r in zip(events, rows):
+            head = f"[bold]#{e.id}[/]  {export.iso(e.ts)}  {e.kind}  {escape(_s(e.outcome))}"
+            if e.action_id is not None:
+                head += f"  action {e.action_id}"
+            lines = []
+            if r["knob"] or r["target"]:
+                what = " ".join(x for x in (r["knob"], r["target"]) if x)
+                what += f": {r['change']}" if r["change"] else ""
+                lines += fit_or_split(what, f"(rule {r['rule']})", console.width - 4) if r["rule"] else [what]
+            if r["objective"]:
+                lines.append(f"objective {r['objective'].replace('→', ' → ')}")
+            why = (e.detail or {}).get("reason") or (e.detail or {}).get("error")
+            if why and e.kind in ("refusal", "error", "drift"):
+                lines.append(str(why))
+            print_block(console, head, lines)
+        return
     table = Table(title=f"audit events ({len(events)})", show_lines=False)
-    for col in ("id", "time", "kind", "action", "knob", "target", "before→after", "outcome", "objective s", "rule"):
+    for col in ("id", "time", "kind", "action", "knob", "target", "before→after", "outcome", "objective", "rule"):
         table.add_column(col, overflow="fold")
-    for e in events:
-        obj = ""
-        if e.objective_before is not None or e.objective_after is not None:
-            obj = f"{_num(e.objective_before)}→{_num(e.objective_after)}"
-        change = f"{e.before or ''}→{e.after or ''}" if (e.before or e.after) else ""
-        table.add_row(str(e.id), export.iso(e.ts), e.kind, _s(e.action_id), _s(e.knob), _s(e.target),
-                      change, _s(e.outcome), obj, _s(e.rule))
-    Console().print(table)
+    for e, r in zip(events, rows):
+        table.add_row(str(e.id), export.iso(e.ts), e.kind, _s(e.action_id), r["knob"], r["target"],
+                      r["change"], _s(e.outcome), r["objective"], r["rule"])
+    console.print(table)
+
+
+def _row(e) -> dict[str, str]:
+    """The cells of one event: knob/target/rule of a recommendation come from its first
+    action ("+N more" when it proposed several); objective values carry their unit."""
+    from autotune.verify.objectives import show
+
+    knob, target, rule = _s(e.knob), _s(e.target), _s(e.rule)
+    change = f"{e.before or ''}→{e.after or ''}" if (e.before or e.after) else ""
+    actions = (e.detail or {}).get("actions") or []
+    if e.kind == "recommendation" and actions and not knob:
+        first = actions[0]
+        more = f" (+{len(actions) - 1} more)" if len(actions) > 1 else ""
+        knob, target, rule = first.get("knob", ""), f"{first.get('target', '')}{more}", first.get("rule", "")
+        if not first.get("advisory"):
+            change = f"{first.get('current') or '?'}→{first.get('proposed', '')}"
+    obj = ""
+    if e.objective_before is not None or e.objective_after is not None:
+        name = (e.detail or {}).get("objective")
+        obj = f"{show(name, e.objective_before)}→{show(name, e.objective_after)}"
+    return {"knob": knob, "target": target, "rule": rule, "change": change, "objective": obj}
 
 
 @audit_app.command("show")
@@ -100,6 +139,7 @@ def show_cmd(ctx: typer.Context, action_id: Annotated[int, typer.Argument(help="
              json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """One action's full story: symptoms, rule, rationale, values, verification, rollback."""
     from autotune.audit.export import iso
+    from autotune.verify.objectives import show
 
     events = _trail(ctx).query(action_id=action_id)
     if not events:
@@ -121,7 +161,9 @@ def show_cmd(ctx: typer.Context, action_id: Annotated[int, typer.Argument(help="
         if e.before is not None or e.after is not None:
             lines.append(f"value: {e.before} → {e.after}")
         if e.objective_before is not None or e.objective_after is not None:
-            lines.append(f"objective (s): before {_num(e.objective_before)}  after {_num(e.objective_after)}")
+            name = e.detail.get("objective")
+            lines.append(f"objective {name or '?'}: before {show(name, e.objective_before)}  "
+                         f"after {show(name, e.objective_after)}")
         if e.rationale and e.rationale != first.rationale:
             lines.append(f"rationale: {e.rationale}")
         con.print(Panel("\n".join(lines), title=f"#{e.id} {e.kind}", title_align="left"))
@@ -167,13 +209,35 @@ def report_cmd(
 ) -> None:
     """Self-contained HTML report: summary tables and a plot per action."""
     require_extra("report", what="audit report --html")
+    problem = _unwritable(html)
+    if problem:
+        fail(f"--html {html}: {problem}")
     from autotune.audit.report import write_report
 
     cfg = load_config_or_exit(config)  # service SLOs for "time in SLO violation"
     slos = {s.name: s.slo.p95_latency_s for s in cfg.services if s.slo.p95_latency_s}
     trail = _trail(ctx)
-    n = write_report(trail, html, since=_when(since, "--since"), until=_when(until, "--until"), slos=slos)
+    try:
+        n = write_report(trail, html, since=_when(since, "--since"), until=_when(until, "--until"), slos=slos)
+    except OSError as err:
+        fail(f"--html {html}: cannot write ({err.strerror or err})")
     typer.echo(f"wrote {html} ({n} actions)")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written as a new or replaced file, checked before any work."""
+    import os
+
+    if path.is_dir():
+        return "is a directory; give a file name such as report.html"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "exists and is not writable"
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    return None
 
 
 def _s(v: object) -> str:

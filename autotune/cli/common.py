@@ -9,9 +9,31 @@ from typing import Annotated, Any
 
 import typer
 
+def _root(value: Path | None) -> Path | None:
+    """--root must be a host tree (autotune.host.check_root): an empty or missing directory would
+    otherwise read as an idle host with this machine's CPU count."""
+    if value is not None:
+        from autotune.errors import HostError
+        from autotune.host import check_root
+
+        try:
+            check_root(value)
+        except HostError as err:
+            raise typer.BadParameter(str(err)) from err
+    return value
+
+
+def positive_seconds(value: float | None) -> float | None:
+    """Option callback: a duration or period must be more than 0 s (0 would mean no sampling)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be more than 0 seconds, got {value:g}")
+    return value
+
+
 RootOpt = Annotated[
     Path | None,
-    typer.Option("--root", envvar="AUTOTUNE_ROOT", help="Host root: '/' live, or a fixture / mounted host tree."),
+    typer.Option("--root", envvar="AUTOTUNE_ROOT", callback=_root,
+                 help="Host root: '/' live, or a fixture / mounted host tree (holding proc/ and sys/)."),
 ]
 ConfigOpt = Annotated[
     Path | None,
@@ -65,5 +87,32 @@ def load_config_or_exit(path: Path | None):
 
     try:
         return load_config(path)
-    except ConfigError as err:
-        fail(f"invalid config:\n{err}")
+    except ConfigError as err:  # one line per problem; a single problem is one line in all
+        fail(f"invalid config: {err}" if "\n" not in str(err) else f"invalid config:\n{err}")
+
+
+WIDE_COLUMNS = 120  # below this a table's cells wrap into columns of a few letters
+
+
+def is_narrow(console) -> bool:
+    """True when ``console`` (a rich Console) is too narrow for the wide tables: print one
+    record per block instead (a head line, then indented detail lines that wrap whole)."""
+    return console.width < WIDE_COLUMNS
+
+
+def print_block(console, head: str, lines: list[str], *, indent: int = 4) -> None:
+    """One record: ``head`` (rich markup allowed), then each of ``lines`` (plain text) wrapped
+    at the console's width under an ``indent``-column margin."""
+    import textwrap
+
+    console.print(head.rstrip(), highlight=False)
+    width = max(20, console.width - indent)
+    for ln in lines:
+        for part in textwrap.wrap(ln, width=width, break_on_hyphens=False, break_long_words=True):
+            console.print(" " * indent + part, markup=False, highlight=False, soft_wrap=True)
+
+
+def fit_or_split(first: str, second: str, width: int) -> list[str]:
+    """``first  second`` as one line when it fits in ``width`` columns, else two lines."""
+    both = f"{first}  {second}"
+    return [both] if len(both) <= width else [first, second]

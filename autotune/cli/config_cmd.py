@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         try:
             ruleset = load_rules(cfg.rule_dirs())
         except ConfigError as err:
-            fail(f"invalid rules:\n{err}")
+            fail(f"invalid rules:{chr(10) if chr(10) in str(err) else ' '}{err}")
         if json_out:
             print_json(cfg.model_dump(mode="json", by_alias=True))
             return

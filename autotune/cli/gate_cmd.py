@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from autotune.cli.common import RootOpt, fail, require_extra
+from autotune.cli.common import RootOpt, fail, positive_seconds, require_extra
 
 
 def register(app: typer.Typer) -> None:
@@ -17,13 +17,16 @@ def register(app: typer.Typer) -> None:
         pressure: Annotated[str, typer.Option(
             help="PSI source: 'system' (/proc/pressure/cpu), 'cgroup:/path' (its v2 cpu.pressure) or 'none'.")
         ] = "system",
-        threshold: Annotated[float, typer.Option(help="Hold requests while PSI some avg10 > this (percent).")] = 40.0,
-        max_concurrency: Annotated[int, typer.Option(help="Initial concurrency limit.")] = 4,
-        min_limit: Annotated[int, typer.Option(help="Lower bound of the adaptive limit.")] = 1,
-        max_limit: Annotated[int, typer.Option(help="Upper bound of the adaptive limit.")] = 64,
-        queue: Annotated[int, typer.Option(help="Max requests waiting; beyond -> 503.")] = 64,
-        timeout: Annotated[float, typer.Option(help="Max seconds a request waits for admission -> 503.")] = 30.0,
-        upstream_timeout: Annotated[float, typer.Option(help="Seconds to wait on the upstream.")] = 600.0,
+        threshold: Annotated[float, typer.Option(
+            min=0, max=100, help="Hold requests while PSI some avg10 > this (percent).")] = 40.0,
+        max_concurrency: Annotated[int, typer.Option(min=1, help="Initial concurrency limit.")] = 4,
+        min_limit: Annotated[int, typer.Option(min=1, help="Lower bound of the adaptive limit.")] = 1,
+        max_limit: Annotated[int, typer.Option(min=1, help="Upper bound of the adaptive limit.")] = 64,
+        queue: Annotated[int, typer.Option(min=0, help="Max requests waiting; beyond -> 503.")] = 64,
+        timeout: Annotated[float, typer.Option(
+            callback=positive_seconds, help="Max seconds a request waits for admission -> 503.")] = 30.0,
+        upstream_timeout: Annotated[float, typer.Option(
+            callback=positive_seconds, help="Seconds to wait on the upstream.")] = 600.0,
         adaptive: Annotated[bool, typer.Option("--adaptive/--no-adaptive",
                                                help="Adapt limit and threshold from observed latency.")] = True,
         law: Annotated[str, typer.Option(help="Adaptive law: gradient or aimd.")] = "gradient",

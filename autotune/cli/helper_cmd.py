@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         state: Annotated[Path | None, typer.Option(
             "--state", help="JSON file remembering prior values this helper wrote over (root-owned dir).")] = None,
         socket_mode: Annotated[str, typer.Option("--socket-mode", help="Octal mode of the socket file.")] = "660",
+        socket_group: Annotated[str | None, typer.Option(
+            "--socket-group", help="Group owning the socket file (the agent's group, with mode 660).")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     ) -> None:
         """Serve requests (root). Run `autotune helper check-policy FILE` to validate a policy."""
@@ -48,14 +50,21 @@ def register(app: typer.Typer) -> None:
 
         if policy is None:
             fail("--policy FILE is required to run the helper")
+        try:
+            mode = int(socket_mode, 8)
+        except ValueError:
+            fail(f"--socket-mode {socket_mode!r}: give an octal mode such as 660")
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if os.geteuid() != 0:
             fail("the helper must run as root (it writes kernel tunables); the agent itself does not")
         try:
             pol = load_policy(policy)
+            for note in pol.notes:
+                logging.getLogger("autotune.helper").warning("%s", note)
             helper = Helper(pol, Host(root, writable=True), origins=Origins(state))
-            run_server(helper, socket_path=socket_path, socket_mode=int(socket_mode, 8))
+            run_server(helper, socket_path=socket_path, socket_mode=mode,
+                       socket_group=socket_group)
         except AutotuneError as err:
             fail(str(err))
 
@@ -78,7 +87,10 @@ def register(app: typer.Typer) -> None:
             print_json(pol.model_dump(mode="json"))
             return
         typer.echo(f"{file}: OK")
-        typer.echo(f"  peers: uids={pol.peers.uids} gids={pol.peers.gids}")
+        names = "".join(f" {k}={v}" for k, v in (("users", pol.peers.users), ("groups", pol.peers.groups)) if v)
+        typer.echo(f"  peers: uids={pol.peers.uids} gids={pol.peers.gids}{names}")
+        for note in pol.notes:
+            typer.secho(f"  warning: {note}", fg="yellow")
         lim = pol.limits
         typer.echo(f"  limits: {lim.rate_per_s}/s burst {lim.burst}, max request {lim.max_request_bytes} B, "
                    f"idle timeout {lim.conn_timeout_s}s")

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from autotune.cli.common import ConfigOpt, JsonOpt, RootOpt, fail, load_config_or_exit, print_json
+from autotune.cli.common import (ConfigOpt, JsonOpt, RootOpt, fail, fit_or_split, is_narrow,
+                                 load_config_or_exit, print_block, print_json)
 
 if TYPE_CHECKING:  # heavy-ish imports stay inside the commands
     from autotune.journal.journal import JournalEntry
@@ -49,6 +50,9 @@ LocalOpt = Annotated[bool, typer.Option(
 # -- presentation --------------------------------------------------------------------------
 def _fmt_ts(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+_STYLE = {"rolled_back": "yellow", "failed": "red", "drifted": "magenta", "kept": "green"}
 
 
 def _verdict(e: "JournalEntry") -> str:
@@ -99,19 +103,29 @@ def register(app: typer.Typer) -> None:
                         "unmanaged": [u.model_dump(mode="json") for u in unmanaged]})
             return
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         console = Console()
         if not entries:
             console.print("no journal entries" + (f" in state {outcome!r}" if outcome else ""))
+        elif is_narrow(console):
+            console.print(f"autotune history: {len(entries)} change(s), newest first")
+            for e in entries:
+                style = _STYLE.get(e.state, "")
+                state = f"[{style}]{e.state}[/]" if style else e.state
+                verdict = _verdict(e)
+                print_block(console, f"[bold]#{e.id}[/]  {_fmt_ts(e.ts)}  {state}"
+                            + (f"  {escape(verdict)}" if verdict != "-" else ""),
+                            fit_or_split(f"{e.knob} {e.target}: {e.prior_value} -> {e.proposed}",
+                                         f"(rule {e.rule})", console.width - 4))
         else:
             table = Table(title="autotune history (newest first)")
             for col in ("id", "time", "knob", "target", "rule", "prior -> proposed", "state",
                         "verify"):
                 table.add_column(col, overflow="fold")
             for e in entries:
-                style = {"rolled_back": "yellow", "failed": "red", "drifted": "magenta",
-                         "kept": "green"}.get(e.state, "")
+                style = _STYLE.get(e.state, "")
                 table.add_row(str(e.id), _fmt_ts(e.ts), e.knob, e.target, e.rule,
                               f"{e.prior_value} -> {e.proposed}", f"[{style}]{e.state}[/]" if style
                               else e.state, _verdict(e))

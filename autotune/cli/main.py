@@ -13,6 +13,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: at 80 columns rich's option boxes wrapped help five lines deep and cut
+    # defaults ("http://127.0.0.1:…"); the plain layout wraps under one help column
+    rich_markup_mode=None,
 )
 
 # (module, attribute): each module exposes ``register(app)``; modules missing while the
@@ -29,6 +32,7 @@ COMMAND_MODULES = [
     "autotune.cli.gate_cmd",
     "autotune.cli.ranker_cmd",
     "autotune.cli.health",
+    "autotune.cli.demo_cmd",
 ]
 
 @app.command()
@@ -49,13 +53,43 @@ for _mod in COMMAND_MODULES:
     module.register(app)
 
 
+def _command_name(ctx) -> str:
+    """'audit report' for the context of `autotune audit report` (the program name left out)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def usage_line(err) -> str:
+    """A click usage error as ONE line: which command, what is wrong, where the help is."""
+    ctx = getattr(err, "ctx", None)
+    msg = " ".join(err.format_message().split())
+    name = _command_name(ctx) if ctx is not None else ""
+    where = f"{name}: " if name else ""
+    hint = f" (see `autotune {name + ' ' if name else ''}--help`)" if ctx is not None else ""
+    return f"autotune: {where}{msg}{hint}"
+
+
 def main() -> None:
+    """Run the CLI. Every error a user can cause is one line on stderr and exit 2: usage errors
+    (click's, printed here instead of its multi-line box), AutotuneErrors and state-DB damage."""
     import sqlite3
 
     from autotune.errors import AutotuneError
 
+    # the click typer runs on (recent typer vendors its own): its base of every usage error
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app()
+        rv = app(standalone_mode=False)
+    except click_error as err:
+        if type(err).__name__ != "NoArgsIsHelpError":  # that one printed the help already
+            typer.secho(usage_line(err), fg="red", err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.secho("autotune: aborted", fg="red", err=True)
+        sys.exit(1)
     except AutotuneError as err:
         typer.secho(f"autotune: {err}", fg="red", err=True)
         sys.exit(2)
@@ -64,6 +98,7 @@ def main() -> None:
 
         typer.secho(f"autotune: {describe(err)}", fg="red", err=True)
         sys.exit(2)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

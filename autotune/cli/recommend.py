@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from autotune.cli.common import ConfigOpt, JsonOpt, RootOpt, fail, load_config_or_exit, print_json
+from autotune.cli.common import (ConfigOpt, JsonOpt, RootOpt, fail, is_narrow, load_config_or_exit,
+                                 positive_seconds, print_block, print_json)
 
 
 def register(app: typer.Typer) -> None:
@@ -18,8 +19,10 @@ def register(app: typer.Typer) -> None:
     def recommend(
         root: RootOpt = None,
         config: ConfigOpt = None,
-        duration: Annotated[float, typer.Option("--duration", "-d", min=0, help="Seconds to sample.")] = 10.0,
-        period: Annotated[float | None, typer.Option("--period", help="Sampling period s (default: config).")] = None,
+        duration: Annotated[float, typer.Option(
+            "--duration", "-d", callback=positive_seconds, help="Seconds to sample.")] = 10.0,
+        period: Annotated[float | None, typer.Option(
+            "--period", callback=positive_seconds, help="Sampling period s (default: config).")] = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Sample for DURATION seconds, print symptoms and recommended actions; write nothing."""
@@ -49,10 +52,46 @@ def register(app: typer.Typer) -> None:
 def print_recommendation(rec) -> None:
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
     con = Console()
     con.print(f"sampled {rec.samples} times over {rec.duration_s:g} s — dry run, nothing was written")
+    if is_narrow(con):
+        _print_blocks(con, rec)
+    else:
+        _print_tables(con, rec)
+    for n in rec.notes:
+        con.print(f"[dim]{escape(n)}[/]")
+
+
+def _print_blocks(con, rec) -> None:
+    """One record per block: readable at 80 columns, where the tables' cells wrapped into
+    columns of a few letters."""
+    from rich.markup import escape
+
+    if rec.symptoms:
+        con.print("[bold]Symptoms[/]")
+        for s in rec.symptoms:
+            print_block(con, f"  {escape(s.name)}  {escape(s.service or 'host')}",
+                        [f"{s.metric} = {s.value:.3g} (threshold {s.threshold:g})", s.detail], indent=6)
+    else:
+        con.print("[green]no symptoms[/]")
+    if rec.actions:
+        con.print("[bold]Recommended actions[/] (not applied)")
+        for i, a in enumerate(rec.actions, 1):
+            if a.advisory:
+                print_block(con, f"  {i}. advice for {escape(a.target)}  (rule {escape(a.rule)})",
+                            [a.proposed, f"why: {a.rationale}"], indent=6)
+            else:
+                print_block(con, f"  {i}. {escape(a.knob)} {escape(a.target)}: {escape(a.current or '?')} -> "
+                                 f"{escape(a.proposed)}", [f"rule {a.rule}: {a.rationale}"], indent=6)
+    else:
+        con.print("[green]nothing to recommend[/]")
+
+
+def _print_tables(con, rec) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     if rec.symptoms:
         t = Table(title="Symptoms")
         for col in ("symptom", "service", "metric", "value", "threshold", "detail"):
@@ -72,5 +111,3 @@ def print_recommendation(rec) -> None:
         con.print(t)
     else:
         con.print("[green]nothing to recommend[/]")
-    for n in rec.notes:
-        con.print(f"[dim]{escape(n)}[/]")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from autotune.cli.common import ConfigOpt, RootOpt, fail, load_config_or_exit
+from autotune.cli.common import ConfigOpt, RootOpt, fail, load_config_or_exit, positive_seconds
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         mode: Annotated[str | None, typer.Option("--mode", help="recommend | apply (default: config).")] = None,
         helper_socket: Annotated[Path | None, typer.Option("--helper-socket", help="Helper socket (default: config).")] = None,
-        duration: Annotated[float | None, typer.Option("--duration", min=0, help="Stop after S seconds (tests/bench).")] = None,
+        duration: Annotated[float | None, typer.Option(
+            "--duration", callback=positive_seconds, help="Stop after S seconds (tests/bench).")] = None,
         local_actuator: Annotated[bool, typer.Option(
             "--local-actuator", help="Root only, tests/bench: write directly through the knobs, no helper.")] = False,
         metrics_listen: Annotated[str | None, typer.Option(

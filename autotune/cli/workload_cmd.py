@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from autotune.cli.common import positive_seconds
+
 workload_app = typer.Typer(help="Reference GPT-2 workload: server, load generator, noisy neighbour.",
                            no_args_is_help=True)
 
@@ -17,13 +19,13 @@ workload_app = typer.Typer(help="Reference GPT-2 workload: server, load generato
 @workload_app.command("serve")
 def serve_cmd(
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Listen port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Listen port.")] = 8000,
     model: Annotated[str, typer.Option(help="Model preset: gpt2 (124M) or tiny.")] = "gpt2",
     threads: Annotated[str, typer.Option(help="torch intra-op threads, or 'auto' = min(affinity "
                                          "cpus, floor(cgroup cpu quota) or 1).")] = "auto",
-    max_concurrency: Annotated[int, typer.Option("--max-concurrency", "--max-batch",
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", "--max-batch", min=1,
                                                  help="Sequences generated at once.")] = 2,
-    max_queue: Annotated[int, typer.Option(help="Waiting requests before 503 (0 = unbounded).")] = 0,
+    max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503 (0 = unbounded).")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn / server log level.")] = "info",
 ) -> None:
     """Serve GPT-2 (random weights) on an OpenAI-compatible /v1/completions with /metrics."""
@@ -50,13 +52,13 @@ def serve_cmd(
 @workload_app.command("load")
 def load_cmd(
     url: Annotated[str, typer.Option(help="Server base URL (gate or server).")] = "http://127.0.0.1:8000",
-    requests: Annotated[int, typer.Option(help="Total requests.")] = 20,
-    concurrency: Annotated[int, typer.Option(help="Concurrent clients (closed loop).")] = 1,
+    requests: Annotated[int, typer.Option(min=1, help="Total requests.")] = 20,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent clients (closed loop).")] = 1,
     mix: Annotated[str, typer.Option(help="'seed' (8 short prompts, max_tokens 50) or 'varied'.")] = "seed",
-    max_tokens: Annotated[int, typer.Option(help="max_tokens for the seed mix.")] = 50,
+    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens for the seed mix.")] = 50,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
     stream: Annotated[bool, typer.Option(help="Use SSE streaming (measures TTFT).")] = False,
-    max_retries: Annotated[int, typer.Option(help="503 retries before counting rejected.")] = 10,
+    max_retries: Annotated[int, typer.Option(min=0, help="503 retries before counting rejected.")] = 10,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-request CSV output.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling / mix seed.")] = 0,
 ) -> None:
@@ -79,11 +81,12 @@ def load_cmd(
 
 @workload_app.command("noise")
 def noise_cmd(
-    cpu: Annotated[int, typer.Option(help="CPU burner processes.")] = 2,
-    mem_mib: Annotated[int, typer.Option(help="Memory hog size in MiB (0 = none).")] = 0,
+    cpu: Annotated[int, typer.Option(min=0, help="CPU burner processes.")] = 2,
+    mem_mib: Annotated[int, typer.Option(min=0, help="Memory hog size in MiB (0 = none).")] = 0,
     mem_rewrite: Annotated[bool, typer.Option(help="Keep re-writing the hog's pages.")] = False,
-    duration: Annotated[Optional[float], typer.Option(help="Seconds to run (default: until killed).")] = None,
-    interval: Annotated[float, typer.Option(help="Report every N seconds.")] = 1.0,
+    duration: Annotated[Optional[float], typer.Option(
+        callback=positive_seconds, help="Seconds to run (default: until killed).")] = None,
+    interval: Annotated[float, typer.Option(callback=positive_seconds, help="Report every N seconds.")] = 1.0,
     json_path: Annotated[Optional[Path], typer.Option("--json-file", help="Keep a JSON report here.")] = None,
 ) -> None:
     """Noisy neighbour: burn CPU / hold memory, print ops/s as JSON lines."""

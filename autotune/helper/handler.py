@@ -41,6 +41,7 @@ Alive = Callable[[str, str, list[dict[str, str]]], bool]
 MAX_ORIGINS_PER_TARGET = 16  # the first (the true original) is always kept
 MAX_ORIGIN_TARGETS = 256
 _SEP = "\x1f"
+QUIET_MAX = 1024  # refused reads remembered as already logged (Helper._level)
 
 
 class Origins:
@@ -172,6 +173,7 @@ class Helper:
         self.origins.prune()
         self.on_decision = on_decision
         self._lock = threading.Lock()
+        self._quiet: set[tuple] = set()  # refused reads already logged at WARNING (``_level``)
 
     def _origin_alive(self, knob: str, target: str, records: list[dict[str, str]]) -> bool:
         """Keep an origin while policy allows its knob and (for file records) a file of its
@@ -249,13 +251,28 @@ class Helper:
             "reason": resp.error.reason if resp.error else None,
             "changed": resp.result.changed if resp.result else None,
         }
-        level = logging.INFO if resp.ok else logging.WARNING
-        log.log(level, "decision %s", {k: v for k, v in event.items() if v is not None})
+        log.log(self._level(event), "decision %s", {k: v for k, v in event.items() if v is not None})
         if self.on_decision is not None:
             try:
                 self.on_decision(event)
             except Exception:
                 log.exception("on_decision hook failed")
+
+    def _level(self, event: dict) -> int:
+        """Writes are INFO (WARNING when refused). Reads are the agent's routine: DEBUG, and a
+        refused read WARNING only the first time per (uid, knob, target, code), since the agent
+        asks again every tick (a host without cpufreq answers 'target_gone' for the governor
+        every few seconds); the on_decision hook still sees every one."""
+        if event["op"] != "read":
+            return logging.INFO if event["ok"] else logging.WARNING
+        if event["ok"]:
+            return logging.DEBUG
+        key = ((event["peer"] or {}).get("uid"), event["knob"], event["target"], event["code"])
+        if key in self._quiet:
+            return logging.DEBUG
+        if len(self._quiet) < QUIET_MAX:
+            self._quiet.add(key)
+        return logging.WARNING
 
     # -- operations -----------------------------------------------------------------------
     def _dispatch(self, req) -> Response:

@@ -110,10 +110,36 @@ def _cpus_ok(cpus: str | None) -> None:
 
 
 class Peers(_Strict):
-    """A peer may connect when its uid is listed OR its primary gid is listed."""
+    """A peer may connect when its uid is listed OR its primary gid is listed. ``users`` and
+    ``groups`` are names, added to ``uids``/``gids`` when the policy loads (``resolve_peers``):
+    the agent's system user gets its uid only at install time."""
 
     uids: list[int] = [0]
     gids: list[int] = []
+    users: list[str] = []
+    groups: list[str] = []
+
+
+def resolve_peers(peers: Peers, source: str) -> tuple[Peers, list[str]]:
+    """``users``/``groups`` looked up on this host and merged into ``uids``/``gids``, and a note
+    for each name that does not exist (it admits nobody; the helper still starts, and the agent
+    it would have admitted is refused with a reason in its own log)."""
+    import grp
+    import pwd
+
+    uids, gids, notes = list(peers.uids), list(peers.gids), []
+    for name in peers.users:
+        try:
+            uids.append(pwd.getpwnam(name).pw_uid)
+        except KeyError:
+            notes.append(f"{source}: peers.users: no user {name!r} on this host, so it admits nobody "
+                         f"(create it: useradd --system {name})")
+    for name in peers.groups:
+        try:
+            gids.append(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            notes.append(f"{source}: peers.groups: no group {name!r} on this host, so it admits nobody")
+    return peers.model_copy(update={"uids": sorted(set(uids)), "gids": sorted(set(gids))}), notes
 
 
 class Limits(_Strict):
@@ -149,6 +175,7 @@ class Policy(_Strict):
     knob: dict[str, CgroupRule | SysctlRule | ChoiceRule | AffinityRule] = {}
     service: dict[str, Service] = {}
     source: str | None = Field(default=None, exclude=True)
+    notes: list[str] = Field(default=[], exclude=True)  # what loading found odd (unknown peer names)
 
     @model_validator(mode="before")
     @classmethod
@@ -246,4 +273,5 @@ def load_policy(path: str | os.PathLike[str], *, require_root_owned: bool = True
         raise ConfigError(format_validation_error(str(p), err)) from err
     except ValueError as err:  # raised by the before-validator
         raise ConfigError(f"{p}: {err}") from err
-    return pol.model_copy(update={"source": str(p)})
+    peers, notes = resolve_peers(pol.peers, str(p))  # the caller shows the notes
+    return pol.model_copy(update={"source": str(p), "peers": peers, "notes": notes})

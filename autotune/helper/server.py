@@ -72,8 +72,9 @@ def systemd_listen_socket() -> socket.socket | None:
     return sock
 
 
-def bind_socket(path: str | os.PathLike[str], mode: int = 0o660) -> socket.socket:
-    """Create the listening socket at ``path`` (a stale socket file is replaced, nothing else)."""
+def bind_socket(path: str | os.PathLike[str], mode: int = 0o660, group: str | None = None) -> socket.socket:
+    """Create the listening socket at ``path`` (a stale socket file is replaced, nothing else),
+    owned by ``group`` when given (so its members may connect with mode 0660)."""
     p = Path(path)
     if p.exists() or p.is_symlink():
         st = p.lstat()
@@ -86,6 +87,15 @@ def bind_socket(path: str | os.PathLike[str], mode: int = 0o660) -> socket.socke
         sock.bind(str(p))
     finally:
         os.umask(old)
+    if group is not None:
+        import grp
+
+        try:
+            os.chown(p, -1, grp.getgrnam(group).gr_gid)
+        except KeyError:
+            sock.close()
+            p.unlink()
+            raise HostError(f"--socket-group {group}: no such group on this host") from None
     os.chmod(p, mode)
     return sock
 
@@ -321,7 +331,8 @@ def _shut(sock: socket.socket, how: int) -> None:
         pass
 
 
-def serve(helper: Helper, *, socket_path: str | None, socket_mode: int = 0o660) -> None:
+def serve(helper: Helper, *, socket_path: str | None, socket_mode: int = 0o660,
+          socket_group: str | None = None) -> None:
     """Run until SIGTERM/SIGINT: systemd's socket if passed, else bind ``socket_path``."""
     import signal
 
@@ -329,7 +340,7 @@ def serve(helper: Helper, *, socket_path: str | None, socket_mode: int = 0o660) 
     if sock is None:
         if not socket_path:
             raise HostError("no socket: pass --socket PATH or start via autotune-helper.socket")
-        sock = bind_socket(socket_path, socket_mode)
+        sock = bind_socket(socket_path, socket_mode, socket_group)
     server = HelperServer(helper, sock)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.shutdown())

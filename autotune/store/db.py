@@ -80,7 +80,13 @@ def open_db(path: str | os.PathLike[str], *, read_only: bool = False,
     if read_only:
         return _open_read_only(p)
     if create_dirs:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a parent that is a file, /proc, a read-only or foreign dir
+            why = ("a file is in the way" if isinstance(err, (FileExistsError, NotADirectoryError))
+                   else err.strerror or str(err))
+            raise StateError(f"{p}: cannot create its directory {p.parent} ({why}); "
+                             "pass --state PATH in a writable directory") from err
     if not p.exists():
         _create(p)
     _check_file(p)

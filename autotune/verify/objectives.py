@@ -254,3 +254,20 @@ def objective_series(name: str, window: Sequence[Snapshot], service: str | None 
                      slo_of: Sequence[Service] = ()) -> list[float]:
     """Values of objective ``name`` (a metric or legacy name, read for ``service``) over ``window``."""
     return objective(name, service, window, slo_of).series(window)
+
+
+def show(name: str | None, value: float | None) -> str:
+    """A value of objective ``name`` with its unit, for people: slack as a share of the SLO
+    target (+12 %), stall in %, latency in s, CPU in cores; "?" when missing."""
+    if value is None or not math.isfinite(value):
+        return "?"
+    u = unit(name)
+    if u == "slack":
+        return f"{value * 100:+.0f} % slack"
+    if u == "%":
+        return f"{value:.1f} %"
+    if u == "s":
+        return f"{value:.3g} s"
+    if u == "cores":
+        return f"{value:.2f} cores"
+    return f"{value:.4g}"

@@ -239,7 +239,7 @@ class Verifier:
                        n_after=n_after, **base)
         if slack_a is None or (slack_a < 1.0 and n_after < GUARD_MIN_OBS):
             return VerifyResult(verdict="inconclusive", reason=f"too little latency data after the "
-                                f"give-back ({n_after} observations)", **figures)
+                                f"guarded change ({n_after} observations)", **figures)
         limit = EARLY_VIOLATION if early else 0.0
         if slack_a < limit and slack_b is not None and slack_b < 0 and slack_a >= slack_b - 0.05:
             return VerifyResult(verdict="inconclusive", reason=f"the SLO was broken before the change "
@@ -247,10 +247,10 @@ class Verifier:
                                 "change's doing", **figures)
         if slack_a < limit:
             return VerifyResult(verdict="violated", effect=None if slack_b is None else slack_a - slack_b,
-                                reason=f"SLO broken after the give-back: slack {slack_a:+.2f} "
+                                reason=f"SLO broken after the guarded change: slack {slack_a:+.2f} "
                                 f"(before {_fmt(slack_b)}) over {n_after} observations", **figures)
         return VerifyResult(verdict="held", effect=None if slack_b is None else slack_a - slack_b,
-                            reason=f"SLO held after the give-back: slack {slack_a:+.2f} "
+                            reason=f"SLO held after the guarded change: slack {slack_a:+.2f} "
                             f"(before {_fmt(slack_b)}) over {n_after} observations", **figures)
 
     def _wait_for_more_samples(self, e: JournalEntry, result: VerifyResult, applied_ts: float,

@@ -357,3 +357,131 @@ def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rul
     # too few probes to test on yet: the service's own CPU pressure
     assert agent.verifier.objective("llm", snaps[:3]).name == "svc.llm.psi.cpu.some.stall_pct"
     assert agent.verifier.objective("llm", snaps).name == "svc.llm.latency.p95_s"
+
+
+class ReadRefusingActuator(LocalActuator):
+    """A helper whose policy does not cover the rule's target: every read is refused."""
+
+    def read(self, knob, target):
+        from autotune.helper.client import HelperRefused
+
+        raise HelperRefused("target_refused", f"{target} is not under any subtree the policy allows")
+
+
+def test_a_refused_read_is_in_the_agents_log_and_trail_once(tmp_path, host_root, rules_dir, caplog):
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=ReadRefusingActuator(host(host_root), cfg))
+    agent.start()
+    with caplog.at_level("WARNING", logger="autotune.agent.loop"):
+        drive(agent, clock, Psi(host_root), 12, after_pct=60, before_pct=60)
+    refusals = [e for e in agent.trail.query(kind="refusal")]
+    assert len(refusals) == 1, refusals  # asked every tick, reported once
+    r = refusals[0]
+    assert (r.knob, r.target, r.outcome) == ("sysctl", "vm.swappiness", "refused")
+    assert r.detail["op"] == "read" and r.detail["code"] == "target_refused"
+    logged = [rec.getMessage() for rec in caplog.records if "refused to read" in rec.getMessage()]
+    assert len(logged) == 1 and "vm.swappiness" in logged[0] and "helper policy" in logged[0]
+    assert swappiness(host_root) == ORIGINAL
+
+
+def test_a_refused_write_is_in_the_agents_log(tmp_path, host_root, rules_dir, caplog):
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=RefusingActuator(host(host_root), cfg),
+                       rule_cooldown_s=0)
+    agent.start()
+    with caplog.at_level("WARNING", logger="autotune.agent.loop"):
+        drive(agent, clock, Psi(host_root), 20, after_pct=60)
+    assert any("helper refused sysctl on vm.swappiness -> 10" in rec.getMessage() for rec in caplog.records)
+
+
+ADVICE_RULES = """
+symptoms:
+  - name: cpu_pressure
+    metric: psi.cpu.some.avg10
+    op: ">"
+    on: 5
+    for_s: 0
+    clear_for_s: 0
+rules:
+  - name: test-advice
+    scope: host
+    priority: 10
+    cooldown_s: 300
+    rationale: test advice
+    when:
+      all: [{symptom: cpu_pressure}]
+    actions:
+      - knob: advice
+        target: host
+        value: "pressure is {metric:psi.cpu.some.avg10} % right now"
+"""
+
+
+def test_recommend_mode_logs_an_advice_once_per_rule_cooldown(tmp_path, host_root, caplog):
+    """Issue 10 defect 10: the advice's text quotes live PSI, so it changed every tick and was
+    logged (and audited) every tick although its rule's cooldown is 300 s."""
+    from autotune.agent.actuator import DryRunActuator
+
+    rules = tmp_path / "advice-rules"
+    rules.mkdir()
+    (rules / "a.yaml").write_text(ADVICE_RULES)
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules)
+    h = host(host_root, writable=False)
+    agent = Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=DryRunActuator(h, cfg),
+                  ruleset=load_rules(cfg.rule_dirs()), clock=clock, mode="recommend")
+    agent.start()
+    psi = Psi(host_root, noise=5.0)
+    with caplog.at_level("INFO", logger="autotune.agent.loop"):
+        for _ in range(40):
+            clock.t += 1
+            psi.tick(1, 40.0)
+            agent.sample()
+            agent.evaluate()
+    said = [r.getMessage() for r in caplog.records if "would advise" in r.getMessage()]
+    assert len(said) == 1, said
+    assert len(agent.trail.query(kind="recommendation")) == 1
+    clock.t += 300  # after the cooldown it is said again
+    psi.tick(1, 40.0)
+    with caplog.at_level("INFO", logger="autotune.agent.loop"):
+        agent.sample()
+        agent.evaluate()
+    assert len([r for r in caplog.records if "would advise" in r.getMessage()]) == 2
+
+
+def test_stopping_with_a_change_in_verification_says_it_stays_applied(tmp_path, host_root, rules_dir, caplog):
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    psi = Psi(host_root)
+    for _ in range(60):  # until the change lands, then stop before its window is complete
+        drive(agent, clock, psi, 1, after_pct=20)
+        if agent.journal.entries():
+            break
+    (entry,) = agent.journal.entries()
+    assert entry.state == "verifying"
+    with caplog.at_level("WARNING", logger="autotune.agent.loop"):
+        agent.stop()
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "1 change(s) still being verified; they stay applied" in msg
+    assert f"#{entry.id} sysctl vm.swappiness" in msg and "rollback --all" in msg
+    (stop,) = agent.trail.query(kind="agent_stop")
+    assert stop.detail["left_verifying"] == [entry.id]
+
+
+def test_admission_without_a_gate_is_not_called_target_gone(tmp_path, host_root, rules_dir, caplog):
+    from autotune.types import Action
+
+    cfg = make_cfg(tmp_path, rules_dir).model_copy(update={"services": [
+        Service(name="llm", cgroup="/autotune/llm", role="latency-critical")]})
+    h = host(host_root)
+    agent = Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=LocalActuator(h, cfg),
+                  ruleset=load_rules(cfg.rule_dirs()), clock=Clock())
+    act = Action(knob="admission", target="llm", service="llm", proposed="threshold=40",
+                 rule="psi-gated-admission", rationale="test")
+    with caplog.at_level("INFO", logger="autotune.agent.loop"):
+        assert agent.apply(act) is None
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "has no admission_url (no gate in front of it)" in msg and "target gone" not in msg

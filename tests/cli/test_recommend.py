@@ -31,7 +31,7 @@ def test_recommend_writes_nothing_and_reports_json(tmp_path):
 def test_recommend_bad_config_exits_nonzero(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[agent]\nsample_period_s = 'fast'\n")
-    out = subprocess.run([sys.executable, "-m", "autotune", "recommend", "--config", str(bad), "--duration", "0"],
+    out = subprocess.run([sys.executable, "-m", "autotune", "recommend", "--config", str(bad), "--duration", "0.1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "bad.toml" in out.stderr and "agent.sample_period_s" in out.stderr

@@ -200,3 +200,24 @@ def test_idle_host_says_nothing_about_cpu():
     symptoms, actions = _pipeline(snaps, NONE)
     assert not [s for s in symptoms if "cpu" in s.name]
     assert not [a for a in actions if "cpu" in a.rule]
+
+
+def test_declared_services_get_no_advice_to_declare_them():
+    """The host advice says to declare [[service]] entries: not once they are declared."""
+    _, actions = run(BOTH, {**CALM, "psi.cpu.some.avg10": 60.0}, CURRENT)
+    assert not [a for a in actions if a.rule == "host-cpu-contention-advice"]
+    _, actions = run(NONE, {**CALM, "psi.cpu.some.avg10": 60.0}, CURRENT)
+    assert [a for a in actions if a.rule == "host-cpu-contention-advice"]
+
+
+def test_no_rationale_claims_a_duration_a_short_sample_did_not_have():
+    """`recommend --duration 10` caps every symptom's for_s to the observation: texts must state
+    what was measured (avg60 is the kernel's own one-minute average), never 'for half a minute'."""
+    import re
+
+    texts = [r.rationale for r in RULES.rules] + [s.description for s in RULES.symptoms]
+    for t in texts:
+        assert not re.search(r"half a minute|for over|for \d+ ?s\b", t), t
+    _, actions = run(BOTH, {**CALM, "psi.cpu.some.avg60": 50.0}, CURRENT)
+    pin = next(a for a in actions if a.rule == "pin-service-dedicated-cpus")
+    assert "50 % of the last minute" in pin.rationale

@@ -1,0 +1,275 @@
+"""Plumbing the benchmark (bench/) and `autotune demo` share: cgroups made for a role (the server,
+the neighbour), the processes started in them, and their cleanup.
+
+Runs as root on a real kernel. A ``RoleCgroup`` is one path created in every hierarchy it uses:
+the v1 hierarchies of ``controllers`` (hybrid and v1 hosts) and the v2 tree (on a hybrid host the
+'unified' tree has no controllers, but the pids moved there give each role its own PSI,
+``cpu.pressure``). The path is made under the process's own cgroup in each hierarchy (the
+benchmark: on the dev VM the memory hierarchy places us in a sandbox cgroup we must not
+escape), or under each hierarchy's root (the demo: ONE path for every hierarchy, which the
+agent's config and the helper's policy can name). Every level of the path is removed again,
+children first, once empty; a new v1 cpuset gets its parent's cpus and mems (it takes no task
+without), a new v2 parent level gets the controllers its children need enabled.
+
+Limits are set through the knobs (the same code the agent's changes go through), processes are
+moved in through ``cgroupfs``. Everything started or created is registered, and ``cleanup()``
+(idempotent) stops the processes (SIGTERM to the group, then SIGKILL) and removes the cgroups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from autotune import cgroupfs
+from autotune.cgroupfs import controller_dir, norm_cgpath
+from autotune.errors import HostError, InvalidValue, MissingFile
+from autotune.host import Host
+from autotune.knobs import get_knob
+
+log = logging.getLogger(__name__)
+
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory")
+GIB = 1024**3
+
+_procs: list[subprocess.Popen] = []
+_cgroups: list["RoleCgroup"] = []
+
+
+# -- cgroups ------------------------------------------------------------------------------------
+class RoleCgroup:
+    """One role's cgroup in every hierarchy used (v1 ``controllers``, and v2 for PSI).
+
+    ``under_root``: below each hierarchy's root instead of below this process's own cgroup.
+    """
+
+    def __init__(self, host: Host, name: str, *, controllers: tuple[str, ...] = V1_CONTROLLERS,
+                 under_root: bool = False) -> None:
+        self.host = host
+        self.name = name
+        self.dirs: dict[str, str] = {}  # hierarchy key ("cpu", "memory", "v2"...) -> host path
+        self.paths: dict[str, str] = {}  # same keys -> cgroup path inside that hierarchy
+        self.levels: dict[str, list[str]] = {}  # key -> host paths of every level of ``name``
+        info = host.cgroup
+        for ctrl in controllers:
+            if info.controller_version(ctrl) == 1:
+                parent = "/" if under_root else (cgroupfs.pid_cgroup(host, ctrl) or "/")
+                self.paths[ctrl] = norm_cgpath(f"{parent}/{name}")
+                self.dirs[ctrl] = controller_dir(host, ctrl, self.paths[ctrl])
+        if info.v2_mount:
+            parent = "/" if under_root else (cgroupfs.pid_cgroup(host) or "/")
+            self.paths["v2"] = norm_cgpath(f"{parent}/{name}")
+            self.dirs["v2"] = info.v2_mount + self.paths["v2"]
+        if not self.dirs:
+            raise HostError("no cgroup hierarchy found: cgroup v1 or v2 must be mounted")
+        _cgroups.append(self)
+        for key, d in self.dirs.items():
+            self._make(key, d)
+
+    def _make(self, key: str, d: str) -> None:
+        """Create ``d`` level by level, preparing each new level for what goes below it."""
+        depth = len(norm_cgpath(self.name).strip("/").split("/"))
+        parts = d.rstrip("/").split("/")
+        levels = self.levels[key] = ["/".join(parts[: len(parts) - depth + i + 1]) for i in range(depth)]
+        for i, level in enumerate(levels):
+            local = self.host.path(level)
+            if local.is_dir():
+                continue
+            local.mkdir()
+            if key == "cpuset":
+                cgroupfs.init_cpuset(self.host, level)
+            if key == "v2" and i < len(levels) - 1:
+                cgroupfs.enable_v2_controllers(self.host, level, ("cpu", "cpuset"))
+
+    def _set(self, knob: str, controller: str, value: str, *, required: bool) -> None:
+        """Set ``knob`` on this role's cgroup in the hierarchy that manages ``controller``.
+        A host without that controller is fine unless a limit was asked for (``required``)."""
+        k = get_knob(knob)
+        target = self.paths.get(controller) or self.paths.get("v2")
+        try:
+            if target is None:
+                raise MissingFile(f"no {controller} hierarchy")
+            k.write(self.host, target, k.validate(self.host, target, value))
+        except (MissingFile, InvalidValue) as err:
+            if required:
+                raise HostError(f"cannot set {knob} for {self.name}: {err}") from err
+
+    def set_cpu_quota(self, cores: float | None) -> None:
+        """Cores, or None for no limit (the period stays the kernel's default 100 ms)."""
+        self._set("cgroup.cpu_quota", "cpu", "max" if cores is None else str(cores),
+                  required=cores is not None)
+
+    def reset_cpu_weight(self) -> None:
+        """Back to the default share (v1 cpu.shares 1024 / v2 cpu.weight 100): the agent-managed
+        run changes weights, and no other configuration may inherit them."""
+        self._set("cgroup.cpu_weight", "cpu", "100", required=False)
+
+    def cpu_cgroup_path(self) -> str:
+        """The path the agent's config names (cpu hierarchy; v2 path on a pure v2 host)."""
+        return self.paths.get("cpu") or self.paths["v2"]
+
+    def set_memory_max(self, nbytes: int | None) -> None:
+        self._set("cgroup.memory_max", "memory", "max" if nbytes is None else str(nbytes),
+                  required=nbytes is not None)
+
+    def add_pid(self, pid: int) -> None:
+        for d in self.dirs.values():
+            cgroupfs.add_pid(self.host, d, pid)
+
+    def enter(self) -> None:
+        """Move the calling process in (used as preexec_fn: children inherit the cgroups)."""
+        self.add_pid(os.getpid())
+
+    def pids(self) -> set[int]:
+        out: set[int] = set()
+        for d in self.dirs.values():
+            text = self.host.read_optional(f"{d}/cgroup.procs") or ""
+            out.update(int(x) for x in text.split())
+        return out
+
+    def remove(self) -> None:
+        """Move any leftover pids to the parent, then rmdir this and the levels above it that
+        ``name`` made (a shared level, like the base of several roles, goes with the last)."""
+        for d in self.dirs.values():
+            parent = d.rsplit("/", 1)[0]
+            text = self.host.read_optional(f"{d}/cgroup.procs") or ""
+            for pid in text.split():
+                try:
+                    cgroupfs.add_pid(self.host, parent, pid)
+                except HostError:
+                    pass  # already gone
+        for levels in self.levels.values():
+            for level in reversed(levels):
+                _rmdir(self.host.path(level), wait=level == levels[-1])
+        if self in _cgroups:
+            _cgroups.remove(self)
+
+
+def _rmdir(local: Path, *, wait: bool) -> None:
+    """rmdir; a leaf may be EBUSY for a moment after its last task left (``wait``); a shared
+    parent that still has another role's dir is simply left for that role to remove."""
+    for _ in range(40 if wait else 1):
+        try:
+            local.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if wait:
+                time.sleep(0.05)
+
+
+def role_cgroups(host: Host, base: str, roles: tuple[str, ...], **kw) -> dict[str, RoleCgroup]:
+    """``base/<role>`` for each role (``kw``: RoleCgroup's options)."""
+    return {role: RoleCgroup(host, f"{base}/{role}", **kw) for role in roles}
+
+
+# -- processes ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(argv: list[str], cgroup: RoleCgroup | None, log_path: Path, **kw) -> subprocess.Popen:
+    """Start a process already inside ``cgroup`` (moved before exec, so children inherit it),
+    in its own session (``stop`` signals the whole group); output appended to ``log_path``."""
+    fh = open(log_path, "ab")
+    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                            preexec_fn=cgroup.enter if cgroup else None, start_new_session=True, **kw)
+    fh.close()
+    _procs.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """``sig`` (SIGTERM) to the process group, then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
+    if proc in _procs:
+        _procs.remove(proc)
+
+
+def autotune_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autotune", *args]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0,
+                 cancel: threading.Event | None = None) -> None:
+    """Until ``url``/health answers 200 (RuntimeError if the process dies, TimeoutError after
+    ``timeout_s``); returns early, unhealthy, once ``cancel`` is set."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if cancel is not None and cancel.is_set():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}; see its log")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/health not ready after {timeout_s:.0f} s")
+
+
+def start_server(cg: RoleCgroup, *, model: str, max_concurrency: int, log_path: Path,
+                 threads: str = "auto", cancel: threading.Event | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """`autotune workload serve` in ``cg`` on a free port, once healthy (or ``cancel``led):
+    (process, base URL)."""
+    port = free_port()
+    argv = autotune_argv("workload", "serve", "--model", model, "--port", str(port),
+                         "--threads", threads, "--max-concurrency", str(max_concurrency),
+                         "--log-level", "warning")
+    proc = spawn(argv, cg, log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, cancel=cancel)
+    return proc, url
+
+
+def start_neighbour(cg: RoleCgroup, *, cpu: int, mem_mib: int, json_path: Path,
+                    log_path: Path) -> subprocess.Popen:
+    """`autotune workload noise` in ``cg``: ``cpu`` burners, a ``mem_mib`` MiB hog."""
+    argv = autotune_argv("workload", "noise", "--cpu", str(cpu), "--mem-mib", str(mem_mib),
+                         "--interval", "0.5", "--json-file", str(json_path))
+    return spawn(argv, cg, log_path)
+
+
+# -- cleanup --------------------------------------------------------------------------------------
+def cleanup(warn: Callable[[str], None] | None = None) -> None:
+    """Stop every process started here and remove every cgroup created here (idempotent)."""
+    warn = warn or log.warning
+    for proc in list(_procs):
+        try:
+            stop(proc, timeout_s=5)
+        except Exception as err:  # noqa: BLE001 - keep cleaning
+            warn(f"cleanup: could not stop pid {proc.pid}: {err}")
+    for cg in reversed(list(_cgroups)):
+        try:
+            cg.remove()
+        except Exception as err:  # noqa: BLE001
+            warn(f"cleanup: could not remove cgroup {cg.name}: {err}")
+        if cg in _cgroups:
+            _cgroups.remove(cg)
