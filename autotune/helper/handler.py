@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from autotune.errors import (
-    AutotuneError, ConfigError, HostError, InvalidValue, MissingFile, PolicyRefused, TargetGone,
+    ConfigError, HostError, InvalidValue, MissingFile, PolicyRefused, TargetGone,
 )
 from autotune.helper import allow
 from autotune.helper.allow import Refusal, Resolver, Target

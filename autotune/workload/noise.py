@@ -13,7 +13,6 @@ reclaim expensive. Children inherit the parent's cgroups: place the parent first
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import signal
