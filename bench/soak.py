@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"agent pid {agent.pid}, sampling every {args.sample_period_s} s, {args.duration_s:.0f} s of load")
         schedule = cycle(args.duration_s, args.phase_s)
         done = threading.Event()
+        start = time.monotonic()
 
         def watch() -> None:
-            start = time.monotonic()
             while not done.is_set():
                 cpu = proc_cpu_s(agent.pid)
                 rss, hwm = proc_mem_kib(agent.pid)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         done.set()
         watcher.join()
         cpu, (rss, hwm) = proc_cpu_s(agent.pid), proc_mem_kib(agent.pid)
-        rows.append({"t_s": round(time.time() - t0, 1), "cpu_s": cpu, "rss_kib": rss, "hwm_kib": hwm,
+        rows.append({"t_s": round(time.monotonic() - start, 1), "cpu_s": cpu, "rss_kib": rss, "hwm_kib": hwm,
                      "sklearn": sklearn_loaded(agent.pid)})
         alive = agent.poll() is None
         common.stop(agent)
