@@ -327,3 +327,45 @@ def test_when_both_vllm_names_are_present_the_current_one_wins():
                      + _itl_page("vllm:time_per_output_token_seconds", [0.15] * 10))
     w = compute_window("vllm", prev, cur)
     assert w.itl_metric == "vllm:inter_token_latency_seconds" and w.itl_p95_s < 0.05
+
+
+def test_scraper_reuses_one_connection_and_closes_it():
+    """Scrapes every 0.2 s must not pay for a new client and connection each time."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = page("vllm_current_1.prom").encode()
+    connections = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(self.client_address)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        s = LatencyScraper(f"http://127.0.0.1:{srv.server_address[1]}/metrics")
+        readings = [s.sample(now=100.0 + i) for i in range(5)]
+        assert all(r.ok for r in readings), [r.error for r in readings]
+        assert len(connections) == 1
+        s.close()
+        assert s._client is None
+        assert s.sample(now=200.0).ok  # a closed scraper opens a new connection when used again
+        assert len(connections) == 2
+        s.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
