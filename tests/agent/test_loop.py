@@ -481,7 +481,7 @@ def test_admission_without_a_gate_is_not_called_target_gone(tmp_path, host_root,
                   ruleset=load_rules(cfg.rule_dirs()), clock=Clock())
     act = Action(knob="admission", target="llm", service="llm", proposed="threshold=40",
                  rule="psi-gated-admission", rationale="test")
-    with caplog.at_level("INFO", logger="autotune.agent.loop"):
+    with caplog.at_level("INFO", logger="autotune.agent.apply"):
         assert agent.apply(act) is None
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "has no admission_url (no gate in front of it)" in msg and "target gone" not in msg
