@@ -43,7 +43,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -212,7 +212,9 @@ class PairModel:
     left: str | None = None  # the value the agent last left in place (None: overwritten / none)
     sure_open: bool = False  # nothing could have settled the run since its last landing
     overridden: bool = False  # an operator overwrote an agent value still in place
-    unknown: str | None = None  # the prior of a write whose fate the journal cannot know
+    # priors of writes whose fate the journal cannot know: a plain ``rollback --all`` that finds
+    # someone else's value leaves such an entry drifted, and a LATER ``--force`` may restore it
+    unknown: list[str] = field(default_factory=list)
 
 
 class World:
@@ -445,7 +447,7 @@ class World:
             # have landed. If an operator changes the target before a reading settles it, the
             # entry is drifted with its fate unknown, and ``--force`` (restore our recorded prior
             # over someone else's value, as documented) may restore this prior
-            self.model[pair].unknown = before
+            self.model[pair].unknown.append(before)
         return rc
 
     def failed_apply(self, p: int, v: int, fault: str) -> int:
@@ -458,7 +460,7 @@ class World:
         if fault == "dropped" and rc == 0 and self._same(pair, self.live(pair), before):
             # it never landed, but nobody can tell until a later reading: ``--force`` over an
             # operator's value may take it for ours (it may have landed before the operator)
-            self.model[pair].unknown = before
+            self.model[pair].unknown.append(before)
         return rc
 
     def verify(self, rollback: bool, crash: bool) -> int:
@@ -590,8 +592,8 @@ class World:
                 want = [m.origin, m.baseline]  # settled or not: the journal decides
             else:
                 want = [m.baseline]
-            if force and m.unknown is not None:
-                want.append(m.unknown)
+            if force:
+                want.extend(m.unknown)
             if not any(self._same(p, live, w) for w in want):
                 self._fail(f"after {what}: {p} holds {live!r}, expected {' or '.join(want)}")
         if outcomes is not None:
@@ -632,7 +634,10 @@ class World:
                 m.baseline = lives[p]
             if force or (m.origin is not None and self._same(p, lives[p], m.origin)):
                 m.origin = None
-            m.left, m.sure_open, m.overridden, m.unknown = None, False, False, None
+            m.left, m.sure_open, m.overridden = None, False, False
+            # a plain rollback settles an unknown-fate entry only when it reads the entry's prior
+            # (or ours) in place; over someone else's value the entry stays drifted, forceable
+            m.unknown = [] if force else [u for u in m.unknown if not self._same(p, lives[p], u)]
         self.stats["checks"] += 1
 
 
