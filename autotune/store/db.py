@@ -374,6 +374,10 @@ def migrate(db: sqlite_utils.Database, component: str, steps: Sequence[Migration
                          f"v{len(steps)}; run the agent once to migrate it, then read it")
     for version, step in enumerate(steps[current:], start=current + 1):
         with transaction(db):  # one transaction per step
+            # another process (the agent and a CLI opening the same file) may have run this
+            # step between our read and our write lock: read again under the lock
+            if schema_version(db, component) >= version:
+                continue
             step(db)
             db.execute(
                 "INSERT INTO schema_version(component, version, applied_ts) VALUES (?,?,?) "

@@ -401,3 +401,24 @@ def test_read_only_commands_work_on_a_full_disk(full_disk, writer_running):
     finally:
         if writer is not None:
             writer.conn.close()
+
+
+def test_a_migration_another_process_ran_meanwhile_is_not_run_twice(tmp_path, monkeypatch):
+    """CI failure: the agent and a reader opened one DB at once and both ran journal v2 ("duplicate
+    column name: verify_plan"). A stale version read before the write lock must not rerun a step."""
+    from autotune.journal import journal as jmod
+
+    path = tmp_path / "state.db"
+    first = open_db(path)
+    migrate(first, "journal", jmod.MIGRATIONS[:1])  # an older autotune left journal v1
+    first.conn.close()
+    a, b = open_db(path), open_db(path)
+    migrate(b, "journal", jmod.MIGRATIONS)  # the other process wins the race
+    stale = iter([1])
+    real = dbmod.schema_version
+    monkeypatch.setattr(dbmod, "schema_version",
+                        lambda db, comp: next(stale, None) or real(db, comp))
+    assert migrate(a, "journal", jmod.MIGRATIONS) == len(jmod.MIGRATIONS)
+    cols = [r[1] for r in a.execute("PRAGMA table_info(journal_entries)")]
+    assert cols.count("verify_plan") == 1 and "landed" in cols
+
