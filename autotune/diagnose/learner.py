@@ -15,7 +15,8 @@ trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net a
   ratio, load) predict the score and the slack of every candidate.
 - ``propose`` picks the next allocation by expected improvement, among candidates predicted to
   keep the SLO (P(slack >= 0) >= ``safe_prob``) or that give the service at least what a
-  known-safe allocation gave it: exploration is constrained, not only scored. It starts from
+  known-safe allocation gave it on both axes (quota and weight): exploration is constrained,
+  not only scored. It starts from
   the generous extreme (CLITE starts from the equal split and the extremes; the equal split and
   the stingy extreme are not safe to start from), stops exploring when the best expected
   improvement is under ``stop_ei`` of the best score or after ``max_trials`` in the phase, and
@@ -119,9 +120,14 @@ class Prediction(BaseModel):
 
 
 class Model:
-    """Two Gaussian processes over the trials: score and slack."""
+    """Two Gaussian processes over the trials: score and slack.
 
-    def __init__(self, trials: Sequence[Trial], *, imported_noise: float = 4.0) -> None:
+    ``kernels`` (name -> a fitted kernel, as ``self.kernels`` holds after a fit): reuse those
+    hyperparameters instead of optimising them (a fit is then one Cholesky factorisation, a
+    small share of an L-BFGS search with restarts); see ``Fitter``."""
+
+    def __init__(self, trials: Sequence[Trial], *, imported_noise: float = 4.0,
+                 kernels: dict | None = None) -> None:
         import numpy as np
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
@@ -131,19 +137,26 @@ class Model:
         # imported trials (another node's) count, but as noisier evidence than our own
         alpha = np.array([1e-4 * (imported_noise if t.source == "imported" else 1.0) for t in trials])
         self.gps = {}
+        self.kernels = {}
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
 
         for name, ys in (("score", [t.score for t in trials]), ("slack", [max(-3.0, t.slack) for t in trials])):
-            kernel = (ConstantKernel(1.0, (1e-2, 1e2)) * Matern(length_scale=[0.3, 0.3, 0.5],
-                      length_scale_bounds=(0.05, 5.0), nu=2.5) + WhiteKernel(1e-3, (1e-6, 1e-1)))
-            gp = GaussianProcessRegressor(kernel=kernel, alpha=alpha, normalize_y=True,
-                                          n_restarts_optimizer=1, random_state=0)
+            fixed = (kernels or {}).get(name)
+            if fixed is not None:
+                gp = GaussianProcessRegressor(kernel=fixed, alpha=alpha, normalize_y=True, optimizer=None)
+            else:
+                kernel = (ConstantKernel(1.0, (1e-2, 1e2)) * Matern(length_scale=[0.3, 0.3, 0.5],
+                          length_scale_bounds=(0.05, 5.0), nu=2.5) + WhiteKernel(1e-3, (1e-6, 1e-1)))
+                gp = GaussianProcessRegressor(kernel=kernel, alpha=alpha, normalize_y=True,
+                                              n_restarts_optimizer=1, random_state=0)
             with warnings.catch_warnings():  # a flat surface pins a length scale at its bound: fine
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 gp.fit(X, np.array(ys))
             self.gps[name] = gp
+            self.kernels[name] = gp.kernel_
+
 
     def predict(self, allocs: Sequence[Allocation], load: float, ncpu: int) -> list[Prediction]:
         np = self.np
@@ -156,6 +169,35 @@ class Model:
             out.append(Prediction(allocation=a, score=float(sm), score_sd=float(ss), slack=float(km),
                                   slack_sd=float(ks), p_safe=float(p_safe)))
         return out
+
+
+class Fitter:
+    """Fits ``Model``s for one service, optimising the kernel hyperparameters only while they
+    can still move much: for the first ``warm`` trials, then each time the trial count grew by
+    ``regrow`` (a share) since the last optimisation, or on ``reset`` (a new load phase). In
+    between, new trials refit with the last hyperparameters. The soak's profile had GP
+    optimisation as the agent's largest cost with the search active."""
+
+    def __init__(self, *, warm: int = 12, regrow: float = 0.25) -> None:
+        self.warm, self.regrow = warm, regrow
+        self.kernels: dict | None = None
+        self.optimised_at = 0
+        self.optimisations = 0
+        self.fits = 0
+
+    def reset(self) -> None:
+        self.kernels = None
+
+    def fit(self, trials: Sequence[Trial]) -> Model:
+        n = len(trials)
+        reuse = (self.kernels is not None and n > self.warm
+                 and n < self.optimised_at * (1.0 + self.regrow))
+        model = Model(trials, kernels=self.kernels if reuse else None)
+        self.fits += 1
+        if not reuse:
+            self.kernels, self.optimised_at = model.kernels, n
+            self.optimisations += 1
+        return model
 
 
 def _phi(z: float) -> float:
@@ -202,7 +244,7 @@ def server_cores(a: Allocation, ncpu: int) -> float:
 
 def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float, ncpu: int,
             phase_trials: Sequence[Trial], settings: Settings = Settings(),
-            model: Model | None = None) -> Proposal:
+            model: Model | None = None, fitter: Fitter | None = None) -> Proposal:
     """The next allocation for a service at ``load``. ``trials``: everything known (all loads,
     imported too); ``phase_trials``: those observed since the load phase began."""
     if not cands:
@@ -217,7 +259,7 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
     if generous not in tried and n == 0:
         return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
                         reason="new load phase: first the generous extreme")
-    model = model or Model(trials)
+    model = model or (fitter.fit(trials) if fitter is not None else Model(trials))
     preds = model.predict(cands, load, ncpu)
     safe = [p for p in preds if _allowed(p, phase_trials, ncpu, settings)]
     if not safe:
@@ -252,21 +294,29 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
                     f"P(SLO kept) {top.p_safe:.0%}")
 
 
+def dominates(a: Allocation, b: Allocation) -> bool:
+    """``a`` gives the service at least what ``b`` does on both axes: quota (None = unlimited)
+    and weight ratio. Only then is "at least as safe" known without the model: the same sure
+    cores reached by trading quota for weight are not worth the same under contention."""
+    qa = math.inf if a.quota_cores is None else a.quota_cores
+    qb = math.inf if b.quota_cores is None else b.quota_cores
+    return qa >= qb - 1e-9 and a.ratio >= b.ratio * (1 - 1e-9)
+
+
 def _allowed(p: Prediction, phase_trials: Sequence[Trial], ncpu: int, settings: Settings) -> bool:
-    """The safe set, expanded from what this phase has shown (SafeOpt's idea on one axis, the
-    cores the service is sure of): at most what already broke the SLO is out; at least what
-    already kept it is in; one QUOTA_STEP below the known-safe frontier is in when the model
-    predicts the SLO kept there with ``safe_prob``. Without a known-safe trial yet, the model
-    alone decides."""
-    c = server_cores(p.allocation, ncpu)
-    bad = [server_cores(t.allocation, ncpu) for t in phase_trials if t.slack < 0]
-    if bad and c <= max(bad) + 1e-9:
+    """The safe set, expanded from what this phase has shown (SafeOpt's idea): an allocation
+    that gives the service no more than one that broke the SLO (on both axes) is out; one that
+    gives it at least what one that kept the SLO gave (on both axes) is in; any other needs
+    the model's P(SLO kept) >= ``safe_prob`` and at most one QUOTA_STEP of sure cores below
+    the known-safe frontier. Without a known-safe trial yet, the model alone decides."""
+    a = p.allocation
+    if any(dominates(t.allocation, a) for t in phase_trials if t.slack < 0):
         return False
-    good = [server_cores(t.allocation, ncpu) for t in phase_trials if t.slack >= 0]
-    if good and c >= min(good) - 1e-9:
+    good = [t for t in phase_trials if t.slack >= 0]
+    if any(dominates(a, t.allocation) for t in good):
         return True
-    reach = (min(good) - QUOTA_STEP - 1e-9) if good else -math.inf
-    return p.p_safe >= settings.safe_prob and c >= reach
+    reach = (min(server_cores(t.allocation, ncpu) for t in good) - QUOTA_STEP - 1e-9) if good else -math.inf
+    return p.p_safe >= settings.safe_prob and server_cores(a, ncpu) >= reach
 
 
 FRONTIER_MARGIN = 0.05  # predicted slack a step down needs before it is tried without EI

@@ -112,3 +112,58 @@ def test_phases_follow_a_sustained_load_change_only():
     assert ph.update(0.5, 20.0, change=0.35) is False
     assert ph.update(0.5, 36.0, change=0.35) is True  # away for 16 s: a new phase
     assert ph.ref_load == 0.5 and ph.started_ts == 36.0
+
+
+def _pred(a: L.Allocation, p_safe: float) -> L.Prediction:
+    return L.Prediction(allocation=a, score=0.7, score_sd=0.1, slack=0.0, slack_sd=0.1, p_safe=p_safe)
+
+
+def _trial(a: L.Allocation, slack: float) -> L.Trial:
+    return L.Trial(ts=0.0, service="llm", allocation=a, ncpu=NCPU, load=0.3, slack=slack, be_share=0.3,
+                   score=L.score(slack, 0.3))
+
+
+def test_a_weight_move_with_as_many_sure_cores_still_needs_the_model():
+    """Live run 2026-12-02: 'at least the sure cores of a known-safe trial' admitted moving the
+    neighbours' weight 100 -> 400 at P(SLO kept) 55 %, and it broke the SLO. Sure cores reached by
+    trading quota for weight are not known safe: only dominance on both axes is."""
+    settings = L.Settings(safe_prob=0.8)
+    kept = _trial(L.Allocation(quota_cores=1.0, ratio=64.0), 0.2)  # 0.97 cores sure
+    shifted = L.Allocation(quota_cores=None, ratio=1.0)  # 1.0 core sure, weights equal
+    assert L.server_cores(shifted, NCPU) >= L.server_cores(kept.allocation, NCPU)
+    assert not L._allowed(_pred(shifted, 0.55), [kept], NCPU, settings)
+    assert L._allowed(_pred(shifted, 0.9), [kept], NCPU, settings)
+    # more quota at the same weights is known safe whatever the model says
+    assert L._allowed(_pred(L.Allocation(quota_cores=1.25, ratio=64.0), 0.1), [kept], NCPU, settings)
+
+
+def test_less_on_both_axes_than_a_violation_is_out_whatever_the_model_says():
+    settings = L.Settings(safe_prob=0.5)
+    broke = _trial(L.Allocation(quota_cores=1.0, ratio=4.0), -0.3)
+    assert not L._allowed(_pred(L.Allocation(quota_cores=0.75, ratio=4.0), 0.99), [broke], NCPU, settings)
+    assert not L._allowed(_pred(L.Allocation(quota_cores=1.0, ratio=1.0), 0.99), [broke], NCPU, settings)
+    # more weight with less quota is a different point: the model may admit it
+    assert L._allowed(_pred(L.Allocation(quota_cores=0.75, ratio=64.0), 0.99), [broke], NCPU, settings)
+
+
+def test_fitter_reoptimises_hyperparameters_only_when_the_data_grew_or_the_phase_changed():
+    _, trials, cands = run_search(0.3, budget=30, seed=1)
+    rng = random.Random(3)
+    more = list(trials)
+    while len(more) < 40:  # extra observations of random allocations
+        a = rng.choice(cands)
+        slack, be = surface(a, 0.3)
+        more.append(L.Trial(ts=float(len(more)), service="llm", allocation=a, ncpu=NCPU, load=0.3,
+                            slack=slack, be_share=be, score=L.score(slack, be)))
+    f = L.Fitter(warm=12, regrow=0.25)
+    for n in range(13, 41):
+        m = f.fit(more[:n])
+    # optimised at 13, then when the count reached 17, 22, 28, 35: never on each new trial
+    assert f.fits == 28 and f.optimisations == 5, (f.fits, f.optimisations)
+    # a reused-kernel fit still learns the newest trial: it predicts that point's slack
+    newest = more[39]
+    (p,) = m.predict([newest.allocation], 0.3, NCPU)
+    assert abs(p.slack - newest.slack) < 0.1
+    f.reset()
+    f.fit(more)
+    assert f.optimisations == 6
