@@ -70,6 +70,8 @@ class Learning:
         self.proposals: dict[str, L.Proposal] = {}
         self._model_key: dict[str, int] = {}
         self._last_trial_ts: dict[str, float] = {}
+        self.fitters: dict[str, L.Fitter] = {}
+        self._trials: dict[str | None, list[L.Trial]] = {}  # read once, then kept current by _add
 
     # -- who is searched ------------------------------------------------------------------------
     def services(self) -> list[Service]:
@@ -108,8 +110,15 @@ class Learning:
 
     # -- trials -----------------------------------------------------------------------------------
     def trials(self, service: str | None = None) -> list[L.Trial]:
+        """Trials kept for ``service`` (None: all), oldest first. A service's are read from the
+        DB once and then kept in memory (every tick asks; this process is their only writer)."""
+        if service is not None and service in self._trials:
+            return list(self._trials[service])
         sql = "SELECT trial FROM learner_trials" + (" WHERE service=?" if service else "") + " ORDER BY id"
-        return [L.Trial.model_validate_json(r[0]) for r in self.db.execute(sql, [service] if service else [])]
+        out = [L.Trial.model_validate_json(r[0]) for r in self.db.execute(sql, [service] if service else [])]
+        if service is not None:
+            self._trials[service] = list(out)
+        return out
 
     def _add(self, t: L.Trial, entry_id: int | None = None) -> None:
         with transaction(self.db):
@@ -118,6 +127,10 @@ class Learning:
             self.db.execute("DELETE FROM learner_trials WHERE service=? AND id NOT IN (SELECT id FROM "
                             "learner_trials WHERE service=? ORDER BY id DESC LIMIT ?)",
                             [t.service, t.service, MAX_TRIALS_KEPT])
+        kept = self._trials.get(t.service)
+        if kept is not None:
+            kept.append(t)
+            del kept[:-MAX_TRIALS_KEPT]
 
     def observe(self, now: float, window: list[Snapshot], read: ReadCurrent) -> list[L.Trial]:
         """Record what the allocation in place since the newest change did (``window``: the
@@ -209,8 +222,11 @@ class Learning:
         if not new_phase and self._model_key.get(svc.name) == key and svc.name in self.proposals:
             return self.proposals[svc.name]
         phase_trials = [t for t in trials if t.ts >= phases.started_ts and t.source == "observed"]
+        fitter = self.fitters.setdefault(svc.name, L.Fitter())
+        if new_phase:
+            fitter.reset()
         p = L.propose(trials[-FIT_TRIALS:], self.candidates(svc), load=phases.ref_load or 0.0, ncpu=self.ncpu,
-                      phase_trials=phase_trials, settings=self.settings)
+                      phase_trials=phase_trials, settings=self.settings, fitter=fitter)
         if p.reason != getattr(self.proposals.get(svc.name), "reason", None):
             log.info("learned allocation for %s (%s, %d trials in phase): %s", svc.name, p.status,
                      p.trials_in_phase, p.reason)
