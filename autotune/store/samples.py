@@ -262,9 +262,10 @@ class SampleStore:
         self.extend([snapshot])
 
     def extend(self, snapshots: Iterable[Snapshot]) -> int:
-        """Store many snapshots in one transaction (one fsync); returns how many."""
+        """Store many snapshots in one transaction (no fsync: see store.db.transaction);
+        returns how many."""
         n = 0
-        with transaction(self.db):
+        with transaction(self.db, durable=False):
             for s in snapshots:
                 self._insert(s)
                 n += 1

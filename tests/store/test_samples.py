@@ -201,3 +201,22 @@ def test_v2_migration_renames_stats_to_the_vocabulary_and_drops_the_unread_colum
     st.retain(now=200.0, raw_keep_s=0, agg_keep_s=3600)  # new buckets are written with v2 names
     (new,) = st.aggregates(120.0)
     assert new.stats == {k: MetricStats(min=v, mean=v, max=v, last=v) for k, v in gauges(snap(130.0, 5.0)).items()}
+
+
+def test_samples_commit_without_fsync_and_the_journal_still_with_it(db):
+    """Samples commit at synchronous=NORMAL (WAL: survives kill -9, not power loss); every other
+    commit on the connection, the journal's included, stays at FULL."""
+    from autotune.journal.journal import Journal
+
+    store, journal = SampleStore(db), Journal(db)
+    seen = []
+    db.conn.set_trace_callback(lambda sql: seen.append(
+        (sql, db.conn.execute("PRAGMA synchronous").fetchone()[0]) if sql.startswith(("BEGIN", "COMMIT")) else None))
+    store.append(snap(1.0))
+    journal.plan(knob="sysctl", target="vm.swappiness", prior={"value": "60", "raw": {"/proc/sys/vm/swappiness": "60\n"}},
+                 proposed="10", rule="r", rationale="t")
+    db.conn.set_trace_callback(None)
+    commits = [level for sql, level in (x for x in seen if x) if sql == "COMMIT"]
+    assert commits[0] == 1 and all(level == 2 for level in commits[1:]) and len(commits) >= 2
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert [s.ts for s in store.window(0)] == [1.0]
