@@ -78,7 +78,9 @@ class Agent:
             raise ValueError(f"mode must be recommend or apply, got {self.mode!r}")
         self.journal = Journal(db, clock=clock)
         self.trail = AuditTrail(db)
-        self.samples = SampleStore(db, aggregate_every_s=cfg.agent.aggregate_every_s)
+        # keep a verification's before-window decoded in memory (verify/stage.py reads it)
+        self.samples = SampleStore(db, aggregate_every_s=cfg.agent.aggregate_every_s,
+                                   recent_s=cfg.verification.window_s + cfg.verification.settle_s + 5.0)
         period = cfg.agent.sample_period_s
         self.window: deque[Snapshot] = deque(maxlen=max(4, int(cfg.agent.window_s / period * 2)))
         self.lookback = max(1, round(cfg.agent.window_s / period))

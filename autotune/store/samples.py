@@ -22,6 +22,7 @@ Deletes hand pages back to the filesystem through ``PRAGMA incremental_vacuum`` 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import logging
@@ -202,10 +203,18 @@ class SampleStore:
         aggregate_every_s: int = 60,
         compress: bool = True,
         keep_bucket_snapshot: bool = True,
+        recent_s: float = 0.0,
     ) -> None:
         if aggregate_every_s <= 0:
             raise ValueError("aggregate_every_s must be > 0 seconds")
         self.db = db
+        # The snapshots this store appended in the last ``recent_s`` seconds, kept decoded:
+        # ``window`` serves a range from them when it starts at or after the oldest one (every
+        # row from there on is one of ours, as one agent writes one state DB). The agent holds
+        # most of them in its own window anyway (same objects); decoding them again from SQLite
+        # for each verification was most of what verifying cost.
+        self.recent_s = recent_s
+        self._recent: list[Snapshot] = []
         self.every_s = int(aggregate_every_s)
         self.compress = compress
         self.keep_bucket_snapshot = keep_bucket_snapshot
@@ -265,15 +274,34 @@ class SampleStore:
         """Store many snapshots in one transaction (no fsync: see store.db.transaction);
         returns how many."""
         n = 0
+        done = []
         with transaction(self.db, durable=False):
             for s in snapshots:
                 self._insert(s)
+                done.append(s)
                 n += 1
+        if self.recent_s > 0:
+            self._remember(done)
         return n
+
+    def _remember(self, snaps: list[Snapshot]) -> None:
+        for s in snaps:
+            if self._recent and s.ts < self._recent[-1].ts:
+                bisect.insort(self._recent, s, key=lambda x: x.ts)
+            else:
+                self._recent.append(s)
+        cut = bisect.bisect_left(self._recent, self._recent[-1].ts - self.recent_s, key=lambda x: x.ts)
+        if cut:
+            del self._recent[:cut]
 
     # reading ---------------------------------------------------------------------------
     def window(self, since_ts: float, until_ts: float | None = None) -> list[Snapshot]:
         """Raw snapshots with since_ts <= ts <= until_ts (None: up to now), oldest first."""
+        if self._recent and since_ts >= self._recent[0].ts:
+            key = lambda x: x.ts  # noqa: E731
+            lo = bisect.bisect_left(self._recent, since_ts, key=key)
+            hi = len(self._recent) if until_ts is None else bisect.bisect_right(self._recent, until_ts, key=key)
+            return self._recent[lo:hi]
         sql = "SELECT codec, dict_id, body, ts FROM samples_raw WHERE ts >= ?"
         args: list[float] = [since_ts]
         if until_ts is not None:

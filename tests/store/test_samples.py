@@ -220,3 +220,17 @@ def test_samples_commit_without_fsync_and_the_journal_still_with_it(db):
     assert commits[0] == 1 and all(level == 2 for level in commits[1:]) and len(commits) >= 2
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
     assert [s.ts for s in store.window(0)] == [1.0]
+
+
+def test_recent_snapshots_are_served_from_memory_exactly_as_the_db_has_them(db):
+    store = SampleStore(db, recent_s=10.0)
+    plain = SampleStore(db)  # reads SQLite only
+    store.extend([snap(float(t), cpu_avg10=t) for t in range(0, 30)])
+    store.append(snap(25.5, cpu_avg10=99.0))  # a late sample lands in order
+    assert [s.ts for s in store._recent][0] >= 19.0
+    for since, until in [(20.0, None), (25.0, 27.0), (25.5, 25.5), (29.5, None), (5.0, 22.0), (0.0, None)]:
+        got, want = store.window(since, until), plain.window(since, until)
+        assert [s.model_dump() for s in got] == [s.model_dump() for s in want], (since, until)
+    db.execute("DELETE FROM samples_raw WHERE ts >= 20")  # not what the cache holds now: DB read
+    assert store.window(5.0, 22.0) == plain.window(5.0, 22.0)
+    assert store.window(22.0)  # served from memory
