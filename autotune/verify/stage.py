@@ -180,7 +180,8 @@ class Verifier:
             svc = self._service(e.service)
             result = stats.evaluate(objective, before, after, e.service,
                                     alpha=v.alpha / (v.early_alpha_divisor if early else 1.0),
-                                    min_effect=v.min_effect, slo_of=(svc,) if svc is not None else ())
+                                    min_effect=v.min_effect, slo_of=(svc,) if svc is not None else (),
+                                    significant_only=early)
         if early and result.verdict not in ("improved", "regressed", "violated"):
             return None  # not clear yet: look again next tick, decide at the window's end
         same = self.actuator.same(e.knob)

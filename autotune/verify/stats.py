@@ -66,9 +66,12 @@ def compare(
     seed: int = 0,
     objective: str | None = None,
     absolute: bool = False,
+    significant_only: bool = False,
 ) -> VerifyResult:
     """Compare two windows of an objective. ``min_effect`` is relative (0.05 = 5 %), or in the
-    objective's own units when ``absolute``."""
+    objective's own units when ``absolute``. ``significant_only`` (a look ahead of the window,
+    which acts only on improved/regressed): without p < alpha, answer inconclusive at once,
+    skipping the bootstrap (most of a verdict's cost, and an early look comes every second)."""
     b, a = _clean(before), _clean(after)
     nb, na = len(b), len(a)
     bm = float(np.median(b)) if nb else None
@@ -85,6 +88,9 @@ def compare(
         return VerifyResult(verdict="inconclusive", p_value=1.0, effect=0.0, ci_low=0.0,
                             ci_high=0.0, reason="all samples identical", **base)
     p = mann_whitney_p(b, a)
+    if significant_only and not p < alpha:
+        return VerifyResult(verdict="inconclusive", p_value=p, effect=effect, ci_low=None, ci_high=None,
+                            reason=f"not significant yet (p={p:.3g}, needs p<{alpha:g})", **base)
     lo, hi = bootstrap_median_diff(b, a, alpha=alpha, n_resamples=n_resamples, seed=seed)
     worse_sign = 1.0 if direction == "lower_is_better" else -1.0
     worse = effect * worse_sign  # > 0: the objective moved the wrong way
@@ -209,10 +215,11 @@ def evaluate(
     min_effect: float = 0.05,
     min_samples: int = MIN_SAMPLES,
     slo_of: Sequence = (),
+    significant_only: bool = False,
 ) -> VerifyResult:
     """The objective's series from both windows, then ``compare`` in its direction. The result
     carries ``objective_name`` as given (a metric name, or a legacy name read for ``service``)."""
     obj = objective(objective_name, service, [*before, *after], slo_of)
     return compare(obj.series(before), obj.series(after), alpha=alpha, min_effect=min_effect,
                    direction=obj.direction, min_samples=min_samples, objective=objective_name,
-                   absolute=obj.kind.absolute)
+                   absolute=obj.kind.absolute, significant_only=significant_only)

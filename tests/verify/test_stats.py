@@ -172,3 +172,19 @@ def test_unknown_objective_names_the_known_ones():
     with pytest.raises(ValueError, match="latency_p95"):
         objective_series("nope", [], None)
     assert set(OBJECTIVES) >= {"latency_p95", "psi", "throughput"}
+
+
+def test_an_early_look_skips_the_bootstrap_unless_significant(monkeypatch):
+    from autotune.verify import stats as S
+
+    calls = []
+    real = S.bootstrap_median_diff
+    monkeypatch.setattr(S, "bootstrap_median_diff", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    same = S.compare(rng.normal(10, 1, 40), rng.normal(10, 1, 40), significant_only=True)
+    assert same.verdict == "inconclusive" and same.ci_low is None and not calls
+    worse = S.compare(rng.normal(10, 1, 40), rng.normal(14, 1, 40), significant_only=True)
+    assert worse.verdict == "regressed" and calls == [1]
+    # a full look still bootstraps and can call it unchanged
+    b = rng.normal(10, 0.1, 40)
+    assert S.compare(b, b + rng.normal(0, 0.01, 40)).verdict == "unchanged"
