@@ -70,6 +70,19 @@ def read_noise(json_path: Path) -> dict | None:
         return None
 
 
+def read_noise_after(json_path: Path, before: dict | None, timeout_s: float = 3.0) -> dict | None:
+    """The neighbour's next report after ``before``: it reports once a second, so a load shorter
+    than that (``--quick``) would otherwise read the same report twice and get no ops/s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = read_noise(json_path)
+        if before is None or (now is not None and now.get("elapsed_s", 0) > before.get("elapsed_s", 0)):
+            return now
+        if time.monotonic() >= deadline:
+            return now
+        time.sleep(0.05)
+
+
 def gate_counts(url: str) -> tuple[int, int] | None:
     """(deferred, rejected) counters of an ``autotune gate`` at ``url``; None when there is none."""
     try:

@@ -309,7 +309,7 @@ def run_config(cfg: BenchConfig, args: argparse.Namespace, host: Host,
                     g0 = common.gate_counts(front_url) if cfg.front != "server" else None
                     res = asyncio.run(run_load(spec, admit=admit))
                     g1 = common.gate_counts(front_url) if g0 is not None else None
-                    after = common.read_noise(noise_json) if neighbour else None
+                    after = common.read_noise_after(noise_json, before) if neighbour else None
                     if g0 is not None and g1 is not None:
                         gate_deferred += g1[0] - g0[0]
                     write_csv(res, out / f"requests_{cfg.name}_c{conc}_r{rep}.csv")
