@@ -7,8 +7,8 @@ serves an open-loop load whose rate cycles through low / high / peak / medium ph
 SLO controller steps both ways and the learned allocation search explores, converges and starts
 again); a neighbour (one CPU burner, capped at 0.4 core so the soak leaves the machine usable)
 runs in its own cgroup. The agent is ``autotune run --mode apply --local-actuator`` with the
-default rule pack and the learned search on, sampling every ``--sample-period-s`` (0.2 s: five
-times the default, so an hour here is five hours of sampling).
+default rule pack and the learned search on (``--rules-only``: off), sampling every
+``--sample-period-s`` (0.2 s: five times the default, so an hour here is five hours of sampling).
 
 Every ``--every-s`` the agent process's CPU time (utime + stime from /proc/<pid>/stat) and its
 RSS (VmRSS, and VmHWM: the peak) are recorded; at the end: CPU as a share of one core per
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every-s", type=float, default=60.0, help="how often the agent's CPU/RSS is read")
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--slo-itl", type=float, default=0.05)
+    ap.add_argument("--rules-only", action="store_true",
+                    help="[ranker] enabled = false: the agent without the learned search")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = af.agent_config(server_cg=server_cg, neighbour_cg=nb_cg, server_url=url,
                               slo={"itl_p95_s": args.slo_itl}, state_path=state,
                               metrics_port=common.free_port(),
-                              overrides={"agent": {"sample_period_s": args.sample_period_s}})
+                              overrides={"agent": {"sample_period_s": args.sample_period_s},
+                                         **({"ranker": {"enabled": False}} if args.rules_only else {})})
         problem = af.write_config(out / "config.toml", doc, header="written by bench/soak.py")
         if problem:
             log(f"the agent rejects the config: {problem}")
