@@ -71,7 +71,8 @@ class Learning:
         self._model_key: dict[str, int] = {}
         self._last_trial_ts: dict[str, float] = {}
         self.fitters: dict[str, L.Fitter] = {}
-        self._trials: dict[str | None, list[L.Trial]] = {}  # read once, then kept current by _add
+        # service -> ((max id, count) of its rows, its trials): parsed again only when those change
+        self._trials: dict[str, tuple[tuple, list[L.Trial]]] = {}
 
     # -- who is searched ------------------------------------------------------------------------
     def services(self) -> list[Service]:
@@ -110,14 +111,19 @@ class Learning:
 
     # -- trials -----------------------------------------------------------------------------------
     def trials(self, service: str | None = None) -> list[L.Trial]:
-        """Trials kept for ``service`` (None: all), oldest first. A service's are read from the
-        DB once and then kept in memory (every tick asks; this process is their only writer)."""
-        if service is not None and service in self._trials:
-            return list(self._trials[service])
+        """Trials kept for ``service`` (None: all), oldest first. Every tick asks: a service's
+        are parsed again only when its rows changed (a new trial, or ``autotune ranker import``
+        from another process), which one indexed query tells."""
+        if service is not None:
+            marker = tuple(self.db.execute(
+                "SELECT MAX(id), COUNT(*) FROM learner_trials WHERE service=?", [service]).fetchone())
+            kept = self._trials.get(service)
+            if kept is not None and kept[0] == marker:
+                return list(kept[1])
         sql = "SELECT trial FROM learner_trials" + (" WHERE service=?" if service else "") + " ORDER BY id"
         out = [L.Trial.model_validate_json(r[0]) for r in self.db.execute(sql, [service] if service else [])]
         if service is not None:
-            self._trials[service] = list(out)
+            self._trials[service] = (marker, list(out))
         return out
 
     def _add(self, t: L.Trial, entry_id: int | None = None) -> None:
@@ -127,10 +133,6 @@ class Learning:
             self.db.execute("DELETE FROM learner_trials WHERE service=? AND id NOT IN (SELECT id FROM "
                             "learner_trials WHERE service=? ORDER BY id DESC LIMIT ?)",
                             [t.service, t.service, MAX_TRIALS_KEPT])
-        kept = self._trials.get(t.service)
-        if kept is not None:
-            kept.append(t)
-            del kept[:-MAX_TRIALS_KEPT]
 
     def observe(self, now: float, window: list[Snapshot], read: ReadCurrent) -> list[L.Trial]:
         """Record what the allocation in place since the newest change did (``window``: the

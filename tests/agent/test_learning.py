@@ -19,8 +19,8 @@ from autotune.agent.loop import Agent
 from autotune.config import SLO, Config, LatencySource, Service
 from autotune.diagnose.rules import load_rules
 from autotune.store.db import open_db
-from autotune.types import Buckets, LatencyReading
-from tests.agent.conftest import Clock, host
+from autotune.types import LatencyReading
+from tests.agent.conftest import Clock, host, itl_reading, run_plant as run
 
 REPO_RULES = Path(__file__).resolve().parents[2] / "rules"
 LLM, NB = "/autotune-fixture/llm", "/autotune-fixture/neighbour"
@@ -70,13 +70,7 @@ class Latency:
         self.plant = plant
 
     def sample(self, now: float) -> LatencyReading:
-        n, itl = 40, self.plant.itl
-        counts = [0.0] * (len(LE) + 1)
-        for i in range(n):
-            v = itl * (0.9 + 0.2 * i / n)
-            counts[next((k for k, le in enumerate(LE) if v <= le), len(LE))] += 1
-        return LatencyReading(source="vllm:plant", ok=True, requests=1, tokens=n, itl_samples=n, running=2,
-                              waiting=0, hist={"itl": Buckets(le=LE, counts=tuple(counts), sum=itl * n)})
+        return itl_reading(self.plant.itl, LE, spread=(0.9, 0.2))
 
 
 def make(tmp_path: Path, root: Path, plant: Plant, *, enabled: bool = True) -> tuple[Agent, Clock]:
@@ -94,14 +88,6 @@ def make(tmp_path: Path, root: Path, plant: Plant, *, enabled: bool = True) -> t
                   ruleset=load_rules(cfg.rule_dirs()), clock=clock, scrapers={"llm": Latency(plant)})
     agent.start()
     return agent, clock
-
-
-def run(agent: Agent, clock: Clock, plant: Plant, seconds: int) -> None:
-    for _ in range(seconds):
-        clock.t += 1
-        plant.tick()
-        for stage in (agent.sample, agent.evaluate, agent.verify):
-            agent.guarded(stage.__name__, stage)
 
 
 def test_the_search_finds_a_stingier_safe_allocation_than_the_rules(tmp_path, host_root):
@@ -167,3 +153,21 @@ def test_export_and_import_move_trials_between_nodes(tmp_path, host_root):
     (tmp_path / "bad.jsonl").write_text('{"ts": 1}\n')
     bad = cli("ranker", "import", str(tmp_path / "bad.jsonl"), "--config", str(tmp_path / "b.toml"))
     assert bad.returncode == 2 and "bad.jsonl:1: not a trial" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_running_agent_sees_trials_imported_by_another_process(tmp_path, host_root):
+    """The agent keeps parsed trials between ticks; ``autotune ranker import`` on the same state
+    DB (another process, another connection) must still reach the next proposal."""
+    from autotune.agent.learning import Learning
+
+    plant = Plant(host_root, demand=1.0)
+    agent, clock = make(tmp_path / "a", host_root, plant)
+    run(agent, clock, plant, 80)
+    n = len(agent.learning.trials("llm"))
+    assert n >= 2
+    export = tmp_path / "t.jsonl"
+    assert agent.learning.export(export) == n
+    other = Learning(agent.cfg, open_db(agent.cfg.state_path()), agent.journal, ncpu=2)
+    assert other.import_(export) == n
+    seen = agent.learning.trials("llm")
+    assert len(seen) == 2 * n and sum(t.source == "imported" for t in seen) == n
