@@ -192,19 +192,24 @@ class Host:
         """Write one value the way the kernel expects (single write, no truncation games)."""
         if not self.writable:
             raise HostError(f"refusing to write {host_path}: this Host is read-only (dry run)")
-        local = self.path(host_path)
-        try:
-            fd = os.open(local, os.O_WRONLY | (0 if self.is_live else os.O_TRUNC))
-        except FileNotFoundError as err:
-            raise MissingFile(f"{host_path}: not present under {self.root}") from err
-        except OSError as err:
-            raise HostError(f"{host_path}: cannot open for writing ({err.strerror})") from err
+        fd = self._open_for_write(host_path)
         try:
             os.write(fd, value.encode())
         except OSError as err:
             raise HostError(f"{host_path}: kernel refused {value!r} ({err.strerror})") from err
         finally:
             os.close(fd)
+
+    def _open_for_write(self, host_path: str) -> int:
+        """An fd for ``write_text`` (a fixture tree is truncated first, the kernel's files are
+        not); MissingFile / HostError say why not. The helper's confined Host overrides only
+        this: how the file is reached."""
+        try:
+            return os.open(self.path(host_path), os.O_WRONLY | (0 if self.is_live else os.O_TRUNC))
+        except FileNotFoundError as err:
+            raise MissingFile(f"{host_path}: not present under {self.root}") from err
+        except OSError as err:
+            raise HostError(f"{host_path}: cannot open for writing ({err.strerror})") from err
 
     # -- capabilities --------------------------------------------------------------------
     @cached_property

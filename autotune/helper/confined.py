@@ -141,21 +141,13 @@ class ConfinedHost(Host):
             os.close(fd)
         return b"".join(chunks).decode("utf-8", errors="replace")
 
-    def write_text(self, host_path: str, value: str) -> None:
-        if not self.writable:
-            raise HostError(f"refusing to write {host_path}: this Host is read-only (dry run)")
+    def _open_for_write(self, host_path: str) -> int:
         try:
-            fd = self._open(host_path, os.O_WRONLY | (0 if self.is_live else os.O_TRUNC))
+            return self._open(host_path, os.O_WRONLY | (0 if self.is_live else os.O_TRUNC))
         except HostError as err:
             if isinstance(err, MissingFile | SymlinkRefused):
                 raise
             raise HostError(f"{host_path}: cannot open for writing ({err})") from err
-        try:
-            os.write(fd, value.encode())
-        except OSError as err:
-            raise HostError(f"{host_path}: kernel refused {value!r} ({err.strerror})") from err
-        finally:
-            os.close(fd)
 
     def listdir(self, host_path: str) -> list[str]:
         link = self.symlink_on_path(host_path)
