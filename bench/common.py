@@ -30,7 +30,6 @@ from autotune.sensors.psi import read_psi_file, some_avg10_pct
 from autotune.workload import harness
 from autotune.workload.harness import (  # noqa: F401 - the bench modules' names for them
     GIB,
-    V1_CONTROLLERS,
     _cgroups,
     _procs,
     autotune_argv,
@@ -59,8 +58,7 @@ class BenchCgroup(harness.RoleCgroup):
 
 
 def bench_cgroups(host: Host, roles: tuple[str, ...] = ("server", "neighbour")) -> dict[str, BenchCgroup]:
-    base = f"autotune-bench-{os.getpid()}"
-    return {role: BenchCgroup(host, f"{base}/{role}") for role in roles}
+    return harness.role_cgroups(host, f"autotune-bench-{os.getpid()}", roles, cls=BenchCgroup)
 
 
 def read_noise(json_path: Path) -> dict | None:

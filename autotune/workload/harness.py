@@ -169,9 +169,64 @@ def _rmdir(local: Path, *, wait: bool) -> None:
                 time.sleep(0.05)
 
 
-def role_cgroups(host: Host, base: str, roles: tuple[str, ...], **kw) -> dict[str, RoleCgroup]:
-    """``base/<role>`` for each role (``kw``: RoleCgroup's options)."""
-    return {role: RoleCgroup(host, f"{base}/{role}", **kw) for role in roles}
+def role_cgroups(host: Host, base: str, roles: tuple[str, ...], *, cls: type[RoleCgroup] | None = None,
+                 **kw) -> dict[str, RoleCgroup]:
+    """``base/<role>`` for each role, as ``cls`` (RoleCgroup; ``kw``: its options). A ``base`` named
+    ``<prefix>-<pid>`` first sweeps away its kind's leftovers from runs that died (kill -9)."""
+    prefix, _, pid = base.rpartition("-")
+    if prefix and pid.isdigit():
+        sweep_stale(host, prefix, controllers=kw.get("controllers", V1_CONTROLLERS),
+                    under_root=kw.get("under_root", False))
+    cls = cls or RoleCgroup
+    return {role: cls(host, f"{base}/{role}", **kw) for role in roles}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(host: Host, prefix: str, *, controllers: tuple[str, ...] = V1_CONTROLLERS,
+                under_root: bool = False) -> list[str]:
+    """Remove ``<prefix>-<pid>`` cgroup trees (beside where this process would make its own)
+    whose pid is gone and that hold no process: what a run killed with -9 left behind. A tree
+    with a live task, or of a live pid, is left alone. Returns the host paths removed."""
+    info = host.cgroup
+    parents = set()
+    for ctrl in controllers:
+        if info.controller_version(ctrl) == 1:
+            parent = "/" if under_root else (cgroupfs.pid_cgroup(host, ctrl) or "/")
+            parents.add(controller_dir(host, ctrl, norm_cgpath(parent)))
+    if info.v2_mount:
+        parent = "/" if under_root else (cgroupfs.pid_cgroup(host) or "/")
+        parents.add(info.v2_mount + norm_cgpath(parent))
+    removed = []
+    for parent in sorted(parents):
+        local = host.path(parent)
+        try:
+            names = [p.name for p in local.iterdir() if p.is_dir()]
+        except OSError:
+            continue
+        for name in names:
+            head, _, pid = name.rpartition("-")
+            if head != prefix or not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            tree = sorted((p for p in (local / name).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            tree.append(local / name)
+            if any((d / "cgroup.procs").is_file() and (d / "cgroup.procs").read_text().strip() for d in tree):
+                log.warning("leftover cgroup %s/%s still holds processes: left alone", parent, name)
+                continue
+            for d in tree:
+                _rmdir(d, wait=True)
+            if not (local / name).exists():
+                removed.append(f"{parent}/{name}")
+                log.info("removed leftover cgroup %s/%s (pid %s is gone)", parent, name, pid)
+    return removed
 
 
 # -- processes ----------------------------------------------------------------------------------

@@ -50,3 +50,31 @@ def test_limits_go_through_the_knobs_and_cleanup_leaves_nothing():
         common.cleanup()
     assert common._cgroups == []
     assert not any(host.exists(d) for d in cg.dirs.values())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates cgroups: needs root")
+@pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroup filesystem")
+def test_a_killed_runs_cgroups_are_swept_by_the_next_run_and_a_live_ones_are_not():
+    """A bench or demo killed with -9 leaves autotune-bench-<pid>/<role> behind; the next run
+    removes it when that pid is gone and nothing runs inside, never otherwise."""
+    from autotune.workload import harness
+    from bench import common
+
+    host = Host("/", writable=True)
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # never a live pid
+    stale = harness.RoleCgroup(host, f"autotune-bench-{gone}/server")
+    harness._cgroups.remove(stale)  # forgotten, as after kill -9
+    sleeper = subprocess.Popen(["sleep", "30"])
+    busy = harness.RoleCgroup(host, f"autotune-bench-{gone + 1}/server")  # no such pid...
+    harness._cgroups.remove(busy)
+    busy.add_pid(sleeper.pid)  # ...but a task still inside
+    try:
+        cgs = common.bench_cgroups(host)
+        assert not any(host.exists(d) for d in stale.dirs.values())
+        assert all(host.exists(d) for d in busy.dirs.values())
+        assert all(host.exists(d) for cg in cgs.values() for d in cg.dirs.values())  # ours, alive
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        busy.remove()
+        common.cleanup()
