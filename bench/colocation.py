@@ -497,10 +497,8 @@ def run_row(row: Row, args, schedule: Schedule, cgs, server: Server, host: Host,
     url = server.ensure(allocs[0])
     server.wait_idle()
     ctx = RowCtx(row=row, args=args, out=out / row.name.replace("+", "_"), server_url=url, cgs=cgs, slo=slo)
-    on_phase = None
-    if row.oracle:
-        def on_phase(i: int) -> None:  # the oracle knows the schedule: its allocation per phase
-            set_alloc(cgs, allocs[i])
+    # the oracle knows the schedule: its allocation per phase
+    on_phase = (lambda i: set_alloc(cgs, allocs[i])) if row.oracle else None
     admit = common.seed_psi_admit(host) if row.seed_psi else None
     cm = row.controller(ctx) if row.controller else contextlib.nullcontext()
     try:

@@ -64,6 +64,31 @@ class Psi:
             "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
 
 
+def itl_reading(itl: float, le: tuple[float, ...], *, spread: tuple[float, float], n: int = 40):
+    """One second of a simulated service's metrics page as the latency sensor reads it: ``n``
+    tokens whose inter-token latencies spread over itl x [lo, lo + width) (``spread``), so the
+    quantiles do not all fall in one bucket, as a vLLM ITL histogram with bounds ``le``."""
+    from autotune.types import Buckets, LatencyReading
+
+    lo, width = spread
+    counts = [0.0] * (len(le) + 1)
+    for i in range(n):
+        v = itl * (lo + width * i / n)
+        counts[next((k for k, b in enumerate(le) if v <= b), len(le))] += 1
+    return LatencyReading(source="vllm:plant", ok=True, requests=1, tokens=n, itl_samples=n, running=2,
+                          waiting=0, hist={"itl": Buckets(le=le, counts=tuple(counts), sum=itl * n)})
+
+
+def run_plant(agent, clock: Clock, plant, seconds: int) -> None:
+    """One simulated second at a time: the plant (a simulated service) moves, then the agent
+    samples, evaluates and verifies, each stage guarded as the daemon runs it."""
+    for _ in range(seconds):
+        clock.t += 1
+        plant.tick()
+        for stage in (agent.sample, agent.evaluate, agent.verify):
+            agent.guarded(stage.__name__, stage)
+
+
 @pytest.fixture
 def host_root(tmp_path) -> Path:
     return writable_copy("hybrid-local", tmp_path)

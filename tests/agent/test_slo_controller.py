@@ -18,8 +18,8 @@ from autotune.agent.loop import Agent
 from autotune.config import SLO, Config, LatencySource, Service
 from autotune.diagnose.rules import load_rules
 from autotune.store.db import open_db
-from autotune.types import Buckets, LatencyReading
-from tests.agent.conftest import Clock, host
+from autotune.types import LatencyReading
+from tests.agent.conftest import Clock, host, itl_reading, run_plant as run
 
 REPO_RULES = Path(__file__).resolve().parents[2] / "rules"
 CG = "/autotune-fixture/llm"
@@ -74,13 +74,7 @@ class Latency:
         p = self.plant
         if p.demand <= 0:
             return LatencyReading(source="vllm:plant", ok=True, requests=0, tokens=0, running=0, waiting=0)
-        n = 40  # tokens per second
-        counts = [0.0] * (len(LE) + 1)
-        for i in range(n):  # a spread around the plant's ITL, so quantiles are not one bucket
-            v = p.itl * (0.85 + 0.3 * i / n)
-            counts[next((k for k, le in enumerate(LE) if v <= le), len(LE))] += 1
-        return LatencyReading(source="vllm:plant", ok=True, requests=1, tokens=n, itl_samples=n, running=2,
-                              waiting=0, hist={"itl": Buckets(le=LE, counts=tuple(counts), sum=p.itl * n)})
+        return itl_reading(p.itl, LE, spread=(0.85, 0.3))
 
 
 def make(tmp_path: Path, root: Path, plant: Plant) -> tuple[Agent, Clock]:
@@ -97,14 +91,6 @@ def make(tmp_path: Path, root: Path, plant: Plant) -> tuple[Agent, Clock]:
                   ruleset=load_rules(cfg.rule_dirs()), clock=clock, scrapers={"llm": Latency(plant)})
     agent.start()
     return agent, clock
-
-
-def run(agent: Agent, clock: Clock, plant: Plant, seconds: int) -> None:
-    for _ in range(seconds):
-        clock.t += 1
-        plant.tick()
-        for stage in (agent.sample, agent.evaluate, agent.verify):
-            agent.guarded(stage.__name__, stage)
 
 
 def quota_entries(agent: Agent):

@@ -8,20 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.conftest import QUICK_BENCH
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-pytestmark = [pytest.mark.slow, pytest.mark.workload, pytest.mark.realkernel, pytest.mark.root]
-
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = QUICK_BENCH
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the bench creates cgroups: needs root")
-@pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroup filesystem")
 @pytest.mark.timeout(480)
-def test_quick_colocation_writes_every_row(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO))
-    monkeypatch.chdir(REPO)
+def test_quick_colocation_writes_every_row(tmp_path, in_repo):
     from bench import common
     from bench.coloc_metrics import WINDOW_COLUMNS
     from bench.coloc_report import SUMMARY_COLUMNS

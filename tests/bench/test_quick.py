@@ -4,25 +4,20 @@ import csv
 import json
 import os
 import time
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bench.conftest import QUICK_BENCH
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-pytestmark = [pytest.mark.slow, pytest.mark.workload, pytest.mark.realkernel, pytest.mark.root]
-
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = QUICK_BENCH
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the bench creates cgroups: needs root")
-@pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroup filesystem")
 @pytest.mark.timeout(420)
-def test_quick_bench_writes_table(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO))
-    monkeypatch.chdir(REPO)
+def test_quick_bench_writes_table(tmp_path, in_repo):
     from bench import common
     from bench.seed_table import DEFAULT_CONFIGS, main
 
