@@ -157,7 +157,6 @@ class Model:
             self.gps[name] = gp
             self.kernels[name] = gp.kernel_
 
-
     def predict(self, allocs: Sequence[Allocation], load: float, ncpu: int) -> list[Prediction]:
         np = self.np
         X = np.array([features(a, load, ncpu) for a in allocs])

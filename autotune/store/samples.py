@@ -273,16 +273,14 @@ class SampleStore:
     def extend(self, snapshots: Iterable[Snapshot]) -> int:
         """Store many snapshots in one transaction (no fsync: see store.db.transaction);
         returns how many."""
-        n = 0
         done = []
         with transaction(self.db, durable=False):
             for s in snapshots:
                 self._insert(s)
                 done.append(s)
-                n += 1
         if self.recent_s > 0:
             self._remember(done)
-        return n
+        return len(done)
 
     def _remember(self, snaps: list[Snapshot]) -> None:
         for s in snaps:

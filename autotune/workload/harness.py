@@ -47,6 +47,24 @@ _cgroups: list["RoleCgroup"] = []
 
 
 # -- cgroups ------------------------------------------------------------------------------------
+def _parents(host: Host, controllers: tuple[str, ...], under_root: bool) -> dict[str, str]:
+    """Hierarchy key (a v1 controller, or "v2") -> the cgroup path roles are made under: the
+    hierarchy's root, or this process's own cgroup there."""
+    info = host.cgroup
+    out = {}
+    for ctrl in controllers:
+        if info.controller_version(ctrl) == 1:
+            out[ctrl] = "/" if under_root else (cgroupfs.pid_cgroup(host, ctrl) or "/")
+    if info.v2_mount:
+        out["v2"] = "/" if under_root else (cgroupfs.pid_cgroup(host) or "/")
+    return out
+
+
+def _host_dir(host: Host, key: str, cgpath: str) -> str:
+    """The host directory of cgroup ``cgpath`` in hierarchy ``key``."""
+    return host.cgroup.v2_mount + cgpath if key == "v2" else controller_dir(host, key, cgpath)
+
+
 class RoleCgroup:
     """One role's cgroup in every hierarchy used (v1 ``controllers``, and v2 for PSI).
 
@@ -60,16 +78,9 @@ class RoleCgroup:
         self.dirs: dict[str, str] = {}  # hierarchy key ("cpu", "memory", "v2"...) -> host path
         self.paths: dict[str, str] = {}  # same keys -> cgroup path inside that hierarchy
         self.levels: dict[str, list[str]] = {}  # key -> host paths of every level of ``name``
-        info = host.cgroup
-        for ctrl in controllers:
-            if info.controller_version(ctrl) == 1:
-                parent = "/" if under_root else (cgroupfs.pid_cgroup(host, ctrl) or "/")
-                self.paths[ctrl] = norm_cgpath(f"{parent}/{name}")
-                self.dirs[ctrl] = controller_dir(host, ctrl, self.paths[ctrl])
-        if info.v2_mount:
-            parent = "/" if under_root else (cgroupfs.pid_cgroup(host) or "/")
-            self.paths["v2"] = norm_cgpath(f"{parent}/{name}")
-            self.dirs["v2"] = info.v2_mount + self.paths["v2"]
+        for key, parent in _parents(host, controllers, under_root).items():
+            self.paths[key] = norm_cgpath(f"{parent}/{name}")
+            self.dirs[key] = _host_dir(host, key, self.paths[key])
         if not self.dirs:
             raise HostError("no cgroup hierarchy found: cgroup v1 or v2 must be mounted")
         _cgroups.append(self)
@@ -181,30 +192,14 @@ def role_cgroups(host: Host, base: str, roles: tuple[str, ...], *, cls: type[Rol
     return {role: cls(host, f"{base}/{role}", **kw) for role in roles}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale(host: Host, prefix: str, *, controllers: tuple[str, ...] = V1_CONTROLLERS,
                 under_root: bool = False) -> list[str]:
     """Remove ``<prefix>-<pid>`` cgroup trees (beside where this process would make its own)
     whose pid is gone and that hold no process: what a run killed with -9 left behind. A tree
     with a live task, or of a live pid, is left alone. Returns the host paths removed."""
-    info = host.cgroup
-    parents = set()
-    for ctrl in controllers:
-        if info.controller_version(ctrl) == 1:
-            parent = "/" if under_root else (cgroupfs.pid_cgroup(host, ctrl) or "/")
-            parents.add(controller_dir(host, ctrl, norm_cgpath(parent)))
-    if info.v2_mount:
-        parent = "/" if under_root else (cgroupfs.pid_cgroup(host) or "/")
-        parents.add(info.v2_mount + norm_cgpath(parent))
+    import psutil
+
+    parents = {_host_dir(host, key, norm_cgpath(p)) for key, p in _parents(host, controllers, under_root).items()}
     removed = []
     for parent in sorted(parents):
         local = host.path(parent)
@@ -214,7 +209,7 @@ def sweep_stale(host: Host, prefix: str, *, controllers: tuple[str, ...] = V1_CO
             continue
         for name in names:
             head, _, pid = name.rpartition("-")
-            if head != prefix or not pid.isdigit() or _pid_alive(int(pid)):
+            if head != prefix or not pid.isdigit() or psutil.pid_exists(int(pid)):
                 continue
             tree = sorted((p for p in (local / name).rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
             tree.append(local / name)
