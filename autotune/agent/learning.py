@@ -141,7 +141,11 @@ class Learning:
         changed = self.journal.last_applied_ts() or 0.0
         for svc in self.services():
             out += self._violations(svc, window, read)
-            span = [s for s in window if s.ts >= changed + PLAN.settle_s]
+            # from the newest change (settled) or the phase's start, whichever is later: a
+            # window that straddles a load change describes neither load
+            phase = self.phases.get(svc.name)
+            since = max(changed + PLAN.settle_s, phase.started_ts if phase is not None else 0.0)
+            span = [s for s in window if s.ts >= since]
             if len(span) < 2 or span[-1].ts - span[0].ts < self.cfg.ranker.trial_s:
                 continue
             p = self.proposals.get(svc.name)
@@ -175,8 +179,8 @@ class Learning:
         if alloc is None or facts is None:
             return None
         load, slack, be = facts
-        return L.Trial(ts=now, service=svc.name, allocation=alloc, ncpu=self.ncpu, load=load, slack=slack,
-                       be_share=be, score=L.score(slack, be))
+        return L.Trial(ts=now, start_ts=span[0].ts, service=svc.name, allocation=alloc, ncpu=self.ncpu, load=load,
+                       slack=slack, be_share=be, score=L.score(slack, be))
 
     def _violations(self, svc: Service, window: list[Snapshot], read: ReadCurrent) -> list[L.Trial]:
         """Our guarded changes undone because the SLO broke, not yet recorded as trials."""
@@ -194,7 +198,7 @@ class Learning:
             tried = self._with(live, e.knob, e.target, e.proposed, read)
             facts = self._window_facts(svc, window) if len(window) > 1 else None
             load = facts[0] if facts else 0.0
-            t = L.Trial(ts=e.finished_ts or e.ts, service=svc.name, allocation=tried, ncpu=self.ncpu, load=load,
+            t = L.Trial(ts=e.finished_ts or e.ts, start_ts=e.ts, service=svc.name, allocation=tried, ncpu=self.ncpu, load=load,
                         slack=vr.after_median, be_share=facts[2] if facts else 0.0, score=L.score(vr.after_median, 0.0))
             self._add(t, entry_id=e.id)
             out.append(t)
@@ -223,7 +227,7 @@ class Learning:
         key = len(trials) * 2 + int(new_phase)
         if not new_phase and self._model_key.get(svc.name) == key and svc.name in self.proposals:
             return self.proposals[svc.name]
-        phase_trials = [t for t in trials if t.ts >= phases.started_ts and t.source == "observed"]
+        phase_trials = [t for t in trials if t.source == "observed" and phases.covers(t)]
         fitter = self.fitters.setdefault(svc.name, L.Fitter())
         if new_phase:
             fitter.reset()

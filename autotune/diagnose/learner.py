@@ -63,6 +63,7 @@ class Trial(BaseModel):
     ts: float
     service: str
     allocation: Allocation
+    start_ts: float | None = None  # where its window began (None: trials recorded before it was kept)
     ncpu: int
     load: float  # requests/s completed in the window
     slack: float  # SLO slack over the window (detect/metrics slo.slack)
@@ -234,11 +235,49 @@ class Proposal(BaseModel):
     trials_in_phase: int = 0
 
 
+def server_cap(a: Allocation, ncpu: int) -> float:
+    """The most the service can get, whatever the neighbours do: its quota, or the host."""
+    return float(ncpu) if a.quota_cores is None else min(a.quota_cores, float(ncpu))
+
+
 def server_cores(a: Allocation, ncpu: int) -> float:
     """Cores the service is sure of when the neighbours want every CPU: the smaller of its quota
     and its weight share of the host."""
-    cap = float(ncpu) if a.quota_cores is None else min(a.quota_cores, float(ncpu))
-    return min(cap, ncpu * a.ratio / (1.0 + a.ratio))
+    return min(server_cap(a, ncpu), ncpu * a.ratio / (1.0 + a.ratio))
+
+
+def at_most(a: Allocation, b: Allocation, ncpu: int) -> bool:
+    """``a`` never gives the service more than ``b`` does: less on both axes, or a quota no
+    larger than the cores ``b`` was sure of (then no neighbour can leave it more). Used only to
+    rule allocations out after ``b`` broke the SLO; the converse does not vouch for one: the
+    same cores by weight instead of by quota came with worse latency in the live runs (a busy
+    neighbour still delays each wake-up), so only ``dominates`` does."""
+    return dominates(b, a) or server_cap(a, ncpu) <= server_cores(b, ncpu) + 1e-9
+
+
+def similar_load(t: Trial, load: float, change: float) -> bool:
+    return abs(t.load - load) <= change * max(load, 0.05)
+
+
+def broken_at(trials: Sequence[Trial], load: float, change: float) -> list[Trial]:
+    """Observed trials that broke the SLO at about this load or a lower one: an allocation that
+    broke it under less load breaks it under this one too (latency only grows with load);
+    known before the phase's own trials say so."""
+    return [t for t in trials if t.source == "observed" and t.slack < 0
+            and t.load <= load + change * max(load, 0.05)]
+
+
+WARM_MARGIN = 0.1  # slack a trial at a similar load needs to be where a new phase starts
+
+
+def best_known(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float, ncpu: int,
+               change: float) -> Trial | None:
+    """The best-scoring allocation seen keeping the SLO with margin at about this load, in an
+    earlier phase: where a phase whose load came back starts, instead of the generous extreme."""
+    broken = broken_at(trials, load, change)
+    ok = [t for t in trials if t.source == "observed" and t.slack >= WARM_MARGIN and t.allocation in cands
+          and similar_load(t, load, change) and not any(at_most(t.allocation, b.allocation, ncpu) for b in broken)]
+    return max(ok, key=lambda t: (t.score, server_cores(t.allocation, ncpu)), default=None)
 
 
 def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float, ncpu: int,
@@ -255,12 +294,18 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
     if not trials:
         return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
                         reason="no trial yet: start from the generous extreme (safe, and it bounds the search)")
-    if generous not in tried and n == 0:
+    if n == 0:
+        known = best_known(trials, cands, load=load, ncpu=ncpu, change=settings.phase_change)
+        if known is not None:
+            return Proposal(allocation=known.allocation, status="exploring", trials_in_phase=n,
+                            reason=f"new load phase: the best allocation seen at about this load "
+                            f"({known.load:.2f}/s: slack {known.slack:+.2f}, score {known.score:.3f})")
         return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
                         reason="new load phase: first the generous extreme")
     model = model or (fitter.fit(trials) if fitter is not None else Model(trials))
     preds = model.predict(cands, load, ncpu)
-    safe = [p for p in preds if _allowed(p, phase_trials, ncpu, settings)]
+    broken = broken_at(trials, load, settings.phase_change)
+    safe = [p for p in preds if _allowed(p, phase_trials, ncpu, settings, broken)]
     if not safe:
         return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
                         reason="no allocation is predicted to keep the SLO: back to the generous extreme")
@@ -302,14 +347,16 @@ def dominates(a: Allocation, b: Allocation) -> bool:
     return qa >= qb - 1e-9 and a.ratio >= b.ratio * (1 - 1e-9)
 
 
-def _allowed(p: Prediction, phase_trials: Sequence[Trial], ncpu: int, settings: Settings) -> bool:
-    """The safe set, expanded from what this phase has shown (SafeOpt's idea): an allocation
-    that gives the service no more than one that broke the SLO (on both axes) is out; one that
-    gives it at least what one that kept the SLO gave (on both axes) is in; any other needs
-    the model's P(SLO kept) >= ``safe_prob`` and at most one QUOTA_STEP of sure cores below
-    the known-safe frontier. Without a known-safe trial yet, the model alone decides."""
+def _allowed(p: Prediction, phase_trials: Sequence[Trial], ncpu: int, settings: Settings,
+             broken: Sequence[Trial] = ()) -> bool:
+    """The safe set, expanded from what has been seen (SafeOpt's idea): an allocation that never
+    gives the service more than one that broke the SLO (in this phase, or at as much load
+    before) is out; one that gives it at least what one that kept the SLO in this phase gave
+    (on both axes) is in; any other needs the model's P(SLO kept) >= ``safe_prob`` and at most one
+    QUOTA_STEP of sure cores below the known-safe frontier. Without a known-safe trial yet, the
+    model alone decides."""
     a = p.allocation
-    if any(dominates(t.allocation, a) for t in phase_trials if t.slack < 0):
+    if any(at_most(a, t.allocation, ncpu) for t in [*phase_trials, *broken] if t.slack < 0):
         return False
     good = [t for t in phase_trials if t.slack >= 0]
     if any(dominates(a, t.allocation) for t in good):
@@ -318,7 +365,7 @@ def _allowed(p: Prediction, phase_trials: Sequence[Trial], ncpu: int, settings: 
     return p.p_safe >= settings.safe_prob and server_cores(a, ncpu) >= reach
 
 
-FRONTIER_MARGIN = 0.05  # predicted slack a step down needs before it is tried without EI
+FRONTIER_MARGIN = 0.1  # predicted slack a step down needs before it is tried without EI
 
 
 def _next_step_down(safe: Sequence[Prediction], phase_trials: Sequence[Trial], ncpu: int,
@@ -348,7 +395,9 @@ class Phases(BaseModel):
     away_since: float | None = None
 
     def update(self, load: float, now: float, *, change: float, hold_s: float = 15.0) -> bool:
-        """Feed the current load; True when a new phase begins."""
+        """Feed the current load; True when a new phase begins. The phase is dated from when
+        the load moved, not from when that was confirmed: a trial whose window began before
+        then saw the old load, and must not vouch for the new one."""
         if self.ref_load is None:
             self.ref_load, self.started_ts = load, now
             return True
@@ -359,6 +408,10 @@ class Phases(BaseModel):
         if self.away_since is None:
             self.away_since = now
         if now - self.away_since >= hold_s:
-            self.ref_load, self.started_ts, self.away_since = load, now, None
+            self.ref_load, self.started_ts, self.away_since = load, self.away_since, None
             return True
         return False
+
+    def covers(self, t: Trial) -> bool:
+        """``t`` was observed wholly inside the current phase."""
+        return (t.start_ts if t.start_ts is not None else t.ts) >= self.started_ts

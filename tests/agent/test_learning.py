@@ -171,3 +171,34 @@ def test_a_running_agent_sees_trials_imported_by_another_process(tmp_path, host_
     assert other.import_(export) == n
     seen = agent.learning.trials("llm")
     assert len(seen) == 2 * n and sum(t.source == "imported" for t in seen) == n
+
+
+class SteppedLoad(Latency):
+    """One request a second until ``at``, then three (and the service needs more CPU)."""
+
+    def __init__(self, plant: Plant, at: float) -> None:
+        super().__init__(plant)
+        self.at = at
+
+    def sample(self, now: float) -> LatencyReading:
+        r = super().sample(now)
+        if now >= self.at:
+            self.plant.demand = 1.2
+            return r.model_copy(update={"requests": 3})
+        return r
+
+
+def test_a_load_change_starts_a_phase_whose_trials_saw_only_the_new_load(tmp_path, host_root):
+    """Live run 2026-12-02: a trial whose window straddled the change (mostly the old, light load)
+    counted for the new phase and vouched for a step down that broke the SLO."""
+    plant = Plant(host_root, demand=0.6)
+    agent, clock = make(tmp_path, host_root, plant)
+    change_at = clock.t + 100
+    agent.scrapers["llm"] = SteppedLoad(plant, change_at)
+    run(agent, clock, plant, 170)
+    phase = agent.learning.phases["llm"]
+    # dated from when the window's load moved, not from when that was confirmed 15 s later
+    assert change_at <= phase.started_ts <= change_at + 5 and phase.ref_load > 2.0
+    trials = agent.learning.trials("llm")
+    inside = [t for t in trials if phase.covers(t)]
+    assert inside and all(t.load >= 2.5 for t in inside), [(t.start_ts, t.load) for t in trials]

@@ -111,7 +111,12 @@ def test_phases_follow_a_sustained_load_change_only():
     assert ph.update(0.2, 12.0, change=0.35) is False  # a blip: back
     assert ph.update(0.5, 20.0, change=0.35) is False
     assert ph.update(0.5, 36.0, change=0.35) is True  # away for 16 s: a new phase
-    assert ph.ref_load == 0.5 and ph.started_ts == 36.0
+    # dated from when the load moved: a trial whose window began before saw the old load
+    assert ph.ref_load == 0.5 and ph.started_ts == 20.0
+    seen = L.Trial(ts=30.0, start_ts=15.0, service="llm", allocation=L.Allocation(quota_cores=1.0, ratio=1.0),
+                   ncpu=NCPU, load=0.35, slack=0.3, be_share=0.4, score=0.7)
+    assert not ph.covers(seen) and ph.covers(seen.model_copy(update={"start_ts": 21.0}))
+    assert ph.covers(seen.model_copy(update={"start_ts": None}))  # kept before start_ts: its ts
 
 
 def _pred(a: L.Allocation, p_safe: float) -> L.Prediction:
@@ -142,8 +147,41 @@ def test_less_on_both_axes_than_a_violation_is_out_whatever_the_model_says():
     broke = _trial(L.Allocation(quota_cores=1.0, ratio=4.0), -0.3)
     assert not L._allowed(_pred(L.Allocation(quota_cores=0.75, ratio=4.0), 0.99), [broke], NCPU, settings)
     assert not L._allowed(_pred(L.Allocation(quota_cores=1.0, ratio=1.0), 0.99), [broke], NCPU, settings)
-    # more weight with less quota is a different point: the model may admit it
-    assert L._allowed(_pred(L.Allocation(quota_cores=0.75, ratio=64.0), 0.99), [broke], NCPU, settings)
+    # more weight with less quota than the cores the broken one was sure of: never more CPU
+    # (live run 2026-12-02: quota 0.75 broke at weights 4:1, then 0.75 at 50:1 was tried and broke)
+    assert not L._allowed(_pred(L.Allocation(quota_cores=0.75, ratio=64.0), 0.99), [broke], NCPU, settings)
+    # more quota with less weight is a different point: the model may admit it
+    assert L._allowed(_pred(L.Allocation(quota_cores=1.25, ratio=1.0), 0.99), [broke], NCPU, settings)
+    assert not L._allowed(_pred(L.Allocation(quota_cores=1.25, ratio=1.0), 0.3), [broke], NCPU, settings)
+
+
+def test_a_violation_at_less_load_rules_out_less_for_the_service_in_a_later_phase():
+    """Latency only grows with load: what broke the SLO at 0.2/s breaks it at 0.4/s, with no trial
+    of this phase to say so yet; at 0.1/s it is the model's call again."""
+    settings = L.Settings(safe_prob=0.5)
+    broke = _trial(L.Allocation(quota_cores=1.0, ratio=4.0), -0.3).model_copy(update={"load": 0.2})
+    a = _pred(L.Allocation(quota_cores=0.75, ratio=4.0), 0.99)
+    assert not L._allowed(a, [], NCPU, settings, L.broken_at([broke], 0.4, 0.35))
+    assert not L._allowed(a, [], NCPU, settings, L.broken_at([broke], 0.19, 0.35))  # about the same
+    assert L._allowed(a, [], NCPU, settings, L.broken_at([broke], 0.1, 0.35))
+
+
+def test_a_load_seen_before_starts_its_phase_where_it_did_best():
+    cands = L.candidates(NCPU, quota_min=0.5, neighbour_floor=0.5)
+    stingy, mid = L.Allocation(quota_cores=0.75, ratio=1.0), L.Allocation(quota_cores=1.0, ratio=4.0)
+    earlier = [_trial(stingy, 0.3).model_copy(update={"load": 0.1, "score": L.score(0.3, 0.6)}),
+               _trial(mid, 0.05).model_copy(update={"load": 0.1, "score": L.score(0.05, 0.7)}),  # no margin
+               _trial(L.Allocation(quota_cores=0.5, ratio=1.0), 0.4).model_copy(update={"load": 0.4}),
+               ]
+    p = L.propose(earlier, cands, load=0.11, ncpu=NCPU, phase_trials=[])
+    assert p.allocation == stingy and "seen at about this load" in p.reason
+    # nothing seen near 0.8/s: the generous extreme, as on a fresh node
+    p = L.propose(earlier, cands, load=0.8, ncpu=NCPU, phase_trials=[])
+    assert p.allocation == L.Allocation(quota_cores=1.5, ratio=64.0)
+    # what broke the SLO at as much load since is not where a phase starts
+    later = _trial(stingy, -0.2).model_copy(update={"load": 0.12})
+    p = L.propose([*earlier, later], cands, load=0.11, ncpu=NCPU, phase_trials=[])
+    assert p.allocation == L.Allocation(quota_cores=1.5, ratio=64.0)
 
 
 def test_fitter_reoptimises_hyperparameters_only_when_the_data_grew_or_the_phase_changed():
