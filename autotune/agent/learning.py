@@ -251,7 +251,10 @@ class Learning:
             live = self.allocation(svc, read)
             if p.allocation is None or live is None:
                 continue
-            out += self._moves(svc, live, p, read)
+            moves = self._moves(svc, live, p, read)
+            if self.phases[svc.name].rising():  # the load is climbing: give, never take
+                moves = [m for m in moves if m.verify.mode != "guard"]
+            out += moves
         return out
 
     def _moves(self, svc: Service, live: L.Allocation, p: L.Proposal, read: ReadCurrent) -> list[Action]:

@@ -309,7 +309,8 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
     if not safe:
         return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
                         reason="no allocation is predicted to keep the SLO: back to the generous extreme")
-    best_pred = max(safe, key=lambda p: (p.score, -abs(p.slack)))
+    top_pred = max(safe, key=lambda p: (p.score, -abs(p.slack)))
+    best_pred = _hold(safe, phase_trials, ncpu, band=settings.stop_ei * max(top_pred.score, 1e-6))
     frontier = _next_step_down(safe, phase_trials, ncpu, settings)
     if frontier is not None and n < settings.max_trials:
         return Proposal(allocation=frontier.allocation, status="exploring", prediction=frontier,
@@ -317,13 +318,13 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
                         f"({server_cores(frontier.allocation, ncpu):.2f} cores sure for the service), "
                         f"predicted slack {frontier.slack:+.2f}, P(SLO kept) {frontier.p_safe:.0%}")
     observed = [t.score for t in phase_trials]
-    best = max(observed) if observed else best_pred.score
+    best = max(observed) if observed else top_pred.score
     scored = [p.model_copy(update={"ei": expected_improvement(p.score, p.score_sd, best)}) for p in safe]
     top = max(scored, key=lambda p: p.ei)
     if n >= settings.max_trials:
         return Proposal(allocation=best_pred.allocation, status="converged", prediction=best_pred,
                         trials_in_phase=n, reason=f"{n} trials in this load phase: holding the best "
-                        f"predicted ({best_pred.allocation.label()}, score {best_pred.score:.3f})")
+                        f"kept ({best_pred.allocation.label()}, predicted score {best_pred.score:.3f})")
     if top.ei < settings.stop_ei * max(best, 1e-6):
         return Proposal(allocation=best_pred.allocation, status="converged", prediction=best_pred,
                         trials_in_phase=n, reason=f"best expected improvement {top.ei:.4f} is under "
@@ -336,6 +337,18 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
     return Proposal(allocation=top.allocation, status="exploring", prediction=top, trials_in_phase=n,
                     reason=f"expected improvement {top.ei:.4f} over the best score {best:.3f}, "
                     f"P(SLO kept) {top.p_safe:.0%}")
+
+
+def _hold(safe: Sequence[Prediction], phase_trials: Sequence[Trial], ncpu: int, *, band: float) -> Prediction:
+    """What a converged search holds: among the allocations this phase tried and saw keep the
+    SLO (none yet: every safe one), those predicted within ``band`` of the best score, the one
+    that gives the service least. Where the service is idle the score is flat and the model's
+    best is noise: the live run held the generous extreme there."""
+    kept = {t.allocation for t in phase_trials if t.slack >= 0} - {t.allocation for t in phase_trials if t.slack < 0}
+    pool = [p for p in safe if p.allocation in kept] or list(safe)
+    top = max(p.score for p in pool)
+    near = [p for p in pool if p.score >= top - band]
+    return min(near, key=lambda p: (server_cores(p.allocation, ncpu), server_cap(p.allocation, ncpu), -p.score))
 
 
 def dominates(a: Allocation, b: Allocation) -> bool:
@@ -393,11 +406,18 @@ class Phases(BaseModel):
     ref_load: float | None = None
     started_ts: float = 0.0
     away_since: float | None = None
+    last_load: float | None = None
+
+    def rising(self) -> bool:
+        """The load has moved above the phase's reference and not settled yet: no time to take
+        from the service (the live run stepped down into a rising load and broke the SLO)."""
+        return self.away_since is not None and (self.last_load or 0.0) > (self.ref_load or 0.0)
 
     def update(self, load: float, now: float, *, change: float, hold_s: float = 15.0) -> bool:
         """Feed the current load; True when a new phase begins. The phase is dated from when
         the load moved, not from when that was confirmed: a trial whose window began before
         then saw the old load, and must not vouch for the new one."""
+        self.last_load = load
         if self.ref_load is None:
             self.ref_load, self.started_ts = load, now
             return True

@@ -205,3 +205,32 @@ def test_fitter_reoptimises_hyperparameters_only_when_the_data_grew_or_the_phase
     f.reset()
     f.fit(more)
     assert f.optimisations == 6
+
+
+def test_a_converged_search_holds_the_least_generous_of_the_allocations_that_did_about_as_well():
+    """Live run 2026-12-02: at 0.1 req/s the score is flat (the service idles whatever it is
+    given) and the model's best was the generous extreme; holding it cost the neighbour."""
+    gen, mid, lean = (L.Allocation(quota_cores=1.5, ratio=64.0), L.Allocation(quota_cores=1.0, ratio=4.0),
+                      L.Allocation(quota_cores=0.75, ratio=1.0))
+    preds = [L.Prediction(allocation=a, score=sc, score_sd=0.01, slack=0.3, slack_sd=0.1, p_safe=0.99)
+             for a, sc in ((gen, 0.905), (mid, 0.9), (lean, 0.898))]
+    tried = [_trial(a, 0.3) for a in (gen, mid, lean)]
+    assert L._hold(preds, tried, NCPU, band=0.01).allocation == lean
+    # a lean one that broke the SLO in this phase is not held, however well it is predicted
+    assert L._hold(preds, [*tried, _trial(lean, -0.1)], NCPU, band=0.01).allocation == mid
+    # out of the band, the better score wins
+    assert L._hold(preds, tried, NCPU, band=0.004).allocation == gen
+    # nothing tried yet: among everything predicted safe
+    assert L._hold(preds, [], NCPU, band=0.01).allocation == lean
+
+
+def test_a_rising_load_is_no_time_to_take_from_the_service():
+    ph = L.Phases()
+    ph.update(0.2, 0.0, change=0.35)
+    assert not ph.rising()
+    ph.update(0.4, 5.0, change=0.35)
+    assert ph.rising()  # away and above: until the new phase settles
+    ph.update(0.4, 21.0, change=0.35)
+    assert not ph.rising()  # the new phase began
+    ph.update(0.1, 30.0, change=0.35)
+    assert not ph.rising()  # a falling load: giving back is what it calls for
