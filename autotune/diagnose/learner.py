@@ -18,9 +18,12 @@ trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net a
   known-safe allocation gave it on both axes (quota and weight): exploration is constrained,
   not only scored. It starts from
   the generous extreme (CLITE starts from the equal split and the extremes; the equal split and
-  the stingy extreme are not safe to start from), stops exploring when the best expected
-  improvement is under ``stop_ei`` of the best score or after ``max_trials`` in the phase, and
-  starts again when the load moves (``Phases``).
+  the stingy extreme are not safe to start from), or, at a load seen before, from the best
+  allocation kept there; stops exploring when the best expected improvement is under
+  ``stop_ei`` of the best score or after ``max_trials`` in the phase, then holds the least
+  generous allocation that kept the SLO within that share of the best; and starts again when
+  the load moves (``Phases``: a phase counts only trials observed wholly inside it, and while
+  the load climbs nothing is taken from the service).
 - Each proposal is applied as ordinary journaled changes, guarded like a give-back (undone at
   once when the SLO breaks); the rules' upsizes stay the safety net and decide alone while the
   search has nothing to say.
