@@ -259,6 +259,7 @@ def at_most(a: Allocation, b: Allocation, ncpu: int) -> bool:
 
 
 def similar_load(t: Trial, load: float, change: float) -> bool:
+    """``t`` was observed at about ``load``: within ``change`` of it (relative; 0.05/s at least)."""
     return abs(t.load - load) <= change * max(load, 0.05)
 
 
