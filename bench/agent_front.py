@@ -21,9 +21,7 @@ from pathlib import Path
 
 from autotune.workload.load import LoadSpec, run_load
 from bench import common
-from bench.common import BenchCgroup
-
-NEIGHBOUR_FLOOR_CORES = 0.5
+from bench.common import NEIGHBOUR_FLOOR_CORES, BenchCgroup
 
 
 class AgentUnavailable(Exception):
@@ -42,17 +40,20 @@ def check_available() -> None:
 # -- config ---------------------------------------------------------------------------------------
 def agent_config(*, server_cg: BenchCgroup, neighbour_cg: BenchCgroup, server_url: str,
                  slo: dict[str, float], state_path: Path, metrics_port: int,
-                 overrides: dict | None = None) -> dict:
+                 overrides: dict | None = None, latency: dict | None = None) -> dict:
     """The agent's config as a dict: the two services, the SLO, the floor; nothing tuned.
 
-    ``slo``: [service.slo] fields (itl_p95_s, ttft_p95_s, p95_latency_s). ``overrides`` are
-    merged in ({"verification": {...}}, or {"service:llm": {...}} for one service's table)."""
+    ``slo``: [service.slo] fields (itl_p95_s, ttft_p95_s, p95_latency_s). ``latency``: the
+    server's [service.latency] table (the engine's, bench/engines.py; default: its metrics page,
+    flavor auto). ``overrides`` are merged in ({"verification": {...}}, or {"service:llm":
+    {...}} for one service's table)."""
     doc: dict = {
         "agent": {"mode": "apply", "state_path": str(state_path),
                   "metrics_listen": f"127.0.0.1:{metrics_port}"},
         "service": [
             {"name": "llm", "role": "latency-critical", "cgroup": server_cg.cpu_cgroup_path(),
-             "slo": dict(slo), "latency": {"metrics_url": f"{server_url}/metrics", "flavor": "auto"}},
+             "slo": dict(slo),
+             "latency": dict(latency or {"metrics_url": f"{server_url}/metrics", "flavor": "auto"})},
             {"name": "neighbour", "role": "neighbour", "cgroup": neighbour_cg.cpu_cgroup_path(),
              "min_cpu_cores": NEIGHBOUR_FLOOR_CORES},
         ],

@@ -27,7 +27,7 @@ import math
 
 from pydantic import BaseModel
 
-from bench.openloop import RequestRecord, Schedule, percentile
+from bench.openloop import Phase, RequestRecord, Schedule, percentile
 
 
 class Slo(BaseModel):
@@ -204,6 +204,18 @@ class PhaseStats(BaseModel):
     neighbour_ops_per_s: float | None
     neighbour_cores: float | None
     convergence_s: float | None
+    requests_per_window_min: int | None = None  # arrivals per window (dense windows: >= 10)
+    requests_per_window_median: float | None = None
+
+
+def requests_per_window(windows: list[Window]) -> tuple[int | None, float | None]:
+    """(min, median) of the requests that arrived per window: how many requests each window's
+    TTFT p95 is over. Closed-loop phases count their sends the same way."""
+    n = sorted(w.offered for w in windows)
+    if not n:
+        return None, None
+    mid = len(n) // 2
+    return n[0], float(n[mid]) if len(n) % 2 else (n[mid - 1] + n[mid]) / 2
 
 
 def phase_stats(windows: list[Window], records: list[RequestRecord], edges: list[EdgeSample],
@@ -219,8 +231,91 @@ def phase_stats(windows: list[Window], records: list[RequestRecord], edges: list
             violation_pct_after=violation_pct([w for w in ws if w.start_s >= start + transient_s - 1e-9]),
             lc_perf=goodput(records, i) if p.rate is not None else completed_per_s(records, i, p.duration_s),
             neighbour_ops_per_s=ops, neighbour_cores=cores,
-            convergence_s=convergence_s(ws, start, hold_s, window_s)))
+            convergence_s=convergence_s(ws, start, hold_s, window_s),
+            requests_per_window_min=requests_per_window(ws)[0],
+            requests_per_window_median=requests_per_window(ws)[1]))
     return out
+
+
+# -- reaction time after a load step ----------------------------------------------------------------
+class Action(BaseModel):
+    """One change the agent applied (its journal: applied_ts is the wall clock)."""
+
+    ts: float
+    rule: str
+    knob: str
+    prior: str | None = None
+    proposed: str | None = None
+
+    def text(self) -> str:
+        return f"{self.rule}: {self.knob} {self.prior} -> {self.proposed}"
+
+
+class Reaction(BaseModel):
+    """What happened after the load step into phase ``phase_index``."""
+
+    phase_index: int
+    step: str  # "low 0.1/s -> high 0.3/s"
+    direction: str  # up, down, change (open <-> closed loop)
+    first_action_s: float | None  # from the step to the agent's first applied change in the phase
+    first_action: str = ""
+    violated: bool  # a window starting within the transient after the step violated
+    recovery_s: float | None  # from the step to the first window that holds again (0: never broke)
+
+
+def step_direction(a: Phase, b: Phase) -> str:
+    if a.rate is not None and b.rate is not None:
+        return "up" if b.rate > a.rate else "down" if b.rate < a.rate else "same"
+    if a.concurrency is not None and b.concurrency is not None:
+        return "up" if b.concurrency > a.concurrency else "down" if b.concurrency < a.concurrency else "same"
+    return "change"
+
+
+def reactions(windows: list[Window], schedule: Schedule, *, transient_s: float, actions: list[Action],
+              t0_wall: float | None) -> list[Reaction]:
+    """Per load step (every phase after the first): the time from the step to the agent's first
+    applied change inside the phase (``actions`` and ``t0_wall``, the wall clock at schedule
+    t = 0; None for rows without an agent or with no change in the phase), and to recovery.
+
+    Recovery: if a window starting within ``transient_s`` of the step violates, the step broke
+    the SLO, and recovery is the start of the first window after the last violating one of that
+    run that holds it (has data, no violation), from the step; None if none does within the
+    phase. A step whose first windows all hold never broke: recovery 0. (Violations later in
+    the phase are the violating share's business, not the step's.)"""
+    out = []
+    starts = schedule.starts()
+    for i in range(1, len(schedule.phases)):
+        a, b = schedule.phases[i - 1], schedule.phases[i]
+        start, end = starts[i], starts[i] + b.duration_s
+        ws = [w for w in windows if w.phase_index == i]
+        first = None
+        if t0_wall is not None:
+            inside = sorted((x for x in actions if t0_wall + start <= x.ts < t0_wall + end), key=lambda x: x.ts)
+            first = inside[0] if inside else None
+        early = [j for j, w in enumerate(ws) if w.violating and w.start_s < start + transient_s - 1e-9]
+        if not early:
+            violated, recovery = False, 0.0
+        else:
+            j = early[0]
+            while j + 1 < len(ws) and (ws[j + 1].violating or not ws[j + 1].has_data):
+                j += 1
+            k = next((m for m in range(j + 1, len(ws)) if ws[m].has_data and not ws[m].violating), None)
+            violated, recovery = True, (ws[k].start_s - start if k is not None else None)
+        out.append(Reaction(phase_index=i, step=f"{a.name} {a.label()} -> {b.name} {b.label()}",
+                            direction=step_direction(a, b),
+                            first_action_s=first.ts - t0_wall - start if first and t0_wall is not None else None,
+                            first_action=first.text() if first else "", violated=violated, recovery_s=recovery))
+    return out
+
+
+class Measured(BaseModel):
+    """One schedule played against one allocation or controller."""
+
+    records: list[RequestRecord]
+    edges: list[EdgeSample]
+    windows: list[Window]
+    t0_wall: float | None = None  # wall clock at schedule t = 0 (to place the agent's journal)
+    actions: list[Action] = []
 
 
 def emu(lc_row: float | None, lc_alone: float | None, be_ops: float | None,
@@ -235,16 +330,20 @@ def emu(lc_row: float | None, lc_alone: float | None, be_ops: float | None,
 # -- oracle ---------------------------------------------------------------------------------------
 class Alloc(BaseModel):
     """A static allocation: server cpu quota (cores; None = none), cpu weights (v2 units 1..10000,
-    written as v1 shares x10.24 where cpu is v1), server memory max."""
+    written as v1 shares x10.24 where cpu is v1), server memory max, and the server's thread
+    setting (None = the run's ``--server-threads``; an engine with a fixed pool makes it a grid
+    dimension)."""
 
     quota_cores: float | None = None
     server_weight: int = 100
     neighbour_weight: int = 100
     memory_max_bytes: int | None = None
+    threads: str | None = None
 
     def label(self) -> str:
         q = "max" if self.quota_cores is None else f"{self.quota_cores:g}"
-        return f"q={q},w={self.server_weight}:{self.neighbour_weight}"
+        t = f",t={self.threads}" if self.threads is not None else ""
+        return f"q={q},w={self.server_weight}:{self.neighbour_weight}{t}"
 
 
 class PointResult(BaseModel):
@@ -258,18 +357,60 @@ class PointResult(BaseModel):
     neighbour_ops_per_s: float | None
     neighbour_cores: float | None
     stopped_early: bool = False
+    requests_per_window_min: int | None = None  # arrivals per measured window (closed loop: None)
+
+
+class LiveCheck(BaseModel):
+    """A candidate allocation replayed at its load on fresh arrivals (the oracle's re-check)."""
+
+    alloc: Alloc
+    windows: int
+    violating: int
+    neighbour_cores: float | None
+    stopped_early: bool = False
+    holds: bool  # violating share within the allowance and the neighbour at its floor
+
+    @property
+    def violating_pct(self) -> float | None:
+        return 100.0 * self.violating / self.windows if self.windows else None
 
 
 class OracleChoice(BaseModel):
     load: str
     alloc: Alloc
     emu: float | None
-    valid: bool  # no violating window and the neighbour at or above its floor
+    valid: bool  # no violating grid window and the neighbour at or above its floor
     reason: str
+    checks: list[LiveCheck] = []  # the live re-checks, in the order tried
+    holds_live: bool | None = None  # None: not re-checked
 
 
 def point_emu(p: PointResult, lc_alone: float | None, be_alone_ops: float | None) -> float | None:
     return emu(p.lc_perf, lc_alone, p.neighbour_ops_per_s, be_alone_ops)[2]
+
+
+def floor_ok(cores: float | None, floor_cores: float) -> bool:
+    return cores is not None and cores >= floor_cores
+
+
+def is_valid(p: PointResult, floor_cores: float) -> bool:
+    """The grid's test: measured windows, none violating, the neighbour at its floor."""
+    return p.violating == 0 and p.windows > 0 and floor_ok(p.neighbour_cores, floor_cores)
+
+
+def rank_points(points: list[PointResult], *, floor_cores: float, lc_alone: float | None,
+                be_alone_ops: float | None) -> list[PointResult]:
+    """Valid points by EMU, highest first; then the rest, least violating first (fewest
+    violating windows per measured window, then the floor held, then EMU)."""
+
+    def e(p: PointResult) -> float:
+        v = point_emu(p, lc_alone, be_alone_ops)
+        return -math.inf if v is None else v
+
+    valid = sorted((p for p in points if is_valid(p, floor_cores)), key=e, reverse=True)
+    rest = sorted((p for p in points if not is_valid(p, floor_cores)),
+                  key=lambda p: (p.violating / max(1, p.windows), not floor_ok(p.neighbour_cores, floor_cores), -e(p)))
+    return valid + rest
 
 
 def select_oracle(points: list[PointResult], *, floor_cores: float, lc_alone: float | None,
@@ -281,26 +422,52 @@ def select_oracle(points: list[PointResult], *, floor_cores: float, lc_alone: fl
     """
     if not points:
         return None
-
-    def e(p: PointResult) -> float:
-        v = point_emu(p, lc_alone, be_alone_ops)
-        return -math.inf if v is None else v
-
-    def floor_ok(p: PointResult) -> bool:
-        return p.neighbour_cores is not None and p.neighbour_cores >= floor_cores
-
-    valid = [p for p in points if p.violating == 0 and p.windows > 0 and floor_ok(p)]
-    if valid:
-        best = max(valid, key=e)
+    ranked = rank_points(points, floor_cores=floor_cores, lc_alone=lc_alone, be_alone_ops=be_alone_ops)
+    best = ranked[0]
+    n_valid = sum(is_valid(p, floor_cores) for p in points)
+    if n_valid:
         return OracleChoice(load=best.load, alloc=best.alloc, emu=point_emu(best, lc_alone, be_alone_ops),
-                            valid=True, reason=f"highest EMU of {len(valid)} valid point(s) of {len(points)}")
-    best = min(points, key=lambda p: (p.violating / max(1, p.windows), not floor_ok(p), -e(p)))
+                            valid=True, reason=f"highest EMU of {n_valid} valid point(s) of {len(points)}")
     if any(p.violating == 0 and p.windows > 0 for p in points):
         why = f"every point that held the SLO left the neighbour under {floor_cores:g} cores"
     else:
         why = "every point had a violating window"
     return OracleChoice(load=best.load, alloc=best.alloc, emu=point_emu(best, lc_alone, be_alone_ops),
                         valid=False, reason=f"no valid point ({why}): the least violating one stands in")
+
+
+def settle_oracle(points: list[PointResult], check, *, tries: int, floor_cores: float,  # noqa: ANN001
+                  lc_alone: float | None, be_alone_ops: float | None) -> OracleChoice | None:
+    """The grid's choice, re-checked live: ``check(point) -> LiveCheck`` replays a candidate at
+    its load on fresh arrivals. The best-ranked point is tried first; if it does not hold,
+    the next, up to ``tries`` candidates. The first that holds is the choice. If none holds,
+    the candidate with the lowest live violating share stands in and the reason says that no
+    grid point held the SLO at this load (``holds_live`` False)."""
+    first = select_oracle(points, floor_cores=floor_cores, lc_alone=lc_alone, be_alone_ops=be_alone_ops)
+    if first is None:
+        return None
+    ranked = rank_points(points, floor_cores=floor_cores, lc_alone=lc_alone, be_alone_ops=be_alone_ops)
+    checks: list[tuple[PointResult, LiveCheck]] = []
+    for p in ranked[:max(1, tries)]:
+        c = check(p)
+        checks.append((p, c))
+        if c.holds:
+            i = len(checks)
+            why = (f"{'the best' if i == 1 else f'candidate {i}'} of {len(points)} grid point(s) "
+                   f"({'valid on the grid' if is_valid(p, floor_cores) else 'not valid on the grid'}); "
+                   f"held live: {c.violating}/{c.windows} violating windows")
+            return OracleChoice(load=p.load, alloc=p.alloc, emu=point_emu(p, lc_alone, be_alone_ops),
+                                valid=is_valid(p, floor_cores), reason=why,
+                                checks=[x for _, x in checks], holds_live=True)
+    p, c = min(checks, key=lambda pc: (pc[1].violating / max(1, pc[1].windows),
+                                      not floor_ok(pc[1].neighbour_cores, floor_cores)))
+    why = (f"no grid point held the SLO live at this load: {len(checks)} candidate(s) re-checked, "
+           f"the least violating ({c.violating}/{c.windows} windows) stands in")
+    if not first.valid:
+        why += f"; on the grid: {first.reason}"
+    return OracleChoice(load=p.load, alloc=p.alloc, emu=point_emu(p, lc_alone, be_alone_ops),
+                        valid=is_valid(p, floor_cores), reason=why, checks=[x for _, x in checks],
+                        holds_live=False)
 
 
 def cache_key(fields: dict) -> str:

@@ -1,25 +1,34 @@
 """Colocation under changing load: does the LLM service keep its SLO while the neighbour works?
 
-    sudo python -m bench.colocation                    # default schedule, all rows, GPT-2 124M
-    sudo python -m bench.colocation --quick            # tiny model, short phases (< ~3 min)
+    sudo python -m bench.colocation                    # default schedule, all rows, seeds 1,2,3
+    sudo python -m bench.colocation --quick            # tiny model, short phases, seeds 1,2
+    sudo python -m bench.colocation --dense            # >= 10 requests per 10-s window
     python -m bench.colocation --estimate [options]    # expected wall time, runs nothing
+    python -m bench.coloc_report DIR                   # rebuild a run's tables from its files
 
-The reference GPT-2 server (latency-critical) and ``autotune workload noise`` (the neighbour:
-one CPU burner per CPU, ``--scenario cpu+mem`` adds a 1 GiB memory hog) each run in their own
-cgroup. An open-loop streaming client (bench/openloop.py) follows a schedule of phases
-(bench/schedules/default.yaml); every row sees the same Poisson arrivals. Per 10-s window:
-TTFT p95 and ITL p95 against the SLO, completed and offered requests, the neighbour's ops/s
-and CPU, the server's quota and both cpu weights. Per phase: the share of violating windows
-(all, and from ``--transient-s`` into the phase on), EMU against ``alone`` baselines, and the
-convergence time (bench/coloc_metrics.py has the definitions).
+The server (latency-critical; ``--engine``, bench/engines.py) and ``autotune workload noise``
+(the neighbour: one CPU burner per CPU, ``--scenario cpu+mem`` adds a 1 GiB memory hog) each
+run in their own cgroup. An open-loop streaming client (bench/openloop.py) follows a schedule
+of phases (bench/schedules/default.yaml). Every row is played once per arrival seed
+(``--seeds``), rows interleaved: seed 1 every row, then seed 2 every row, ...; every row of one
+seed sees the same Poisson arrivals, so rows compare paired by seed (bench/stats.py).
+
+Per 10-s window: TTFT p95 and ITL p95 against the SLO, completed and offered requests, the
+neighbour's ops/s and CPU, the server's quota and both cpu weights. Per phase: the share of
+violating windows (all, and from ``--transient-s`` into the phase on), EMU against ``alone``
+baselines, the convergence time, requests per window; per load step: the time to the agent's
+first applied change and to the first window that holds the SLO again
+(bench/coloc_metrics.py has the definitions). Over seeds: mean and 95 % interval of each
+figure, and paired differences between rows (bench/coloc_report.py).
 
 Rows (ROWS, a registry: name + starting allocation + what runs beside the load + agent config
-overrides): ``contended`` (no limits), ``static`` (server quota 0.5 core, memory max 4 GiB),
-``static+psi`` (+ the seed's client-side PSI gate), ``autotune`` (``autotune run --mode apply
---local-actuator``, default rule pack, the learned search off: rules only, from the static
-allocation), ``autotune-learned`` (the agent's defaults: rules + the learned allocation search)
-and ``oracle`` (per phase, the best static allocation of a grid measured point by point and
-cached).
+overrides): ``contended`` (no limits), ``static`` (server quota 0.5 core, memory max 4 GiB;
+the engine's starting thread setting), ``static+psi`` (+ the seed's client-side PSI gate),
+``autotune`` (``autotune run --mode apply --local-actuator``, default rule pack, the learned
+search off: rules only, from the static allocation), ``autotune-learned`` (the agent's
+defaults: rules + the learned allocation search) and ``oracle`` (per load, the best static
+allocation of a grid measured point by point, long enough for the windows it is judged on,
+then re-checked live on fresh arrivals; cached).
 """
 
 from __future__ import annotations
@@ -30,36 +39,38 @@ import contextlib
 import json
 import math
 import os
-import subprocess
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from autotune.errors import AutotuneError
 from autotune.host import Host
 from autotune.knobs import get_knob
 from autotune.sensors.cgroup import read_cgroup
 from autotune.types import CgroupReading
-from autotune.workload.load import LoadSpec, run_load
-from bench import common
-from bench.coloc_metrics import (Alloc, EdgeSample, OracleChoice, PhaseStats, PointResult, Slo,
-                                 Window, aggregate_windows, cache_key, known_violation, phase_stats,
-                                 select_oracle)
-from bench.common import GIB, BenchCgroup, log
+from bench import coloc_report as report
+from bench import common, engines
+from bench.coloc_metrics import (Action, Alloc, EdgeSample, LiveCheck, Measured, OracleChoice, PhaseStats,
+                                 PointResult, Slo, Window, aggregate_windows, cache_key, floor_ok, known_violation,
+                                 phase_stats, settle_oracle)
+from bench.common import GIB, NEIGHBOUR_FLOOR_CORES, BenchCgroup, log
+from bench.engines import Server
 from bench.openloop import Phase, RequestRecord, Schedule, load_schedule, parse_phases, run_schedule
 
 HERE = Path(__file__).resolve().parent
 SCHEDULES = HERE / "schedules"
-CACHE_VERSION = 1
-NEIGHBOUR_FLOOR_CORES = 0.5
+CACHE_VERSION = 2  # 2: seeds, engines, thread settings in the keys; live re-checks
 STATIC = Alloc(quota_cores=0.5, memory_max_bytes=4 * GIB)
-
-# SLO defaults per model (s): see bench/README.md, "Colocation under changing load"
-SLO_DEFAULTS = {"gpt2": Slo(ttft_p95_s=4.0, itl_p95_s=0.15), "tiny": Slo(ttft_p95_s=2.0, itl_p95_s=0.25)}
+GRID_SEED = 1000  # the oracle grid's arrivals; its live re-check uses GRID_SEED + 1; rows 1, 2, 3...
+# A measured grid point ends early once a window is certain to violate; over the committed
+# 48-point grid (2026-12-02-coloc-gpt2: 3481.7 s wall, 6 rows x 302 s, 2 starts) the points
+# took 0.77 of their full length on average. The estimate uses it for the expected figure.
+EARLY_STOP_FACTOR = 0.77
+ROW_OVERHEAD_S = 3.0  # per row beyond its schedule: allocation, idle check (2026-12-02-coloc-learned-hold)
+AGENT_OVERHEAD_S = 6.0  # `autotune config check` + agent start and stop
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -78,6 +89,7 @@ class RowCtx:
     cgs: dict[str, BenchCgroup]
     slo: Slo
     notes: dict = field(default_factory=dict)  # lands in meta.json under the row's name
+    actions: list[Action] = field(default_factory=list)  # the agent's applied changes
 
 
 Controller = Callable[[RowCtx], contextlib.AbstractContextManager[None]]
@@ -117,12 +129,14 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
     ctx.out.mkdir(parents=True, exist_ok=True)
     config = ctx.out / "config.toml"
     state = ctx.out / "state.db"
+    state.unlink(missing_ok=True)
     slo_values = {"ttft_p95_s": ctx.slo.ttft_p95_s, "itl_p95_s": ctx.slo.itl_p95_s}
     doc = af.agent_config(server_cg=ctx.cgs["server"], neighbour_cg=ctx.cgs["neighbour"],
                           server_url=ctx.server_url,
                           slo={k: slo_values[k] for k in ctx.args.agent_slo_fields},
                           state_path=state, metrics_port=common.free_port(),
-                          overrides=merge_overrides(ctx.row.agent_overrides, ctx.args.agent_set))
+                          overrides=merge_overrides(ctx.row.agent_overrides, ctx.args.agent_set),
+                          latency=ctx.args.engine_spec.agent_latency(ctx.server_url))
     problem = af.write_config(config, doc, header="written by bench/colocation.py for one benchmark row")
     if problem:
         raise Skip(f"the agent rejects the config: {problem}")
@@ -136,6 +150,9 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
         common.stop(agent)
         summary = af.journal_summary(state)
         ctx.notes["agent_changes"] = {k: v for k, v in summary.items() if k != "entries"}
+        ctx.actions = [Action(ts=e["applied_ts"], rule=e["rule"], knob=e["knob"], prior=e["prior"],
+                              proposed=e["proposed"])
+                       for e in summary.get("entries", []) if e.get("applied_ts") is not None]
         (ctx.out / "journal.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -149,10 +166,11 @@ ROWS: dict[str, Row] = {r.name: r for r in [
         agent_overrides={"ranker": {"enabled": False}}),
     Row("autotune-learned", "the agent with its defaults: the rule pack plus the learned allocation "
         "search ([ranker] on), from the static allocation", alloc=STATIC, controller=agent_controller),
-    Row("oracle", "per phase, the best static allocation of the grid (highest EMU with no "
-        "violating window and the neighbour at its floor)", oracle=True),
+    Row("oracle", "per load, the best static allocation of the grid that held the SLO when "
+        "re-checked live (highest EMU with no violating window and the neighbour at its floor)", oracle=True),
 ]}
 DEFAULT_ROWS = list(ROWS)
+QUICK_ROWS = ["contended", "autotune", "oracle"]
 
 
 # -- agent config -----------------------------------------------------------------------------
@@ -199,70 +217,27 @@ def read_cg(cg: BenchCgroup) -> CgroupReading | None:
         return None
 
 
-# -- the server: restarted only when its thread choice would differ -------------------------------
-def expected_threads(alloc: Alloc, setting: str) -> int:
-    """What ``--threads auto`` picks under ``alloc`` at start (autotune/workload/threads.py)."""
-    if setting != "auto":
-        return int(setting)
-    affinity = len(os.sched_getaffinity(0))
-    if alloc.quota_cores is None:
-        return affinity
-    return max(1, min(affinity, math.floor(alloc.quota_cores)))
+def threads_of(alloc: Alloc, args: argparse.Namespace) -> str:
+    return alloc.threads if alloc.threads is not None else args.server_threads
 
 
-class Server:
-    def __init__(self, cg: BenchCgroup, args: argparse.Namespace, out: Path) -> None:
-        self.cg, self.args, self.out = cg, args, out
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-        self.want: int | None = None
-        self.starts = 0
+def start(server: Server, alloc: Alloc, args: argparse.Namespace) -> str:
+    """The server running as ``alloc`` needs it (set the allocation first); its URL."""
+    return server.ensure(threads_of(alloc, args))
 
-    def health(self) -> dict:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
-            return {}
 
-    def ensure(self, alloc: Alloc) -> str:
-        """Running, with the threads auto would pick under ``alloc`` (set it first); warm."""
-        want = expected_threads(alloc, self.args.server_threads)
-        if self.proc is not None and self.proc.poll() is None:
-            if want == self.want or self.health().get("threads") == want:
-                return self.url
-            log(f"server: restarting for {want} torch thread(s) (was {self.want})")
-            common.stop(self.proc)
-        self.starts += 1
-        self.proc, self.url = common.start_server(
-            self.cg, model=self.args.model, max_concurrency=self.args.max_concurrency,
-            threads=self.args.server_threads, log_path=self.out / f"server_{self.starts}.log")
-        self.want = want
-        workers = self.args.max_concurrency  # first calls per worker thread are slow: not measured
-        asyncio.run(run_load(LoadSpec(url=self.url, requests=2 * workers, concurrency=workers,
-                                      max_tokens=self.args.max_tokens)))
-        return self.url
-
-    def wait_idle(self, timeout_s: float = 120.0) -> None:
-        """Until nothing runs or waits in the server (cancelled requests still cost a token)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            h = self.health()
-            if h and not h.get("running") and not h.get("waiting"):
-                return
-            time.sleep(0.5)
-        log("server: still busy after the drain; going on")
+def thread_groups(keys: list[str], current: str | None) -> list[str]:
+    """The order to visit thread settings in: the running server's first, then the rest (each
+    other setting costs one server start)."""
+    rest = sorted(set(keys) - {current}, reverse=True)
+    return ([current] if current in keys else []) + rest
 
 
 # -- one measured run -----------------------------------------------------------------------------
-@dataclass
-class Measured:
-    records: list[RequestRecord]
-    edges: list[EdgeSample]
-    windows: list[Window]
-
-
-def sampler(cgs: dict[str, BenchCgroup], noise_json: Path | None, edges: list[EdgeSample]):
+def sampler(cgs: dict[str, BenchCgroup], noise_json: Path | None, edges: list[EdgeSample], t0: list[float]):
     def on_edge(k: int, t: float) -> None:
+        if k == 0:
+            t0.append(time.time() - t)
         noise = common.read_noise(noise_json) if noise_json else None
         srv, nb = read_cg(cgs["server"]), read_cg(cgs["neighbour"])
         edges.append(EdgeSample(
@@ -277,12 +252,14 @@ def sampler(cgs: dict[str, BenchCgroup], noise_json: Path | None, edges: list[Ed
 
 
 def measure(url: str, schedule: Schedule, args: argparse.Namespace, cgs: dict[str, BenchCgroup],
-            noise_json: Path | None, slo: Slo, **kw) -> Measured:
+            noise_json: Path | None, slo: Slo, seed: int, **kw) -> Measured:
     edges: list[EdgeSample] = []
-    records = asyncio.run(run_schedule(url, schedule, seed=args.seed, max_tokens=args.max_tokens,
+    t0: list[float] = []
+    records = asyncio.run(run_schedule(url, schedule, seed=seed, max_tokens=args.max_tokens,
                                        timeout_s=args.timeout_s, window_s=args.window_s,
-                                       on_edge=sampler(cgs, noise_json, edges), **kw))
-    return Measured(records, edges, aggregate_windows(records, edges, schedule, args.window_s, slo))
+                                       on_edge=sampler(cgs, noise_json, edges, t0), **kw))
+    return Measured(records=records, edges=edges, t0_wall=t0[0] if t0 else None,
+                    windows=aggregate_windows(records, edges, schedule, args.window_s, slo))
 
 
 def stats(m: Measured, schedule: Schedule, args: argparse.Namespace) -> list[PhaseStats]:
@@ -292,7 +269,9 @@ def stats(m: Measured, schedule: Schedule, args: argparse.Namespace) -> list[Pha
 
 # -- cache ----------------------------------------------------------------------------------------
 class Cache:
-    """One JSON file per measurement under ``dir``, named by the hash of its key (stored inside)."""
+    """One JSON file per measurement under ``dir``, named by the hash of its key (stored inside).
+    Every file a run reads or writes is also copied into the run's own ``cache/`` (``keep``),
+    so a results directory holds everything its tables came from."""
 
     def __init__(self, directory: Path, refresh: set[str]) -> None:
         self.dir, self.refresh = directory, refresh
@@ -322,16 +301,21 @@ class Cache:
         self.path(key).write_text(json.dumps({"key": key, "value": value}, indent=1))
         self.misses.append(self.path(key).name)
 
+    def keep(self, into: Path) -> None:
+        into.mkdir(parents=True, exist_ok=True)
+        for name in dict.fromkeys(self.hits + self.misses):
+            if (self.dir / name).exists() and self.dir.resolve() != into.resolve():
+                shutil.copy2(self.dir / name, into / name)
 
-def base_key(args: argparse.Namespace) -> dict:
-    return {"v": CACHE_VERSION, "model": args.model, "max_tokens": args.max_tokens,
+
+def base_key(args: argparse.Namespace, seed: int) -> dict:
+    return {"v": CACHE_VERSION, "engine": args.engine, "model": args.model, "max_tokens": args.max_tokens,
             "server_workers": args.max_concurrency, "server_threads": args.server_threads,
-            "timeout_s": args.timeout_s, "seed": args.seed, "window_s": args.window_s,
-            "ncpu": os.cpu_count()}
+            "timeout_s": args.timeout_s, "seed": seed, "window_s": args.window_s, "ncpu": os.cpu_count()}
 
 
-def lc_alone_key(args: argparse.Namespace, schedule: Schedule) -> dict:
-    return {**base_key(args), "kind": "lc-alone", "schedule": schedule.model_dump()}
+def lc_alone_key(args: argparse.Namespace, schedule: Schedule, seed: int) -> dict:
+    return {**base_key(args, seed), "kind": "lc-alone", "schedule": schedule.model_dump()}
 
 
 def be_alone_key(args: argparse.Namespace) -> dict:
@@ -340,35 +324,39 @@ def be_alone_key(args: argparse.Namespace) -> dict:
 
 
 def point_key(args: argparse.Namespace, load: Phase, alloc: Alloc, slo: Slo) -> dict:
-    return {**base_key(args), "kind": "oracle-point", "load": load_label(load), "alloc": alloc.model_dump(),
-            "settle_s": args.grid_settle_s, "measure_s": args.grid_measure_s, "slo": slo.model_dump(),
-            "scenario": args.scenario, "noise_cpu": args.noise_cpu, "noise_mem_mib": args.noise_mem_mib,
-            "floor_cores": NEIGHBOUR_FLOOR_CORES}
+    return {**base_key(args, args.grid_seed), "kind": "oracle-point", "load": load.label(),
+            "alloc": alloc.model_dump(), "settle_s": args.grid_settle_s, "measure_s": args.grid_measure_s,
+            "slo": slo.model_dump(), "scenario": args.scenario, "noise_cpu": args.noise_cpu,
+            "noise_mem_mib": args.noise_mem_mib, "floor_cores": NEIGHBOUR_FLOOR_CORES}
 
 
-def load_label(p: Phase) -> str:
-    return p.label()
+def check_key(args: argparse.Namespace, load: Phase, alloc: Alloc, slo: Slo) -> dict:
+    return {**point_key(args, load, alloc, slo), "kind": "oracle-check", "seed": args.grid_seed + 1,
+            "check_s": args.oracle_check_s, "max_violating_pct": args.oracle_max_violating_pct}
 
 
 # -- baselines ------------------------------------------------------------------------------------
-def lc_alone(args, schedule, cgs, server: Server, cache: Cache, slo: Slo, out: Path) -> dict[str, float | None]:
-    """The server alone over the schedule: per load label, its LC figure (PhaseStats.lc_perf)."""
-    key = lc_alone_key(args, schedule)
+def lc_alone(args, schedule, seed: int, cgs, server: Server, cache: Cache, slo: Slo,
+             out: Path) -> dict[str, float | None]:
+    """The server alone over the schedule with this seed's arrivals: per load label, its LC
+    figure (PhaseStats.lc_perf)."""
+    key = lc_alone_key(args, schedule, seed)
     got = cache.get(key)
     if got is None:
-        log("alone: the server alone over the schedule (no neighbour, no limits)")
+        log(f"alone, seed {seed}: the server alone over the schedule (no neighbour, no limits)")
         set_alloc(cgs, Alloc())
-        url = server.ensure(Alloc())
-        m = measure(url, schedule, args, cgs, None, slo)
+        url = start(server, Alloc(), args)
+        m = measure(url, schedule, args, cgs, None, slo, seed)
         server.wait_idle()
         st = stats(m, schedule, args)
         got = {"phases": [s.model_dump() for s in st], "windows": [w.model_dump() for w in m.windows]}
         cache.put(key, got)
-    write_windows(out / "windows_alone.csv", [Window.model_validate(w) for w in got["windows"]])
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_windows(out / "windows_alone.csv", [Window.model_validate(w) for w in got["windows"]])
     per_load: dict[str, list[float]] = {}
     for s, p in zip(got["phases"], schedule.phases, strict=True):
         if s["lc_perf"] is not None:
-            per_load.setdefault(load_label(p), []).append(s["lc_perf"])
+            per_load.setdefault(p.label(), []).append(s["lc_perf"])
     return {k: sum(v) / len(v) for k, v in per_load.items()}
 
 
@@ -387,73 +375,75 @@ def be_alone(args, noise_json: Path, cache: Cache) -> float | None:
     return got["ops_per_s"]
 
 
-def _wait_noise(noise_json: Path, timeout_s: float = 60.0) -> dict | None:
-    """The neighbour's first report (its burners and hog are up), then its next one."""
-    deadline = time.monotonic() + timeout_s
-    first = None
-    while time.monotonic() < deadline:
-        r = common.read_noise(noise_json)
-        if r and first is None:
-            first = r
-        elif r and first and r["elapsed_s"] > first["elapsed_s"] and (r.get("mem_resident") or not r.get("mem_mib")):
-            return r  # a second report, with the hog's pages all touched (when there is a hog)
-        time.sleep(0.2)
-    log(f"the neighbour did not report twice within {timeout_s:.0f} s; going on")
-    return common.read_noise(noise_json)
-
-
 # -- oracle grid ----------------------------------------------------------------------------------
 def grid_points(args: argparse.Namespace) -> list[Alloc]:
     out = []
-    for q in args.grid_quotas:
-        for s, n in args.grid_ratios:
-            out.append(Alloc(quota_cores=q, server_weight=100 * s, neighbour_weight=100 * n,
-                             memory_max_bytes=4 * GIB))
+    for t in args.grid_threads or [None]:
+        for q in args.grid_quotas:
+            for s, n in args.grid_ratios:
+                out.append(Alloc(quota_cores=q, server_weight=100 * s, neighbour_weight=100 * n,
+                                 memory_max_bytes=4 * GIB, threads=t))
     return out
 
 
 def distinct_loads(schedule: Schedule) -> list[Phase]:
     seen: dict[str, Phase] = {}
     for p in schedule.phases:
-        seen.setdefault(load_label(p), p)
+        seen.setdefault(p.label(), p)
     return list(seen.values())
 
 
-def grid_schedule(load: Phase, args: argparse.Namespace) -> Schedule:
+def point_schedule(load: Phase, settle_s: float, measure_s: float) -> Schedule:
     kind = {"rate": load.rate} if load.rate is not None else {"concurrency": load.concurrency}
-    phases = [Phase(name="measure", duration_s=args.grid_measure_s, **kind)]
-    if args.grid_settle_s > 0:
-        phases.insert(0, Phase(name="settle", duration_s=args.grid_settle_s, **kind))
+    phases = [Phase(name="measure", duration_s=measure_s, **kind)]
+    if settle_s > 0:
+        phases.insert(0, Phase(name="settle", duration_s=settle_s, **kind))
     return Schedule(phases=phases)
 
 
-def measure_point(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_json: Path, slo: Slo) -> dict:
-    sched = grid_schedule(load, args)
+def play_point(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_json: Path, slo: Slo, *,
+               measure_s: float, seed: int, stop_after_pct: float = 0.0) -> tuple[Measured, Schedule, bool]:
+    """``alloc`` at ``load`` for settle + ``measure_s`` on ``seed``'s arrivals, stopped as soon as
+    the ended windows are certain to violate in more than ``stop_after_pct`` % of the measured
+    windows (the point can no longer qualify)."""
+    sched = point_schedule(load, args.grid_settle_s, measure_s)
     k_settle = round(args.grid_settle_s / args.window_s)
+    n_measure = round(measure_s / args.window_s)
+    allowed = math.floor(n_measure * stop_after_pct / 100 + 1e-9)
 
     def hopeless(records: list[RequestRecord], now: float) -> bool:
         k_now = int(now // args.window_s + 1e-9)
-        return known_violation(records, now, args.window_s, k_settle, k_now, slo)
+        bad = sum(known_violation(records, now, args.window_s, k, k + 1, slo) for k in range(k_settle, k_now))
+        return bad > allowed
 
-    t0 = time.monotonic()
     set_alloc(cgs, alloc)
-    url = server.ensure(alloc)
-    t1 = time.monotonic()
-    m = measure(url, sched, args, cgs, noise_json, slo, stop=hopeless)
-    t2 = time.monotonic()
+    url = start(server, alloc, args)
+    m = measure(url, sched, args, cgs, noise_json, slo, seed, stop=hopeless)
     server.wait_idle()
-    t3 = time.monotonic()
+    stopped = len(m.edges) - 1 < len(m.windows)
+    return m, sched, stopped
+
+
+def measured_windows(m: Measured) -> list[Window]:
     n_ended = len(m.edges) - 1  # edges k = 0..n, fewer when stopped early
-    ended = [w for i, w in enumerate(m.windows) if i < n_ended and w.phase == "measure"]
-    stopped = n_ended < len(m.windows)
+    return [w for i, w in enumerate(m.windows) if i < n_ended and w.phase == "measure"]
+
+
+def measure_point(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_json: Path, slo: Slo) -> dict:
+    t0 = time.monotonic()
+    m, sched, stopped = play_point(args, load, alloc, cgs, server, noise_json, slo,
+                                   measure_s=args.grid_measure_s, seed=args.grid_seed)
+    ended = measured_windows(m)
     st = stats(m, sched, args)[-1]
-    res = PointResult(alloc=alloc, load=load_label(load), windows=len(ended),
+    res = PointResult(alloc=alloc, load=load.label(), windows=len(ended),
                       violating=max(sum(w.violating for w in ended), 1 if stopped else 0),
                       lc_perf=st.lc_perf, neighbour_ops_per_s=st.neighbour_ops_per_s,
-                      neighbour_cores=st.neighbour_cores, stopped_early=stopped)
-    log(f"oracle grid {load_label(load)} {alloc.label()}: {res.violating}/{res.windows} violating"
+                      neighbour_cores=st.neighbour_cores, stopped_early=stopped,
+                      requests_per_window_min=min((w.offered for w in ended), default=None)
+                      if load.rate is not None else None)
+    log(f"oracle grid {load.label()} {alloc.label()}: {res.violating}/{res.windows} violating"
         f"{' (stopped early)' if stopped else ''}, neighbour {_f(res.neighbour_cores)} cores "
-        f"(server {t1 - t0:.0f} s, load {t2 - t1:.0f} s, idle {t3 - t2:.0f} s)")
+        f"({time.monotonic() - t0:.0f} s)")
     return {"point": res.model_dump(), "windows": [w.model_dump() for w in m.windows]}
 
 
@@ -472,29 +462,64 @@ def grid_point(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_json:
     return PointResult.model_validate(got["point"])
 
 
-def choose(grid: dict[str, list[PointResult]], lc_ref: dict[str, float | None],
-           be_ref: float | None) -> dict[str, OracleChoice]:
+def live_check(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_json: Path, cache: Cache,
+               slo: Slo) -> LiveCheck:
+    """Replay ``alloc`` at ``load`` on fresh arrivals (seed grid + 1) for ``--oracle-check-s``:
+    does it hold the SLO in the windows the rows are judged on (cached)?"""
+    key = check_key(args, load, alloc, slo)
+    got = cache.get(key)
+    if got is None:
+        m, _, stopped = play_point(args, load, alloc, cgs, server, noise_json, slo, measure_s=args.oracle_check_s,
+                                   seed=args.grid_seed + 1, stop_after_pct=args.oracle_max_violating_pct)
+        ended = measured_windows(m)
+        n = round(args.oracle_check_s / args.window_s)
+        bad = sum(w.violating for w in ended)
+        if stopped:
+            bad = max(bad, math.floor(n * args.oracle_max_violating_pct / 100 + 1e-9) + 1)
+        cores = [w.neighbour_cores for w in ended if w.neighbour_cores is not None]
+        nb = sum(cores) / len(cores) if cores else None
+        chk = LiveCheck(alloc=alloc, windows=len(ended), violating=bad,
+                        neighbour_cores=nb, stopped_early=stopped,
+                        holds=(not stopped and len(ended) > 0 and 100.0 * bad / len(ended)
+                               <= args.oracle_max_violating_pct + 1e-9 and floor_ok(nb, NEIGHBOUR_FLOOR_CORES)))
+        log(f"oracle check {load.label()} {alloc.label()}: {bad}/{chk.windows} violating, neighbour "
+            f"{_f(nb)} cores: {'holds' if chk.holds else 'does not hold'}")
+        got = {"check": chk.model_dump(), "windows": [w.model_dump() for w in m.windows]}
+        cache.put(key, got)
+    return LiveCheck.model_validate(got["check"])
+
+
+def plan_oracle(args, schedule: Schedule, grid: dict[str, list[PointResult]], lc_ref: dict[str, float | None],
+                be_ref: float | None, measure_check) -> dict[str, OracleChoice]:  # noqa: ANN001
+    """Per load: the grid's ranking, re-checked live until a candidate holds
+    (``measure_check(load, point) -> LiveCheck``; coloc_metrics.settle_oracle)."""
     out = {}
-    for label, points in grid.items():
-        c = select_oracle(points, floor_cores=NEIGHBOUR_FLOOR_CORES, lc_alone=lc_ref.get(label),
-                          be_alone_ops=be_ref)
+    for load in distinct_loads(schedule):
+        label = load.label()
+        c = settle_oracle(grid.get(label, []), lambda p, load=load: measure_check(load, p.alloc),
+                          tries=args.oracle_tries, floor_cores=NEIGHBOUR_FLOOR_CORES,
+                          lc_alone=lc_ref.get(label), be_alone_ops=be_ref)
         if c is not None:
             out[label] = c
+            log(f"oracle {label}: {c.alloc.label()} ({c.reason})")
     return out
 
 
 # -- rows -----------------------------------------------------------------------------------------
-def run_row(row: Row, args, schedule: Schedule, cgs, server: Server, host: Host, noise_json: Path,
-            slo: Slo, choices: dict[str, OracleChoice], out: Path, notes: dict) -> Measured:
+def row_allocs(row: Row, schedule: Schedule, choices: dict[str, OracleChoice], args) -> list[Alloc]:  # noqa: ANN001
     if row.oracle:
-        missing = [load_label(p) for p in schedule.phases if load_label(p) not in choices]
+        missing = [p.label() for p in schedule.phases if p.label() not in choices]
         if missing:
             raise Skip(f"no oracle grid result for load(s) {missing}")
-        allocs = [choices[load_label(p)].alloc for p in schedule.phases]
-    else:
-        allocs = [row.alloc] * len(schedule.phases)
+        return [choices[p.label()].alloc for p in schedule.phases]
+    return [row.alloc] * len(schedule.phases)
+
+
+def run_row(row: Row, args, schedule: Schedule, seed: int, cgs, server: Server, host: Host, noise_json: Path,
+            slo: Slo, choices: dict[str, OracleChoice], out: Path, notes: dict) -> Measured:
+    allocs = row_allocs(row, schedule, choices, args)
     set_alloc(cgs, allocs[0])
-    url = server.ensure(allocs[0])
+    url = start(server, allocs[0], args)
     server.wait_idle()
     ctx = RowCtx(row=row, args=args, out=out / row.name.replace("+", "_"), server_url=url, cgs=cgs, slo=slo)
     # the oracle knows the schedule: its allocation per phase
@@ -503,40 +528,97 @@ def run_row(row: Row, args, schedule: Schedule, cgs, server: Server, host: Host,
     cm = row.controller(ctx) if row.controller else contextlib.nullcontext()
     try:
         with cm:
-            m = measure(url, schedule, args, cgs, noise_json, slo, admit=admit, on_phase=on_phase)
+            m = measure(url, schedule, args, cgs, noise_json, slo, seed, admit=admit, on_phase=on_phase)
     finally:
         notes.update(ctx.notes)
+    m.actions = ctx.actions
     server.wait_idle()
     return m
 
 
-def thread_groups(threads: list[int], current: int | None) -> list[int]:
-    """The order to visit thread counts in: the running server's first, then from the most."""
-    rest = sorted(set(threads) - {current}, reverse=True)
-    return ([current] if current in threads else []) + rest
+def seed_rows(args, schedule: Schedule, seed: int, cgs, server: Server, host: Host, noise_json: Path, slo: Slo,
+              choices: dict[str, OracleChoice], out: Path) -> tuple[dict[str, Measured], dict, dict]:
+    """Every row once on ``seed``'s arrivals, grouped by the server setting they need (the
+    running server's group first)."""
+    results: dict[str, Measured] = {}
+    skipped: dict[str, str] = {}
+    notes: dict[str, dict] = {}
+    keys: dict[str, str] = {}
+    for name in args.rows:
+        try:
+            keys[name] = threads_of(row_allocs(ROWS[name], schedule, choices, args)[0], args)
+        except Skip as why:
+            skipped[name] = str(why)
+    for key in thread_groups(list(keys.values()), server.threads if server.proc is not None else None):
+        for name in [n for n, k in keys.items() if k == key]:
+            log(f"seed {seed}, row {name}: {ROWS[name].doc}")
+            notes[name] = {}
+            try:
+                results[name] = run_row(ROWS[name], args, schedule, seed, cgs, server, host, noise_json, slo,
+                                        choices, out, notes[name])
+            except Skip as why:
+                skipped[name] = str(why)
+                log(f"skipped {name}: {why}")
+    return results, skipped, notes
 
 
-def _row(name: str, args, schedule, cgs, server, host, noise_json, slo, choices, results: dict,
-         skipped: dict, notes: dict) -> None:
-    log(f"row {name}: {ROWS[name].doc}")
-    notes[name] = {}
-    try:
-        results[name] = run_row(ROWS[name], args, schedule, cgs, server, host, noise_json, slo, choices,
-                                args.out, notes[name])
-    except Skip as why:
-        skipped[name] = str(why)
-        log(f"skipped {name}: {why}")
+# -- estimate ---------------------------------------------------------------------------------------
+def estimate(args: argparse.Namespace, schedule: Schedule,
+             cache: Cache) -> tuple[float, float, list[tuple[str, float]]]:
+    """(expected s, at most s, parts) of this run: the alone baselines per seed, the oracle grid
+    and its live re-checks (what is not cached), then seeds x rows x the schedule, with a
+    server start per server setting visited (the engine's calibration: start, drain)."""
+    cost = args.engine_spec.cost_for(args.model)
+    sched = schedule.total_s
+    parts: list[tuple[str, float]] = []
+    most = 0.0
+    alone = [s for s in args.seeds if not cache.has(lc_alone_key(args, schedule, s))]
+    if alone:
+        parts.append((f"alone: the server over the schedule, {len(alone)} seed(s)",
+                      cost.start_s + len(alone) * (sched + cost.drain_s + ROW_OVERHEAD_S)))
+    if not cache.has(be_alone_key(args)):
+        parts.append(("alone: the neighbour", args.be_alone_s + 3))
+    if any(ROWS[r].oracle for r in args.rows):
+        points = grid_points(args)
+        loads = distinct_loads(schedule)
+        todo = [(load, a) for a in points for load in loads if not cache.has(point_key(args, load, a, args.slo))]
+        full = args.grid_settle_s + args.grid_measure_s + ROW_OVERHEAD_S
+        starts = 2 * len({threads_of(a, args) for _, a in todo} - {args.server_threads}) * cost.start_s
+        parts.append((f"oracle grid: {len(todo)} of {len(points) * len(loads)} points to measure "
+                      f"({args.grid_settle_s + args.grid_measure_s:.0f} s each at most)",
+                      len(todo) * full * EARLY_STOP_FACTOR + starts))
+        most += len(todo) * full * (1 - EARLY_STOP_FACTOR)
+        check = args.grid_settle_s + args.oracle_check_s + ROW_OVERHEAD_S
+        parts.append((f"oracle re-checks: {len(loads)} load(s) x 1 candidate expected, up to {args.oracle_tries}",
+                      len(loads) * check))
+        most += len(loads) * check * (args.oracle_tries - 1)
+    groups = len({threads_of(ROWS[r].alloc, args) for r in args.rows if not ROWS[r].oracle} or {None})
+    per_seed = sum(sched + cost.drain_s + ROW_OVERHEAD_S + (AGENT_OVERHEAD_S if ROWS[r].controller else 0.0)
+                   for r in args.rows)
+    # the running server's setting goes first in each seed: one restart per other setting
+    restarts = len(args.seeds) * (groups - 1) * cost.start_s
+    parts.append((f"rows: {len(args.seeds)} seed(s) x {len(args.rows)} rows x {sched:.0f} s, "
+                  f"{groups} server setting(s) per seed", len(args.seeds) * per_seed + restarts))
+    total = sum(p for _, p in parts) + 5
+    return total, total + most, parts
+
+
+def estimate_text(args: argparse.Namespace, schedule: Schedule, cache: Cache) -> str:
+    """The estimate, first line the total (printed by ``--estimate`` and at the start of a run)."""
+    total, most, parts = estimate(args, schedule, cache)
+    cost = args.engine_spec.cost_for(args.model)
+    lines = [f"estimated wall time: {total / 60:.0f} min, at most {most / 60:.0f} min "
+             f"({len(args.seeds)} seed(s) x {len(args.rows)} rows x {schedule.total_s:.0f} s schedule, "
+             f"engine {args.engine}, model {args.model}, cache {cache.dir})"]
+    lines += [f"  {what}: {s / 60:.1f} min" for what, s in parts]
+    lines.append(f"  calibration: {cost.source}; server start {cost.start_s:g} s, drain {cost.drain_s:g} s, "
+                 f"grid points stop early at {EARLY_STOP_FACTOR:g} of their length on average")
+    return "\n".join(lines)
 
 
 # -- main -----------------------------------------------------------------------------------------
 def _f(v: float | None, nd: int = 2) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
-
-
-def write_windows(path: Path, windows: list[Window]) -> None:
-    from bench.coloc_report import write_windows as w
-
-    w(path, windows)
 
 
 def schedule_from(args: argparse.Namespace) -> Schedule:
@@ -553,29 +635,47 @@ def parse_ratio(text: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected a comma list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {text!r}: expected distinct integers")
+    return seeds
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="tiny model, 16 tokens, bench/schedules/quick.yaml, 5-s windows, grid 0.5/max x 1:1")
-    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma list from {list(ROWS)}")
+                   help=f"tiny model, 8 tokens, bench/schedules/quick.yaml (2 x 5 s), 2.5-s windows, seeds 1,2, "
+                        f"rows {','.join(QUICK_ROWS)}, grid 0.5/max x 1:1")
+    p.add_argument("--dense", action="store_true",
+                   help="the engine's dense-window scenario (>= 10 requests per window; bench/README.md)")
+    p.add_argument("--engine", default="gpt2", choices=sorted(engines.ENGINES), help="the inference server")
+    p.add_argument("--rows", default=None, help=f"comma list from {list(ROWS)} (default: all; quick: {QUICK_ROWS})")
+    p.add_argument("--seeds", default=None, help="arrival seeds, comma list; every row runs once per seed, "
+                   "rows interleaved (default 1,2,3; quick 1,2)")
+    p.add_argument("--repeats", type=int, default=None, help="= --seeds 1,..,N")
     p.add_argument("--scenario", choices=["cpu", "cpu+mem"], default="cpu",
                    help="the neighbour: CPU burners, or burners + a memory hog (--noise-mem-mib)")
     p.add_argument("--schedule", type=Path, default=None, help="YAML schedule (default bench/schedules/default.yaml)")
     p.add_argument("--phases", default=None, help='inline schedule "name:rate:duration_s,name:c=N:duration_s,..."')
-    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT p95 SLO, s (default gpt2 4.0, tiny 2.0)")
-    p.add_argument("--slo-itl", type=float, default=None, help="inter-token latency p95 SLO, s (gpt2 0.15, tiny 0.25)")
-    p.add_argument("--window-s", type=float, default=None, help="window length, s (default 10; quick 5)")
+    p.add_argument("--slo-ttft", type=float, default=None, help="TTFT p95 SLO, s (default: the engine's per model)")
+    p.add_argument("--slo-itl", type=float, default=None, help="inter-token latency p95 SLO, s (the engine's)")
+    p.add_argument("--window-s", type=float, default=None, help="window length, s (default 10; quick 2.5)")
     p.add_argument("--transient-s", type=float, default=None,
-                   help="violation share 'after' excludes this much of each phase's start (default 20; quick 5)")
+                   help="violation share 'after' excludes this much of each phase's start (default 20; quick 2.5)")
     p.add_argument("--hold-s", type=float, default=None,
-                   help="convergence: the SLO must hold this long (default 30; quick 10)")
+                   help="convergence: the SLO must hold this long (default 30; quick 5)")
     p.add_argument("--timeout-s", type=float, default=None, help="per-request timeout = failure (default 60; quick 15)")
-    p.add_argument("--seed", type=int, default=0, help="arrival times and prompts")
-    p.add_argument("--model", default="gpt2")
-    p.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 50; quick 16)")
-    p.add_argument("--max-concurrency", type=int, default=2, help="server worker threads")
-    p.add_argument("--server-threads", default="auto", help="the server's --threads (auto fits its quota at start)")
+    p.add_argument("--model", default=None, help="the engine's model (default: its first)")
+    p.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 50; quick 8)")
+    p.add_argument("--max-concurrency", type=int, default=2, help="server worker threads / slots")
+    p.add_argument("--server-threads", default=None,
+                   help="the server's --threads every row starts with (default: the engine's: gpt2 auto, "
+                        "llamacpp all cores)")
     p.add_argument("--noise-cpu", type=int, default=os.cpu_count() or 2, help="neighbour CPU burners")
     p.add_argument("--noise-mem-mib", type=int, default=None, help="hog size for --scenario cpu+mem (1024; quick 64)")
     p.add_argument("--be-alone-s", type=float, default=None, help="neighbour-alone measurement, s (default 30; quick 5)")
@@ -583,47 +683,81 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default 0.5,1,1.5,max; quick 0.5,max)")
     p.add_argument("--grid-ratios", default=None, help="oracle grid: server:neighbour cpu weight ratios "
                    "(default 1:4,1:1,4:1; quick 1:1)")
+    p.add_argument("--grid-threads", default=None, help="oracle grid: the server's --threads as one more "
+                   "dimension (default: the engine's; none for gpt2, whose threads follow the quota)")
     p.add_argument("--grid-settle-s", type=float, default=None, help="per grid point, not measured (default 10; quick 0)")
-    p.add_argument("--grid-measure-s", type=float, default=None, help="per grid point, measured (default 30; quick 5)")
-    p.add_argument("--oracle-refresh", action="store_true", help="re-measure the oracle grid (ignore its cache)")
+    p.add_argument("--grid-measure-s", type=float, default=None,
+                   help="per grid point, measured: several windows at the rows' window length (default 60; quick 5)")
+    p.add_argument("--grid-seed", type=int, default=GRID_SEED,
+                   help="the grid's arrivals; the live re-check uses the next seed (keep both apart from --seeds)")
+    p.add_argument("--oracle-check-s", type=float, default=None,
+                   help="live re-check of a chosen point at its load, measured s (default 60; quick 5)")
+    p.add_argument("--oracle-tries", type=int, default=None, help="candidates re-checked per load (default 3; quick 2)")
+    p.add_argument("--oracle-max-violating-pct", type=float, default=0.0,
+                   help="a re-checked point holds when at most this share of its windows violate")
+    p.add_argument("--oracle-refresh", action="store_true", help="re-measure the oracle grid and its re-checks")
     p.add_argument("--alone-refresh", action="store_true", help="re-measure the alone baselines")
-    p.add_argument("--cache-dir", type=Path, default=HERE / "results" / "coloc-cache")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="measurements reused across runs (default ~/.cache/autotune-bench/colocation); each "
+                        "run also keeps a copy of what it used in <out>/cache/")
     p.add_argument("--agent-slo-fields", default="ttft_p95_s,itl_p95_s",
                    help="SLO fields written into the agent's [service.slo]")
     p.add_argument("--agent-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra agent config for agent rows, e.g. verification.window_s=15 (repeatable)")
+    p.add_argument("--compare", default=None, help="row pairs to compare, a:b,... (default: each agent row "
+                   "against contended, static and oracle, and the learned row against the rules)")
     p.add_argument("--name", default=None, help="results go to bench/results/NAME (default: a timestamp)")
     p.add_argument("--out", type=Path, default=None, help="results directory (overrides --name)")
     p.add_argument("--estimate", action="store_true", help="print the expected wall time and exit")
+    p.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="rebuild DIR's tables from its per-seed files (= python -m bench.coloc_report DIR)")
     a = p.parse_args(argv)
     q = a.quick
-    if q:
-        a.model = "tiny"
-    a.window_s = a.window_s or (5.0 if q else 10.0)
-    a.transient_s = a.transient_s if a.transient_s is not None else (5.0 if q else 20.0)
-    a.hold_s = a.hold_s or (10.0 if q else 30.0)
+    a.engine_spec = spec = engines.get(a.engine)
+    dense = spec.dense if a.dense else None
+    if a.dense and dense is None:
+        p.error(f"--dense: the {a.engine} engine has no dense scenario")
+    a.model = a.model or ("tiny" if q and "tiny" in spec.models else dense.model if dense else spec.models[0])
+    if a.model not in spec.models:
+        p.error(f"--model {a.model!r}: the {a.engine} engine serves {list(spec.models)}")
+    if a.seeds is not None and a.repeats is not None:
+        p.error("give --seeds or --repeats, not both")
+    a.seeds = parse_seeds(a.seeds) if a.seeds else list(range(1, (a.repeats or (2 if q else 3)) + 1))
+    if a.grid_seed in a.seeds or a.grid_seed + 1 in a.seeds:
+        p.error(f"--grid-seed {a.grid_seed}: the grid and its re-check must not share arrivals with the rows' seeds")
+    a.window_s = a.window_s or (2.5 if q else 10.0)
+    a.transient_s = a.transient_s if a.transient_s is not None else (2.5 if q else 20.0)
+    a.hold_s = a.hold_s or (5.0 if q else 30.0)
     a.timeout_s = a.timeout_s or (15.0 if q else 60.0)
-    a.max_tokens = a.max_tokens or (16 if q else 50)
+    a.max_tokens = a.max_tokens or (dense.max_tokens if dense else 8 if q else 50)
     a.noise_mem_mib = a.noise_mem_mib if a.noise_mem_mib is not None else (64 if q else 1024)
     if a.scenario == "cpu":
         a.noise_mem_mib = 0
     a.be_alone_s = a.be_alone_s or (5.0 if q else 30.0)
+    a.server_threads = a.server_threads or spec.static_threads(engines.ncpu())
     a.grid_quotas = [None if x.strip() == "max" else float(x)
                      for x in (a.grid_quotas or ("0.5,max" if q else "0.5,1,1.5,max")).split(",")]
     a.grid_ratios = [parse_ratio(x) for x in (a.grid_ratios or ("1:1" if q else "1:4,1:1,4:1")).split(",")]
+    a.grid_threads = ([x for x in a.grid_threads.split(",") if x] if a.grid_threads is not None
+                      else spec.grid_threads(engines.ncpu()))
     a.grid_settle_s = a.grid_settle_s if a.grid_settle_s is not None else (0.0 if q else 10.0)
-    a.grid_measure_s = a.grid_measure_s or (5.0 if q else 30.0)
-    a.schedule = a.schedule or SCHEDULES / ("quick.yaml" if q else "default.yaml")
+    a.grid_measure_s = a.grid_measure_s or (5.0 if q else 60.0)
+    a.oracle_check_s = a.oracle_check_s or (5.0 if q else 60.0)
+    a.oracle_tries = a.oracle_tries or (2 if q else 3)
+    a.schedule = a.schedule or SCHEDULES / ("quick.yaml" if q else dense.schedule if dense else "default.yaml")
     a.agent_slo_fields = [x for x in a.agent_slo_fields.split(",") if x]
-    a.rows = [x for x in a.rows.split(",") if x]
+    a.rows = [x for x in (a.rows or ",".join(QUICK_ROWS if q else DEFAULT_ROWS)).split(",") if x]
     unknown = [x for x in a.rows if x not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    base = SLO_DEFAULTS.get(a.model, SLO_DEFAULTS["gpt2"])
+    base = dense.slo if dense else spec.slo_for(a.model)
     a.slo = Slo(ttft_p95_s=a.slo_ttft or base.ttft_p95_s, itl_p95_s=a.slo_itl or base.itl_p95_s)
+    a.compare = report.parse_pairs(a.compare) if a.compare else report.default_pairs(a.rows)
+    if a.cache_dir is None:
+        a.cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotune-bench" / "colocation"
     if a.out is None:
         a.out = HERE / "results" / (a.name or time.strftime("coloc-%Y%m%d-%H%M%S"))
-    for d in ("grid_settle_s", "grid_measure_s"):
+    for d in ("grid_settle_s", "grid_measure_s", "oracle_check_s"):
         v = getattr(a, d)
         if v and abs(v / a.window_s - round(v / a.window_s)) > 1e-6:
             p.error(f"--{d.replace('_', '-')} {v:g} is not a whole number of {a.window_s:g}-s windows")
@@ -631,76 +765,89 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench import coloc_report as report
-
     args = parse_args(argv)
+    if args.report is not None:
+        return report.main([str(args.report)])
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         schedule = schedule_from(args)
     except (ValueError, OSError) as err:
         log(f"schedule: {err}")
         return 2
-    cache = Cache(args.cache_dir, refresh=({"oracle-point"} if args.oracle_refresh else set())
+    cache = Cache(args.cache_dir, refresh=({"oracle-point", "oracle-check"} if args.oracle_refresh else set())
                   | ({"lc-alone", "be-alone"} if args.alone_refresh else set()))
     if args.estimate:
-        print(report.estimate_text(args, schedule, cache))
+        print(estimate_text(args, schedule, cache))
         return 0
     if os.geteuid() != 0:
         log("needs root: it creates cgroups and moves processes into them")
         return 2
+    try:
+        args.engine_spec.check()
+    except engines.EngineUnavailable as why:
+        log(f"--engine {args.engine}: {why}")
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    log(report.estimate_text(args, schedule, cache).splitlines()[0])
+    log(estimate_text(args, schedule, cache).splitlines()[0])
     common.install_cleanup()
     host = Host("/", writable=True)
     slo: Slo = args.slo
     t0 = time.time()
-    results: dict[str, Measured] = {}
-    skipped: dict[str, str] = {}
-    notes: dict[str, dict] = {}
+    per_seed: dict[int, dict] = {}
     grid: dict[str, list[PointResult]] = {}
     choices: dict[str, OracleChoice] = {}
-    lc_ref: dict[str, float | None] = {}
+    lc_refs: dict[int, dict[str, float | None]] = {}
     be_ref: float | None = None
     noise_json = args.out / "noise.json"
     server: Server | None = None
     try:
         cgs = common.bench_cgroups(host)
-        server = Server(cgs["server"], args, args.out)
-        lc_ref = lc_alone(args, schedule, cgs, server, cache, slo, args.out)
+        server = Server(args.engine_spec, cgs["server"], model=args.model, max_concurrency=args.max_concurrency,
+                        max_tokens=args.max_tokens, out=args.out)
+        for seed in args.seeds:  # the server alone, before the neighbour starts
+            lc_refs[seed] = lc_alone(args, schedule, seed, cgs, server, cache, slo, seed_dir(args.out, seed))
         noise_json.unlink(missing_ok=True)
         common.start_neighbour(cgs["neighbour"], cpu=args.noise_cpu, mem_mib=args.noise_mem_mib,
                                json_path=noise_json, log_path=args.out / "noise.log")
-        _wait_noise(noise_json)
+        common.wait_neighbour(noise_json)
         be_ref = be_alone(args, noise_json, cache)
-        # grid points and rows grouped by the server's thread count: it restarts once per group
-        todo = grid_todo(args, schedule) if any(ROWS[r].oracle for r in args.rows) else []
-        plain = [r for r in args.rows if not ROWS[r].oracle]
-        setting = args.server_threads
-        grid = {load_label(load): [] for load in distinct_loads(schedule)} if todo else {}
-        for t in thread_groups([expected_threads(a, setting) for _, a in todo]
-                               + [expected_threads(ROWS[r].alloc, setting) for r in plain], server.want):
-            for load, alloc in todo:
-                if expected_threads(alloc, setting) == t:
-                    grid[load_label(load)].append(grid_point(args, load, alloc, cgs, server, noise_json, cache, slo))
-            for name in plain:
-                if expected_threads(ROWS[name].alloc, setting) == t:
-                    _row(name, args, schedule, cgs, server, host, noise_json, slo, choices, results, skipped, notes)
-        choices = choose(grid, lc_ref, be_ref)
-        for name in [r for r in args.rows if ROWS[r].oracle]:
-            _row(name, args, schedule, cgs, server, host, noise_json, slo, choices, results, skipped, notes)
+        if any(ROWS[r].oracle for r in args.rows):
+            todo = grid_todo(args, schedule)
+            grid = {load.label(): [] for load in distinct_loads(schedule)}
+            current = server.threads if server.proc is not None else None
+            for key in thread_groups([threads_of(a, args) for _, a in todo], current):
+                for load, alloc in todo:
+                    if threads_of(alloc, args) == key:
+                        grid[load.label()].append(grid_point(args, load, alloc, cgs, server, noise_json, cache, slo))
+            grid_lc = report.mean_refs(lc_refs)
+            choices = plan_oracle(args, schedule, grid, grid_lc, be_ref,
+                                  lambda load, alloc: live_check(args, load, alloc, cgs, server, noise_json,
+                                                                 cache, slo))
+        for seed in args.seeds:
+            d = seed_dir(args.out, seed)
+            results, skipped, notes = seed_rows(args, schedule, seed, cgs, server, host, noise_json, slo, choices, d)
+            report.write_seed(d, args, schedule, slo, results, lc_refs[seed], be_ref, choices)
+            per_seed[seed] = {"skipped": skipped, "row_notes": notes}
     finally:
         common.cleanup()
     wall_s = time.time() - t0
-    meta = report.meta(args, schedule, slo, wall_s=wall_s, skipped=skipped, notes=notes, cache=cache,
-                       lc_ref=lc_ref, be_ref=be_ref, server_starts=server.starts if server else 0)
-    report.write_all(args, schedule, slo, results, grid, choices, lc_ref, be_ref, meta)
+    cache.keep(args.out / "cache")
+    meta = report.meta(args, schedule, slo, wall_s=wall_s, per_seed=per_seed, cache=cache, lc_refs=lc_refs,
+                       be_ref=be_ref, server_starts=server.starts if server else 0,
+                       estimate_s=estimate(args, schedule, Cache(args.cache_dir, set()))[0])
+    report.write_oracle(args.out, grid, choices, report.mean_refs(lc_refs), be_ref)
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    report.aggregate(args.out)
     print((args.out / "table.md").read_text())
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
-    for w in meta.get("warnings", []):
-        print(f"warning: {w}")
+    for seed, d in per_seed.items():
+        for name, why in d["skipped"].items():
+            print(f"seed {seed}: skipped {name}: {why}")
     print(f"wall time {wall_s / 60:.1f} min; results in {args.out}")
     return 0
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    return out / f"seed-{seed}"
 
 
 if __name__ == "__main__":

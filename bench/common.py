@@ -42,6 +42,10 @@ from autotune.workload.harness import (  # noqa: F401 - the bench modules' names
 )
 from autotune.workload.load import AdmitHook
 
+# the neighbour's guaranteed share in every benchmark: the agent's min_cpu_cores for it, and
+# the oracle's floor (a grid point that leaves the neighbour less is not valid)
+NEIGHBOUR_FLOOR_CORES = 0.5
+
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -79,6 +83,22 @@ def read_noise_after(json_path: Path, before: dict | None, timeout_s: float = 3.
         if time.monotonic() >= deadline:
             return now
         time.sleep(0.05)
+
+
+def wait_neighbour(json_path: Path, timeout_s: float = 60.0) -> dict | None:
+    """The neighbour's first report (its burners and hog are up), then its next one, with the
+    hog's pages all touched when there is a hog: measuring starts from a neighbour at work."""
+    deadline = time.monotonic() + timeout_s
+    first = None
+    while time.monotonic() < deadline:
+        r = read_noise(json_path)
+        if r and first is None:
+            first = r
+        elif r and first and r["elapsed_s"] > first["elapsed_s"] and (r.get("mem_resident") or not r.get("mem_mib")):
+            return r
+        time.sleep(0.2)
+    log(f"the neighbour did not report twice within {timeout_s:.0f} s; going on")
+    return read_noise(json_path)
 
 
 def gate_counts(url: str) -> tuple[int, int] | None:

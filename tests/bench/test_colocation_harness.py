@@ -184,25 +184,65 @@ def test_rows_are_a_registry():
     assert co.ROWS["autotune"].controller is co.agent_controller and co.ROWS["oracle"].oracle
 
 
-# -- threads, arguments, cache, estimate ----------------------------------------------------------
-def test_server_restarts_follow_the_thread_choice(monkeypatch):
-    monkeypatch.setattr(co.os, "sched_getaffinity", lambda _pid: {0, 1})
-    assert co.expected_threads(Alloc(quota_cores=0.5), "auto") == 1
-    assert co.expected_threads(Alloc(quota_cores=1.5), "auto") == 1
-    assert co.expected_threads(Alloc(quota_cores=None), "auto") == 2
-    assert co.expected_threads(Alloc(quota_cores=None), "1") == 1
-    assert co.thread_groups([1, 2, 1, 2], current=1) == [1, 2]
-    assert co.thread_groups([1, 2], current=None) == [2, 1]
+# -- server restarts, arguments, cache, estimate ----------------------------------------------------
+def test_server_restarts_only_when_its_thread_setting_changes(tmp_path, monkeypatch):
+    """--threads auto follows the quota while the server runs: a quota change is no restart."""
+    from bench import common, engines
+
+    starts = []
+
+    def fake_start(cg, *, model, threads, max_concurrency, log_path, check_only=False):
+        starts.append(threads)
+        return common.spawn(["sleep", "60"], None, log_path), "http://127.0.0.1:1"
+
+    async def no_load(spec, **kw):
+        return []
+
+    monkeypatch.setattr(engines, "run_load", no_load)
+    eng = engines.Engine(name="fake", doc="", models=("m",), start=fake_start, static_threads=lambda n: "auto",
+                         flavor="auto", slo={"m": Slo(ttft_p95_s=1, itl_p95_s=1)}, seed_slo_itl={"m": 0.1},
+                         cost={"m": engines.GPT2.cost["tiny"]})
+    srv = engines.Server(eng, None, model="m", max_concurrency=2, max_tokens=4, out=tmp_path)
+    try:
+        args = co.parse_args([])
+        for alloc in (Alloc(quota_cores=0.5), Alloc(quota_cores=None), Alloc(quota_cores=1.5)):
+            assert co.start(srv, alloc, args) == "http://127.0.0.1:1"
+        assert starts == ["auto"]
+        co.start(srv, Alloc(quota_cores=0.5, threads="1"), args)  # a fixed pool: a restart
+        co.start(srv, Alloc(quota_cores=None, threads="1"), args)
+        assert starts == ["auto", "1"] and srv.starts == 2
+    finally:
+        srv.stop()
+    assert co.thread_groups(["auto", "1", "auto", "2"], current="1") == ["1", "auto", "2"]
+    assert co.thread_groups(["auto"], current=None) == ["auto"]
 
 
 def test_quick_arguments():
+    from bench import engines
+
     a = co.parse_args(["--quick"])
-    assert (a.model, a.window_s, a.max_tokens, a.grid_quotas, a.grid_ratios) == ("tiny", 5.0, 16, [0.5, None], [(1, 1)])
-    assert a.schedule.name == "quick.yaml" and a.slo == co.SLO_DEFAULTS["tiny"]
+    assert (a.model, a.window_s, a.max_tokens, a.grid_quotas, a.grid_ratios) == ("tiny", 2.5, 8, [0.5, None], [(1, 1)])
+    assert a.schedule.name == "quick.yaml" and a.slo == engines.GPT2.slo["tiny"]
+    assert a.seeds == [1, 2] and a.rows == co.QUICK_ROWS
     full = co.parse_args([])
-    assert (full.window_s, full.transient_s, full.hold_s, full.grid_settle_s, full.grid_measure_s) == (10, 20, 30, 10, 30)
+    assert (full.window_s, full.transient_s, full.hold_s, full.grid_settle_s, full.grid_measure_s) == (10, 20, 30, 10, 60)
+    assert (full.oracle_check_s, full.oracle_tries, full.grid_seed) == (60, 3, co.GRID_SEED)
+    assert full.seeds == [1, 2, 3] and full.rows == co.DEFAULT_ROWS and full.server_threads == "auto"
     assert full.grid_quotas == [0.5, 1.0, 1.5, None] and full.grid_ratios == [(1, 4), (1, 1), (4, 1)]
+    assert full.grid_threads == [] and len(co.grid_points(full)) == 12
     assert full.slo == Slo(ttft_p95_s=4.0, itl_p95_s=0.15) and full.noise_mem_mib == 0
+    assert co.parse_args(["--repeats", "5"]).seeds == [1, 2, 3, 4, 5]
+    assert co.parse_args(["--seeds", "7,9"]).seeds == [7, 9]
+    with pytest.raises(SystemExit):
+        co.parse_args(["--seeds", "1", "--repeats", "2"])
+    with pytest.raises(SystemExit):
+        co.parse_args(["--seeds", "1000"])  # the grid's own arrivals
+    with pytest.raises(SystemExit):
+        co.parse_args(["--seeds", "1,1"])
+    dense = co.parse_args(["--dense"])
+    assert (dense.model, dense.max_tokens, dense.schedule.name) == ("tiny", 8, "dense.yaml")
+    assert dense.slo == engines.GPT2.dense.slo and dense.window_s == 10
+    assert full.compare[0] == ("autotune-learned", "autotune") and ("autotune", "oracle") in full.compare
     assert co.parse_args(["--scenario", "cpu+mem"]).noise_mem_mib == 1024
     assert co.parse_args(["--slo-ttft", "2", "--slo-itl", "0.1"]).slo == Slo(ttft_p95_s=2, itl_p95_s=0.1)
     with pytest.raises(SystemExit):
@@ -219,16 +259,30 @@ def test_cache_round_trip_and_refresh(tmp_path):
     assert c.get({**key, "x": 2}) is None
 
 
-def test_estimate_of_the_full_run_fits_the_budget(tmp_path, capsys):
-    a = co.parse_args(["--cache-dir", str(tmp_path / "empty")])
-    text = report.estimate_text(a, co.schedule_from(a), co.Cache(a.cache_dir, set()))
-    minutes = float(text.split("estimated wall time: ")[1].split(" min")[0])
-    assert 60 <= minutes <= 90, text
-    assert "48 of 48 points" in text
-    q = co.parse_args(["--quick", "--cache-dir", str(tmp_path / "empty")])
-    assert "estimated wall time" in report.estimate_text(q, co.schedule_from(q), co.Cache(q.cache_dir, set()))
+def test_estimate_multiplies_seeds_rows_and_the_oracle_grid(tmp_path, capsys):
+    def est(*argv):
+        a = co.parse_args([*argv, "--cache-dir", str(tmp_path / "empty")])
+        return co.estimate(a, co.schedule_from(a), co.Cache(a.cache_dir, set()))
+
+    three, most3, parts = est()
+    assert any("48 of 48 points" in p for p, _ in parts) and most3 > three
+    one, _, _ = est("--seeds", "1")
+    rows_only, _, _ = est("--seeds", "1", "--rows", "contended")
+    # seeds x rows x the 300-s schedule, plus an alone baseline per seed: the third seed adds
+    # six rows and its baseline, ~6 x 305 + 310 s
+    assert 2 * (6 * 300 + 300) < three - one < 2 * (6 * 330 + 330)
+    assert one - rows_only > 45 * 60 * co.EARLY_STOP_FACTOR  # the grid: 48 points x 73 s at most
+    # a grid in the cache is not measured again
+    a = co.parse_args(["--seeds", "1", "--cache-dir", str(tmp_path / "c")])
+    s = co.schedule_from(a)
+    c = co.Cache(a.cache_dir, set())
+    for load, alloc in co.grid_todo(a, s):
+        c.put(co.point_key(a, load, alloc, a.slo), {"point": {}})
+    cached, _, parts = co.estimate(a, s, c)
+    assert any("0 of 48 points" in p for p, _ in parts) and cached < one - 40 * 60
     assert co.main(["--estimate", "--cache-dir", str(tmp_path / "empty")]) == 0
-    assert "oracle grid" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "oracle grid" in out and "calibration: bench/results/" in out and "3 seed(s) x 6 rows" in out
 
 
 def test_summary_lines_and_table(tmp_path):
@@ -252,10 +306,10 @@ def test_summary_lines_and_table(tmp_path):
     assert auto[0]["emu"] == pytest.approx(1.6) and auto[0]["emu_vs_oracle"] == pytest.approx(1.6 / 1.8)
     assert auto[2]["emu_vs_oracle"] == pytest.approx(1.6 / 1.8) and auto[2]["neighbour_cores"] == pytest.approx(0.5)
     assert auto[0]["converged"] == "no" and auto[2]["converged"] == "0/2"  # 20-s phases cannot hold 30 s
-    report.write_summary(tmp_path / "summary.csv", lines)
+    report.write_csv(tmp_path / "summary.csv", report.SUMMARY_COLUMNS, lines)
     header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
     assert header == report.SUMMARY_COLUMNS
-    md = report.markdown_table(lines, args)
+    md = report.markdown_table(lines, args.transient_s)
     assert md.count("\n") == len(lines) + 1 and "| **autotune** | all |" in md
 
 

@@ -12,9 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench.coloc_metrics import (Alloc, EdgeSample, PointResult, Slo, Window, aggregate_windows,  # noqa: E402
-                                 cache_key, completed_per_s, convergence_s, emu, goodput, known_violation,
-                                 phase_stats, select_oracle, violation_pct)
+from bench.coloc_metrics import (Action, Alloc, EdgeSample, LiveCheck, PointResult, Slo, Window,  # noqa: E402
+                                 aggregate_windows, cache_key, completed_per_s, convergence_s, emu,
+                                 goodput, known_violation, phase_stats, rank_points, reactions,
+                                 requests_per_window, select_oracle, settle_oracle, violation_pct)
 from bench.openloop import (Phase, RequestRecord, load_schedule, parse_phases, percentile,  # noqa: E402
                             poisson_arrivals)
 
@@ -118,10 +119,10 @@ def test_empty_window_has_no_data_and_does_not_count():
     assert violation_pct(ws[1:]) is None
 
 
-def win(start, violating, phase=0):
+def win(start, violating, phase=0, offered=0, has_data=True):
     return Window(start_s=start, phase_index=phase, phase="p", rate=1.0, concurrency=None, ttft_p95_s=None,
-                  itl_p95_s=None, completed=0, offered=0, failed=0, tokens=0, neighbour_ops_per_s=None,
-                  neighbour_cores=None, violating=violating, has_data=True)
+                  itl_p95_s=None, completed=0, offered=offered, failed=0, tokens=0, neighbour_ops_per_s=None,
+                  neighbour_cores=None, violating=violating, has_data=has_data)
 
 
 @pytest.mark.parametrize("flags, expect", [
@@ -150,6 +151,63 @@ def test_phase_stats_violation_after_transient_and_lc_figures():
     assert a.convergence_s == 20.0
     assert b.lc_perf == pytest.approx(2 / 20) == completed_per_s(records, 1, 20)  # closed loop: per second
     assert a.neighbour_ops_per_s == pytest.approx(1000) and b.neighbour_cores == pytest.approx(0.5)
+
+
+def test_requests_per_window_min_and_median():
+    assert requests_per_window([win(0, False, offered=n) for n in (12, 9, 30, 14)]) == (9, 13.0)
+    assert requests_per_window([win(0, False, offered=n) for n in (3, 1, 2)]) == (1, 2.0)
+    assert requests_per_window([]) == (None, None)
+    s = parse_phases("a:1:20")
+    st = phase_stats(aggregate_windows([rec(0, 1, [1.1]), rec(1, 2, [2.1]), rec(2, 15, [15.1])], edges(2), s,
+                                       10.0, SLO), [], edges(2), s, window_s=10, transient_s=0, hold_s=10)
+    assert (st[0].requests_per_window_min, st[0].requests_per_window_median) == (1, 1.5)
+
+
+# -- reaction after a load step ---------------------------------------------------------------------
+def phased(flags_per_phase, has_data=None):
+    """Windows of 10 s over phases of len(flags) windows each: 1 = violating."""
+    out, t = [], 0.0
+    for i, flags in enumerate(flags_per_phase):
+        for j, f in enumerate(flags):
+            hd = True if has_data is None else has_data[i][j]
+            out.append(win(t, bool(f), phase=i, has_data=hd))
+            t += 10.0
+    return out
+
+
+def test_reaction_first_action_and_recovery_per_step():
+    s = parse_phases("low:0.1:60,high:0.3:60,low2:0.1:60")
+    ws = phased([[0] * 6, [1, 1, 0, 0, 1, 0], [0] * 6])
+    t0 = 1000.0
+    acts = [Action(ts=t0 + 30, rule="r0", knob="k", prior="1", proposed="2"),   # before the step: not counted
+            Action(ts=t0 + 61.5, rule="slo-raise-quota", knob="cgroup.cpu_quota", prior="0.5", proposed="0.75"),
+            Action(ts=t0 + 70, rule="r2", knob="k"),
+            Action(ts=t0 + 125, rule="give-back", knob="cgroup.cpu_quota", prior="1.5", proposed="1")]
+    up, down = reactions(ws, s, transient_s=20, actions=acts, t0_wall=t0)
+    assert (up.phase_index, up.direction, up.step) == (1, "up", "low 0.1/s -> high 0.3/s")
+    assert up.first_action_s == pytest.approx(1.5) and up.first_action.startswith("slo-raise-quota: cgroup.cpu_quota 0.5")
+    assert up.violated and up.recovery_s == 20.0  # w0, w1 broke it; w2 holds (w4's violation is later)
+    assert down.direction == "down" and down.first_action_s == pytest.approx(5.0)
+    assert not down.violated and down.recovery_s == 0.0
+    # a row without an agent: no action figure, recovery still measured
+    up, _ = reactions(ws, s, transient_s=20, actions=[], t0_wall=None)
+    assert up.first_action_s is None and up.first_action == "" and up.recovery_s == 20.0
+
+
+def test_reaction_never_recovered_and_late_violations():
+    s = parse_phases("a:0.1:30,b:0.3:30")
+    (r,) = reactions(phased([[0, 0, 0], [1, 1, 1]]), s, transient_s=20, actions=[], t0_wall=0.0)
+    assert r.violated and r.recovery_s is None and r.first_action_s is None
+    # a violation only after the transient is not the step's: it never broke at the step
+    (r,) = reactions(phased([[0, 0, 0], [0, 0, 1]]), s, transient_s=20, actions=[], t0_wall=0.0)
+    assert not r.violated and r.recovery_s == 0.0
+    # windows without data inside the violating run are passed over
+    ws = phased([[0, 0, 0], [1, 0, 0]], has_data=[[True] * 3, [True, False, True]])
+    (r,) = reactions(ws, s, transient_s=20, actions=[], t0_wall=0.0)
+    assert r.recovery_s == 20.0
+    s2 = parse_phases("a:c=8:30,b:c=1:30,c:0.5:30")
+    r1, r2 = reactions(phased([[0] * 3] * 3), s2, transient_s=10, actions=[], t0_wall=None)
+    assert (r1.direction, r2.direction) == ("down", "change")
 
 
 def test_known_violation_uses_lower_bounds_for_pending_requests():
@@ -204,6 +262,54 @@ def test_oracle_without_a_valid_point_says_so():
     # a point stopped before any measured window ended is not valid
     c = select_oracle([point(1.0, (100, 100), windows=0)], floor_cores=0.5, lc_alone=1.0, be_alone_ops=100.0)
     assert not c.valid
+
+
+def check(violating):
+    """A live re-check that finds ``violating`` (a number, or a function of the point) of 6 windows."""
+    def f(p):
+        bad = violating(p) if callable(violating) else violating
+        return LiveCheck(alloc=p.alloc, windows=6, violating=bad, neighbour_cores=0.8, holds=bad == 0)
+    return f
+
+
+def test_oracle_ranking_valid_first_then_least_violating():
+    pts = [point(0.5, (100, 100), violating=2, windows=6, ops=90), point(1.0, (100, 100), ops=60),
+           point(1.5, (400, 100), ops=70), point(None, (100, 100), violating=1, windows=6, ops=95)]
+    ranked = rank_points(pts, floor_cores=0.5, lc_alone=1.0, be_alone_ops=100.0)
+    assert [p.alloc.quota_cores for p in ranked] == [1.5, 1.0, None, 0.5]
+
+
+def test_oracle_re_checked_live_takes_the_next_best_when_the_best_breaks():
+    pts = [point(1.0, (100, 100), ops=60), point(1.5, (400, 100), ops=70), point(None, (400, 100), ops=65)]
+    tried = []
+
+    def live(p):
+        tried.append(p.alloc.quota_cores)
+        bad = 2 if p.alloc.quota_cores == 1.5 else 0  # the grid's best breaks the SLO live
+        return LiveCheck(alloc=p.alloc, windows=6, violating=bad, neighbour_cores=0.8, holds=bad == 0)
+
+    c = settle_oracle(pts, live, tries=3, floor_cores=0.5, lc_alone=1.0, be_alone_ops=100.0)
+    assert tried == [1.5, None] and c.alloc.quota_cores is None and c.holds_live
+    assert "candidate 2 of 3" in c.reason and "held live: 0/6" in c.reason
+    assert [x.violating for x in c.checks] == [2, 0] and c.valid
+    # the best holds: one check
+    c = settle_oracle(pts, check(0), tries=3, floor_cores=0.5, lc_alone=1.0, be_alone_ops=100.0)
+    assert c.alloc.quota_cores == 1.5 and len(c.checks) == 1 and c.holds_live
+
+
+def test_oracle_says_when_no_grid_point_holds_live():
+    pts = [point(1.0, (100, 100), ops=60), point(1.5, (400, 100), ops=70), point(None, (400, 100), ops=65)]
+    bad = {1.5: 3, None: 1, 1.0: 2}
+    c = settle_oracle(pts, check(lambda p: bad[p.alloc.quota_cores]), tries=2, floor_cores=0.5, lc_alone=1.0,
+                      be_alone_ops=100.0)
+    assert c.holds_live is False and len(c.checks) == 2  # only ``tries`` candidates re-checked
+    assert c.alloc.quota_cores is None  # the least violating of those checked stands in
+    assert "no grid point held the SLO live at this load" in c.reason and "(1/6 windows)" in c.reason
+    # no valid point on the grid either: both reasons
+    pts = [point(1.0, (100, 100), violating=1, ops=60)]
+    c = settle_oracle(pts, check(1), tries=3, floor_cores=0.5, lc_alone=1.0, be_alone_ops=100.0)
+    assert c.holds_live is False and "on the grid: no valid point" in c.reason
+    assert settle_oracle([], check(0), tries=3, floor_cores=0.5, lc_alone=1.0, be_alone_ops=100.0) is None
 
 
 def test_cache_key_covers_what_matters_and_ignores_order():
