@@ -27,14 +27,14 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from autotune.workload import harness
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "docs" / "grafana-dashboard.json"
@@ -98,38 +98,23 @@ def substitute(expr: str, variables: dict[str, str], range_s: float) -> str:
 
 
 # -- processes --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Procs:
-    """Started processes, each in its own session so stopping one stops its children too."""
+    """Started processes, each in its own session so stopping one stops its children too (the
+    harness's spawn and stop, autotune/workload/harness.py)."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        out = (self.logs / f"{name}.log").open("wb")
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                             cwd=REPO)
+        (self.logs / f"{name}.log").unlink(missing_ok=True)
+        p = harness.spawn(argv, None, self.logs / f"{name}.log", env=env, cwd=REPO)
         self.procs.append((name, p))
         return p
 
     def stop(self, p: subprocess.Popen, timeout: float = 15) -> None:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+        harness.stop(p, timeout_s=timeout)
 
     def stop_all(self) -> None:
         for _, p in reversed(self.procs):
@@ -232,7 +217,7 @@ def run(duration_s: float, out: Path, *, concurrency: int = 2) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    ports = {k: free_port() for k in ("server", "gate", "agent", "prometheus")}
+    ports = {k: harness.free_port() for k in ("server", "gate", "agent", "prometheus")}
     inst = {k: f"127.0.0.1:{ports[k]}" for k in ports}
     py = [sys.executable, "-m", "autotune"]
     procs = Procs(logs)
