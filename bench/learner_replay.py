@@ -1,6 +1,6 @@
 """Replay: how many trials each way of choosing allocations needs, on measured surfaces.
 
-    python -m bench.learner_replay [--cache bench/results/coloc-cache] [--runs 200] [--out DIR]
+    python -m bench.learner_replay [--cache bench/results/2026-12-02-coloc-gpt2/cache] [--runs 200] [--out DIR]
 
 No live run: the colocation benchmark's oracle grid (bench/colocation.py, cached under
 ``--cache``) measured every grid allocation at every load of its schedule, window by window.
@@ -161,7 +161,8 @@ def _load_value(label: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=HERE / "results" / "coloc-cache")
+    ap.add_argument("--cache", type=Path, default=HERE / "results" / "2026-12-02-coloc-gpt2" / "cache",
+                    help="a colocation run's cache/ (its oracle grid, window by window)")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--budget", type=int, default=30, help="trials per run")
     ap.add_argument("--out", type=Path, default=None)
