@@ -42,10 +42,15 @@ def test_phases_must_be_whole_windows():
         parse_phases("a:0.1:20,b:0.2:15").check_windows(10)
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml", "drop.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml", "drop.yaml", "learn.yaml", "dense.yaml",
+                                  "dense-llamacpp.yaml"])
 def test_shipped_schedules_load_and_fit_their_windows(name):
     s = load_schedule(REPO / "bench" / "schedules" / name)
-    s.check_windows(5.0 if name == "quick.yaml" else 10.0)
+    s.check_windows(2.5 if name == "quick.yaml" else 10.0)
+    if name.startswith("dense"):  # every 10-s window >= 10 requests, but for a rare Poisson draw
+        from scipy.stats import poisson
+
+        assert poisson.cdf(9, 10 * min(p.rate for p in s.phases)) < 1e-3
     if name == "default.yaml":  # low -> high -> peak -> medium -> low, a few minutes
         rates = [p.rate for p in s.phases]
         assert rates[0] == rates[-1] == min(rates) and rates[2] == max(rates)

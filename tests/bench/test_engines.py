@@ -56,6 +56,9 @@ def test_llamacpp_seam_is_marked_and_refuses_until_connected(capsys):
     assert "engine llamacpp" in out and "LLAMACPP-NOTES.md" in out
     assert seed_table.main(["--engine", "llamacpp", "--estimate"]) == 0
     assert "engine llamacpp" in capsys.readouterr().out
+    from bench import capacity
+
+    assert capacity.main(["--engine", "llamacpp"]) == 2  # refused before it makes anything
 
 
 def test_engine_options_reject_a_model_the_engine_does_not_serve():
