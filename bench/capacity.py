@@ -38,14 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     spec = engines.get(a.engine)
     model = a.model or spec.models[0]
-    if os.geteuid() != 0:
-        common.log("needs root: it creates a cgroup for the server")
-        return 2
-    try:
-        spec.check()
-    except engines.EngineUnavailable as why:
-        common.log(f"--engine {a.engine}: {why}")
-        return 2
+    if (refused := engines.preflight(spec)) is not None:
+        return refused
     a.out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
     ncpu = engines.ncpu()

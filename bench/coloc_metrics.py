@@ -124,13 +124,7 @@ def aggregate_windows(records: list[RequestRecord], edges: list[EdgeSample], sch
         p = schedule.phases[i]
         t95, i95 = percentile(ttfts[k], 95), percentile(gaps[k], 95)
         e0, e1 = by_k.get(k), by_k.get(k + 1)
-        ops = cores = None
-        if e0 and e1:
-            if None not in (e0.noise_ops_total, e1.noise_ops_total, e0.noise_elapsed_s, e1.noise_elapsed_s) \
-                    and e1.noise_elapsed_s > e0.noise_elapsed_s:  # type: ignore[operator]
-                ops = (e1.noise_ops_total - e0.noise_ops_total) / (e1.noise_elapsed_s - e0.noise_elapsed_s)  # type: ignore[operator]
-            if e0.neighbour_cpu_s is not None and e1.neighbour_cpu_s is not None and e1.t_s > e0.t_s:
-                cores = (e1.neighbour_cpu_s - e0.neighbour_cpu_s) / (e1.t_s - e0.t_s)
+        ops, cores = rates(e0, e1)
         viol = (t95 is not None and t95 > slo.ttft_p95_s) or (i95 is not None and i95 > slo.itl_p95_s)
         alloc = e0 or e1  # in force when the window began (after a phase change's setting)
         out.append(Window(
@@ -180,7 +174,11 @@ def completed_per_s(records: list[RequestRecord], phase: int, duration_s: float)
 def mean_rate(edges: list[EdgeSample], k0: int, k1: int) -> tuple[float | None, float | None]:
     """(neighbour ops/s, neighbour cores) between edges k0 and k1, from the cumulative counters."""
     by_k = {e.k: e for e in edges}
-    a, b = by_k.get(k0), by_k.get(k1)
+    return rates(by_k.get(k0), by_k.get(k1))
+
+
+def rates(a: EdgeSample | None, b: EdgeSample | None) -> tuple[float | None, float | None]:
+    """(neighbour ops/s, neighbour cores) between two edge samples, from the cumulative counters."""
     if not a or not b:
         return None, None
     ops = cores = None

@@ -779,14 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         print(estimate_text(args, schedule, cache))
         return 0
-    if os.geteuid() != 0:
-        log("needs root: it creates cgroups and moves processes into them")
-        return 2
-    try:
-        args.engine_spec.check()
-    except engines.EngineUnavailable as why:
-        log(f"--engine {args.engine}: {why}")
-        return 2
+    if (refused := engines.preflight(args.engine_spec)) is not None:
+        return refused
     args.out.mkdir(parents=True, exist_ok=True)
     log(estimate_text(args, schedule, cache).splitlines()[0])
     common.install_cleanup()

@@ -208,6 +208,20 @@ def get(name: str) -> Engine:
         raise SystemExit(f"--engine {name!r}: choose from {sorted(ENGINES)}") from None
 
 
+def preflight(engine: Engine) -> int | None:
+    """Why a benchmark cannot start here, logged, as its exit status (2); None when it can:
+    it needs root (it makes cgroups and moves processes into them) and a usable engine."""
+    if os.geteuid() != 0:
+        common.log("needs root: it creates cgroups and moves processes into them")
+        return 2
+    try:
+        engine.check()
+    except EngineUnavailable as why:
+        common.log(f"--engine {engine.name}: {why}")
+        return 2
+    return None
+
+
 def ncpu() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

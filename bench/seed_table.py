@@ -444,25 +444,20 @@ def markdown_table(summary: list[dict], comparisons: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def read_cells(path: Path) -> list[Cell]:
+def read_cells(path: Path, columns: list[str] = CELL_COLUMNS, what: str = "cells.csv") -> list[Cell]:
+    """Cells back from a run's cells.csv (or a legacy summary.csv), empty fields as None."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    missing = [c for c in CELL_COLUMNS if rows and c not in rows[0]]
+    missing = [c for c in columns if rows and c not in rows[0]]
     if missing:
-        raise SystemExit(f"{path}: not a seed_table cells.csv, missing columns {missing}")
+        raise SystemExit(f"{path}: not a seed_table {what}, missing columns {missing}")
     return [Cell.model_validate({k: (None if v == "" else v) for k, v in r.items() if k in Cell.model_fields})
             for r in rows]
 
 
 def read_summary(path: Path) -> list[Cell]:
-    """Cells back from a legacy summary.csv (a run from before the repeated mode), empty as None."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    missing = [c for c in LEGACY_SUMMARY_COLUMNS if rows and c not in rows[0]]
-    if missing:
-        raise SystemExit(f"{path}: not a seed_table summary, missing columns {missing}")
-    return [Cell.model_validate({k: (None if v == "" else v) for k, v in r.items() if k in Cell.model_fields})
-            for r in rows]
+    """Cells back from a legacy summary.csv (a run from before the repeated mode)."""
+    return read_cells(path, LEGACY_SUMMARY_COLUMNS, "summary")
 
 
 def report(cells: list[Cell], out: Path, meta: dict | None = None) -> str:
@@ -628,14 +623,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(args.concurrency)} concurrencies, {args.requests} requests x {args.repeats} repeats, "
               f"engine {args.engine}, model {args.model}; calibration: {spec.cost_for(args.model).source})")
         return 0
-    if os.geteuid() != 0:
-        log("needs root: it creates cgroups and moves processes into them")
-        return 2
-    try:
-        spec.check()
-    except engines.EngineUnavailable as why:
-        log(f"--engine {args.engine}: {why}")
-        return 2
+    if (refused := engines.preflight(spec)) is not None:
+        return refused
     args.out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
     host = Host("/", writable=True)
