@@ -1,6 +1,6 @@
 """The colocation benchmark's figures, as pure functions of request records and edge samples.
 
-Definitions (bench/README.md, "Colocation under changing load", says the same):
+Definitions (bench/README.md, "How the colocation benchmark measures", says the same):
 - a **window** is ``window_s`` long and lies inside one phase. Its TTFT p95 is over the
   requests that *arrived* in it (a request that failed before its first token - timeout,
   client-side drop, error - counts as an infinite TTFT, so the users who came then are all
@@ -17,6 +17,15 @@ Definitions (bench/README.md, "Colocation under changing load", says the same):
   of a closed-loop phase, the requests sent in it that completed OK per second. BE share = the
   neighbour's ops/s over the phase / its ops/s alone. EMU therefore runs 0..2 (2 = both as
   fast as alone; Heracles normalises LC to its peak instead, so its EMU tops out near 1).
+- **requests per window**: the arrivals in each window of a phase, min and median: a window's
+  TTFT p95 is a statistic only when it holds enough requests (>= 10 in the dense scenario).
+- **reaction** to a load step (a phase after the first): the time from the step to the agent's
+  first applied change in the new phase (its journal's applied_ts against the schedule's wall
+  clock), and to recovery: the first window that holds the SLO again after a window starting
+  within ``transient_s`` of the step broke it (0 if none did; None if none holds again).
+- the **oracle**: per load, the grid point with the highest EMU among those with no violating
+  window and the neighbour at its floor, re-checked live on fresh arrivals; the next-best when it
+  breaks the SLO there (``settle_oracle``).
 """
 
 from __future__ import annotations
