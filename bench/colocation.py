@@ -492,14 +492,23 @@ def live_check(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_json:
 def plan_oracle(args, schedule: Schedule, grid: dict[str, list[PointResult]], lc_ref: dict[str, float | None],
                 be_ref: float | None, measure_check) -> dict[str, OracleChoice]:  # noqa: ANN001
     """Per load: the grid's ranking, re-checked live until a candidate holds
-    (``measure_check(load, point) -> LiveCheck``; coloc_metrics.settle_oracle)."""
-    out = {}
+    (``measure_check(load, point) -> LiveCheck``; coloc_metrics.settle_oracle).
+
+    A thread setting is fixed when the server starts, and the oracle row cannot restart it
+    between phases: when the grid has several (an engine with a fixed pool), the first load's
+    choice fixes it and the other loads choose among the points with that setting."""
+    out: dict[str, OracleChoice] = {}
+    threads: str | None = None
     for load in distinct_loads(schedule):
         label = load.label()
-        c = settle_oracle(grid.get(label, []), lambda p, load=load: measure_check(load, p.alloc),
+        points = [p for p in grid.get(label, []) if threads is None or p.alloc.threads == threads]
+        c = settle_oracle(points, lambda p, load=load: measure_check(load, p.alloc),
                           tries=args.oracle_tries, floor_cores=NEIGHBOUR_FLOOR_CORES,
                           lc_alone=lc_ref.get(label), be_alone_ops=be_ref)
         if c is not None:
+            if threads is None and c.alloc.threads is not None:
+                threads = c.alloc.threads
+                c.reason += f"; it fixes the server's --threads {threads} for every load"
             out[label] = c
             log(f"oracle {label}: {c.alloc.label()} ({c.reason})")
     return out

@@ -318,3 +318,31 @@ def test_a_share_over_one_flags_a_stale_baseline():
              {"row": "static", "phase": "all", "lc_share": None, "be_share": None}]
     (w,) = report.stale_baseline_warnings(lines)
     assert "static low: the neighbour did 2.40x" in w and "--alone-refresh" in w
+
+
+def test_oracle_keeps_one_thread_setting_across_loads():
+    """A fixed pool cannot change between phases: the first load's choice fixes it."""
+    from bench.coloc_metrics import LiveCheck, PointResult
+
+    a = co.parse_args(["--phases", "low:1:20,high:2:20"])
+    s = co.schedule_from(a)
+
+    def pt(load, threads, ops):
+        return PointResult(alloc=Alloc(quota_cores=1.0, threads=threads), load=load, windows=6, violating=0,
+                           lc_perf=1.0, neighbour_ops_per_s=ops, neighbour_cores=0.8)
+
+    grid = {"1/s": [pt("1/s", "1", 90), pt("1/s", "2", 50)], "2/s": [pt("2/s", "1", 40), pt("2/s", "2", 80)]}
+    checked = []
+
+    def live(load, alloc):
+        checked.append((load.label(), alloc.threads))
+        return LiveCheck(alloc=alloc, windows=6, violating=0, neighbour_cores=0.8, holds=True)
+
+    got = co.plan_oracle(a, s, grid, {"1/s": 1.0, "2/s": 1.0}, 100.0, live)
+    assert got["1/s"].alloc.threads == "1" and "fixes the server's --threads 1" in got["1/s"].reason
+    assert got["2/s"].alloc.threads == "1"  # not the 2-thread point, better at 2/s on its own
+    assert checked == [("1/s", "1"), ("2/s", "1")]
+    # the reference server (threads follow the quota) has no such dimension
+    grid = {"1/s": [pt("1/s", None, 90)], "2/s": [pt("2/s", None, 80)]}
+    got = co.plan_oracle(a, s, grid, {"1/s": 1.0, "2/s": 1.0}, 100.0, live)
+    assert got["2/s"].alloc.threads is None and "fixes" not in got["1/s"].reason
