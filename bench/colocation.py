@@ -791,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     if (refused := engines.preflight(args.engine_spec)) is not None:
         return refused
     args.out.mkdir(parents=True, exist_ok=True)
+    estimate_s = estimate(args, schedule, cache)[0]  # before the run fills the cache: meta.json keeps it
     log(estimate_text(args, schedule, cache).splitlines()[0])
     common.install_cleanup()
     host = Host("/", writable=True)
@@ -836,8 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     wall_s = time.time() - t0
     cache.keep(args.out / "cache")
     meta = report.meta(args, schedule, slo, wall_s=wall_s, per_seed=per_seed, cache=cache, lc_refs=lc_refs,
-                       be_ref=be_ref, server_starts=server.starts if server else 0,
-                       estimate_s=estimate(args, schedule, Cache(args.cache_dir, set()))[0])
+                       be_ref=be_ref, server_starts=server.starts if server else 0, estimate_s=estimate_s)
     report.write_oracle(args.out, grid, choices, report.mean_refs(lc_refs), be_ref)
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     report.aggregate(args.out)
