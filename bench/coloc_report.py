@@ -512,6 +512,12 @@ def aggregate_markdown(meta_: dict, rows: list[str], seeds: list[str], phases: l
                        f"{str(r['no_action']) + '/' + str(r['n']) if agent else 'n/a'} | "
                        f"{r['broke']}/{r['n']} | "
                        f"{rc.text(0)} | {r['never_recovered']}/{r['n']} |")
+        summary = [(row, _iv(agg, row, "all", "first_action_s"), _iv(agg, row, "all", "recovery_s"))
+                   for row in rows if row.startswith("autotune")]
+        if any(fa or rc for _, fa, rc in summary):
+            out += ["", "Over all load steps (per seed the mean over its steps, then the interval over seeds):", "",
+                    "| row | first action (s) | recovery (s) |", "|---|---|---|"]
+            out += [f"| {row} | {_t(fa, 1)} | {_t(rc, 0)} |" for row, fa, rc in summary]
     if oracle:
         out += ["", "Oracle per load (grid point chosen on the grid, then re-checked live on fresh arrivals):", "",
                 "| load | allocation | grid: valid | live re-checks (violating / windows) | holds live |",

@@ -91,6 +91,7 @@ def test_aggregate_means_intervals_and_paired_differences(tmp_path):
     assert "| 12 / 20.0 | 3 |" in table and "| 0.96 [0.94, 0.98]; 5 [-7, 17]; 12 |" in table
     assert "| autotune - oracle | emu_vs_oracle | -0.04 [" in table
     assert "no: no grid point held the SLO here" in table and "skipped seed 2: static: why not" in table
+    assert "| autotune | 3.0 [" in table.split("Over all load steps")[1]  # first action over the steps
     assert "low 0.1/s -> high 0.3/s (up) | 3.0 [" in table
 
 
