@@ -86,6 +86,11 @@ class CgroupReading(_Frozen):
     memory_max_bytes: int | None = None  # None = unlimited
     memory_high_bytes: int | None = None
     memory_events: dict[str, int] = {}  # low/high/max/oom/oom_kill (v2); failcnt (v1)
+    memory_low_bytes: int | None = None  # v2 memory.low (protection); v1 has none
+    memory_controller_version: Literal[1, 2] | None = None  # which hierarchy manages memory
+    # memory.stat in one vocabulary (v1: the hierarchical total_* lines): anon, file (page
+    # cache), workingset_refault_file (evicted file pages read back), pgmajfault (counters)
+    memory_stat: dict[str, int] = {}
     nr_tasks: int | None = None
     psi: dict[str, PsiReading | None] = {}  # cpu/memory/io pressure of this cgroup (v2 files)
 

@@ -146,9 +146,11 @@ def clamp(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float
     knob = KNOBS.get(action.knob)
     if knob is None or not knob.numeric or _effect(knob, action.proposed) is None or action.current is None:
         return None
+    def value(v: str) -> float:  # an unlimited quota ("max") is every cpu
+        return float(ncpu) if v.strip().lower() in ("max", "-1") else float(v)
+
     try:
-        lo = float(action.current)
-        hi = float(action.proposed) if action.proposed.strip().lower() not in ("max", "-1") else float(ncpu)
+        lo, hi = value(action.current), value(action.proposed)
     except ValueError:
         return None
 

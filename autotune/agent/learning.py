@@ -282,15 +282,23 @@ class Learning:
         return moves
 
     def merge(self, actions: list[Action], now: float, window: list[Snapshot], read: ReadCurrent) -> list[Action]:
-        """The rules' actions plus the search's; the rules' give-backs stand aside for the
-        services the search is active for (it decides how much to give back)."""
-        searched = {s.name for s in self.services()}
+        """The rules' actions plus the search's; the rules' give-backs of what the search moves
+        (the service's quota, the cpu weights) stand aside for the services the search is
+        active for (it decides how much to give back); other give-backs (a neighbour's memory
+        or CPU cap) are the rules' own."""
+        searched = {s.name: s for s in self.services()}
         if not searched:
             return actions
         mine = self.actions(now, window, read)
         active = {s for s in searched if self.proposals.get(s) is not None
                   and self.proposals[s].status != "inactive"}
-        kept = [a for a in actions if not (a.verify.mode == "guard" and a.service in active and a.rule != RULE)]
+
+        def moved_by_search(a: Action) -> bool:
+            return a.knob == "cgroup.cpu_weight" or (
+                a.knob == "cgroup.cpu_quota" and a.service in searched and a.target == searched[a.service].cgroup)
+
+        kept = [a for a in actions if not (a.verify.mode == "guard" and a.service in active and a.rule != RULE
+                                           and moved_by_search(a))]
         return sorted(kept + mine, key=lambda a: -a.priority)
 
     # -- fleet: export / import -------------------------------------------------------------------

@@ -84,16 +84,21 @@ def noise_cmd(
     cpu: Annotated[int, typer.Option(min=0, help="CPU burner processes.")] = 2,
     mem_mib: Annotated[int, typer.Option(min=0, help="Memory hog size in MiB (0 = none).")] = 0,
     mem_rewrite: Annotated[bool, typer.Option(help="Keep re-writing the hog's pages.")] = False,
+    stream_mib: Annotated[int, typer.Option(min=0, help="Page-cache streamer: write a file of N MiB, then "
+                                            "read it in a loop (0 = none).")] = 0,
+    stream_dir: Annotated[Optional[Path], typer.Option(help="Directory for the streamer's file "
+                                                       "(default: the temp dir).")] = None,
     duration: Annotated[Optional[float], typer.Option(
         callback=positive_seconds, help="Seconds to run (default: until killed).")] = None,
     interval: Annotated[float, typer.Option(callback=positive_seconds, help="Report every N seconds.")] = 1.0,
     json_path: Annotated[Optional[Path], typer.Option("--json-file", help="Keep a JSON report here.")] = None,
 ) -> None:
-    """Noisy neighbour: burn CPU / hold memory, print ops/s as JSON lines."""
+    """Noisy neighbour: burn CPU / hold memory / stream a file through the page cache, print ops/s
+    as JSON lines."""
     from autotune.workload.noise import NoiseSpec, run_noise
 
-    run_noise(NoiseSpec(cpu_workers=cpu, mem_mib=mem_mib, mem_rewrite=mem_rewrite,
-                        duration_s=duration, interval_s=interval,
+    run_noise(NoiseSpec(cpu_workers=cpu, mem_mib=mem_mib, mem_rewrite=mem_rewrite, stream_mib=stream_mib,
+                        stream_dir=str(stream_dir) if stream_dir else None, duration_s=duration, interval_s=interval,
                         json_path=str(json_path) if json_path else None))
 
 

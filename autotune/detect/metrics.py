@@ -27,6 +27,7 @@ Host metrics
 | ``load.1_per_cpu`` | tasks/CPU | load.1 / host.ncpu |
 | ``mem.total_bytes`` ``mem.available_bytes`` | bytes | last meminfo |
 | ``mem.available_pct`` ``mem.swap_used_pct`` | % | MemAvailable/MemTotal, (SwapTotal-SwapFree)/SwapTotal |
+| ``mem.swap_total_bytes`` | bytes | SwapTotal (0: no swap, so swap tuning cannot help) |
 | ``host.ncpu`` | CPUs | ``ncpu`` argument, else number of per-CPU lines in /proc/stat |
 
 Per service ``<s>`` (prefix ``svc.<s>.``)
@@ -44,6 +45,11 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``mem.usage_bytes`` ``mem.max_bytes`` ``mem.high_bytes`` | bytes | cgroup memory (limits absent when unlimited) |
 | ``mem.usage_pct_of_max`` ``mem.usage_pct_of_high`` | % | usage / limit |
 | ``mem.<high|max|oom|oom_kill|low|failcnt>_events.rate`` | events/s | d memory.events |
+| ``mem.anon_bytes`` ``mem.file_bytes`` | bytes | memory.stat anon / file (v1: total_rss / total_cache): resident anonymous memory, page cache |
+| ``mem.low_bytes`` | bytes | memory.low (v2 protection; absent on v1) |
+| ``mem.cgroup_version`` | 1 or 2 | the hierarchy that manages the memory controller (which memory levers exist) |
+| ``mem.refault.rate`` ``mem.pgmajfault.rate`` | pages/s, faults/s | d memory.stat workingset_refault_file / pgmajfault: evicted page cache read back, major faults, of the whole cgroup |
+| ``mem.growth_bytes_per_s`` | bytes/s | d memory usage / elapsed (negative when it shrinks) |
 | ``tasks`` | tasks | cgroup nr_tasks |
 | ``processes`` ``threads`` | count | last snapshot's matched processes / their threads |
 | ``running_threads`` | threads | mean over the window of threads in state R |
@@ -64,7 +70,8 @@ autotune/histogram.py): the p95 of all tokens generated in the window, however m
 spans. A source without histograms (an active probe, llama.cpp) gives its last reading instead.
 
 Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
-role aggregates (``neighbours.*``, ``services.count``, ``services.latency_critical.count``) and knob facts read through
+role aggregates (``neighbours.*``: sums of the neighbours' ``cpu.usage_cores``, ``mem.usage_bytes``,
+``mem.file_bytes``, ``mem.growth_bytes_per_s``; ``services.count``, ``services.latency_critical.count``) and knob facts read through
 ``read_current`` (``host.governor_powersave``: 1 when any cpufreq policy runs ``powersave``;
 ``host.thp.enabled_always`` / ``host.thp.defrag_always``: 1 when that THP file is ``always``).
 """
@@ -87,6 +94,8 @@ CONTEXT_METRICS = (
     "neighbours.count",
     "neighbours.cpu.usage_cores",
     "neighbours.mem.usage_bytes",
+    "neighbours.mem.file_bytes",
+    "neighbours.mem.growth_bytes_per_s",
     "services.count",
     "services.latency_critical.count",
     "host.governor_powersave",
@@ -102,7 +111,7 @@ _HOST_PATTERNS = [
     r"stat\.(ctxt|forks)\.rate",
     r"stat\.procs_(running|blocked)",
     r"load\.(1|5|15|runnable_per_cpu|1_per_cpu)",
-    r"mem\.(total_bytes|available_bytes|available_pct|swap_used_pct)",
+    r"mem\.(total_bytes|available_bytes|available_pct|swap_used_pct|swap_total_bytes)",
     r"host\.ncpu",
     *(re.escape(n) for n in CONTEXT_METRICS),
 ]
@@ -110,7 +119,9 @@ _SVC_SUFFIXES = [
     r"cpu\.(usage_cores|quota_cores|quota_util_pct|throttled_pct|throttled_s_per_s|weight)",
     r"cpuset\.ncpu",
     _PSI,
-    r"mem\.(usage_bytes|max_bytes|high_bytes|usage_pct_of_max|usage_pct_of_high)",
+    r"mem\.(usage_bytes|max_bytes|high_bytes|usage_pct_of_max|usage_pct_of_high|anon_bytes|file_bytes|low_bytes"
+    r"|cgroup_version|growth_bytes_per_s)",
+    r"mem\.(refault|pgmajfault)\.rate",
     r"mem\.(" + "|".join(MEM_EVENTS) + r")_events\.rate",
     r"(tasks|processes|threads|running_threads|rss_bytes)",
     r"(majflt|minflt|nvcsw|nivcsw)\.rate",
@@ -298,6 +309,8 @@ def _mem(out, mi: dict[str, int]) -> None:
         if avail is not None:
             out["mem.available_pct"] = 100.0 * avail / total
     st, sf = mi.get("SwapTotal"), mi.get("SwapFree")
+    if st is not None:
+        out["mem.swap_total_bytes"] = float(st)
     if st and sf is not None:
         out["mem.swap_used_pct"] = 100.0 * (st - sf) / st
 
@@ -383,9 +396,20 @@ def _cgroup(out, cg0: CgroupReading | None, cg: CgroupReading, dt: float) -> Non
             if lim:
                 out[lim_key] = float(lim)
                 out[pct_key] = 100.0 * cg.memory_current_bytes / lim
+    if cg.memory_controller_version is not None:
+        out["mem.cgroup_version"] = float(cg.memory_controller_version)
+    if cg.memory_low_bytes is not None:
+        out["mem.low_bytes"] = float(cg.memory_low_bytes)
+    for key in ("anon", "file"):
+        if key in cg.memory_stat:
+            out[f"mem.{key}_bytes"] = float(cg.memory_stat[key])
     _psi(out, "psi", cg0.psi if cg0 else {}, cg.psi, dt)
     if cg0 is None or dt <= 0:
         return
+    for key, stat in (("refault", "workingset_refault_file"), ("pgmajfault", "pgmajfault")):
+        _rate(out, f"mem.{key}.rate", cg0.memory_stat.get(stat), cg.memory_stat.get(stat), dt)
+    if cg0.memory_current_bytes is not None and cg.memory_current_bytes is not None:
+        out["mem.growth_bytes_per_s"] = (cg.memory_current_bytes - cg0.memory_current_bytes) / dt
     _rate(out, "cpu.usage_cores", cg0.cpu_usage_usec, cg.cpu_usage_usec, dt, scale=1e-6)
     if "cpu.usage_cores" in out and cg.cpu_quota_cores:
         out["cpu.quota_util_pct"] = 100.0 * out["cpu.usage_cores"] / cg.cpu_quota_cores

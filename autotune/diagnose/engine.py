@@ -6,8 +6,7 @@ numeric current value; a value equal to the current one yields no action.
 
 Context the engine adds to the metrics before evaluating (when not already present):
 ``services.count``, ``services.latency_critical.count``, ``neighbours.count``,
-``neighbours.cpu.usage_cores`` / ``neighbours.mem.usage_bytes`` (sums over role=neighbour
-services), ``svc.<s>.slo.*_ratio`` from the config SLOs, and - only if a rule references them -
+``neighbours.<key>`` for each key of ``NEIGHBOUR_SUMS`` (sums over role=neighbour services), ``svc.<s>.slo.*_ratio`` from the config SLOs, and - only if a rule references them -
 knob facts read through ``read_current``: ``host.governor_powersave`` (governor "all" reads
 powersave), ``host.thp.enabled_always`` / ``host.thp.defrag_always``.
 
@@ -46,6 +45,8 @@ from autotune.knobs.base import number
 from autotune.types import Action, Symptom, VerifyPlan
 
 log = logging.getLogger(__name__)
+# per-service metrics summed over the role=neighbour services as neighbours.<key>
+NEIGHBOUR_SUMS = ("cpu.usage_cores", "mem.usage_bytes", "mem.file_bytes", "mem.growth_bytes_per_s")
 
 ReadCurrent = Callable[[str, str], "str | None"]
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -107,7 +108,7 @@ def context_metrics(ruleset: RuleSet, metrics: dict[str, float], config: Any, re
     m.setdefault("services.count", float(len(services)))
     m.setdefault("services.latency_critical.count", float(sum(s.role == "latency-critical" for s in services)))
     m.setdefault("neighbours.count", float(len(neighbours)))
-    for key in ("cpu.usage_cores", "mem.usage_bytes"):
+    for key in NEIGHBOUR_SUMS:
         vals = [m[f"svc.{s.name}.{key}"] for s in neighbours if f"svc.{s.name}.{key}" in m]
         if vals:
             m.setdefault(f"neighbours.{key}", float(sum(vals)))
@@ -284,17 +285,27 @@ def _propose(spec: ActionSpec, current: str | None, m: dict[str, float], svc: st
     knob = get_knob(spec.knob)
     if spec.step is not None:
         cur = number(current)
-        if cur is None:
-            return None  # unlimited ("max") or unreadable: nothing to step from
+        base = cur if spec.step.of is None else m.get(_sub(spec.step.of, svc))
+        if base is None:
+            return None  # unlimited ("max"), unreadable or unmeasured: nothing to step from
         if spec.step.factor is not None:
             f = _factor(spec.step, m, bound_svc if bound_svc is not None else svc)
             if f is None:
                 return None
-            x = cur * f
+            x = base * f
+            down = f < 1
         else:
-            x = cur + spec.step.delta
+            x = base + spec.step.delta
+            down = spec.step.delta < 0
         x = _clamp(x, spec, m, svc)
+        if spec.step.of is not None and cur is not None and (x >= cur if down else x <= cur):
+            return None  # from the measurement the step would move the limit the wrong way
         if start is not None:
+            if number(start) is None:  # found unlimited ("max"): every raise is toward it
+                hi = _bound(spec.bounds.max, m, svc) if spec.bounds is not None else None
+                if cur is None or x <= cur:
+                    return None
+                return start if hi is not None and x >= hi else knob.format(x)
             x = _toward(cur, x, number(start))
             if x is None:
                 return None
@@ -341,6 +352,11 @@ def _actions(
         for target, owner in _targets(spec, svc, config):
             advisory = spec.is_advisory
             current = None if get_knob(spec.knob).advisory else _safe_read(read_current, spec.knob, target)
+            if current is None and not advisory and get_knob(spec.knob).needs_helper:
+                # a host file unreadable here (not on this kernel or cgroup version, a target
+                # that is gone): a write could not record what it replaces, and cannot help
+                log.debug("rule %s: %s %s cannot be read on this host: not proposed", rule.name, spec.knob, target)
+                continue
             start = None
             if rule.give_back:
                 start = _safe_read(origins, spec.knob, target) if origins is not None else None

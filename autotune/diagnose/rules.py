@@ -126,10 +126,21 @@ class FactorFrom(_Strict):
 
 
 class Step(_Strict):
-    """Change the current numeric value: multiply by ``factor`` or add ``delta``."""
+    """Change the current numeric value: multiply by ``factor`` or add ``delta``.
+
+    ``of`` (a metric name) steps from that measurement instead of the current value: a cap
+    set to 0.75 x what a neighbour uses bites even where its limit is unlimited ("max")
+    today. Such a step only moves the value the way its factor/delta points (a cut never
+    raises the current limit, a raise never lowers it)."""
 
     factor: float | FactorFrom | None = None
     delta: float | None = None
+    of: str | None = None
+
+    @field_validator("of")
+    @classmethod
+    def _of_known(cls, v: Any) -> Any:
+        return _check_metric(v) if isinstance(v, str) else v
 
     @field_validator("factor")
     @classmethod

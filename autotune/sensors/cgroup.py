@@ -77,6 +77,21 @@ def _cpus(text: str, source: str) -> list[int] | None:
     return cpus or None  # empty v2 cpuset.cpus means "inherit from parent"
 
 
+# memory.stat keys kept, in the v2 vocabulary; v1 reports the hierarchical sums as total_<key>
+# and calls anon "rss" and page cache "cache"
+MEMORY_STAT_KEYS = ("anon", "file", "workingset_refault_file", "pgmajfault")
+_V1_MEMORY_STAT = {"total_rss": "anon", "total_cache": "file",
+                   "total_workingset_refault_file": "workingset_refault_file", "total_pgmajfault": "pgmajfault"}
+
+
+def parse_memory_stat(text: str, source: str, *, version: int) -> dict[str, int]:
+    """The ``MEMORY_STAT_KEYS`` of a memory.stat file (v1 or v2); other lines are ignored."""
+    raw = parse_flat_keyed(text, source)
+    if version == 1:
+        return {new: raw[old] for old, new in _V1_MEMORY_STAT.items() if old in raw}
+    return {k: raw[k] for k in MEMORY_STAT_KEYS if k in raw}
+
+
 def _count_lines(text: str, source: str) -> int:
     return sum(1 for line in text.splitlines() if line.strip())
 
@@ -179,11 +194,16 @@ def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> 
         fields["memory_high_bytes"] = r.get(f"{mem_dir}/memory.soft_limit_in_bytes", _v1_limit)
         failcnt = r.get(f"{mem_dir}/memory.failcnt", _int)
         fields["memory_events"] = {"failcnt": failcnt} if failcnt is not None else {}
+        fields["memory_stat"] = r.get(f"{mem_dir}/memory.stat", lambda t, s: parse_memory_stat(t, s, version=1))
     elif mem_v == 2:
         fields["memory_current_bytes"] = r.get(f"{mem_dir}/memory.current", _int)
         fields["memory_max_bytes"] = r.get(f"{mem_dir}/memory.max", _v2_limit)
         fields["memory_high_bytes"] = r.get(f"{mem_dir}/memory.high", _v2_limit)
         fields["memory_events"] = r.get(f"{mem_dir}/memory.events", parse_flat_keyed) or {}
+        fields["memory_low_bytes"] = r.get(f"{mem_dir}/memory.low", _v2_limit)
+        fields["memory_stat"] = r.get(f"{mem_dir}/memory.stat", lambda t, s: parse_memory_stat(t, s, version=2))
+    if mem_v is not None and host.is_dir(mem_dir):
+        fields["memory_controller_version"] = mem_v
 
     # -- tasks and pressure -------------------------------------------------------------
     procs_dir = next((d for d in (cpu_dir, unified, mem_dir) if d and host.is_dir(d)), None)

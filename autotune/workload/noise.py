@@ -7,7 +7,11 @@ stdout and keeps a JSON summary file up to date (written atomically).
 
 The memory hog allocates ``mem_mib`` MiB and touches every page (so it is resident, not just
 reserved); with ``mem_rewrite`` it keeps re-writing them, which keeps them hot and makes
-reclaim expensive. Children inherit the parent's cgroups: place the parent first.
+reclaim expensive. The streamer (``stream_mib``) writes a file of that size once and then reads
+it end to end, again and again, through the page cache: a file larger than the free memory
+makes the kernel evict other cgroups' file pages (a server's code, libraries, mapped weights),
+the interference a CPU weight cannot stop. The file is removed on exit. Children inherit the
+parent's cgroups: place the parent first.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class NoiseSpec(BaseModel):
     cpu_workers: int = Field(2, ge=0)
     mem_mib: int = Field(0, ge=0)
     mem_rewrite: bool = False
+    stream_mib: int = Field(0, ge=0)  # page-cache streamer: file size in MiB (0 = none)
+    stream_dir: str | None = None  # where its file goes (default: the temp dir)
     duration_s: float | None = Field(None, gt=0)  # None: until SIGTERM / SIGINT
     interval_s: float = Field(1.0, gt=0)
     json_path: str | None = None
@@ -45,6 +51,7 @@ class NoiseReport(BaseModel):
     mem_mib: int
     mem_resident: bool  # all pages touched at least once
     mem_passes: int  # full write passes over the hog's memory
+    stream_mib_total: int = 0  # MiB the streamer read (0 without one)
     final: bool = False
 
 
@@ -75,6 +82,31 @@ def _hog(mib: int, rewrite: bool, passes, stop) -> None:  # noqa: ANN001
     stop.wait()
 
 
+STREAM_CHUNK = 1 << 20
+
+
+def _stream(path: str, mib: int, counter, stop) -> None:  # noqa: ANN001
+    """Write ``mib`` MiB to ``path`` (incompressible, so no filesystem shortcut), then read it
+    sequentially in a loop, counting MiB read; remove it when stopped."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        block = os.urandom(STREAM_CHUNK)
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                if stop.is_set():
+                    return
+                f.write(block)
+        while not stop.is_set():
+            with open(path, "rb", buffering=0) as f:
+                while not stop.is_set() and f.read(STREAM_CHUNK):
+                    counter.value += 1
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def _write_json(path: str, report: NoiseReport) -> None:
     tmp = Path(f"{path}.tmp")
     tmp.write_text(report.model_dump_json(indent=2))
@@ -87,10 +119,16 @@ def run_noise(spec: NoiseSpec, *, echo: bool = True) -> NoiseReport:
     stop = ctx.Event()
     counters = [ctx.Value("Q", 0, lock=False) for _ in range(spec.cpu_workers)]
     passes = ctx.Value("Q", 0, lock=False)
+    streamed = ctx.Value("Q", 0, lock=False)
     procs = [ctx.Process(target=_burn, args=(c, stop), daemon=True) for c in counters]
     if spec.mem_mib:
         procs.append(ctx.Process(target=_hog, args=(spec.mem_mib, spec.mem_rewrite, passes, stop),
                                  daemon=True))
+    if spec.stream_mib:
+        import tempfile
+
+        stream_path = os.path.join(spec.stream_dir or tempfile.gettempdir(), f"autotune-noise-stream-{os.getpid()}.bin")
+        procs.append(ctx.Process(target=_stream, args=(stream_path, spec.stream_mib, streamed, stop), daemon=True))
     stopping = False
 
     def on_signal(_sig, _frm) -> None:  # noqa: ANN001
@@ -118,7 +156,7 @@ def run_noise(spec: NoiseSpec, *, echo: bool = True) -> NoiseReport:
                 ops_total=ops, ops_per_s=ops / max(now - start, 1e-9),
                 ops_per_s_last=(ops - last_ops) / max(now - last_t, 1e-9),
                 mem_mib=spec.mem_mib, mem_resident=passes.value > 0, mem_passes=passes.value,
-                final=done,
+                stream_mib_total=streamed.value, final=done,
             )
             last_t, last_ops = now, ops
             if echo:
@@ -130,7 +168,7 @@ def run_noise(spec: NoiseSpec, *, echo: bool = True) -> NoiseReport:
     finally:
         stop.set()
         for p in procs:
-            p.join(timeout=2)
+            p.join(timeout=5)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=1)

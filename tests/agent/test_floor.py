@@ -156,3 +156,17 @@ def test_floor_asks_the_knob_how_a_change_moves_cpu():
         assert violation(act("cgroup.memory_max", "/b/server", "1"), s, 2) is None
     finally:
         del KNOBS["test.weight_tenths"]
+
+
+def test_capping_an_unlimited_neighbour_is_cut_at_its_floor():
+    """A neighbour found unlimited ("max") capped to 0.2 cores with a 0.5-core floor: the step
+    is cut to what keeps the floor instead of refused for want of a numeric start."""
+    from autotune.agent.floor import CpuShare, clamp
+    from autotune.types import Action
+
+    shares = {"llm": CpuShare(cgroup="/llm", quota_cores=1.5),
+              "batch": CpuShare(cgroup="/batch", quota_cores=None, floor=0.5)}
+    a = Action(knob="cgroup.cpu_quota", target="/batch", service="llm", current="max", proposed="0.2",
+               rule="cap-neighbour-cpu", rationale="test")
+    cut = clamp(a, shares, ncpu=2)
+    assert cut is not None and float(cut.proposed) == 0.5

@@ -202,3 +202,25 @@ def test_a_load_change_starts_a_phase_whose_trials_saw_only_the_new_load(tmp_pat
     trials = agent.learning.trials("llm")
     inside = [t for t in trials if phase.covers(t)]
     assert inside and all(t.load >= 2.5 for t in inside), [(t.start_ts, t.load) for t in trials]
+
+
+def test_give_backs_of_levers_the_search_does_not_move_survive_it(tmp_path, host_root):
+    """While the search is active for llm it decides the quota and weight give-backs; a
+    give-back of a lever it does not move (a neighbour's memory cap) stays the rules'."""
+    from autotune.diagnose import learner as L
+    from autotune.types import Action, VerifyPlan
+
+    agent, _ = make(tmp_path, host_root, Plant(host_root, demand=1.0))
+    learning = agent.learning
+    learning.proposals["llm"] = L.Proposal(status="exploring", allocation=None, reason="test")
+    learning.actions = lambda now, window, read: []  # the search proposes nothing this tick
+    guard = VerifyPlan(mode="guard", window_s=10, settle_s=2, lockout_s=30)
+
+    def give_back(knob: str, target: str) -> Action:
+        return Action(knob=knob, target=target, service="llm", current="1", proposed="2", rule="r",
+                      rationale="test", verify=guard)
+
+    rules = [give_back("cgroup.cpu_quota", LLM), give_back("cgroup.cpu_weight", NB),
+             give_back("cgroup.memory_high", NB), give_back("cgroup.cpu_quota", NB)]
+    kept = learning.merge(rules, 0.0, [], lambda k, t: None)
+    assert {(a.knob, a.target) for a in kept} == {("cgroup.memory_high", NB), ("cgroup.cpu_quota", NB)}

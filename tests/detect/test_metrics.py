@@ -168,3 +168,23 @@ def test_mem_available_without_mem_total():
 ])
 def test_known_metric_names(name, ok):
     assert is_known_metric(name) is ok
+
+
+def test_memory_interference_metrics():
+    """Page cache, anonymous memory, refaults and growth per cgroup; host swap size."""
+    def mem_snap(ts: float, cur: int, refault: int, majflt: int) -> Snapshot:
+        cg = CgroupReading(path="/n", version=1, memory_current_bytes=cur, memory_controller_version=1,
+                           memory_stat={"anon": 300, "file": cur - 300, "workingset_refault_file": refault,
+                                        "pgmajfault": majflt})
+        return Snapshot(ts=ts, meminfo_bytes={"MemTotal": 1000, "SwapTotal": 0},
+                        services={"n": ServiceReading(name="n", cgroup=cg)})
+
+    m = derive_metrics([mem_snap(10.0, 1000, 50, 5), mem_snap(20.0, 800, 250, 45)])
+    assert m["svc.n.mem.anon_bytes"] == 300 and m["svc.n.mem.file_bytes"] == 500
+    assert m["svc.n.mem.refault.rate"] == 20.0 and m["svc.n.mem.pgmajfault.rate"] == 4.0
+    assert m["svc.n.mem.growth_bytes_per_s"] == -20.0  # shrinking is measured, not dropped
+    assert m["svc.n.mem.cgroup_version"] == 1.0 and "svc.n.mem.low_bytes" not in m
+    assert m["mem.swap_total_bytes"] == 0.0
+    for name in ("svc.$service.mem.refault.rate", "svc.$service.mem.file_bytes", "mem.swap_total_bytes",
+                 "neighbours.mem.file_bytes", "svc.$service.mem.cgroup_version"):
+        assert is_known_metric(name), name

@@ -30,6 +30,14 @@ SLO_BOTH = Config(service=[LLM_SLO, BATCH])
 OVER = {"svc.llm.latency.itl_p95_s": 0.16}  # 1.6x its target: slack -0.6
 AMPLE = {"svc.llm.latency.itl_p95_s": 0.05}  # half its target: slack 0.5
 BUSY = {"svc.llm.psi.cpu.some.avg10": 30.0, "svc.batch.cpu.usage_cores": 1.5}
+# interference: the service stalls on memory, hardly waits for a CPU, next to a memory-heavy
+# neighbour (8 GB, 6 GB of it page cache) burning 1.5 cores
+MEMSTALL = {"svc.llm.psi.memory.some.avg10": 20.0, "svc.llm.psi.cpu.some.avg10": 1.0,
+            "svc.llm.psi.io.some.avg10": 0.5, "svc.llm.mem.cgroup_version": 2.0, "svc.llm.mem.usage_bytes": 2e9,
+            "svc.llm.mem.refault.rate": 900.0, "svc.llm.cpu.usage_cores": 0.8,
+            "svc.batch.mem.usage_bytes": 8e9, "svc.batch.mem.anon_bytes": 2e9, "svc.batch.mem.file_bytes": 6e9,
+            "svc.batch.cpu.usage_cores": 1.5, "mem.total_bytes": 24e9}
+MEMCALM = {**MEMSTALL, "svc.llm.psi.memory.some.avg10": 0.2}
 
 # what read_current returns on a plain host; fixtures override entries
 CURRENT = {
@@ -39,6 +47,11 @@ CURRENT = {
     ("cgroup.cpuset", "/autotune/llm"): "0-1",
     ("cgroup.cpuset", "/autotune/batch"): "0-1",
     ("cgroup.memory_high", "/autotune/llm"): "4294967296",
+    ("cgroup.memory_high", "/autotune/batch"): "max",
+    ("cgroup.memory_max", "/autotune/batch"): "max",
+    ("cgroup.memory_low", "/autotune/llm"): "0",
+    ("cgroup.cpu_quota", "/autotune/batch"): "max",
+    ("cgroup.io_weight", "/autotune/batch"): "100",
     ("sysctl", "vm.swappiness"): "60",
     ("thp", "defrag"): "madvise",
     ("thp", "enabled"): "madvise",
@@ -71,7 +84,8 @@ FIXTURES = {
     "host-majfault-advice": (NONE, {"vmstat.pgmajfault.rate": 2000.0}, {}, ("advice", "host", None)),
     "raise-service-memory-high": (BOTH, {"svc.llm.mem.high_events.rate": 25.0}, {},
                                   ("cgroup.memory_high", "/autotune/llm", "5368709120")),
-    "lower-swappiness": (NONE, {"psi.memory.some.avg10": 30.0}, {}, ("sysctl", "vm.swappiness", "10")),
+    "lower-swappiness": (NONE, {"psi.memory.some.avg10": 30.0, "mem.swap_total_bytes": 2e9}, {},
+                         ("sysctl", "vm.swappiness", "10")),
     "governor-performance": (BOTH, {}, {("governor", "all"): "powersave"}, ("governor", "all", "performance")),
     "thp-defrag-defer": (NONE, {"vmstat.compact_stall.rate": 20.0}, {("thp", "defrag"): "always"},
                          ("thp", "defrag", "defer+madvise")),
@@ -89,6 +103,23 @@ FIXTURES = {
                                    ("cgroup.cpu_weight", "/autotune/batch", "25")),
     "slo-dedicate-cpus": (SLO_BOTH, {**OVER, **BUSY, "svc.llm.cpu.weight": 4000.0}, {},
                           ("cgroup.cpuset", "/autotune/llm", "1")),
+    # interference (rules/interference.yaml): memory and CPU-time caps on the neighbours, protection
+    "protect-service-memory": (SLO_BOTH, {**OVER, **MEMSTALL}, {}, ("cgroup.memory_low", "/autotune/llm", "2500000000")),
+    "cap-neighbour-memory": (SLO_BOTH, {**OVER, **MEMSTALL}, {},
+                             ("cgroup.memory_high", "/autotune/batch", "6000000000")),
+    "cap-neighbour-memory-v1": (SLO_BOTH, {**OVER, **MEMSTALL, "svc.llm.mem.cgroup_version": 1.0}, {},
+                                ("cgroup.memory_max", "/autotune/batch", "6000000000")),
+    "cap-neighbour-cpu": (SLO_BOTH, {**OVER, **MEMSTALL}, {}, ("cgroup.cpu_quota", "/autotune/batch", "0.75")),
+    "lower-neighbour-io-weight": (SLO_BOTH, {**OVER, "svc.llm.psi.io.some.avg10": 30.0}, {},
+                                  ("cgroup.io_weight", "/autotune/batch", "25")),
+    "give-back-neighbour-cpu": (SLO_BOTH, {**AMPLE, **MEMCALM}, {("cgroup.cpu_quota", "/autotune/batch"): "0.5"},
+                                ("cgroup.cpu_quota", "/autotune/batch", "1")),
+    "give-back-neighbour-memory": (SLO_BOTH, {**AMPLE, **MEMCALM},
+                                   {("cgroup.memory_high", "/autotune/batch"): "6000000000"},
+                                   ("cgroup.memory_high", "/autotune/batch", "9000000000")),
+    "give-back-service-memory-low": (SLO_BOTH, {**AMPLE, **MEMCALM},
+                                     {("cgroup.memory_low", "/autotune/llm"): "2500000000"},
+                                     ("cgroup.memory_low", "/autotune/llm", "0")),
     # ... and give back toward where the agent found each value (ORIGINS below)
     "slo-give-back-cpus": (SLO_BOTH, AMPLE, {("cgroup.cpuset", "/autotune/batch"): "0"},
                            ("cgroup.cpuset", "/autotune/batch", "0-1")),
@@ -108,6 +139,9 @@ ORIGINS = {
     ("cgroup.cpu_weight", "/autotune/batch"): "100",
     ("cgroup.cpu_weight", "/autotune/llm"): "100",
     ("cgroup.cpu_quota", "/autotune/llm"): "0.5",
+    ("cgroup.cpu_quota", "/autotune/batch"): "max",
+    ("cgroup.memory_high", "/autotune/batch"): "max",
+    ("cgroup.memory_low", "/autotune/llm"): "0",
 }
 
 
@@ -221,3 +255,65 @@ def test_no_rationale_claims_a_duration_a_short_sample_did_not_have():
     _, actions = run(BOTH, {**CALM, "psi.cpu.some.avg60": 50.0}, CURRENT)
     pin = next(a for a in actions if a.rule == "pin-service-dedicated-cpus")
     assert "50 % of the last minute" in pin.rationale
+
+
+# -- interference: only what can help ------------------------------------------------------------
+def test_memory_stall_gets_memory_levers_not_cpu_weights():
+    """A service stalling on memory (not waiting for a CPU) gets protection and caps on the
+    neighbours' memory and CPU time, never a cpu weight step: weights cannot help it."""
+    _, actions = run(SLO_BOTH, {**CALM, **OVER, **MEMSTALL}, CURRENT, origins=ORIGINS)
+    rules = [a.rule for a in actions]
+    assert rules[:3] == ["protect-service-memory", "cap-neighbour-memory", "cap-neighbour-cpu"]
+    assert not [a for a in actions if a.knob == "cgroup.cpu_weight"]
+    cap = next(a for a in actions if a.rule == "cap-neighbour-memory")
+    assert "20 % of the time" in cap.rationale and "CPU wait" in cap.rationale
+
+
+def test_cpu_contention_gets_no_memory_levers():
+    """CPU-time contention (the service waits for a CPU, no memory stall) keeps the CPU rules."""
+    _, actions = run(SLO_BOTH, {**CALM, **OVER, **BUSY}, CURRENT, origins=ORIGINS)
+    assert {a.rule for a in actions} >= {"slo-raise-weight", "slo-lower-neighbour-weight"}
+    assert not [a for a in actions if a.knob.startswith("cgroup.memory") or a.rule == "cap-neighbour-cpu"]
+
+
+def test_no_swappiness_change_without_swap():
+    for swap in ({}, {"mem.swap_total_bytes": 0.0}):
+        _, actions = run(NONE, {**CALM, "psi.memory.some.avg10": 30.0, **swap}, CURRENT)
+        assert not [a for a in actions if a.rule == "lower-swappiness"], swap
+
+
+def test_no_memory_low_on_cgroup_v1():
+    """cgroup v1 has no memory.low: the v1 cap is proposed, the protection never is."""
+    _, actions = run(SLO_BOTH, {**CALM, **OVER, **MEMSTALL, "svc.llm.mem.cgroup_version": 1.0}, CURRENT,
+                     origins=ORIGINS)
+    rules = {a.rule for a in actions}
+    assert "cap-neighbour-memory-v1" in rules
+    assert not rules & {"protect-service-memory", "cap-neighbour-memory"}
+
+
+def test_unreadable_knob_is_not_proposed():
+    """A lever the host lacks (no io weight file: reads fail) is not proposed at all."""
+    current = {k: v for k, v in CURRENT.items() if k[0] != "cgroup.io_weight"}
+    _, actions = run(SLO_BOTH, {**CALM, **OVER, "svc.llm.psi.io.some.avg10": 30.0}, current, origins=ORIGINS)
+    assert not [a for a in actions if a.knob == "cgroup.io_weight"]
+
+
+def test_neighbour_memory_cap_never_under_its_anonymous_memory():
+    """Stepping from 3 GB with 2.8 GB of it anonymous: the cap stops at 1.25 x 2.8 GB."""
+    m = {**CALM, **OVER, **MEMSTALL, "svc.batch.mem.usage_bytes": 3e9, "svc.batch.mem.anon_bytes": 2.8e9}
+    _, actions = run(SLO_BOTH, m, CURRENT, origins=ORIGINS)
+    [cap] = [a for a in actions if a.rule == "cap-neighbour-memory"]
+    assert int(cap.proposed) >= int(1.25 * 2.8e9) - 4096
+    # already capped at the bound: nothing left to cut
+    _, again = run(SLO_BOTH, m, {**CURRENT, ("cgroup.memory_high", "/autotune/batch"): cap.proposed},
+                   origins=ORIGINS)
+    assert not [a for a in again if a.rule == "cap-neighbour-memory"]
+
+
+def test_give_back_to_unlimited_ends_at_the_start_value():
+    """A neighbour quota found unlimited is given back by doubling, and at the host's CPU
+    count the step is the original "max" itself."""
+    _, actions = run(SLO_BOTH, {**CALM, **AMPLE, **MEMCALM}, {**CURRENT, ("cgroup.cpu_quota", "/autotune/batch"): "1.5"},
+                     origins=ORIGINS)
+    [a] = [a for a in actions if a.rule == "give-back-neighbour-cpu"]
+    assert a.proposed == "max" and a.verify.mode == "guard"

@@ -88,3 +88,26 @@ def test_missing_file_is_none_and_garbage_is_reported(tmp_path):
 
 def test_flat_keyed():
     assert parse_flat_keyed("a 1\n\nb 2\n", "x") == {"a": 1, "b": 2}
+
+
+def test_memory_stat_in_one_vocabulary_v2_and_v1():
+    """memory.stat: anon, page cache, refaults and major faults under v2 names; v1's
+    hierarchical total_* lines map onto them; v2 adds memory.low."""
+    v2 = read_cgroup(Host(fixture_path("v2-docs")), "/system.slice/llm.service")
+    assert v2.memory_stat == {"anon": 5 << 30, "file": 1 << 30, "workingset_refault_file": 4321, "pgmajfault": 87}
+    assert v2.memory_low_bytes == 4 << 30 and v2.memory_controller_version == 2
+    v1 = read_cgroup(Host(LOCAL), CHILD)
+    stat = _kv(LOCAL / "sys/fs/cgroup/memory" / CHILD.lstrip("/") / "memory.stat")
+    assert v1.memory_stat == {"anon": stat["total_rss"], "file": stat["total_cache"],
+                              "workingset_refault_file": stat["total_workingset_refault_file"],
+                              "pgmajfault": stat["total_pgmajfault"]}
+    assert v1.memory_low_bytes is None and v1.memory_controller_version == 1
+
+
+def test_garbled_memory_stat_is_a_missing_field_with_a_message(tmp_path):
+    root = writable_copy("v2-docs", tmp_path)
+    (root / "sys/fs/cgroup/system.slice/llm.service/memory.stat").write_text("anon lots\n")
+    errors: list[str] = []
+    cg = read_cgroup(Host(root), "/system.slice/llm.service", errors=errors)
+    assert cg.memory_stat == {} and cg.memory_current_bytes == 6 << 30
+    assert any("memory.stat" in e and "anon" in e for e in errors)

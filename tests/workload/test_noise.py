@@ -27,3 +27,10 @@ def test_rewrite_keeps_passing():
     rep = run_noise(NoiseSpec(cpu_workers=0, mem_mib=4, mem_rewrite=True, duration_s=0.5,
                               interval_s=0.5), echo=False)
     assert rep.mem_passes > 1
+
+
+def test_streamer_reads_its_file_in_a_loop_and_removes_it(tmp_path):
+    rep = run_noise(NoiseSpec(cpu_workers=0, stream_mib=4, stream_dir=str(tmp_path), duration_s=1.0,
+                              interval_s=0.5), echo=False)
+    assert rep.stream_mib_total > 4  # more than one pass over the 4 MiB file
+    assert list(tmp_path.iterdir()) == []  # its file is gone
