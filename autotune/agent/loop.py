@@ -40,30 +40,32 @@ MAX_CONSECUTIVE_FAILURES = 3
 
 
 PROPOSAL_MOVE = 0.10  # a numeric proposal within 10 % of the one audited is the same proposal
+EPISODE_CLEAR_S = 30.0  # a proposal or block unseen this long has cleared (not one missed tick)
+Episodes = dict[tuple[str, ...], tuple[str, float]]  # key -> (what was said, last seen)
 
 
-def proposal_episodes(prev: dict[tuple[str, str, str], str], actions: Iterable[Action]
-                      ) -> tuple[dict[tuple[str, str, str], str], bool]:
+def proposal_episodes(prev: Episodes, actions: Iterable[Action], now: float) -> tuple[Episodes, bool]:
     """(the proposals' episodes now, whether one is new). An episode is one rule's proposal for
-    one target, from when it appears until it clears, is applied or its value changes: the
-    audit trail gets a row when one starts, not every tick. A proportional step follows the
-    slack tick by tick, so a numeric value within PROPOSAL_MOVE of the audited one is the same
-    proposal; an advice's text quotes live metrics, so only its rule and target count."""
+    one target, from when it appears until it clears (unseen for EPISODE_CLEAR_S), is applied
+    or its value changes: the audit trail gets a row when one starts, not every tick. A
+    proportional step follows the slack tick by tick, so a numeric value within PROPOSAL_MOVE
+    of the audited one is the same proposal; an advice's text quotes live metrics, so only its
+    rule and target count."""
     from autotune.knobs import KNOBS
     from autotune.knobs.base import number
 
-    now: dict[tuple[str, str, str], str] = {}
+    out = {k: v for k, v in prev.items() if now - v[1] <= EPISODE_CLEAR_S}
     fresh = False
     for a in actions:
         key, value = (a.rule, a.knob, a.target), "" if a.advisory else a.proposed
-        old = prev.get(key)
+        old = out.get(key, (None, 0.0))[0]
         knob = KNOBS.get(a.knob)
         x, y = number(old) if old else None, number(value)
         same = old is not None and (old == value or (knob is not None and knob.same(old, value)) or (
             x is not None and y is not None and abs(x - y) <= PROPOSAL_MOVE * max(abs(x), abs(y))))
-        now[key] = old if same else value
+        out[key] = (old if same else value, now)
         fresh |= not same
-    return now, fresh
+    return out, fresh
 
 
 class Agent:
@@ -109,8 +111,8 @@ class Agent:
         self.scrapers = scrapers if scrapers is not None else scrapers_for(cfg.services)
         self.symptoms: list[Symptom] = []
         self.actions: list[Action] = []
-        self._episodes: dict[tuple[str, str, str], str] = {}  # proposals audited, see proposal_episodes
-        self._said: dict[tuple[str, ...], str] = {}  # blocks logged and audited (agent/blocked.py)
+        self._episodes: Episodes = {}  # proposals audited, see proposal_episodes
+        self._said: Episodes = {}  # blocks logged and audited (agent/blocked.py), the same way
         self.blocks: list[blocked.Block] = []
         self._reacting = blocked.reacting_symptoms(ruleset)
         self._stage_errors: dict[str, str] = {}
@@ -325,11 +327,11 @@ class Agent:
         self.learning.observe(now, current, self._read_current)
         actions = self.learning.merge(actions, now, current, self._read_current)
         view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
-        actions = self._blocked(symptoms, actions, view)
+        actions = self._blocked(symptoms, actions, view, now)
         self.symptoms, self.actions = symptoms, actions
         if self.exporter is not None:
             self.exporter.update_symptoms(symptoms)
-        self._episodes, fresh = proposal_episodes(self._episodes, actions)
+        self._episodes, fresh = proposal_episodes(self._episodes, actions, now)
         if fresh:
             self.audit("recommendation", outcome="proposed" if self.mode == "apply" else "recommended",
                        detail={"mode": self.mode, "symptoms": [s.model_dump() for s in symptoms],
@@ -360,8 +362,8 @@ class Agent:
             self.apply(decision.chosen, symptoms=symptoms, now=now)
         return decision
 
-    def _blocked(self, symptoms: list[Symptom], actions: list[Action], view: gating.GateView
-                 ) -> list[Action]:
+    def _blocked(self, symptoms: list[Symptom], actions: list[Action], view: gating.GateView,
+                 now: float) -> list[Action]:
         """Mark the proposals a durable check stops, and say once per episode (log at INFO,
         audit ``blocked``) each thing nothing can be done about, with what would unblock it."""
         refused = {(k, t) for k, t, _ in self._refused}
@@ -370,13 +372,13 @@ class Agent:
         self.blocks = (blocked.services(self.cfg, snap) + for_actions +
                        blocked.symptoms(symptoms, actions, self.cfg, snap, reacting=self._reacting,
                                         refused=refused))
-        said = {}
+        said = {k: v for k, v in self._said.items() if now - v[1] <= EPISODE_CLEAR_S}
         for b in self.blocks:
-            said[b.key] = b.line
-            if b.key not in self._said:
+            if b.key not in said:
                 log.info("%s", b.line)
                 self.audit("blocked", service=b.service, rule=b.rule, knob=b.knob, target=b.target,
                            outcome="blocked", detail={"kind": b.kind, "line": b.line})
+            said[b.key] = (said.get(b.key, (b.line, now))[0], now)
         self._said = said
         return actions
 

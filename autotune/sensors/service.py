@@ -28,7 +28,7 @@ from autotune.config import Service
 from autotune.errors import HostError, ParseError
 from autotune.host import CGROUP_MOUNT, Host
 from autotune.sensors.cgroup import read_cgroup_procs
-from autotune.sensors.service_cgroups import declared, from_processes, hierarchies
+from autotune.sensors.service_cgroups import declared, from_processes, hierarchies, own_cgroup_fix
 from autotune.types import ServiceCgroups
 
 _UNIT_SEARCH_DEPTH = 4
@@ -233,8 +233,9 @@ def resolve_service(host: Host, svc: Service) -> ResolvedService:
 def _placement(host: Host, svc: Service, cgroup: str | None, pids: list[int], proc_pids: list[int]
                ) -> ServiceCgroups:
     """Where the service is: ``cgroup =`` as declared; a unit's or matched processes' groups."""
+    who = "the server" if svc.role == "latency-critical" else svc.name
     if svc.cgroup:
-        return declared(host, svc.cgroup, processes=proc_pids)
+        return declared(host, svc.cgroup, processes=proc_pids, who=who)
     if svc.unit:
         how = f"systemd unit {svc.unit}"
         if cgroup is None:
@@ -242,10 +243,15 @@ def _placement(host: Host, svc: Service, cgroup: str | None, pids: list[int], pr
                                   "found)", fix="start it, or fix `unit =`")
         if not pids:
             return ServiceCgroups(how=f"{how} (no process)", **{h.field: cgroup for h in hierarchies(host)})
-        return from_processes(host, pids, how=how, default=cgroup)
+        return _fixed(from_processes(host, pids, how=how, default=cgroup), who)
     if not pids:
         wanted = ", ".join(f"{k} {v!r}" for k, v in (("pid_file", svc.pid_file), ("exe", svc.exe),
                                                       ("cmdline", svc.cmdline)) if v)
         return ServiceCgroups(how="from processes (none)", problem=f"no process matches {wanted}",
-                              fix="start the server, or fix the service's cmdline / exe / pid_file")
-    return from_processes(host, pids)
+                              fix=f"start {who}, or fix the service's cmdline / exe / pid_file")
+    return _fixed(from_processes(host, pids), who)
+
+
+def _fixed(cg: ServiceCgroups, who: str) -> ServiceCgroups:
+    """Say what would give it a cgroup to act on, when it has no cpu one."""
+    return cg.model_copy(update={"fix": own_cgroup_fix(who)}) if cg.cpu is None and not cg.fix else cg

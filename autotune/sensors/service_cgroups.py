@@ -45,6 +45,11 @@ _SHARED = re.compile(r"^/(?:[^/]+\.slice|init\.scope|kubepods|kubepods/(?:bestef
 SANDBOX_COMMS = frozenset({"pause"})  # Kubernetes' pod sandbox: in every pod, belongs to none
 FIX_OWN_CGROUP = "declare `cgroup =` or run the server in its own cgroup"
 
+
+def own_cgroup_fix(who: str = "the server") -> str:
+    """What gives a service a cgroup to act on (``who``: "the server", or a neighbour's name)."""
+    return FIX_OWN_CGROUP.replace("the server", who)
+
 _found: dict[tuple[str, str, str], str] = {}
 _not_found: dict[tuple[str, str, str], float] = {}
 _own: dict[tuple, str | None] = {}
@@ -77,7 +82,8 @@ def hierarchies(host: Host) -> list[Hierarchy]:
     return out
 
 
-def declared(host: Host, cgpath: str, *, processes: list[int] | None = None) -> ServiceCgroups:
+def declared(host: Host, cgpath: str, *, processes: list[int] | None = None,
+             who: str = "the server") -> ServiceCgroups:
     """A ``cgroup =`` path for every controller; ``processes`` (what the process matchers
     found) are checked against it and a mismatch is noted, never acted on."""
     cgpath = norm_cgpath(cgpath)
@@ -87,7 +93,7 @@ def declared(host: Host, cgpath: str, *, processes: list[int] | None = None) -> 
     if not any(host.is_dir(h.dir(cgpath)) for h in hiers):
         return ServiceCgroups(**fields, how="declared (cgroup =)",
                               problem=f"cgroup {cgpath} does not exist",
-                              fix="create it and start the server in it, or fix `cgroup =`")
+                              fix=f"create it and start {who} in it, or fix `cgroup =`")
     if processes:
         found = from_processes(host, processes)
         for field in ("cpu", "memory"):
@@ -143,7 +149,7 @@ def problem_of(cg: ServiceCgroups) -> tuple[str, str] | None:
     if cg.problem:
         return cg.problem, cg.fix or FIX_OWN_CGROUP
     if cg.cpu is None:
-        return cg.why_not.get("cpu", "no cpu cgroup found"), FIX_OWN_CGROUP
+        return cg.why_not.get("cpu", "no cpu cgroup found"), cg.fix or FIX_OWN_CGROUP
     return None
 
 

@@ -16,7 +16,7 @@ from autotune.agent import blocked
 from autotune.agent.actuator import LocalActuator
 from autotune.agent.floor import CpuShare
 from autotune.agent.gating import GateView
-from autotune.agent.loop import Agent, proposal_episodes
+from autotune.agent.loop import EPISODE_CLEAR_S, Agent, proposal_episodes
 from autotune.cli.main import app
 from autotune.config import Config, Service
 from autotune.diagnose.rules import load_rules
@@ -160,6 +160,7 @@ def test_a_new_episode_is_said_again(tmp_path, caplog):
     _run(agent, clock, 2)
     assert [e.rule for e in agent.journal.entries()] == ["raise-quota"]
     assert not agent.blocks
+    _run(agent, clock, int(EPISODE_CLEAR_S) + 1)  # unblocked long enough: that episode is over
     agent.cfg = cfg
     _run(agent, clock, 30)
     assert [e.detail["kind"] for e in agent.trail.query(kind="blocked")] == ["floor", "floor"]
@@ -245,16 +246,19 @@ def test_each_cause_has_its_line():
 
 
 def test_proposal_episodes_follow_the_proposal_not_the_tick():
-    eps, fresh = proposal_episodes({}, [_quota(proposed="1.10")])
+    eps, fresh = proposal_episodes({}, [_quota(proposed="1.10")], 0.0)
     assert fresh
-    for wobble in ("1.08", "1.12", "1.1"):  # a proportional step following the slack
-        eps, fresh = proposal_episodes(eps, [_quota(proposed=wobble)])
+    for t, wobble in enumerate(("1.08", "1.12", "1.1"), 1):  # a proportional step following the slack
+        eps, fresh = proposal_episodes(eps, [_quota(proposed=wobble)], t)
         assert not fresh
-    eps, fresh = proposal_episodes(eps, [_quota(proposed="1.5")])
+    eps, fresh = proposal_episodes(eps, [_quota(proposed="1.5")], 4.0)
     assert fresh  # the proposal changed
-    eps, fresh = proposal_episodes(eps, [])
+    eps, fresh = proposal_episodes(eps, [], 5.0)
+    eps, fresh = proposal_episodes(eps, [_quota(proposed="1.5")], 6.0)
+    assert not fresh  # one tick without it is no new episode
+    eps, fresh = proposal_episodes(eps, [], 6.0 + EPISODE_CLEAR_S + 1)
     assert not fresh and eps == {}  # it cleared
-    eps, fresh = proposal_episodes(eps, [_quota(proposed="1.5")])
+    eps, fresh = proposal_episodes(eps, [_quota(proposed="1.5")], 40.0)
     assert fresh  # a new episode
 
 

@@ -176,6 +176,9 @@ def test_a_shared_session_or_slice_is_not_the_servers_own(tmp_path):
     host = Host(pure_v2(tmp_path, {scope: [650, 651, 700]}, procs))
     why = resolve_service(host, LLM).cgroups.why_not["cpu"]
     assert why == f"its process is in {scope} (cpu): {scope} also holds pid 651 (tmux), not one of its processes"
+    assert resolve_service(host, LLM).cgroups.fix == "declare `cgroup =` or run the server in its own cgroup"
+    batch = resolve_service(host, Service(name="batch", role="neighbour", cmdline="llama-server")).cgroups
+    assert batch.fix == "declare `cgroup =` or run batch in its own cgroup"  # a neighbour is no server
     procs = [Proc(800, "llama-server", ["llama-server"], "0::/system.slice\n")]
     host = Host(pure_v2(tmp_path / "2", {"/system.slice": [800]}, procs))
     assert "shared by design" in resolve_service(host, LLM).cgroups.why_not["cpu"]
