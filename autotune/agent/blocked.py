@@ -103,8 +103,8 @@ def actions(proposed: list[Action], view: GateView, refused: Iterable[tuple[str,
 def symptoms(found: list[Symptom], proposed: list[Action], cfg: Config, snapshot: Snapshot | None,
              *, reacting: set[str] | None = None, refused: Iterable[tuple[str, str]] = ()) -> list[Block]:
     """One Block per service symptom (of those ``reacting`` rules act on; None: all) that no
-    action addresses because the service has nothing to act on or the policy refuses it.
-    A symptom whose proposals are blocked is already said by their Blocks."""
+    change addresses (advice is no change) because the service has nothing to act on or the
+    policy refuses it. A symptom whose proposals are blocked is already said by their Blocks."""
     refused = set(refused)
     out: list[Block] = []
     placed = snapshot.service_cgroups() if snapshot is not None else {}
@@ -112,7 +112,7 @@ def symptoms(found: list[Symptom], proposed: list[Action], cfg: Config, snapshot
     for s in found:
         if s.service is None or (reacting is not None and s.name not in reacting):
             continue
-        if (s.service, s.name) in seen or any(a.service == s.service for a in proposed):
+        if (s.service, s.name) in seen or any(a.service == s.service and not a.advisory for a in proposed):
             continue
         seen.add((s.service, s.name))
         head = f"{s.service}: {s.name} ({s.metric.rsplit('.', 1)[-1]} {s.value:.3g})"

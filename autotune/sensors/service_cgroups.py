@@ -37,6 +37,7 @@ MAX_WALK_DIRS = 5000  # a search or an own-group check reads at most this many c
 MAX_WALK_DEPTH = 16
 MAX_GROUP_DIRS = 200  # a subtree larger than this is no group of one service's own
 NEGATIVE_TTL_S = 60.0  # a namespaced path not found is searched for again after this
+RECHECK_S = 30.0  # the same processes in the same groups: the answer is reused this long
 _ANCESTRY_DEPTH = 64
 # groups systemd and the kubelet share between services, whatever they hold right now
 _SHARED = re.compile(r"^/(?:[^/]+\.slice|init\.scope|kubepods|kubepods/(?:besteffort|burstable)"
@@ -53,6 +54,7 @@ def own_cgroup_fix(who: str = "the server") -> str:
 _found: dict[tuple[str, str, str], str] = {}
 _not_found: dict[tuple[str, str, str], float] = {}
 _own: dict[tuple, str | None] = {}
+_placed: dict[tuple, tuple[ServiceCgroups, float]] = {}
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,27 @@ def from_processes(host: Host, pids: list[int], *, how: str = "from processes",
     how = f"{how} ({_pids_text(pids)})"
     if not pids:
         return ServiceCgroups(how=how, why_not={f: "no process" for f in CGROUP_FIELDS})
-    lines = {}
+    texts = {}
     for pid in pids:
         try:
             text = host.read_optional(f"/proc/{pid}/cgroup")
         except HostError:
             text = None
         if text:
-            lines[pid] = parse_proc_cgroup(text)
+            texts[pid] = text
+    # every sample asks; the same processes in the same groups get the same answer for a while
+    # (a process of someone else's joining a group is noticed within RECHECK_S)
+    key = (str(host.root), how, default, tuple(sorted(texts.items())), tuple(sorted(pids)))
+    hit = _placed.get(key)
+    if hit is not None and time.monotonic() - hit[1] < RECHECK_S:
+        return hit[0]
+    placed = _place(host, pids, {pid: parse_proc_cgroup(t) for pid, t in texts.items()}, how, default)
+    _remember(_placed, key, (placed, time.monotonic()))
+    return placed
+
+
+def _place(host: Host, pids: list[int], lines: dict[int, dict[str, str]], how: str,
+           default: str | None) -> ServiceCgroups:
     fields: dict[str, str | None] = {}
     why_not: dict[str, str] = {}
     for h in hierarchies(host):

@@ -272,3 +272,20 @@ def test_symptom_lines_only_for_symptoms_rules_act_on(reacting, expected, tmp_pa
     snap = collect(host(root, writable=False), cfg.services, now=1.0)
     s = Symptom(name="busy", service="llm", metric="svc.llm.processes", value=1, threshold=0, since_ts=0)
     assert len(blocked.symptoms([s], [], cfg, snap, reacting=reacting)) == expected
+
+
+def test_symptom_lines_say_a_policy_refusal_and_ignore_advice(tmp_path):
+    from autotune.sensors.collect import collect
+    from autotune.types import Symptom
+
+    root = writable_copy("hybrid-local", tmp_path)
+    cfg = Config(service=[Service(name="llm", cmdline=MARK)])
+    snap = collect(host(root, writable=False), cfg.services, now=1.0)
+    s = Symptom(name="busy", service="llm", metric="svc.llm.processes", value=1, threshold=0, since_ts=0)
+    advice = Action(knob="advice", target="llm", service="llm", proposed="use fewer threads", rule="r",
+                    rationale="test", advisory=True)
+    (b,) = blocked.symptoms([s], [advice], cfg, snap, refused={("cgroup.cpu_quota", LLM_CG)})
+    assert b.line == ("llm: busy (processes 1) but the helper's policy refuses cgroup.cpu_quota on "
+                      "/autotune-fixture/llm: allow it in the helper's policy ([knob.\"cgroup.cpu_quota\"] "
+                      "subtrees), or leave it to the operator")
+    assert blocked.symptoms([s], [_quota()], cfg, snap, refused={("cgroup.cpu_quota", LLM_CG)}) == []

@@ -23,7 +23,8 @@ LLM = Service(name="llm", cmdline="llama-server")
 @pytest.fixture(autouse=True)
 def _fresh_caches():
     """Resolution remembers namespaced paths per host root; tmp roots are unique anyway."""
-    for cache in (service_cgroups._found, service_cgroups._not_found, service_cgroups._own):
+    for cache in (service_cgroups._found, service_cgroups._not_found, service_cgroups._own,
+                  service_cgroups._placed):
         cache.clear()
 
 
