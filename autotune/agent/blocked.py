@@ -135,10 +135,11 @@ def symptoms(found: list[Symptom], proposed: list[Action], cfg: Config, snapshot
 
 def lines(blocks: list[Block]) -> list[str]:
     """The blocks' lines for one report (``recommend``): a service's own "nothing to act on"
-    line is left out where a line about one of its symptoms says the same."""
+    line is left out where a line about one of its symptoms says the same; notes (kind
+    "note": they block nothing) go with the report's notes."""
     restated = {b.service for b in blocks if b.key[0] == "symptom" and b.kind == "no_cgroup"}
-    return [b.line for b in blocks
-            if not (b.key[0] == "service" and b.kind in ("no_cgroup", "missing") and b.service in restated)]
+    return [b.line for b in blocks if b.kind != "note"
+            and not (b.key[0] == "service" and b.kind in ("no_cgroup", "missing") and b.service in restated)]
 
 
 def reacting_symptoms(ruleset) -> set[str]:

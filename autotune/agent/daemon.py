@@ -229,7 +229,7 @@ def recommend(cfg: Config, *, root: Path | None, duration: float, period: float 
     finally:
         agent.stop()
         db.conn.close()
-    notes = [f"missing: {m}" for m in sorted(missing)]
+    notes = [f"missing: {m}" for m in sorted(missing)] + [b.line for b in agent.blocks if b.kind == "note"]
     if not cfg.services:
         notes.append("no services configured: only host-wide checks ran (see `autotune config`)")
     return Recommendation(ts=agent.window[-1].ts, duration_s=duration, samples=samples,

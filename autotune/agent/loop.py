@@ -376,8 +376,9 @@ class Agent:
         for b in self.blocks:
             if b.key not in said:
                 log.info("%s", b.line)
-                self.audit("blocked", service=b.service, rule=b.rule, knob=b.knob, target=b.target,
-                           outcome="blocked", detail={"kind": b.kind, "line": b.line})
+                if b.kind != "note":  # a note (a declared cgroup its processes are not in) blocks nothing
+                    self.audit("blocked", service=b.service, rule=b.rule, knob=b.knob, target=b.target,
+                               outcome="blocked", detail={"kind": b.kind, "line": b.line})
             said[b.key] = (said.get(b.key, (b.line, now))[0], now)
         self._said = said
         return actions

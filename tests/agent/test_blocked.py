@@ -289,3 +289,19 @@ def test_symptom_lines_say_a_policy_refusal_and_ignore_advice(tmp_path):
                       "/autotune-fixture/llm: allow it in the helper's policy ([knob.\"cgroup.cpu_quota\"] "
                       "subtrees), or leave it to the operator")
     assert blocked.symptoms([s], [_quota()], cfg, snap, refused={("cgroup.cpu_quota", LLM_CG)}) == []
+
+
+def test_a_declared_cgroup_its_processes_are_not_in_is_a_note(tmp_path):
+    root = writable_copy("hybrid-local", tmp_path)
+    for h in ("cpu", "cpuacct", "cpuset", "memory", "unified"):
+        (root / "sys/fs/cgroup" / h / "declared").mkdir()
+        (root / "sys/fs/cgroup" / h / "declared/cgroup.procs").write_text("")
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'[agent]\nrule_dirs = ["{_rules(tmp_path)}"]\n[[service]]\nname = "llm"\ncgroup = "/declared"\n'
+                   f'cmdline = "{MARK}"\n')
+    rec = json.loads(CliRunner().invoke(app, ["recommend", "--root", str(root), "-c", str(cfg), "--duration",
+                                              "0.4", "--period", "0.2", "--json"]).stdout)
+    pid = (root / "PID").read_text().strip()
+    assert rec["blocked"] == []
+    assert (f"llm: its processes (pid {pid}) are in /autotune-fixture/llm (cpu), not in the declared "
+            "/declared: acting on the declared one") in rec["notes"]
