@@ -193,7 +193,9 @@ def effective_cpu_quota_cores(host: Host, cgpath: str) -> float | None:
 def parse_proc_cgroup(text: str) -> dict[str, str]:
     """/proc/<pid>/cgroup -> {controller: cgroup path}; the v2 ("0::") line is under "".
 
-    A v1 line serving several controllers ("1:cpu,cpuacct:/x") gives each of them.
+    A v1 line serving several controllers ("1:cpu,cpuacct:/x") gives each of them. A path is
+    relative to the READER's cgroup namespace: one outside it starts with '/..' and is kept as
+    shown ("/../../pod.slice/c.scope"; autotune/sensors/service_cgroups.py finds it).
     """
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -201,12 +203,19 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
         if len(parts) != 3:
             continue
         _, ctrls, path = parts
+        path = _shown_path(path)
         if ctrls == "":
-            out.setdefault("", norm_cgpath(path))
+            out.setdefault("", path)
         for c in ctrls.split(","):
             if c:
-                out.setdefault(c, norm_cgpath(path))
+                out.setdefault(c, path)
     return out
+
+
+def _shown_path(path: str) -> str:
+    """A /proc/<pid>/cgroup path cleaned of empty and '.' parts; '..' kept (see above)."""
+    parts = [p for p in path.strip().split("/") if p and p != "."]
+    return "/" + "/".join(parts)
 
 
 def pid_cgroup(host: Host, controller: str | None = None, pid: int | str = "self") -> str | None:

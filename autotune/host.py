@@ -142,6 +142,17 @@ class Host:
         except OSError as err:
             raise HostError(f"{host_path}: cannot list ({err.strerror})") from err
 
+    def subdirs(self, host_path: str) -> list[str]:
+        """Names of the directories directly in ``host_path`` (symlinks not followed), sorted;
+        one scandir, so walking a cgroup tree does not stat each of its many files."""
+        try:
+            with os.scandir(self.path(host_path)) as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError as err:
+            raise MissingFile(f"{host_path}: no such directory under {self.root}") from err
+        except OSError as err:
+            raise HostError(f"{host_path}: cannot list ({err.strerror})") from err
+
     # -- reading -----------------------------------------------------------------------
     def read_text(self, host_path: str, *, max_bytes: int = MAX_READ_BYTES) -> str:
         """Read a whole regular file of at most ``max_bytes`` (bounded; see the module doc).

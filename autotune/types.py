@@ -151,9 +151,48 @@ class LatencyReading(_Frozen):
     hist: dict[str, Buckets] = {}
 
 
+# the cgroup controllers a service is placed in, each in the hierarchy that manages it here
+CGROUP_FIELDS = ("cpu", "cpuacct", "cpuset", "memory", "io", "unified")
+
+
+class ServiceCgroups(_Frozen):
+    """Which cgroup one service is in, per controller: the one answer every consumer takes
+    (knob targets, the floor, the search, status). A path per controller because on cgroup v1
+    each controller is its own hierarchy and a process can sit in a different group in each;
+    on pure v2 they are all the same path. ``unified`` is the v2 tree (PSI on a hybrid host).
+    None where the service has no cgroup of its own for that controller (``why_not`` says why).
+    Filled by ``autotune/sensors/service_cgroups.py``."""
+
+    cpu: str | None = None
+    cpuacct: str | None = None
+    cpuset: str | None = None
+    memory: str | None = None
+    io: str | None = None  # v2 io, v1 blkio
+    unified: str | None = None
+    how: str = ""  # "declared (cgroup =)", "systemd unit llm.service", "from processes (pid 123)"
+    why_not: dict[str, str] = {}  # field -> why there is no cgroup to act on there
+    notes: list[str] = []  # e.g. its processes sit elsewhere than the declared cgroup
+    # the service as a whole has nothing to act on (a declared cgroup or unit that does not
+    # exist, no process matched), and what would fix it
+    problem: str | None = None
+    fix: str | None = None
+
+    def of(self, controller: str) -> str | None:
+        """The cgroup for a controller name as knobs say it ("cpu", "cpuset", "memory", "io",
+        "blkio", "cpuacct"), or "unified" / "v2" for the v2 tree."""
+        field = {"blkio": "io", "v2": "unified"}.get(controller, controller)
+        return getattr(self, field) if field in CGROUP_FIELDS else None
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """field -> path, only where there is one."""
+        return {f: p for f in CGROUP_FIELDS if (p := getattr(self, f)) is not None}
+
+
 class ServiceReading(_Frozen):
     name: str
     cgroup: CgroupReading | None = None
+    cgroups: ServiceCgroups | None = None  # where the service is, per controller (None: unresolved)
     processes: list[ProcessReading] = []
     latency: LatencyReading | None = None
     errors: list[str] = []  # why parts are missing (target gone, permission...)
@@ -170,6 +209,10 @@ class Snapshot(_Frozen):
     loadavg: LoadAvg | None = None
     services: dict[str, ServiceReading] = {}
     missing: list[str] = []
+
+    def service_cgroups(self) -> dict[str, ServiceCgroups]:
+        """Each service's resolved cgroups (services not resolved are absent)."""
+        return {n: r.cgroups for n, r in self.services.items() if r.cgroups is not None}
 
 
 # -- detection / diagnosis --------------------------------------------------------------------
@@ -211,6 +254,9 @@ class Action(_Frozen):
     score: float | None = None  # predicted improvement (learned ranker), higher is better
     evidence: dict[str, float] = Field(default_factory=dict)
     verify: VerifyPlan = VerifyPlan()
+    # why it would not be applied and what would unblock it (a floor, an operator's hold);
+    # None when nothing durable stands in its way (autotune/agent/blocked.py)
+    blocked: str | None = None
 
 
 class Recommendation(_Frozen):
@@ -220,6 +266,7 @@ class Recommendation(_Frozen):
     symptoms: list[Symptom]
     actions: list[Action]
     notes: list[str] = []
+    blocked: list[str] = []  # one line per symptom or action nothing can be done for, and why
 
 
 # -- verification ----------------------------------------------------------------------------

@@ -195,6 +195,7 @@ def recommend(cfg: Config, *, root: Path | None, duration: float, period: float 
     every ``period`` (default: config), evaluate as the daemon would and once at the end.
     Symptoms' durations are capped to fit in the observation; never writes to the host."""
     from autotune.agent.actuator import DryRunActuator
+    from autotune.agent.blocked import lines as blocked_lines
     from autotune.agent.loop import Agent
     from autotune.store.db import open_db
 
@@ -228,8 +229,9 @@ def recommend(cfg: Config, *, root: Path | None, duration: float, period: float 
     finally:
         agent.stop()
         db.conn.close()
-    notes = [f"missing: {m}" for m in sorted(missing)]
+    notes = [f"missing: {m}" for m in sorted(missing)] + [b.line for b in agent.blocks if b.kind == "note"]
     if not cfg.services:
         notes.append("no services configured: only host-wide checks ran (see `autotune config`)")
     return Recommendation(ts=agent.window[-1].ts, duration_s=duration, samples=samples,
-                          symptoms=agent.symptoms, actions=agent.actions, notes=notes)
+                          symptoms=agent.symptoms, actions=agent.actions, notes=notes,
+                          blocked=blocked_lines(agent.blocks))

@@ -42,7 +42,8 @@ class CpuShare(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    cgroup: str
+    cgroup: str  # its cpu controller's group (what cpu quota / weight / idle changes target)
+    cpuset_cgroup: str | None = None  # its cpuset group, when that is another one (cgroup v1)
     quota_cores: float | None = None  # None = unlimited
     weight: int = DEFAULT_WEIGHT
     cpus: frozenset[int] | None = None  # None = every cpu
@@ -51,17 +52,22 @@ class CpuShare(BaseModel):
 
 
 def shares_from(snapshot: Snapshot | None, services: list[Service]) -> dict[str, CpuShare]:
-    """Current shares of the configured services that have a cgroup reading."""
+    """Current shares of the configured services that have a cgroup reading (and a cpu group:
+    the resolved one, ``ServiceReading.cgroups``, when there is a resolution)."""
     out: dict[str, CpuShare] = {}
     if snapshot is None:
         return out
     for svc in services:
         reading = snapshot.services.get(svc.name)
         cg = reading.cgroup if reading is not None else None
-        if cg is None:
+        placed = reading.cgroups if reading is not None else None
+        cpu_path = placed.cpu if placed is not None else (cg.path if cg is not None else None)
+        if cg is None or cpu_path is None:
             continue
+        cpuset = placed.cpuset if placed is not None else None
         out[svc.name] = CpuShare(
-            cgroup=norm_cgpath(cg.path), quota_cores=cg.cpu_quota_cores,
+            cgroup=norm_cgpath(cpu_path), cpuset_cgroup=norm_cgpath(cpuset) if cpuset else None,
+            quota_cores=cg.cpu_quota_cores,
             weight=cg.cpu_weight if cg.cpu_weight is not None else DEFAULT_WEIGHT,
             cpus=frozenset(cg.cpuset_cpus) if cg.cpuset_cpus else None, floor=svc.min_cpu_cores)
     return out
@@ -112,6 +118,13 @@ def _effect(knob: Knob | None, value: str) -> dict[str, Any] | None:
 
 def violation(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float = 0.0) -> str | None:
     """Why ``action`` would break a service's floor, or None if it keeps every floor."""
+    broken = breach(action, shares, ncpu, reserve)
+    return broken[1] if broken is not None else None
+
+
+def breach(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float = 0.0
+           ) -> tuple[str, str] | None:
+    """(the service whose floor ``action`` would break, why), or None if it keeps every floor."""
     change = _effect(KNOBS.get(action.knob), action.proposed)
     if change is None or ncpu <= 0:
         return None
@@ -119,7 +132,7 @@ def violation(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: f
         target = norm_cgpath(action.target)
     except ParseError:
         return None  # the knob refuses a malformed target with its own error
-    hit = [n for n, s in shares.items() if s.cgroup == target]
+    hit = [n for n, s in shares.items() if target in (s.cgroup, s.cpuset_cgroup)]
     if not hit:
         return None  # not a configured service's cgroup: its effect on floors is unknown
     after = dict(shares)
@@ -130,8 +143,8 @@ def violation(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: f
             continue
         was, now = guaranteed(name, shares, ncpu, reserve), guaranteed(name, after, ncpu, reserve)
         if now + EPS < s.floor and now + EPS < was:
-            return (f"would leave {name} {now:.2f} guaranteed cores (was {was:.2f}), "
-                    f"below its min_cpu_cores {s.floor:g}")
+            return name, (f"would leave {name} {now:.2f} guaranteed cores (was {was:.2f}), "
+                          f"below its min_cpu_cores {s.floor:g}")
     return None
 
 

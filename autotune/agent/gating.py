@@ -48,6 +48,9 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
         if a.advisory:
             skipped.append((key, "advisory only: recommendation, never applied"))
             continue
+        if a.blocked:  # a durable check stops it (agent/blocked.py said why, once)
+            skipped.append((key, f"blocked: {a.blocked}"))
+            continue
         if chosen is not None:
             skipped.append((key, f"one change per tick: {chosen.rule} chosen"))
             continue

@@ -30,7 +30,7 @@ from autotune.diagnose import learner as L
 from autotune.knobs import get_knob
 from autotune.knobs.base import number
 from autotune.store.db import migrate, transaction
-from autotune.types import Action, Snapshot, VerifyPlan
+from autotune.types import Action, ServiceCgroups, Snapshot, VerifyPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ ReadCurrent = Callable[[str, str], "str | None"]
 
 
 class Learning:
+    # where each service is now (Snapshot.service_cgroups): the agent assigns it every tick
+    placed: dict[str, ServiceCgroups] = {}
+
     def __init__(self, cfg: Config, db, journal, *, ncpu: int) -> None:
         self.cfg = cfg
         self.db = db
@@ -75,15 +78,20 @@ class Learning:
         self._trials: dict[str, tuple[tuple, list[L.Trial]]] = {}
 
     # -- who is searched ------------------------------------------------------------------------
+    def cgroup(self, svc: Service) -> str | None:
+        """The service's cpu group: as resolved (``placed``), else as declared."""
+        placed = self.placed.get(svc.name)
+        return placed.cpu if placed is not None else svc.cgroup
+
     def services(self) -> list[Service]:
         """Latency-critical services with an SLO, a latency source and a cgroup, with neighbours."""
         if not self.cfg.ranker.enabled or not self.neighbours():
             return []
-        return [s for s in self.cfg.services if s.role == "latency-critical" and s.cgroup and s.latency
+        return [s for s in self.cfg.services if s.role == "latency-critical" and self.cgroup(s) and s.latency
                 and any(s.slo.model_dump().values())]
 
     def neighbours(self) -> list[Service]:
-        return [s for s in self.cfg.services if s.role == "neighbour" and s.cgroup]
+        return [s for s in self.cfg.services if s.role == "neighbour" and self.cgroup(s)]
 
     def why_inactive(self) -> str | None:
         if not self.cfg.ranker.enabled:
@@ -96,9 +104,9 @@ class Learning:
 
     # -- the live allocation --------------------------------------------------------------------
     def allocation(self, svc: Service, read: ReadCurrent) -> L.Allocation | None:
-        quota = read("cgroup.cpu_quota", svc.cgroup)
-        weight = number(read("cgroup.cpu_weight", svc.cgroup))
-        nw = [number(read("cgroup.cpu_weight", n.cgroup)) for n in self.neighbours()]
+        quota = read("cgroup.cpu_quota", self.cgroup(svc))
+        weight = number(read("cgroup.cpu_weight", self.cgroup(svc)))
+        nw = [number(read("cgroup.cpu_weight", self.cgroup(n))) for n in self.neighbours()]
         if quota is None or weight is None or not nw or any(w is None for w in nw):
             return None
         q = number(quota)
@@ -106,7 +114,7 @@ class Learning:
 
     def candidates(self, svc: Service) -> list[L.Allocation]:
         floor = sum(n.min_cpu_cores or 0.0 for n in self.neighbours())
-        start = number(self.journal.origin("cgroup.cpu_quota", svc.cgroup) or "") or 0.25
+        start = number(self.journal.origin("cgroup.cpu_quota", self.cgroup(svc)) or "") or 0.25
         return L.candidates(self.ncpu, quota_min=min(start, 1.0), neighbour_floor=floor)
 
     # -- trials -----------------------------------------------------------------------------------
@@ -263,20 +271,20 @@ class Learning:
         why = f"allocation search ({p.status}): {p.reason}"
         moves = []
         quota_knob, weight_knob = get_knob("cgroup.cpu_quota"), get_knob("cgroup.cpu_weight")
-        q_now = read("cgroup.cpu_quota", svc.cgroup)
+        q_now = read("cgroup.cpu_quota", self.cgroup(svc))
         q_want = "max" if want.quota_cores is None else quota_knob.format(want.quota_cores)
         if not quota_knob.same(q_now, q_want):
             takes = _cores(q_want) < _cores(q_now)
-            moves.append(Action(knob="cgroup.cpu_quota", target=svc.cgroup, service=svc.name, current=q_now,
+            moves.append(Action(knob="cgroup.cpu_quota", target=self.cgroup(svc), service=svc.name, current=q_now,
                                 proposed=q_want, rule=RULE, rationale=why, priority=PRIORITY,
                                 verify=PLAN if takes else PLAN_UP))
-        weight = number(read("cgroup.cpu_weight", svc.cgroup)) or 100.0
+        weight = number(read("cgroup.cpu_weight", self.cgroup(svc))) or 100.0
         for n in self.neighbours():
-            w_now = read("cgroup.cpu_weight", n.cgroup)
+            w_now = read("cgroup.cpu_weight", self.cgroup(n))
             w_want = weight_knob.format(min(10000.0, max(1.0, weight / want.ratio)))
             if not weight_knob.same(w_now, w_want):
                 takes = (number(w_want) or 0.0) > (number(w_now) or 0.0)  # a heavier neighbour
-                moves.append(Action(knob="cgroup.cpu_weight", target=n.cgroup, service=svc.name, current=w_now,
+                moves.append(Action(knob="cgroup.cpu_weight", target=self.cgroup(n), service=svc.name, current=w_now,
                                     proposed=w_want, rule=RULE, rationale=why, priority=PRIORITY,
                                     verify=PLAN if takes else PLAN_UP))
         return moves

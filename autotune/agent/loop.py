@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autotune.agent import floor, gating, state
+from autotune.agent import blocked, floor, gating, state
 from autotune.agent.actuator import Actuator, read_value
 from autotune.agent.apply import Applier
 from autotune.agent.learning import Learning
@@ -39,10 +39,33 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-def _proposal_key(actions: Iterable[Action]) -> frozenset[tuple[str, str, str, str]]:
-    """What makes a proposal new (audited again): an advice's text quotes live metrics, so only
-    its rule and target count."""
-    return frozenset((a.rule, a.knob, a.target, "" if a.advisory else a.proposed) for a in actions)
+PROPOSAL_MOVE = 0.10  # a numeric proposal within 10 % of the one audited is the same proposal
+EPISODE_CLEAR_S = 30.0  # a proposal or block unseen this long has cleared (not one missed tick)
+Episodes = dict[tuple[str, ...], tuple[str, float]]  # key -> (what was said, last seen)
+
+
+def proposal_episodes(prev: Episodes, actions: Iterable[Action], now: float) -> tuple[Episodes, bool]:
+    """(the proposals' episodes now, whether one is new). An episode is one rule's proposal for
+    one target, from when it appears until it clears (unseen for EPISODE_CLEAR_S), is applied
+    or its value changes: the audit trail gets a row when one starts, not every tick. A
+    proportional step follows the slack tick by tick, so a numeric value within PROPOSAL_MOVE
+    of the audited one is the same proposal; an advice's text quotes live metrics, so only its
+    rule and target count."""
+    from autotune.knobs import KNOBS
+    from autotune.knobs.base import number
+
+    out = {k: v for k, v in prev.items() if now - v[1] <= EPISODE_CLEAR_S}
+    fresh = False
+    for a in actions:
+        key, value = (a.rule, a.knob, a.target), "" if a.advisory else a.proposed
+        old = out.get(key, (None, 0.0))[0]
+        knob = KNOBS.get(a.knob)
+        x, y = number(old) if old else None, number(value)
+        same = old is not None and (old == value or (knob is not None and knob.same(old, value)) or (
+            x is not None and y is not None and abs(x - y) <= PROPOSAL_MOVE * max(abs(x), abs(y))))
+        out[key] = (old if same else value, now)
+        fresh |= not same
+    return out, fresh
 
 
 class Agent:
@@ -88,7 +111,10 @@ class Agent:
         self.scrapers = scrapers if scrapers is not None else scrapers_for(cfg.services)
         self.symptoms: list[Symptom] = []
         self.actions: list[Action] = []
-        self._last_proposal: frozenset | None = None
+        self._episodes: Episodes = {}  # proposals audited, see proposal_episodes
+        self._said: Episodes = {}  # blocks logged and audited (agent/blocked.py), the same way
+        self.blocks: list[blocked.Block] = []
+        self._reacting = blocked.reacting_symptoms(ruleset)
         self._stage_errors: dict[str, str] = {}
         self._failures: dict[tuple[str, str], int] = {}
         self._refused: set[tuple[str, str, str | None]] = set()  # refused reads already reported
@@ -288,27 +314,28 @@ class Agent:
         if not self.window:
             return None
         history = self._history()
+        placed = self.window[-1].service_cgroups()
         symptoms, actions, self.detector = evaluate(
             self.ruleset, self.cfg, history, self.detector, self._read_current, now,
             cooldowns=self._cooldowns() if self.mode == "apply" else None, observed_s=self.observed_s,
-            origins=self.journal.origin,
+            origins=self.journal.origin, cgroups=placed,
         )
         state.save_detector(self.db, self.detector, self.clock())
         since = self.journal.last_applied_ts()
         current = [s for s in self.window if since is None or s.ts >= since]
+        self.learning.placed = placed
         self.learning.observe(now, current, self._read_current)
         actions = self.learning.merge(actions, now, current, self._read_current)
+        view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
+        actions = self._blocked(symptoms, actions, view, now)
         self.symptoms, self.actions = symptoms, actions
         if self.exporter is not None:
             self.exporter.update_symptoms(symptoms)
-        key = _proposal_key(actions)
-        changed = key != self._last_proposal
-        if changed:
-            self._last_proposal = key
-            if actions:
-                self.audit("recommendation", outcome="proposed" if self.mode == "apply" else "recommended",
-                           detail={"mode": self.mode, "symptoms": [s.model_dump() for s in symptoms],
-                                   "actions": [a.model_dump() for a in actions]})
+        self._episodes, fresh = proposal_episodes(self._episodes, actions, now)
+        if fresh:
+            self.audit("recommendation", outcome="proposed" if self.mode == "apply" else "recommended",
+                       detail={"mode": self.mode, "symptoms": [s.model_dump() for s in symptoms],
+                               "actions": [a.model_dump() for a in actions]})
         if self.mode != "apply":
             for a in actions:
                 if self._log_due(a, now):
@@ -316,7 +343,6 @@ class Agent:
                              a.knob, a.target, a.current, a.proposed, a.rule,
                              "" if a.score is None else f", predicted {a.score:+.0%}")
             return None
-        view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
         decision = gating.select_action(actions, view, now, self.cfg.verification)
         for what, why in decision.skipped:
             log.debug("skipped %s: %s", what, why)
@@ -336,6 +362,27 @@ class Agent:
             self.apply(decision.chosen, symptoms=symptoms, now=now)
         return decision
 
+    def _blocked(self, symptoms: list[Symptom], actions: list[Action], view: gating.GateView,
+                 now: float) -> list[Action]:
+        """Mark the proposals a durable check stops, and say once per episode (log at INFO,
+        audit ``blocked``) each thing nothing can be done about, with what would unblock it."""
+        refused = {(k, t) for k, t, _ in self._refused}
+        snap = self.window[-1] if self.window else None
+        actions, for_actions = blocked.actions(actions, view, refused)
+        self.blocks = (blocked.services(self.cfg, snap) + for_actions +
+                       blocked.symptoms(symptoms, actions, self.cfg, snap, reacting=self._reacting,
+                                        refused=refused))
+        said = {k: v for k, v in self._said.items() if now - v[1] <= EPISODE_CLEAR_S}
+        for b in self.blocks:
+            if b.key not in said:
+                log.info("%s", b.line)
+                if b.kind != "note":  # a note (a declared cgroup its processes are not in) blocks nothing
+                    self.audit("blocked", service=b.service, rule=b.rule, knob=b.knob, target=b.target,
+                               outcome="blocked", detail={"kind": b.kind, "line": b.line})
+            said[b.key] = (said.get(b.key, (b.line, now))[0], now)
+        self._said = said
+        return actions
+
     def _log_due(self, action: Action, now: float) -> bool:
         """Recommend mode: log a proposal once per its rule's cooldown (an advice's text moves
         with the metrics every tick; the rule would not fire again before its cooldown)."""
@@ -352,7 +399,10 @@ class Agent:
               ) -> JournalEntry | None:
         """Journal, write, mark verifying (the fix stage: agent/apply.py)."""
         now = self.clock() if now is None else now
-        return self.applier.apply(action, symptoms=list(symptoms), now=now, window=list(self.window))
+        entry = self.applier.apply(action, symptoms=list(symptoms), now=now, window=list(self.window))
+        if entry is not None:  # its episode ends: the next proposal there is a new one
+            self._episodes.pop((action.rule, action.knob, action.target), None)
+        return entry
 
 
     # -- verify ---------------------------------------------------------------------------

@@ -41,8 +41,10 @@ def evaluate(
     cooldowns: dict[str, float] | None = None,
     observed_s: float | None = None,
     origins: ReadCurrent | None = None,
+    cgroups: dict | None = None,
 ) -> tuple[list[Symptom], list[Action], object]:
-    """Detect symptoms over ``history`` and let the rules propose actions.
+    """Detect symptoms over ``history`` and let the rules propose actions (``cgroups``: where
+    each service is, ``Snapshot.service_cgroups``; see diagnose).
 
     ``observed_s`` caps each symptom's required duration for one-shot runs (recommend): a
     10 s sample cannot show a breach lasting 30 s, but PSI averages are already smoothed.
@@ -56,7 +58,7 @@ def evaluate(
     symptoms, state = detect(specs, history, detector_state, now)
     metrics = history[-1][1] if history else {}
     actions = diagnose(ruleset, metrics, symptoms, cfg, read_current, now, cooldowns or {},
-                       origins=origins)
+                       origins=origins, cgroups=cgroups)
     return symptoms, actions, state
 
 

@@ -99,8 +99,9 @@ def list_cmd(
                 lines += fit_or_split(what, f"(rule {r['rule']})", console.width - 4) if r["rule"] else [what]
             if r["objective"]:
                 lines.append(f"objective {r['objective'].replace('→', ' → ')}")
-            why = (e.detail or {}).get("reason") or (e.detail or {}).get("error")
-            if why and e.kind in ("refusal", "error", "drift"):
+            d = e.detail or {}
+            why = d.get("reason") or d.get("error") or d.get("line")
+            if why and e.kind in ("refusal", "error", "drift", "blocked"):
                 lines.append(str(why))
             print_block(console, head, lines)
         return

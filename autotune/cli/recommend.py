@@ -59,6 +59,10 @@ def print_recommendation(rec) -> None:
         _print_blocks(con, rec)
     else:
         _print_tables(con, rec)
+    if rec.blocked:
+        con.print("[bold yellow]Blocked[/] (why nothing is done, and what would unblock it)")
+        for line in rec.blocked:
+            con.print(f"  [yellow]{escape(line)}[/]")
     for n in rec.notes:
         con.print(f"[dim]{escape(n)}[/]")
 
@@ -83,7 +87,9 @@ def _print_blocks(con, rec) -> None:
                             [a.proposed, f"why: {a.rationale}"], indent=6)
             else:
                 print_block(con, f"  {i}. {escape(a.knob)} {escape(a.target)}: {escape(a.current or '?')} -> "
-                                 f"{escape(a.proposed)}", [f"rule {a.rule}: {a.rationale}"], indent=6)
+                                 f"{escape(a.proposed)}{'  BLOCKED' if a.blocked else ''}",
+                            [f"rule {a.rule}: {a.rationale}"] + ([f"blocked: {a.blocked}"] if a.blocked else []),
+                            indent=6)
     else:
         con.print("[green]nothing to recommend[/]")
 
@@ -107,7 +113,8 @@ def _print_tables(con, rec) -> None:
             t.add_column(col, overflow="fold")
         for a in rec.actions:
             t.add_row(a.knob + (" (advice)" if a.advisory else ""), escape(a.target),
-                      escape(a.current or "?"), escape(a.proposed), a.rule, escape(a.rationale))
+                      escape(a.current or "?"), escape(a.proposed) + (" [yellow](blocked)[/]" if a.blocked else ""),
+                      a.rule, escape(a.rationale) + (f" [yellow]Blocked: {escape(a.blocked)}[/]" if a.blocked else ""))
         con.print(t)
     else:
         con.print("[green]nothing to recommend[/]")

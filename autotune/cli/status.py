@@ -67,6 +67,25 @@ def register(app: typer.Typer) -> None:
         _print_human(caps, snap, agent)
 
 
+def cgroup_lines(cg) -> list[str]:
+    """A service's cgroups as status shows them: one line per distinct group with the
+    controllers in it, how they were found, and why a controller has none."""
+    if cg is None:
+        return []
+    by_path: dict[str, list[str]] = {}
+    for field, path in cg.paths.items():
+        by_path.setdefault(path, []).append(field)
+    out = [f"{path}  ({', '.join(fields)})" for path, fields in by_path.items()]
+    out = [f"cgroup {out[0]}"] + [f"       {x}" for x in out[1:]] if out else []
+    out.append(f"found: {cg.how}" if cg.how else "found: -")
+    if cg.problem:
+        out.append(f"problem: {cg.problem}: {cg.fix}")
+    for field, why in cg.why_not.items():
+        out.append(f"no {field} cgroup: {why}")
+    out += [f"note: {n}" for n in cg.notes]
+    return out
+
+
 def _agent_state(cfg) -> dict[str, Any]:
     """What the agent's state store says (managed targets, drift), if a store exists."""
     path = cfg.state_path()
@@ -121,7 +140,10 @@ def _print_human(caps, snap, agent) -> None:
     for name, svc in snap.services.items():
         cgr = svc.cgroup
         con.print(f"service {name}: {len(svc.processes)} process(es), cgroup "
-                  f"{cgr.path if cgr else '-'}" + (f"  errors: {'; '.join(svc.errors)}" if svc.errors else ""))
+                  f"{cgr.path if cgr else '-'}" + (f"  errors: {'; '.join(svc.errors)}" if svc.errors else ""),
+                  markup=False, highlight=False)
+        for line in cgroup_lines(svc.cgroups):
+            con.print(f"  {line}", markup=False, highlight=False)
     if snap.missing:
         con.print(f"[yellow]missing readings:[/] {'; '.join(snap.missing)}")
     from rich.markup import escape

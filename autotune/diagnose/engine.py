@@ -42,7 +42,7 @@ from autotune.diagnose.rules import (
 from autotune.host import format_cpulist
 from autotune.knobs import get_knob
 from autotune.knobs.base import number
-from autotune.types import Action, Symptom, VerifyPlan
+from autotune.types import Action, ServiceCgroups, Symptom, VerifyPlan
 
 log = logging.getLogger(__name__)
 # per-service metrics summed over the role=neighbour services as neighbours.<key>
@@ -65,11 +65,14 @@ def diagnose(
     now: float,
     cooldowns: dict[str, float] | None = None,
     origins: ReadCurrent | None = None,
+    cgroups: dict[str, ServiceCgroups] | None = None,
 ) -> list[Action]:
     """Actions proposed by every rule whose conditions hold, best first.
 
     ``origins(knob, target)``: the value the agent found before its changes still in effect
-    (the journal's), None when it changed nothing there; give_back rules step toward it."""
+    (the journal's), None when it changed nothing there; give_back rules step toward it.
+    ``cgroups``: where each service is now, per controller (``Snapshot.service_cgroups``); a
+    rule's ``service`` / ``neighbours`` target is that service's group for the knob's controller."""
     cooldowns = cooldowns or {}
     m = context_metrics(ruleset, metrics, config, read_current)
     actions: list[Action] = []
@@ -85,7 +88,7 @@ def diagnose(
                 evidence: dict[str, float] = {}
                 if not _holds(rule.when, m, symptoms, svc, evidence):
                     continue
-                actions.extend(_actions(rule, svc, m, config, read_current, evidence, origins))
+                actions.extend(_actions(rule, svc, m, config, read_current, evidence, origins, cgroups))
             except Exception:  # one bad rule must not stop the others
                 log.exception("rule %s failed for %s", rule.name, svc or "host")
     # one proposal per (knob, target): the best-ranked rule wins
@@ -178,25 +181,27 @@ def _holds(c: Any, m: dict[str, float], symptoms: list[Symptom], svc: str | None
 
 
 # -- actions --------------------------------------------------------------------------------
-def _service_target(config: Any, name: str, knob: str) -> str | None:
+def _service_target(config: Any, name: str, knob: str,
+                    cgroups: dict[str, ServiceCgroups] | None = None) -> str | None:
     """What ``service`` means for this knob (a cgroup path, the service name...)."""
     try:
         svc = config.service(name)
     except KeyError:
         return None
-    return get_knob(knob).service_target(svc)
+    return get_knob(knob).service_target(svc, (cgroups or {}).get(name))
 
 
-def _targets(spec: ActionSpec, svc: str | None, config: Any) -> list[tuple[str, str | None]]:
+def _targets(spec: ActionSpec, svc: str | None, config: Any,
+             cgroups: dict[str, ServiceCgroups] | None = None) -> list[tuple[str, str | None]]:
     """(target, service it belongs to) pairs for one action spec."""
     if spec.target == "service":
-        t = _service_target(config, svc, spec.knob) if svc else None
+        t = _service_target(config, svc, spec.knob, cgroups) if svc else None
         return [(t, svc)] if t else []
     if spec.target == "neighbours":
         out = []
         for s in getattr(config, "services", []):
             if s.role == "neighbour" and s.name != svc:
-                t = _service_target(config, s.name, spec.knob)
+                t = _service_target(config, s.name, spec.knob, cgroups)
                 if t:
                     out.append((t, s.name))
         return out
@@ -344,12 +349,13 @@ def _plan(rule: Rule) -> VerifyPlan:
 def _actions(
     rule: Rule, svc: str | None, m: dict[str, float], config: Any, read_current: ReadCurrent,
     evidence: dict[str, float], origins: ReadCurrent | None = None,
+    cgroups: dict[str, ServiceCgroups] | None = None,
 ) -> list[Action]:
     out = []
     rationale = render(rule.rationale, m, svc) or rule.rationale
     plan = _plan(rule)
     for spec in rule.actions:
-        for target, owner in _targets(spec, svc, config):
+        for target, owner in _targets(spec, svc, config, cgroups):
             advisory = spec.is_advisory
             current = None if get_knob(spec.knob).advisory else _safe_read(read_current, spec.knob, target)
             if current is None and not advisory and get_knob(spec.knob).needs_helper:

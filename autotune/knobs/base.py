@@ -21,6 +21,7 @@ from autotune.knobs.grammar import decimal_or_none, strip_ws
 
 if TYPE_CHECKING:
     from autotune.config import Config, Service
+    from autotune.types import ServiceCgroups
 
 # What a knob's target names; the helper's policy confines each kind its own way.
 TargetKind = Literal[
@@ -119,8 +120,9 @@ class Knob(ABC):
     def check_target(self, target: str) -> None:
         """Raise InvalidValue when a rule names a literal target this knob cannot take."""
 
-    def service_target(self, service: Service) -> str | None:
-        """The target a rule's ``service``/``neighbours`` means for this knob (None: none)."""
+    def service_target(self, service: Service, cgroups: ServiceCgroups | None = None) -> str | None:
+        """The target a rule's ``service``/``neighbours`` means for this knob (None: none);
+        ``cgroups``: where the service is now (a cgroup knob takes its controller's group)."""
         return service.name
 
     def resolve_target(self, host: Host, cfg: Config, target: str) -> str:

@@ -4,6 +4,8 @@ Each controller is read from whichever hierarchy manages it on this host (``host
 so a hybrid host (v1 cpu/memory, v2 'unified' without controllers) still gets per-cgroup PSI
 from the unified tree. Units: usec for CPU time, bytes for memory, cores for quota.
 
+``paths`` (a service's ServiceCgroups) gives each controller its own group: on v1 a process
+can sit in a different one per controller; a controller it has none for is not read.
 A cgroup that exists in no hierarchy raises TargetGone. A single absent file leaves its field
 None; an unparsable file also leaves it None and adds a message to ``errors`` (when given).
 """
@@ -25,7 +27,7 @@ from autotune.cgroupfs import (
 from autotune.errors import HostError, MissingFile, ParseError, TargetGone
 from autotune.host import Host, parse_cpulist
 from autotune.sensors.psi import CGROUP_PSI_RESOURCES, parse_psi
-from autotune.types import CgroupReading
+from autotune.types import CgroupReading, ServiceCgroups
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,10 +123,10 @@ class _Reader:
             return None
 
 
-def _dir(host: Host, controller: str, cgpath: str) -> tuple[int | None, str | None]:
+def _dir(host: Host, controller: str, cgpath: str | None) -> tuple[int | None, str | None]:
     """(version, host dir) of cgpath for a controller, or (None, None) when unavailable."""
     version = host.cgroup.controller_version(controller)
-    if version is None:
+    if version is None or cgpath is None:
         return None, None
     return version, controller_dir(host, controller, cgpath)
 
@@ -135,15 +137,22 @@ def _quota_into(fields: dict, cpu_max: CpuMax | None) -> None:
         fields["cpu_quota_cores"] = cpu_max.cores
 
 
-def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> CgroupReading:
-    """Read one cgroup (path relative to the hierarchy root, e.g. "/autotune/llm")."""
+def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None,
+                paths: ServiceCgroups | None = None) -> CgroupReading:
+    """Read one cgroup (path relative to the hierarchy root, e.g. "/autotune/llm"); with
+    ``paths``, each controller from the service's group for it."""
     cgpath = norm_cgpath(cgpath)
     info = host.cgroup
-    cpu_v, cpu_dir = _dir(host, "cpu", cgpath)
-    acct_v, acct_dir = _dir(host, "cpuacct", cgpath)
-    set_v, set_dir = _dir(host, "cpuset", cgpath)
-    mem_v, mem_dir = _dir(host, "memory", cgpath)
-    unified = v2_dir(host, cgpath)
+
+    def at(field: str) -> str | None:
+        return cgpath if paths is None else paths.of(field)
+
+    cpu_path = at("cpu")
+    cpu_v, cpu_dir = _dir(host, "cpu", cpu_path)
+    acct_v, acct_dir = _dir(host, "cpuacct", at("cpuacct"))
+    set_v, set_dir = _dir(host, "cpuset", at("cpuset"))
+    mem_v, mem_dir = _dir(host, "memory", at("memory"))
+    unified = v2_dir(host, at("unified")) if at("unified") else None
 
     candidates = [d for d in (cpu_dir, acct_dir, set_dir, mem_dir, unified) if d]
     if not candidates:
@@ -161,7 +170,7 @@ def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> 
         fields["nr_throttled"] = stat.get("nr_throttled")
         if "throttled_time" in stat:  # nanoseconds in v1
             fields["throttled_usec"] = stat["throttled_time"] // 1000
-        _quota_into(fields, r.call(lambda: read_cpu_max(host, cgpath)))
+        _quota_into(fields, r.call(lambda: read_cpu_max(host, cpu_path)))
         shares = r.get(f"{cpu_dir}/cpu.shares", _int)
         fields["cpu_weight"] = shares_to_weight(shares) if shares is not None else None
     elif unified:
@@ -171,8 +180,8 @@ def read_cgroup(host: Host, cgpath: str, *, errors: list[str] | None = None) -> 
         fields["nr_periods"] = stat.get("nr_periods")
         fields["nr_throttled"] = stat.get("nr_throttled")
         fields["throttled_usec"] = stat.get("throttled_usec")
-        if cpu_v == 2:
-            _quota_into(fields, r.call(lambda: read_cpu_max(host, cgpath)))
+        if cpu_v == 2 and cpu_path is not None:
+            _quota_into(fields, r.call(lambda: read_cpu_max(host, cpu_path)))
             fields["cpu_weight"] = r.get(f"{unified}/cpu.weight", _int)
     if acct_v == 1:
         usage_ns = r.get(f"{acct_dir}/cpuacct.usage", _int)

@@ -51,7 +51,7 @@ def read_service(host: Host, svc: Service) -> ServiceReading:
     cg = None
     if resolved.cgroup is not None:
         try:
-            cg = read_cgroup(host, resolved.cgroup, errors=errors)
+            cg = read_cgroup(host, resolved.cgroup, errors=errors, paths=resolved.cgroups)
         except TargetGone as err:
             if not any(resolved.cgroup in e for e in errors):
                 errors.append(str(err))
@@ -62,7 +62,7 @@ def read_service(host: Host, svc: Service) -> ServiceReading:
     except Exception as err:
         errors.append(f"processes: {err}")
         procs = []
-    return ServiceReading(name=svc.name, cgroup=cg, processes=procs, errors=errors)
+    return ServiceReading(name=svc.name, cgroup=cg, cgroups=resolved.cgroups, processes=procs, errors=errors)
 
 
 def collect(host: Host, services: list[Service], now: float | None = None) -> Snapshot:

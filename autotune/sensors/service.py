@@ -8,6 +8,8 @@ Matching, in the order the config offers it:
   space-joined command line): process matchers.
 All given matchers must agree (AND): with a cgroup, process matchers narrow its pids.
 The agent's own pid is never returned, so a service can never resolve to the tuner itself.
+Where the service is, per cgroup controller (``cgroups``): the declared cgroup, else found
+from its processes (autotune/sensors/service_cgroups.py).
 
 The privileged helper reuses this to turn service names into pids (clients never send raw
 pids), so this module only reads.
@@ -26,6 +28,8 @@ from autotune.config import Service
 from autotune.errors import HostError, ParseError
 from autotune.host import CGROUP_MOUNT, Host
 from autotune.sensors.cgroup import read_cgroup_procs
+from autotune.sensors.service_cgroups import declared, from_processes, hierarchies, own_cgroup_fix
+from autotune.types import ServiceCgroups
 
 _UNIT_SEARCH_DEPTH = 4
 
@@ -34,9 +38,10 @@ class ResolvedService(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    cgroup: str | None = None  # cgroup path relative to the hierarchy root
+    cgroup: str | None = None  # cgroup path relative to the hierarchy root (cpu's, when found)
     pids: list[int] = []
     errors: list[str] = []
+    cgroups: ServiceCgroups | None = None  # per controller, and how it was found
 
 
 def _procs_dirs(host: Host, cgpath: str) -> list[str]:
@@ -152,6 +157,7 @@ def resolve_service(host: Host, svc: Service) -> ResolvedService:
     errors: list[str] = []
     cgroup: str | None = None
     pid_sets: list[set[int]] = []
+    proc_sets: list[set[int]] = []  # what the process matchers alone found
 
     try:
         pids: list[int] | None = None
@@ -181,6 +187,7 @@ def resolve_service(host: Host, svc: Service) -> ResolvedService:
         try:
             pid = _read_pid_file(host, svc.pid_file)
             pid_sets.append({pid} if host.exists(f"/proc/{pid}") else set())
+            proc_sets.append(pid_sets[-1])
             if not host.exists(f"/proc/{pid}"):
                 errors.append(f"{svc.pid_file}: pid {pid} is not running")
         except HostError as err:
@@ -203,11 +210,48 @@ def resolve_service(host: Host, svc: Service) -> ResolvedService:
                     continue
                 matched.add(pid)
             pid_sets.append(matched)
+            proc_sets.append(matched)
         except (HostError, psutil.Error) as err:
             errors.append(f"process scan failed: {err}")
             pid_sets.append(set())
 
     pids = set.intersection(*pid_sets) if pid_sets else set()
+    proc_pids = set.intersection(*proc_sets) if proc_sets else set()
     if host.is_live:
         pids.discard(os.getpid())
-    return ResolvedService(name=svc.name, cgroup=cgroup, pids=sorted(pids), errors=errors)
+        proc_pids.discard(os.getpid())
+    try:
+        cgroups = _placement(host, svc, cgroup, sorted(pids), sorted(proc_pids))
+    except HostError as err:
+        errors.append(f"cgroup of its processes: {err}")
+        cgroups = None
+    if cgroup is None and cgroups is not None:
+        cgroup = cgroups.cpu or cgroups.unified or cgroups.memory
+    return ResolvedService(name=svc.name, cgroup=cgroup, pids=sorted(pids), errors=errors, cgroups=cgroups)
+
+
+def _placement(host: Host, svc: Service, cgroup: str | None, pids: list[int], proc_pids: list[int]
+               ) -> ServiceCgroups:
+    """Where the service is: ``cgroup =`` as declared; a unit's or matched processes' groups."""
+    who = "the server" if svc.role == "latency-critical" else svc.name
+    if svc.cgroup:
+        return declared(host, svc.cgroup, processes=proc_pids, who=who)
+    if svc.unit:
+        how = f"systemd unit {svc.unit}"
+        if cgroup is None:
+            return ServiceCgroups(how=how, problem=f"systemd unit {svc.unit!r} is not running (no cgroup "
+                                  "found)", fix="start it, or fix `unit =`")
+        if not pids:
+            return ServiceCgroups(how=f"{how} (no process)", **{h.field: cgroup for h in hierarchies(host)})
+        return _fixed(from_processes(host, pids, how=how, default=cgroup), who)
+    if not pids:
+        wanted = ", ".join(f"{k} {v!r}" for k, v in (("pid_file", svc.pid_file), ("exe", svc.exe),
+                                                      ("cmdline", svc.cmdline)) if v)
+        return ServiceCgroups(how="from processes (none)", problem=f"no process matches {wanted}",
+                              fix=f"start {who}, or fix the service's cmdline / exe / pid_file")
+    return _fixed(from_processes(host, pids), who)
+
+
+def _fixed(cg: ServiceCgroups, who: str) -> ServiceCgroups:
+    """Say what would give it a cgroup to act on, when it has no cpu one."""
+    return cg.model_copy(update={"fix": own_cgroup_fix(who)}) if cg.cpu is None and not cg.fix else cg

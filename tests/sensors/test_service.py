@@ -20,13 +20,14 @@ V2 = Host(fixture_path("v2-docs"))
         ({"unit": "llm"}, "/system.slice/llm.service", [4242]),
         ({"unit": "noisy.service"}, "/system.slice/noisy.service", [5151]),
         ({"cgroup": "/system.slice/noisy.service"}, "/system.slice/noisy.service", [5151]),
-        ({"exe": "stress-ng"}, None, [5151]),
-        ({"exe": "/usr/bin/llama-server"}, None, [4242]),
+        # found by process: the cgroup comes from /proc/<pid>/cgroup
+        ({"exe": "stress-ng"}, "/system.slice/noisy.service", [5151]),
+        ({"exe": "/usr/bin/llama-server"}, "/system.slice/llm.service", [4242]),
         ({"exe": "llama"}, None, []),  # basename must match exactly
-        ({"cmdline": r"--model \S+\.gguf"}, None, [4242]),
+        ({"cmdline": r"--model \S+\.gguf"}, "/system.slice/llm.service", [4242]),
         ({"unit": "llm", "exe": "llama-server"}, "/system.slice/llm.service", [4242]),
         ({"cgroup": "/system.slice/noisy.service", "exe": "llama-server"}, "/system.slice/noisy.service", []),
-        ({"exe": "stress-ng", "cmdline": "--cpu"}, None, [5151]),
+        ({"exe": "stress-ng", "cmdline": "--cpu"}, "/system.slice/noisy.service", [5151]),
     ],
 )
 def test_resolve_on_v2_docs(kwargs, cgroup, pids):

@@ -20,6 +20,7 @@ from autotune.knobs.grammar import parse_decimal_strict, strip_ws
 
 if TYPE_CHECKING:
     from autotune.config import Service
+    from autotune.types import ServiceCgroups
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _MEM_RE = re.compile(r"([0-9.]+)[ \t]*([KMGT]?)(?:I?B)?", re.IGNORECASE | re.ASCII)
@@ -49,8 +50,11 @@ class CgroupKnob(Knob):
             raise InvalidValue(f"target for {self.name} is 'service', 'neighbours' or a cgroup "
                                "path starting with '/'")
 
-    def service_target(self, service: Service) -> str | None:
-        """The service's cgroup; for a bare systemd unit, systemd's default place for it."""
+    def service_target(self, service: Service, cgroups: ServiceCgroups | None = None) -> str | None:
+        """The service's group for this knob's controller where it was resolved (None: it has
+        none); without a resolution, the declared cgroup, or systemd's default place for a unit."""
+        if cgroups is not None:
+            return cgroups.of(self.controller)
         if service.cgroup:
             return service.cgroup
         if service.unit:
