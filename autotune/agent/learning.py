@@ -303,7 +303,7 @@ class Learning:
 
         def moved_by_search(a: Action) -> bool:
             return a.knob == "cgroup.cpu_weight" or (
-                a.knob == "cgroup.cpu_quota" and a.service in searched and a.target == searched[a.service].cgroup)
+                a.knob == "cgroup.cpu_quota" and a.service in searched and a.target == self.cgroup(searched[a.service]))
 
         kept = [a for a in actions if not (a.verify.mode == "guard" and a.service in active and a.rule != RULE
                                            and moved_by_search(a))]
