@@ -6,7 +6,8 @@ next to neighbours with cgroups:
 
 - ``observe``: once the allocation (its quota, its weight : the neighbours') has been in place
   for ``trial_s`` past the newest change, the window since that change becomes a Trial: load
-  (requests/s), SLO slack, the neighbours' share of the host. A guarded change of the search
+  (requests/s; generated tokens/s where the server counts no requests, as llama.cpp), SLO
+  slack, the neighbours' share of the host. A guarded change of the search
   that broke the SLO (undone at once by the verify stage) becomes a Trial too: that is what
   teaches the model where the unsafe region begins.
 - ``actions``: the proposal as Actions on the knobs that differ from the live allocation
@@ -166,7 +167,7 @@ class Learning:
         return out
 
     def _window_facts(self, svc: Service, span: list[Snapshot]) -> tuple[float, float, float, bool] | None:
-        """(load requests/s, slack, neighbours' host share, served) over ``span``; None without
+        """(load /s, slack, neighbours' host share, served) over ``span``; None without
         slack. ``served``: a request, a token or a probe was measured in it (an idle window's
         slack of 1 is a definition, not a measurement of the allocation)."""
         m = derive_metrics(span, ncpu=self.ncpu, services=self.cfg.services)
@@ -175,7 +176,10 @@ class Learning:
         if slack is None:
             return None
         dt = max(1e-6, span[-1].ts - span[0].ts)
-        load = m.get(p + "latency.requests", 0.0) / dt
+        done = m.get(p + "latency.requests")
+        if done is None:  # llama.cpp's page counts no requests: its generated tokens are the load
+            done = m.get(p + "latency.tokens", 0.0)
+        load = done / dt
         be = sum(m.get(f"svc.{n.name}.cpu.usage_cores", 0.0) for n in self.neighbours()) / max(1, self.ncpu)
         served = any(m.get(p + k, 0.0) > 0 for k in ("latency.requests", "latency.tokens", "latency.probe.samples"))
         return load, slack, be, served
@@ -275,10 +279,10 @@ class Learning:
         t = trials[-1]
         span = (t.ts - t.start_ts) if t.start_ts is not None else None
         out = (f"measured: newest trial ({t.source}{f', {span:.0f} s' if span else ''}) slo.slack "
-               f"{t.slack:+.2f} at {t.load:.2f} req/s under {t.allocation.label()}")
+               f"{t.slack:+.2f} at load {t.load:.2f}/s under {t.allocation.label()}")
         facts, span_s = self._facts.get(svc.name, (None, 0.0))
         if facts is not None:
-            out += f"; now slo.slack {facts[1]:+.2f} at {facts[0]:.2f} req/s over {span_s:.0f} s"
+            out += f"; now slo.slack {facts[1]:+.2f} at load {facts[0]:.2f}/s over {span_s:.0f} s"
         return out
 
     def _moves(self, svc: Service, live: L.Allocation, p: L.Proposal, read: ReadCurrent) -> list[Action]:

@@ -70,7 +70,7 @@ class Trial(BaseModel):
     allocation: Allocation
     start_ts: float | None = None  # where its window began (None: trials recorded before it was kept)
     ncpu: int
-    load: float  # requests/s completed in the window
+    load: float  # requests/s completed in the window (tokens/s where the server counts no requests)
     slack: float  # SLO slack over the window (detect/metrics slo.slack)
     be_share: float  # neighbours' cores / host CPUs
     score: float
