@@ -150,8 +150,14 @@ def assess(service: Any, detected: str | None = None) -> list[Assessment]:
 
 
 def counted(service: Any, detected: str | None = None) -> list[str]:
-    """The SLO fields of ``service`` that count (its declared source can measure them)."""
-    return [a.field for a in assess(service, detected) if a.counted]
+    """The SLO fields of ``service`` that count (its declared source can measure them, or flavor
+    auto before the first scrape): ``assess``'s verdicts without their lines, as every derivation
+    of the SLO metrics asks."""
+    slo, latency = getattr(service, "slo", None), getattr(service, "latency", None)
+    if latency is None or not (latency.metrics_url or latency.probe_url):
+        return []
+    pending = bool(latency.metrics_url) and page_flavor(latency, detected) is None
+    return [f for f in FIELDS if getattr(slo, f, None) and (pending or source_for(f, latency, detected))]
 
 
 def observations_metric(field: str, latency: Any, detected: str | None = None) -> str | None:

@@ -108,3 +108,13 @@ def test_the_psi_rules_come_back_for_an_slo_its_source_cannot_measure():
     assert {"raise-service-cpu-weight", "lower-neighbour-cpu-weight"} <= blind
     owned = fired(Service(name="llm", cgroup="/autotune/llm", slo=SLO(itl_mean_s=0.1), latency=llama))
     assert not owned & {"raise-service-cpu-weight", "lower-neighbour-cpu-weight"}
+
+
+@pytest.mark.parametrize("detected", [None, "vllm", "tgi", "llamacpp"])
+@pytest.mark.parametrize("latency", [
+    None, LatencySource(), LatencySource(metrics_url=PAGE), LatencySource(probe_url=PROBE),
+    LatencySource(metrics_url=PAGE, probe_url=PROBE), LatencySource(metrics_url=PAGE, flavor="tgi"),
+    LatencySource(metrics_url=PAGE, flavor="llamacpp", probe_url=PROBE)])
+def test_counted_is_assess_without_its_lines(latency, detected):
+    service = Service(name="llm", cgroup="/x", slo=ALL, latency=latency)
+    assert slo.counted(service, detected) == [a.field for a in slo.assess(service, detected) if a.counted]
