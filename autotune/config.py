@@ -25,22 +25,28 @@ class _Strict(BaseModel):
 
 class SLO(_Strict):
     """Latency targets of a latency-critical service; slack is computed against whichever are
-    set (``slo.slack`` in autotune/detect/metrics.py). Per-token ones are dense (every token is
-    a sample), so the agent can decide and verify within seconds."""
+    set and the declared latency source can measure (autotune/slo.py says which; ``slo.slack``
+    in autotune/detect/metrics.py). Per-token ones are dense (every token is a sample), so the
+    agent can decide and verify within seconds."""
 
     p95_latency_s: float | None = Field(default=None, gt=0)  # end-to-end request latency
     p99_latency_s: float | None = Field(default=None, gt=0)
     ttft_p95_s: float | None = Field(default=None, gt=0)  # time to first token
     itl_p95_s: float | None = Field(default=None, gt=0)  # inter-token latency (per output token)
+    itl_mean_s: float | None = Field(default=None, gt=0)  # mean time per token (llama.cpp's counters)
 
 
 class LatencySource(_Strict):
-    """Where the service's inference latency comes from."""
+    """Where the service's inference latency comes from: a metrics page, an active probe, or
+    both (llama.cpp: counters from the page, TTFT and percentiles from the probe)."""
 
     metrics_url: str | None = None  # Prometheus page (vLLM / llama.cpp / TGI / ours)
     flavor: Literal["auto", "vllm", "llamacpp", "tgi", "autotune"] = "auto"
     probe_url: str | None = None  # OpenAI-compatible base URL for an active probe
-    probe_interval_s: float = Field(default=10.0, gt=0)
+    # the probe's cost is bounded: one streamed completion of at most probe_max_tokens tokens
+    # every probe_interval_s, never two at once
+    probe_interval_s: float = Field(default=10.0, ge=1.0)
+    probe_max_tokens: int = Field(default=4, ge=1, le=16)
     timeout_s: float = Field(default=2.0, gt=0)  # metrics scrape; a probe waits up to 30 s
 
 

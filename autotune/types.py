@@ -122,18 +122,30 @@ class Buckets(_Frozen):
     sum: float = 0.0
 
 
+class ProbeSample(_Frozen):
+    """One active-probe request (a short streamed completion): a sample of one request, not of
+    every request. Seconds from sending it."""
+
+    e2e_s: float
+    ttft_s: float | None = None  # None when the server did not stream
+    gaps_s: tuple[float, ...] = ()  # between streamed tokens (the server's decode steps)
+
+
 class LatencyReading(_Frozen):
-    """Windowed inference latency from a metrics page or active probe.
+    """Windowed inference latency from a metrics page and/or an active probe.
 
     p50/p95/p99 are end-to-end request latency; ``ttft_*`` time to first token; ``itl_*`` the
     gap between output tokens (inter-token latency; TGI reports it as a per-request mean).
     ``*_samples`` / ``tokens`` / ``requests`` say how much the window held, so a caller can
-    discount a quantile drawn from a handful of observations. None = not available.
+    discount a quantile drawn from a handful of observations. None = not available. These are
+    the page's figures; the probe's requests are only in ``probes``, each in one reading.
+    ``ok`` with an ``error``: one of two sources (page and probe) failed, the other read.
     """
 
     source: str
     ok: bool
     error: str | None = None
+    flavor: str | None = None  # the page's flavor (vllm, tgi, llamacpp), declared or detected
     p50_s: float | None = None
     p95_s: float | None = None
     p99_s: float | None = None
@@ -144,11 +156,17 @@ class LatencyReading(_Frozen):
     itl_mean_s: float | None = None  # mean seconds per generated token (llama.cpp: the only figure)
     itl_samples: float | None = None  # observations behind the itl quantiles
     tokens: float | None = None  # tokens generated in the window
+    # seconds spent generating ``tokens``, per request (llama.cpp counts each slot's own time,
+    # so parallel requests add up: a mean per token as each request saw it, not wall time)
+    token_seconds: float | None = None
+    prompt_tokens: float | None = None  # prompt tokens processed in the window (llama.cpp)
+    prompt_seconds: float | None = None  # seconds spent processing them
     requests: float | None = None  # requests completed in the window
     running: float | None = None
     waiting: float | None = None
     # the interval's histograms by kind ("e2e", "ttft", "itl"), for window quantiles
     hist: dict[str, Buckets] = {}
+    probes: tuple[ProbeSample, ...] = ()  # probe requests that finished since the last reading
 
 
 # the cgroup controllers a service is placed in, each in the hierarchy that manages it here

@@ -12,8 +12,9 @@ distribution of trials until the allocation it would hold scores within 95 % of 
 grid point (mean score over its windows), and how many of its trials broke the SLO.
 
 Methods:
-- ``learned``: diagnose/learner.propose over the grid (the agent's own search: the generous
-  extreme first, a safe set grown from known-safe allocations, then expected improvement);
+- ``learned``: diagnose/learner.propose over the grid (the agent's own search: a trial of the
+  allocation in place first, the static start, as it proposes nothing before it has measured
+  something; then a safe set grown from known-safe allocations, then expected improvement);
 - ``rules``: the rule pack's walk on the grid from the static start (0.5 core, 1:1): slack under
   5 % -> the next upsize (quota up a grid step while it is the quota that binds, then the
   weight ratio), slack over 20 % -> give back one step toward the start, else hold;
@@ -84,13 +85,25 @@ def run_learned(surface: dict, rng: random.Random, ncpu: int, load: float, budge
         p = L.propose(trials, cands, load=load, ncpu=ncpu, phase_trials=trials)
         if _reached(p.allocation, surface, best) and (p.status == "converged" or _holds(trials, p.allocation)):
             return i, broke
-        if p.allocation is None:
+        alloc = p.allocation
+        if alloc is None and not trials:  # waiting: the allocation in place is measured first
+            alloc = static_start(surface)
+        if alloc is None or alloc not in surface:
             break
-        slack, be = draw(rng, surface[p.allocation])
+        slack, be = draw(rng, surface[alloc])
         broke += slack < 0
-        trials.append(L.Trial(ts=float(i), service="llm", allocation=p.allocation, ncpu=ncpu, load=load,
+        trials.append(L.Trial(ts=float(i), service="llm", allocation=alloc, ncpu=ncpu, load=load,
                               slack=slack, be_share=be, score=L.score(slack, be)))
     return None, broke
+
+
+def static_start(surface: dict) -> L.Allocation | None:
+    """The allocation in place before any change: the static 0.5 core at equal weights (the
+    rules' walk starts there too), else the grid's least generous point."""
+    start = L.Allocation(quota_cores=0.5, ratio=1.0)
+    if start in surface:
+        return start
+    return min(surface, key=lambda a: (99.0 if a.quota_cores is None else a.quota_cores, a.ratio), default=None)
 
 
 def _holds(trials: list[L.Trial], a: L.Allocation | None) -> bool:

@@ -6,7 +6,8 @@ next to neighbours with cgroups:
 
 - ``observe``: once the allocation (its quota, its weight : the neighbours') has been in place
   for ``trial_s`` past the newest change, the window since that change becomes a Trial: load
-  (requests/s), SLO slack, the neighbours' share of the host. A guarded change of the search
+  (requests/s; generated tokens/s where the server counts no requests, as llama.cpp), SLO
+  slack, the neighbours' share of the host. A guarded change of the search
   that broke the SLO (undone at once by the verify stage) becomes a Trial too: that is what
   teaches the model where the unsafe region begins.
 - ``actions``: the proposal as Actions on the knobs that differ from the live allocation
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autotune import slo as slo_table
 from autotune.config import Config, Service
 from autotune.detect.metrics import derive_metrics
 from autotune.diagnose import learner as L
@@ -73,6 +75,7 @@ class Learning:
         self.proposals: dict[str, L.Proposal] = {}
         self._model_key: dict[str, int] = {}
         self._last_trial_ts: dict[str, float] = {}
+        self._facts: dict[str, tuple] = {}  # service -> (its window facts, their span s): rationales
         self.fitters: dict[str, L.Fitter] = {}
         # service -> ((max id, count) of its rows, its trials): parsed again only when those change
         self._trials: dict[str, tuple[tuple, list[L.Trial]]] = {}
@@ -84,11 +87,12 @@ class Learning:
         return placed.cpu if placed is not None else svc.cgroup
 
     def services(self) -> list[Service]:
-        """Latency-critical services with an SLO, a latency source and a cgroup, with neighbours."""
+        """Latency-critical services with an SLO their latency source can measure (autotune/slo.py)
+        and a cgroup, with neighbours."""
         if not self.cfg.ranker.enabled or not self.neighbours():
             return []
         return [s for s in self.cfg.services if s.role == "latency-critical" and self.cgroup(s) and s.latency
-                and any(s.slo.model_dump().values())]
+                and slo_table.counted(s)]
 
     def neighbours(self) -> list[Service]:
         return [s for s in self.cfg.services if s.role == "neighbour" and self.cgroup(s)]
@@ -99,7 +103,7 @@ class Learning:
         if not self.neighbours():
             return "no neighbour service with a cgroup: nothing to share the CPUs with"
         if not self.services():
-            return "no latency-critical service with an SLO, a latency source and a cgroup"
+            return "no latency-critical service with a cgroup and an SLO its latency source can measure"
         return None
 
     # -- the live allocation --------------------------------------------------------------------
@@ -170,23 +174,31 @@ class Learning:
                 out.append(t)
         return out
 
-    def _window_facts(self, svc: Service, span: list[Snapshot]) -> tuple[float, float, float] | None:
-        """(load requests/s, slack, neighbours' host share) over ``span``; None without slack."""
+    def _window_facts(self, svc: Service, span: list[Snapshot]) -> tuple[float, float, float, bool] | None:
+        """(load /s, slack, neighbours' host share, served) over ``span``; None without
+        slack. ``served``: a request, a token or a probe was measured in it (an idle window's
+        slack of 1 is a definition, not a measurement of the allocation)."""
         m = derive_metrics(span, ncpu=self.ncpu, services=self.cfg.services)
-        slack = m.get(f"svc.{svc.name}.slo.slack")
+        p = f"svc.{svc.name}."
+        slack = m.get(p + "slo.slack")
         if slack is None:
             return None
         dt = max(1e-6, span[-1].ts - span[0].ts)
-        load = m.get(f"svc.{svc.name}.latency.requests", 0.0) / dt
+        done = m.get(p + "latency.requests")
+        if done is None:  # llama.cpp's page counts no requests: its generated tokens are the load
+            done = m.get(p + "latency.tokens", 0.0)
+        load = done / dt
         be = sum(m.get(f"svc.{n.name}.cpu.usage_cores", 0.0) for n in self.neighbours()) / max(1, self.ncpu)
-        return load, slack, be
+        served = any(m.get(p + k, 0.0) > 0 for k in ("latency.requests", "latency.tokens", "latency.probe.samples"))
+        return load, slack, be, served
 
     def _trial(self, svc: Service, span: list[Snapshot], read: ReadCurrent, now: float) -> L.Trial | None:
+        """The allocation in place over ``span``, measured: none when nothing was served in it."""
         alloc = self.allocation(svc, read)
         facts = self._window_facts(svc, span)
-        if alloc is None or facts is None:
+        if alloc is None or facts is None or not facts[3]:
             return None
-        load, slack, be = facts
+        load, slack, be, _ = facts
         return L.Trial(ts=now, start_ts=span[0].ts, service=svc.name, allocation=alloc, ncpu=self.ncpu, load=load,
                        slack=slack, be_share=be, score=L.score(slack, be))
 
@@ -228,6 +240,7 @@ class Learning:
     def propose(self, svc: Service, now: float, window: list[Snapshot]) -> L.Proposal:
         """The search's word for ``svc`` now (refit only when a trial was added)."""
         facts = self._window_facts(svc, window) if len(window) > 1 else None
+        self._facts[svc.name] = (facts, window[-1].ts - window[0].ts if len(window) > 1 else 0.0)
         load = facts[0] if facts else (self.phases[svc.name].ref_load if svc.name in self.phases else 0.0)
         phases = self.phases.setdefault(svc.name, L.Phases())
         new_phase = phases.update(load or 0.0, now, change=self.settings.phase_change)
@@ -265,10 +278,28 @@ class Learning:
             out += moves
         return out
 
+    def evidence(self, svc: Service) -> str | None:
+        """The measured figures behind a move: the service's slack and load now, and its newest
+        trial. None when there is no trial: then there is no move."""
+        trials = self.trials(svc.name)
+        if not trials:
+            return None
+        t = trials[-1]
+        span = (t.ts - t.start_ts) if t.start_ts is not None else None
+        out = (f"measured: newest trial ({t.source}{f', {span:.0f} s' if span else ''}) slo.slack "
+               f"{t.slack:+.2f} at load {t.load:.2f}/s under {t.allocation.label()}")
+        facts, span_s = self._facts.get(svc.name, (None, 0.0))
+        if facts is not None:
+            out += f"; now slo.slack {facts[1]:+.2f} at load {facts[0]:.2f}/s over {span_s:.0f} s"
+        return out
+
     def _moves(self, svc: Service, live: L.Allocation, p: L.Proposal, read: ReadCurrent) -> list[Action]:
         want = p.allocation
         assert want is not None
-        why = f"allocation search ({p.status}): {p.reason}"
+        evidence = self.evidence(svc)
+        if evidence is None:  # no measured trial: no move (the learner proposes none either)
+            return []
+        why = f"allocation search ({p.status}): {p.reason}; {evidence}"
         moves = []
         quota_knob, weight_knob = get_knob("cgroup.cpu_quota"), get_knob("cgroup.cpu_weight")
         q_now = read("cgroup.cpu_quota", self.cgroup(svc))
@@ -299,7 +330,7 @@ class Learning:
             return actions
         mine = self.actions(now, window, read)
         active = {s for s in searched if self.proposals.get(s) is not None
-                  and self.proposals[s].status != "inactive"}
+                  and self.proposals[s].status in ("exploring", "converged")}
 
         def moved_by_search(a: Action) -> bool:
             return a.knob == "cgroup.cpu_weight" or (

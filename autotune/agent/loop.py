@@ -129,6 +129,7 @@ class Agent:
                                on_success=lambda k, t: self._failures.pop((k, t), None))
         self.started_ts: float | None = None
         self.learning = Learning(cfg, db, self.journal, ncpu=host.ncpu)
+        self._flavors: dict[str, str] = {}  # page flavor each service's readings named, as logged
 
     # -- plumbing -------------------------------------------------------------------------
     def audit(self, kind: str, **fields: Any) -> AuditEvent | None:
@@ -206,10 +207,20 @@ class Agent:
             except Exception:  # noqa: BLE001
                 log.exception("exporter could not be primed from the audit trail")
         outcomes = self.reconcile(now)
+        for svc in self.cfg.services:
+            self._log_slo_fields(svc)
         self.audit("agent_start", detail={
             "mode": self.mode, "reconciled": [o.model_dump() for o in outcomes],
             "actuator": type(self.actuator).__name__,
         })
+
+    def _log_slo_fields(self, svc, detected: str | None = None) -> None:
+        """Which SLO fields the service's declared latency source can measure, one line each
+        (autotune/slo.py); a field it cannot measure is not a target, and the operator must know."""
+        from autotune import slo
+
+        for a in slo.assess(svc, detected):
+            log.log(logging.INFO if a.counted else logging.WARNING, "%s", a.line)
 
     def reconcile(self, now: float) -> list:
         """Settle unfinished entries (crash recovery). Drift: audited, left alone; ours: re-verify.
@@ -252,6 +263,12 @@ class Agent:
                     continue
                 if name in services:
                     services[name] = services[name].model_copy(update={"latency": reading})
+                flavor = getattr(reading, "flavor", None)
+                if flavor and self._flavors.get(name) != flavor:
+                    self._flavors[name] = flavor  # flavor auto: now known, say what it measures
+                    svc = next((s for s in self.cfg.services if s.name == name), None)
+                    if svc is not None and svc.latency is not None and svc.latency.flavor == "auto":
+                        self._log_slo_fields(svc, flavor)
             snap = snap.model_copy(update={"services": services})
         self.samples.append(snap)
         self.window.append(snap)

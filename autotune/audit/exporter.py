@@ -73,6 +73,7 @@ LATENCY_KEYS = {
 SLO_TARGETS = {
     "p95": ("p95_latency_s", "p95_ratio"), "p99": ("p99_latency_s", "p99_ratio"),
     "ttft_p95": ("ttft_p95_s", "ttft_p95_ratio"), "itl_p95": ("itl_p95_s", "itl_p95_ratio"),
+    "itl_mean": ("itl_mean_s", "itl_mean_ratio"),
 }
 
 
@@ -207,12 +208,18 @@ def _service_families(snap: Snapshot, m: dict[str, float], totals: dict[tuple[st
                                 labels=["service"])
     waiting = GaugeMetricFamily("autotune_service_requests_waiting", "Requests queued in the server.",
                                 labels=["service"])
+    per_token = GaugeMetricFamily("autotune_service_token_mean_seconds", "Mean seconds per generated token "
+                                  "over the detection window (histogram mean, or llama.cpp's counters: each "
+                                  "request's own time, parallel slots add up).", labels=["service"])
+    probes = GaugeMetricFamily("autotune_service_probe_requests", "Active-probe requests in the detection "
+                               "window (the quantiles a page lacks come from these).", labels=["service"])
     for name, svc in sorted(snap.services.items()):
         if svc.latency is None:
             continue
         up.add_metric([name], 1 if svc.latency.ok else 0)
         p = f"svc.{name}.latency."
-        for family, key in ((running, "running"), (waiting, "waiting")):
+        for family, key in ((running, "running"), (waiting, "waiting"), (per_token, "itl_mean_s"),
+                            (probes, "probe.samples")):
             if p + key in m:
                 family.add_metric([name], m[p + key])
         for kind in KINDS_LAT:
@@ -223,7 +230,7 @@ def _service_families(snap: Snapshot, m: dict[str, float], totals: dict[tuple[st
                 n, total_s = totals[(name, kind)]
                 lat.add_sample("autotune_service_latency_seconds_count", {"service": name, "kind": kind}, n)
                 lat.add_sample("autotune_service_latency_seconds_sum", {"service": name, "kind": kind}, total_s)
-    yield from (lat, up, running, waiting)
+    yield from (lat, up, running, waiting, per_token, probes)
 
     target = GaugeMetricFamily("autotune_service_slo_target_seconds", "SLO latency target from the config.",
                                labels=["service", "target"])

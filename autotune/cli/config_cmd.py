@@ -33,6 +33,11 @@ def register(app: typer.Typer) -> None:
             f"{file}: OK — {len(cfg.services)} service(s), {len(ruleset.rules)} rule(s) from "
             f"{', '.join(str(d) for d in cfg.rule_dirs())}, state {cfg.state_path()}"
         )
+        from autotune import slo
+
+        for svc in cfg.services:  # which SLO fields the declared source can measure, one line each
+            for a in slo.assess(svc):
+                typer.echo(a.line)
 
     @sub.command("show")
     def show(file: Path = typer.Argument(None, help="TOML config file (default: embedded defaults).")) -> None:

@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
             if "best_observed" in e:
                 b = e["best_observed"]
                 console.print(f"  best observed: {b['allocation']}: score {b['score']:.3f}, slack {b['slack']:+.2f}, "
-                              f"neighbours {b['neighbour_share']:.0%} of the host at {b['load']:.2f} req/s")
+                              f"neighbours {b['neighbour_share']:.0%} of the host at load {b['load']:.2f}/s")
             if e.get("proposal"):
                 console.print(f"  would choose now: {e['proposal']}")
 

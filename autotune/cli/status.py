@@ -61,10 +61,16 @@ def register(app: typer.Typer) -> None:
         caps = host.capabilities()
         snap = collect(host, cfg.services)
         agent = _agent_state(cfg)
+        from autotune.cli.latency_report import latency_report, report_lines
+
+        latency = latency_report(cfg)
         if json_out:
-            print_json({"host": caps.model_dump(mode="json"), "metrics": snapshot_json(snap), "agent": agent})
+            print_json({"host": caps.model_dump(mode="json"), "metrics": snapshot_json(snap), "agent": agent,
+                        "latency": latency})
             return
         _print_human(caps, snap, agent)
+        for line in report_lines(latency):
+            typer.echo(line)
 
 
 def cgroup_lines(cg) -> list[str]:

@@ -57,17 +57,23 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``rss_bytes`` | bytes | sum of RSS |
 | ``latency.<p50|p95|p99>_s`` | s | end-to-end request latency over the window (*) |
 | ``latency.ttft_<p50|p95|p99>_s`` | s | time to first token over the window (*) |
-| ``latency.itl_<p50|p95|p99|mean>_s`` | s | inter-token latency (gap between output tokens) over the window (*) |
+| ``latency.itl_<p50|p95|p99>_s`` | s | inter-token latency (gap between output tokens) over the window (*) |
+| ``latency.itl_mean_s`` | s | mean time per generated token over the window: histogram sum / count, else (llama.cpp) generation seconds / tokens of the requests that ended in the window, each request's own time (parallel slots add up), else the probe's mean token gap |
 | ``latency.<requests|tokens|ttft_samples|itl_samples>`` | count | completed requests, generated tokens, observations behind ttft / itl, summed over the window's scrapes |
-| ``latency.running`` ``latency.waiting`` | count | last latency reading |
-| ``slo.<p95|p99|ttft_p95|itl_p95>_ratio`` | ratio | latency / its SLO target (``slo_ratios``); needs ``services`` |
+| ``latency.prompt_tokens`` | count | prompt tokens processed in the window (llama.cpp) |
+| ``latency.prompt_tokens_per_s`` | tokens/s | prompt throughput: those tokens / the seconds spent processing them (llama.cpp) |
+| ``latency.running`` ``latency.waiting`` | count | last latency reading (llama.cpp: requests processing / deferred) |
+| ``latency.probe.<p50|p95|p99|ttft_p50|ttft_p95|itl_p95|itl_mean>_s`` | s | the active probe's own requests over the window: end-to-end, time to first token, gaps between its streamed tokens (exact quantiles of the window's probes) |
+| ``latency.probe.samples`` | count | probe requests behind them (a probe is a sample of one request, not of every request) |
+| ``slo.<p95|p99|ttft_p95|itl_p95|itl_mean>_ratio`` | ratio | latency / its SLO target (``slo_ratios``), for targets the declared source can measure; needs ``services`` |
 | ``slo.ratio`` | ratio | the largest (binding) ratio: how far over its target the service is |
 | ``slo.slack`` | ratio | 1 - the largest ratio: (target - latency) / target of the binding target (Heracles' slack); 1 when the service is idle (no request running, waiting or finished in the window); absent without data |
-| ``slo.targets`` | count | SLO targets the service declares that a latency source can measure (0: the service is not SLO-controlled) |
+| ``slo.targets`` | count | SLO targets the service declares that its declared latency source can measure (autotune/slo.py); 0: the service is not SLO-controlled and the PSI-driven rules act |
 
 (*) Window quantiles merge the per-scrape histograms every snapshot keeps (``LatencyReading.hist``,
 autotune/histogram.py): the p95 of all tokens generated in the window, however many scrapes it
-spans. A source without histograms (an active probe, llama.cpp) gives its last reading instead.
+spans. Where the page has no histogram for a figure, the window's probe requests give it (the
+``latency.probe.*`` figures under the page's names); llama.cpp alone has none of them.
 
 Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
 role aggregates (``neighbours.*``: sums of the neighbours' ``cpu.usage_cores``, ``mem.usage_bytes``,
@@ -82,6 +88,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from autotune import histogram
+from autotune import slo as slo_table
 from autotune.types import CgroupReading, LatencyReading, PsiReading, ServiceReading, Snapshot
 
 PSI_RES = ("cpu", "memory", "io", "irq")
@@ -125,8 +132,9 @@ _SVC_SUFFIXES = [
     r"mem\.(" + "|".join(MEM_EVENTS) + r")_events\.rate",
     r"(tasks|processes|threads|running_threads|rss_bytes)",
     r"(majflt|minflt|nvcsw|nivcsw)\.rate",
-    r"latency\.(p50_s|p95_s|p99_s|ttft_p(?:50|95|99)_s|itl_p(?:50|95|99)_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting)",
-    r"slo\.((p95|p99|ttft_p95|itl_p95)_ratio|ratio|slack|targets)",
+    r"latency\.(p50_s|p95_s|p99_s|ttft_p(?:50|95|99)_s|itl_p(?:50|95|99)_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting|prompt_tokens|prompt_tokens_per_s)",
+    r"latency\.probe\.(p50_s|p95_s|p99_s|ttft_p50_s|ttft_p95_s|itl_p95_s|itl_mean_s|samples)",
+    r"slo\.((p95|p99|ttft_p95|itl_p95|itl_mean)_ratio|ratio|slack|targets)",
 ]
 _KNOWN = re.compile(
     "^(?:" + "|".join(_HOST_PATTERNS) + r"|svc\.[^.\s]+(?:\.[^.\s]+)*?\.(?:" + "|".join(_SVC_SUFFIXES) + "))$"
@@ -150,7 +158,8 @@ def derive_metrics(
     """Metrics over ``window`` (oldest first). One snapshot gives gauges only.
 
     ``ncpu`` overrides the CPU count seen in /proc/stat. ``services`` are config ``Service``
-    objects; only their ``name`` and ``slo`` are used, for the ``slo.*_ratio`` metrics.
+    objects; their ``name``, ``slo`` and ``latency`` are used, for the ``slo.*`` metrics (with
+    the page flavor the newest latency reading names, for what the source can measure).
     """
     out: dict[str, float] = {}
     if not window:
@@ -176,7 +185,9 @@ def derive_metrics(
         svc_out: dict[str, float] = {}
         _service(svc_out, prev, svc, [s.services.get(name) for s in window], dt if rate_ok else 0.0)
         out.update({prefix + k: v for k, v in svc_out.items()})
-    out.update(slo_ratios(out, services))
+    flavors = {name: svc.latency.flavor for name, svc in last.services.items()
+               if svc.latency is not None and svc.latency.flavor}
+    out.update(slo_ratios(out, services, flavors))
     return out
 
 
@@ -195,32 +206,29 @@ def series(window: Sequence[Snapshot], name: str, **kw) -> list[tuple[float, flo
     return [(ts, m[name]) for ts, m in steps(window, **kw) if name in m]
 
 
-_SLO = (("latency.p95_s", "p95_latency_s", "slo.p95_ratio"),
-        ("latency.p99_s", "p99_latency_s", "slo.p99_ratio"),
-        ("latency.ttft_p95_s", "ttft_p95_s", "slo.ttft_p95_ratio"),
-        ("latency.itl_p95_s", "itl_p95_s", "slo.itl_p95_ratio"))
-
-
-def slo_ratios(metrics: dict[str, float], services: Iterable[object]) -> dict[str, float]:
+def slo_ratios(metrics: dict[str, float], services: Iterable[object],
+               flavors: dict[str, str] | None = None) -> dict[str, float]:
     """``svc.<s>.slo.*_ratio`` = latency / SLO target, ``slo.slack`` and ``slo.targets`` for
     each config ``Service``. The one place they are computed (the engine calls it too).
 
+    Only targets the service's declared latency source can measure count (autotune/slo.py;
+    ``flavors``: the page flavor each service's reading names, for ``flavor = "auto"``): an
+    itl_p95_s target on a llama.cpp page, which has no histograms, is not a target at all.
     Slack is Heracles' (target - latency) / target of the binding target, i.e. 1 - the largest
     ratio. An idle service (its source reads, nothing ran, waited or finished in the window)
     has full slack, 1: there is no latency to protect, so its resources may go back."""
     out: dict[str, float] = {}
     for svc in services:
         name, slo = getattr(svc, "name", None), getattr(svc, "slo", None)
-        measured = getattr(svc, "latency", None) is not None
+        fields = slo_table.counted(svc, (flavors or {}).get(name or ""))
         ratios = []
-        targets = 0
-        for lat_key, slo_key, ratio_key in _SLO:
-            target = getattr(slo, slo_key, None)
-            targets += bool(target and measured)
-            lat = metrics.get(f"svc.{name}.{lat_key}")
-            if target and lat is not None:
-                out[f"svc.{name}.{ratio_key}"] = ratio = lat / target
+        for field in fields:
+            spec = slo_table.FIELDS[field]
+            lat = metrics.get(f"svc.{name}.{spec.metric}")
+            if lat is not None:
+                out[f"svc.{name}.{spec.ratio}"] = ratio = lat / getattr(slo, field)
                 ratios.append(ratio)
+        targets = len(fields)
         out[f"svc.{name}.slo.targets"] = float(targets)
         if ratios:
             out[f"svc.{name}.slo.ratio"] = max(ratios)
@@ -231,10 +239,13 @@ def slo_ratios(metrics: dict[str, float], services: Iterable[object]) -> dict[st
 
 
 def _idle(metrics: dict[str, float], prefix: str) -> bool:
-    """The latency source read, and nothing ran, waited or finished in the window."""
-    keys = ("latency.requests", "latency.running", "latency.waiting")
-    vals = [metrics.get(prefix + k) for k in keys]
-    return all(v is not None for v in vals) and not any(vals) and not metrics.get(prefix + "latency.tokens")
+    """The latency source read, and nothing ran, waited or finished in the window (finished:
+    requests, or tokens where the page counts no requests, as llama.cpp's)."""
+    running, waiting = metrics.get(prefix + "latency.running"), metrics.get(prefix + "latency.waiting")
+    done = [metrics.get(prefix + k) for k in ("latency.requests", "latency.tokens")]
+    if running is None or waiting is None or all(v is None for v in done):
+        return False
+    return not running and not waiting and not any(done)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -349,7 +360,7 @@ _QUANTILES = {"p50_s": ("e2e", 0.5), "p95_s": ("e2e", 0.95), "p99_s": ("e2e", 0.
               "ttft_p50_s": ("ttft", 0.5), "ttft_p95_s": ("ttft", 0.95), "ttft_p99_s": ("ttft", 0.99),
               "itl_p50_s": ("itl", 0.5), "itl_p95_s": ("itl", 0.95), "itl_p99_s": ("itl", 0.99)}
 # counts summed over the window's scrapes
-_COUNTS = ("requests", "tokens", "ttft_samples", "itl_samples")
+_COUNTS = ("requests", "tokens", "ttft_samples", "itl_samples", "prompt_tokens")
 
 
 def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | None]) -> None:
@@ -372,10 +383,48 @@ def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | Non
         if v is not None:
             out[f"latency.{key}"] = float(v)
     itl = merged["itl"]
+    timed = [(r.token_seconds, r.tokens) for r in readings if r.token_seconds is not None and r.tokens]
     if itl is not None and histogram.count(itl) > 0:
         out["latency.itl_mean_s"] = itl.sum / histogram.count(itl)
-    elif lat.itl_mean_s is not None:
+    elif timed:  # llama.cpp: seconds and tokens of the requests that ended in the window
+        out["latency.itl_mean_s"] = sum(t for t, _ in timed) / sum(n for _, n in timed)
+    elif lat.itl_mean_s is not None and lat.token_seconds is None:
         out["latency.itl_mean_s"] = float(lat.itl_mean_s)
+    prompt = [(r.prompt_seconds, r.prompt_tokens) for r in readings if r.prompt_seconds and r.prompt_tokens]
+    if prompt:
+        out["latency.prompt_tokens_per_s"] = sum(n for _, n in prompt) / sum(t for t, _ in prompt)
+    _probes(out, [p for r in readings for p in r.probes])
+
+
+# the probe's figures: metric suffix -> (what of each probe, quantile or None for the mean)
+_PROBE_FIGURES = {"p50_s": ("e2e", 0.5), "p95_s": ("e2e", 0.95), "p99_s": ("e2e", 0.99),
+                  "ttft_p50_s": ("ttft", 0.5), "ttft_p95_s": ("ttft", 0.95),
+                  "itl_p95_s": ("gaps", 0.95), "itl_mean_s": ("gaps", None)}
+
+
+def _probes(out, probes: list) -> None:
+    """The window's probe requests: ``latency.probe.*`` (exact quantiles over them), and the
+    page's names for what the page did not give (llama.cpp: TTFT, percentiles)."""
+    if not probes:
+        return
+    values = {"e2e": sorted(p.e2e_s for p in probes),
+              "ttft": sorted(p.ttft_s for p in probes if p.ttft_s is not None),
+              "gaps": sorted(g for p in probes for g in p.gaps_s)}
+    out["latency.probe.samples"] = float(len(probes))
+    for key, (what, q) in _PROBE_FIGURES.items():
+        xs = values[what]
+        if not xs:
+            continue
+        v = sum(xs) / len(xs) if q is None else _exact_quantile(q, xs)
+        out[f"latency.probe.{key}"] = v
+        out.setdefault(f"latency.{key}", v)
+
+
+def _exact_quantile(q: float, xs: list[float]) -> float:
+    """Linear interpolation between the closest ranks of sorted ``xs`` (numpy's default)."""
+    h = (len(xs) - 1) * q
+    lo = int(h)
+    return xs[lo] if lo + 1 >= len(xs) else xs[lo] + (h - lo) * (xs[lo + 1] - xs[lo])
 
 
 def _cgroup(out, cg0: CgroupReading | None, cg: CgroupReading, dt: float) -> None:

@@ -352,9 +352,14 @@ def _actions(
     cgroups: dict[str, ServiceCgroups] | None = None,
 ) -> list[Action]:
     out = []
-    rationale = render(rule.rationale, m, svc) or rule.rationale
+    rendered = render(rule.rationale, m, svc)
+    rationale = rendered or rule.rationale
     plan = _plan(rule)
     for spec in rule.actions:
+        if rendered is None and not spec.is_advisory:
+            # no move without evidence: the figures its rationale cites were not measured
+            log.debug("rule %s for %s: a figure its rationale cites is missing; no change", rule.name, svc or "host")
+            continue
         for target, owner in _targets(spec, svc, config, cgroups):
             advisory = spec.is_advisory
             current = None if get_knob(spec.knob).advisory else _safe_read(read_current, spec.knob, target)

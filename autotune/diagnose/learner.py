@@ -16,10 +16,12 @@ trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net a
 - ``propose`` picks the next allocation by expected improvement, among candidates predicted to
   keep the SLO (P(slack >= 0) >= ``safe_prob``) or that give the service at least what a
   known-safe allocation gave it on both axes (quota and weight): exploration is constrained,
-  not only scored. It starts from
-  the generous extreme (CLITE starts from the equal split and the extremes; the equal split and
-  the stingy extreme are not safe to start from), or, at a load seen before, from the best
-  allocation kept there; stops exploring when the best expected improvement is under
+  not only scored. It proposes nothing before it has measured the allocation in place: no move
+  without evidence, so a phase's first trial is whatever the service runs under (CLITE starts
+  from the equal split and the extremes; here the node's own allocation is the first point), or,
+  at a load seen before, it starts from the best allocation kept there. When the model finds no
+  allocation safe it goes back to the generous extreme. It stops exploring when the best
+  expected improvement is under
   ``stop_ei`` of the best score or after ``max_trials`` in the phase, then holds the least
   generous allocation that kept the SLO within that share of the best; and starts again when
   the load moves (``Phases``: a phase counts only trials observed wholly inside it, and while
@@ -68,7 +70,7 @@ class Trial(BaseModel):
     allocation: Allocation
     start_ts: float | None = None  # where its window began (None: trials recorded before it was kept)
     ncpu: int
-    load: float  # requests/s completed in the window
+    load: float  # requests/s completed in the window (tokens/s where the server counts no requests)
     slack: float  # SLO slack over the window (detect/metrics slo.slack)
     be_share: float  # neighbours' cores / host CPUs
     score: float
@@ -232,7 +234,8 @@ class Proposal(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     allocation: Allocation | None
-    status: Literal["inactive", "exploring", "converged"]
+    # waiting: no trial of this load phase yet (the allocation in place is measured first)
+    status: Literal["inactive", "waiting", "exploring", "converged"]
     reason: str
     prediction: Prediction | None = None
     trials_in_phase: int = 0
@@ -295,17 +298,17 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
     n = len(phase_trials)
     generous = max(cands, key=lambda a: (server_cores(a, ncpu), a.ratio,
                                          math.inf if a.quota_cores is None else a.quota_cores))
-    if not trials:
-        return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
-                        reason="no trial yet: start from the generous extreme (safe, and it bounds the search)")
+    if not trials:  # no move from configuration alone: the allocation in place is measured first
+        return Proposal(allocation=None, status="waiting", trials_in_phase=n,
+                        reason="no trial yet: measuring the allocation in place first")
     if n == 0:
         known = best_known(trials, cands, load=load, ncpu=ncpu, change=settings.phase_change)
         if known is not None:
             return Proposal(allocation=known.allocation, status="exploring", trials_in_phase=n,
                             reason=f"new load phase: the best allocation seen at about this load "
                             f"({known.load:.2f}/s: slack {known.slack:+.2f}, score {known.score:.3f})")
-        return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
-                        reason="new load phase: first the generous extreme")
+        return Proposal(allocation=None, status="waiting", trials_in_phase=n,
+                        reason=f"new load phase ({load:.2f}/s): measuring the allocation in place first")
     model = model or (fitter.fit(trials) if fitter is not None else Model(trials))
     preds = model.predict(cands, load, ncpu)
     broken = broken_at(trials, load, settings.phase_change)

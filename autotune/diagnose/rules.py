@@ -243,6 +243,18 @@ class Rule(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _cites_a_measurement(self) -> "Rule":
+        """No move without evidence: a rule that changes something says, in its rationale, the
+        measured figure that justified it (advice only informs, and is exempt)."""
+        _check_placeholders(self.rationale)
+        if all(a.is_advisory for a in self.actions):
+            return self
+        if not any(ph.startswith("metric:") for ph in _PLACEHOLDER.findall(self.rationale)):
+            raise ValueError("rationale: a rule that changes something must cite the measured figure "
+                             "that justified it: add a {metric:NAME} placeholder (advice is exempt)")
+        return self
+
+    @model_validator(mode="after")
     def _scope(self) -> "Rule":
         if self.scope == "host":
             if self.role is not None:

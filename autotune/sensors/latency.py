@@ -17,15 +17,27 @@ the current name is listed first and read first, the older one is the fallback):
   (``tgi_request_mean_time_per_token_duration``, one observation per request, TGI's "inter-token
   latency") histograms, generated tokens per request (``tgi_request_generated_tokens``, whose
   sum counts tokens), batch size / queue gauges and a success counter; no TTFT histogram.
-- llama.cpp server (``--metrics``): no latency histograms at all, so no percentiles; only the
-  window mean time per generated token (delta of ``tokens_predicted_seconds_total`` over delta
-  of ``tokens_predicted_total``), the token count, and the processing / deferred gauges.
+- llama.cpp server (``--metrics``): counters and gauges, no latency histograms, so no
+  percentiles. The window mean time per generated token is delta ``tokens_predicted_seconds_total``
+  / delta ``tokens_predicted_total``. llama.cpp adds a request's generation time and tokens to
+  these counters when the request ends, each slot its own wall time: with several parallel
+  slots the seconds add up per request, so the mean is the time per token as each request saw
+  it (its decode step time), not wall time over throughput, and a window in which no request
+  ended has no figure. Also prompt tokens and seconds (prompt throughput), and the
+  ``requests_processing`` / ``requests_deferred`` gauges (running / waiting).
+
+For TTFT and percentiles where the page has none (llama.cpp), or for a server with no metrics
+page at all, an active probe (``ActiveProbe``) sends one short streamed completion every
+``interval_s`` and records its time to first token, its token gaps and its end-to-end time:
+a sample of one request, kept apart from the page's figures (``LatencyReading.probes``). Which
+SLO field each source can measure is autotune/slo.py's table.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Literal
 
 import httpx
@@ -33,7 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
 from autotune.histogram import from_cumulative, quantile
-from autotune.types import Buckets, LatencyReading
+from autotune.types import Buckets, LatencyReading, ProbeSample
 
 Flavor = Literal["vllm", "tgi", "llamacpp"]
 
@@ -56,6 +68,8 @@ class FlavorMetrics(BaseModel):
     tokens: str | None = None  # generated tokens counter
     tokens_hist: str | None = None  # generated tokens per request histogram (its sum counts)
     tokens_seconds: str | None = None  # seconds spent generating ``tokens`` (llama.cpp)
+    prompt_tokens: str | None = None  # prompt tokens processed (llama.cpp)
+    prompt_seconds: str | None = None  # seconds spent processing them (llama.cpp)
 
 
 FLAVORS: dict[str, FlavorMetrics] = {
@@ -84,8 +98,11 @@ FLAVORS: dict[str, FlavorMetrics] = {
         waiting="llamacpp:requests_deferred",
         tokens="llamacpp:tokens_predicted",
         tokens_seconds="llamacpp:tokens_predicted_seconds",
+        prompt_tokens="llamacpp:prompt_tokens",
+        prompt_seconds="llamacpp:prompt_seconds",
     ),
 }
+FLAVORS["autotune"] = FLAVORS["vllm"]  # our workload server exports vLLM's names (detected as vllm)
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -205,6 +222,9 @@ class LatencyWindow(BaseModel):
     itl_samples: float | None = None  # observations behind the itl quantiles
     itl_metric: str | None = None  # which name the itl figures came from
     tokens: float | None = None  # tokens generated in the window
+    token_seconds: float | None = None  # seconds those tokens took, per request (llama.cpp)
+    prompt_tokens: float | None = None
+    prompt_seconds: float | None = None
     requests: float | None = None
     running: float | None = None
     waiting: float | None = None
@@ -244,7 +264,7 @@ def compute_window(flavor: Flavor, prev: Page | None, cur: Page, *, window_s: fl
     t50, t95 = quantiles(ttft, (0.5, 0.95))
     k50, k95 = quantiles(itl, (0.5, 0.95))
     itl_mean = None
-    tokens = None
+    tokens = dsec = ptok = psec = None
     if prev is not None:
         if spec.tokens:
             tokens = _counter_delta(prev.scalar(spec.tokens), cur.scalar(spec.tokens))
@@ -256,6 +276,8 @@ def compute_window(flavor: Flavor, prev: Page | None, cur: Page, *, window_s: fl
                 itl_mean = dsec / tokens
         elif itl is not None and itl.count > 0:
             itl_mean = itl.sum / itl.count
+        ptok = _counter_delta(prev.scalar(spec.prompt_tokens), cur.scalar(spec.prompt_tokens))
+        psec = _counter_delta(prev.scalar(spec.prompt_seconds), cur.scalar(spec.prompt_seconds))
     requests = None
     if prev is not None:
         requests = _counter_delta(prev.scalar(spec.requests), cur.scalar(spec.requests))
@@ -272,6 +294,7 @@ def compute_window(flavor: Flavor, prev: Page | None, cur: Page, *, window_s: fl
         hist=hist, flavor=flavor, window_s=window_s, p50_s=p50, p95_s=p95, p99_s=p99, ttft_p50_s=t50, ttft_p95_s=t95,
         ttft_samples=None if ttft is None else ttft.count, itl_p50_s=k50, itl_p95_s=k95, itl_mean_s=itl_mean,
         itl_samples=None if itl is None else itl.count, itl_metric=itl_name, tokens=tokens, requests=requests,
+        token_seconds=dsec, prompt_tokens=ptok, prompt_seconds=psec,
         running=cur.scalar(spec.running), waiting=cur.scalar(spec.waiting), unavailable=unavailable,
     )
 
@@ -290,9 +313,11 @@ class LatencyScraper:
 
     Never raises out of ``sample``: connection errors, garbage pages and missing metrics give
     ``LatencyReading(ok=False, error=...)``. The first good scrape has no window (quantiles None).
+    Every reading names the page's flavor (declared, or detected at the last good scrape), so
+    what the page can measure (autotune/slo.py) stays known while it is down.
     """
 
-    def __init__(self, url: str, flavor: Flavor | Literal["auto"] = "auto", timeout: float = 2.0,
+    def __init__(self, url: str, flavor: Flavor | Literal["auto", "autotune"] = "auto", timeout: float = 2.0,
                  *, client: httpx.Client | None = None) -> None:
         if flavor != "auto" and flavor not in FLAVORS:
             raise ValueError(f"unknown metrics flavor {flavor!r}; use auto, {', '.join(FLAVORS)}")
@@ -303,6 +328,11 @@ class LatencyScraper:
         self._own = client is None  # ours to close
         self._prev: tuple[float, Page] | None = None
         self.last_window: LatencyWindow | None = None
+        self.detected: str | None = None  # flavor recognised at the last good scrape (auto)
+
+    @property
+    def page_flavor(self) -> str | None:
+        return self.flavor if self.flavor != "auto" else self.detected
 
     def _fetch(self) -> str:
         # One client for the scraper's life: a new httpx.Client per scrape builds an SSL context
@@ -321,7 +351,7 @@ class LatencyScraper:
 
     def _fail(self, msg: str) -> LatencyReading:
         self.last_window = None
-        return LatencyReading(source=self.url, ok=False, error=msg)
+        return LatencyReading(source=self.url, ok=False, error=msg, flavor=self.page_flavor)
 
     def sample(self, now: float | None = None) -> LatencyReading:
         now = time.time() if now is None else now
@@ -338,36 +368,65 @@ class LatencyScraper:
         flavor = self.flavor if self.flavor != "auto" else detect_flavor(page)
         if flavor is None:
             return self._fail(f"{self.url}: no vLLM/TGI/llama.cpp metrics on the page "
-                              f"(prefixes {', '.join(s.prefix for s in FLAVORS.values())})")
-        missing = _missing_required(flavor, page)
+                              f"(prefixes {', '.join(sorted({s.prefix for s in FLAVORS.values()}))})")
+        missing = _missing_required(flavor, page)  # type: ignore[arg-type]
         if missing:
             return self._fail(f"{self.url}: {flavor} page lacks {', '.join(missing)}")
+        if self.flavor == "auto":
+            self.detected = flavor
         prev = self._prev
         window_s = None if prev is None else now - prev[0]
-        win = compute_window(flavor, None if prev is None else prev[1], page, window_s=window_s)
+        win = compute_window(flavor, None if prev is None else prev[1], page, window_s=window_s)  # type: ignore[arg-type]
         self._prev = (now, page)
         self.last_window = win
         return LatencyReading(
-            source=f"{flavor}:{self.url}", ok=True, p50_s=win.p50_s, p95_s=win.p95_s, p99_s=win.p99_s,
-            ttft_p95_s=win.ttft_p95_s, ttft_samples=win.ttft_samples, itl_p50_s=win.itl_p50_s,
+            source=f"{flavor}:{self.url}", ok=True, flavor=flavor, p50_s=win.p50_s, p95_s=win.p95_s,
+            p99_s=win.p99_s, ttft_p95_s=win.ttft_p95_s, ttft_samples=win.ttft_samples, itl_p50_s=win.itl_p50_s,
             itl_p95_s=win.itl_p95_s, itl_mean_s=win.itl_mean_s, itl_samples=win.itl_samples,
-            tokens=win.tokens, requests=win.requests, running=win.running, waiting=win.waiting,
+            tokens=win.tokens, token_seconds=win.token_seconds, prompt_tokens=win.prompt_tokens,
+            prompt_seconds=win.prompt_seconds, requests=win.requests, running=win.running, waiting=win.waiting,
             hist=win.hist,
         )
 
 
-class ActiveProbe:
-    """Send a tiny completion (max_tokens 1..4) every ``interval_s`` and report its latency.
+# -- the active probe ---------------------------------------------------------------------------
+PROBE_PROMPT = "Hi"
+MAX_PROBE_TOKENS = 16  # a probe is a short request: its cost must stay small next to the load
+_KEPT = 64  # probe outcomes waiting for a reading (a sampler that stopped reading loses the oldest)
 
-    For servers without a metrics page. ``sample(now)`` probes when the interval has passed and
-    otherwise returns the last reading. p50 = p95 = p99 = the probe's own latency (one request).
+
+def _chunk_text(chunk: object) -> str | None:
+    """The text a streamed completion chunk carries ('' for none); None when it has no choice
+    (a usage-only chunk). Completions (``text``) and chat (``delta.content``) alike."""
+    if not isinstance(chunk, dict) or not chunk.get("choices"):
+        return None
+    choice = chunk["choices"][0]
+    if not isinstance(choice, dict):
+        return None
+    text = choice.get("text")
+    if text is None:
+        text = (choice.get("delta") or {}).get("content")
+    return text if isinstance(text, str) else ""
+
+
+class ActiveProbe:
+    """One short streamed completion per ``probe()``: its time to first token, the gaps between
+    its tokens and its end-to-end time. A sample of one request, not of every request.
+
+    Bounded cost: a one-word prompt and at most ``max_tokens`` (1..16) generated tokens per
+    probe; ``sample(now)`` probes at most once per ``interval_s``, and ``BackgroundProbe`` never
+    has two probes in flight. Each outcome goes into exactly one reading (``take``), so a
+    window of snapshots holds each probe once.
     """
 
     def __init__(self, base_url: str, interval_s: float = 10.0, *, model: str | None = None,
-                 max_tokens: int = 1, timeout: float = 30.0, client: httpx.Client | None = None,
+                 max_tokens: int = 4, timeout: float = 30.0, client: httpx.Client | None = None,
                  clock=time.monotonic) -> None:
-        if not 1 <= max_tokens <= 4:
-            raise ValueError(f"probe max_tokens must be 1..4 (keep the probe tiny), got {max_tokens}")
+        if not 1 <= max_tokens <= MAX_PROBE_TOKENS:
+            raise ValueError(f"probe max_tokens must be 1..{MAX_PROBE_TOKENS} (keep the probe small), "
+                             f"got {max_tokens}")
+        import threading
+
         self.base_url = base_url.rstrip("/")
         self.interval_s = interval_s
         self.model = model
@@ -375,7 +434,17 @@ class ActiveProbe:
         self.timeout = timeout
         self._client = client or httpx.Client(timeout=timeout)
         self._clock = clock
-        self._last: tuple[float, LatencyReading] | None = None
+        self._due: float | None = None
+        self._lock = threading.Lock()
+        self._new: deque[ProbeSample | str] = deque(maxlen=_KEPT)
+        self._last: ProbeSample | str = "no probe finished yet"
+
+    @property
+    def source(self) -> str:
+        return f"probe:{self.base_url}"
+
+    def describe(self) -> str:
+        return f"{self.max_tokens}-token streamed completion every {self.interval_s:g} s"
 
     def _model(self) -> str:
         if self.model is None:
@@ -385,27 +454,76 @@ class ActiveProbe:
             self.model = data[0]["id"] if data else "default"
         return self.model
 
-    def probe(self) -> LatencyReading:
-        source = f"probe:{self.base_url}"
+    def probe(self) -> ProbeSample | str:
+        """One probe: its sample, or a one-line error naming the probe."""
+        src = self.source
         try:
-            body = {"model": self._model(), "prompt": "Hi", "max_tokens": self.max_tokens, "temperature": 0}
+            body = {"model": self._model(), "prompt": PROBE_PROMPT, "max_tokens": self.max_tokens,
+                    "temperature": 0, "stream": True}
             t0 = self._clock()
-            resp = self._client.post(f"{self.base_url}/v1/completions", json=body, timeout=self.timeout)
-            elapsed = self._clock() - t0
-            resp.raise_for_status()
+            with self._client.stream("POST", f"{self.base_url}/v1/completions", json=body,
+                                     timeout=self.timeout) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    return f"{src}: HTTP {resp.status_code}"
+                if "text/event-stream" not in resp.headers.get("content-type", ""):
+                    resp.read()  # the server answered in one piece: no TTFT, no gaps
+                    resp.json()
+                    return ProbeSample(e2e_s=self._clock() - t0)
+                texts: list[float] = []
+                chunks: list[float] = []
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        return f"{src}: error in the stream: {str(chunk['error'])[:200]}"
+                    text = _chunk_text(chunk)
+                    if text is not None:
+                        stamp = self._clock() - t0
+                        chunks.append(stamp)
+                        if text:
+                            texts.append(stamp)
+                e2e = self._clock() - t0
         except httpx.HTTPStatusError as err:
-            return LatencyReading(source=source, ok=False, error=f"{source}: HTTP {err.response.status_code}")
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
-            return LatencyReading(source=source, ok=False, error=f"{source}: probe failed ({type(err).__name__}: {err})")
-        return LatencyReading(source=source, ok=True, p50_s=elapsed, p95_s=elapsed, p99_s=elapsed, requests=1)
+            return f"{src}: HTTP {err.response.status_code}"
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as err:
+            return f"{src}: probe failed ({type(err).__name__}: {err or 'no detail'})"
+        stamps = texts or chunks  # tokens that decode to no text still mark a decode step
+        return ProbeSample(e2e_s=e2e, ttft_s=stamps[0] if stamps else None,
+                           gaps_s=tuple(b - a for a, b in zip(stamps, stamps[1:])))
+
+    def record(self, outcome: ProbeSample | str) -> None:
+        with self._lock:
+            self._new.append(outcome)
+            self._last = outcome
+
+    def take(self) -> LatencyReading:
+        """The probes finished since the last ``take``: ok with their samples; else the last
+        outcome's state (ok with none new, or its error)."""
+        with self._lock:
+            items, last = list(self._new), self._last
+            self._new.clear()
+        samples = tuple(o for o in items if isinstance(o, ProbeSample))
+        errors = [o for o in items if isinstance(o, str)]
+        if samples:
+            return LatencyReading(source=self.source, ok=True, probes=samples, error=errors[-1] if errors else None)
+        if errors:
+            return LatencyReading(source=self.source, ok=False, error=errors[-1])
+        if isinstance(last, str):
+            return LatencyReading(source=self.source, ok=False, error=last)
+        return LatencyReading(source=self.source, ok=True)
 
     def sample(self, now: float | None = None) -> LatencyReading:
+        """Probe here and now when ``interval_s`` has passed since the last probe."""
         now = self._clock() if now is None else now
-        if self._last is not None and now - self._last[0] < self.interval_s:
-            return self._last[1]
-        reading = self.probe()
-        self._last = (now, reading)
-        return reading
+        if self._due is None or now >= self._due:
+            self._due = now + self.interval_s
+            self.record(self.probe())
+        return self.take()
 
     def close(self) -> None:
         self._client.close()
@@ -414,15 +532,14 @@ class ActiveProbe:
 class BackgroundProbe:
     """An ``ActiveProbe`` on its own daemon thread: a slow or hung server never stalls sampling.
 
-    ``sample()`` returns the latest finished probe; the same reading object is returned until the
-    next probe finishes, and verification counts a repeated reading once.
+    One probe at a time, started every ``interval_s`` (or as soon as a slower one returns);
+    ``sample()`` returns the probes finished since the previous call.
     """
 
     def __init__(self, probe: ActiveProbe) -> None:
         import threading
 
         self.probe = probe
-        self._latest = LatencyReading(source=f"probe:{probe.base_url}", ok=False, error="no probe finished yet")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"probe {probe.base_url}", daemon=True)
         self._thread.start()
@@ -430,11 +547,11 @@ class BackgroundProbe:
     def _run(self) -> None:
         while not self._stop.is_set():
             t0 = time.monotonic()
-            self._latest = self.probe.probe()
+            self.probe.record(self.probe.probe())
             self._stop.wait(max(0.0, self.probe.interval_s - (time.monotonic() - t0)))
 
     def sample(self, now: float | None = None) -> LatencyReading:
-        return self._latest
+        return self.probe.take()
 
     def close(self) -> None:
         self._stop.set()
@@ -442,16 +559,44 @@ class BackgroundProbe:
         self.probe.close()
 
 
-def scrapers_for(services) -> dict[str, LatencyScraper | BackgroundProbe]:
+class PageAndProbe:
+    """A metrics page and a probe for one service (llama.cpp: counters from the page, TTFT and
+    percentiles from the probe): the page's reading with the probe's samples in ``probes``.
+    Ok when either read; ``error`` names the one that failed."""
+
+    def __init__(self, page: LatencyScraper, probe: BackgroundProbe | ActiveProbe) -> None:
+        self.page = page
+        self.probe = probe
+
+    def sample(self, now: float | None = None) -> LatencyReading:
+        r = self.page.sample(now)
+        p = self.probe.sample(now)
+        errors = [x.error for x in (r, p) if x.error]
+        return r.model_copy(update={"ok": r.ok or p.ok, "source": f"{r.source} + {p.source}",
+                                    "probes": p.probes, "error": "; ".join(errors) or None})
+
+    def close(self) -> None:
+        self.page.close()
+        self.probe.close()
+
+
+LatencySourceT = LatencyScraper | BackgroundProbe | PageAndProbe
+
+
+def scrapers_for(services) -> dict[str, LatencySourceT]:
     """One latency source per configured service (config ``Service``) that declares one: its
-    metrics page when it has one, else an active probe on its own thread, so a slow answer
-    (the very thing it measures) stalls nothing: the probe waits up to 30 s rather than the
-    scrape timeout."""
-    out: dict[str, LatencyScraper | BackgroundProbe] = {}
+    metrics page, an active probe on its own thread (a slow answer, the very thing it measures,
+    stalls nothing: the probe waits up to 30 s rather than the scrape timeout), or both."""
+    out: dict[str, LatencySourceT] = {}
     for svc in services:
         lat = svc.latency
-        if lat is not None and lat.metrics_url:
-            out[svc.name] = LatencyScraper(lat.metrics_url, lat.flavor, lat.timeout_s)
-        elif lat is not None and lat.probe_url:
-            out[svc.name] = BackgroundProbe(ActiveProbe(lat.probe_url, lat.probe_interval_s))
+        if lat is None:
+            continue
+        page = LatencyScraper(lat.metrics_url, lat.flavor, lat.timeout_s) if lat.metrics_url else None
+        probe = (BackgroundProbe(ActiveProbe(lat.probe_url, lat.probe_interval_s, max_tokens=lat.probe_max_tokens))
+                 if lat.probe_url else None)
+        if page is not None and probe is not None:
+            out[svc.name] = PageAndProbe(page, probe)
+        elif page is not None or probe is not None:
+            out[svc.name] = page or probe  # type: ignore[assignment]
     return out

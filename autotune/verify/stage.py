@@ -28,6 +28,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from autotune import slo as slo_table
 from autotune.failpoints import failpoint
 from autotune.config import Config
 from autotune.journal.journal import Journal, JournalEntry
@@ -80,7 +81,7 @@ class Verifier:
     def objective(self, service: str | None, window: list[Snapshot]) -> Objective:
         """What a change on ``service`` is judged by over ``window`` (objectives.choose)."""
         svc = self._service(service)
-        slo = (svc,) if svc is not None and _slo_targets(svc) else ()
+        slo = (svc,) if svc is not None and _slo_targets(svc, _flavor(window, svc.name)) else ()
         return choose(service, window, has_latency=svc is not None and svc.latency is not None,
                       slo_of=slo)
 
@@ -262,13 +263,15 @@ class Verifier:
         svc = self._service(e.service)
         name = f"svc.{e.service}.slo.slack"
         base = dict(objective=name, direction="higher_is_better", p_value=None)
-        if svc is None or not _slo_targets(svc):
-            return VerifyResult(verdict="inconclusive", reason=f"{e.service} declares no SLO to guard", **base)
+        detected = None if svc is None else _flavor(after, svc.name) or _flavor(before, svc.name)
+        if svc is None or not _slo_targets(svc, detected):
+            return VerifyResult(verdict="inconclusive", reason=f"{e.service} declares no SLO its latency "
+                                "source can measure, none to guard", **base)
         b = derive_metrics(before, services=[svc]) if len(before) > 1 else {}
         a = derive_metrics(after, services=[svc]) if len(after) > 1 else {}
         slack_b, slack_a = b.get(name), a.get(name)
-        n_after = _observations(a, svc)
-        figures = dict(before_median=slack_b, after_median=slack_a, n_before=_observations(b, svc),
+        n_after = _observations(a, svc, detected)
+        figures = dict(before_median=slack_b, after_median=slack_a, n_before=_observations(b, svc, detected),
                        n_after=n_after, **base)
         if slack_a is None or (slack_a < 1.0 and n_after < GUARD_MIN_OBS):
             return VerifyResult(verdict="inconclusive", reason=f"too little latency data after the "
@@ -315,18 +318,31 @@ class Verifier:
             self.journal.mark_failed(e.id, f"verification keeps failing: {why}")
 
 
-def _slo_targets(svc) -> list[str]:
-    """The SLO fields ``svc`` sets (config.SLO)."""
-    return [k for k, v in svc.slo.model_dump().items() if v]
+def _slo_targets(svc, detected: str | None = None) -> list[str]:
+    """The SLO fields ``svc`` sets that its latency source can measure (autotune/slo.py)."""
+    return slo_table.counted(svc, detected)
 
 
-# the observations behind each SLO target (detect/metrics names)
-_OBS = {"itl_p95_s": "latency.itl_samples", "ttft_p95_s": "latency.ttft_samples",
-        "p95_latency_s": "latency.requests", "p99_latency_s": "latency.requests"}
+def _flavor(window: list[Snapshot], service: str) -> str | None:
+    """The page flavor the window's newest latency reading names (for flavor = "auto")."""
+    for snap in reversed(window):
+        svc = snap.services.get(service)
+        if svc is not None and svc.latency is not None and svc.latency.flavor:
+            return svc.latency.flavor
+    return None
 
 
-def _observations(m: dict[str, float], svc) -> int:
-    return int(sum(m.get(f"svc.{svc.name}.{_OBS[k]}", 0.0) for k in _slo_targets(svc) if k in _OBS))
+def _observations(m: dict[str, float], svc, detected: str | None = None) -> int:
+    """The observations behind the service's counted SLO figures in ``m`` (each from the
+    source that measures it: histogram counts, finished requests, tokens, probes)."""
+    total = 0.0
+    for field in _slo_targets(svc, detected):
+        metric = slo_table.observations_metric(field, svc.latency, detected)
+        if metric is None:  # flavor auto, not scraped yet: whichever the page gives
+            metric = next((o for o in ("latency.itl_samples", "latency.ttft_samples", "latency.requests",
+                                       "latency.tokens") if f"svc.{svc.name}.{o}" in m), None)
+        total += m.get(f"svc.{svc.name}.{metric}", 0.0) if metric else 0.0
+    return int(total)
 
 
 def _fmt(x: float | None) -> str:

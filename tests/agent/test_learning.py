@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autotune.agent.actuator import LocalActuator
 from autotune.agent.learning import RULE
 from autotune.agent.loop import Agent
@@ -224,3 +226,24 @@ def test_give_backs_of_levers_the_search_does_not_move_survive_it(tmp_path, host
              give_back("cgroup.memory_high", NB), give_back("cgroup.cpu_quota", NB)]
     kept = learning.merge(rules, 0.0, [], lambda k, t: None)
     assert {(a.knob, a.target) for a in kept} == {("cgroup.memory_high", NB), ("cgroup.cpu_quota", NB)}
+
+
+def test_a_llamacpp_service_s_load_is_its_generated_tokens_per_second(tmp_path, host_root):
+    """llama.cpp's page counts no requests: the search's load (its phases) is the tokens/s of the
+    requests that ended, and an idle window (no token, nothing running) is no trial."""
+    plant = Plant(host_root, demand=1.0)
+    agent, clock = make(tmp_path, host_root, plant)
+    svc = agent.cfg.service("llm").model_copy(update={"slo": SLO(itl_mean_s=0.1)})
+
+    def snap(ts: float, tokens: float, running: float) -> "object":
+        from autotune.types import ServiceReading, Snapshot
+
+        r = LatencyReading(source="llamacpp:x", ok=True, flavor="llamacpp", tokens=tokens,
+                           token_seconds=0.05 * tokens, running=running, waiting=0)
+        return Snapshot(ts=ts, services={"llm": ServiceReading(name="llm", latency=r)})
+
+    agent.learning.cfg = agent.cfg.model_copy(update={"services": [svc, *agent.cfg.services[1:]]})
+    load, slack, _be, served = agent.learning._window_facts(svc, [snap(0, 0, 2), snap(5, 150, 2), snap(10, 150, 2)])
+    assert load == pytest.approx(30.0) and slack == pytest.approx(0.5) and served
+    idle = agent.learning._window_facts(svc, [snap(0, 0, 0), snap(5, 0, 0), snap(10, 0, 0)])
+    assert idle is not None and idle[1] == 1.0 and not idle[3]  # slack 1 by definition: not a trial

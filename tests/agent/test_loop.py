@@ -9,7 +9,7 @@ import pytest
 
 from autotune.agent.actuator import HelperActuator, LocalActuator, is_drift
 from autotune.agent.loop import Agent
-from autotune.config import Service
+from autotune.config import LatencySource, Service
 from autotune.diagnose.rules import load_rules
 from autotune.errors import PolicyRefused
 from autotune.store.db import open_db
@@ -295,7 +295,7 @@ FLOOR_RULES = RULES.split("rules:")[0] + """rules:
     scope: host
     priority: 50
     cooldown_s: 0
-    rationale: test rule unlimiting the llm
+    rationale: test rule unlimiting the llm (host PSI {metric:psi.cpu.some.avg10} %)
     when:
       all: [{symptom: cpu_pressure}]
     actions:
@@ -336,9 +336,12 @@ def test_probe_url_feeds_latency_without_a_metrics_page(tmp_path, host_root, rul
 
     srv = canned_http({("GET", "/v1/models"): b'{"data": [{"id": "m"}]}',
                        ("POST", "/v1/completions"): b'{"choices": [{"text": "x"}]}'})
+    # the config refuses probing more often than once a second (the probe's cost is bounded);
+    # the test probes every 50 ms to run fast
+    fast = LatencySource.model_construct(**{**LatencySource().model_dump(), "probe_url": srv.url,
+                                            "probe_interval_s": 0.05})
     cfg = make_cfg(tmp_path, rules_dir).model_copy(update={"services": [
-        Service.model_validate({"name": "llm", "cgroup": "/autotune-fixture/llm", "latency": {
-            "probe_url": srv.url, "probe_interval_s": 0.05}})]})
+        Service(name="llm", cgroup="/autotune-fixture/llm", latency=fast)]})
     h = host(host_root)
     clock = Clock()
     agent = Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=LocalActuator(h, cfg),

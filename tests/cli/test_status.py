@@ -47,3 +47,76 @@ def test_status_names_each_controllers_group_and_how_it_was_found(tmp_path):
     cg = data["metrics"]["services"]["llm"]["cgroups"]
     assert (cg["cpu"], cg["memory"], cg["cpuset"], cg["how"]) == ("/serve/llm", "/mem/llm", None,
                                                                  "from processes (pid 300)")
+
+
+# -- the latency source and the SLO fields it can measure ---------------------------------------
+def _llama_config(tmp_path, metrics_url: str, slo: str = "itl_p95_s = 0.1", extra: str = "") -> str:
+    p = tmp_path / "llama.toml"
+    p.write_text(f'[agent]\nstate_path = "{tmp_path / "state.db"}"\n'
+                 f'[[service]]\nname = "llm"\ncgroup = "/autotune/llm"\n[service.slo]\n{slo}\n'
+                 f'[service.latency]\nmetrics_url = "{metrics_url}"\n{extra}')
+    return str(p)
+
+
+def test_config_check_says_which_slo_fields_the_declared_source_can_measure(tmp_path):
+    cfg = _llama_config(tmp_path, "http://127.0.0.1:8080/metrics", slo="itl_p95_s = 0.1\nitl_mean_s = 0.08",
+                        extra='flavor = "llamacpp"\n')
+    out = CliRunner().invoke(app, ["config", "check", cfg])
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert ("llm: itl_p95_s cannot be measured from a llama.cpp metrics page (no histograms): not counted; "
+            "itl_mean_s or probe_url can") in lines
+    assert ("llm: itl_mean_s (mean time per generated token) measured from a llama.cpp metrics page: counted"
+            in lines)
+    # flavor auto: decided at the first scrape, said so
+    auto = _llama_config(tmp_path, "http://127.0.0.1:8080/metrics")
+    out = CliRunner().invoke(app, ["config", "check", auto])
+    assert "llm: itl_p95_s (inter-token latency p95): counted until the first scrape" in out.stdout
+
+
+def test_status_names_the_latency_source_its_reading_and_what_it_can_measure(tmp_path):
+    import json
+    from pathlib import Path
+
+    from tests.agent.conftest import CannedHttp
+
+    page = (Path(__file__).parents[1] / "fixtures/metrics/llamacpp_slots_1.prom").read_bytes()
+    srv = CannedHttp({("GET", "/metrics"): page})
+    try:
+        cfg = _llama_config(tmp_path, f"{srv.url}/metrics")  # flavor auto, no agent ran: one scrape
+        out = CliRunner().invoke(app, ["status", "--config", cfg])
+        js = json.loads(CliRunner().invoke(app, ["status", "--config", cfg, "--json"]).stdout)
+    finally:
+        srv.close()
+    assert out.exit_code == 0, out.output
+    assert (f"latency source of llm: metrics page {srv.url}/metrics (flavor auto); detected llamacpp; "
+            "last reading ok (status (one scrape))") in out.stdout
+    assert ("llm: itl_p95_s cannot be measured from a llama.cpp metrics page (no histograms): not counted; "
+            "itl_mean_s or probe_url can") in out.stdout
+    lat = js["latency"]["llm"]
+    assert lat["page_flavor"] == "llamacpp" and lat["last_reading"]["ok"] is True
+    assert [(a["field"], a["counted"]) for a in lat["slo"]] == [("itl_p95_s", False)]
+
+
+def test_status_shows_the_running_agents_last_reading_and_its_error(tmp_path):
+    import json
+
+    from autotune.store.db import open_db
+    from autotune.store.samples import SampleStore
+    from autotune.types import LatencyReading, ServiceReading, Snapshot
+
+    cfg = _llama_config(tmp_path, "http://127.0.0.1:9/metrics", slo="ttft_p95_s = 2.0",
+                        extra='probe_url = "http://127.0.0.1:9"\n')
+    reading = LatencyReading(source="http://127.0.0.1:9/metrics + probe:http://127.0.0.1:9", ok=False,
+                             error="http://127.0.0.1:9/metrics: cannot scrape (ConnectError: refused)")
+    db = open_db(tmp_path / "state.db")
+    SampleStore(db).append(Snapshot(ts=1000.0, services={"llm": ServiceReading(name="llm", latency=reading)}))
+    db.conn.close()
+    out = CliRunner().invoke(app, ["status", "--config", cfg])
+    assert out.exit_code == 0, out.output
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("latency source of llm"))
+    assert "metrics page http://127.0.0.1:9/metrics (flavor auto) + probe http://127.0.0.1:9" in line
+    assert "last reading failed: http://127.0.0.1:9/metrics: cannot scrape" in line and "(agent, " in line
+    assert "llm: ttft_p95_s (time to first token p95) measured from the active probe" in out.stdout
+    js = json.loads(CliRunner().invoke(app, ["status", "--config", cfg, "--json"]).stdout)
+    assert js["latency"]["llm"]["last_reading"]["from"] == "agent"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from autotune.config import SLO, Service
+from autotune.config import SLO, LatencySource, Service
 from autotune.detect.metrics import derive_metrics, gauges, is_known_metric, series, slo_ratios, steps
 from autotune.types import (
     CgroupReading,
@@ -68,7 +68,8 @@ def two():
 
 
 def test_rates_and_gauges():
-    m = derive_metrics(two(), services=[Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5))])
+    m = derive_metrics(two(), services=[Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5),
+                                                latency=LatencySource(metrics_url="http://x/metrics", flavor="vllm"))])
     assert m["psi.cpu.some.avg10"] == 55.0
     assert m["psi.cpu.some.stall_pct"] == pytest.approx(50.0)  # 5 s stalled in 10 s
     assert m["vmstat.pgmajfault.rate"] == pytest.approx(10.0)
@@ -146,11 +147,14 @@ def test_gauges_and_steps_are_derive_metrics():
 
 
 def test_slo_ratio_is_computed_once_from_flat_latency():
-    svc = Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5, ttft_p95_s=0.2))
+    page = LatencySource(metrics_url="http://x/metrics", flavor="vllm")
+    svc = Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5, ttft_p95_s=0.2), latency=page)
     flat = {"svc.llm.latency.p95_s": 0.8, "svc.llm.latency.p99_s": 1.0, "svc.other.latency.p95_s": 9.0}
     assert slo_ratios(flat, [svc]) == {  # no p99 SLO, no ttft reading
         "svc.llm.slo.p95_ratio": pytest.approx(1.6), "svc.llm.slo.slack": pytest.approx(-0.6), "svc.llm.slo.ratio": pytest.approx(1.6),
-        "svc.llm.slo.targets": 0.0}  # no latency source configured: not SLO-controlled
+        "svc.llm.slo.targets": 2.0}
+    # no latency source configured: nothing can measure the targets, not SLO-controlled
+    assert slo_ratios(flat, [svc.model_copy(update={"latency": None})]) == {"svc.llm.slo.targets": 0.0}
     assert slo_ratios(flat, [Service(name="llm", cgroup="/x")]) == {"svc.llm.slo.targets": 0.0}  # no SLO at all
     m = derive_metrics(two(), services=[svc])
     assert {k: v for k, v in m.items() if ".slo." in k} == slo_ratios(m, [svc])

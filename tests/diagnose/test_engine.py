@@ -27,7 +27,7 @@ rules:
   - name: weight-down
     priority: 60
     role: latency-critical
-    rationale: neighbours are busy so lower them
+    rationale: neighbours use {metric:neighbours.cpu.usage_cores} cores so lower them
     when: {all: [{symptom: hot}, {metric: neighbours.cpu.usage_cores, op: ">", value: 0.5}]}
     actions:
       - {knob: cgroup.cpu_weight, target: neighbours, step: {delta: -60}, bounds: {min: 10}}
@@ -83,8 +83,21 @@ def test_step_bounds_ordering_and_targets(rs):
 
 def test_unit_only_service_maps_to_system_slice(rs):
     cur = {("cgroup.cpu_quota", "/system.slice/web.service"): "0.5"}
-    acts = diagnose(rs, M, [sym("throttled", "web")], CFG, current(cur), now=0)
+    m = {**M, "svc.web.cpu.throttled_pct": 30.0}
+    acts = diagnose(rs, m, [sym("throttled", "web")], CFG, current(cur), now=0)
     assert [(a.target, a.proposed) for a in acts if a.rule == "quota-up"] == [("/system.slice/web.service", "0.75")]
+
+
+def test_no_change_without_the_figure_its_rationale_cites(rs):
+    """No move without evidence: the symptom says web is throttled, but its throttled share (the
+    figure the rule's rationale cites) was not measured: no change. Advice still comes."""
+    cur = {("cgroup.cpu_quota", "/system.slice/web.service"): "0.5"}
+    acts = diagnose(rs, M, [sym("throttled", "web")], CFG, current(cur), now=0)
+    assert not [a for a in acts if a.rule == "quota-up"]
+    assert [a.rule for a in acts if a.advisory] == ["tell-host"]
+    m = {**M, "svc.web.cpu.throttled_pct": 30.0}
+    (a,) = [a for a in diagnose(rs, m, [sym("throttled", "web")], CFG, current(cur), now=0) if a.rule == "quota-up"]
+    assert a.rationale == "throttled 30 percent"
 
 
 def test_no_action_at_bound_unlimited_or_unreadable(rs):

@@ -18,7 +18,7 @@ symptoms:
     off: 10
 rules:
   - name: raise-quota
-    rationale: the service is throttled by its quota
+    rationale: the service is throttled in {metric:svc.$service.cpu.throttled_pct} % of periods by its quota
     when:
       all:
         - symptom: cpu_pressure
@@ -125,7 +125,7 @@ def test_host_rule_cannot_target_service(tmp_path):
         rules:
           - name: host-svc
             scope: host
-            rationale: something long enough
+            rationale: host PSI {metric:psi.cpu.some.avg10} %
             when: {any: [{metric: psi.cpu.some.avg10, op: ">", value: 1}]}
             actions: [{knob: cgroup.cpu_weight, target: service, value: 200}]
     """)
@@ -157,7 +157,7 @@ def test_every_registered_knob_is_a_rule_knob_and_its_facts_decide(tmp_path):
         rules:
           - name: newer-knobs
             scope: host
-            rationale: something long enough
+            rationale: compaction stalls {metric:vmstat.compact_stall.rate}/s
             when: {all: [{metric: vmstat.compact_stall.rate, op: ">", value: 1}]}
             actions:
               - {knob: cgroup.cpu_idle, target: /autotune/batch, value: "1"}
@@ -184,3 +184,30 @@ def test_every_registered_knob_is_a_rule_knob_and_its_facts_decide(tmp_path):
     assert "bad.yaml: rule 'bad-targets': actions.1: step needs a numeric knob, not 'cgroup.cpu_idle'" in msg
     assert "bad.yaml: rule 'bad-targets': actions.2: sysctl target must be a key like 'vm.swappiness'" in msg
     assert "bad.yaml: rule 'bad-targets': actions.3: target for cgroup.memory_low is 'service'" in msg
+
+
+def test_a_rule_that_changes_something_must_cite_a_measured_figure(tmp_path):
+    """No move without evidence: the rationale of a rule that changes something names the metric
+    that justified it ({metric:...}); advice only informs and is exempt; an unknown metric in a
+    rationale is an error like anywhere else."""
+    write(tmp_path, "r.yaml", """
+        rules:
+          - name: blind-quota
+            rationale: more quota is always better for the service
+            when: {all: [{metric: psi.cpu.some.avg10, op: ">", value: 1}]}
+            actions: [{knob: cgroup.cpu_quota, target: service, step: {factor: 1.5}}]
+          - name: just-advice
+            scope: host
+            rationale: tell the operator something useful
+            when: {all: [{metric: psi.cpu.some.avg10, op: ">", value: 1}]}
+            actions: [{knob: advice, target: host, value: look at the host}]
+          - name: typo-metric
+            rationale: the service is throttled {metric:svc.$service.cpu.throttled} percent
+            when: {all: [{metric: psi.cpu.some.avg10, op: ">", value: 1}]}
+            actions: [{knob: cgroup.cpu_quota, target: service, step: {factor: 1.5}}]
+    """)
+    msg = load_error(tmp_path)
+    assert ("rule 'blind-quota': (top level): rationale: a rule that changes something must cite the measured "
+            "figure that justified it: add a {metric:NAME} placeholder (advice is exempt)") in msg
+    assert "rule 'typo-metric': (top level): unknown metric 'svc.$service.cpu.throttled'" in msg
+    assert "just-advice" not in msg

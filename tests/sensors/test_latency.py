@@ -195,7 +195,7 @@ def test_unknown_flavor_is_a_programming_error():
 
 
 # -- active probe -------------------------------------------------------------------------------
-def test_active_probe_measures_and_caches_by_interval():
+def test_active_probe_measures_once_per_interval_and_reports_each_probe_once():
     calls = []
     clock = iter([0.0, 0.25, 100.0, 100.5]).__next__  # t0/t1 of two probes
 
@@ -203,22 +203,39 @@ def test_active_probe_measures_and_caches_by_interval():
         calls.append(request.url.path)
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"data": [{"id": "gpt2"}]})
-        assert b'"max_tokens":1' in request.content.replace(b" ", b"")
-        return httpx.Response(200, json={"choices": [{"text": "x"}]})
+        body = request.content.replace(b" ", b"")
+        assert b'"max_tokens":4' in body and b'"stream":true' in body
+        return httpx.Response(200, json={"choices": [{"text": "x"}]})  # answered in one piece
 
     probe = ActiveProbe("http://srv", interval_s=10, client=httpx.Client(transport=httpx.MockTransport(handler)), clock=clock)
     r = probe.sample(now=0.0)
-    assert r.ok and r.p95_s == pytest.approx(0.25) and r.requests == 1
-    assert probe.sample(now=5.0) is r  # within the interval: cached
+    assert r.ok and r.source == "probe:http://srv" and len(r.probes) == 1
+    assert r.probes[0].e2e_s == pytest.approx(0.25) and r.probes[0].ttft_s is None  # not streamed: no TTFT
+    assert r.p95_s is None and r.requests is None  # the page's figures stay the page's
+    quiet = probe.sample(now=5.0)  # within the interval: no probe, none reported twice
+    assert quiet.ok and quiet.probes == ()
     r2 = probe.sample(now=20.0)
-    assert r2.p50_s == pytest.approx(0.5)
+    assert [p.e2e_s for p in r2.probes] == [pytest.approx(0.5)]
     assert calls == ["/v1/models", "/v1/completions", "/v1/completions"]
 
 
 def test_active_probe_connection_refused():
     probe = ActiveProbe(f"http://127.0.0.1:{_closed_port()}", model="m", timeout=1.0)
-    r = probe.probe()
+    out = probe.probe()
+    assert isinstance(out, str) and "probe failed" in out and "ConnectError" in out
+    r = probe.sample(now=0.0)
     assert not r.ok and "probe failed" in r.error
+
+
+def test_active_probe_cost_is_bounded():
+    with pytest.raises(ValueError, match="1..16"):
+        ActiveProbe("http://srv", max_tokens=64)
+    from autotune.config import LatencySource
+
+    with pytest.raises(ValueError):
+        LatencySource(probe_url="http://srv", probe_interval_s=0.1)  # at most one probe a second
+    with pytest.raises(ValueError):
+        LatencySource(probe_url="http://srv", probe_max_tokens=17)
 
 
 def test_background_probe_never_blocks_sampling_on_a_slow_server():
@@ -240,17 +257,133 @@ def test_background_probe_never_blocks_sampling_on_a_slow_server():
         assert not r.ok and "no probe finished yet" in r.error
         release.set()
         deadline = time.monotonic() + 5
-        while not bg.sample().ok:
+        seen = 0
+        while seen < 2:  # it keeps probing every interval; each probe is reported once
+            r = bg.sample()
+            assert r.ok or "no probe finished yet" in r.error
+            seen += len(r.probes)
             assert time.monotonic() < deadline, "probe never finished"
-            time.sleep(0.01)
-        first = bg.sample()
-        assert first.requests == 1 and first.p95_s is not None
-        while bg.sample() is first:  # it keeps probing every interval
-            assert time.monotonic() < deadline + 5
             time.sleep(0.01)
     finally:
         bg.close()
     assert not bg._thread.is_alive()
+
+
+class StreamingServer:
+    """A tiny OpenAI-style server on a free port: each completion streams ``tokens`` chunks, the
+    first after ``ttft[i]`` seconds (i-th request), the next ones ``gap`` apart."""
+
+    def __init__(self, ttft: list[float], gap: float, tokens: int = 4) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.requests: list[dict] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # the stream ends when the connection closes
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = b'{"data": [{"id": "tiny"}]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                import json
+
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                i = len(outer.requests)
+                outer.requests.append(req)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                time.sleep(ttft[min(i, len(ttft) - 1)])
+                for k in range(min(tokens, req["max_tokens"])):
+                    if k:
+                        time.sleep(gap)
+                    chunk = {"choices": [{"index": 0, "text": f"t{k}", "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                final = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
+                self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        self._srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._srv.server_address[1]}"
+        threading.Thread(target=self._srv.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._srv.shutdown()
+        self._srv.server_close()
+
+
+def test_probe_measures_ttft_gaps_and_e2e_of_a_streamed_completion():
+    ttft, gap = [0.05, 0.10, 0.15, 0.20, 0.30], 0.02
+    srv = StreamingServer(ttft, gap)
+    try:
+        probe = ActiveProbe(srv.url, interval_s=1, max_tokens=4)
+        outcomes = [probe.probe() for _ in ttft]
+    finally:
+        srv.close()
+    assert all(not isinstance(o, str) for o in outcomes), outcomes
+    assert srv.requests[0] == {"model": "tiny", "prompt": "Hi", "max_tokens": 4, "temperature": 0, "stream": True}
+    for o, t in zip(outcomes, ttft):
+        assert o.ttft_s >= t  # the server held the first token this long: the probe cannot see it sooner
+        assert len(o.gaps_s) == 3 and all(g > 0 for g in o.gaps_s)  # the empty final chunk is no token
+        # one gap can read short when its chunk waited in a buffer behind the one before it; the
+        # server's own pacing bounds the whole request from below
+        assert o.e2e_s >= t + 3 * gap and o.e2e_s >= o.ttft_s + sum(o.gaps_s) - 1e-9
+    # the window's quantiles are exact quantiles over the window's probes, with their count
+    from autotune.detect.metrics import derive_metrics
+    from autotune.types import LatencyReading, ServiceReading, Snapshot
+
+    def snap(ts, probes):
+        r = LatencyReading(source=f"probe:{srv.url}", ok=True, probes=tuple(probes))
+        return Snapshot(ts=ts, services={"llm": ServiceReading(name="llm", latency=r)})
+
+    window = [snap(0.0, []), snap(5.0, outcomes[:2]), snap(10.0, []), snap(15.0, outcomes[2:])]
+    m = derive_metrics(window)
+    firsts = sorted(o.ttft_s for o in outcomes)
+    assert m["svc.llm.latency.probe.samples"] == 5
+    assert m["svc.llm.latency.probe.ttft_p50_s"] == pytest.approx(firsts[2])
+    assert m["svc.llm.latency.probe.ttft_p95_s"] == pytest.approx(firsts[3] + 0.8 * (firsts[4] - firsts[3]))
+    assert m["svc.llm.latency.ttft_p95_s"] == m["svc.llm.latency.probe.ttft_p95_s"]  # no page: the probe's
+    assert m["svc.llm.latency.probe.p95_s"] >= m["svc.llm.latency.probe.ttft_p95_s"]
+    assert m["svc.llm.latency.probe.itl_mean_s"] >= gap
+    # the first snapshot's interval lies before the window: its probe does not count
+    m = derive_metrics([snap(0.0, outcomes[:1]), snap(5.0, outcomes[1:2])])
+    assert m["svc.llm.latency.probe.samples"] == 1
+
+
+def test_page_and_probe_give_llamacpp_counters_and_the_probes_ttft():
+    from autotune.sensors.latency import PageAndProbe
+
+    srv = StreamingServer([0.05], 0.01)
+    try:
+        scraper = LatencyScraper("http://x/metrics",
+                                 client=Pages(page("llamacpp_1.prom"), page("llamacpp_2.prom")).client())
+        both = PageAndProbe(scraper, ActiveProbe(srv.url, interval_s=1))
+        r1 = both.sample(now=0.0)
+        r2 = both.sample(now=15.0)
+    finally:
+        srv.close()
+    assert r1.ok and r1.flavor == "llamacpp" and len(r1.probes) == 1
+    assert r2.ok and r2.source == f"llamacpp:http://x/metrics + probe:{srv.url}"
+    assert r2.itl_mean_s == pytest.approx(24.0 / 400) and len(r2.probes) == 1 and r2.probes[0].ttft_s >= 0.05
+
+
+def test_page_and_probe_stay_ok_when_one_of_them_fails():
+    from autotune.sensors.latency import PageAndProbe
+
+    down = ActiveProbe(f"http://127.0.0.1:{_closed_port()}", model="m", timeout=1.0)
+    scraper = LatencyScraper("http://x/metrics", client=Pages(page("llamacpp_1.prom")).client())
+    r = PageAndProbe(scraper, down).sample(now=0.0)
+    assert r.ok and "probe failed" in r.error and r.flavor == "llamacpp"
 
 
 # -- current names first, previous names as fallback ---------------------------------------------
@@ -369,3 +502,40 @@ def test_scraper_reuses_one_connection_and_closes_it():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# -- llama.cpp's counters over a window -----------------------------------------------------------
+def test_llamacpp_counters_give_a_window_mean_per_token_prompt_throughput_and_the_queue():
+    """llama_slots_*.prom (see the fixtures' README): the counters move when a request ends, each
+    slot adding its own time, so the mean is per token as each request saw it."""
+    from autotune.detect.metrics import derive_metrics
+    from autotune.types import ServiceReading, Snapshot
+
+    src = Pages(*(page(f"llamacpp_slots_{i}.prom") for i in (1, 2, 3, 4)))
+    s = LatencyScraper("http://x/metrics", client=src.client())
+    readings = [s.sample(now=10.0 * i) for i in range(4)]
+    assert all(r.ok and r.flavor == "llamacpp" for r in readings)
+    first, r2, r3, r4 = readings
+    assert first.itl_mean_s is None and first.running == 2 and first.waiting == 1  # no window yet
+    assert r2.tokens == 150 and r2.token_seconds == pytest.approx(12.0)
+    assert r2.itl_mean_s == pytest.approx(0.08)  # 12 s of slot time over 150 tokens, in 10 s of wall time
+    assert r2.prompt_tokens == 300 and r2.prompt_seconds == pytest.approx(1.5)
+    assert r3.itl_mean_s == pytest.approx(0.1) and (r3.running, r3.waiting) == (1, 0)
+    assert r4.tokens == 0 and r4.itl_mean_s is None and r4.running == 2  # no request ended: no figure
+    assert r2.p95_s is None and r2.itl_p95_s is None and r2.ttft_p95_s is None  # no histograms
+
+    snaps = [Snapshot(ts=10.0 * i, services={"llm": ServiceReading(name="llm", latency=r)})
+             for i, r in enumerate(readings)]
+    m = derive_metrics(snaps)
+    assert m["svc.llm.latency.itl_mean_s"] == pytest.approx(17.0 / 200)  # seconds over tokens, not a mean of means
+    assert m["svc.llm.latency.tokens"] == 200 and m["svc.llm.latency.prompt_tokens"] == 400
+    assert m["svc.llm.latency.prompt_tokens_per_s"] == pytest.approx(200.0)
+    assert (m["svc.llm.latency.running"], m["svc.llm.latency.waiting"]) == (2, 0)
+    assert not any(k.startswith("svc.llm.latency.") and k.endswith(("p95_s", "p99_s")) for k in m)
+
+
+def test_a_scraper_that_lost_its_page_still_names_the_flavor_it_detected():
+    s = LatencyScraper("http://x/metrics", client=Pages(page("llamacpp_slots_1.prom"), httpx.ConnectError("down")).client())
+    assert s.sample(now=0.0).flavor == "llamacpp"
+    r = s.sample(now=1.0)
+    assert not r.ok and r.flavor == "llamacpp" and "cannot scrape" in r.error
