@@ -40,6 +40,8 @@ def test_a_shape_heads_cannot_split_is_refused():
         gguf.GgufSpec(hidden=100, heads=8)
     with pytest.raises(ValueError, match="hidden 30 must split into 10 heads of an even size"):
         gguf.GgufSpec(hidden=30, heads=10)
+    with pytest.raises(ValueError, match="less than or equal to 16384"):
+        gguf.GgufSpec(vocab=32000)
 
 
 def test_resolve_model(tmp_path):
@@ -75,12 +77,14 @@ def test_parameter_count_matches_transformers():
 
 @pytest.mark.workload
 @pytest.mark.skipif(not HAS_TORCH, reason="needs the workload extra (torch, transformers, tokenizers)")
-def test_tokenizer_is_deterministic_with_endoftext_first():
+def test_tokenizer_fills_the_vocab_with_ascii_tokens_deterministically():
+    """Every token is complete text: llama-server then streams exactly one chunk per token."""
     a, b = gguf.train_tokenizer(8192), gguf.train_tokenizer(8192)
     assert a.to_str() == b.to_str()
-    assert a.token_to_id(gguf.EOT) == 0
-    assert 300 < a.get_vocab_size() < 8192  # the small corpus caps the merges; the converter pads
-    text = "Why is the sky blue?"
+    assert a.get_vocab_size() == 8192 and a.token_to_id(gguf.EOT) == 0
+    texts = [a.decode([i]) for i in range(1, 8192)]
+    assert all(t and t.isascii() for t in texts)
+    text = "Why is the sky blue? Explain quantum computing in simple terms."
     assert a.decode(a.encode(text).ids) == text
     assert len(a.encode(text).ids) < len(text) / 2  # merges: not one token per byte
 

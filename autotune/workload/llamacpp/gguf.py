@@ -6,16 +6,22 @@ the weights say, and the text it writes is noise. The default (hidden 640, 10 la
 10 heads, vocab 8192, context 1024: 60.1M parameters, ~120 MB in f16) generates tokens at tens
 per second on one core, so a 2-core host can be pushed in and out of its SLO.
 
-Reproducible: the tokenizer is a byte-level BPE trained by ``tokenizers`` on the reference
-workload's built-in corpus (deterministic), the weights come from ``LlamaForCausalLM`` after
+Reproducible: the tokenizer is a byte-level BPE trained by ``tokenizers`` on built-in text
+(deterministic), the weights come from ``LlamaForCausalLM`` after
 ``torch.manual_seed(seed)``, and the GGUF's name is fixed, so the same spec gives the same bytes.
 ``save_pretrained`` writes a Hugging Face directory, which llama.cpp's own
 ``convert_hf_to_gguf.py --outtype f16`` (run by ``convert.py``) turns into the GGUF.
 
-The tokenizer has one special token, ``<|endoftext|>`` (id 0, BOS and EOS); its trained vocabulary
-(~730 tokens on this corpus) is smaller than the model's, and the converter pads the rest. The
-server is started with ``--ignore-eos`` (engines.py), so every request generates ``max_tokens``
-tokens as on the reference server and requests stay comparable.
+The tokenizer's vocabulary is exactly the model's, and every token is ASCII text: a byte-level
+BPE (the GPT-2 scheme) whose alphabet is the characters of its corpus rather than all 256 bytes,
+trained on the reference workload's English corpus plus a seeded synthetic one large enough to
+learn ``vocab`` tokens. A random model samples tokens almost uniformly; llama-server holds back a token that ends inside a UTF-8
+character and sends it with the next one, and a padding token (what the converter adds when the
+tokenizer is smaller than the model) prints nothing. Either would break "one streamed chunk per
+token", which real models keep on English text and the latency clients rely on. Non-ASCII input
+characters are dropped by this tokenizer; the load generators send English.
+``<|endoftext|>`` (id 0) is BOS and EOS; the server is started with ``--ignore-eos``
+(engines.py), so every request generates ``max_tokens`` tokens as on the reference server.
 
 Models are cached next to the build (``<cache>/llamacpp/<pin>/models/``), named by every
 parameter of the spec. torch and transformers are imported inside ``write_hf`` only.
@@ -24,6 +30,7 @@ parameter of the spec. torch and transformers are imported inside ``write_hf`` o
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -47,7 +54,7 @@ class GgufSpec(BaseModel):
     layers: int = Field(10, ge=1)
     intermediate: int = Field(1728, ge=16)
     heads: int = Field(10, ge=1)
-    vocab: int = Field(8192, ge=512)  # at least the trained tokenizer (~730 tokens)
+    vocab: int = Field(8192, ge=512, le=16384)  # what the tokenizer corpus can fill, fast
     context: int = Field(1024, ge=64)  # max_position_embeddings, the GGUF's context_length
     seed: int = Field(0, ge=0)
 
@@ -110,8 +117,26 @@ def resolve_model(root: Path, model: str) -> Path:
     raise WorkloadError(f"--model {model!r}: not a preset ({', '.join(PRESETS)}) nor an existing .gguf file")
 
 
+CORPUS_SEED = 20261207  # the synthetic corpus is part of the tokenizer, not of the weight seed
+
+
+def synthetic_corpus(vocab: int) -> list[str]:
+    """Seeded pseudo-words (syllables) in sentences, Zipf-weighted: enough distinct pairs for BPE
+    to learn ``vocab`` tokens (8192 in ~2 s, 16384 in ~7 s)."""
+    rng = random.Random(CORPUS_SEED)
+    onsets = "b c d f g h j k l m n p r s t v w z br cr dr fr gr pr tr st sp sl ch sh th".split()
+    vowels = "a e i o u ai ea ee oo ou".split()
+    codas = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ng"]
+    n = max(4000, vocab // 2)
+    words = ["".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.randint(1, 3)))
+             for _ in range(n)]
+    weights = [1.0 / (rank + 1) for rank in range(n)]
+    return [" ".join(rng.choices(words, weights, k=rng.randint(6, 14))).capitalize() + rng.choice(".?!,;:")
+            for _ in range(n)]
+
+
 def train_tokenizer(vocab: int):  # -> tokenizers.Tokenizer
-    """Byte-level BPE on the reference workload's corpus, ``<|endoftext|>`` as token 0."""
+    """Byte-level BPE of exactly ``vocab`` ASCII tokens, ``<|endoftext|>`` as token 0."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from autotune.workload.model import CORPUS
@@ -119,9 +144,10 @@ def train_tokenizer(vocab: int):  # -> tokenizers.Tokenizer
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOT], show_progress=False)
+    tok.train_from_iterator(CORPUS.splitlines() + synthetic_corpus(vocab), trainer=trainer)
+    if tok.get_vocab_size() != vocab:
+        raise WorkloadError(f"the tokenizer corpus yields {tok.get_vocab_size()} tokens, not {vocab}")
     return tok
 
 
