@@ -32,7 +32,8 @@ def test_every_parameter_is_in_the_cache_name(tmp_path):
              for field, value in (("hidden", 320), ("layers", 4), ("intermediate", 512), ("heads", 5),
                                   ("vocab", 4096), ("context", 2048), ("seed", 1))}
     assert len(names) == 7 and base.name not in names
-    assert gguf.gguf_path(tmp_path, base) == source.version_dir(tmp_path) / "models" / f"{base.name}-f16.gguf"
+    assert gguf.gguf_path(tmp_path, base) == (source.version_dir(tmp_path) / "models"
+                                              / f"{base.name}-g{gguf.GENERATOR_REVISION}-f16.gguf")
 
 
 def test_a_shape_heads_cannot_split_is_refused():

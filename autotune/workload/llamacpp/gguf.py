@@ -24,7 +24,7 @@ characters are dropped by this tokenizer; the load generators send English.
 (engines.py), so every request generates ``max_tokens`` tokens as on the reference server.
 
 Models are cached next to the build (``<cache>/llamacpp/<pin>/models/``), named by every
-parameter of the spec. torch and transformers are imported inside ``write_hf`` only.
+parameter of the spec and the generator's revision. torch and transformers are imported inside ``write_hf`` only.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ from autotune.errors import WorkloadError
 from autotune.workload.llamacpp import source
 
 EOT = "<|endoftext|>"
+# Bumped whenever how a spec becomes a GGUF changes (tokenizer, init, converter options), so a
+# cached model made by older code is not taken for this one: it is part of the file name.
+GENERATOR_REVISION = 1
 
 
 class GgufSpec(BaseModel):
@@ -98,7 +101,7 @@ def model_dir(root: Path) -> Path:
 
 
 def gguf_path(root: Path, spec: GgufSpec) -> Path:
-    return model_dir(root) / f"{spec.name}-f16.gguf"
+    return model_dir(root) / f"{spec.name}-g{GENERATOR_REVISION}-f16.gguf"
 
 
 def resolve_model(root: Path, model: str) -> Path:
