@@ -12,19 +12,20 @@ Reproducible: the tokenizer is a byte-level BPE trained by ``tokenizers`` on bui
 ``save_pretrained`` writes a Hugging Face directory, which llama.cpp's own
 ``convert_hf_to_gguf.py --outtype f16`` (run by ``convert.py``) turns into the GGUF.
 
-The tokenizer's vocabulary is exactly the model's, and every token is ASCII text: a byte-level
-BPE (the GPT-2 scheme) whose alphabet is the characters of its corpus rather than all 256 bytes,
+The tokenizer's vocabulary is exactly the model's, and every token is ASCII text: a byte-level BPE
+(the GPT-2 scheme) whose alphabet is the characters of its corpus rather than all 256 bytes,
 trained on the reference workload's English corpus plus a seeded synthetic one large enough to
-learn ``vocab`` tokens. A random model samples tokens almost uniformly; llama-server holds back a token that ends inside a UTF-8
-character and sends it with the next one, and a padding token (what the converter adds when the
-tokenizer is smaller than the model) prints nothing. Either would break "one streamed chunk per
-token", which real models keep on English text and the latency clients rely on. Non-ASCII input
-characters are dropped by this tokenizer; the load generators send English.
+learn ``vocab`` tokens. A random model samples tokens almost uniformly; llama-server holds back a
+token that ends inside a UTF-8 character and sends it with the next one, and a padding token (what
+the converter adds when the tokenizer is smaller than the model) prints nothing. Either would break
+"one streamed chunk per token", which real models keep on English text and the latency clients rely
+on. Non-ASCII input characters are dropped by this tokenizer; the load generators send English.
 ``<|endoftext|>`` (id 0) is BOS and EOS; the server is started with ``--ignore-eos``
 (engines.py), so every request generates ``max_tokens`` tokens as on the reference server.
 
 Models are cached next to the build (``<cache>/llamacpp/<pin>/models/``), named by every
-parameter of the spec and the generator's revision. torch and transformers are imported inside ``write_hf`` only.
+parameter of the spec and the generator's revision. torch and transformers are imported inside
+``write_hf`` only.
 """
 
 from __future__ import annotations
