@@ -93,7 +93,7 @@ def _exec_llama_server(*, host: str, port: int, model: str | None, threads: str 
     binary = build.find_build(root, build.cpu_key())
     if binary is None:
         fail(f"llama-server is not built for this CPU under {root}: run `autotune workload llamacpp build` "
-             "(10-17 minutes on 2 cores)")
+             "(15 minutes on 2 cores, over an hour when they are busy)")
     try:
         model_path = gguf.resolve_model(root, model or gguf.DEFAULT_PRESET)
     except WorkloadError as err:
@@ -172,7 +172,8 @@ def llamacpp_build_cmd(
     jobs: Annotated[Optional[int], typer.Option(min=1, help="Parallel compile jobs (default: ninja's).")] = None,
 ) -> None:
     """Fetch the pinned llama.cpp (llama-cpp-python sdist, sha256-checked) and build llama-server
-    at nice 19 (10-17 minutes on 2 cores); a second run finds it and builds nothing."""
+    at nice 19 (15 minutes on 2 cores, over an hour when they are busy); a second run finds it
+    and builds nothing."""
     import sys
 
     from autotune.cli.common import fail, print_json

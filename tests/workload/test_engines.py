@@ -121,7 +121,7 @@ def test_serve_llamacpp_without_a_build_is_one_line(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [
         f"autotune: llama-server is not built for this CPU under {tmp_path}: run "
-        "`autotune workload llamacpp build` (10-17 minutes on 2 cores)"]
+        "`autotune workload llamacpp build` (15 minutes on 2 cores, over an hour when they are busy)"]
 
 
 def test_serve_llamacpp_without_the_model_names_the_command(tmp_path):

@@ -8,11 +8,11 @@ a CPU with fewer instructions, so the build directory is keyed by a hash of this
 flags (``cpu_key``): a cache copied to, or shared with, another CPU misses and builds its own
 instead of running a foreign binary.
 
-The build runs at nice 19 (it takes 10-17 minutes on 2 cores; the host stays usable), without
-network: libcurl and OpenSSL off, no prebuilt web UI download (``LLAMA_USE_PREBUILT_UI=OFF``;
-the server then serves no UI, which a benchmark does not need). A stamp written after a good
-build (options, commit, CPU key, seconds) is what ``find_build`` checks: a second run finds it
-and runs nothing; changed options rebuild.
+The build runs at nice 19 (15 minutes on 2 cores, 67 minutes measured with both busy; the host
+stays usable), without network: libcurl and OpenSSL off, no prebuilt web UI download
+(``LLAMA_USE_PREBUILT_UI=OFF``; the server then serves no UI, which a benchmark does not need). A
+stamp written after a good build (options, commit, CPU key, seconds) is what ``find_build`` checks:
+a second run finds it and runs nothing; changed options rebuild.
 """
 
 from __future__ import annotations
