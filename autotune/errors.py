@@ -47,3 +47,8 @@ class PolicyRefused(AutotuneError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class WorkloadError(AutotuneError):
+    """A reference workload could not be fetched, built, generated or started. One line saying
+    what is missing and the command that provides it."""

@@ -12,7 +12,8 @@ children first, once empty; a new v1 cpuset gets its parent's cpus and mems (it 
 without), a new v2 parent level gets the controllers its children need enabled.
 
 Limits are set through the knobs (the same code the agent's changes go through), processes are
-moved in through ``cgroupfs``. Everything started or created is registered, and ``cleanup()``
+moved in through ``cgroupfs``. The server is either engine of ``engines.py`` (our GPT-2 server or
+llama.cpp's llama-server: ``start_server(engine=...)``), started the same way. Everything started or created is registered, and ``cleanup()``
 (idempotent) stops the processes (SIGTERM to the group, then SIGKILL) and removes the cgroups.
 """
 
@@ -36,6 +37,7 @@ from autotune.cgroupfs import controller_dir, norm_cgpath
 from autotune.errors import HostError, InvalidValue, MissingFile
 from autotune.host import Host
 from autotune.knobs import get_knob
+from autotune.workload.engines import get_engine
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +268,8 @@ def autotune_argv(*args: str) -> list[str]:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0,
-                 cancel: threading.Event | None = None) -> None:
-    """Until ``url``/health answers 200 (RuntimeError if the process dies, TimeoutError after
+                 cancel: threading.Event | None = None, path: str = "/health") -> None:
+    """Until ``url``+``path`` answers 200 (RuntimeError if the process dies, TimeoutError after
     ``timeout_s``); returns early, unhealthy, once ``cancel`` is set."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -276,26 +278,27 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0,
         if proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with {proc.returncode}; see its log")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    raise TimeoutError(f"{url}/health not ready after {timeout_s:.0f} s")
+    raise TimeoutError(f"{url}{path} not ready after {timeout_s:.0f} s")
 
 
-def start_server(cg: RoleCgroup, *, model: str, max_concurrency: int, log_path: Path,
-                 threads: str = "auto", cancel: threading.Event | None = None
-                 ) -> tuple[subprocess.Popen, str]:
-    """`autotune workload serve` in ``cg`` on a free port, once healthy (or ``cancel``led):
-    (process, base URL)."""
+def start_server(cg: RoleCgroup, *, model: str | None = None, max_concurrency: int, log_path: Path,
+                 threads: str | None = None, cancel: threading.Event | None = None,
+                 engine: str = "reference") -> tuple[subprocess.Popen, str]:
+    """`autotune workload serve --engine <engine>` in ``cg`` on a free port, once healthy (or
+    ``cancel``led): (process, base URL). ``model`` / ``threads`` None: the engine's defaults
+    (reference: gpt2, auto; llamacpp: llama60m, every CPU). See ``workload/engines.py``."""
+    eng = get_engine(engine)
     port = free_port()
-    argv = autotune_argv("workload", "serve", "--model", model, "--port", str(port),
-                         "--threads", threads, "--max-concurrency", str(max_concurrency),
-                         "--log-level", "warning")
+    argv = autotune_argv(*eng.serve_args(port=port, model=model, threads=threads,
+                                         max_concurrency=max_concurrency))
     proc = spawn(argv, cg, log_path)
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, cancel=cancel)
+    wait_healthy(url, proc, cancel=cancel, path=eng.health_path)
     return proc, url
 
 
