@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autotune.agent import floor, gating, state
+from autotune.agent import floor, gating, pool, state
 from autotune.agent.actuator import Actuator, read_value
 from autotune.agent.apply import Applier
 from autotune.agent.learning import Learning
@@ -103,6 +103,8 @@ class Agent:
                                on_success=lambda k, t: self._failures.pop((k, t), None))
         self.started_ts: float | None = None
         self.learning = Learning(cfg, db, self.journal, ncpu=host.ncpu)
+        self.pools: dict[str, pool.Pool] = {}  # fixed compute-thread pools (agent/pool.py)
+        self._pool_refused: set[tuple[str, str, str]] = set()  # refusals already logged at INFO
 
     # -- plumbing -------------------------------------------------------------------------
     def audit(self, kind: str, **fields: Any) -> AuditEvent | None:
@@ -296,8 +298,12 @@ class Agent:
         state.save_detector(self.db, self.detector, self.clock())
         since = self.journal.last_applied_ts()
         current = [s for s in self.window if since is None or s.ts >= since]
+        self.pools = pool.remember(self.pools, pool.pools_from(history[-1][1] if history else {},
+                                                               self.cfg.services, now), now)
+        self.learning.pools = self.pools
         self.learning.observe(now, current, self._read_current)
         actions = self.learning.merge(actions, now, current, self._read_current)
+        actions = self._screen_pools(actions)
         self.symptoms, self.actions = symptoms, actions
         if self.exporter is not None:
             self.exporter.update_symptoms(symptoms)
@@ -335,6 +341,17 @@ class Agent:
             self._holding = None
             self.apply(decision.chosen, symptoms=symptoms, now=now)
         return decision
+
+    def _screen_pools(self, actions: list[Action]) -> list[Action]:
+        """Every proposal through the thread-pool constraint (agent/pool.py); a refusal is
+        logged at INFO once per rule and target, then at DEBUG."""
+        kept, refused = pool.screen(actions, self.pools, self.cfg.services)
+        for a, why in refused:
+            key = (a.rule, a.knob, a.target)
+            level = logging.DEBUG if key in self._pool_refused else logging.INFO
+            self._pool_refused.add(key)
+            log.log(level, "not proposing %s %s -> %s (rule %s): %s", a.knob, a.target, a.proposed, a.rule, why)
+        return kept
 
     def _log_due(self, action: Action, now: float) -> bool:
         """Recommend mode: log a proposal once per its rule's cooldown (an advice's text moves
