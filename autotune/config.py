@@ -60,8 +60,8 @@ class Threads(_Strict):
 
     A fixed pool of N threads on fewer than N CPUs collapses (llama.cpp ``--threads 2`` on one
     CPU: 22-26x slower here), so the agent treats it as a constraint (autotune/agent/pool.py).
-    ``count``: compute threads it runs (declared; otherwise observed from its tasks,
-    detect/metrics ``threads.pool``). ``pool``: ``fixed`` (llama.cpp, ollama, vLLM CPU: N
+    ``count``: compute threads it runs with its own setting; the pool observed from its tasks
+    (detect/metrics ``threads.pool``) wins while there is one, the count fills idle windows. ``pool``: ``fixed`` (llama.cpp, ollama, vLLM CPU: N
     whatever CPUs they get; the default, also for an undeclared pool) or ``follows-quota``
     (sizes itself from the CPUs it gets, like the reference GPT-2 server). ``engine`` picks the
     flag the advice names.

@@ -49,7 +49,7 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``tasks`` | tasks | cgroup nr_tasks |
 | ``processes`` ``threads`` | count | last snapshot's matched processes / their threads |
 | ``running_threads`` | threads | mean over the window of threads in state R |
-| ``threads.pool`` | threads | its compute-thread pool: declared (``[service.threads] count``), else observed: the threads that burned at least 30 % of the busiest one's CPU over the window (/proc/<pid>/task/*/stat; absent while the busiest used under 0.1 core) |
+| ``threads.pool`` | threads | its compute-thread pool: observed, the threads that burned at least 30 % of the busiest one's CPU over the window (/proc/<pid>/task/*/stat; none while the busiest used under 0.1 core), else the declared ``[service.threads] count`` |
 | ``threads.pool_declared`` | 0/1 | 1 when ``threads.pool`` is the declared count, 0 when observed |
 | ``threads.pool_fixed`` | 0/1 | 0 when the config says the pool follows its quota (``pool = "follows-quota"``), else 1: a fixed pool is a constraint (autotune/agent/pool.py) |
 | ``threads.lever`` | 0/1 | 1 when the service declares a restart path that sets its threads (the ``threads`` knob) |
@@ -236,8 +236,10 @@ def slo_ratios(metrics: dict[str, float], services: Iterable[object]) -> dict[st
 def pool_facts(metrics: dict[str, float], services: Iterable[object]) -> dict[str, float]:
     """``svc.<s>.cpu.cap_cores`` / ``cpu.share_cores`` and the config's word on each service's thread pool
     (``threads.pool`` when declared, ``threads.pool_declared``, ``threads.pool_fixed``,
-    ``threads.lever``). A declared count wins over the observed one. The one place they are
-    computed (the engine calls it too)."""
+    ``threads.lever``). A declared count is the pool it runs with its own setting: it fills the
+    windows where none was observed (idle), and an observed pool wins (it is what runs now, also
+    after the ``threads`` knob changed it). The one place they are computed (the engine calls
+    it too)."""
     out: dict[str, float] = {}
     services = list(services)
     caps = {}
@@ -258,7 +260,7 @@ def pool_facts(metrics: dict[str, float], services: Iterable[object]) -> dict[st
             by_weight = cpus * weight / (weight + sum(metrics.get(r + "cpu.weight", 100.0) for r in rivals))
             out[p + "cpu.share_cores"] = min(caps[p], max(by_caps, by_weight))
         out[p + "threads.lever"] = 1.0 if th is not None and th.has_lever else 0.0
-        if th is not None and th.count is not None:
+        if th is not None and th.count is not None and p + "threads.pool" not in metrics:
             out[p + "threads.pool"] = float(th.count)
             out[p + "threads.pool_declared"] = 1.0
         if p + "threads.pool" in out or p + "threads.pool" in metrics:

@@ -193,16 +193,19 @@ def test_the_observed_pool_is_the_threads_that_burned_cpu_together():
     assert derive_metrics([a, _pooled(10.0, {10: 7.4, 11: 1.0, 12: 1.1})])["svc.llm.threads.pool"] == 1.0
 
 
-def test_a_declared_pool_wins_and_says_whether_it_follows_its_quota():
+def test_a_declared_pool_fills_the_idle_windows_and_an_observed_one_wins():
+    """The declared count is what it runs with its own setting; what burns now (also after the
+    threads knob changed it) is the pool while it is observed."""
     from autotune.config import Threads
 
     a = _pooled(0.0, {10: 5.0, 11: 5.0})
-    b = _pooled(10.0, {10: 7.4, 11: 7.3})
     svc = Service(name="llm", cgroup="/autotune/llm", threads=Threads(count=4, pool="follows-quota",
                                                                       unit="llm", env="OMP_NUM_THREADS"))
-    m = derive_metrics([a, b], ncpu=2, services=[svc])
-    assert (m["svc.llm.threads.pool"], m["svc.llm.threads.pool_declared"], m["svc.llm.threads.pool_fixed"],
-            m["svc.llm.threads.lever"]) == (4.0, 1.0, 0.0, 1.0)
+    idle = derive_metrics([a, _pooled(10.0, {10: 5.2, 11: 5.0})], ncpu=2, services=[svc])
+    assert (idle["svc.llm.threads.pool"], idle["svc.llm.threads.pool_declared"], idle["svc.llm.threads.pool_fixed"],
+            idle["svc.llm.threads.lever"]) == (4.0, 1.0, 0.0, 1.0)
+    busy = derive_metrics([a, _pooled(10.0, {10: 7.4, 11: 7.3})], ncpu=2, services=[svc])
+    assert (busy["svc.llm.threads.pool"], busy["svc.llm.threads.pool_declared"]) == (2.0, 0.0)
 
 
 def test_share_cores_is_what_it_counts_on_next_to_busy_neighbours():
