@@ -29,6 +29,7 @@ from autotune.config import Config
 from autotune.errors import PolicyRefused
 from autotune.host import Host
 from autotune.journal.journal import Journal, JournalEntry
+from autotune.knobs import KNOBS
 from autotune.store.samples import SampleStore
 from autotune.types import Action, Snapshot, Symptom
 from autotune.verify.rollback import Rollback, RollbackOutcome
@@ -280,6 +281,8 @@ class Agent:
             cpu_reserve=floor.reserve_from(metrics, self.cfg.services, self.host.ncpu),
             lockout_until={s.name: t for s in self.cfg.services
                            if (t := self.journal.lockout_until(s.name)) is not None},
+            restarting=frozenset(e.service for e in unfinished if e.service is not None
+                                 and getattr(KNOBS.get(e.knob), "min_interval_s", 0.0) > 0),
         )
 
     def evaluate(self, now: float | None = None) -> gating.Decision | None:

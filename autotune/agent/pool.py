@@ -6,7 +6,7 @@ dedicate-CPUs layout that put it on one CPU took 33 s per request against 0.79 s
 waits at a barrier for a sibling that is not running. ollama #17916 (45x under cpu.max), vLLM
 #9113 and llama.cpp #19110 report the same. So for a FIXED pool of P threads (declared in
 ``[service.threads]``, or observed, detect/metrics ``threads.pool``, and not declared
-``follows-quota``):
+``follows-quota``; P >= 2: a single thread has no sibling to wait for):
 
 - no cpuset or affinity narrower than P CPUs: refused (the dedicate-CPUs rules are sized to the
   pool by the engine's ``{dedicated_cpus}``, or stay silent);
@@ -57,8 +57,8 @@ def pools_from(metrics: dict[str, float], services: Iterable[Service], now: floa
     for svc in services:
         p = f"svc.{svc.name}.threads."
         n = metrics.get(p + "pool")
-        if not n or metrics.get(p + "pool_fixed", 1.0) < 0.5:
-            continue
+        if not n or n < 1.5 or metrics.get(p + "pool_fixed", 1.0) < 0.5:
+            continue  # one thread has no sibling to wait for: it only runs slower on less CPU
         out[svc.name] = Pool(service=svc.name, threads=max(1, round(n)), declared=metrics.get(p + "pool_declared", 0.0) > 0.5,
                              guardable=svc.latency is not None and any(svc.slo.model_dump().values()), seen_ts=now)
     return out

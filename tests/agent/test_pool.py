@@ -156,3 +156,11 @@ def test_the_learned_search_explores_no_quota_under_the_pool(tmp_path):
     assert None in quotas and min(q for q in quotas if q is not None) == 2.0
     learning.pools = {"llm": pool.Pool(service="llm", threads=4, declared=True, guardable=True)}
     assert {a.quota_cores for a in learning.candidates(svc)} == {None}  # only "unlimited" is wide enough
+
+
+def test_a_single_thread_is_no_pool_constraint():
+    """One thread has no sibling to wait for: under less CPU it only runs slower."""
+    m = {"svc.llm.threads.pool": 1.0, "svc.llm.threads.pool_fixed": 1.0}
+    assert pool.pools_from(m, [llm(), BATCH]) == {}
+    _, kept, _ = proposals(Config(service=[llm(Threads(count=1)), BATCH]), DEDICATE)
+    assert cpusets(kept) == ["1"]
