@@ -61,10 +61,10 @@ class Threads(_Strict):
     A fixed pool of N threads on fewer than N CPUs collapses (llama.cpp ``--threads 2`` on one
     CPU: 22-26x slower here), so the agent treats it as a constraint (autotune/agent/pool.py).
     ``count``: compute threads it runs with its own setting; the pool observed from its tasks
-    (detect/metrics ``threads.pool``) wins while there is one, the count fills idle windows. ``pool``: ``fixed`` (llama.cpp, ollama, vLLM CPU: N
-    whatever CPUs they get; the default, also for an undeclared pool) or ``follows-quota``
-    (sizes itself from the CPUs it gets, like the reference GPT-2 server). ``engine`` picks the
-    flag the advice names.
+    (detect/metrics ``threads.pool``) wins while there is one, the count fills idle windows.
+    ``pool``: ``fixed`` (llama.cpp, ollama, vLLM CPU: N whatever CPUs they get; the default,
+    also for an undeclared pool) or ``follows-quota`` (sizes itself from the CPUs it gets, like
+    the reference GPT-2 server).
 
     The restart path (the ``threads`` knob, autotune/knobs/threads.py): a systemd ``unit`` and
     either ``env`` (a drop-in ``Environment=VAR=N``) or ``exec_start`` (an ``ExecStart=``
@@ -74,7 +74,6 @@ class Threads(_Strict):
 
     count: int | None = Field(default=None, ge=1, le=4096)
     pool: Literal["fixed", "follows-quota"] = "fixed"
-    engine: Literal["llamacpp", "vllm", "tgi", "ollama", "torch"] | None = None
     unit: str | None = None
     env: str | None = None
     exec_start: str | None = None
