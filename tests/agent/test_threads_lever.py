@@ -28,7 +28,7 @@ from autotune.store.db import open_db
 from autotune.types import LatencyReading
 from tests.agent.conftest import Clock, host, itl_reading, run_plant as run
 from tests.fixtures.hosts.build_v2_docs import pid_stat
-from tests.knobs.test_threads import FAKE_SYSTEMCTL, calls
+from tests.knobs.test_threads_knob import FAKE_SYSTEMCTL, calls
 
 REPO_RULES = Path(__file__).resolve().parents[2] / "rules"
 CG = "/autotune-fixture/llm"

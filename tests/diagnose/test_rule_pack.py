@@ -87,7 +87,8 @@ FIXTURES = {
                               ("threads", "llm", "1")),
     # one thread using its core on an idle 2-CPU host with no quota: restart it with 2
     "raise-threads-to-cpus": (LEVER_PLAIN, {"svc.llm.threads.pool": 1.0, "svc.llm.cpu.quota_cores": 4.0,
-                                            "svc.llm.cpu.weight": 100.0, "svc.llm.cpu.usage_cores": 0.95}, {},
+                                            "svc.llm.cpu.weight": 100.0, "svc.llm.cpu.usage_cores": 0.95,
+                                            "svc.llm.latency.tokens": 400.0}, {},
                               ("threads", "llm", "2")),
     "raise-quota-for-threads": (BOTH, {"svc.llm.running_threads": 4.0, "svc.llm.cpu.quota_cores": 1.0,
                                        "svc.llm.cpu.quota_util_pct": 99.0},
@@ -245,3 +246,12 @@ def test_no_restart_that_would_not_change_the_pool():
                               BATCH])
     _, actions = run(follows, {**CALM, **OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0}, CURRENT)
     assert not [a for a in actions if a.knob == "threads"]
+
+
+def test_no_restart_to_more_threads_without_a_latency_to_judge_it_by():
+    metrics = {**CALM, "svc.llm.threads.pool": 1.0, "svc.llm.cpu.quota_cores": 4.0, "svc.llm.cpu.weight": 100.0,
+               "svc.llm.cpu.usage_cores": 0.95}
+    _, actions = run(LEVER_PLAIN, metrics, CURRENT)
+    assert not [a for a in actions if a.knob == "threads"]
+    _, actions = run(LEVER_PLAIN, {**metrics, "svc.llm.latency.tokens": 400.0}, CURRENT)
+    assert [a.proposed for a in actions if a.knob == "threads"] == ["2"]
