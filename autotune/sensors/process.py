@@ -56,7 +56,7 @@ def read_threads(host: Host, pid: int, *, hz: int) -> tuple[int, dict[int, float
         except (MissingFile, ParseError, ValueError):
             continue  # thread exited while we looked (or an odd line: no figure for it)
         running += rest[0] == "R"
-        if tid.isdigit():
+        if tid.isdigit() and secs > 0:  # a thread that never ran tells nothing about the pool
             cpu[int(tid)] = round(secs, 2)
     if len(cpu) > MAX_THREADS_KEPT:
         cpu = dict(sorted(cpu.items(), key=lambda kv: -kv[1])[:MAX_THREADS_KEPT])
