@@ -49,7 +49,7 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``tasks`` | tasks | cgroup nr_tasks |
 | ``processes`` ``threads`` | count | last snapshot's matched processes / their threads |
 | ``running_threads`` | threads | mean over the window of threads in state R |
-| ``threads.pool`` | threads | its compute-thread pool: observed, the threads that burned at least 30 % of the busiest one's CPU over the window (/proc/<pid>/task/*/stat; none while the busiest used under 0.1 core), else the declared ``[service.threads] count`` |
+| ``threads.pool`` | threads | its compute-thread pool: observed, the threads that burned at least 30 % of the busiest one's CPU over the window (/proc/<pid>/task/*/stat; none while the busiest used under 0.05 core), else the declared ``[service.threads] count`` |
 | ``threads.pool_declared`` | 0/1 | 1 when ``threads.pool`` is the declared count, 0 when observed |
 | ``threads.pool_fixed`` | 0/1 | 0 when the config says the pool follows its quota (``pool = "follows-quota"``), else 1: a fixed pool is a constraint (autotune/agent/pool.py) |
 | ``threads.lever`` | 0/1 | 1 when the service declares a restart path that sets its threads (the ``threads`` knob) |
@@ -383,7 +383,7 @@ def _service(
     _latency(out, svc.latency, history)
 
 
-POOL_BUSY_CORES = 0.1  # the busiest thread must use this much for a pool to be observed
+POOL_BUSY_CORES = 0.05  # the busiest thread must use this much for a pool to be observed (starved: ~0.1)
 POOL_SHARE = 0.3  # a compute thread burns at least this share of the busiest one's CPU
 POOL_MIN_CORES = 0.02
 
