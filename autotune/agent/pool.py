@@ -48,7 +48,8 @@ class Pool(BaseModel):
     seen_ts: float = 0.0
 
     def describe(self) -> str:
-        return f"{self.service}'s fixed pool of {self.threads} compute threads ({'declared' if self.declared else 'observed'})"
+        how = "declared" if self.declared else "observed"
+        return f"{self.service}'s fixed pool of {self.threads} compute threads ({how})"
 
 
 def pools_from(metrics: dict[str, float], services: Iterable[Service], now: float = 0.0) -> dict[str, Pool]:
@@ -59,7 +60,8 @@ def pools_from(metrics: dict[str, float], services: Iterable[Service], now: floa
         n = metrics.get(p + "pool")
         if not n or n < 1.5 or metrics.get(p + "pool_fixed", 1.0) < 0.5:
             continue  # one thread has no sibling to wait for: it only runs slower on less CPU
-        out[svc.name] = Pool(service=svc.name, threads=max(1, round(n)), declared=metrics.get(p + "pool_declared", 0.0) > 0.5,
+        out[svc.name] = Pool(service=svc.name, threads=max(1, round(n)),
+                             declared=metrics.get(p + "pool_declared", 0.0) > 0.5,
                              guardable=svc.latency is not None and any(svc.slo.model_dump().values()), seen_ts=now)
     return out
 
