@@ -8,6 +8,7 @@ systemd (``$STATE_DIRECTORY`` set) or when installed.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -50,6 +51,84 @@ class LatencySource(_Strict):
     timeout_s: float = Field(default=2.0, gt=0)  # metrics scrape; a probe waits up to 30 s
 
 
+_UNIT = re.compile(r"^[A-Za-z0-9@:_.\\-]{1,200}$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def _one_line(what: str, v: str) -> str:
+    if any(c in v for c in "\n\r\x00"):
+        raise ValueError(f"{what} must be one line without NUL")
+    return v
+
+
+class Threads(_Strict):
+    """A service's compute-thread pool and, optionally, the restart path that sets it.
+
+    A fixed pool of N threads on fewer than N CPUs collapses (llama.cpp ``--threads 2`` on one
+    CPU: 22-26x slower here), so the agent treats it as a constraint (autotune/agent/pool.py).
+    ``count``: compute threads it runs with its own setting; the pool observed from its tasks
+    (detect/metrics ``threads.pool``) wins while there is one, the count fills idle windows.
+    ``pool``: ``fixed`` (llama.cpp, ollama, vLLM CPU: N whatever CPUs they get; the default,
+    also for an undeclared pool) or ``follows-quota`` (sizes itself from the CPUs it gets, like
+    the reference GPT-2 server).
+
+    The restart path (the ``threads`` knob, autotune/knobs/threads.py): a systemd ``unit`` and
+    either ``env`` (a drop-in ``Environment=VAR=N``) or ``exec_start`` (an ``ExecStart=``
+    override with ``{threads}``); or an ``env_file`` (``VAR=N``, a file autotune owns that the
+    start script reads) with ``env`` and a ``restart_command`` (argv, no shell). The helper uses
+    only its own policy's copy of this table (docs/policy.md); the agent's says the lever exists."""
+
+    count: int | None = Field(default=None, ge=1, le=4096)
+    pool: Literal["fixed", "follows-quota"] = "fixed"
+    unit: str | None = None
+    env: str | None = None
+    exec_start: str | None = None
+    env_file: str | None = None
+    restart_command: list[str] | None = None
+    restart_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _path(self) -> "Threads":
+        if self.unit is not None:
+            if not _UNIT.match(self.unit) or self.unit.startswith((".", "-")):
+                raise ValueError(f"unit {self.unit!r} is not a systemd unit name like 'llama.service'")
+            if "." not in self.unit:
+                self.unit += ".service"
+        if self.env is not None and not _ENV.match(self.env):
+            raise ValueError(f"env {self.env!r} is not an environment variable name")
+        if self.exec_start is not None:
+            _one_line("exec_start", self.exec_start)
+            if not self.exec_start.startswith("/") or "{threads}" not in self.exec_start:
+                raise ValueError("exec_start must be an absolute command line containing {threads}")
+        if self.env_file is not None:
+            _one_line("env_file", self.env_file)
+            if not self.env_file.startswith("/") or ".." in self.env_file.split("/"):
+                raise ValueError("env_file must be an absolute path without '..'")
+        if self.restart_command is not None:
+            for arg in self.restart_command:
+                _one_line("restart_command", arg)
+            if not self.restart_command or not self.restart_command[0].startswith("/"):
+                raise ValueError("restart_command must be an argv list whose first item is an absolute path")
+        if self.unit is not None:
+            if (self.env is None) == (self.exec_start is None):
+                raise ValueError("with unit, give exactly one of env or exec_start")
+            if self.env_file is not None or self.restart_command is not None:
+                raise ValueError("give either unit (systemd) or env_file + restart_command, not both")
+        elif self.env_file is not None or self.restart_command is not None:
+            if self.env_file is None or self.restart_command is None or self.env is None:
+                raise ValueError("without a unit, the restart path needs env_file, env and restart_command")
+            if self.exec_start is not None:
+                raise ValueError("exec_start needs a unit")
+        elif self.env is not None or self.exec_start is not None:
+            raise ValueError("env / exec_start need a unit or an env_file + restart_command")
+        return self
+
+    @property
+    def has_lever(self) -> bool:
+        """A restart path is declared: the agent may set the pool (where the policy allows)."""
+        return self.unit is not None or self.env_file is not None
+
+
 class Service(_Strict):
     """A workload the agent watches: by cgroup and/or by process match."""
 
@@ -66,6 +145,8 @@ class Service(_Strict):
     # Control URL of the autotune gate in front of this service (`autotune gate`); the
     # `admission` knob sets its threshold/limit. Without it admission is advice only.
     admission_url: str | None = None
+    # its compute-thread pool: count, fixed or follows-quota, and the restart path that sets it
+    threads: Threads | None = None
 
     @model_validator(mode="after")
     def _has_match(self) -> "Service":

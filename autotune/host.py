@@ -222,6 +222,53 @@ class Host:
         except OSError as err:
             raise HostError(f"{host_path}: cannot open for writing ({err.strerror})") from err
 
+    def replace_file(self, host_path: str, content: str | None, *, mode: int = 0o644) -> None:
+        """Replace a whole file autotune owns (a systemd drop-in, an env file; never a kernel
+        file) in one step: a temporary file beside it, fsync, rename over it, so a crash leaves
+        the old or the new content, never half. ``None`` removes it. A missing directory is
+        created, one level only (a unit's ``<unit>.d``)."""
+        if not self.writable:
+            raise HostError(f"refusing to write {host_path}: this Host is read-only (dry run)")
+        parent, name = os.path.split(host_path)
+        if not name or name in (".", ".."):
+            raise HostError(f"{host_path}: not a file path")
+        dfd = self._dir_fd(parent, create=content is not None)
+        try:
+            if content is None:
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    return
+            else:
+                tmp = f".{name}.autotune-{os.getpid()}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             mode, dir_fd=dfd)
+                try:
+                    os.write(fd, content.encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        except OSError as err:
+            raise HostError(f"{host_path}: cannot {'remove' if content is None else 'replace'} "
+                            f"({err.strerror})") from err
+        finally:
+            os.close(dfd)
+
+    def _dir_fd(self, host_dir: str, *, create: bool) -> int:
+        """An fd of a directory (``replace_file``), made when missing and ``create``. The
+        helper's confined Host overrides it: no link followed on the way."""
+        local = self.path(host_dir or "/")
+        try:
+            if create and not local.exists():
+                os.mkdir(local, 0o755)
+            return os.open(local, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as err:
+            raise MissingFile(f"{host_dir}: no such directory under {self.root}") from err
+        except OSError as err:
+            raise HostError(f"{host_dir}: cannot open directory ({err.strerror})") from err
+
     # -- capabilities --------------------------------------------------------------------
     @cached_property
     def cgroup(self) -> CgroupInfo:

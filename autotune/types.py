@@ -103,6 +103,7 @@ class ProcessReading(_Frozen):
     rss_bytes: int
     num_threads: int
     running_threads: int  # threads in state R at sample time
+    thread_cpu_s: dict[int, float] = {}  # tid -> CPU seconds so far (its busiest threads only)
     ctx_voluntary: int
     ctx_involuntary: int
     minor_faults: int

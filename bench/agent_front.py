@@ -53,7 +53,9 @@ def agent_config(*, server_cg: BenchCgroup, neighbour_cg: BenchCgroup, server_ur
         "service": [
             {"name": "llm", "role": "latency-critical", "cgroup": server_cg.cpu_cgroup_path(),
              "slo": dict(slo),
-             "latency": dict(latency or {"metrics_url": f"{server_url}/metrics", "flavor": "auto"})},
+             "latency": dict(latency or {"metrics_url": f"{server_url}/metrics", "flavor": "auto"}),
+             # a fact about the reference server, not tuning: it sizes its torch threads from its quota
+             "threads": {"pool": "follows-quota"}},
             {"name": "neighbour", "role": "neighbour", "cgroup": neighbour_cg.cpu_cgroup_path(),
              "min_cpu_cores": NEIGHBOUR_FLOOR_CORES},
         ],

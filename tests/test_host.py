@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pytest
 
 from autotune.errors import HostError, MissingFile
@@ -107,3 +108,24 @@ def test_cpulist_rejects_garbage():
         parse_cpulist("3-1")
     with pytest.raises(ValueError):
         parse_cpulist("a-b")
+
+
+def test_replace_file_makes_one_directory_level_and_removes(tmp_path):
+    """For files autotune owns (a unit's drop-in, an env file): whole-file replace, one
+    directory level made when missing, None removes it, a read-only Host refuses."""
+    from autotune.errors import HostError, MissingFile
+
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    h = Host(tmp_path, writable=True)
+    h.replace_file("/etc/systemd/system/a.service.d/50-x.conf", "[Service]\n")
+    assert (tmp_path / "etc/systemd/system/a.service.d/50-x.conf").read_text() == "[Service]\n"
+    h.replace_file("/etc/systemd/system/a.service.d/50-x.conf", "two\n")
+    assert h.read_text("/etc/systemd/system/a.service.d/50-x.conf") == "two\n"
+    assert os.listdir(tmp_path / "etc/systemd/system/a.service.d") == ["50-x.conf"]  # no temporary left
+    h.replace_file("/etc/systemd/system/a.service.d/50-x.conf", None)
+    h.replace_file("/etc/systemd/system/a.service.d/50-x.conf", None)  # already gone: fine
+    assert not (tmp_path / "etc/systemd/system/a.service.d/50-x.conf").exists()
+    with pytest.raises(MissingFile):
+        h.replace_file("/nowhere/deep/x.env", "A=1\n")  # only one level is made
+    with pytest.raises(HostError, match="read-only"):
+        Host(tmp_path).replace_file("/etc/x.env", "A=1\n")

@@ -3,7 +3,9 @@
 One fix per tick (PSI averages lag, so the effect of one change must be measured before the
 next); one change in flight per target; cooldowns per rule and per knob; a global hourly rate
 limit; never touch a target an operator took over (drift -> unmanaged); never break a
-service's ``min_cpu_cores`` floor (see ``floor``).
+service's ``min_cpu_cores`` floor (see ``floor``); a knob whose change restarts the service
+(``Knob.min_interval_s``) waits that long after its last change, and while it is verified no
+other change is made to that service (its latency must show the restart's effect alone).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from autotune.agent import floor
 from autotune.config import Verification
+from autotune.knobs import KNOBS
 from autotune.types import Action
 
 
@@ -29,6 +32,7 @@ class GateView(BaseModel):
     ncpu: int = 0
     cpu_reserve: float = 0.0  # cores busy outside the configured services
     lockout_until: dict[str, float] = {}  # service -> no give-back before (a give-back broke its SLO)
+    restarting: frozenset[str] = frozenset()  # services whose restart (Knob.min_interval_s) is being verified
 
 
 class Decision(BaseModel):
@@ -69,6 +73,10 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
                 skipped.append((key, f"cpu floor: {broken}"))
                 continue
             a = smaller
+        if a.service in view.restarting:
+            skipped.append((key, f"{a.service} was restarted by a change still being verified: its "
+                                 "latency must show that change alone"))
+            continue
         if any(t == a.target for (_, t) in view.in_flight):
             skipped.append((key, "a change on this target is still being verified"))
             continue
@@ -80,8 +88,9 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
             skipped.append((key, f"rule cooldown: {v.rule_cooldown_s - (now - last_rule):.0f} s left"))
             continue
         last_knob = view.last_knob_ts.get(a.knob)
-        if last_knob is not None and now - last_knob < v.knob_cooldown_s:
-            skipped.append((key, f"knob cooldown: {v.knob_cooldown_s - (now - last_knob):.0f} s left"))
+        knob_wait = max(v.knob_cooldown_s, getattr(KNOBS.get(a.knob), "min_interval_s", 0.0))
+        if last_knob is not None and now - last_knob < knob_wait:
+            skipped.append((key, f"knob cooldown: {knob_wait - (now - last_knob):.0f} s left"))
             continue
         chosen = a
     return Decision(chosen=chosen, skipped=skipped)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import slo as slo_table
+from autotune.agent import pool as P
 from autotune.config import Config, Service
 from autotune.detect.metrics import derive_metrics
 from autotune.diagnose import learner as L
@@ -73,7 +74,8 @@ class Learning:
         migrate(db, COMPONENT, MIGRATIONS)
         self.phases: dict[str, L.Phases] = {}
         self.proposals: dict[str, L.Proposal] = {}
-        self._model_key: dict[str, int] = {}
+        self._model_key: dict[str, tuple] = {}
+        self.pools: dict[str, P.Pool] = {}  # fixed thread pools, set by the agent each tick
         self._last_trial_ts: dict[str, float] = {}
         self._facts: dict[str, tuple] = {}  # service -> (its window facts, their span s): rationales
         self.fitters: dict[str, L.Fitter] = {}
@@ -117,9 +119,12 @@ class Learning:
         return L.Allocation(quota_cores=q, ratio=weight / (sum(nw) / len(nw)))  # type: ignore[arg-type]
 
     def candidates(self, svc: Service) -> list[L.Allocation]:
+        """The grid; a fixed thread pool of P threads puts its quotas at P cores or more
+        (agent/pool.py: under that each step waits at the pool's barriers)."""
         floor = sum(n.min_cpu_cores or 0.0 for n in self.neighbours())
         start = number(self.journal.origin("cgroup.cpu_quota", self.cgroup(svc)) or "") or 0.25
-        return L.candidates(self.ncpu, quota_min=min(start, 1.0), neighbour_floor=floor)
+        quota_min = max(min(start, 1.0), P.min_quota(self.pools.get(svc.name)))
+        return L.candidates(self.ncpu, quota_min=quota_min, neighbour_floor=floor)
 
     # -- trials -----------------------------------------------------------------------------------
     def trials(self, service: str | None = None) -> list[L.Trial]:
@@ -245,7 +250,7 @@ class Learning:
         phases = self.phases.setdefault(svc.name, L.Phases())
         new_phase = phases.update(load or 0.0, now, change=self.settings.phase_change)
         trials = self.trials(svc.name)
-        key = len(trials) * 2 + int(new_phase)
+        key = (len(trials), new_phase, P.min_quota(self.pools.get(svc.name)))
         if not new_phase and self._model_key.get(svc.name) == key and svc.name in self.proposals:
             return self.proposals[svc.name]
         phase_trials = [t for t in trials if t.source == "observed" and phases.covers(t)]

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autotune.agent import blocked, floor, gating, state
+from autotune.agent import blocked, floor, gating, pool, state
 from autotune.agent.actuator import Actuator, read_value
 from autotune.agent.apply import Applier
 from autotune.agent.learning import Learning
@@ -29,6 +29,7 @@ from autotune.config import Config
 from autotune.errors import PolicyRefused
 from autotune.host import Host
 from autotune.journal.journal import Journal, JournalEntry
+from autotune.knobs import KNOBS
 from autotune.store.samples import SampleStore
 from autotune.types import Action, Snapshot, Symptom
 from autotune.verify.rollback import Rollback, RollbackOutcome
@@ -130,6 +131,8 @@ class Agent:
         self.started_ts: float | None = None
         self.learning = Learning(cfg, db, self.journal, ncpu=host.ncpu)
         self._flavors: dict[str, str] = {}  # page flavor each service's readings named, as logged
+        self.pools: dict[str, pool.Pool] = {}  # fixed compute-thread pools (agent/pool.py)
+        self._pool_refused: set[tuple[str, str, str]] = set()  # refusals already logged at INFO
 
     # -- plumbing -------------------------------------------------------------------------
     def audit(self, kind: str, **fields: Any) -> AuditEvent | None:
@@ -321,6 +324,8 @@ class Agent:
             cpu_reserve=floor.reserve_from(metrics, self.cfg.services, self.host.ncpu),
             lockout_until={s.name: t for s in self.cfg.services
                            if (t := self.journal.lockout_until(s.name)) is not None},
+            restarting=frozenset(e.service for e in unfinished if e.service is not None
+                                 and getattr(KNOBS.get(e.knob), "min_interval_s", 0.0) > 0),
         )
 
     def evaluate(self, now: float | None = None) -> gating.Decision | None:
@@ -341,8 +346,12 @@ class Agent:
         since = self.journal.last_applied_ts()
         current = [s for s in self.window if since is None or s.ts >= since]
         self.learning.placed = placed
+        self.pools = pool.remember(self.pools, pool.pools_from(history[-1][1] if history else {},
+                                                               self.cfg.services, now), now)
+        self.learning.pools = self.pools
         self.learning.observe(now, current, self._read_current)
         actions = self.learning.merge(actions, now, current, self._read_current)
+        actions = self._screen_pools(actions)
         view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
         actions = self._blocked(symptoms, actions, view, now)
         self.symptoms, self.actions = symptoms, actions
@@ -399,6 +408,17 @@ class Agent:
             said[b.key] = (said.get(b.key, (b.line, now))[0], now)
         self._said = said
         return actions
+
+    def _screen_pools(self, actions: list[Action]) -> list[Action]:
+        """Every proposal through the thread-pool constraint (agent/pool.py); a refusal is
+        logged at INFO once per rule and target, then at DEBUG."""
+        kept, refused = pool.screen(actions, self.pools, self.cfg.services)
+        for a, why in refused:
+            key = (a.rule, a.knob, a.target)
+            level = logging.DEBUG if key in self._pool_refused else logging.INFO
+            self._pool_refused.add(key)
+            log.log(level, "not proposing %s %s -> %s (rule %s): %s", a.knob, a.target, a.proposed, a.rule, why)
+        return kept
 
     def _log_due(self, action: Action, now: float) -> bool:
         """Recommend mode: log a proposal once per its rule's cooldown (an advice's text moves

@@ -602,6 +602,8 @@ cgroup = "/{base}/llm"
 itl_p95_s = {slo_itl_s}
 [service.latency]
 metrics_url = "{url}/metrics"
+[service.threads]
+pool = "follows-quota"   # the reference server sizes its torch threads from its quota
 
 [[service]]
 name = "batch"

@@ -41,6 +41,8 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``cpu.throttled_s_per_s`` | s/s | d throttled_usec / elapsed |
 | ``cpu.weight`` | 1..10000 | cgroup weight (v1 shares mapped) |
 | ``cpuset.ncpu`` | CPUs | len(cpuset.cpus) |
+| ``cpu.cap_cores`` | cores | the most CPU it can get: min(quota_cores, cpuset.ncpu, host.ncpu) (``pool_facts``) |
+| ``cpu.share_cores`` | cores | what it can count on while the busy neighbours (> 0.1 core) want every CPU: the larger of what their caps leave and its weight share of its CPUs, at most ``cap_cores`` (``pool_facts``; agent/floor.py's guarantee, from metrics) |
 | ``psi.<res>.<some|full>.<avg10|avg60|avg300|stall_pct>`` | % | the cgroup's own pressure files |
 | ``mem.usage_bytes`` ``mem.max_bytes`` ``mem.high_bytes`` | bytes | cgroup memory (limits absent when unlimited) |
 | ``mem.usage_pct_of_max`` ``mem.usage_pct_of_high`` | % | usage / limit |
@@ -53,6 +55,10 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``tasks`` | tasks | cgroup nr_tasks |
 | ``processes`` ``threads`` | count | last snapshot's matched processes / their threads |
 | ``running_threads`` | threads | mean over the window of threads in state R |
+| ``threads.pool`` | threads | its compute-thread pool: observed, the threads that burned at least 30 % of the busiest one's CPU over the window (/proc/<pid>/task/*/stat; none while the busiest used under 0.05 core), else the declared ``[service.threads] count`` |
+| ``threads.pool_declared`` | 0/1 | 1 when ``threads.pool`` is the declared count, 0 when observed |
+| ``threads.pool_fixed`` | 0/1 | 0 when the config says the pool follows its quota (``pool = "follows-quota"``), else 1: a fixed pool is a constraint (autotune/agent/pool.py) |
+| ``threads.lever`` | 0/1 | 1 when the service declares a restart path that sets its threads (the ``threads`` knob) |
 | ``majflt.rate`` ``minflt.rate`` ``nvcsw.rate`` ``nivcsw.rate`` | per s | d per-process counters (pids in both ends) |
 | ``rss_bytes`` | bytes | sum of RSS |
 | ``latency.<p50|p95|p99>_s`` | s | end-to-end request latency over the window (*) |
@@ -70,6 +76,9 @@ Per service ``<s>`` (prefix ``svc.<s>.``)
 | ``slo.slack`` | ratio | 1 - the largest ratio: (target - latency) / target of the binding target (Heracles' slack); 1 when the service is idle (no request running, waiting or finished in the window); absent without data |
 | ``slo.targets`` | count | SLO targets the service declares that its declared latency source can measure (autotune/slo.py); 0: the service is not SLO-controlled and the PSI-driven rules act |
 
+``cpu.cap_cores``, ``cpu.share_cores`` and ``threads.*`` (but the observed pool) come from the
+config through ``pool_facts``, which the engine calls too (like ``slo_ratios``).
+
 (*) Window quantiles merge the per-scrape histograms every snapshot keeps (``LatencyReading.hist``,
 autotune/histogram.py): the p95 of all tokens generated in the window, however many scrapes it
 spans. Where the page has no histogram for a figure, the window's probe requests give it (the
@@ -77,7 +86,7 @@ spans. Where the page has no histogram for a figure, the window's probe requests
 
 Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
 role aggregates (``neighbours.*``: sums of the neighbours' ``cpu.usage_cores``, ``mem.usage_bytes``,
-``mem.file_bytes``, ``mem.growth_bytes_per_s``; ``services.count``, ``services.latency_critical.count``) and knob facts read through
+``mem.file_bytes``, ``mem.growth_bytes_per_s`` and ``min_cpu_cores``; ``services.count``, ``services.latency_critical.count``) and knob facts read through
 ``read_current`` (``host.governor_powersave``: 1 when any cpufreq policy runs ``powersave``;
 ``host.thp.enabled_always`` / ``host.thp.defrag_always``: 1 when that THP file is ``always``).
 """
@@ -103,6 +112,7 @@ CONTEXT_METRICS = (
     "neighbours.mem.usage_bytes",
     "neighbours.mem.file_bytes",
     "neighbours.mem.growth_bytes_per_s",
+    "neighbours.min_cpu_cores",
     "services.count",
     "services.latency_critical.count",
     "host.governor_powersave",
@@ -123,7 +133,7 @@ _HOST_PATTERNS = [
     *(re.escape(n) for n in CONTEXT_METRICS),
 ]
 _SVC_SUFFIXES = [
-    r"cpu\.(usage_cores|quota_cores|quota_util_pct|throttled_pct|throttled_s_per_s|weight)",
+    r"cpu\.(usage_cores|quota_cores|quota_util_pct|throttled_pct|throttled_s_per_s|weight|cap_cores|share_cores)",
     r"cpuset\.ncpu",
     _PSI,
     r"mem\.(usage_bytes|max_bytes|high_bytes|usage_pct_of_max|usage_pct_of_high|anon_bytes|file_bytes|low_bytes"
@@ -131,6 +141,7 @@ _SVC_SUFFIXES = [
     r"mem\.(refault|pgmajfault)\.rate",
     r"mem\.(" + "|".join(MEM_EVENTS) + r")_events\.rate",
     r"(tasks|processes|threads|running_threads|rss_bytes)",
+    r"threads\.(pool|pool_declared|pool_fixed|lever)",
     r"(majflt|minflt|nvcsw|nivcsw)\.rate",
     r"latency\.(p50_s|p95_s|p99_s|ttft_p(?:50|95|99)_s|itl_p(?:50|95|99)_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting|prompt_tokens|prompt_tokens_per_s)",
     r"latency\.probe\.(p50_s|p95_s|p99_s|ttft_p50_s|ttft_p95_s|itl_p95_s|itl_mean_s|samples)",
@@ -158,8 +169,9 @@ def derive_metrics(
     """Metrics over ``window`` (oldest first). One snapshot gives gauges only.
 
     ``ncpu`` overrides the CPU count seen in /proc/stat. ``services`` are config ``Service``
-    objects; their ``name``, ``slo`` and ``latency`` are used, for the ``slo.*`` metrics (with
-    the page flavor the newest latency reading names, for what the source can measure).
+    objects; their ``name``, ``slo``, ``latency`` and ``threads`` are used, for the ``slo.*``
+    metrics (with the page flavor the newest latency reading names, for what the source can
+    measure) and the thread pools (``pool_facts``).
     """
     out: dict[str, float] = {}
     if not window:
@@ -187,7 +199,9 @@ def derive_metrics(
         out.update({prefix + k: v for k, v in svc_out.items()})
     flavors = {name: svc.latency.flavor for name, svc in last.services.items()
                if svc.latency is not None and svc.latency.flavor}
+    services = list(services)
     out.update(slo_ratios(out, services, flavors))
+    out.update(pool_facts(out, services))
     return out
 
 
@@ -235,6 +249,41 @@ def slo_ratios(metrics: dict[str, float], services: Iterable[object],
             out[f"svc.{name}.slo.slack"] = 1.0 - max(ratios)
         elif targets and _idle(metrics, f"svc.{name}."):
             out[f"svc.{name}.slo.slack"] = 1.0
+    return out
+
+
+def pool_facts(metrics: dict[str, float], services: Iterable[object]) -> dict[str, float]:
+    """``svc.<s>.cpu.cap_cores`` / ``cpu.share_cores`` and the config's word on each service's thread pool
+    (``threads.pool`` when declared, ``threads.pool_declared``, ``threads.pool_fixed``,
+    ``threads.lever``). A declared count is the pool it runs with its own setting: it fills the
+    windows where none was observed (idle), and an observed pool wins (it is what runs now, also
+    after the ``threads`` knob changed it). The one place they are computed (the engine calls
+    it too)."""
+    out: dict[str, float] = {}
+    services = list(services)
+    caps = {}
+    for svc in services:
+        p = f"svc.{getattr(svc, 'name', None)}."
+        found = [metrics.get(p + "cpu.quota_cores"), metrics.get(p + "cpuset.ncpu"), metrics.get("host.ncpu")]
+        if any(found):
+            caps[p] = out[p + "cpu.cap_cores"] = min(c for c in found if c)
+    busy = [f"svc.{getattr(n, 'name', None)}." for n in services if getattr(n, "role", None) == "neighbour"
+            and metrics.get(f"svc.{getattr(n, 'name', None)}.cpu.usage_cores", 0.0) > 0.1]
+    for svc in services:
+        name, th = getattr(svc, "name", None), getattr(svc, "threads", None)
+        p = f"svc.{name}."
+        weight, cpus = metrics.get(p + "cpu.weight"), metrics.get(p + "cpuset.ncpu") or metrics.get("host.ncpu")
+        rivals = [r for r in busy if r != p]
+        if p in caps and weight and cpus:
+            by_caps = cpus - sum(min(caps.get(r, cpus), cpus) for r in rivals)
+            by_weight = cpus * weight / (weight + sum(metrics.get(r + "cpu.weight", 100.0) for r in rivals))
+            out[p + "cpu.share_cores"] = min(caps[p], max(by_caps, by_weight))
+        out[p + "threads.lever"] = 1.0 if th is not None and th.has_lever else 0.0
+        if th is not None and th.count is not None and p + "threads.pool" not in metrics:
+            out[p + "threads.pool"] = float(th.count)
+            out[p + "threads.pool_declared"] = 1.0
+        if p + "threads.pool" in out or p + "threads.pool" in metrics:
+            out[p + "threads.pool_fixed"] = 0.0 if th is not None and th.pool == "follows-quota" else 1.0
     return out
 
 
@@ -340,6 +389,9 @@ def _service(
     running = [sum(p.running_threads for p in h.processes) for h in history if h is not None and h.processes]
     if running:
         out["running_threads"] = sum(running) / len(running)
+    pool = observed_pool(prev, svc, dt)
+    if pool is not None:
+        out["threads.pool"], out["threads.pool_declared"] = float(pool), 0.0
     if prev is not None and dt > 0 and procs:
         before = {p.pid: p for p in prev.processes}
         pairs = [(before[p.pid], p) for p in procs if p.pid in before]
@@ -353,6 +405,27 @@ def _service(
                 cpu = [(b.cpu_user_s + b.cpu_system_s) - (a.cpu_user_s + a.cpu_system_s) for a, b in pairs]
                 out["cpu.usage_cores"] = sum(c for c in cpu if c >= 0) / dt
     _latency(out, svc.latency, history)
+
+
+POOL_BUSY_CORES = 0.05  # the busiest thread must use this much for a pool to be observed (starved: ~0.1)
+POOL_SHARE = 0.3  # a compute thread burns at least this share of the busiest one's CPU
+POOL_MIN_CORES = 0.02
+
+
+def observed_pool(prev: ServiceReading | None, svc: ServiceReading, dt: float) -> int | None:
+    """Compute threads over the window: threads that burned CPU together (each at least
+    POOL_SHARE of the busiest one's, from their CPU time at both ends). A fixed pool's threads
+    all run (or spin at a barrier) while it generates, so they burn alike, while the HTTP and
+    housekeeping threads barely register. None while the service is idle or unreadable."""
+    if prev is None or dt <= 0:
+        return None
+    before = {(p.pid, tid): c for p in prev.processes for tid, c in p.thread_cpu_s.items()}
+    rates = [(c - before[(p.pid, tid)]) / dt for p in svc.processes for tid, c in p.thread_cpu_s.items()
+             if (p.pid, tid) in before and c >= before[(p.pid, tid)]]
+    busiest = max(rates, default=0.0)
+    if busiest < POOL_BUSY_CORES:
+        return None
+    return sum(r >= max(POOL_SHARE * busiest, POOL_MIN_CORES) for r in rates)
 
 
 # window quantiles from merged histograms: metric suffix -> (histogram kind, quantile)

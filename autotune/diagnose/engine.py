@@ -6,7 +6,9 @@ numeric current value; a value equal to the current one yields no action.
 
 Context the engine adds to the metrics before evaluating (when not already present):
 ``services.count``, ``services.latency_critical.count``, ``neighbours.count``,
-``neighbours.<key>`` for each key of ``NEIGHBOUR_SUMS`` (sums over role=neighbour services), ``svc.<s>.slo.*_ratio`` from the config SLOs, and - only if a rule references them -
+``neighbours.<key>`` for each key of ``NEIGHBOUR_SUMS`` and ``neighbours.min_cpu_cores`` (sums over
+role=neighbour services), ``svc.<s>.slo.*_ratio`` from the config SLOs, the config's thread
+pools (``pool_facts``), and - only if a rule references them -
 knob facts read through ``read_current``: ``host.governor_powersave`` (governor "all" reads
 powersave), ``host.thp.enabled_always`` / ``host.thp.defrag_always``.
 
@@ -24,7 +26,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from autotune.detect.metrics import slo_ratios
+from autotune.detect.metrics import pool_facts, slo_ratios
 from autotune.detect.symptoms import SERVICE_PLACEHOLDER
 from autotune.diagnose.rules import (
     _PLACEHOLDER,
@@ -115,8 +117,11 @@ def context_metrics(ruleset: RuleSet, metrics: dict[str, float], config: Any, re
         vals = [m[f"svc.{s.name}.{key}"] for s in neighbours if f"svc.{s.name}.{key}" in m]
         if vals:
             m.setdefault(f"neighbours.{key}", float(sum(vals)))
+    m.setdefault("neighbours.min_cpu_cores", float(sum(s.min_cpu_cores or 0.0 for s in neighbours)))
     for name, ratio in slo_ratios(m, services).items():
         m.setdefault(name, ratio)
+    for name, v in pool_facts(m, services).items():
+        m.setdefault(name, v)
     used = ruleset.context_metrics_used()
     facts = {
         "host.governor_powersave": ("governor", "all", lambda v: "powersave" in v.split()),
@@ -210,27 +215,44 @@ def _targets(spec: ActionSpec, svc: str | None, config: Any,
     return [(spec.target, svc)]
 
 
-def _variables(m: dict[str, float], svc: str | None) -> dict[str, str]:
+def _variables(m: dict[str, float], svc: str | None, layout_for: str | None = None) -> dict[str, str]:
     v: dict[str, str] = {"service": svc or "host"}
     n = int(m.get("host.ncpu", 0))
     if n:
         v["ncpu"] = str(n)
-    if n >= 2:
-        k = math.ceil(n / 2)  # the service gets the last ceil(n/2) CPUs, neighbours the rest
-        v["dedicated_cpus"] = format_cpulist(list(range(n - k, n)))
-        v["shared_cpus"] = format_cpulist(list(range(0, n - k)))
-    if svc is not None:
-        caps = [m.get(f"svc.{svc}.cpu.quota_cores"), m.get(f"svc.{svc}.cpuset.ncpu"), m.get("host.ncpu")]
+    v.update(_layout(m, layout_for if layout_for is not None else svc))
+    if svc is not None:  # the CPUs it can count on (share_cores: under its busy neighbours too)
+        caps = [m.get(f"svc.{svc}.cpu.quota_cores"), m.get(f"svc.{svc}.cpuset.ncpu"), m.get("host.ncpu"),
+                m.get(f"svc.{svc}.cpu.share_cores")]
         caps = [c for c in caps if c]
         if caps:
             v["threads_hint"] = str(max(1, math.floor(min(caps))))
     return v
 
 
+def _layout(m: dict[str, float], svc: str | None) -> dict[str, str]:
+    """``dedicated_cpus`` / ``shared_cpus`` for ``svc`` (the rule's bound service): the last
+    ceil(n/2) CPUs for it, the rest for the neighbours; never fewer than its fixed thread pool
+    (agent/pool.py), and no layout at all (the dedicate rules stay silent) when that would leave
+    the neighbours fewer CPUs than their min_cpu_cores floors need (at least one)."""
+    n = int(m.get("host.ncpu", 0))
+    if n < 2:
+        return {}
+    k = math.ceil(n / 2)
+    pool = m.get(f"svc.{svc}.threads.pool") if svc is not None else None
+    if pool and m.get(f"svc.{svc}.threads.pool_fixed", 1.0) >= 0.5:
+        k = max(k, round(pool))
+    if n - k < max(1, math.ceil(m.get("neighbours.min_cpu_cores", 0.0) - 1e-9)):
+        return {}
+    return {"dedicated_cpus": format_cpulist(list(range(n - k, n))),
+            "shared_cpus": format_cpulist(list(range(0, n - k)))}
+
+
 def render(text: str, m: dict[str, float], svc: str | None,
-           extra: dict[str, str] | None = None) -> str | None:
-    """Fill {name} and {metric:NAME} placeholders; None when one cannot be resolved."""
-    variables = {**_variables(m, svc), **(extra or {})}
+           extra: dict[str, str] | None = None, layout_for: str | None = None) -> str | None:
+    """Fill {name} and {metric:NAME} placeholders; None when one cannot be resolved.
+    ``layout_for``: whose {dedicated_cpus}/{shared_cpus} (default ``svc``)."""
+    variables = {**_variables(m, svc, layout_for), **(extra or {})}
     missing = False
 
     def fill(match: re.Match[str]) -> str:
@@ -318,7 +340,8 @@ def _propose(spec: ActionSpec, current: str | None, m: dict[str, float], svc: st
     if isinstance(spec.value, (int, float)):
         x = float(spec.value)
         return knob.format(_clamp(x, spec, m, svc)) if knob.numeric else str(spec.value)
-    text = render(spec.value, m, svc, {"start": start} if start is not None else None)
+    # a neighbour's side of a layout is the bound service's layout (its pool sizes both sides)
+    text = render(spec.value, m, svc, {"start": start} if start is not None else None, layout_for=bound_svc)
     if text is None:
         return None
     x = number(text)

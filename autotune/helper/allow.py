@@ -19,7 +19,7 @@ from autotune.config import Service
 from autotune.errors import AutotuneError, HostError
 from autotune.helper.confined import ConfinedHost
 from autotune.helper.policy import (
-    AffinityRule, CgroupRule, ChoiceRule, Policy, SysctlRule, sysctl_key,
+    AffinityRule, CgroupRule, ChoiceRule, Policy, SysctlRule, ThreadsRule, sysctl_key,
 )
 from autotune.host import Host
 from autotune.knobs.base import Knob
@@ -52,7 +52,7 @@ class Target:
     def canonical(self) -> str:
         """The target's one spelling (origins are keyed by it): the cleaned cgroup path, the
         dotted sysctl key, the exact choice or service name (never a service's pids)."""
-        return self.client_target if isinstance(self.rule, AffinityRule) else self.knob_target
+        return self.client_target if isinstance(self.rule, AffinityRule | ThreadsRule) else self.knob_target
 
 
 def canonical_spelling(policy: Policy, knob: str, target: str) -> str | None:
@@ -157,6 +157,13 @@ def check_target(policy: Policy, host: Host, knob: str, target: str,
                                             f"{rule.services}{hint}")
         pids = resolve_pids(policy, host, target, resolver)
         return Target(knob, target, "pids:" + ",".join(map(str, pids)), rule, tuple(pids))
+    if isinstance(rule, ThreadsRule):
+        if target not in rule.services:
+            raise Refusal("target_refused", f"{knob} target {target!r} is not an allowed service {rule.services}")
+        from autotune.knobs.threads import target_for
+
+        # the restart path comes from the policy's own [service.<name>.threads], never the request
+        return Target(knob, target, target_for(policy.service[target].threads), rule)  # type: ignore[arg-type]
     raise Refusal("unknown_knob", f"knob {knob!r} has no policy family")  # pragma: no cover
 
 

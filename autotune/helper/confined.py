@@ -37,7 +37,8 @@ class SymlinkRefused(HostError):
 
 
 class ConfinedHost(Host):
-    """``Host`` whose ``read_text``/``write_text``/``listdir`` follow no links below an anchor."""
+    """``Host`` whose ``read_text``/``write_text``/``replace_file``/``listdir`` follow no links
+    below an anchor."""
 
     @classmethod
     def of(cls, host: Host) -> "ConfinedHost":
@@ -148,6 +149,37 @@ class ConfinedHost(Host):
             if isinstance(err, MissingFile | SymlinkRefused):
                 raise
             raise HostError(f"{host_path}: cannot open for writing ({err})") from err
+
+    def _dir_fd(self, host_dir: str, *, create: bool) -> int:
+        """A directory fd reached one component at a time with O_NOFOLLOW (the last one made
+        when missing and ``create``): a link on the way is refused, never followed."""
+        base, real, parts = self._split(host_dir or "/")
+        try:
+            dirfd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise HostError(f"{host_dir}: cannot open {base} ({err.strerror})") from err
+        try:
+            for i, part in enumerate(parts):
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    fd = os.open(part, flags, dir_fd=dirfd)
+                except FileNotFoundError as err:
+                    if not (create and i == len(parts) - 1):
+                        raise MissingFile(f"{host_dir}: not present under {self.root}") from err
+                    os.mkdir(part, 0o755, dir_fd=dirfd)
+                    fd = os.open(part, flags, dir_fd=dirfd)
+                except OSError as err:
+                    link = self.symlink_on_path(host_dir)
+                    if link is not None:
+                        raise SymlinkRefused(host_dir, link) from err
+                    raise HostError(f"{host_dir}: cannot open ({err.strerror})") from err
+                os.close(dirfd)
+                dirfd = fd
+            fd, dirfd = dirfd, -1
+            return fd
+        finally:
+            if dirfd >= 0:
+                os.close(dirfd)
 
     def listdir(self, host_path: str) -> list[str]:
         link = self.symlink_on_path(host_path)

@@ -101,6 +101,18 @@ class AffinityRule(_Strict):
         return self
 
 
+class ThreadsRule(ValueRule):
+    """``threads``: the services whose compute threads the helper may set, each through the
+    restart path its own ``[service.<name>.threads]`` table declares (the client names only the
+    service; no unit, file or command ever comes from a request). ``default`` (the service's own
+    setting back) is always allowed."""
+
+    services: list[str] = Field(min_length=1)
+
+    def refusal(self, value: str) -> str | None:
+        return None if value == "default" else super().refusal(value)
+
+
 def _cpus_ok(cpus: str | None) -> None:
     if cpus is not None:
         try:
@@ -155,6 +167,7 @@ class Limits(_Strict):
 # How the policy confines each kind of target (``Knob.target_kind``).
 _KIND_MODEL: dict[TargetKind, type[BaseModel]] = {
     "cgroup": CgroupRule, "key": SysctlRule, "choice": ChoiceRule, "service": AffinityRule,
+    "restart": ThreadsRule,
 }
 
 
@@ -172,7 +185,7 @@ def rule_model(name: str) -> type[BaseModel] | None:
 class Policy(_Strict):
     peers: Peers = Peers()
     limits: Limits = Limits()
-    knob: dict[str, CgroupRule | SysctlRule | ChoiceRule | AffinityRule] = {}
+    knob: dict[str, CgroupRule | SysctlRule | ChoiceRule | AffinityRule | ThreadsRule] = {}
     service: dict[str, Service] = {}
     source: str | None = Field(default=None, exclude=True)
     notes: list[str] = Field(default=[], exclude=True)  # what loading found odd (unknown peer names)
@@ -211,11 +224,17 @@ class Policy(_Strict):
     @model_validator(mode="after")
     def _services_defined(self) -> "Policy":
         for name, rule in self.knob.items():
-            if isinstance(rule, AffinityRule):
+            if isinstance(rule, AffinityRule | ThreadsRule):
                 missing = [s for s in rule.services if s not in self.service]
                 if missing:
                     raise ValueError(f"knob {name!r} names services without a [service.<name>] "
                                      f"table: {missing}")
+            if isinstance(rule, ThreadsRule):
+                bare = [s for s in rule.services if not (self.service[s].threads and self.service[s].threads.has_lever)]
+                if bare:
+                    raise ValueError(f"knob {name!r}: services {bare} declare no restart path: give "
+                                     "[service.<name>.threads] unit + env (or exec_start), or env_file + "
+                                     "env + restart_command")
         return self
 
     def rule(self, knob: str):

@@ -25,6 +25,7 @@ from autotune.knobs.governor import Governor
 from autotune.knobs.governor_epp import GovernorEpp
 from autotune.knobs.sysctl import Sysctl
 from autotune.knobs.thp import Thp
+from autotune.knobs.threads import ThreadsKnob
 
 
 class UnknownKnob(ConfigError, KeyError):
@@ -37,7 +38,7 @@ KNOBS: dict[str, Knob] = {
     k.name: k for k in (
         Sysctl(), Thp(), Governor(), GovernorEpp(), Affinity(), AdmissionKnob(), Advice(),
         CpuQuota(), CpuBurst(), CpuWeight(), CpuIdle(), Cpuset(),
-        MemoryHigh(), MemoryMax(), MemoryLow(), IoWeight(),
+        MemoryHigh(), MemoryMax(), MemoryLow(), IoWeight(), ThreadsKnob(),
     )
 }
 

@@ -10,7 +10,7 @@ Which pids may be touched is the helper's business (it resolves service names to
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autotune.errors import HostError, InvalidValue, MissingFile, ParseError, TargetGone
 from autotune.host import Host, format_cpulist, parse_cpulist
@@ -77,6 +77,11 @@ class Affinity(Knob):
             return format_cpulist(parse_cpulist_strict(strip_ws(value)))
         except ValueError:
             return strip_ws(value)  # "mixed"
+
+    def cpu_share(self, value: str) -> dict[str, Any] | None:
+        """The cpus the service's threads may run on (agent/pool.py: never fewer than a fixed
+        thread pool). ``mixed`` is no cpu list: ValueError."""
+        return {"cpus": frozenset(parse_cpulist_strict(strip_ws(value)))}
 
     def resolve_target(self, host: Host, cfg: Config, target: str) -> str:
         """A configured service -> "pids:<its pids>" (in production the helper does this from

@@ -29,6 +29,7 @@ TargetKind = Literal[
     "key",  # a sysctl key: confined to listed keys, each with its own value range
     "choice",  # one of a few fixed names (THP file, cpufreq policy)
     "service",  # a configured service (resolved to pids, a gate URL...), or "host" for advice
+    "restart",  # a configured service whose restart path the policy itself declares (threads)
 ]
 
 
@@ -75,6 +76,7 @@ class Knob(ABC):
     tolerance: ClassVar[float] = 0.0  # numbers this close are the same value
     needs_helper: ClassVar[bool] = True  # written by the root helper; False: the agent applies it
     advisory: ClassVar[bool] = False  # a recommendation for an operator, never read or applied
+    min_interval_s: ClassVar[float] = 0.0  # a change that costs the service (a restart): at most this often
 
     @abstractmethod
     def read(self, host: Host, target: str) -> KnobState:

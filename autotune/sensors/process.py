@@ -1,9 +1,10 @@
 """Per-process CPU, memory, scheduling and fault counters for a service's pids.
 
 On the live host psutil supplies cpu times, rss, threads, context switches and affinity
-(it handles races and odd kernels well). Page faults and the number of threads in state R
-come from /proc/<pid>/stat and /proc/<pid>/task/*/stat read through the Host, so they are
-rooted. On a non-live root (fixture tree, host /proc mounted at /host) psutil cannot be
+(it handles races and odd kernels well). Page faults, the number of threads in state R and
+each thread's CPU time (the busiest ``MAX_THREADS_KEPT``: what tells a service's compute-thread
+pool, detect/metrics ``threads.pool``) come from /proc/<pid>/stat and /proc/<pid>/task/*/stat
+read through the Host, so they are rooted. On a non-live root (fixture tree, host /proc mounted at /host) psutil cannot be
 pointed at that root safely (its PROCFS_PATH is process-global and affinity is a syscall),
 so everything comes from the rooted /proc files instead.
 
@@ -38,17 +39,28 @@ def parse_pid_stat(text: str, source: str) -> tuple[str, list[str]]:
     return text[open_ + 1 : close], rest
 
 
-def count_running_threads(host: Host, pid: int) -> int:
-    """Threads of ``pid`` in state R right now (runnable or running)."""
+MAX_THREADS_KEPT = 32  # per process: the compute pool is among the threads that used most CPU
+
+
+def read_threads(host: Host, pid: int, *, hz: int) -> tuple[int, dict[int, float]]:
+    """(threads of ``pid`` in state R now, tid -> its CPU seconds (utime + stime)), one read of
+    each /proc/<pid>/task/<tid>/stat. Only the ``MAX_THREADS_KEPT`` busiest threads are kept: a
+    server with hundreds of idle helper threads must not bloat every stored sample."""
     base = f"/proc/{pid}/task"
     running = 0
+    cpu: dict[int, float] = {}
     for tid in host.listdir(base):
         try:
             _, rest = parse_pid_stat(host.read_text(f"{base}/{tid}/stat"), f"{base}/{tid}/stat")
-        except (MissingFile, ParseError):
-            continue  # thread exited while we looked
+            secs = (int(rest[11]) + int(rest[12])) / hz
+        except (MissingFile, ParseError, ValueError):
+            continue  # thread exited while we looked (or an odd line: no figure for it)
         running += rest[0] == "R"
-    return running
+        if tid.isdigit() and secs > 0:  # a thread that never ran tells nothing about the pool
+            cpu[int(tid)] = round(secs, 2)
+    if len(cpu) > MAX_THREADS_KEPT:
+        cpu = dict(sorted(cpu.items(), key=lambda kv: -kv[1])[:MAX_THREADS_KEPT])
+    return running, cpu
 
 
 def _status_fields(text: str) -> dict[str, str]:
@@ -64,6 +76,7 @@ def _read_rooted(host: Host, pid: int, hz: int) -> ProcessReading:
     stat_path = f"/proc/{pid}/stat"
     name, rest = parse_pid_stat(host.read_text(stat_path), stat_path)
     status = _status_fields(host.read_optional(f"/proc/{pid}/status") or "")
+    running, thread_cpu = read_threads(host, pid, hz=hz)
     try:
         affinity = parse_cpulist(status.get("Cpus_allowed_list", ""))
         return ProcessReading(
@@ -73,7 +86,8 @@ def _read_rooted(host: Host, pid: int, hz: int) -> ProcessReading:
             cpu_system_s=int(rest[12]) / hz,
             rss_bytes=int(rest[21]) * _PAGE_SIZE,
             num_threads=int(rest[17]),
-            running_threads=count_running_threads(host, pid),
+            running_threads=running,
+            thread_cpu_s=thread_cpu,
             ctx_voluntary=int(status.get("voluntary_ctxt_switches", 0)),
             ctx_involuntary=int(status.get("nonvoluntary_ctxt_switches", 0)),
             minor_faults=int(rest[7]),
@@ -84,7 +98,7 @@ def _read_rooted(host: Host, pid: int, hz: int) -> ProcessReading:
         raise ParseError(f"/proc/{pid}: unexpected contents in stat/status ({err})") from err
 
 
-def _read_live(host: Host, pid: int) -> ProcessReading:
+def _read_live(host: Host, pid: int, hz: int) -> ProcessReading:
     proc = psutil.Process(pid)
     with proc.oneshot():
         name = proc.name()
@@ -98,6 +112,7 @@ def _read_live(host: Host, pid: int) -> ProcessReading:
             affinity = []
     stat_path = f"/proc/{pid}/stat"
     _, rest = parse_pid_stat(host.read_text(stat_path), stat_path)
+    running, thread_cpu = read_threads(host, pid, hz=hz)
     return ProcessReading(
         pid=pid,
         name=name,
@@ -105,7 +120,8 @@ def _read_live(host: Host, pid: int) -> ProcessReading:
         cpu_system_s=times.system,
         rss_bytes=rss,
         num_threads=nthreads,
-        running_threads=count_running_threads(host, pid),
+        running_threads=running,
+        thread_cpu_s=thread_cpu,
         ctx_voluntary=ctx.voluntary,
         ctx_involuntary=ctx.involuntary,
         minor_faults=int(rest[7]),
@@ -120,7 +136,7 @@ def read_process(host: Host, pid: int) -> ProcessReading | None:
 
     try:
         if host.is_live:
-            return _read_live(host, pid)
+            return _read_live(host, pid, clock_ticks())
         return _read_rooted(host, pid, clock_ticks())
     except (psutil.NoSuchProcess, psutil.ZombieProcess, MissingFile):
         return None

@@ -237,14 +237,16 @@ class Verifier:
 
     def _entry_windows(self, e: JournalEntry, applied_ts: float, settle: float, window: float,
                        now: float) -> tuple[list[Snapshot], list[Snapshot]]:
-        """(before, after) for ``e``: before = samples in the ``window`` up to the write (after
-        the previous change settled), after = from ``settle`` past the write up to ``now``."""
+        """(before, after) for ``e``: before = samples in the ``window`` up to the write began
+        (it was journaled: a write that restarts the service takes seconds, and its outage is
+        neither window's), after the previous change settled; after = from ``settle`` past the
+        write's end up to ``now``."""
         start = applied_ts + settle
+        began = min(e.planned_ts, applied_ts)
         cached = self._windows.get(e.id)
         if cached is None or cached[0] != applied_ts:
             before = self._since_last_change(
-                [s for s in self.samples.window(applied_ts - window, applied_ts) if s.ts < applied_ts],
-                applied_ts)
+                [s for s in self.samples.window(began - window, began) if s.ts < began], began)
             after = self.samples.window(start, now)
         else:
             _, before, after = cached

@@ -43,7 +43,7 @@ rules:
     role: latency-critical
     priority: 90
     cooldown_s: 0
-    rationale: test rule, more quota for {service}
+    rationale: test rule, more quota for {service} ({metric:svc.$service.processes} processes)
     when: {all: [{symptom: busy}]}
     actions:
       - knob: cgroup.cpu_quota

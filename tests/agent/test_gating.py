@@ -46,6 +46,20 @@ def test_cooldowns_and_rate_limit():
     assert select_action([act()], GateView(changes_last_hour=2), 1000, V).chosen is not None
 
 
+def test_a_restart_knob_waits_its_interval_and_holds_the_service_while_verified():
+    """threads restarts the service: at most one change per Knob.min_interval_s (600 s), however
+    short [verification] knob_cooldown_s is, and no other change to that service while its
+    restart is verified (the latency must show the restart alone)."""
+    restart = act(knob="threads", target="llm")
+    assert select_action([restart], GateView(last_knob_ts={"threads": 500}), 1000, V).chosen is None
+    assert select_action([restart], GateView(last_knob_ts={"threads": 399}), 1000, V).chosen is not None
+    quota = act().model_copy(update={"service": "llm"})
+    d = select_action([quota], GateView(restarting=frozenset({"llm"})), 1000, V)
+    assert d.chosen is None and "restarted by a change still being verified" in d.skipped[0][1]
+    assert select_action([quota.model_copy(update={"service": "other"})], GateView(restarting=frozenset({"llm"})),
+                         1000, V).chosen is not None
+
+
 def test_actuator_routes_admission_service_to_its_gate(tmp_path):
     from autotune.agent.actuator import DryRunActuator
     from autotune.config import Config, Service

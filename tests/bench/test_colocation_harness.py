@@ -141,7 +141,8 @@ def test_agent_config_declares_only_services_slo_and_floor(tmp_path):
     llm, nb = data["service"]
     assert llm == {"name": "llm", "role": "latency-critical", "cgroup": "/b/server",
                    "slo": {"ttft_p95_s": 4.0, "itl_p95_s": 0.15},
-                   "latency": {"metrics_url": "http://127.0.0.1:9000/metrics", "flavor": "auto"}}
+                   "latency": {"metrics_url": "http://127.0.0.1:9000/metrics", "flavor": "auto"},
+                   "threads": {"pool": "follows-quota"}}  # a fact about the reference server
     assert nb == {"name": "neighbour", "role": "neighbour", "cgroup": "/b/neighbour", "min_cpu_cores": 0.5}
 
 

@@ -192,3 +192,55 @@ def test_memory_interference_metrics():
     for name in ("svc.$service.mem.refault.rate", "svc.$service.mem.file_bytes", "mem.swap_total_bytes",
                  "neighbours.mem.file_bytes", "svc.$service.mem.cgroup_version"):
         assert is_known_metric(name), name
+
+
+def _pooled(ts: float, cpu: dict[int, float]) -> Snapshot:
+    p = ProcessReading(pid=10, name="llama-server", cpu_user_s=sum(cpu.values()), cpu_system_s=0.0, rss_bytes=1,
+                       num_threads=len(cpu), running_threads=2, ctx_voluntary=0, ctx_involuntary=0,
+                       minor_faults=0, major_faults=0, thread_cpu_s=cpu)
+    cg = CgroupReading(path="/autotune/llm", version=2, cpu_quota_cores=0.5, cpu_weight=100, cpuset_cpus=[0, 1])
+    return Snapshot(ts=ts, services={"llm": ServiceReading(name="llm", cgroup=cg, processes=[p])})
+
+
+def test_the_observed_pool_is_the_threads_that_burned_cpu_together():
+    """llama.cpp --threads 2 under a 0.5-core quota: two compute threads at ~0.24 core each,
+    the HTTP thread at 0.01: a pool of 2 (observed, fixed unless declared otherwise)."""
+    a = _pooled(0.0, {10: 5.0, 11: 5.0, 12: 1.0})
+    b = _pooled(10.0, {10: 7.4, 11: 7.3, 12: 1.1})
+    m = derive_metrics([a, b], ncpu=2, services=[Service(name="llm", cgroup="/autotune/llm")])
+    assert m["svc.llm.threads.pool"] == 2.0 and m["svc.llm.threads.pool_declared"] == 0.0
+    assert m["svc.llm.threads.pool_fixed"] == 1.0 and m["svc.llm.threads.lever"] == 0.0
+    assert m["svc.llm.cpu.cap_cores"] == 0.5
+    # idle (the busiest thread under 0.05 core), one snapshot, or a thread that went backwards: no pool
+    assert "svc.llm.threads.pool" not in derive_metrics([a, _pooled(10.0, {10: 5.3, 11: 5.3, 12: 1.0})])
+    assert "svc.llm.threads.pool" not in derive_metrics([b])
+    assert derive_metrics([a, _pooled(10.0, {10: 7.4, 11: 1.0, 12: 1.1})])["svc.llm.threads.pool"] == 1.0
+
+
+def test_a_declared_pool_fills_the_idle_windows_and_an_observed_one_wins():
+    """The declared count is what it runs with its own setting; what burns now (also after the
+    threads knob changed it) is the pool while it is observed."""
+    from autotune.config import Threads
+
+    a = _pooled(0.0, {10: 5.0, 11: 5.0})
+    svc = Service(name="llm", cgroup="/autotune/llm", threads=Threads(count=4, pool="follows-quota",
+                                                                      unit="llm", env="OMP_NUM_THREADS"))
+    idle = derive_metrics([a, _pooled(10.0, {10: 5.2, 11: 5.0})], ncpu=2, services=[svc])
+    assert (idle["svc.llm.threads.pool"], idle["svc.llm.threads.pool_declared"], idle["svc.llm.threads.pool_fixed"],
+            idle["svc.llm.threads.lever"]) == (4.0, 1.0, 0.0, 1.0)
+    busy = derive_metrics([a, _pooled(10.0, {10: 7.4, 11: 7.3})], ncpu=2, services=[svc])
+    assert (busy["svc.llm.threads.pool"], busy["svc.llm.threads.pool_declared"]) == (2.0, 0.0)
+
+
+def test_share_cores_is_what_it_counts_on_next_to_busy_neighbours():
+    from autotune.detect.metrics import pool_facts
+
+    llm, batch = Service(name="llm", cgroup="/a"), Service(name="b", cgroup="/b", role="neighbour")
+    m = {"host.ncpu": 2.0, "svc.llm.cpu.weight": 100.0, "svc.b.cpu.weight": 100.0, "svc.b.cpu.usage_cores": 1.8}
+    assert pool_facts(m, [llm, batch])["svc.llm.cpu.share_cores"] == 1.0  # equal weights: half of 2 CPUs
+    assert pool_facts({**m, "svc.llm.cpu.weight": 400.0}, [llm, batch])["svc.llm.cpu.share_cores"] == 1.6
+    assert pool_facts({**m, "svc.b.cpu.quota_cores": 0.5}, [llm, batch])["svc.llm.cpu.share_cores"] == 1.5
+    assert pool_facts({**m, "svc.b.cpu.usage_cores": 0.0}, [llm, batch])["svc.llm.cpu.share_cores"] == 2.0
+    assert pool_facts({**m, "svc.llm.cpu.quota_cores": 0.5}, [llm, batch])["svc.llm.cpu.share_cores"] == 0.5
+    for name in ("svc.x.threads.pool", "svc.x.threads.pool_fixed", "svc.x.cpu.share_cores", "svc.x.threads.lever"):
+        assert is_known_metric(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.config import SLO, Config, LatencySource, Service
+from autotune.config import SLO, Config, LatencySource, Service, Threads
 from autotune.detect.metrics import derive_metrics
 from autotune.detect.symptoms import DetectorState, detect
 from autotune.diagnose.engine import diagnose
@@ -27,6 +27,10 @@ NONE = Config()
 LLM_SLO = Service(name="llm", cgroup="/autotune/llm", role="latency-critical", slo=SLO(itl_p95_s=0.1),
                   latency=LatencySource(metrics_url="http://127.0.0.1:8000/metrics"))
 SLO_BOTH = Config(service=[LLM_SLO, BATCH])
+# a service whose compute threads the agent may set (a systemd drop-in + restart)
+LEVER = Threads(unit="llama-server.service", env="LLAMA_ARG_THREADS")
+LEVER_SLO = Config(service=[LLM_SLO.model_copy(update={"threads": LEVER}), BATCH])
+LEVER_PLAIN = Config(service=[LLM.model_copy(update={"threads": LEVER}), BATCH])
 OVER = {"svc.llm.latency.itl_p95_s": 0.16}  # 1.6x its target: slack -0.6
 AMPLE = {"svc.llm.latency.itl_p95_s": 0.05}  # half its target: slack 0.5
 BUSY = {"svc.llm.psi.cpu.some.avg10": 30.0, "svc.batch.cpu.usage_cores": 1.5}
@@ -56,6 +60,7 @@ CURRENT = {
     ("thp", "defrag"): "madvise",
     ("thp", "enabled"): "madvise",
     ("governor", "all"): "performance",
+    ("threads", "llm"): "default",
 }
 
 CALM = {
@@ -92,6 +97,14 @@ FIXTURES = {
                          ("thp", "defrag", "defer+madvise")),
     "limit-intra-op-threads": (BOTH, {"svc.llm.running_threads": 8.0, "svc.llm.cpu.quota_cores": 2.0}, {},
                                ("advice", "llm", None)),
+    # a fixed pool of 2 under a 0.5-core quota, over its SLO: restart it with 1 thread
+    "match-threads-to-cpus": (LEVER_SLO, {**OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0}, {},
+                              ("threads", "llm", "1")),
+    # one thread using its core on an idle 2-CPU host with no quota: restart it with 2
+    "raise-threads-to-cpus": (LEVER_PLAIN, {"svc.llm.threads.pool": 1.0, "svc.llm.cpu.quota_cores": 4.0,
+                                            "svc.llm.cpu.weight": 100.0, "svc.llm.cpu.usage_cores": 0.95,
+                                            "svc.llm.latency.tokens": 400.0}, {},
+                              ("threads", "llm", "2")),
     "raise-quota-for-threads": (BOTH, {"svc.llm.running_threads": 4.0, "svc.llm.cpu.quota_cores": 1.0,
                                        "svc.llm.cpu.quota_util_pct": 99.0},
                                 {("cgroup.cpu_quota", "/autotune/llm"): "1"},
@@ -318,3 +331,24 @@ def test_give_back_to_unlimited_ends_at_the_start_value():
                      origins=ORIGINS)
     [a] = [a for a in actions if a.rule == "give-back-neighbour-cpu"]
     assert a.proposed == "max" and a.verify.mode == "guard"
+
+
+def test_no_restart_that_would_not_change_the_pool():
+    """One thread under a 0.5-core quota, over its SLO: restarting it with one thread changes
+    nothing (and one thread has no sibling to wait for), so the lever stays still; so does a pool
+    that follows its quota."""
+    _, actions = run(LEVER_SLO, {**CALM, **OVER, "svc.llm.threads.pool": 1.0, "svc.llm.cpu.weight": 100.0}, CURRENT)
+    assert not [a for a in actions if a.knob == "threads"]
+    follows = Config(service=[LLM_SLO.model_copy(update={"threads": LEVER.model_copy(update={"pool": "follows-quota"})}),
+                              BATCH])
+    _, actions = run(follows, {**CALM, **OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0}, CURRENT)
+    assert not [a for a in actions if a.knob == "threads"]
+
+
+def test_no_restart_to_more_threads_without_a_latency_to_judge_it_by():
+    metrics = {**CALM, "svc.llm.threads.pool": 1.0, "svc.llm.cpu.quota_cores": 4.0, "svc.llm.cpu.weight": 100.0,
+               "svc.llm.cpu.usage_cores": 0.95}
+    _, actions = run(LEVER_PLAIN, metrics, CURRENT)
+    assert not [a for a in actions if a.knob == "threads"]
+    _, actions = run(LEVER_PLAIN, {**metrics, "svc.llm.latency.tokens": 400.0}, CURRENT)
+    assert [a.proposed for a in actions if a.knob == "threads"] == ["2"]

@@ -154,3 +154,23 @@ def test_confined_host_unit(tmp_path):
     with pytest.raises(HostError, match="read-only"):
         ConfinedHost(root).write_text("/a/b/f", "z")
     assert ConfinedHost.of(h) is h and isinstance(ConfinedHost.of(Host(root)), ConfinedHost)
+
+
+def test_replace_file_follows_no_link(tmp_path):
+    """The threads knob's drop-in and env files: a link on the way (a unit's .d directory
+    pointing elsewhere) is refused and nothing lands outside the root; a link AS the file is
+    replaced, never written through."""
+    root, outside = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    outside.mkdir()
+    (root / "etc/systemd/system/llm.service.d").symlink_to(outside)
+    h = ConfinedHost(root, writable=True)
+    with pytest.raises(SymlinkRefused, match="llm.service.d is a symbolic link"):
+        h.replace_file("/etc/systemd/system/llm.service.d/50-autotune-threads.conf", "[Service]\n")
+    assert os.listdir(outside) == []
+    (root / "etc/env").mkdir()
+    (outside / "victim").write_text("keep\n")
+    (root / "etc/env/threads.env").symlink_to(outside / "victim")
+    h.replace_file("/etc/env/threads.env", "A=1\n")
+    assert (outside / "victim").read_text() == "keep\n"
+    assert not (root / "etc/env/threads.env").is_symlink() and (root / "etc/env/threads.env").read_text() == "A=1\n"

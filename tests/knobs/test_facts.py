@@ -15,9 +15,9 @@ from autotune.knobs.base import Knob, TargetKind
 from autotune.knobs.cgroup.base import PAGE_BYTES
 
 NUMERIC = {"cgroup.cpu_quota", "cgroup.cpu_burst", "cgroup.cpu_weight", "cgroup.memory_high",
-           "cgroup.memory_max", "cgroup.memory_low", "cgroup.io_weight", "sysctl"}
+           "cgroup.memory_max", "cgroup.memory_low", "cgroup.io_weight", "sysctl", "threads"}
 CPU_SHARE = {"cgroup.cpu_quota": "1.5", "cgroup.cpu_weight": "200", "cgroup.cpu_idle": "1",
-             "cgroup.cpuset": "0-1"}
+             "cgroup.cpuset": "0-1", "affinity": "0-1"}
 
 
 @pytest.mark.parametrize("name", sorted(KNOBS))
@@ -42,6 +42,7 @@ def test_routing_facts():
     assert {n for n, k in KNOBS.items() if k.advisory} == {"advice"}
     assert {n for n, k in KNOBS.items() if not k.needs_helper} == {"admission", "advice"}
     assert {n for n, k in KNOBS.items() if k.target_kind == "service"} == {"admission", "advice", "affinity"}
+    assert {n for n, k in KNOBS.items() if k.target_kind == "restart"} == {"threads"}
     assert {n for n, k in KNOBS.items() if k.target_kind == "cgroup"} == {n for n in KNOBS if n.startswith("cgroup.")}
     with pytest.raises(PolicyRefused, match="never applied"):
         get_knob("advice").read(Host("/"), "host")
@@ -134,6 +135,9 @@ def test_cpu_share_updates():
     assert get_knob("cgroup.cpu_weight").cpu_share("300") == {"weight": 300}
     assert get_knob("cgroup.cpu_idle").cpu_share("0") == {"idle": False}
     assert get_knob("cgroup.cpuset").cpu_share("0,2") == {"cpus": frozenset({0, 2})}
+    assert get_knob("affinity").cpu_share("1-2") == {"cpus": frozenset({1, 2})}
+    with pytest.raises(ValueError):
+        get_knob("affinity").cpu_share("mixed")
     with pytest.raises(ValueError):
         get_knob("cgroup.cpu_quota").cpu_share("lots")
 

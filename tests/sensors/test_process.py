@@ -59,3 +59,29 @@ def test_live_busy_child_is_running():
     finally:
         child.kill()
         child.wait()
+
+
+def test_each_threads_cpu_time_is_read_from_its_task_stat(tmp_path):
+    """The compute-thread pool is observed from per-thread CPU time (/proc/<pid>/task/*/stat
+    utime + stime, through the Host): the fixture's two workers get 12 s and 11 s, the leader 0.3 s."""
+    from tests.fixtures.hosts.build_v2_docs import pid_stat
+
+    root = writable_copy("v2-docs", tmp_path)
+    for tid, name, ut, st in ((4242, "llama-server", 20, 10), (4243, "llama-worker", 1100, 100),
+                              (4244, "llama-worker", 1000, 100)):
+        (root / f"proc/4242/task/{tid}/stat").write_text(pid_stat(tid, name, "R", 0, 0, ut * HZ // 100,
+                                                                     st * HZ // 100, 3, 0))
+    [p] = read_processes(Host(root), [4242])
+    assert p.thread_cpu_s == {4242: 0.3, 4243: 12.0, 4244: 11.0} and p.running_threads == 3
+
+
+def test_only_the_busiest_threads_are_kept(tmp_path, monkeypatch):
+    from autotune.sensors import process
+    from tests.fixtures.hosts.build_v2_docs import pid_stat
+
+    monkeypatch.setattr(process, "MAX_THREADS_KEPT", 2)
+    root = writable_copy("v2-docs", tmp_path)
+    for tid, ut in ((4242, 5), (4243, 700), (4244, 300)):
+        (root / f"proc/4242/task/{tid}/stat").write_text(pid_stat(tid, "w", "S", 0, 0, ut, 0, 3, 0))
+    [p] = read_processes(Host(root), [4242])
+    assert sorted(p.thread_cpu_s) == [4243, 4244]
