@@ -56,7 +56,7 @@ DIST = "autotune-node"  # the distribution's name on the package index (the comm
 EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("matplotlib",),
     "gate": ("starlette", "uvicorn"),
-    "workload": ("fastapi", "uvicorn", "torch", "transformers", "tokenizers"),
+    "workload": ("fastapi", "uvicorn", "torch", "transformers", "tokenizers", "jinja2"),
 }
 
 

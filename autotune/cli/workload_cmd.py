@@ -27,8 +27,11 @@ def serve_cmd(
                                                  help="Sequences generated at once.")] = 2,
     max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503 (0 = unbounded).")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn / server log level.")] = "info",
+    chat_template: Annotated[Optional[Path], typer.Option(
+        "--chat-template", help="Jinja chat template file for /v1/chat/completions (default: ChatML-style).")] = None,
 ) -> None:
-    """Serve GPT-2 (random weights) on an OpenAI-compatible /v1/completions with /metrics."""
+    """Serve GPT-2 (random weights) on OpenAI-compatible /v1/completions and /v1/chat/completions
+    with /metrics."""
     from autotune.cli.common import fail, require_extra
 
     n: int | None = None
@@ -45,8 +48,18 @@ def serve_cmd(
 
     if model not in PRESETS:
         fail(f"--model must be one of {sorted(PRESETS)}, got {model!r}")
+    template = None
+    if chat_template is not None:
+        from autotune.errors import not_utf8
+
+        try:
+            template = chat_template.read_text()
+        except UnicodeDecodeError as err:
+            fail(not_utf8(chat_template, err))
+        except OSError as err:
+            fail(f"--chat-template {chat_template}: cannot read ({err.strerror})")
     serve(host=host, port=port, model=model, threads=n, max_concurrency=max_concurrency,
-          max_queue=max_queue, log_level=log_level)
+          max_queue=max_queue, log_level=log_level, chat_template=template)
 
 
 @workload_app.command("load")
@@ -62,21 +75,33 @@ def load_cmd(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-request CSV output.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling / mix seed.")] = 0,
 ) -> None:
-    """Send requests, print a JSON summary (p50/p95/p99 end-to-end, deferred, rejected)."""
+    """Send requests, print a JSON summary (p50/p95/p99 end-to-end, deferred, rejected).
+
+    Exit 1 with the reason on stderr when requests failed; SIGINT/SIGTERM stop it with the
+    summary of what finished (exit 130 / 143)."""
     import asyncio
+    import signal
 
     from autotune.cli.common import fail, print_json
-    from autotune.workload.load import LoadSpec, run_load, summarize, write_csv
+    from autotune.workload.load import LoadSpec, failure_reason, run_load_until_signalled, summarize, write_csv
 
     if mix not in ("seed", "varied"):
         fail(f"--mix must be 'seed' or 'varied', got {mix!r}")
     spec = LoadSpec(url=url, requests=requests, concurrency=concurrency, mix=mix,  # type: ignore[arg-type]
                     max_tokens=max_tokens, temperature=temperature, stream=stream,
                     max_retries=max_retries, seed=seed)
-    results = asyncio.run(run_load(spec))
+    results, signum = asyncio.run(run_load_until_signalled(spec))
     if csv_path:
         write_csv(results, csv_path)
     print_json(summarize(results).model_dump())
+    why = failure_reason(results, url)
+    if signum is not None:
+        name = signal.Signals(signum).name
+        typer.secho(f"autotune: workload load: stopped by {name} after {len(results)} of {requests} requests"
+                    + (f"; {why}" if why else ""), fg="red", err=True)
+        raise typer.Exit(128 + signum)
+    if why:
+        fail(f"workload load: {why}", code=1)
 
 
 @workload_app.command("noise")
