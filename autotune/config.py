@@ -13,15 +13,33 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, not_utf8
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def http_url(v: str | None) -> str | None:
+    """``v`` when it is an http(s) URL with a host (what the scraper, the probe and the gate's
+    control client can reach), else ValueError saying what was given."""
+    if v is None:
+        return v
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(v)
+        port_ok = u.port is None or 0 < u.port < 65536
+    except ValueError:
+        port_ok = False
+        u = None
+    if u is None or u.scheme not in ("http", "https") or not u.hostname or not port_ok:
+        raise ValueError(f"{v!r} is not an http(s) URL with a host, like 'http://127.0.0.1:8000/metrics'")
+    return v
 
 
 class SLO(_Strict):
@@ -49,6 +67,11 @@ class LatencySource(_Strict):
     probe_interval_s: float = Field(default=10.0, ge=1.0)
     probe_max_tokens: int = Field(default=4, ge=1, le=16)
     timeout_s: float = Field(default=2.0, gt=0)  # metrics scrape; a probe waits up to 30 s
+
+    @field_validator("metrics_url", "probe_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return http_url(v)
 
 
 _UNIT = re.compile(r"^[A-Za-z0-9@:_.\\-]{1,200}$")
@@ -148,6 +171,19 @@ class Service(_Strict):
     # its compute-thread pool: count, fixed or follows-quota, and the restart path that sets it
     threads: Threads | None = None
 
+    @field_validator("admission_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return http_url(v)
+
+    @field_validator("cgroup")
+    @classmethod
+    def _no_dotdot(cls, v: str | None) -> str | None:
+        if v is not None and ".." in v.split("/"):
+            raise ValueError(f"{v!r} must not contain '..' (a cgroup path names a place in the "
+                             "hierarchy, like '/autotune/llm')")
+        return v
+
     @model_validator(mode="after")
     def _has_match(self) -> "Service":
         if not any((self.cgroup, self.unit, self.pid_file, self.exe, self.cmdline)):
@@ -170,6 +206,13 @@ class AgentSettings(_Strict):
     helper_socket: str = "/run/autotune/helper.sock"
     restore_on_stop: bool = False
     metrics_listen: str | None = "127.0.0.1:9753"
+
+    @model_validator(mode="after")
+    def _window_holds_samples(self) -> "AgentSettings":
+        if self.window_s < 2 * self.sample_period_s:  # rates and quantiles need two samples
+            raise ValueError(f"window_s ({self.window_s:g} s) must hold at least two samples: make it at "
+                             f"least 2 x sample_period_s ({2 * self.sample_period_s:g} s)")
+        return self
 
 
 class Verification(_Strict):
@@ -284,6 +327,8 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"{p}: config file not found") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{p}: not valid TOML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(not_utf8(p, err)) from None
     except OSError as err:
         raise ConfigError(f"{p}: cannot read ({err.strerror})") from err
     try:

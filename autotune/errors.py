@@ -52,3 +52,14 @@ class PolicyRefused(AutotuneError):
 class WorkloadError(AutotuneError):
     """A reference workload could not be fetched, built, generated or started. One line saying
     what is missing and the command that provides it."""
+
+
+def not_utf8(path: object, err: UnicodeDecodeError) -> str:
+    """'FILE: not UTF-8 text: byte 0xe9 on line 3, column 7' for a file that failed to decode
+    (config, rule, policy and trial files are UTF-8 text)."""
+    data = err.object if isinstance(err.object, bytes | bytearray) else b""
+    before = bytes(data[:err.start])
+    line = before.count(b"\n") + 1
+    col = err.start - (before.rfind(b"\n") + 1) + 1
+    bad = bytes(data[err.start:err.start + 1]).hex() or "?"
+    return f"{path}: not UTF-8 text: byte 0x{bad} on line {line}, column {col}; save the file as UTF-8"

@@ -53,6 +53,11 @@ min_cpu_cores = 0.5
         ('[[service]]\nname = "x"\ncgroup = "rel/path"\n', "absolute cgroup path"),
         ('[[service]]\nname = "x"\nexe="a"\n[[service]]\nname = "x"\nexe="b"\n', "duplicate service"),
         ("[agent\n", "not valid TOML"),
+        ('[[service]]\nname = "x"\ncgroup = "/a/../../etc"\n', "service.0.cgroup"),
+        ('[[service]]\nname = "x"\ncgroup = "/a"\nlatency = { probe_url = "127.0.0.1:8000" }\n',
+         "service.0.latency.probe_url"),
+        ('[[service]]\nname = "x"\ncgroup = "/a"\nadmission_url = "ftp://h/x"\n', "service.0.admission_url"),
+        ("[agent]\nsample_period_s = 10\n", "at least 2 x sample_period_s (20 s)"),
     ],
 )
 def test_bad_config_names_file_and_field(tmp_path, body, needle):
@@ -62,6 +67,14 @@ def test_bad_config_names_file_and_field(tmp_path, body, needle):
         load_config(f)
     assert str(f) in str(exc.value)
     assert needle in str(exc.value)
+
+
+def test_good_urls_and_nested_cgroups_pass(tmp_path):
+    f = tmp_path / "ok.toml"
+    f.write_text('[agent]\nsample_period_s = 0.5\nwindow_s = 1\n[[service]]\nname = "x"\ncgroup = "/a/b.slice/c"\n'
+                 'admission_url = "http://127.0.0.1:8081"\n'
+                 'latency = { metrics_url = "https://[::1]:8000/metrics", probe_url = "http://localhost" }\n')
+    assert load_config(f).service("x").latency.metrics_url == "https://[::1]:8000/metrics"
 
 
 def test_missing_file(tmp_path):

@@ -1,9 +1,10 @@
 """How the Agent runs: as the daemon (``run_agent``), or for N seconds in the foreground
 (``recommend``); and how it (or the operator's ``autotune rollback``) reaches the host.
 
-The daemon's jobs (max_instances=1, coalesce=True) share ONE worker thread, so stages never
-overlap on the shared SQLite connection: sample every sample_period_s (also pings the systemd
-watchdog), evaluate every evaluate_every_s, verify every 1 s, retention every 60 s.
+The daemon's jobs (``agent/schedule.py``) share ONE worker thread, so stages never overlap on
+the shared SQLite connection: sample every sample_period_s (also pings the systemd watchdog),
+evaluate every evaluate_every_s, verify every 1 s, retention every 60 s; a run due while the
+job's previous one is still queued or running is skipped, and skips are reported, not logged each.
 SIGTERM/SIGINT stop cleanly (STOPPING=1, optional restore_on_stop, agent_stop audited).
 
 ``recommend`` is the same Agent with the dry-run actuator on a read-only Host and a throwaway
@@ -110,11 +111,9 @@ def _exporter(cfg: Config):
 def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = None,
               duration: float | None = None, local_actuator: bool = False) -> int:
     """Run the daemon until SIGTERM/SIGINT (or ``duration`` seconds). Returns the exit code."""
-    from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.schedulers.background import BackgroundScheduler
-
     from autotune.agent.loop import Agent
     from autotune.agent.notify import sd_notify
+    from autotune.agent.schedule import Schedule
     from autotune.store.db import open_db
 
     ruleset = _rules(cfg)
@@ -148,15 +147,12 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
         sd_notify("WATCHDOG=1", f"STATUS={agent.status_line()}")
 
     a = cfg.agent
-    sched = BackgroundScheduler(executors={"default": ThreadPoolExecutor(max_workers=1)},
-                                job_defaults={"max_instances": 1, "coalesce": True,
-                                              "misfire_grace_time": max(1, int(a.sample_period_s * 2))})
-    sched.add_job(sample_job, "interval", seconds=a.sample_period_s, id="sample")
-    sched.add_job(agent.guarded, "interval", args=("evaluate", agent.evaluate),
-                  seconds=a.evaluate_every_s, id="evaluate")
+    sched = Schedule()
+    sched.add("sample", a.sample_period_s, sample_job)
+    sched.add("evaluate", a.evaluate_every_s, agent.guarded, "evaluate", agent.evaluate)
     if agent.mode == "apply":
-        sched.add_job(agent.guarded, "interval", args=("verify", agent.verify), seconds=1, id="verify")
-    sched.add_job(agent.guarded, "interval", args=("retain", agent.retain), seconds=60, id="retain")
+        sched.add("verify", 1.0, agent.guarded, "verify", agent.verify)
+    sched.add("retain", 60.0, agent.guarded, "retain", agent.retain)
     sched.start()
     deadline = None if duration is None else time.monotonic() + duration
     try:
@@ -167,7 +163,7 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
             stop.wait(min(left, 1.0))
     finally:
         sd_notify("STOPPING=1")
-        sched.shutdown(wait=True)
+        sched.shutdown()
         agent.guarded("stop", agent.stop)
         if exporter is not None:
             exporter.stop()

@@ -353,15 +353,19 @@ class Learning:
 
     def import_(self, path: Path, service: str | None = None) -> int:
         """Another node's trials as a prior (marked imported: noisier evidence)."""
+        from autotune.errors import ConfigError, not_utf8
+
+        try:
+            text = Path(path).read_text()
+        except UnicodeDecodeError as err:
+            raise ConfigError(not_utf8(path, err)) from None
         n = 0
-        for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        for line_no, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 t = L.Trial.model_validate_json(line)
             except ValueError as err:
-                from autotune.errors import ConfigError
-
                 raise ConfigError(f"{path}:{line_no}: not a trial ({err.__class__.__name__}: "
                                   f"{str(err).splitlines()[0]})") from None
             self._add(t.model_copy(update={"source": "imported", "service": service or t.service}))

@@ -178,9 +178,14 @@ class Agent:
         if (knob, target, code) in self._refused:
             return
         self._refused.add((knob, target, code))
-        log.warning("helper refused to read %s on %s (%s: %s): rules that need it are skipped; "
-                    "allow it in the helper policy if the agent should manage it",
-                    knob, target, code, err.reason)
+        if code == "rate_limited":  # not the policy's no: this read waits for the next tick
+            log.warning("helper rate-limited a read of %s on %s (%s): rules that need it wait for the next "
+                        "tick; raise [limits] rate_per_s/burst in the helper policy if this repeats",
+                        knob, target, err.reason)
+        else:
+            log.warning("helper refused to read %s on %s (%s: %s): rules that need it are skipped; "
+                        "allow it in the helper policy if the agent should manage it",
+                        knob, target, code, err.reason)
         self.audit("refusal", knob=knob, target=target, outcome="refused",
                    detail={"op": "read", "reason": err.reason, "code": code})
 

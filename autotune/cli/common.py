@@ -24,9 +24,12 @@ def _root(value: Path | None) -> Path | None:
 
 
 def positive_seconds(value: float | None) -> float | None:
-    """Option callback: a duration or period must be more than 0 s (0 would mean no sampling)."""
+    """Option callback: a duration or period must be more than 0 s (0 would mean no sampling)
+    and finite (``inf`` would run forever: leave the option out for that, where it may be)."""
     if value is not None and not value > 0:
         raise typer.BadParameter(f"must be more than 0 seconds, got {value:g}")
+    if value is not None and value == float("inf"):
+        raise typer.BadParameter("must be a finite number of seconds, got inf")
     return value
 
 
@@ -53,7 +56,7 @@ DIST = "autotune-node"  # the distribution's name on the package index (the comm
 EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("matplotlib",),
     "gate": ("starlette", "uvicorn"),
-    "workload": ("fastapi", "uvicorn", "torch", "transformers", "tokenizers"),
+    "workload": ("fastapi", "uvicorn", "torch", "transformers", "tokenizers", "jinja2"),
 }
 
 

@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         min_inflight: Annotated[int, typer.Option(
             min=0, help="Pressure holds nothing while fewer of our requests are in flight "
                         "(so a neighbour's pressure cannot starve the service; 0 = always gate).")] = 1,
+        max_body_bytes: Annotated[int, typer.Option(
+            min=1, help="Request bodies over this many bytes are refused with 413 (streamed, never held whole).")
+        ] = 16 << 20,
         control_listen: Annotated[str | None, typer.Option(
             help="Serve /gate/* on this HOST:PORT instead of the proxy listener.")] = None,
         root: RootOpt = None,
@@ -64,6 +67,6 @@ def register(app: typer.Typer) -> None:
                    f"limit {max_concurrency}, min in flight {min_inflight}, queue {queue}, adaptive {'on' if adaptive else 'off'})", err=True)
         try:
             asyncio.run(serve(g, listen=listen, upstream=upstream, control_listen=control_listen,
-                              timeout_s=upstream_timeout))
+                              timeout_s=upstream_timeout, max_body_bytes=max_body_bytes))
         except KeyboardInterrupt:
             pass

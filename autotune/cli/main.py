@@ -98,7 +98,49 @@ def main() -> None:
 
         typer.secho(f"autotune: {describe(err)}", fg="red", err=True)
         sys.exit(2)
+    except OSError as err:
+        if not _from_stdout(err):
+            raise
+        _stdout_error(err)
+    try:
+        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    except OSError as err:
+        _stdout_error(err)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _from_stdout(err: OSError) -> bool:
+    """True when ``err`` was raised writing standard output (a full disk, a closed pipe): the
+    innermost Python frame of its traceback holds stdout, directly (json's ``fp``, click's
+    ``file``) or as a stream's ``file`` (a rich Console)."""
+    out = sys.stdout
+    tb = err.__traceback__
+    frame = None
+    while tb is not None:
+        frame, tb = tb.tb_frame, tb.tb_next
+    if frame is None:
+        return False
+    for value in frame.f_locals.values():
+        if value is out or value is getattr(out, "buffer", None):
+            return True
+        try:
+            if getattr(value, "file", None) is out:
+                return True
+        except Exception:  # noqa: BLE001 - a property that fails is not stdout
+            continue
+    return False
+
+
+def _stdout_error(err: OSError) -> None:
+    """Exit 2 with one line on stderr (none for a reader that closed the pipe, as `| head`
+    does), with stdout pointed at /dev/null so the interpreter's exit flush stays quiet."""
+    import errno
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if err.errno != errno.EPIPE:
+        typer.secho(f"autotune: cannot write the output: {err.strerror or err}", fg="red", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

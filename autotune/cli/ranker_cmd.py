@@ -54,7 +54,8 @@ def _status(cfg, db) -> dict:
 
 
 def register(app: typer.Typer) -> None:
-    ranker_app = typer.Typer(help="The learned allocation search: status, export, import.",
+    ranker_app = typer.Typer(help="The learned allocation search: with no command, what it knows and would "
+                             "choose now; export / import its trials.",
                              invoke_without_command=True, no_args_is_help=False)
     app.add_typer(ranker_app, name="ranker")
 
@@ -62,7 +63,8 @@ def register(app: typer.Typer) -> None:
     def ranker(ctx: typer.Context, state: StateOpt = None, config: ConfigOpt = None,
                json_out: JsonOpt = False) -> None:
         """Is the learned allocation search in use, why, what it tried and would choose now."""
-        if ctx.invoked_subcommand is not None:
+        if ctx.invoked_subcommand is not None:  # `ranker --state DB export`: the command's default
+            ctx.obj = {"state": state, "config": config}
             return
         from rich.console import Console
 
@@ -85,10 +87,17 @@ def register(app: typer.Typer) -> None:
             if e.get("proposal"):
                 console.print(f"  would choose now: {e['proposal']}")
 
+    def _group(ctx: typer.Context, state: Path | None, config: Path | None) -> tuple[Path | None, Path | None]:
+        """The command's own --state/--config, else those given before it (`ranker --state DB ...`)."""
+        given = ctx.obj if isinstance(ctx.obj, dict) else {}
+        return (state if state is not None else given.get("state"),
+                config if config is not None else given.get("config"))
+
     @ranker_app.command("export")
-    def export(path: Annotated[Path, typer.Argument(help="JSON-lines file to write.")],
+    def export(ctx: typer.Context, path: Annotated[Path, typer.Argument(help="JSON-lines file to write.")],
                state: StateOpt = None, config: ConfigOpt = None) -> None:
         """Write this node's trials (JSON lines) for another node to import as a prior."""
+        state, config = _group(ctx, state, config)
         _cfg, db = _open(state, config, read_only=True)
         trials = _trials(db)
         try:
@@ -98,7 +107,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"exported {len(trials)} trials to {path}")
 
     @ranker_app.command("import")
-    def import_(path: Annotated[Path, typer.Argument(help="JSON-lines file from `autotune ranker export`.")],
+    def import_(ctx: typer.Context,
+                path: Annotated[Path, typer.Argument(help="JSON-lines file from `autotune ranker export`.")],
                 service: Annotated[Optional[str], typer.Option(help="Record them for this service.")] = None,
                 state: StateOpt = None, config: ConfigOpt = None) -> None:
         """Add another node's trials as a prior (marked imported: they count as noisier evidence)."""
@@ -106,6 +116,7 @@ def register(app: typer.Typer) -> None:
         from autotune.errors import ConfigError
         from autotune.journal.journal import Journal
 
+        state, config = _group(ctx, state, config)
         cfg, db = _open(state, config)
         if not path.is_file():
             fail(f"{path}: no such file")

@@ -30,9 +30,12 @@ def register(app: typer.Typer) -> None:
         """Run the closed loop: sample, detect, diagnose, (apply, verify, roll back)."""
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        # one line per scrape/probe request and per scheduler tick is noise in the journal
-        for noisy in ("apscheduler", "httpx", "httpcore"):
+        # one line per scrape/probe request and per scheduler tick is noise in the journal; the
+        # scheduler's stays out even with -v (about 6 lines a second; agent/schedule.py reports
+        # what matters: stages falling behind)
+        for noisy in ("httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         cfg = load_config_or_exit(config)
         mode = mode or cfg.agent.mode
         if mode not in ("recommend", "apply"):

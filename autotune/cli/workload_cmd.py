@@ -38,8 +38,12 @@ def serve_cmd(
         min=0, help="reference only: waiting requests before 503 (default 0 = unbounded).")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="reference only: uvicorn / server log level "
                                                      "(default info).")] = None,
+    chat_template: Annotated[Optional[Path], typer.Option(
+        "--chat-template", help="reference only: Jinja chat template file for /v1/chat/completions "
+                                "(default: ChatML-style).")] = None,
 ) -> None:
-    """Serve an OpenAI-compatible /v1/completions with /metrics: GPT-2 (random weights) or llama-server."""
+    """Serve OpenAI-compatible /v1/completions and /v1/chat/completions with /metrics: GPT-2
+    (random weights) or llama-server."""
     from autotune.cli.common import fail
     from autotune.workload.engines import ENGINES, parse_threads
 
@@ -50,18 +54,20 @@ def serve_cmd(
     except ValueError as err:
         fail(str(err))
     if engine == "llamacpp":
-        for name, value in (("--max-queue", max_queue), ("--log-level", log_level)):
+        for name, value in (("--max-queue", max_queue), ("--log-level", log_level),
+                            ("--chat-template", chat_template)):
             if value is not None:
                 fail(f"{name} applies to the reference engine only (llama-server has no such option here)")
         _exec_llama_server(host=host, port=port, model=model, threads=setting or "all",
                            parallel=max_concurrency)
         return
     _serve_reference(host=host, port=port, model=model or "gpt2", threads=setting or "auto",
-                     max_concurrency=max_concurrency, max_queue=max_queue or 0, log_level=log_level or "info")
+                     max_concurrency=max_concurrency, max_queue=max_queue or 0, log_level=log_level or "info",
+                     chat_template=chat_template)
 
 
 def _serve_reference(*, host: str, port: int, model: str, threads: str | int, max_concurrency: int,
-                     max_queue: int, log_level: str) -> None:
+                     max_queue: int, log_level: str, chat_template: Path | None) -> None:
     from autotune.cli.common import fail, require_extra
     from autotune.workload.engines import host_cpus
 
@@ -72,8 +78,18 @@ def _serve_reference(*, host: str, port: int, model: str, threads: str | int, ma
     if model not in PRESETS:
         fail(f"--model must be one of {sorted(PRESETS)}, got {model!r}")
     n = host_cpus() if threads == "all" else None if threads == "auto" else int(threads)
+    template = None
+    if chat_template is not None:
+        from autotune.errors import not_utf8
+
+        try:
+            template = chat_template.read_text()
+        except UnicodeDecodeError as err:
+            fail(not_utf8(chat_template, err))
+        except OSError as err:
+            fail(f"--chat-template {chat_template}: cannot read ({err.strerror})")
     serve(host=host, port=port, model=model, threads=n, max_concurrency=max_concurrency,
-          max_queue=max_queue, log_level=log_level)
+          max_queue=max_queue, log_level=log_level, chat_template=template)
 
 
 def _exec_llama_server(*, host: str, port: int, model: str | None, threads: str | int, parallel: int) -> None:
@@ -126,21 +142,33 @@ def load_cmd(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-request CSV output.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling / mix seed.")] = 0,
 ) -> None:
-    """Send requests, print a JSON summary (p50/p95/p99 end-to-end, deferred, rejected)."""
+    """Send requests, print a JSON summary (p50/p95/p99 end-to-end, deferred, rejected).
+
+    Exit 1 with the reason on stderr when requests failed; SIGINT/SIGTERM stop it with the
+    summary of what finished (exit 130 / 143)."""
     import asyncio
+    import signal
 
     from autotune.cli.common import fail, print_json
-    from autotune.workload.load import LoadSpec, run_load, summarize, write_csv
+    from autotune.workload.load import LoadSpec, failure_reason, run_load_until_signalled, summarize, write_csv
 
     if mix not in ("seed", "varied"):
         fail(f"--mix must be 'seed' or 'varied', got {mix!r}")
     spec = LoadSpec(url=url, requests=requests, concurrency=concurrency, mix=mix,  # type: ignore[arg-type]
                     max_tokens=max_tokens, temperature=temperature, stream=stream,
                     max_retries=max_retries, seed=seed)
-    results = asyncio.run(run_load(spec))
+    results, signum = asyncio.run(run_load_until_signalled(spec))
     if csv_path:
         write_csv(results, csv_path)
     print_json(summarize(results).model_dump())
+    why = failure_reason(results, url)
+    if signum is not None:
+        name = signal.Signals(signum).name
+        typer.secho(f"autotune: workload load: stopped by {name} after {len(results)} of {requests} requests"
+                    + (f"; {why}" if why else ""), fg="red", err=True)
+        raise typer.Exit(128 + signum)
+    if why:
+        fail(f"workload load: {why}", code=1)
 
 
 @workload_app.command("noise")

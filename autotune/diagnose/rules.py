@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from autotune.detect.metrics import CONTEXT_METRICS, is_known_metric
 from autotune.detect.symptoms import SERVICE_PLACEHOLDER, SymptomSpec, expand_specs
-from autotune.errors import ConfigError, InvalidValue
+from autotune.errors import ConfigError, InvalidValue, not_utf8
 from autotune.knobs import KNOBS, get_knob
 
 # Knob names a rule may use: the knob registry's (each knob checks its own targets and says
@@ -366,6 +366,8 @@ def load_rule_file(path: Path) -> tuple[list[SymptomSpec], list[Rule], list[str]
         data = yaml.load(path.read_text(), Loader=_Yaml12Loader) or {}
     except yaml.YAMLError as err:
         return [], [], [f"{src}: not valid YAML: {err}"], []
+    except UnicodeDecodeError as err:
+        return [], [], [not_utf8(src, err)], []
     except OSError as err:
         return [], [], [f"{src}: cannot read ({err.strerror})"], []
     if not isinstance(data, dict):

@@ -6,9 +6,12 @@ go through admission. Everything else (``GET /metrics`` scrapes, ``/health`` pro
 ``/v1/models``) passes straight through: a probe must see the server, not the queue, and its
 millisecond latency must not teach the adaptive limiter that the server is fast.
 
-Bodies stream through unbuffered in both directions of the response (SSE chunks are forwarded
-as they arrive); the admission slot is held until the response body is finished or the client
-goes away. The latency fed to the adaptive limiter is the time from admission to the first
+Bodies stream through unbuffered in both directions: the request body is passed to the upstream
+as it arrives, never held whole, and refused with 413 once it passes ``max_body_bytes`` (from its
+Content-Length before admission, or as a chunked body crosses the limit); response chunks (SSE)
+are forwarded as they arrive. The admission slot is held until the response body is finished
+or the client goes away. Error bodies are vLLM's ``{"error": {"message", "type", "param",
+"code"}}`` with the HTTP status as ``code``. The latency fed to the adaptive limiter is the time from admission to the first
 upstream body chunk: the whole generation for non-streamed requests, time-to-first-token for
 streamed ones.
 """
@@ -36,6 +39,11 @@ HOP_BY_HOP = {
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 }
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+MAX_BODY_BYTES = 16 << 20  # chat bodies with images run to megabytes; the reference server takes 1 MiB
+DRAIN_BYTES = 64 << 20  # read and dropped before a 413 so the kernel does not reset the answer away
+# vLLM's error types per status (ErrorResponse.type)
+ERROR_TYPES = {400: "BadRequestError", 403: "PermissionDeniedError", 404: "NotFoundError",
+               413: "BadRequestError", 502: "BadGatewayError", 503: "ServiceUnavailableError"}
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 # POST paths that run the model: OpenAI (vLLM, llama.cpp, TGI's /v1), TGI native, llama.cpp native.
 INFERENCE_PATHS = frozenset({
@@ -50,12 +58,24 @@ def is_inference(method: str, path: str, paths: frozenset[str] = INFERENCE_PATHS
     return method == "POST" and (path.rstrip("/") or "/") in paths
 
 
-def openai_error(status: int, message: str, *, code: str, etype: str = "server_error",
+def openai_error(status: int, message: str, *, reason: str | None = None, param: str | None = None,
                  retry_after_s: int | None = None) -> JSONResponse:
-    """An OpenAI-style error body, so OpenAI clients surface the message."""
+    """vLLM's error body (``code`` is the status), so OpenAI clients surface the message; the
+    gate's own reason (queue_full, timeout, upstream_error...) is the ``X-Autotune-Gate`` header."""
     headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
-    body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+    if reason:
+        headers["X-Autotune-Gate"] = reason
+    body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "InternalServerError"),
+                      "param": param, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class BodyTooLarge(Exception):
+    """A request body passed the gate's limit while it streamed to the upstream."""
+
+    def __init__(self, seen: int) -> None:
+        super().__init__(f"{seen} bytes")
+        self.seen = seen
 
 
 def control_routes(gate: Gate) -> list[Route]:
@@ -69,7 +89,7 @@ def control_routes(gate: Gate) -> list[Route]:
         client = request.client.host if request.client else ""
         if client not in LOOPBACK:
             return openai_error(403, f"/gate/config accepts loopback clients only (got {client})",
-                                code="forbidden", etype="permission_error")
+                                reason="forbidden")
         try:
             body = json.loads(await request.body() or b"{}")
             if not isinstance(body, dict):
@@ -81,8 +101,7 @@ def control_routes(gate: Gate) -> list[Route]:
                 raise ValueError(f"unknown keys {sorted(unknown)}; allowed {sorted(allowed)}")
             st = gate.configure(**body)
         except (ValueError, TypeError) as err:
-            return openai_error(400, f"bad /gate/config request: {err}", code="bad_config",
-                                etype="invalid_request_error")
+            return openai_error(400, f"bad /gate/config request: {err}", reason="bad_config")
         return JSONResponse(st.model_dump())
 
     return [
@@ -94,8 +113,25 @@ def control_routes(gate: Gate) -> list[Route]:
 
 def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: bool = True,
               client: httpx.AsyncClient | None = None,
-              inference_paths: frozenset[str] = INFERENCE_PATHS) -> Starlette:
+              inference_paths: frozenset[str] = INFERENCE_PATHS,
+              max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
     """The proxy app. ``control=False`` leaves /gate/* to a separate control listener."""
+
+    def too_large(size: int, *, declared: bool) -> JSONResponse:
+        what = "declares" if declared else "is at least"
+        return openai_error(413, f"autotune gate: request body {what} {size} bytes, over the gate's limit of "
+                                 f"{max_body_bytes} bytes", reason="body_too_large", param="body")
+
+    async def drain(request: Request, seen: int) -> int:
+        """Read and drop the rest of a refused body (up to DRAIN_BYTES), so the 413 arrives."""
+        try:
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > DRAIN_BYTES:
+                    break
+        except Exception:  # noqa: BLE001 - the client went away: nothing left to answer
+            pass
+        return seen
     state: dict[str, httpx.AsyncClient] = {}
 
     def http() -> httpx.AsyncClient:
@@ -108,13 +144,17 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
         return state["client"]
 
     async def proxy(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:  # before taking a slot
+            await drain(request, 0)
+            return too_large(int(declared), declared=True)
         if not is_inference(request.method, request.url.path, inference_paths):
             gate.passthrough += 1
             return await _forward(request, None)
         try:
             ticket = await gate.acquire()
         except GateRejected as err:
-            return openai_error(503, f"autotune gate: {err}", code=f"gate_{err.reason}",
+            return openai_error(503, f"autotune gate: {err}", reason=err.reason,
                                 retry_after_s=err.retry_after_s)
         try:
             return await _forward(request, ticket)
@@ -125,10 +165,28 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
     async def _forward(request: Request, ticket: Ticket | None) -> Response:
         """Forward to upstream; ``ticket`` None = pass-through (no slot, no latency learned)."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        if "content-length" in request.headers:  # streamed on with its length, not chunked
+            headers.append(("content-length", request.headers["content-length"]))
         url = httpx.URL(path=request.url.path, query=request.url.query.encode())
-        req = http().build_request(request.method, url, headers=headers, content=await request.body())
+        body_done = asyncio.Event()
+
+        async def upload():
+            seen = 0
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > max_body_bytes:
+                    raise BodyTooLarge(seen)
+                if chunk:
+                    yield chunk
+            body_done.set()
+
+        has_body = request.method not in ("GET", "HEAD", "OPTIONS") or "content-length" in request.headers \
+            or "transfer-encoding" in request.headers
+        if not has_body:
+            body_done.set()
+        req = http().build_request(request.method, url, headers=headers, content=upload() if has_body else None)
         sending = asyncio.ensure_future(http().send(req, stream=True))
-        left = asyncio.ensure_future(_client_gone(request))
+        left = asyncio.ensure_future(_client_gone(request, body_done))
         try:
             await asyncio.wait({sending, left}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -142,11 +200,15 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
             return Response(status_code=499)  # nobody is listening
         try:
             resp = sending.result()
+        except BodyTooLarge as err:
+            if ticket is not None:
+                ticket.release()
+            return too_large(await drain(request, err.seen), declared=False)
         except httpx.HTTPError as err:
             if ticket is not None:
                 ticket.release()
             return openai_error(502, f"autotune gate: upstream {upstream} failed: {type(err).__name__}: {err}",
-                                code="upstream_error")
+                                reason="upstream_error")
 
         async def body():
             first = True
@@ -184,8 +246,10 @@ def build_app(gate: Gate, upstream: str, *, timeout_s: float = 600.0, control: b
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-async def _client_gone(request: Request) -> None:
-    """Return when the client disconnects (its body is already read, so only that can come)."""
+async def _client_gone(request: Request, body_done: asyncio.Event) -> None:
+    """Return when the client disconnects; listens only once its body has been streamed on
+    (before that, the body's own reads see a disconnect)."""
+    await body_done.wait()
     while (await request.receive())["type"] != "http.disconnect":
         pass
 

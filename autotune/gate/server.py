@@ -43,13 +43,14 @@ def make_gate(*, host: Host, pressure: str = "system", threshold_pct: float | No
 
 
 async def serve(gate: Gate, *, listen: str, upstream: str, control_listen: str | None = None,
-                timeout_s: float = 600.0, log_level: str = "info") -> None:
+                timeout_s: float = 600.0, log_level: str = "info", max_body_bytes: int | None = None) -> None:
     import uvicorn
 
     from autotune.gate.proxy import build_app, build_control_app
 
     host, port = parse_listen(listen)
-    app = build_app(gate, upstream, timeout_s=timeout_s, control=control_listen is None)
+    extra = {} if max_body_bytes is None else {"max_body_bytes": max_body_bytes}
+    app = build_app(gate, upstream, timeout_s=timeout_s, control=control_listen is None, **extra)
     servers = [uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))]
     if control_listen:
         chost, cport = parse_listen(control_listen)

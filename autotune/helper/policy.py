@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autotune.config import Service, format_validation_error
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, not_utf8
 from autotune.knobs import KNOBS
 from autotune.knobs.base import TargetKind
 from autotune.knobs.grammar import parse_cpulist_strict, parse_decimal_strict
@@ -284,7 +284,9 @@ def load_policy(path: str | os.PathLike[str], *, require_root_owned: bool = True
         raw = fh.read(1 << 20)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise ConfigError(not_utf8(p, err)) from None
+    except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{p}: not valid TOML: {err}") from err
     try:
         pol = Policy.model_validate(data)

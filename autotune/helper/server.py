@@ -85,6 +85,11 @@ def bind_socket(path: str | os.PathLike[str], mode: int = 0o660, group: str | No
     old = os.umask(0o177)
     try:
         sock.bind(str(p))
+    except OSError as err:
+        sock.close()
+        hint = (f"; create its directory first (install -d -m 0755 {p.parent})"
+                if not p.parent.is_dir() else "")
+        raise HostError(f"cannot listen on {p}: {err.strerror or err}{hint}") from None
     finally:
         os.umask(old)
     if group is not None:

@@ -17,7 +17,9 @@ import asyncio
 import csv
 import json
 import random
+import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
@@ -42,6 +44,8 @@ Mix = Literal["seed", "varied"]
 Outcome = Literal["ok", "rejected", "error"]
 # Client-side admission: returns (admitted, times deferred before deciding).
 AdmitHook = Callable[[], Awaitable[tuple[bool, int]]]
+
+NO_RESPONSE_PAUSE_S = 0.2  # a client whose request got no response waits this long before its next
 
 CSV_COLUMNS = ["index", "prompt_chars", "max_tokens", "status", "outcome", "latency_s",
                "ttft_s", "retries", "completion_tokens", "started_unix", "finished_unix", "error"]
@@ -194,9 +198,53 @@ async def run_load(spec: LoadSpec, *, admit: AdmitHook | None = None,
                 results.append(r)
                 if on_result:
                     on_result(r)
+                if r.outcome == "error" and r.status == 0:  # no server: do not spin on refusals
+                    await asyncio.sleep(NO_RESPONSE_PAUSE_S)
 
         await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
     return sorted(results, key=lambda r: r.index)
+
+
+async def run_load_until_signalled(spec: LoadSpec, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+                                   ) -> tuple[list[RequestResult], int | None]:
+    """``run_load`` that a signal in ``signals`` stops: the requests in flight are cancelled and
+    the results so far returned with the signal's number (None when all requests ran).
+
+    The handlers are installed even where the shell ignores SIGINT (a job started with ``&``),
+    so ``kill -INT`` and Ctrl-C after ``fg`` stop it with a summary.
+    """
+    loop = asyncio.get_running_loop()
+    got: list[int] = []
+    results: list[RequestResult] = []
+    task = asyncio.ensure_future(run_load(spec, on_result=results.append))
+
+    def stop(signum: int) -> None:
+        got.append(signum)
+        task.cancel()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        try:
+            return await task, None
+        except asyncio.CancelledError:
+            if not got:
+                raise
+            return sorted(results, key=lambda r: r.index), got[0]
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def failure_reason(results: list[RequestResult], url: str) -> str | None:
+    """One line on why requests failed (count, the most common error), None when none did."""
+    failed = [r for r in results if r.outcome == "error"]
+    if not failed:
+        return None
+    common = Counter(r.error.split(":")[0] or f"HTTP {r.status}" for r in failed).most_common(1)[0][0]
+    first = next(r.error for r in failed if (r.error.split(":")[0] or f"HTTP {r.status}") == common)
+    first = " ".join(first.split())[:160]  # an error page's HTML is not one line
+    return f"{len(failed)} of {len(results)} requests to {url} failed; most often {first}"
 
 
 def write_csv(results: list[RequestResult], path: str | Path) -> None:

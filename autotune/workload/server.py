@@ -16,7 +16,9 @@ generation; the sequence counts ``finished_reason="abort"``.
 Each worker applies the ``ThreadFollower``'s intra-op thread count before every request, so
 ``--threads auto`` follows the cgroup quota and affinity while the server runs.
 
-Endpoints: POST /v1/completions, GET /v1/models, GET /health, GET /metrics. Server-side timings
+Endpoints: POST /v1/completions, POST /v1/chat/completions (chat.py: a chat template turns the
+messages into one prompt; answers ``chat.completion`` / ``chat.completion.chunk``), GET /v1/models,
+GET /health, GET /metrics. Server-side timings
 (unix seconds) of recent requests are kept in ``app.state.records`` and returned in each
 non-streamed response under ``timing`` (an extra field OpenAI clients ignore).
 """
@@ -42,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from autotune.workload import chat
 from autotune.workload.metrics import ServerMetrics
 from autotune.workload.model import Engine, TokenEvent
 from autotune.workload.protocol import (
@@ -415,7 +418,7 @@ def _error_response(err: APIError) -> JSONResponse:
 def create_app(engine: Engine, *, max_concurrency: int = 2, max_queue: int = 0,
                retry_after_s: int = 1, max_body_bytes: int = MAX_BODY_BYTES,
                served_model_names: list[str] | None = None,
-               threads: ThreadFollower | None = None) -> FastAPI:
+               threads: ThreadFollower | None = None, chat_template: str | None = None) -> FastAPI:
     """Build the app around a loaded Engine (the caller picks threads and model size)."""
     names = served_model_names or [engine.spec.name]
     metrics = ServerMetrics(names[0])
@@ -478,15 +481,42 @@ def create_app(engine: Engine, *, max_concurrency: int = 2, max_queue: int = 0,
         texts = prompt_list(req)
         check_choices(len(texts), req.n)
         prompts = [render_prompt(engine, p, req) for p in texts]
+        return await _run(req, prompts, req.model or names[0], request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            data = json.loads(raw)
+        except ValueError as err:
+            raise bad_request(f"request body is not valid JSON: {err}") from None
+        creq = chat.parse_chat(data)
+        if creq.model and creq.model not in names:
+            raise APIError(404, f"The model `{creq.model}` does not exist.", param="model")
+        text = chat.render(creq, chat_template or chat.DEFAULT_TEMPLATE)
+        max_len = engine.spec.n_positions
+        limit = creq.output_limit()
+        if limit is None:  # vLLM: whatever the context has left after the prompt
+            if len(text) > (max_len - 1) * engine.max_chars_per_token:
+                raise text_overflow(len(text), 1, max_len, (max_len - 1) * engine.max_chars_per_token)
+            limit = max_len - len(engine.tokenizer.encode(text).ids)
+            if limit < 1:
+                raise overflow(max_len - limit, 1, max_len)
+        req = chat.as_completion(creq, text, limit)
+        check_choices(1, req.n)
+        prompts = [render_prompt(engine, text, req)]
+        return await _run(req, prompts, creq.model or names[0], request, chat=True)
+
+    async def _run(req: CompletionRequest, prompts: list[Prompt], name: str, request: Request, *,
+                   chat: bool) -> Response:
         if sched.full():
             metrics.labels(metrics.rejected).inc()
             raise APIError(503, "server queue full, retry later", etype="ServiceUnavailableError",
                            headers={"Retry-After": str(retry_after_s)})
         job = sched.submit(req, prompts, asyncio.get_running_loop())
-        name = req.model or names[0]
         if req.stream:
-            return StreamingResponse(_stream(engine, job, name), media_type="text/event-stream")
-        return await _complete(engine, job, name, request)
+            return StreamingResponse(_stream(engine, job, name, chat=chat), media_type="text/event-stream")
+        return await _complete(engine, job, name, request, chat=chat)
 
     if max_body_bytes:
         app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -499,18 +529,22 @@ def _usage(job: Job, *, completion_tokens: int | None = None) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def _chunk(job: Job, model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"id": job.rec.id, "object": "text_completion", "created": int(job.rec.arrived),
-            "model": model, "choices": choices}
+def _chunk(job: Job, model: str, choices: list[dict[str, Any]], *, obj: str = "text_completion") -> dict[str, Any]:
+    rid = job.rec.id if obj == "text_completion" else "chat" + job.rec.id  # chatcmpl-...
+    return {"id": rid, "object": obj, "created": int(job.rec.arrived), "model": model, "choices": choices}
 
 
 def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def _stream(engine: Engine, job: Job, model: str) -> AsyncIterator[str]:
+async def _stream(engine: Engine, job: Job, model: str, *, chat: bool = False) -> AsyncIterator[str]:
+    """SSE chunks: ``text_completion`` ones, or for chat ``chat.completion.chunk`` ones whose
+    first per choice carries the role (vLLM's order), then one per token's text."""
     req = job.req
+    obj = "chat.completion.chunk" if chat else "text_completion"
     logprobs: dict[int, Logprobs] = {}
+    started: set[int] = set()
     try:
         while True:
             ev = await job.out.get()
@@ -525,15 +559,22 @@ async def _stream(engine: Engine, job: Job, model: str) -> AsyncIterator[str]:
                 lp = Logprobs(engine, logprobs[ev.choice].offset if ev.choice in logprobs else 0)
                 lp.add_delta(ev)
                 logprobs[ev.choice] = lp
-            chunk = _chunk(job, model, [{"index": ev.choice, "text": ev.text,
-                                         "logprobs": lp.body() if lp else None,
-                                         "finish_reason": ev.finish_reason,
-                                         "stop_reason": ev.stop_reason}])
+            if chat:
+                if ev.choice not in started:
+                    started.add(ev.choice)
+                    yield _sse(_chunk(job, model, [{"index": ev.choice, "delta": {"role": "assistant", "content": ""},
+                                                    "logprobs": None, "finish_reason": None}], obj=obj))
+                choice = {"index": ev.choice, "delta": {"content": ev.text}, "logprobs": None,
+                          "finish_reason": ev.finish_reason, "stop_reason": ev.stop_reason}
+            else:
+                choice = {"index": ev.choice, "text": ev.text, "logprobs": lp.body() if lp else None,
+                          "finish_reason": ev.finish_reason, "stop_reason": ev.stop_reason}
+            chunk = _chunk(job, model, [choice], obj=obj)
             if req.continuous_usage():  # the count when the token was made, not when it is sent
                 chunk["usage"] = _usage(job, completion_tokens=ev.completion_tokens)
             yield _sse(chunk)
         if req.include_usage():
-            final = _chunk(job, model, [])
+            final = _chunk(job, model, [], obj=obj)
             final["usage"] = _usage(job)
             yield _sse(final)
         yield _sse("[DONE]")
@@ -546,7 +587,7 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-async def _complete(engine: Engine, job: Job, model: str, request: Request) -> Response:
+async def _complete(engine: Engine, job: Job, model: str, request: Request, *, chat: bool = False) -> Response:
     """Collect a whole completion; a client that disconnects first aborts the generation."""
     req = job.req
     choices: dict[int, dict[str, Any]] = {}
@@ -581,6 +622,13 @@ async def _complete(engine: Engine, job: Job, model: str, request: Request) -> R
         return _error_response(APIError(500, f"generation failed: {err}"))
     for i, lp in logprobs.items():
         choices[i]["logprobs"] = lp.body()
+    if chat:
+        body = _chunk(job, model, [{"index": i, "message": {"role": "assistant", "content": c["text"]},
+                                    "logprobs": None, "finish_reason": c["finish_reason"],
+                                    "stop_reason": c["stop_reason"]} for i, c in sorted(choices.items())],
+                      obj="chat.completion")
+        body["usage"] = _usage(job)
+        return JSONResponse(body)
     body = _chunk(job, model, [choices[i] for i in sorted(choices)])
     body["usage"] = _usage(job)
     body["timing"] = job.rec.model_dump()
@@ -589,7 +637,8 @@ async def _complete(engine: Engine, job: Job, model: str, request: Request) -> R
 
 def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str = "gpt2",
           threads: int | None = None, max_concurrency: int = 2, max_queue: int = 0,
-          log_level: str = "info", max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          log_level: str = "info", max_body_bytes: int = MAX_BODY_BYTES,
+          chat_template: str | None = None) -> None:
     """Load the model and run uvicorn until interrupted. ``threads=None`` means auto (followed)."""
     import uvicorn
 
@@ -605,5 +654,5 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str = "gpt2",
              engine.spec.name, engine.n_params / 1e6, time.perf_counter() - t0,
              max_concurrency, max_queue or "unbounded")
     app = create_app(engine, max_concurrency=max_concurrency, max_queue=max_queue,
-                     max_body_bytes=max_body_bytes, threads=follower)
+                     max_body_bytes=max_body_bytes, threads=follower, chat_template=chat_template)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)

@@ -144,6 +144,10 @@ def test_export_and_import_move_trials_between_nodes(tmp_path, host_root):
               "--config", str(tmp_path / "b.toml"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"exported {n} trials to {tmp_path / 't.jsonl'}"
+    # the group's --state is the command's too (it used to export the default state's trials)
+    out = cli("ranker", "--state", str(agent.cfg.state_path()), "export", str(tmp_path / "t2.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t2.jsonl").read_text() == (tmp_path / "t.jsonl").read_text()
     out = cli("ranker", "import", str(tmp_path / "t.jsonl"), "--config", str(tmp_path / "b.toml"))
     assert out.returncode == 0, out.stderr
     out = cli("ranker", "--config", str(tmp_path / "b.toml"), "--json")
@@ -155,6 +159,10 @@ def test_export_and_import_move_trials_between_nodes(tmp_path, host_root):
     (tmp_path / "bad.jsonl").write_text('{"ts": 1}\n')
     bad = cli("ranker", "import", str(tmp_path / "bad.jsonl"), "--config", str(tmp_path / "b.toml"))
     assert bad.returncode == 2 and "bad.jsonl:1: not a trial" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"service": "caf\xe9"}\n')
+    bad = cli("ranker", "import", str(tmp_path / "latin1.jsonl"), "--config", str(tmp_path / "b.toml"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "latin1.jsonl: not UTF-8 text: byte 0xe9 on line 1" in bad.stderr
 
 
 def test_a_running_agent_sees_trials_imported_by_another_process(tmp_path, host_root):

@@ -388,6 +388,27 @@ def test_a_refused_read_is_in_the_agents_log_and_trail_once(tmp_path, host_root,
     assert swappiness(host_root) == ORIGINAL
 
 
+class RateLimitingActuator(LocalActuator):
+    """A helper that rate-limits every read (the example policy's 5/s met a lagging agent)."""
+
+    def read(self, knob, target):
+        from autotune.helper.client import HelperRefused
+
+        raise HelperRefused("rate_limited", "more than 5.0/s (burst 20) from uid 999")
+
+
+def test_a_rate_limited_read_is_not_called_a_policy_refusal(tmp_path, host_root, rules_dir, caplog):
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=RateLimitingActuator(host(host_root), cfg))
+    agent.start()
+    with caplog.at_level("WARNING", logger="autotune.agent.loop"):
+        drive(agent, clock, Psi(host_root), 12, after_pct=60, before_pct=60)
+    [line] = [rec.getMessage() for rec in caplog.records if "rate-limited" in rec.getMessage()]
+    assert "vm.swappiness" in line and "wait for the next tick" in line and "rate_per_s" in line
+    assert not [rec for rec in caplog.records if "refused to read" in rec.getMessage()]
+
+
 def test_a_refused_write_is_in_the_agents_log(tmp_path, host_root, rules_dir, caplog):
     clock = Clock()
     cfg = make_cfg(tmp_path, rules_dir)

@@ -30,8 +30,25 @@ def places(tmp_path) -> dict[str, str]:
     norules.write_text('[agent]\nrule_dirs = ["/nonexistent-rules"]\n')
     badfield = tmp_path / "bad.toml"
     badfield.write_text("[agent]\nwindow_s = 0\n")
+    latin1 = tmp_path / "latin1.toml"  # a non-UTF-8 byte (é in Latin-1) in a comment
+    latin1.write_bytes(b"[agent]\nsample_period_s = 1.0\n# caf\xe9\n")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "latin1.yaml").write_bytes(b"rules: []\n# caf\xe9\n")
+    latin1_rules = tmp_path / "latin1rules.toml"
+    latin1_rules.write_text(f'[agent]\nrule_dirs = ["{tmp_path / "rules"}"]\n')
+    svc = '[[service]]\nname = "llm"\ncgroup = "/autotune/llm"\n'
+    dotdot = tmp_path / "dotdot.toml"
+    dotdot.write_text('[[service]]\nname = "llm"\ncgroup = "/a/../../etc"\n')
+    badurl = tmp_path / "badurl.toml"
+    badurl.write_text(svc + '[service.latency]\nmetrics_url = "not a url"\n')
+    window = tmp_path / "window.toml"
+    window.write_text("[agent]\nsample_period_s = 2\nwindow_s = 1\n")
+    policy = tmp_path / "policy.toml"  # a valid policy: the helper gets as far as its socket
+    policy.write_text("[peers]\nuids = [0]\n")
     return {"EMPTY": str(empty), "FILE": str(afile), "DB": str(db), "NORULES": str(norules),
-            "BADFIELD": str(badfield), "TMP": str(tmp_path)}
+            "BADFIELD": str(badfield), "LATIN1RULES": str(latin1_rules), "LATIN1": str(latin1),
+            "DOTDOT": str(dotdot), "BADURL": str(badurl), "WINDOW": str(window), "POLICY": str(policy),
+            "TMP": str(tmp_path)}
 
 
 # (argv with placeholders, what the one line must say, files that must not exist afterwards)
@@ -64,6 +81,16 @@ CASES = [
     ("gate --threshold 150", "Input should be less than or equal to 100", ()),
     ("helper --policy FILE --socket-mode 9x --socket TMP/h.sock", "--socket-mode '9x'", ("TMP/h.sock",)),
     ("run --metrics-listen nonsense --duration 1 --state TMP/s.db", "expected HOST:PORT", ()),
+    ("config check LATIN1", "latin1.toml: not UTF-8 text: byte 0xe9 on line 3, column 6", ()),
+    ("recommend --config LATIN1RULES --duration 1", "latin1.yaml: not UTF-8 text: byte 0xe9 on line 2", ()),
+    ("config check DOTDOT", "dotdot.toml: service.0.cgroup: Value error, '/a/../../etc' must not contain '..'", ()),
+    ("config check BADURL", "badurl.toml: service.0.latency.metrics_url: Value error, 'not a url' is not an http(s) URL",
+     ()),
+    ("config check WINDOW", "window.toml: agent: Value error, window_s (1 s) must hold at least two samples", ()),
+    ("run --duration inf --state TMP/s.db", "must be a finite number of seconds, got inf", ("TMP/s.db",)),
+    ("recommend --duration inf", "must be a finite number of seconds, got inf", ()),
+    ("helper --policy POLICY --socket /nonexistent/dir/h.sock",
+     "cannot listen on /nonexistent/dir/h.sock: No such file or directory; create its directory first", ()),
     ("recommend --bogus", "No such option: --bogus", ()),
     ("frobnicate", "No such command 'frobnicate'", ()),
 ]
@@ -79,6 +106,8 @@ def _fill(text: str, places: dict[str, str]) -> str:
 def test_bad_input_is_one_line_and_exit_2(places, argv, message, absent):
     if " report " in argv and importlib.util.find_spec("matplotlib") is None:
         pytest.skip("audit report needs the report extra")
+    if argv.startswith("helper --policy POLICY") and os.geteuid() != 0:
+        pytest.skip("the helper runs as root only")
     args = _fill(argv, places).split()
     env = {k: v for k, v in os.environ.items() if k not in ("AUTOTUNE_ROOT", "AUTOTUNE_CONFIG", "AUTOTUNE_STATE")}
     r = subprocess.run([sys.executable, "-m", "autotune", *args], capture_output=True, text=True,
@@ -90,3 +119,14 @@ def test_bad_input_is_one_line_and_exit_2(places, argv, message, absent):
     assert "Traceback" not in r.stderr + r.stdout and r.stdout == ""
     for path in absent:
         assert not Path(_fill(path, places)).exists(), path
+
+
+@pytest.mark.parametrize("argv", ["status", "status --json", "config show", "version"])
+def test_a_full_stdout_is_one_line_and_exit_2(argv):
+    """`autotune status > /dev/full`: the write fails (ENOSPC); say so, no traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTOTUNE_ROOT", "AUTOTUNE_CONFIG", "AUTOTUNE_STATE")}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "autotune", *argv.split()], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == "autotune: cannot write the output: No space left on device", r.stderr

@@ -33,3 +33,16 @@ def test_help_lists_core_commands():
     out = subprocess.run([sys.executable, "-m", "autotune", "--help"], capture_output=True, text=True, timeout=60)
     for cmd in ("status", "recommend", "config"):
         assert cmd in out.stdout
+
+
+def test_ranker_help_names_only_commands_that_exist():
+    """It listed a `status` command; the status is `autotune ranker` with no command."""
+    out = subprocess.run([sys.executable, "-m", "autotune", "ranker", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    listed = out.stdout.split("Commands:")[1].split()
+    assert [w for w in listed if w in ("status", "export", "import")] == ["export", "import"]
+    assert "with no command" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "autotune", "ranker", "status"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "No such command 'status'" in bad.stderr

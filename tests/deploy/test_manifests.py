@@ -2,8 +2,8 @@
 with the agent config, the helper policy and the image.
 
 Schema: kubernetes-validate (the `dev` extra) in strict mode, so an unknown or misspelt field
-fails, at the oldest version the manifests support (1.30: recursiveReadOnly) and the newest one
-it ships. The prometheus-operator CRs have no schema there; their fields and cross-references
+fails, at the oldest version the manifests support (1.33: recursiveReadOnly is GA there; its
+schema has the field from 1.30, when it was alpha and off) and the newest one it ships. The prometheus-operator CRs have no schema there; their fields and cross-references
 are checked by hand below.
 """
 
@@ -25,7 +25,7 @@ from autotune.helper.policy import load_policy
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
 PROM = REPO / "deploy" / "prometheus"
-MIN_VERSION = "1.30.0"
+MIN_VERSION = "1.33.0"  # docs/deploy.md states the same
 AGENT_UID = 10001
 
 
@@ -76,8 +76,21 @@ def test_the_validator_rejects_what_it_should():
     bad["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
     with pytest.raises(kv.ValidationError):
         kv.validate(bad, MIN_VERSION, strict=True)
-    with pytest.raises(kv.ValidationError):  # recursiveReadOnly is 1.30+
+    with pytest.raises(kv.ValidationError):  # recursiveReadOnly is in the schema from 1.30
         kv.validate(DS, "1.29.0", strict=True)
+
+
+def test_docs_state_the_minimum_version_validated_here():
+    minor = ".".join(MIN_VERSION.split(".")[:2])
+    assert f"Kubernetes **{minor} or newer**" in (REPO / "docs" / "deploy.md").read_text()
+
+
+def test_it_runs_like_a_node_agent_on_every_linux_node():
+    """node-exporter / node-problem-detector conventions: critical priority (not evicted first
+    under the pressure it relieves), every taint tolerated, Linux nodes only."""
+    assert POD["priorityClassName"] == "system-node-critical"
+    assert POD["tolerations"] == [{"operator": "Exists"}]
+    assert POD["nodeSelector"] == {"kubernetes.io/os": "linux"}
 
 
 def test_every_object_is_in_the_autotune_namespace():

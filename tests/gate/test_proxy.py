@@ -79,7 +79,7 @@ def test_queue_full_gives_503_with_retry_after(upstream, run_app):
         assert info.value.status_code == 503
         r = httpx.post(f"{g.url}/v1/completions", json={"model": "fake", "prompt": "c"})
         assert r.status_code == 503 and r.headers["retry-after"] == "3"
-        assert r.json()["error"]["code"] == "gate_queue_full"
+        assert r.json()["error"]["code"] == 503 and r.headers["x-autotune-gate"] == "queue_full"
         assert first.result().choices[0].text == "echo:a"
     st = gate.status()
     assert st.rejected_queue_full == 2 and st.admitted == 1
@@ -94,7 +94,7 @@ def test_queue_timeout_gives_503(upstream, run_app):
         wait_until(lambda: upstream.inflight == 1)
         r = httpx.post(f"{g.url}/v1/completions", json={"model": "fake", "prompt": "b"})
         assert r.status_code == 503 and "retry-after" in r.headers
-        assert r.json()["error"]["code"] == "gate_timeout"
+        assert r.json()["error"]["code"] == 503 and r.headers["x-autotune-gate"] == "timeout"
         first.result()
     assert gate.status().rejected_timeout == 1 and gate.status().deferred == 1
 
@@ -153,7 +153,8 @@ def test_upstream_down_gives_502_and_frees_the_slot(run_app):
     gate = gate_for(limit=1)
     g = run_app(build_app(gate, f"http://127.0.0.1:{dead}"))
     r = httpx.post(f"{g.url}/v1/completions", json={"model": "m"})
-    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    assert r.status_code == 502 and r.json()["error"]["code"] == 502
+    assert r.headers["x-autotune-gate"] == "upstream_error"
     wait_until(lambda: gate.status().inflight == 0)
 
 
@@ -282,3 +283,56 @@ def test_client_leaving_before_the_upstream_answers_frees_the_slot(upstream, run
     upstream.delay_s = 0.01
     out = client(g.url).completions.create(model="fake", prompt="next", max_tokens=1)
     assert out.choices[0].text == "echo:next" and gate.status().admitted == 2
+
+
+class _Counting:
+    """An upstream that reads request bodies chunk by chunk and answers how many bytes came."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        n = 0
+        while True:
+            msg = await receive()
+            n += len(msg.get("body", b""))
+            if msg["type"] != "http.request" or not msg.get("more_body"):
+                break
+        self.received.append(n)
+        body = b'{"bytes": %d}' % n
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_request_bodies_stream_through_and_over_the_limit_are_413_without_buffering(run_app):
+    import psutil
+
+    up = _Counting()
+    upstream = run_app(up)
+    gate = gate_for(limit=2)
+    mib = 1 << 20
+    g = run_app(build_app(gate, upstream.url, max_body_bytes=4 * mib))
+    chunk = b"x" * mib
+
+    ok = httpx.post(f"{g.url}/v1/completions", content=(chunk for _ in range(3)), timeout=30)
+    assert ok.status_code == 200 and ok.json() == {"bytes": 3 * mib}  # chunked, passed on whole
+
+    rss = psutil.Process().memory_info().rss
+    big = httpx.post(f"{g.url}/v1/completions", content=(chunk for _ in range(48)), timeout=60)
+    grown = psutil.Process().memory_info().rss - rss
+    assert big.status_code == 413, big.text
+    err = big.json()["error"]
+    assert err["code"] == 413 and err["param"] == "body" and err["type"] == "BadRequestError", err
+    assert "over the gate's limit of 4194304 bytes" in err["message"]
+    assert grown < 24 * mib, grown  # 48 MiB went by; the gate never held it
+    assert len(up.received) == 2 and up.received[1] <= 5 * mib  # the upstream saw no more than the limit
+    wait_until(lambda: gate.status().inflight == 0)
+
+    admitted = gate.status().admitted
+    declared = httpx.post(f"{g.url}/v1/completions", content=b"y" * (5 * mib), timeout=30)
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == 413
+    assert "declares 5242880 bytes" in declared.json()["error"]["message"]
+    assert gate.status().admitted == admitted and len(up.received) == 2  # refused before a slot or the upstream

@@ -125,3 +125,58 @@ def test_percentiles_match_numpy_linear():
     from autotune.workload.load import percentiles
 
     assert percentiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 4.8, 4.96)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load_cli(*args: str, **kw):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    return subprocess.Popen([sys.executable, "-m", "autotune", "workload", "load", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_failed_requests_exit_1_with_the_reason():
+    p = _load_cli("--url", f"http://127.0.0.1:{_closed_port()}", "--requests", "3")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1, (out, err)
+    assert json.loads(out)["errors"] == 3
+    [line] = err.strip().splitlines()
+    assert line.startswith("autotune: workload load: 3 of 3 requests to http://127.0.0.1:") and "ConnectError" in line
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_failing_load_with_its_summary(signame):
+    """Even where the shell started it ignoring SIGINT (`cmd &` in a script)."""
+    import signal
+    import time
+
+    sig = getattr(signal, signame)
+    p = _load_cli("--url", f"http://127.0.0.1:{_closed_port()}", "--requests", "100000", "--concurrency", "2",
+                  "--stream", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # its handlers are in place once it catches SIGTERM
+        caught = next(ln for ln in open(f"/proc/{p.pid}/status") if ln.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.05)
+    time.sleep(1.5)  # a few refused requests
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 128 + sig, (out, err)
+    summary = json.loads(out)
+    assert summary["requests"] < 100000 and summary["errors"] == summary["requests"]
+    [line] = err.strip().splitlines()
+    assert f"stopped by {signame} after {summary['requests']} of 100000 requests" in line
+    assert "ConnectError" in line or summary["requests"] == 0
