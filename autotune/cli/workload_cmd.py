@@ -27,6 +27,9 @@ def serve_cmd(
                                                  help="Sequences generated at once.")] = 2,
     max_queue: Annotated[int, typer.Option(min=0, help="Waiting requests before 503 (0 = unbounded).")] = 0,
     log_level: Annotated[str, typer.Option(help="uvicorn / server log level.")] = "info",
+    weights_file: Annotated[Optional[Path], typer.Option(
+        help="Map the weights from this file (written first if missing): page cache the kernel may "
+             "evict under memory pressure, as llama.cpp maps its GGUF (default: anonymous memory).")] = None,
 ) -> None:
     """Serve GPT-2 (random weights) on an OpenAI-compatible /v1/completions with /metrics."""
     from autotune.cli.common import fail, require_extra
@@ -45,8 +48,10 @@ def serve_cmd(
 
     if model not in PRESETS:
         fail(f"--model must be one of {sorted(PRESETS)}, got {model!r}")
+    if weights_file is not None and not weights_file.parent.is_dir():
+        fail(f"--weights-file {weights_file}: {weights_file.parent} is not a directory")
     serve(host=host, port=port, model=model, threads=n, max_concurrency=max_concurrency,
-          max_queue=max_queue, log_level=log_level)
+          max_queue=max_queue, log_level=log_level, weights_file=weights_file)
 
 
 @workload_app.command("load")
