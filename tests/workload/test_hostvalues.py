@@ -76,9 +76,11 @@ def test_a_value_that_cannot_be_put_back_is_reported(writable_tree):
 
 
 def test_this_host_reads_the_same_twice_and_nothing_is_written():
-    """On the real host: two reads agree and put_back has nothing to do (it writes nothing
-    when nothing differs)."""
+    """On the real host: two reads agree and put_back has nothing to do. The Host is read-only,
+    so even a value another job changed between the reads could not be written here (the
+    put_back would name it with an error instead)."""
     host = Host("/")
+    assert not host.writable
     a = hostvalues.read(host)
     b = hostvalues.read(host)
     assert all(same for *_, same in compare(a.values, b.values)), compare(a.values, b.values)
