@@ -120,6 +120,27 @@ def start_agent(config: Path, log_path: Path):
                                              "--local-actuator"), None, log_path)
 
 
+def rollback_all(state_path: Path) -> dict:
+    """``autotune rollback --all --local`` on one agent row's state: the agent's own restore of
+    everything it changed (its cgroup changes and any host-wide one), run as soon as the row
+    ends so the next row starts from the host as found. What it restored and any problem."""
+    if not Path(state_path).exists():
+        return {"restored": 0, "problems": []}
+    res = subprocess.run(common.autotune_argv("rollback", "--all", "--local", "--json", "--state", str(state_path)),
+                         capture_output=True, text=True, timeout=120)
+    if "nothing to roll back" in res.stdout + res.stderr:
+        return {"restored": 0, "problems": []}
+    try:
+        outcomes = json.loads(res.stdout)
+    except ValueError:
+        return {"restored": 0, "problems": [f"rollback --all exit {res.returncode}: "
+                                            f"{(res.stderr or res.stdout).strip()[:300]}"]}
+    return {"restored": sum(o.get("result") == "restored" for o in outcomes),
+            "problems": [f"#{o.get('entry_id')} {o.get('knob', '')} {o.get('target', '')}: {o.get('result')} "
+                         f"({o.get('reason')})" for o in outcomes
+                         if o.get("result") in ("skipped_drift", "failed", "blocked")]}
+
+
 def warm_up(url: str, seconds: float, *, concurrency: int = 2, max_tokens: int = 50) -> int:
     """Keep ``concurrency`` requests going for ``seconds`` so the agent sees the real load."""
     deadline = time.monotonic() + seconds

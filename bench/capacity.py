@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
     ncpu = engines.ncpu()
+    host = Host("/", writable=True)
+    guard = common.HostGuard(host)
     try:
-        cg = common.bench_cgroups(Host("/", writable=True), roles=("server",))["server"]
+        cg = common.bench_cgroups(host, roles=("server",))["server"]
         server = engines.Server(spec, cg, model=model, max_concurrency=a.max_concurrency, max_tokens=8, out=a.out)
         url = server.ensure(spec.static_threads(ncpu))
         for tokens in (int(x) for x in a.tokens.split(",") if x):
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     finally:
         common.cleanup()
+        print(guard.finish()["line"])
     return 0
 
 

@@ -55,6 +55,13 @@ class EdgeSample(BaseModel):
     server_quota_cores: float | None = None  # None = no quota
     server_weight: int | None = None
     neighbour_weight: int | None = None
+    neighbour_quota_cores: float | None = None
+    neighbour_memory_max_bytes: int | None = None
+    # cumulative PSI stall time, us (memory "some": the server cgroup's, the host's; host "full")
+    server_mem_some_us: int | None = None
+    host_mem_some_us: int | None = None
+    host_mem_full_us: int | None = None
+    noise_stream_mib_total: int | None = None  # MiB the neighbour's streamer read so far
 
 
 class Window(BaseModel):
@@ -76,6 +83,14 @@ class Window(BaseModel):
     server_quota_cores: float | None = None  # read at the window's start
     server_weight: int | None = None
     neighbour_weight: int | None = None
+    neighbour_quota_cores: float | None = None
+    neighbour_memory_max_bytes: int | None = None
+    # share of the window (%) some task stalled on memory: in the server's cgroup, on the host;
+    # and all non-idle host tasks at once ("full"); PSI totals at the window's edges
+    server_mem_stall_pct: float | None = None
+    host_mem_stall_pct: float | None = None
+    host_mem_full_pct: float | None = None
+    neighbour_stream_mib_per_s: float | None = None  # the page-cache streamer's reads
 
 
 WINDOW_COLUMNS = list(Window.model_fields)
@@ -143,8 +158,28 @@ def aggregate_windows(records: list[RequestRecord], edges: list[EdgeSample], sch
             has_data=bool(ttfts[k] or gaps[k]),
             server_quota_cores=alloc.server_quota_cores if alloc else None,
             server_weight=alloc.server_weight if alloc else None,
-            neighbour_weight=alloc.neighbour_weight if alloc else None))
+            neighbour_weight=alloc.neighbour_weight if alloc else None,
+            neighbour_quota_cores=alloc.neighbour_quota_cores if alloc else None,
+            neighbour_memory_max_bytes=alloc.neighbour_memory_max_bytes if alloc else None,
+            server_mem_stall_pct=stall_pct(e0, e1, "server_mem_some_us"),
+            host_mem_stall_pct=stall_pct(e0, e1, "host_mem_some_us"),
+            host_mem_full_pct=stall_pct(e0, e1, "host_mem_full_us"),
+            neighbour_stream_mib_per_s=per_s(e0, e1, "noise_stream_mib_total")))
     return out
+
+
+def per_s(a: EdgeSample | None, b: EdgeSample | None, counter: str) -> float | None:
+    """The growth of a cumulative edge counter per second between two edges."""
+    if not a or not b or b.t_s <= a.t_s:
+        return None
+    x, y = getattr(a, counter), getattr(b, counter)
+    return None if x is None or y is None else (y - x) / (b.t_s - a.t_s)
+
+
+def stall_pct(a: EdgeSample | None, b: EdgeSample | None, counter: str) -> float | None:
+    """A PSI total (us) between two edges as a share of the time between them, in percent."""
+    v = per_s(a, b, counter)
+    return None if v is None else 100.0 * v / 1e6
 
 
 # -- per phase ------------------------------------------------------------------------------------
@@ -213,6 +248,8 @@ class PhaseStats(BaseModel):
     convergence_s: float | None
     requests_per_window_min: int | None = None  # arrivals per window (dense windows: >= 10)
     requests_per_window_median: float | None = None
+    server_mem_stall_pct: float | None = None  # PSI memory some over the phase, % of its time
+    host_mem_stall_pct: float | None = None
 
 
 def requests_per_window(windows: list[Window]) -> tuple[int | None, float | None]:
@@ -240,8 +277,17 @@ def phase_stats(windows: list[Window], records: list[RequestRecord], edges: list
             neighbour_ops_per_s=ops, neighbour_cores=cores,
             convergence_s=convergence_s(ws, start, hold_s, window_s),
             requests_per_window_min=requests_per_window(ws)[0],
-            requests_per_window_median=requests_per_window(ws)[1]))
+            requests_per_window_median=requests_per_window(ws)[1],
+            server_mem_stall_pct=stall_pct(*_edge_pair(edges, k0, k0 + round(p.duration_s / window_s)),
+                                           "server_mem_some_us"),
+            host_mem_stall_pct=stall_pct(*_edge_pair(edges, k0, k0 + round(p.duration_s / window_s)),
+                                         "host_mem_some_us")))
     return out
+
+
+def _edge_pair(edges: list[EdgeSample], k0: int, k1: int) -> tuple[EdgeSample | None, EdgeSample | None]:
+    by_k = {e.k: e for e in edges}
+    return by_k.get(k0), by_k.get(k1)
 
 
 # -- reaction time after a load step ----------------------------------------------------------------
@@ -337,20 +383,32 @@ def emu(lc_row: float | None, lc_alone: float | None, be_ops: float | None,
 # -- oracle ---------------------------------------------------------------------------------------
 class Alloc(BaseModel):
     """A static allocation: server cpu quota (cores; None = none), cpu weights (v2 units 1..10000,
-    written as v1 shares x10.24 where cpu is v1), server memory max, and the server's thread
+    written as v1 shares x10.24 where cpu is v1), server memory max, the server's thread
     setting (None = the run's ``--server-threads``; an engine with a fixed pool makes it a grid
-    dimension)."""
+    dimension), and caps on the neighbour: its cpu quota (cores) and memory max (bytes), None =
+    none (the memory-heavy scenario's grid; issue 23)."""
 
     quota_cores: float | None = None
     server_weight: int = 100
     neighbour_weight: int = 100
     memory_max_bytes: int | None = None
     threads: str | None = None
+    neighbour_quota_cores: float | None = None
+    neighbour_memory_max_bytes: int | None = None
 
     def label(self) -> str:
         q = "max" if self.quota_cores is None else f"{self.quota_cores:g}"
         t = f",t={self.threads}" if self.threads is not None else ""
-        return f"q={q},w={self.server_weight}:{self.neighbour_weight}{t}"
+        nq = f",nq={self.neighbour_quota_cores:g}" if self.neighbour_quota_cores is not None else ""
+        nm = (f",nm={self.neighbour_memory_max_bytes / 2**30:.1f}G"
+              if self.neighbour_memory_max_bytes is not None else "")
+        return f"q={q},w={self.server_weight}:{self.neighbour_weight}{t}{nq}{nm}"
+
+    def key(self) -> dict:
+        """The allocation in a cache key: the neighbour's caps only when set, so the keys of
+        allocations without them are those from before the caps existed (their cache stays)."""
+        return self.model_dump(exclude={f for f in ("neighbour_quota_cores", "neighbour_memory_max_bytes")
+                                        if getattr(self, f) is None})
 
 
 class PointResult(BaseModel):
@@ -396,13 +454,26 @@ def point_emu(p: PointResult, lc_alone: float | None, be_alone_ops: float | None
     return emu(p.lc_perf, lc_alone, p.neighbour_ops_per_s, be_alone_ops)[2]
 
 
-def floor_ok(cores: float | None, floor_cores: float) -> bool:
-    return cores is not None and cores >= floor_cores
+# A neighbour capped exactly at its floor measures a few % under it while running flat out:
+# CFS hands out the quota per 100-ms period and a window's edges fall between periods.
+CAPPED_AT_FLOOR_SHARE = 0.95
+
+
+def floor_ok(cores: float | None, floor_cores: float, cap_cores: float | None = None) -> bool:
+    """Did the neighbour get its floor? ``cap_cores``: its own cpu quota, when the allocation
+    caps it: a cap under the floor never holds it; a cap at the floor holds it when the
+    neighbour used ``CAPPED_AT_FLOOR_SHARE`` of the cap."""
+    if cores is None:
+        return False
+    if cap_cores is not None and cap_cores <= floor_cores + 1e-9:
+        return cap_cores >= floor_cores - 1e-9 and cores >= CAPPED_AT_FLOOR_SHARE * cap_cores
+    return cores >= floor_cores
 
 
 def is_valid(p: PointResult, floor_cores: float) -> bool:
     """The grid's test: measured windows, none violating, the neighbour at its floor."""
-    return p.violating == 0 and p.windows > 0 and floor_ok(p.neighbour_cores, floor_cores)
+    return p.violating == 0 and p.windows > 0 and floor_ok(p.neighbour_cores, floor_cores,
+                                                           p.alloc.neighbour_quota_cores)
 
 
 def rank_points(points: list[PointResult], *, floor_cores: float, lc_alone: float | None,
@@ -416,7 +487,8 @@ def rank_points(points: list[PointResult], *, floor_cores: float, lc_alone: floa
 
     valid = sorted((p for p in points if is_valid(p, floor_cores)), key=e, reverse=True)
     rest = sorted((p for p in points if not is_valid(p, floor_cores)),
-                  key=lambda p: (p.violating / max(1, p.windows), not floor_ok(p.neighbour_cores, floor_cores), -e(p)))
+                  key=lambda p: (p.violating / max(1, p.windows),
+                                 not floor_ok(p.neighbour_cores, floor_cores, p.alloc.neighbour_quota_cores), -e(p)))
     return valid + rest
 
 
@@ -467,7 +539,8 @@ def settle_oracle(points: list[PointResult], check, *, tries: int, floor_cores: 
                                 valid=is_valid(p, floor_cores), reason=why,
                                 checks=[x for _, x in checks], holds_live=True)
     p, c = min(checks, key=lambda pc: (pc[1].violating / max(1, pc[1].windows),
-                                      not floor_ok(pc[1].neighbour_cores, floor_cores)))
+                                      not floor_ok(pc[1].neighbour_cores, floor_cores,
+                                                   pc[1].alloc.neighbour_quota_cores)))
     why = (f"no grid point held the SLO live at this load: {len(checks)} candidate(s) re-checked, "
            f"the least violating ({c.violating}/{c.windows} windows) stands in")
     if not first.valid:

@@ -30,24 +30,26 @@ import time
 from pathlib import Path
 
 from bench import stats as st
-from bench.coloc_metrics import (WINDOW_COLUMNS, OracleChoice, PhaseStats, PointResult, Slo, Window, emu, mean_rate,
-                                 phase_stats, point_emu, reactions, requests_per_window, violation_pct)
+from bench.coloc_metrics import (WINDOW_COLUMNS, Alloc, OracleChoice, PhaseStats, PointResult, Slo, Window, emu,
+                                 mean_rate, phase_stats, point_emu, reactions, requests_per_window, stall_pct,
+                                 violation_pct)
 from bench.common import NEIGHBOUR_FLOOR_CORES
 from bench.openloop import RequestRecord, Schedule
 
 SUMMARY_COLUMNS = ["row", "phase_index", "phase", "load", "duration_s", "windows", "violation_pct",
                    "violation_pct_after", "lc_share", "be_share", "emu", "emu_vs_oracle", "neighbour_ops_per_s",
                    "neighbour_cores", "convergence_s", "converged", "requests_per_window_min",
-                   "requests_per_window_median"]
+                   "requests_per_window_median", "server_mem_stall_pct", "host_mem_stall_pct"]
 REQUEST_COLUMNS = ["index", "phase", "arrival_s", "sent_s", "ttft_s", "finished_s", "outcome", "tokens",
                    "itl_p50_s", "itl_max_s", "deferrals", "error"]
 REACTION_COLUMNS = ["row", "phase_index", "step", "direction", "first_action_s", "first_action", "violated",
                     "recovery_s"]
 # the figures over seeds (per row and phase); the ones compared between rows
 FIGURES = ["emu_vs_oracle", "emu", "violation_pct_after", "violation_pct", "convergence_s", "neighbour_ops_per_s",
-           "neighbour_cores", "requests_per_window_min", "requests_per_window_median"]
-COMPARED = ["emu_vs_oracle", "violation_pct_after", "convergence_s", "neighbour_ops_per_s", "recovery_s",
-            "first_action_s"]
+           "neighbour_cores", "requests_per_window_min", "requests_per_window_median", "server_mem_stall_pct",
+           "host_mem_stall_pct"]
+COMPARED = ["emu_vs_oracle", "violation_pct_after", "violation_pct", "convergence_s", "neighbour_ops_per_s",
+            "recovery_s", "first_action_s"]
 AGG_COLUMNS = ["row", "phase", "load", "figure", "n", "mean", "lo", "hi", "values", "note"]
 CMP_COLUMNS = ["a", "b", "phase", "figure", "n", "diff_mean", "lo", "hi", "differs", "seeds"]
 AGG_REACTION_COLUMNS = ["row", "phase_index", "step", "direction", "n", "first_action_s_mean", "first_action_s_lo",
@@ -137,7 +139,8 @@ def summarize(per_row: dict[str, tuple[list[Window], list[PhaseStats], object]],
                 "neighbour_ops_per_s": s.neighbour_ops_per_s, "neighbour_cores": s.neighbour_cores,
                 "convergence_s": s.convergence_s, "converged": "yes" if s.convergence_s is not None else "no",
                 "requests_per_window_min": s.requests_per_window_min,
-                "requests_per_window_median": s.requests_per_window_median})
+                "requests_per_window_median": s.requests_per_window_median,
+                "server_mem_stall_pct": s.server_mem_stall_pct, "host_mem_stall_pct": s.host_mem_stall_pct})
         durations = [p.duration_s for p in schedule.phases]
         total = sum(durations)
         e_all = (sum(e * d for e, d in zip(emus, durations, strict=True)) / total
@@ -148,6 +151,8 @@ def summarize(per_row: dict[str, tuple[list[Window], list[PhaseStats], object]],
         ops, cores = mean_rate(edges, 0, len(windows))  # type: ignore[arg-type]
         conv = [s.convergence_s for s in phases]
         rmin, rmed = requests_per_window(windows)
+        stall = {k: stall_pct(edges[0], edges[-1], c) if edges else None  # type: ignore[index]
+                 for k, c in (("server_mem_stall_pct", "server_mem_some_us"), ("host_mem_stall_pct", "host_mem_some_us"))}
         lines.append({
             "row": row, "phase_index": "", "phase": "all", "load": "", "duration_s": max(durations),
             "windows": len(windows), "violation_pct": violation_pct(windows),
@@ -157,7 +162,7 @@ def summarize(per_row: dict[str, tuple[list[Window], list[PhaseStats], object]],
             "neighbour_ops_per_s": ops, "neighbour_cores": cores,
             "convergence_s": max(conv) if conv and None not in conv else None,  # type: ignore[type-var]
             "converged": f"{sum(c is not None for c in conv)}/{len(conv)}",
-            "requests_per_window_min": rmin, "requests_per_window_median": rmed})
+            "requests_per_window_min": rmin, "requests_per_window_median": rmed, **stall})
     return lines
 
 
@@ -452,6 +457,64 @@ def _t(iv: st.Interval | None, nd: int = 2, scale: float = 1.0) -> str:
     return "-" if iv is None else iv.text(nd, scale)
 
 
+def against_contended(rows: list[str], per_phase: list[tuple[str, str]], agg: list[dict],
+                      cmp_rows: list[dict]) -> list[str]:
+    """Issue 23's target, read per phase for each agent row: its violating share at most
+    contended's (the paired difference's interval; "<= contended" when its upper end is <= 0,
+    "not shown" when the interval crosses 0 with a positive mean, "worse" when it excludes 0
+    above), and its EMU / oracle against 0.95."""
+    agents = [r for r in rows if r.startswith("autotune")]
+    if "contended" not in rows or not agents:
+        return []
+    out = ["", "Agent rows against `contended`, per phase (issue 23: at most contended's violating share "
+           "in every phase, >= 0.95 of the oracle's EMU). Difference = agent minus contended, paired by seed, "
+           "in percentage points of violating windows (all of the phase's).", "",
+           "| row | phase | violating windows: agent - contended | <= contended? | EMU / oracle | >= 0.95? |",
+           "|---|---|---|---|---|---|"]
+    for row in agents:
+        for p, ld in per_phase:
+            c = next((x for x in cmp_rows if x["a"] == row and x["b"] == "contended" and x["phase"] == p
+                      and x["figure"] == "violation_pct"), None)
+            if c is None:
+                diff, verdict = "-", "-"
+            else:
+                iv = st.Interval(n=c["n"], mean=c["diff_mean"], lo=c["lo"], hi=c["hi"])
+                diff, verdict = iv.text(0), _at_most(iv, 0.0)
+            e = _iv(agg, row, p, "emu_vs_oracle")
+            ok = "-" if e is None or e.mean is None else _at_most(
+                st.Interval(n=e.n, mean=-e.mean, lo=None if e.hi is None else -e.hi,
+                            hi=None if e.lo is None else -e.lo), -0.95)
+            out.append(f"| {row} | {p} {ld} | {diff} | {verdict} | {_t(e)} | {ok} |")
+    return out
+
+
+def _at_most(iv: st.Interval, bound: float) -> str:
+    """Is the figure at most ``bound``: by its whole interval, only on its mean, or not."""
+    if iv.mean is None:
+        return "-"
+    if iv.lo is None or iv.hi is None:
+        return f"{'yes' if iv.mean <= bound + 1e-9 else 'no'} ({iv.n} seed)"
+    if iv.hi <= bound + 1e-9:
+        return "yes"
+    if iv.lo > bound + 1e-9:
+        return "no"
+    return "on the mean only" if iv.mean <= bound + 1e-9 else "no on the mean (within the interval)"
+
+
+def memory_stall(rows: list[str], per_phase: list[tuple[str, str]], agg: list[dict]) -> list[str]:
+    """Per phase, the share of time the server's cgroup and the host stalled on memory (PSI
+    some): whether the neighbour's memory interference reached the server. Only when measured."""
+    if not any(a["figure"] == "server_mem_stall_pct" for a in agg):
+        return []
+    out = ["", "Memory stall per phase (PSI memory some, % of the phase's time): the server's cgroup / the host.",
+           "", "| row | " + " | ".join(f"{p} {ld}" for p, ld in per_phase) + " |", "|---|" + "---|" * len(per_phase)]
+    for row in rows:
+        out.append(f"| {row} | " + " | ".join(f"{_t(_iv(agg, row, p, 'server_mem_stall_pct'), 1)} / "
+                                               f"{_t(_iv(agg, row, p, 'host_mem_stall_pct'), 1)}"
+                                               for p, _ in per_phase) + " |")
+    return out
+
+
 def aggregate_markdown(meta_: dict, rows: list[str], seeds: list[str], phases: list[tuple[str, str]],
                        agg: list[dict], cmp_rows: list[dict], react_rows: list[dict], oracle: dict) -> str:
     t = f"{meta_.get('transient_s') or 20:g}"
@@ -475,7 +538,8 @@ def aggregate_markdown(meta_: dict, rows: list[str], seeds: list[str], phases: l
                    f"{_t(_iv(agg, row, 'all', 'neighbour_ops_per_s'), 0)} | {density(agg, row)} | {n.n if n else 0} |")
     per_phase = [p for p in phases if p[0] != "all"]
     if per_phase:
-        out += ["", f"Per phase: EMU / oracle; violating windows after {t} s (%); fewest requests in a window.",
+        out += ["", f"Per phase: EMU / oracle; violating windows (%), all of the phase's / from {t} s into it; "
+                "fewest requests in a window.",
                 "", "| row | " + " | ".join(f"{p} {ld}" for p, ld in per_phase) + " |",
                 "|---|" + "---|" * len(per_phase)]
         for row in rows:
@@ -483,9 +547,12 @@ def aggregate_markdown(meta_: dict, rows: list[str], seeds: list[str], phases: l
             for p, _ in per_phase:
                 fewest = _fewest(agg, row, p)
                 cells.append(f"{_t(_iv(agg, row, p, 'emu_vs_oracle'))}; "
+                             f"{_t(_iv(agg, row, p, 'violation_pct'), 0)} / "
                              f"{_t(_iv(agg, row, p, 'violation_pct_after'), 0)}; "
                              f"{'-' if fewest is None else f'{fewest:.0f}'}")
             out.append(f"| {row} | " + " | ".join(cells) + " |")
+        out += against_contended(rows, per_phase, agg, cmp_rows)
+        out += memory_stall(rows, per_phase, agg)
     shown = [c for c in cmp_rows if c["phase"] == "all"]
     if shown:
         out += ["", "Paired differences (row a minus row b, per seed; whole run). \"Larger than its interval\": "
@@ -527,10 +594,7 @@ def aggregate_markdown(meta_: dict, rows: list[str], seeds: list[str], phases: l
             if not c:
                 out.append(f"| {label} | - | no point measured | - | - |")
                 continue
-            a = c["alloc"]
-            q = "max" if a["quota_cores"] is None else f"{a['quota_cores']:g}"
-            alloc = f"quota {q}, weights {a['server_weight']}:{a['neighbour_weight']}" + (
-                f", threads {a['threads']}" if a.get("threads") else "")
+            alloc = alloc_text(Alloc.model_validate(c["alloc"]))
             checks = ", ".join(f"{x['violating']}/{x['windows']}" for x in c.get("checks", [])) or "-"
             holds = {True: "yes", False: "**no: no grid point held the SLO here**",
                      None: "not checked"}[c.get("holds_live")]
@@ -540,6 +604,18 @@ def aggregate_markdown(meta_: dict, rows: list[str], seeds: list[str], phases: l
     if skipped:
         out += [""] + [f"- skipped {k}: {v}" for k, v in skipped.items()]
     return "\n".join(out) + "\n"
+
+
+def alloc_text(a: Alloc) -> str:
+    q = "max" if a.quota_cores is None else f"{a.quota_cores:g}"
+    out = f"quota {q}, weights {a.server_weight}:{a.neighbour_weight}"
+    if a.threads:
+        out += f", threads {a.threads}"
+    if a.neighbour_quota_cores is not None:
+        out += f", neighbour quota {a.neighbour_quota_cores:g}"
+    if a.neighbour_memory_max_bytes is not None:
+        out += f", neighbour memory max {a.neighbour_memory_max_bytes / 2**30:.1f} GiB"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,9 @@
     python -m bench.coloc_report DIR                   # rebuild a run's tables from its files
 
 The server (latency-critical; ``--engine``, bench/engines.py) and ``autotune workload noise``
-(the neighbour: one CPU burner per CPU, ``--scenario cpu+mem`` adds a 1 GiB memory hog) each
-run in their own cgroup. An open-loop streaming client (bench/openloop.py) follows a schedule
+(the neighbour, ``--scenario``, bench/scenarios.py: one CPU burner per CPU; ``cpu+mem`` adds a
+1 GiB memory hog; ``mem`` is a memory-heavy neighbour: a hog sized from MemTotal, a page-cache
+streamer and one burner) each run in their own cgroup. An open-loop streaming client (bench/openloop.py) follows a schedule
 of phases (bench/schedules/default.yaml). Every row is played once per arrival seed
 (``--seeds``), rows interleaved: seed 1 every row, then seed 2 every row, ...; every row of one
 seed sees the same Poisson arrivals, so rows compare paired by seed (bench/stats.py).
@@ -28,7 +29,12 @@ the engine's starting thread setting), ``static+psi`` (+ the seed's client-side 
 search off: rules only, from the static allocation), ``autotune-learned`` (the agent's
 defaults: rules + the learned allocation search) and ``oracle`` (per load, the best static
 allocation of a grid measured point by point, long enough for the windows it is judged on,
-then re-checked live on fresh arrivals; cached).
+then re-checked live on fresh arrivals; cached; with ``--scenario mem`` the grid also caps the
+neighbour's cpu quota and memory).
+
+The host is left as found: the host-wide values are read before the run, each agent row ends
+with the agent's own ``autotune rollback --all``, and whatever still differs at the end is put
+back by force, loudly (bench/common.py HostGuard); meta.json and the last line compare them.
 """
 
 from __future__ import annotations
@@ -50,9 +56,11 @@ from autotune.errors import AutotuneError
 from autotune.host import Host
 from autotune.knobs import get_knob
 from autotune.sensors.cgroup import read_cgroup
-from autotune.types import CgroupReading
+from autotune.sensors.meminfo import read_meminfo
+from autotune.sensors.psi import read_psi_file
+from autotune.types import CgroupReading, PsiReading
 from bench import coloc_report as report
-from bench import common, engines
+from bench import common, engines, scenarios
 from bench.coloc_metrics import (Action, Alloc, EdgeSample, LiveCheck, Measured, OracleChoice, PhaseStats,
                                  PointResult, Slo, Window, aggregate_windows, cache_key, floor_ok, known_violation,
                                  phase_stats, settle_oracle)
@@ -71,6 +79,7 @@ GRID_SEED = 1000  # the oracle grid's arrivals; its live re-check uses GRID_SEED
 EARLY_STOP_FACTOR = 0.77
 ROW_OVERHEAD_S = 3.0  # per row beyond its schedule: allocation, idle check (2026-12-02-coloc-learned-hold)
 AGENT_OVERHEAD_S = 6.0  # `autotune config check` + agent start and stop
+STREAM_WRITE_MIB_S = 50.0  # the streamer writing its file (dd to /var/tmp here: 56 MB/s, 2026-12-07)
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -154,6 +163,11 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
                               proposed=e["proposed"])
                        for e in summary.get("entries", []) if e.get("applied_ts") is not None]
         (ctx.out / "journal.json").write_text(json.dumps(summary, indent=2))
+        # the agent's own restore, before the next row: host-wide changes must not leak into it
+        ctx.notes["rollback"] = back = af.rollback_all(state)
+        log(f"{ctx.row.name}: {summary.get('changes', 0)} change(s) by {summary.get('by_rule')}; "
+            f"rollback --all restored {back['restored']}"
+            + (f"; PROBLEMS: {'; '.join(back['problems'])}" if back["problems"] else ""))
 
 
 ROWS: dict[str, Row] = {r.name: r for r in [
@@ -171,6 +185,9 @@ ROWS: dict[str, Row] = {r.name: r for r in [
 ]}
 DEFAULT_ROWS = list(ROWS)
 QUICK_ROWS = ["contended", "autotune", "oracle"]
+# --scenario mem: the rows the issue's target is read on (the rules-only row on request:
+# ~10 more minutes for 3 seeds)
+MEM_ROWS = ["contended", "static", "autotune-learned", "oracle"]
 
 
 # -- agent config -----------------------------------------------------------------------------
@@ -195,11 +212,17 @@ def merge_overrides(row: dict, cli: list[str]) -> dict:
 
 # -- cgroups: allocation through the agent's knobs, readings through its sensor ----------------
 def set_alloc(cgs: dict[str, BenchCgroup], alloc: Alloc) -> None:
+    """Every lever a row or the agent may move, to ``alloc`` (None = no limit): nothing an
+    earlier row set survives into the next one."""
     server, neighbour = cgs["server"], cgs["neighbour"]
     server.set_cpu_quota(alloc.quota_cores)
     server.set_memory_max(alloc.memory_max_bytes)
     set_cpu_weight(server, alloc.server_weight)
     set_cpu_weight(neighbour, alloc.neighbour_weight)
+    neighbour.set_cpu_quota(alloc.neighbour_quota_cores)
+    neighbour.set_memory_max(alloc.neighbour_memory_max_bytes)
+    neighbour.reset_memory_high()
+    server.reset_memory_low()
 
 
 def set_cpu_weight(cg: BenchCgroup, weight: int) -> None:
@@ -240,6 +263,7 @@ def sampler(cgs: dict[str, BenchCgroup], noise_json: Path | None, edges: list[Ed
             t0.append(time.time() - t)
         noise = common.read_noise(noise_json) if noise_json else None
         srv, nb = read_cg(cgs["server"]), read_cg(cgs["neighbour"])
+        host_mem = read_psi_file(cgs["server"].host, "/proc/pressure/memory")
         edges.append(EdgeSample(
             k=k, t_s=t,
             noise_ops_total=noise.get("ops_total") if noise else None,
@@ -247,8 +271,19 @@ def sampler(cgs: dict[str, BenchCgroup], noise_json: Path | None, edges: list[Ed
             neighbour_cpu_s=nb.cpu_usage_usec / 1e6 if noise_json and nb and nb.cpu_usage_usec is not None else None,
             server_quota_cores=srv.cpu_quota_cores if srv else None,
             server_weight=srv.cpu_weight if srv else None,
-            neighbour_weight=nb.cpu_weight if nb else None))
+            neighbour_weight=nb.cpu_weight if nb else None,
+            neighbour_quota_cores=nb.cpu_quota_cores if nb else None,
+            neighbour_memory_max_bytes=nb.memory_max_bytes if nb else None,
+            server_mem_some_us=_psi_total(srv.psi.get("memory") if srv else None, "some"),
+            host_mem_some_us=_psi_total(host_mem, "some"),
+            host_mem_full_us=_psi_total(host_mem, "full"),
+            noise_stream_mib_total=noise.get("stream_mib_total") if noise else None))
     return on_edge
+
+
+def _psi_total(reading: PsiReading | None, line: str) -> int | None:
+    got = getattr(reading, line, None) if reading is not None else None
+    return got.total_usec if got is not None else None
 
 
 def measure(url: str, schedule: Schedule, args: argparse.Namespace, cgs: dict[str, BenchCgroup],
@@ -311,23 +346,30 @@ class Cache:
 def base_key(args: argparse.Namespace, seed: int) -> dict:
     return {"v": CACHE_VERSION, "engine": args.engine, "model": args.model, "max_tokens": args.max_tokens,
             "server_workers": args.max_concurrency, "server_threads": args.server_threads,
-            "timeout_s": args.timeout_s, "seed": seed, "window_s": args.window_s, "ncpu": os.cpu_count()}
+            "timeout_s": args.timeout_s, "seed": seed, "window_s": args.window_s, "ncpu": os.cpu_count(),
+            **({"weights": "mapped"} if args.weights_file is not None else {})}
 
 
 def lc_alone_key(args: argparse.Namespace, schedule: Schedule, seed: int) -> dict:
     return {**base_key(args, seed), "kind": "lc-alone", "schedule": schedule.model_dump()}
 
 
+def _stream_key(args: argparse.Namespace) -> dict:
+    """The streamer in a cache key only when there is one (older keys stay as they were)."""
+    return {"stream_mib": args.stream_mib} if args.stream_mib else {}
+
+
 def be_alone_key(args: argparse.Namespace) -> dict:
     return {"v": CACHE_VERSION, "kind": "be-alone", "scenario": args.scenario, "noise_cpu": args.noise_cpu,
-            "noise_mem_mib": args.noise_mem_mib, "duration_s": args.be_alone_s, "ncpu": os.cpu_count()}
+            "noise_mem_mib": args.noise_mem_mib, "duration_s": args.be_alone_s, "ncpu": os.cpu_count(),
+            **_stream_key(args)}
 
 
 def point_key(args: argparse.Namespace, load: Phase, alloc: Alloc, slo: Slo) -> dict:
     return {**base_key(args, args.grid_seed), "kind": "oracle-point", "load": load.label(),
-            "alloc": alloc.model_dump(), "settle_s": args.grid_settle_s, "measure_s": args.grid_measure_s,
+            "alloc": alloc.key(), "settle_s": args.grid_settle_s, "measure_s": args.grid_measure_s,
             "slo": slo.model_dump(), "scenario": args.scenario, "noise_cpu": args.noise_cpu,
-            "noise_mem_mib": args.noise_mem_mib, "floor_cores": NEIGHBOUR_FLOOR_CORES}
+            "noise_mem_mib": args.noise_mem_mib, "floor_cores": NEIGHBOUR_FLOOR_CORES, **_stream_key(args)}
 
 
 def check_key(args: argparse.Namespace, load: Phase, alloc: Alloc, slo: Slo) -> dict:
@@ -377,12 +419,16 @@ def be_alone(args, noise_json: Path, cache: Cache) -> float | None:
 
 # -- oracle grid ----------------------------------------------------------------------------------
 def grid_points(args: argparse.Namespace) -> list[Alloc]:
+    """threads x server quota x weight ratio x neighbour quota x neighbour memory cap."""
     out = []
     for t in args.grid_threads or [None]:
         for q in args.grid_quotas:
             for s, n in args.grid_ratios:
-                out.append(Alloc(quota_cores=q, server_weight=100 * s, neighbour_weight=100 * n,
-                                 memory_max_bytes=4 * GIB, threads=t))
+                for nq in args.grid_neighbour_quotas:
+                    for nm in args.grid_neighbour_mem:
+                        out.append(Alloc(quota_cores=q, server_weight=100 * s, neighbour_weight=100 * n,
+                                         memory_max_bytes=4 * GIB, threads=t, neighbour_quota_cores=nq,
+                                         neighbour_memory_max_bytes=nm))
     return out
 
 
@@ -481,7 +527,8 @@ def live_check(args, load: Phase, alloc: Alloc, cgs, server: Server, noise_json:
         chk = LiveCheck(alloc=alloc, windows=len(ended), violating=bad,
                         neighbour_cores=nb, stopped_early=stopped,
                         holds=(not stopped and len(ended) > 0 and 100.0 * bad / len(ended)
-                               <= args.oracle_max_violating_pct + 1e-9 and floor_ok(nb, NEIGHBOUR_FLOOR_CORES)))
+                               <= args.oracle_max_violating_pct + 1e-9
+                               and floor_ok(nb, NEIGHBOUR_FLOOR_CORES, alloc.neighbour_quota_cores)))
         log(f"oracle check {load.label()} {alloc.label()}: {bad}/{chk.windows} violating, neighbour "
             f"{_f(nb)} cores: {'holds' if chk.holds else 'does not hold'}")
         got = {"check": chk.model_dump(), "windows": [w.model_dump() for w in m.windows]}
@@ -585,6 +632,9 @@ def estimate(args: argparse.Namespace, schedule: Schedule,
     if alone:
         parts.append((f"alone: the server over the schedule, {len(alone)} seed(s)",
                       cost.start_s + len(alone) * (sched + cost.drain_s + ROW_OVERHEAD_S)))
+    if args.stream_mib:
+        parts.append((f"the neighbour's start: its streamer writes {args.stream_mib} MiB "
+                      f"(~{STREAM_WRITE_MIB_S:g} MiB/s) and reads it once", neighbour_start_s(args)))
     if not cache.has(be_alone_key(args)):
         parts.append(("alone: the neighbour", args.be_alone_s + 3))
     if any(ROWS[r].oracle for r in args.rows):
@@ -644,6 +694,21 @@ def parse_ratio(text: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
+def parse_mem_cap(text: str, cap: int | None) -> int | None:
+    """A neighbour memory cap of the grid: 'max' (None), 'cap' (the scenario's), or MiB."""
+    x = text.strip()
+    if x == "max":
+        return None
+    if x == "cap":
+        if cap is None:
+            raise ValueError("'cap' is 1.25x the hog of --scenario mem; give MiB or 'max' here")
+        return cap
+    try:
+        return int(float(x) * scenarios.MIB)
+    except ValueError:
+        raise ValueError(f"{x!r}: expected max, cap or MiB") from None
+
+
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(x) for x in text.split(",") if x.strip()]
@@ -667,8 +732,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", default=None, help="arrival seeds, comma list; every row runs once per seed, "
                    "rows interleaved (default 1,2,3; quick 1,2)")
     p.add_argument("--repeats", type=int, default=None, help="= --seeds 1,..,N")
-    p.add_argument("--scenario", choices=["cpu", "cpu+mem"], default="cpu",
-                   help="the neighbour: CPU burners, or burners + a memory hog (--noise-mem-mib)")
+    p.add_argument("--scenario", choices=list(scenarios.SCENARIOS), default="cpu",
+                   help="the neighbour (bench/scenarios.py): " + "; ".join(
+                       f"{k}: {v.doc}" for k, v in scenarios.SCENARIOS.items()))
     p.add_argument("--schedule", type=Path, default=None, help="YAML schedule (default bench/schedules/default.yaml)")
     p.add_argument("--phases", default=None, help='inline schedule "name:rate:duration_s,name:c=N:duration_s,..."')
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT p95 SLO, s (default: the engine's per model)")
@@ -685,13 +751,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-threads", default=None,
                    help="the server's --threads every row starts with (default: the engine's: gpt2 auto, "
                         "llamacpp all cores)")
-    p.add_argument("--noise-cpu", type=int, default=os.cpu_count() or 2, help="neighbour CPU burners")
-    p.add_argument("--noise-mem-mib", type=int, default=None, help="hog size for --scenario cpu+mem (1024; quick 64)")
+    p.add_argument("--noise-cpu", type=int, default=None,
+                   help="neighbour CPU burners (default: one per CPU; --scenario mem: 1)")
+    p.add_argument("--noise-mem-mib", "--mem-mib", dest="noise_mem_mib", type=int, default=None,
+                   help="the neighbour's anonymous hog, MiB (cpu+mem: 1024; mem: 55 %% of MemTotal; quick 64 / 256)")
+    p.add_argument("--stream-mib", type=int, default=None,
+                   help="--scenario mem: the file the neighbour streams through the page cache, MiB "
+                        "(default 40 %% of MemTotal; quick 512)")
+    p.add_argument("--stream-dir", type=Path, default=Path("/var/tmp"),
+                   help="where the streamer's file goes (a disk, never tmpfs: removed when the neighbour stops)")
     p.add_argument("--be-alone-s", type=float, default=None, help="neighbour-alone measurement, s (default 30; quick 5)")
     p.add_argument("--grid-quotas", default=None, help="oracle grid: server quotas in cores, 'max' = none "
                    "(default 0.5,1,1.5,max; quick 0.5,max)")
     p.add_argument("--grid-ratios", default=None, help="oracle grid: server:neighbour cpu weight ratios "
                    "(default 1:4,1:1,4:1; quick 1:1)")
+    p.add_argument("--grid-neighbour-quotas", default=None,
+                   help="oracle grid: the neighbour's cpu quota in cores, 'max' = none (default max; mem: max,0.5 "
+                        "= none or its floor)")
+    p.add_argument("--grid-neighbour-mem", default=None,
+                   help="oracle grid: the neighbour's memory max, 'max' = none, 'cap' = 1.25x its anonymous "
+                        "memory (hog + 128 MiB), or MiB (default max; mem: max,cap)")
     p.add_argument("--grid-threads", default=None, help="oracle grid: the server's --threads as one more "
                    "dimension (default: the engine's; none for gpt2, whose threads follow the quota)")
     p.add_argument("--grid-settle-s", type=float, default=None, help="per grid point, not measured (default 10; quick 0)")
@@ -739,23 +818,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.hold_s = a.hold_s or (5.0 if q else 30.0)
     a.timeout_s = a.timeout_s or (15.0 if q else 60.0)
     a.max_tokens = a.max_tokens or (dense.max_tokens if dense else 8 if q else 50)
-    a.noise_mem_mib = a.noise_mem_mib if a.noise_mem_mib is not None else (64 if q else 1024)
-    if a.scenario == "cpu":
-        a.noise_mem_mib = 0
+    sc = a.scenario_spec = scenarios.SCENARIOS[a.scenario]
+    a.noise_cpu = a.noise_cpu if a.noise_cpu is not None else (sc.noise_cpu or os.cpu_count() or 2)
+    a.cap_bytes = None
+    if sc.stream:  # the memory-heavy neighbour, sized from MemTotal (bench/scenarios.py)
+        size = scenarios.mem_sizing(scenarios.host_mem_total(Host("/")),
+                                    hog_mib=a.noise_mem_mib if a.noise_mem_mib is not None else (256 if q else None),
+                                    stream_mib=a.stream_mib if a.stream_mib is not None else (512 if q else None))
+        a.noise_mem_mib, a.stream_mib, a.cap_bytes = size.hog_mib, size.stream_mib, size.cap_bytes
+    else:
+        if a.stream_mib:
+            p.error(f"--stream-mib: the {a.scenario} scenario has no streamer (--scenario mem has)")
+        a.stream_mib = 0
+        a.noise_mem_mib = 0 if not sc.mem_default_mib else (
+            a.noise_mem_mib if a.noise_mem_mib is not None else (64 if q else sc.mem_default_mib))
+    a.weights_file = (scenarios.weights_path(a.stream_dir, os.getpid())
+                      if sc.mmap_weights and spec.maps_weights_file else None)
     a.be_alone_s = a.be_alone_s or (5.0 if q else 30.0)
     a.server_threads = a.server_threads or spec.static_threads(engines.ncpu())
     a.grid_quotas = [None if x.strip() == "max" else float(x)
-                     for x in (a.grid_quotas or ("0.5,max" if q else "0.5,1,1.5,max")).split(",")]
-    a.grid_ratios = [parse_ratio(x) for x in (a.grid_ratios or ("1:1" if q else "1:4,1:1,4:1")).split(",")]
+                     for x in (a.grid_quotas or ("max" if q and sc.stream else "0.5,max" if q
+                                                 else sc.grid_quotas)).split(",")]
+    a.grid_ratios = [parse_ratio(x) for x in (a.grid_ratios or ("1:1" if q else sc.grid_ratios)).split(",")]
+    a.grid_neighbour_quotas = [None if x.strip() == "max" else float(x)
+                               for x in (a.grid_neighbour_quotas or sc.grid_neighbour_quotas).split(",")]
+    try:
+        a.grid_neighbour_mem = [parse_mem_cap(x, a.cap_bytes)
+                                for x in (a.grid_neighbour_mem or ("cap" if q and sc.stream
+                                                                   else sc.grid_neighbour_mem)).split(",")]
+    except ValueError as err:
+        p.error(f"--grid-neighbour-mem: {err}")
     a.grid_threads = ([x for x in a.grid_threads.split(",") if x] if a.grid_threads is not None
                       else spec.grid_threads(engines.ncpu()))
     a.grid_settle_s = a.grid_settle_s if a.grid_settle_s is not None else (0.0 if q else 10.0)
     a.grid_measure_s = a.grid_measure_s or (5.0 if q else 60.0)
     a.oracle_check_s = a.oracle_check_s or (5.0 if q else 60.0)
     a.oracle_tries = a.oracle_tries or (2 if q else 3)
-    a.schedule = a.schedule or SCHEDULES / ("quick.yaml" if q else dense.schedule if dense else "default.yaml")
+    a.schedule = a.schedule or SCHEDULES / ("quick.yaml" if q else dense.schedule if dense else sc.schedule)
     a.agent_slo_fields = [x for x in a.agent_slo_fields.split(",") if x]
-    a.rows = [x for x in (a.rows or ",".join(QUICK_ROWS if q else DEFAULT_ROWS)).split(",") if x]
+    default_rows = QUICK_ROWS if q else MEM_ROWS if sc.stream else DEFAULT_ROWS
+    a.rows = [x for x in (a.rows or ",".join(default_rows)).split(",") if x]
     unknown = [x for x in a.rows if x not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
@@ -790,11 +892,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if (refused := engines.preflight(args.engine_spec)) is not None:
         return refused
+    host = Host("/", writable=True)
+    if (refused := neighbour_preflight(args, host)) is not None:
+        return refused
     args.out.mkdir(parents=True, exist_ok=True)
     estimate_s = estimate(args, schedule, cache)[0]  # before the run fills the cache: meta.json keeps it
     log(estimate_text(args, schedule, cache).splitlines()[0])
     common.install_cleanup()
-    host = Host("/", writable=True)
+    guard = common.HostGuard(host)
     slo: Slo = args.slo
     t0 = time.time()
     per_seed: dict[int, dict] = {}
@@ -807,13 +912,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cgs = common.bench_cgroups(host)
         server = Server(args.engine_spec, cgs["server"], model=args.model, max_concurrency=args.max_concurrency,
-                        max_tokens=args.max_tokens, out=args.out)
+                        max_tokens=args.max_tokens, out=args.out, weights_file=args.weights_file)
         for seed in args.seeds:  # the server alone, before the neighbour starts
             lc_refs[seed] = lc_alone(args, schedule, seed, cgs, server, cache, slo, seed_dir(args.out, seed))
         noise_json.unlink(missing_ok=True)
         common.start_neighbour(cgs["neighbour"], cpu=args.noise_cpu, mem_mib=args.noise_mem_mib,
-                               json_path=noise_json, log_path=args.out / "noise.log")
-        common.wait_neighbour(noise_json)
+                               json_path=noise_json, log_path=args.out / "noise.log",
+                               stream_mib=args.stream_mib, stream_dir=args.stream_dir if args.stream_mib else None)
+        common.wait_neighbour(noise_json, timeout_s=60.0 + neighbour_start_s(args), stream=bool(args.stream_mib))
         be_ref = be_alone(args, noise_json, cache)
         if any(ROWS[r].oracle for r in args.rows):
             todo = grid_todo(args, schedule)
@@ -834,10 +940,14 @@ def main(argv: list[str] | None = None) -> int:
             per_seed[seed] = {"skipped": skipped, "row_notes": notes}
     finally:
         common.cleanup()
+        if args.weights_file is not None:
+            args.weights_file.unlink(missing_ok=True)
+        host_values = guard.finish()
     wall_s = time.time() - t0
     cache.keep(args.out / "cache")
     meta = report.meta(args, schedule, slo, wall_s=wall_s, per_seed=per_seed, cache=cache, lc_refs=lc_refs,
                        be_ref=be_ref, server_starts=server.starts if server else 0, estimate_s=estimate_s)
+    meta["host_values"] = host_values
     report.write_oracle(args.out, grid, choices, report.mean_refs(lc_refs), be_ref)
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     report.aggregate(args.out)
@@ -846,7 +956,34 @@ def main(argv: list[str] | None = None) -> int:
         for name, why in d["skipped"].items():
             print(f"seed {seed}: skipped {name}: {why}")
     print(f"wall time {wall_s / 60:.1f} min; results in {args.out}")
+    for f in host_values["forced"]:
+        print(f"RESTORED BY FORCE at the end: {f['label']} {f['found']} -> {f['was']}"
+              + (f" FAILED: {f['error']}" if f["error"] else ""))
+    print(host_values["line"])
     return 0
+
+
+def neighbour_preflight(args: argparse.Namespace, host: Host) -> int | None:
+    """Why the neighbour must not start here, logged, as the exit status (2); None when it may:
+    the memory-heavy neighbour's hog must leave the host room, its file must go to a disk."""
+    if not args.noise_mem_mib and not args.stream_mib:
+        return None
+    if args.stream_mib or args.weights_file is not None:
+        for f in scenarios.sweep_stream_files(args.stream_dir):
+            log(f"removed a streamer file a killed run left: {f}")
+        if (why := scenarios.stream_dir_problem(args.stream_dir, args.stream_mib)) is not None:
+            log(why)
+            return 2
+    avail = read_meminfo(host).get("MemAvailable", 0)
+    if (why := scenarios.check_room(avail, args.noise_mem_mib)) is not None:
+        log(why)
+        return 2
+    return None
+
+
+def neighbour_start_s(args: argparse.Namespace) -> float:
+    """The memory-heavy neighbour's start: the streamer writes its file (~STREAM_WRITE_MIB_S)."""
+    return args.stream_mib / STREAM_WRITE_MIB_S if args.stream_mib else 0.0
 
 
 def seed_dir(out: Path, seed: int) -> Path:

@@ -10,6 +10,11 @@ hierarchy places us in a sandbox cgroup, which we must not escape), named
 Everything started or created is registered for cleanup, run by ``cleanup()`` in a finally
 block and again at exit (atexit, SIGTERM): processes are terminated then killed, cgroups are
 emptied into their parent and removed, children before parents.
+
+``HostGuard`` leaves the host as the run found it: the host-wide values (sysctls, THP, governor,
+the cgroup roots; autotune/workload/hostvalues.py) read before the run, each agent row's own
+``autotune rollback --all`` when it ends (bench/agent_front.py), then whatever still differs put
+back by force, loudly, and the comparison in the run's output (issue 23).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import httpx
 
 from autotune.host import Host
 from autotune.sensors.psi import read_psi_file, some_avg10_pct
-from autotune.workload import harness
+from autotune.workload import harness, hostvalues
 from autotune.workload.harness import (  # noqa: F401 - the bench modules' names for them
     GIB,
     _cgroups,
@@ -61,8 +66,39 @@ class BenchCgroup(harness.RoleCgroup):
         return some_avg10_pct(read_psi_file(self.host, f"{self.dirs['v2']}/cpu.pressure"))
 
 
+def base_name() -> str:
+    """This run's cgroup directory (each role is one level below it)."""
+    return f"autotune-bench-{os.getpid()}"
+
+
 def bench_cgroups(host: Host, roles: tuple[str, ...] = ("server", "neighbour")) -> dict[str, BenchCgroup]:
-    return harness.role_cgroups(host, f"autotune-bench-{os.getpid()}", roles, cls=BenchCgroup)
+    return harness.role_cgroups(host, base_name(), roles, cls=BenchCgroup)
+
+
+class HostGuard:
+    """The host-wide values before a run, and after it: put back by force whatever the agent
+    rows' own rollbacks left different (a loud line each), then compared. Create it before the
+    run touches anything; call ``finish`` after ``cleanup()``."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.dirs = harness.base_dirs(host, base_name())
+        self.before = hostvalues.read(host, cgroup_dirs=self.dirs)
+
+    def finish(self) -> dict:
+        """Put back, read again, compare; what meta.json keeps (``line``: the run's last word)."""
+        forced = hostvalues.put_back(self.host, self.before)
+        for f in forced:
+            if f.error is None:
+                log(f"RESTORED BY FORCE: {f.label} {f.found} -> {f.was} (the agent's rollback left it changed)")
+            else:
+                log(f"NOT RESTORED: {f.label} is {f.found}, was {f.was}: {f.error}")
+        after = hostvalues.read(self.host, cgroup_dirs=self.dirs).values
+        rows = hostvalues.compare(self.before.values, after)
+        return {"line": hostvalues.summary_line(rows), "same": all(r[3] for r in rows), "read": len(rows),
+                "differ": {k: {"before": b, "after": a} for k, b, a, same in rows if not same},
+                "forced": [{"label": f.label, "was": f.was, "found": f.found, "error": f.error} for f in forced],
+                "before": self.before.values, "after": after}
 
 
 def read_noise(json_path: Path) -> dict | None:
@@ -85,19 +121,21 @@ def read_noise_after(json_path: Path, before: dict | None, timeout_s: float = 3.
         time.sleep(0.05)
 
 
-def wait_neighbour(json_path: Path, timeout_s: float = 60.0) -> dict | None:
+def wait_neighbour(json_path: Path, timeout_s: float = 60.0, *, stream: bool = False) -> dict | None:
     """The neighbour's first report (its burners and hog are up), then its next one, with the
-    hog's pages all touched when there is a hog: measuring starts from a neighbour at work."""
+    hog's pages all touched when there is a hog, and (``stream``) its streamer's file written
+    and being read: measuring starts from a neighbour at work."""
     deadline = time.monotonic() + timeout_s
     first = None
     while time.monotonic() < deadline:
         r = read_noise(json_path)
         if r and first is None:
             first = r
-        elif r and first and r["elapsed_s"] > first["elapsed_s"] and (r.get("mem_resident") or not r.get("mem_mib")):
+        elif (r and first and r["elapsed_s"] > first["elapsed_s"] and (r.get("mem_resident") or not r.get("mem_mib"))
+              and (not stream or r.get("stream_mib_total", 0) > 0)):
             return r
         time.sleep(0.2)
-    log(f"the neighbour did not report twice within {timeout_s:.0f} s; going on")
+    log(f"the neighbour was not at work within {timeout_s:.0f} s; going on")
     return read_noise(json_path)
 
 

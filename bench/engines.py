@@ -78,6 +78,9 @@ class Engine:
     dense: Dense | None = None
     probe: bool = False  # the agent also probes the server (no latency histograms on its page)
     grid_threads: Callable[[int], list[str]] = field(default=lambda ncpu: [])  # extra oracle dimension
+    # its start takes ``weights_file`` (the weights mapped from a file: page cache); llama.cpp
+    # maps its GGUF by itself
+    maps_weights_file: bool = False
 
     def check(self) -> None:
         """Raise EngineUnavailable when this engine cannot start here."""
@@ -99,11 +102,11 @@ class Engine:
 
 # -- gpt2: the reference server ---------------------------------------------------------------------
 def start_reference(cg, *, model: str = "gpt2", threads: str = "auto", max_concurrency: int = 2,  # noqa: ANN001
-                    log_path: Path | None = None, check_only: bool = False):
+                    log_path: Path | None = None, check_only: bool = False, weights_file: Path | None = None):
     if check_only:
         return None
     return common.start_server(cg, model=model, max_concurrency=max_concurrency, threads=threads,
-                               log_path=log_path)
+                               log_path=log_path, weights_file=weights_file)
 
 
 # Calibration (bench/results/2026-11-23-gpt2-full, quiet 2-vCPU VM, 55 min measured against 57
@@ -143,6 +146,7 @@ GPT2 = Engine(
     # a request room to wait for about two ahead of it, 0.05 s per token is about a CFS throttle
     # gap under the 0.5-core quota (bench/schedules/dense.yaml has the sums)
     dense=Dense(model="tiny", max_tokens=8, schedule="dense.yaml", slo=Slo(ttft_p95_s=0.2, itl_p95_s=0.05)),
+    maps_weights_file=True,
 )
 
 
@@ -158,7 +162,7 @@ def start_llamacpp(cg, *, model: str = "llama-60m", threads: str = "2", max_conc
     harness's llama.cpp start here with ``model`` (the GGUF preset), ``threads`` (its
     ``--threads``), ``max_concurrency`` (``-np``) and ``log_path``, and let ``check_only`` raise
     EngineUnavailable with the harness's own reason when the build or the model is missing.
-    tests/bench/test_engines.py holds the seam's contract.
+    tests/bench/test_bench_engines.py holds the seam's contract.
     """
     raise EngineUnavailable(
         "the llama.cpp engine is not connected to the benchmarks yet: bench/engines.py "
@@ -235,8 +239,9 @@ class Server:
     and are not measured."""
 
     def __init__(self, engine: Engine, cg, *, model: str, max_concurrency: int, max_tokens: int,  # noqa: ANN001
-                 out: Path) -> None:
+                 out: Path, weights_file: Path | None = None) -> None:
         self.engine, self.cg, self.model = engine, cg, model
+        self.weights_file = weights_file  # its weights mapped from this file (page cache), or anonymous
         self.max_concurrency, self.max_tokens, self.out = max_concurrency, max_tokens, out
         self.proc: subprocess.Popen | None = None
         self.url = ""
@@ -259,7 +264,8 @@ class Server:
         self.starts += 1
         self.proc, self.url = self.engine.start(
             self.cg, model=self.model, threads=threads, max_concurrency=self.max_concurrency,
-            log_path=self.out / f"server_{self.starts}.log")
+            log_path=self.out / f"server_{self.starts}.log",
+            **({"weights_file": self.weights_file} if self.weights_file is not None else {}))
         self.threads = threads
         workers = self.max_concurrency
         asyncio.run(run_load(LoadSpec(url=self.url, requests=2 * workers, concurrency=workers,

@@ -198,8 +198,11 @@ def front_autotune(ctx: Ctx) -> Iterator[str]:
         (d / "knobs.json").write_text(json.dumps(snaps, indent=2))
         summary = af.journal_summary(state)
         (d / "journal.json").write_text(json.dumps(summary, indent=2))
+        back = af.rollback_all(state)  # the agent's own restore, before the next configuration
+        (d / "rollback.json").write_text(json.dumps(back, indent=2))
         log(f"autotune: {summary.get('changes', 0)} changes, verdicts {summary.get('verdicts')}, "
-            f"conclusive {summary.get('conclusive_share')}")
+            f"conclusive {summary.get('conclusive_share')}; rollback --all restored {back['restored']}"
+            + (f"; PROBLEMS: {'; '.join(back['problems'])}" if back["problems"] else ""))
 
 
 FRONTS: dict[str, Callable[[Ctx], object]] = {
@@ -628,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
     host = Host("/", writable=True)
+    guard = common.HostGuard(host)
     cells: list[Cell] = []
     skipped: dict[str, str] = {}
     oracle: dict[int, dict] = {}
@@ -668,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"skipped {name}: {why}")
     finally:
         common.cleanup()
+        host_values = guard.finish()
     with open(args.out / "cells.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=CELL_COLUMNS)
         w.writeheader()
@@ -683,11 +688,12 @@ def main(argv: list[str] | None = None) -> int:
             "max_tokens": args.max_tokens, "server_workers": args.max_concurrency,
             "noise_cpu": args.noise_cpu, "noise_mem_mib": args.noise_mem_mib,
             "ncpu": os.cpu_count(), "kernel": os.uname().release, "skipped": skipped,
-            "wall_s": time.time() - t0}
+            "wall_s": time.time() - t0, "host_values": host_values}
     print(report(cells, args.out, meta))
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"wall time {meta['wall_s'] / 60:.1f} min; results in {args.out}")
+    print(host_values["line"])
     return 0
 
 

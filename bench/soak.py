@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
     host = Host("/", writable=True)
+    guard = common.HostGuard(host)
     rows: list[dict] = []
     t0 = time.time()
     try:
@@ -141,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                      "sklearn": sklearn_loaded(agent.pid)})
         alive = agent.poll() is None
         common.stop(agent)
+        back = af.rollback_all(state)  # the agent's own restore first
         common.stop(server)
         common.stop(neighbour)
     finally:
         common.cleanup()
+        host_values = guard.finish()
     with open(out / "soak.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -170,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         "agent_changes": {k: v for k, v in journal.items() if k != "entries"},
         "learner_trials": trials,
         "wall_s": round(time.time() - t0, 1),
+        "rollback": back, "host_values": host_values,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "host_values"}, indent=2))
+    print(host_values["line"])
     return 0
 
 

@@ -41,6 +41,9 @@ def serve_cmd(
     chat_template: Annotated[Optional[Path], typer.Option(
         "--chat-template", help="reference only: Jinja chat template file for /v1/chat/completions "
                                 "(default: ChatML-style).")] = None,
+    weights_file: Annotated[Optional[Path], typer.Option(
+        help="reference only: map the weights from this file (written first if missing): page cache the "
+             "kernel may evict under memory pressure, as llama.cpp maps its GGUF (default: anonymous memory).")] = None,
 ) -> None:
     """Serve OpenAI-compatible /v1/completions and /v1/chat/completions with /metrics: GPT-2
     (random weights) or llama-server."""
@@ -55,7 +58,7 @@ def serve_cmd(
         fail(str(err))
     if engine == "llamacpp":
         for name, value in (("--max-queue", max_queue), ("--log-level", log_level),
-                            ("--chat-template", chat_template)):
+                            ("--chat-template", chat_template), ("--weights-file", weights_file)):
             if value is not None:
                 fail(f"{name} applies to the reference engine only (llama-server has no such option here)")
         _exec_llama_server(host=host, port=port, model=model, threads=setting or "all",
@@ -63,11 +66,12 @@ def serve_cmd(
         return
     _serve_reference(host=host, port=port, model=model or "gpt2", threads=setting or "auto",
                      max_concurrency=max_concurrency, max_queue=max_queue or 0, log_level=log_level or "info",
-                     chat_template=chat_template)
+                     chat_template=chat_template, weights_file=weights_file)
 
 
 def _serve_reference(*, host: str, port: int, model: str, threads: str | int, max_concurrency: int,
-                     max_queue: int, log_level: str, chat_template: Path | None) -> None:
+                     max_queue: int, log_level: str, chat_template: Path | None,
+                     weights_file: Path | None) -> None:
     from autotune.cli.common import fail, require_extra
     from autotune.workload.engines import host_cpus
 
@@ -88,8 +92,10 @@ def _serve_reference(*, host: str, port: int, model: str, threads: str | int, ma
             fail(not_utf8(chat_template, err))
         except OSError as err:
             fail(f"--chat-template {chat_template}: cannot read ({err.strerror})")
+    if weights_file is not None and not weights_file.parent.is_dir():
+        fail(f"--weights-file {weights_file}: {weights_file.parent} is not a directory")
     serve(host=host, port=port, model=model, threads=n, max_concurrency=max_concurrency,
-          max_queue=max_queue, log_level=log_level, chat_template=template)
+          max_queue=max_queue, log_level=log_level, chat_template=template, weights_file=weights_file)
 
 
 def _exec_llama_server(*, host: str, port: int, model: str | None, threads: str | int, parallel: int) -> None:

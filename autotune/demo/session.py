@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotune.demo.feed import Feed, follow, line
-from autotune.demo.hostvalues import compare, host_values
+from autotune.workload import hostvalues
+from autotune.workload.hostvalues import compare
 from autotune.errors import AutotuneError, HostError
 from autotune.host import Host
 from autotune.knobs import get_knob
@@ -44,6 +45,7 @@ from autotune.knobs.base import KnobState
 from autotune.workload import harness
 
 ROLES = ("llm", "batch")
+CONTROLLERS = ("cpu", "cpuacct", "cpuset")  # the demo's cgroups, at the root of each hierarchy
 KNOBS = ("cgroup.cpu_quota", "cgroup.cpu_weight", "cgroup.cpuset")
 START_QUOTA_CORES = 0.5
 SLO_FACTOR = 2.0  # SLO = this x the server's own ITL p95 alone (measured at the start)
@@ -144,6 +146,7 @@ class Demo:
         self.url = ""
         self.slo_s: float | None = None
         self.before: dict[str, str] = {}
+        self.before_read: hostvalues.HostValues | None = None
         self.after: dict[str, str] = {}
         self.outcome = Outcome()
         self.feed_stop = threading.Event()
@@ -177,7 +180,8 @@ class Demo:
         code = 0
         try:
             self.say("demo", f"state, logs and audit trail in {self.dir}")
-            self.before = host_values(self.host, self.base)
+            self.before_read = hostvalues.read(self.host, cgroup_dirs=self._base_dirs())
+            self.before = self.before_read.values
             self.setup()
             self.drive()
         except Interrupted:
@@ -218,8 +222,7 @@ class Demo:
         info = self.host.cgroup
         if info.controller_version("cpu") is None:
             raise DemoError(f"no cgroup cpu controller on this host (layout {info.layout})")
-        self.cgs = harness.role_cgroups(self.host, self.base, ROLES,
-                                        controllers=("cpu", "cpuacct", "cpuset"), under_root=True)
+        self.cgs = harness.role_cgroups(self.host, self.base, ROLES, controllers=CONTROLLERS, under_root=True)
         for role, cg in self.cgs.items():
             for knob in self._knobs():
                 self.orig[(role, knob)] = get_knob(knob).read(self.host, cg.cpu_cgroup_path())
@@ -400,9 +403,24 @@ class Demo:
                 self.outcome.restore_problems.append(f"{name}: {err}")
                 self.say("error", f"{name}: {err}")
         try:
-            self.after = host_values(self.host, self.base)
+            self._put_back()
+            self.after = hostvalues.read(self.host, cgroup_dirs=self._base_dirs()).values
         except Exception as err:  # noqa: BLE001
             self.outcome.restore_problems.append(f"host values: {err}")
+
+    def _base_dirs(self) -> dict[str, str]:
+        return harness.base_dirs(self.host, self.base, controllers=CONTROLLERS, under_root=True)
+
+    def _put_back(self) -> None:
+        """A host-wide value that still differs after `rollback --all` is written back by force
+        (the helper's policy should have refused any such change: each one is a problem)."""
+        if self.before_read is None:
+            return
+        for f in hostvalues.put_back(self.host, self.before_read):
+            what = f"{f.label} {f.found} -> {f.was}"
+            self.outcome.restore_problems.append(
+                f"restored by force: {what}" if f.error is None else f"could not restore {what}: {f.error}")
+            self.say("error", f"RESTORED BY FORCE: {what}" if f.error is None else f"NOT RESTORED: {what} ({f.error})")
 
     def _stop_load(self) -> None:
         if self.load is not None:

@@ -4,12 +4,17 @@ the neighbour), the processes started in them, and their cleanup.
 Runs as root on a real kernel. A ``RoleCgroup`` is one path created in every hierarchy it uses:
 the v1 hierarchies of ``controllers`` (hybrid and v1 hosts) and the v2 tree (on a hybrid host the
 'unified' tree has no controllers, but the pids moved there give each role its own PSI,
-``cpu.pressure``). The path is made under the process's own cgroup in each hierarchy (the
-benchmark: on the dev VM the memory hierarchy places us in a sandbox cgroup we must not
-escape), or under each hierarchy's root (the demo: ONE path for every hierarchy, which the
-agent's config and the helper's policy can name). Every level of the path is removed again,
-children first, once empty; a new v1 cpuset gets its parent's cpus and mems (it takes no task
-without), a new v2 parent level gets the controllers its children need enabled.
+``cpu.pressure``). The path is made under the process's own cgroup (the benchmark: on the dev
+VM the memory hierarchy places us in a sandbox cgroup we must not escape), or under each
+hierarchy's root (the demo). Either way it is ONE path in every hierarchy, the one the agent's
+config and the helper's policy name: an agent reads a declared cgroup at the same path in each
+hierarchy, so a role whose memory cgroup sat elsewhere would show no memory to it. Below the
+process's own cgroups that path is the deepest of them (the memory sandbox on the dev VM), with
+the levels a hierarchy lacks created (and removed again) there; only when the process's own
+cgroups are not on one line (cpu in /a, memory in /b) does each hierarchy get its own parent.
+Every level created is removed again, children first, once empty; a new v1 cpuset gets its
+parent's cpus and mems (it takes no task without), a new v2 parent level gets the controllers
+its children need enabled.
 
 Limits are set through the knobs (the same code the agent's changes go through), processes are
 moved in through ``cgroupfs``. The server is either engine of ``engines.py`` (our GPT-2 server or
@@ -46,20 +51,29 @@ GIB = 1024**3
 
 _procs: list[subprocess.Popen] = []
 _cgroups: list["RoleCgroup"] = []
+_ancestors: list[str] = []  # host dirs above the roles' paths that a role had to create
 
 
 # -- cgroups ------------------------------------------------------------------------------------
 def _parents(host: Host, controllers: tuple[str, ...], under_root: bool) -> dict[str, str]:
     """Hierarchy key (a v1 controller, or "v2") -> the cgroup path roles are made under: the
-    hierarchy's root, or this process's own cgroup there."""
+    hierarchy's root, or this process's own cgroup: the deepest of its own cgroups in every
+    hierarchy when the others are its ancestors (one path everywhere), else each its own."""
     info = host.cgroup
-    out = {}
-    for ctrl in controllers:
-        if info.controller_version(ctrl) == 1:
-            out[ctrl] = "/" if under_root else (cgroupfs.pid_cgroup(host, ctrl) or "/")
-    if info.v2_mount:
-        out["v2"] = "/" if under_root else (cgroupfs.pid_cgroup(host) or "/")
-    return out
+    keys = [c for c in controllers if info.controller_version(c) == 1] + (["v2"] if info.v2_mount else [])
+    if under_root:
+        return dict.fromkeys(keys, "/")
+    own = {k: norm_cgpath(cgroupfs.pid_cgroup(host, None if k == "v2" else k) or "/") for k in keys}
+    deepest = max(own.values(), key=lambda p: len(p.rstrip("/").split("/")), default="/")
+    if all(_within(deepest, p) for p in own.values()):
+        return dict.fromkeys(keys, deepest)
+    log.warning("this process's cgroups are not on one path (%s): each hierarchy gets its own, and an "
+                "agent that reads one declared path sees only part of each role", own)
+    return own
+
+
+def _within(path: str, ancestor: str) -> bool:
+    return ancestor == "/" or path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
 
 def _host_dir(host: Host, key: str, cgpath: str) -> str:
@@ -90,18 +104,24 @@ class RoleCgroup:
             self._make(key, d)
 
     def _make(self, key: str, d: str) -> None:
-        """Create ``d`` level by level, preparing each new level for what goes below it."""
+        """Create ``d`` level by level, preparing each new level for what goes below it. The
+        levels of ``name`` are this role's to remove; a level above them that did not exist
+        (the process's own cgroup path in a hierarchy that lacked it) goes to ``_ancestors``."""
         depth = len(norm_cgpath(self.name).strip("/").split("/"))
         parts = d.rstrip("/").split("/")
-        levels = self.levels[key] = ["/".join(parts[: len(parts) - depth + i + 1]) for i in range(depth)]
-        for i, level in enumerate(levels):
+        root = len(parts) - len(norm_cgpath(self.paths[key]).strip("/").split("/"))  # the mount's parts
+        every = ["/".join(parts[: i + 1]) for i in range(root, len(parts))]
+        self.levels[key] = every[len(every) - depth:]
+        for i, level in enumerate(every):
             local = self.host.path(level)
             if local.is_dir():
                 continue
             local.mkdir()
+            if i < len(every) - depth:
+                _ancestors.append(level)
             if key == "cpuset":
                 cgroupfs.init_cpuset(self.host, level)
-            if key == "v2" and i < len(levels) - 1:
+            if key == "v2" and i < len(every) - 1:
                 cgroupfs.enable_v2_controllers(self.host, level, ("cpu", "cpuset"))
 
     def _set(self, knob: str, controller: str, value: str, *, required: bool) -> None:
@@ -135,6 +155,15 @@ class RoleCgroup:
         self._set("cgroup.memory_max", "memory", "max" if nbytes is None else str(nbytes),
                   required=nbytes is not None)
 
+    def reset_memory_high(self) -> None:
+        """No memory throttle (v2 memory.high max; v1 the soft limit, unlimited): what an agent
+        row may have capped a neighbour with."""
+        self._set("cgroup.memory_high", "memory", "max", required=False)
+
+    def reset_memory_low(self) -> None:
+        """No memory protection (v2 memory.low 0; v1 has none)."""
+        self._set("cgroup.memory_low", "memory", "0", required=False)
+
     def add_pid(self, pid: int) -> None:
         for d in self.dirs.values():
             cgroupfs.add_pid(self.host, d, pid)
@@ -150,9 +179,15 @@ class RoleCgroup:
             out.update(int(x) for x in text.split())
         return out
 
-    def remove(self) -> None:
-        """Move any leftover pids to the parent, then rmdir this and the levels above it that
+    def remove(self, drain_s: float = 30.0) -> None:
+        """Wait up to ``drain_s`` for the processes inside to be gone (a 13 GiB hog takes a
+        while to exit; moved to the parent while exiting, it would keep the parent from going),
+        move any still left to the parent, then rmdir this and the levels above it that
         ``name`` made (a shared level, like the base of several roles, goes with the last)."""
+        deadline = time.monotonic() + drain_s
+        while any((self.host.read_optional(f"{d}/cgroup.procs") or "").split() for d in self.dirs.values()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
         for d in self.dirs.values():
             parent = d.rsplit("/", 1)[0]
             text = self.host.read_optional(f"{d}/cgroup.procs") or ""
@@ -163,23 +198,31 @@ class RoleCgroup:
                     pass  # already gone
         for levels in self.levels.values():
             for level in reversed(levels):
-                _rmdir(self.host.path(level), wait=level == levels[-1])
+                _rmdir(self.host.path(level))
         if self in _cgroups:
             _cgroups.remove(self)
+        for level in sorted(_ancestors, key=lambda p: -len(p)):  # gone with the last role below it
+            _rmdir(self.host.path(level))
+            if not self.host.path(level).exists():
+                _ancestors.remove(level)
 
 
-def _rmdir(local: Path, *, wait: bool) -> None:
-    """rmdir; a leaf may be EBUSY for a moment after its last task left (``wait``); a shared
-    parent that still has another role's dir is simply left for that role to remove."""
-    for _ in range(40 if wait else 1):
+def _rmdir(local: Path) -> None:
+    """rmdir; a cgroup may be EBUSY for a moment after its last task or child left (retried
+    for 2 s); one that still has a child dir (another role's) is left for that role to remove."""
+    for _ in range(40):
         try:
             local.rmdir()
             return
         except FileNotFoundError:
             return
         except OSError:
-            if wait:
-                time.sleep(0.05)
+            try:
+                if any(p.is_dir() for p in local.iterdir()):
+                    return
+            except OSError:
+                return
+            time.sleep(0.05)
 
 
 def role_cgroups(host: Host, base: str, roles: tuple[str, ...], *, cls: type[RoleCgroup] | None = None,
@@ -192,6 +235,17 @@ def role_cgroups(host: Host, base: str, roles: tuple[str, ...], *, cls: type[Rol
                     under_root=kw.get("under_root", False))
     cls = cls or RoleCgroup
     return {role: cls(host, f"{base}/{role}", **kw) for role in roles}
+
+
+def base_dirs(host: Host, base: str, *, controllers: tuple[str, ...] = V1_CONTROLLERS,
+              under_root: bool = False) -> dict[str, str]:
+    """Where ``role_cgroups(host, base, ...)`` puts ``base`` in each hierarchy: label ("cpu v1
+    /process_api/x/autotune-bench-1") -> host directory; a run must leave none of them behind."""
+    out = {}
+    for key, parent in _parents(host, controllers, under_root).items():
+        cgpath = norm_cgpath(f"{parent}/{base}")
+        out[f"{'v2' if key == 'v2' else key + ' v1'} {cgpath}"] = _host_dir(host, key, cgpath)
+    return out
 
 
 def sweep_stale(host: Host, prefix: str, *, controllers: tuple[str, ...] = V1_CONTROLLERS,
@@ -219,7 +273,7 @@ def sweep_stale(host: Host, prefix: str, *, controllers: tuple[str, ...] = V1_CO
                 log.warning("leftover cgroup %s/%s still holds processes: left alone", parent, name)
                 continue
             for d in tree:
-                _rmdir(d, wait=True)
+                _rmdir(d)
             if not (local / name).exists():
                 removed.append(f"{parent}/{name}")
                 log.info("removed leftover cgroup %s/%s (pid %s is gone)", parent, name, pid)
@@ -288,25 +342,37 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0,
 
 def start_server(cg: RoleCgroup, *, model: str | None = None, max_concurrency: int, log_path: Path,
                  threads: str | None = None, cancel: threading.Event | None = None,
-                 engine: str = "reference") -> tuple[subprocess.Popen, str]:
+                 engine: str = "reference", weights_file: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`autotune workload serve --engine <engine>` in ``cg`` on a free port, once healthy (or
     ``cancel``led): (process, base URL). ``model`` / ``threads`` None: the engine's defaults
-    (reference: gpt2, auto; llamacpp: llama60m, every CPU). See ``workload/engines.py``."""
+    (reference: gpt2, auto; llamacpp: llama60m, every CPU). See ``workload/engines.py``.
+    ``weights_file`` (reference only): its weights mapped from there (page cache)."""
     eng = get_engine(engine)
     port = free_port()
     argv = autotune_argv(*eng.serve_args(port=port, model=model, threads=threads,
                                          max_concurrency=max_concurrency))
+    if weights_file is not None:
+        argv += ["--weights-file", str(weights_file)]
     proc = spawn(argv, cg, log_path)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, proc, cancel=cancel, path=eng.health_path)
     return proc, url
 
 
-def start_neighbour(cg: RoleCgroup, *, cpu: int, mem_mib: int, json_path: Path,
-                    log_path: Path) -> subprocess.Popen:
-    """`autotune workload noise` in ``cg``: ``cpu`` burners, a ``mem_mib`` MiB hog."""
+def start_neighbour(cg: RoleCgroup, *, cpu: int, mem_mib: int, json_path: Path, log_path: Path,
+                    mem_rewrite: bool = False, stream_mib: int = 0,
+                    stream_dir: Path | None = None) -> subprocess.Popen:
+    """`autotune workload noise` in ``cg``: ``cpu`` burners, a ``mem_mib`` MiB hog (``mem_rewrite``:
+    its pages written again and again), a page-cache streamer over a ``stream_mib`` MiB file in
+    ``stream_dir`` (removed when the neighbour stops)."""
     argv = autotune_argv("workload", "noise", "--cpu", str(cpu), "--mem-mib", str(mem_mib),
                          "--interval", "0.5", "--json-file", str(json_path))
+    if mem_rewrite:
+        argv.append("--mem-rewrite")
+    if stream_mib:
+        argv += ["--stream-mib", str(stream_mib)]
+        if stream_dir is not None:
+            argv += ["--stream-dir", str(stream_dir)]
     return spawn(argv, cg, log_path)
 
 

@@ -14,14 +14,22 @@ tokenizer's vocabulary are decoded modulo its size.
 Decoding is incremental with the KV cache (``past_key_values``), one forward pass per token,
 so time to first token (prefill + first sample) and per-token time are measured separately.
 Units: seconds everywhere.
+
+Weights: anonymous memory by default. With ``weights_file`` they are written there once (the
+same seeded weights) and mapped from it (``torch.load(mmap=True)``), as llama.cpp maps its GGUF
+and servers map safetensors: they are then page cache, which the kernel may evict under memory
+pressure and read back on the next forward pass. On a host without swap that is the only part
+of the server a memory-heavy neighbour can take (bench/scenarios.py, ``mem``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,7 +148,8 @@ class Engine:
     own sampling generator, so concurrent requests do not interfere.
     """
 
-    def __init__(self, spec: ModelSpec | None = None, *, threads: int | None = None) -> None:
+    def __init__(self, spec: ModelSpec | None = None, *, threads: int | None = None,
+                 weights_file: Path | None = None) -> None:
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -155,9 +164,25 @@ class Engine:
             n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd,
             n_positions=s.n_positions, vocab_size=s.vocab_size,
         )
-        with _SEED_LOCK:
-            torch.manual_seed(s.seed)
-            self.model = GPT2LMHeadModel(config).eval()
+        self.weights_file = weights_file
+        if weights_file is not None and not Path(weights_file).exists():
+            with _SEED_LOCK:
+                torch.manual_seed(s.seed)
+                built = GPT2LMHeadModel(config)
+            tmp = Path(f"{weights_file}.{os.getpid()}.tmp")
+            torch.save(built.state_dict(), tmp)
+            os.replace(tmp, weights_file)
+            del built
+        if weights_file is not None:
+            with torch.device("meta"):
+                self.model = GPT2LMHeadModel(config)
+            self.model.load_state_dict(torch.load(weights_file, mmap=True, weights_only=True), assign=True)
+            self.model.tie_weights()
+            self.model.eval()
+        else:
+            with _SEED_LOCK:
+                torch.manual_seed(s.seed)
+                self.model = GPT2LMHeadModel(config).eval()
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
     def encode(self, prompt: str) -> list[int]:

@@ -68,6 +68,7 @@ def _burn(counter, stop) -> None:  # noqa: ANN001 - mp.Value / mp.Event
 
 def _hog(mib: int, rewrite: bool, passes, stop) -> None:  # noqa: ANN001
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _first_to_go()
     buf = bytearray(mib * 1024 * 1024)
     value = 1
     while True:
@@ -80,6 +81,17 @@ def _hog(mib: int, rewrite: bool, passes, stop) -> None:  # noqa: ANN001
         if stop.is_set():
             return
     stop.wait()
+
+
+def _first_to_go() -> None:
+    """The hog is the OOM killer's first choice (oom_score_adj 1000): on a host without swap
+    a hog sized near the memory must never take a real process down with it. Best effort (a
+    process may raise its own score without privileges)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
 
 
 STREAM_CHUNK = 1 << 20

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -638,8 +639,9 @@ async def _complete(engine: Engine, job: Job, model: str, request: Request, *, c
 def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str = "gpt2",
           threads: int | None = None, max_concurrency: int = 2, max_queue: int = 0,
           log_level: str = "info", max_body_bytes: int = MAX_BODY_BYTES,
-          chat_template: str | None = None) -> None:
-    """Load the model and run uvicorn until interrupted. ``threads=None`` means auto (followed)."""
+          chat_template: str | None = None, weights_file: Path | None = None) -> None:
+    """Load the model and run uvicorn until interrupted. ``threads=None`` means auto (followed);
+    ``weights_file``: the weights mapped from that file (written first if missing)."""
     import uvicorn
 
     from autotune.workload.model import spec_for
@@ -649,10 +651,10 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, model: str = "gpt2",
     c = follower.current
     log.info("torch threads: %d (%s; cgroup %s)", c.threads, c.reason, c.cgroup)
     t0 = time.perf_counter()
-    engine = Engine(spec_for(model), threads=c.threads)
-    log.info("model %s: %.1fM parameters built in %.1f s; %d workers, max queue %s",
+    engine = Engine(spec_for(model), threads=c.threads, weights_file=weights_file)
+    log.info("model %s: %.1fM parameters built in %.1f s%s; %d workers, max queue %s",
              engine.spec.name, engine.n_params / 1e6, time.perf_counter() - t0,
-             max_concurrency, max_queue or "unbounded")
+             f" (mapped from {weights_file})" if weights_file else "", max_concurrency, max_queue or "unbounded")
     app = create_app(engine, max_concurrency=max_concurrency, max_queue=max_queue,
                      max_body_bytes=max_body_bytes, threads=follower, chat_template=chat_template)
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)

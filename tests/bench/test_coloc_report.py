@@ -88,7 +88,7 @@ def test_aggregate_means_intervals_and_paired_differences(tmp_path):
     assert v["differs"] == "no (within the interval)"  # 10, 0, 5 points: the interval spans 0
     table = (tmp_path / "table.md").read_text()
     assert "| autotune | 0.96 [" in table and "seeds 1, 2, 3" in table and "Student t" in table
-    assert "| 12 / 20.0 | 3 |" in table and "| 0.96 [0.94, 0.98]; 5 [-7, 17]; 12 |" in table
+    assert "| 12 / 20.0 | 3 |" in table and "| 0.96 [0.94, 0.98]; 5 [-7, 17] / 5 [-7, 17]; 12 |" in table
     assert "| autotune - oracle | emu_vs_oracle | -0.04 [" in table
     assert "no: no grid point held the SLO here" in table and "skipped seed 2: static: why not" in table
     assert "| autotune | 3.0 [" in table.split("Over all load steps")[1]  # first action over the steps

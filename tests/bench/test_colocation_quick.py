@@ -34,6 +34,7 @@ def test_quick_repeated_colocation_writes_tables_with_intervals(tmp_path, in_rep
     assert meta["seeds"] == [1, 2] and meta["rows"] == QUICK_ROWS == ["contended", "autotune", "oracle"]
     assert meta["command"].startswith("sudo python -m bench.colocation --quick") and meta["wall_s"] > 0
     assert meta["estimate_s"] > 0 and meta["server_starts"] == 1  # --threads auto: one server throughout
+    assert_host_as_found(meta)
     for seed in ("1", "2"):
         assert meta["per_seed"][seed]["skipped"] == {}, meta["per_seed"][seed]
         d = out / f"seed-{seed}"
@@ -84,7 +85,59 @@ def test_quick_repeated_colocation_writes_tables_with_intervals(tmp_path, in_rep
     cache = tmp_path / "cache"
     assert len(list(cache.glob("oracle-point-*.json"))) == 4 and list(cache.glob("oracle-check-*.json"))
     assert len(list((out / "cache").glob("*.json"))) == len(list(cache.glob("*.json")))  # the run keeps its copy
-    # nothing left behind
-    assert common._procs == [] and common._cgroups == []
-    name = f"autotune-bench-{os.getpid()}"
-    assert not any(Path(p, name).exists() for p in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified"))
+    assert_nothing_left(common)
+
+
+def assert_host_as_found(meta: dict) -> None:
+    """The run's host values (sysctls, THP, governor, cgroup roots, its own cgroups) read the
+    same after it as before, with nothing put back by force (issue 23: a run once left
+    vm.swappiness at 10)."""
+    hv = meta["host_values"]
+    assert hv["same"] and hv["differ"] == {}, hv["differ"]
+    assert hv["forced"] == [], hv["forced"]
+    assert hv["line"] == f"host values: {hv['read']} read the same before and after"
+    assert "vm.swappiness" in hv["before"] and "THP enabled" in hv["before"]
+    assert any(k.endswith(f"autotune-bench-{os.getpid()}") for k in hv["before"])
+
+
+def assert_nothing_left(common) -> None:  # noqa: ANN001
+    from autotune.host import Host
+    from autotune.workload import harness
+
+    assert common._procs == [] and common._cgroups == [] and harness._ancestors == []
+    dirs = harness.base_dirs(Host("/"), f"autotune-bench-{os.getpid()}")
+    assert dirs and not any(Path(d).exists() for d in dirs.values()), dirs
+    assert not list(Path("/var/tmp").glob(f"autotune-*-{os.getpid()}.*"))  # streamer file, mapped weights
+
+
+@pytest.mark.timeout(360)
+def test_quick_memory_heavy_neighbour(tmp_path, in_repo):
+    """--scenario mem in --quick (a 256 MiB hog, a 512 MiB streamed file, one seed): the
+    neighbour's caps in the grid, its memory and the PSI columns in the windows, the per-phase
+    table against contended, the host left as found and the streamer's file removed."""
+    from bench import common
+    from bench.colocation import main
+
+    out = tmp_path / "mem"
+    t0 = time.monotonic()
+    assert main(["--quick", "--scenario", "mem", "--seeds", "1", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    print(f"colocation --quick --scenario mem: {time.monotonic() - t0:.0f} s")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["args"]["scenario"] == "mem" and meta["args"]["stream_mib"] == 512
+    assert meta["per_seed"]["1"]["skipped"] == {}
+    assert_host_as_found(meta)
+    rows = list(csv.DictReader((out / "seed-1" / "windows_contended.csv").open()))
+    assert all(r["neighbour_memory_max_bytes"] == "" and r["host_mem_stall_pct"] != "" for r in rows)
+    assert any(float(r["neighbour_stream_mib_per_s"] or 0) > 0 for r in rows)  # the streamer reads
+    oracle = json.loads((out / "oracle.json").read_text())
+    caps = {(p["alloc"]["neighbour_quota_cores"], p["alloc"]["neighbour_memory_max_bytes"])
+            for v in oracle.values() for p in v["points"]}
+    assert caps == {(None, meta["args"]["cap_bytes"]), (0.5, meta["args"]["cap_bytes"])}
+    chosen = [v["choice"]["alloc"] for v in oracle.values() if v["choice"]]
+    orows = list(csv.DictReader((out / "seed-1" / "windows_oracle.csv").open()))
+    assert {int(r["neighbour_memory_max_bytes"]) for r in orows} == {meta["args"]["cap_bytes"]} and chosen
+    table = (out / "table.md").read_text()
+    assert "Agent rows against `contended`, per phase" in table and "Memory stall per phase" in table
+    assert "neighbour memory max" in table  # the oracle's allocation names the neighbour's cap
+    assert_nothing_left(common)

@@ -10,7 +10,8 @@ import pytest
 from autotune.audit.trail import AuditEvent
 from autotune.config import load_config
 from autotune.demo.feed import WIDTH, Feed, line
-from autotune.demo.hostvalues import compare, host_values
+from autotune.workload import harness, hostvalues
+from autotune.workload.hostvalues import compare
 from autotune.demo.session import config_toml, policy_toml
 from autotune.helper.policy import load_policy
 from autotune.host import Host
@@ -81,7 +82,8 @@ def test_the_demo_policy_and_config_validate_and_agree(tmp_path):
 
 
 def test_host_values_of_a_fixture_tree_and_compare(host_tree):
-    vals = host_values(Host(host_tree("hybrid-local")), "autotune-demo-1")
+    host = Host(host_tree("hybrid-local"))
+    vals = hostvalues.read(host, cgroup_dirs=harness.base_dirs(host, "autotune-demo-1", under_root=True)).values
     assert vals["cpu v1 /autotune-demo-1"] == "absent"
     assert all(isinstance(v, str) and v for v in vals.values())
     rows = compare(vals, {**vals, "vm.swappiness": "10"})

@@ -59,3 +59,22 @@ def test_weights_depend_only_on_seed():
     pa = next(a.model.parameters())
     pb = next(b.model.parameters())
     assert bool((pa == pb).all())
+
+
+def test_weights_mapped_from_a_file_are_the_same_weights(tmp_path, engine):
+    """--weights-file: written once with the seeded weights, then mapped (page cache the kernel
+    may evict), not copied: every parameter's storage is the file's, and the model answers
+    exactly as the anonymous one does."""
+    path = tmp_path / "tiny.pt"
+    mapped = Engine(spec_for("tiny"), threads=1, weights_file=path)
+    assert path.exists() and not list(tmp_path.glob("*.tmp"))
+    maps = [line.split() for line in open("/proc/self/maps") if line.rstrip().endswith(str(path))]
+    spans = [tuple(int(x, 16) for x in m[0].split("-")) for m in maps]
+    for (name, p), (_, q) in zip(mapped.model.named_parameters(), engine.model.named_parameters(), strict=True):
+        assert bool((p == q).all()), name
+        assert any(lo <= p.data_ptr() < hi for lo, hi in spans), f"{name} is not in a mapping of {path}"
+    assert mapped.model.lm_head.weight.data_ptr() == mapped.model.transformer.wte.weight.data_ptr()  # still tied
+    greedy = lambda e: [t.token_id for t in e.stream("hello there", 8, 0.0, 1)]  # noqa: E731
+    assert greedy(mapped) == greedy(engine)
+    again = Engine(spec_for("tiny"), threads=1, weights_file=path)  # an existing file is mapped as is
+    assert greedy(again) == greedy(engine)

@@ -46,7 +46,9 @@ def test_llamacpp_seam_is_marked_and_refuses_until_connected(capsys):
     llama.cpp start is connected it refuses with a reason; the benchmarks exit 2 with it."""
     ref = inspect.signature(engines.start_reference).parameters
     seam = inspect.signature(engines.start_llamacpp).parameters
-    assert list(seam) == list(ref) == ["cg", "model", "threads", "max_concurrency", "log_path", "check_only"]
+    assert list(seam) == [p for p in ref if p != "weights_file"] == [
+        "cg", "model", "threads", "max_concurrency", "log_path", "check_only"]
+    assert engines.GPT2.maps_weights_file and "weights_file" in ref  # the reference server's own option
     assert "SEAM(llamacpp)" in inspect.getsource(engines.start_llamacpp)
     with pytest.raises(engines.EngineUnavailable, match="not connected"):
         engines.LLAMACPP.check()
