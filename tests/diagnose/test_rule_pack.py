@@ -38,7 +38,7 @@ BUSY = {"svc.llm.psi.cpu.some.avg10": 30.0, "svc.batch.cpu.usage_cores": 1.5}
 # neighbour (8 GB, 6 GB of it page cache) burning 1.5 cores
 MEMSTALL = {"svc.llm.psi.memory.some.avg10": 20.0, "svc.llm.psi.cpu.some.avg10": 1.0,
             "svc.llm.psi.io.some.avg10": 0.5, "svc.llm.mem.cgroup_version": 2.0, "svc.llm.mem.usage_bytes": 2e9,
-            "svc.llm.mem.refault.rate": 900.0, "svc.llm.cpu.usage_cores": 0.8,
+            "svc.llm.mem.refault.rate": 900.0, "svc.llm.cpu.usage_cores": 0.8, "svc.llm.cpu.weight": 100.0,
             "svc.batch.mem.usage_bytes": 8e9, "svc.batch.mem.anon_bytes": 2e9, "svc.batch.mem.file_bytes": 6e9,
             "svc.batch.cpu.usage_cores": 1.5, "mem.total_bytes": 24e9}
 MEMCALM = {**MEMSTALL, "svc.llm.psi.memory.some.avg10": 0.2}
@@ -352,3 +352,25 @@ def test_no_restart_to_more_threads_without_a_latency_to_judge_it_by():
     assert not [a for a in actions if a.knob == "threads"]
     _, actions = run(LEVER_PLAIN, {**metrics, "svc.llm.latency.tokens": 400.0}, CURRENT)
     assert [a.proposed for a in actions if a.knob == "threads"] == ["2"]
+
+
+def test_page_cache_streaming_neighbour_gets_capped_without_a_service_stall():
+    """Host memory pressure while the neighbours hold over a tenth of the host's memory as page
+    cache: the service's own memory PSI stays low (reclaim runs in kswapd, outside its cgroup),
+    yet the neighbours' memory (v1: the hard limit) and CPU time get capped; without the page
+    cache, nothing of the kind."""
+    m = {**CALM, **OVER, **MEMSTALL, "svc.llm.psi.memory.some.avg10": 0.5, "svc.llm.mem.cgroup_version": 1.0,
+         "psi.memory.some.avg10": 30.0}
+    _, actions = run(SLO_BOTH, m, CURRENT, origins=ORIGINS)
+    assert {"cap-neighbour-memory-v1", "cap-neighbour-cpu"} <= {a.rule for a in actions}
+    _, quiet = run(SLO_BOTH, {**m, "svc.batch.mem.file_bytes": 1e9}, CURRENT, origins=ORIGINS)
+    assert not {"cap-neighbour-memory-v1", "cap-neighbour-cpu"} & {a.rule for a in quiet}
+
+
+def test_spent_weights_move_on_to_a_cpu_cap_on_the_neighbours():
+    """CPU contention after the weight steps (service weight 1600): the neighbours' CPU time is
+    capped (Heracles) before their CPUs are taken away (dedicated CPUs, priority 60)."""
+    _, actions = run(SLO_BOTH, {**CALM, **OVER, **BUSY, "svc.llm.cpu.weight": 1600.0, "svc.llm.cpu.usage_cores": 0.8},
+                     CURRENT, origins=ORIGINS)
+    rules = [a.rule for a in actions]
+    assert "cap-neighbour-cpu" in rules and rules.index("cap-neighbour-cpu") < rules.index("slo-dedicate-cpus")
