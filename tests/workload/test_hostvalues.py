@@ -20,7 +20,7 @@ def test_the_rule_packs_sysctls_and_the_memory_ones_are_covered(tmp_path):
     pack = tmp_path / "rules"
     pack.mkdir()
     (pack / "x.yaml").write_text(
-        "rules:\n  - name: odd\n    description: a test rule\n    rationale: a rule that names a sysctl\n    when: {metric: host.ncpu, op: '>', value: 0}\n"
+        "rules:\n  - name: odd\n    description: a test rule\n    rationale: a rule that names a sysctl ({metric:host.ncpu} CPUs)\n    when: {metric: host.ncpu, op: '>', value: 0}\n"
         "    actions:\n      - {knob: sysctl, target: vm.stat_interval, value: 2}\n")
     assert "vm.stat_interval" in hostvalues.sysctls([pack])
 
