@@ -352,3 +352,24 @@ def test_gone_target_is_reported_without_writing(j):
     e = planned(j, "1.8", "0.2")
     (o,) = Rollback(j, FakeActuator({}), by="operator").all()
     assert o.result == "gone" and j.get(e.id).state == "failed"
+
+
+def test_rollback_all_after_an_operator_write_between_episodes_restores_the_operators_value(j, clock):
+    """Issue 24 #1, the reproduction: the agent changes 0.15 -> 0.22 -> 0.33; ``rollback --all``
+    restores 0.15; the operator sets 0.22; the agent acts again (0.22 -> 0.33); the next
+    ``rollback --all`` must write the operator's 0.22, not the first episode's 0.15."""
+    act = FakeActuator({"/a": "0.33"})
+    change(j, "0.15", "0.22", keep=True)
+    clock.t += 1
+    change(j, "0.22", "0.33", keep=True)
+    clock.t += 1
+    Rollback(j, act, by="operator").all()
+    assert act.live["/a"] == "0.15"
+    clock.t += 1
+    act.live["/a"] = "0.22"  # the operator
+    clock.t += 1
+    e3 = change(j, "0.22", "0.33", keep=True)
+    act.live["/a"] = "0.33"
+    out = Rollback(j, act, by="operator").all()
+    assert act.live["/a"] == "0.22" and act.writes[-1] == "0.22"
+    assert [(o.entry_id, o.result) for o in out] == [(e3.id, "restored")]
