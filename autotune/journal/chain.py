@@ -78,6 +78,7 @@ class History:
     superseded: tuple[JournalEntry, ...]  # open (not yet drifted) entries of older runs
     ours: str | None  # the value the newest run left in place; None when unknown
     readings: dict[int, str] = field(default_factory=dict)  # entry id -> the reading used
+    in_place: tuple[JournalEntry, ...] = ()  # the agent's changes still in place, oldest first
 
     @property
     def original(self) -> KnobState | None:
@@ -87,6 +88,13 @@ class History:
     def open_run(self) -> list[JournalEntry]:
         """Entries of the newest run that rollback still has to settle, NEWEST FIRST."""
         return [e for e in reversed(self.run) if is_open(e)]
+
+    def is_in_place(self, entry: JournalEntry) -> bool:
+        """Whether ``entry``'s change may still be the live value: nothing undid it, nobody was
+        found to have overwritten it, and no change over another value came after it. Only
+        such an entry's value in place is the agent's; the same value set by someone else
+        later is theirs."""
+        return any(e.id == entry.id for e in self.in_place)
 
     def newer_in_place(self, entry: JournalEntry) -> JournalEntry | None:
         """The newest entry after ``entry`` whose change may be the live value."""
@@ -122,17 +130,17 @@ def history(entries: Sequence[JournalEntry], live: str | None, same: Same) -> Hi
             inferred[e.id] = got
         if reading is not None:
             readings[e.id] = reading
-    runs, ours = _runs(es, landed, same)
+    runs, stack, ours = _runs(es, landed, same)
     superseded = tuple(e for r in runs[:-1] for e in r if is_open(e) and e.state != "drifted")
     return History(entries=es, landed=landed, inferred=inferred,
                    run=tuple(runs[-1]) if runs else (), superseded=superseded,
-                   ours=ours, readings=readings)
+                   ours=ours, readings=readings, in_place=tuple(stack))
 
 
 def _runs(es: Sequence[JournalEntry], landed: dict[int, bool | None],
-          same: Same) -> tuple[list[list[JournalEntry]], str | None]:
+          same: Same) -> tuple[list[list[JournalEntry]], list[JournalEntry], str | None]:
     """Replay the entries (oldest first) and their ends (undone or found drifted) in time order:
-    the runs, and the value the agent left in place at the end (None: unknown)."""
+    the runs, the changes in place at the end and the value they leave (None: unknown)."""
     runs: list[list[JournalEntry]] = []
     stack: list[JournalEntry] = []  # the agent's changes in place, oldest first
     left: str | None = None
@@ -154,6 +162,7 @@ def _runs(es: Sequence[JournalEntry], landed: dict[int, bool | None],
         settle_until(e.planned_ts)
         if not runs or left is None or not same(e.prior_value, left):
             runs.append([])  # someone else set the target since the agent last left it
+            stack = []  # ... over whatever of the agent's was still there
         runs[-1].append(e)
         stack.append(e)
         left = e.expected_value if got else None
@@ -161,4 +170,4 @@ def _runs(es: Sequence[JournalEntry], landed: dict[int, bool | None],
             # no finish time (old rows): ended before anything after it
             heapq.heappush(ends, (e.planned_ts if e.finished_ts is None else e.finished_ts, -e.id, e))
     settle_until(None)
-    return runs, left
+    return runs, stack, left
