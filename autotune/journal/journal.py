@@ -526,6 +526,12 @@ class Journal:
             args).fetchone()
         return float(r[0]) if r and r[0] is not None else None
 
+    def landed_ids(self) -> list[int]:
+        """Ids of the entries whose write reached the target (the changes the agent made)."""
+        rows = self.db.execute("SELECT id FROM journal_entries WHERE landed=1 OR applied_ts IS NOT"
+                               " NULL ORDER BY id").fetchall()
+        return [int(r[0]) for r in rows]
+
     def changes_since(self, ts: float, *, applied_only: bool = False) -> int:
         """Changes planned at or after ``ts``; ``applied_only`` counts only ones that landed."""
         sql = "SELECT COUNT(*) FROM journal_entries WHERE ts>=?"

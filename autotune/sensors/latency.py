@@ -24,6 +24,7 @@ the current name is listed first and read first, the older one is the fallback):
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from typing import Literal
@@ -130,6 +131,8 @@ def parse_page(text: str) -> Page:
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
+                if not math.isfinite(s.value):
+                    continue  # NaN/+-Inf (legal in the format): no reading, never a figure
                 if s.name.endswith("_bucket") and "le" in s.labels:
                     base = s.name[: -len("_bucket")]
                     buckets[base][float(s.labels["le"])] += s.value
