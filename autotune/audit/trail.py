@@ -24,7 +24,7 @@ import sqlite_utils
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autotune.errors import InvalidValue
-from autotune.store.db import db_path, describe, migrate
+from autotune.store.db import db_path, describe, ensure_wal, migrate
 
 COMPONENT = "audit"
 GENESIS = "0" * 64
@@ -215,6 +215,7 @@ class AuditTrail:
             return []
         conn = self.db.conn
         with self._lock:
+            ensure_wal(self.db)
             outer = conn.in_transaction
             conn.execute("SAVEPOINT audit_append" if outer else "BEGIN IMMEDIATE")
             try:
