@@ -263,12 +263,13 @@ class VerifyResult(BaseModel):
     p_value: float | None = None  # Mann-Whitney two-sided; None when not computed
     effect: float | None = None  # (after_median - before_median) / |before_median| (absolute
     # objectives: the plain difference); + means larger
-    ci_low: float | None = None  # bootstrap CI of after_median - before_median, objective units
+    ci_low: float | None = None  # bootstrap CI of after - before (the figures), objective units
     ci_high: float | None = None
     n_before: int = 0
     n_after: int = 0
-    before_median: float | None = None
-    after_median: float | None = None
+    before_median: float | None = None  # the objective's figure: the median of its series, or
+    after_median: float | None = None  # the ``quantile`` of its observations when that is set
+    quantile: float | None = None  # e.g. 0.95: the figures and the effect are that quantile's
     direction: Direction = "lower_is_better"
     objective: str | None = None  # the objective's name (autotune/verify/objectives.py)
     reason: str = ""
