@@ -69,7 +69,7 @@ def cli(db: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
 
 
 @pytest.mark.parametrize("n", [pytest.param(2_000, id="2k"),
-                               pytest.param(100_000, id="100k", marks=pytest.mark.stress)])
+                               pytest.param(100_000, id="100k", marks=[pytest.mark.stress, pytest.mark.timeout(3600)])])
 def test_audit_commands_on_a_large_trail(tmp_path, n):
     db_path = tmp_path / "audit.db"
     db = open_db(db_path)

@@ -18,7 +18,8 @@ import pytest
 
 from tests.stress import rollback_sequences as rs
 
-pytestmark = [pytest.mark.stress, pytest.mark.realkernel, pytest.mark.root]
+pytestmark = [pytest.mark.stress, pytest.mark.realkernel, pytest.mark.root,
+              pytest.mark.timeout(4 * 3600)]
 
 
 def test_random_sequences_leave_no_wrong_value():
