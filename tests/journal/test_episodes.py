@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
