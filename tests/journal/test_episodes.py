@@ -12,7 +12,7 @@ everything) the operator may write ANY value, the agent's own included: issue 24
 0.15). During an episode the operator writes values the agent never proposes, since a write of
 exactly the value a write of unknown fate proposed cannot be told apart from that write by anyone.
 The same sequences on real cgroups, with real helper and agent processes, are
-``tests/stress/test_rollback_sequences.py``.
+``tests/stress/test_rollback_stress.py``.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ must hold the value it would hold had the agent never acted (issues 10 and 24).
 
     sudo python3 -m tests.stress.rollback_sequences                    # 1000 sequences
     sudo python3 -m tests.stress.rollback_sequences --sequences 20 --seed 7
-    sudo python3 -m pytest -m stress tests/stress/test_rollback_sequences.py   # the same, as a test
+    sudo python3 -m pytest -m stress tests/stress/test_rollback_stress.py   # the same, as a test
 
-The world, the actors and the checks; ``tests/stress/test_rollback_sequences.py`` runs the
+The world, the actors and the checks; ``tests/stress/test_rollback_stress.py`` runs the
 sequences as a stress test and ``tests/e2e/test_rollback_sequences.py`` a short version under
 hypothesis in the default suite.
 

@@ -4,7 +4,7 @@ helper restarts, operator writes during and BETWEEN episodes, ``rollback ID`` an
 --all [--force]``. After every ``rollback --all`` each target holds the value it would hold had
 the agent never acted: 0 wrong values. About 25 minutes on the 2-core VM, so a stress run:
 
-    sudo python3 -m pytest -s -m stress tests/stress/test_rollback_sequences.py
+    sudo python3 -m pytest -s -m stress tests/stress/test_rollback_stress.py
     AUTOTUNE_STRESS_SEQUENCES=50 AUTOTUNE_STRESS_SEED=7 sudo -E python3 -m pytest -s -m stress ...
 
 The default suite runs a short version under hypothesis (tests/e2e/test_rollback_sequences.py).
