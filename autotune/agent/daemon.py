@@ -109,35 +109,23 @@ def _exporter(cfg: Config):
 
 def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = None,
               duration: float | None = None, local_actuator: bool = False) -> int:
-    """Run the daemon until SIGTERM/SIGINT (or ``duration`` seconds), holding the state lock.
-    Returns the exit code."""
-    from autotune.errors import StateError
-    from autotune.store import lock as state_lock
-    from autotune.store.db import open_db
-
-    ruleset = _rules(cfg)
-    db = open_db(cfg.state_path())
-    try:  # one agent per state: before it reconciles or acts (store/lock.py)
-        lock = state_lock.acquire(cfg.state_path()) if str(cfg.state_path()) != ":memory:" else None
-    except StateError:
-        db.conn.close()
-        raise
-    try:
-        return _run(cfg, db, ruleset, root=root, helper_socket=helper_socket, duration=duration,
-                    local_actuator=local_actuator)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run(cfg: Config, db, ruleset, *, root: Path | None, helper_socket: Path | None,
-         duration: float | None, local_actuator: bool) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or ``duration`` seconds). Returns the exit code."""
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from autotune.agent.loop import Agent
     from autotune.agent.notify import sd_notify
+    from autotune.audit.trail import AuditTrail
+    from autotune.journal.journal import Journal
+    from autotune.store import lock as state_lock
+    from autotune.store.db import open_db
 
+    ruleset = _rules(cfg)
+    db = open_db(cfg.state_path())
+    Journal(db), AuditTrail(db)  # their schemas accepted before a lock file appears beside it
+    # one agent per state (store/lock.py): before this one binds its port, reconciles or acts; a
+    # second agent exits here, naming the first
+    lock = state_lock.acquire(cfg.state_path()) if str(cfg.state_path()) != ":memory:" else None
     try:
         host, actuator = build_actuator(cfg, root, helper_socket=helper_socket, local=local_actuator)
     except PolicyRefused as err:  # the helper said no to this agent (its [peers]): audit it too
@@ -193,6 +181,8 @@ def _run(cfg: Config, db, ruleset, *, root: Path | None, helper_socket: Path | N
         close = getattr(getattr(actuator, "client", None), "close", None)
         if close is not None:
             close()
+        if lock is not None:
+            lock.release()
         log.info("agent stopped")
     return 0
 

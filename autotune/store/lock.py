@@ -2,7 +2,8 @@
 
 Two agents on one state would both act on one target, each taking the other's change for
 drift or stacking changes the other then cannot undo. ``autotune run`` takes the lock before
-it reconciles or acts; a second one exits 2 with one line naming the holder (pid and since
+it reconciles or acts (once the state's schemas are accepted: a refused DB gets no lock file
+beside it); a second one exits 2 with one line naming the holder (pid and since
 when, which the holder writes into the lock file). The kernel drops a flock when its holder
 dies, kill -9 included, so a crashed agent never leaves a stale lock; the file itself stays
 (removing it would let two agents each lock a different inode). Read-only commands (history,
@@ -38,6 +39,9 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+
+    def __del__(self) -> None:  # a run that failed before its finally: give it back anyway
+        self.release()
 
     def __enter__(self) -> "StateLock":
         return self

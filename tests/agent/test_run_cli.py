@@ -109,8 +109,11 @@ def test_a_second_agent_on_one_state_exits_2_naming_the_first(tmp_path):
 
     root = writable_copy("hybrid-local", tmp_path)
     state = tmp_path / "s.db"
-    base = ["run", "--mode", "recommend", "--root", str(root), "--metrics-listen", "off",
-            "--state", str(state)]
+    with socket.socket() as s:  # one free port for both: the second must stop at the lock first
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = ["run", "--mode", "recommend", "--root", str(root), "--metrics-listen",
+            f"127.0.0.1:{port}", "--state", str(state)]
     e = {**os.environ, "PYTHONPATH": str(REPO)}
     e.pop("AUTOTUNE_FAILPOINT", None)
     first = subprocess.Popen([sys.executable, "-m", "autotune", *base, "--duration", "120"], env=e,
