@@ -7,21 +7,48 @@ by ``autotune.detect.metrics``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autotune.errors import ParseError
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# What a kernel counter or gauge can hold: a finite number, never below zero (a share of wall
+# time, at most 100 %). A reading outside that is a broken file or a hostile --root tree: the
+# sensor drops it as missing with the reason (``reading``), so nothing downstream (detection,
+# the journal, the audit trail, JSON output) ever sees inf, NaN or a negative memory size.
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def reading(model: type[M], source: str, **fields: Any) -> M:
+    """``model(**fields)`` for a sensor reading from ``source``; a value the model refuses
+    (non-finite, negative, out of range) is a ParseError naming the file and the field."""
+    try:
+        return model(**fields)
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = ".".join(str(x) for x in e["loc"]) or model.__name__
+        raw = e.get("input")
+        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise ParseError(f"{source}: {field} = {raw!r}: {e['msg'].lower()}{more}; "
+                         "reading dropped") from None
+
+
 # -- sensor readings ------------------------------------------------------------------------
 class PsiLine(_Frozen):
-    avg10_pct: float
-    avg60_pct: float
-    avg300_pct: float
-    total_usec: int
+    avg10_pct: Percent
+    avg60_pct: Percent
+    avg300_pct: Percent
+    total_usec: Count
 
 
 class PsiReading(_Frozen):
@@ -34,14 +61,14 @@ class PsiReading(_Frozen):
 class CpuTimes(_Frozen):
     """Cumulative CPU time in seconds (converted from USER_HZ ticks)."""
 
-    user_s: float = 0.0
-    nice_s: float = 0.0
-    system_s: float = 0.0
-    idle_s: float = 0.0
-    iowait_s: float = 0.0
-    irq_s: float = 0.0
-    softirq_s: float = 0.0
-    steal_s: float = 0.0
+    user_s: NonNegative = 0.0
+    nice_s: NonNegative = 0.0
+    system_s: NonNegative = 0.0
+    idle_s: NonNegative = 0.0
+    iowait_s: NonNegative = 0.0
+    irq_s: NonNegative = 0.0
+    softirq_s: NonNegative = 0.0
+    steal_s: NonNegative = 0.0
 
     @property
     def busy_s(self) -> float:
@@ -55,18 +82,18 @@ class CpuTimes(_Frozen):
 class StatReading(_Frozen):
     total: CpuTimes
     per_cpu: dict[str, CpuTimes] = {}
-    ctxt: int | None = None
-    processes: int | None = None
-    procs_running: int | None = None
-    procs_blocked: int | None = None
+    ctxt: Count | None = None
+    processes: Count | None = None
+    procs_running: Count | None = None
+    procs_blocked: Count | None = None
 
 
 class LoadAvg(_Frozen):
-    load1: float
-    load5: float
-    load15: float
-    runnable: int
-    threads: int
+    load1: NonNegative
+    load5: NonNegative
+    load15: NonNegative
+    runnable: Count
+    threads: Count
 
 
 class CgroupReading(_Frozen):
@@ -307,12 +334,13 @@ class VerifyResult(BaseModel):
     p_value: float | None = None  # Mann-Whitney two-sided; None when not computed
     effect: float | None = None  # (after_median - before_median) / |before_median| (absolute
     # objectives: the plain difference); + means larger
-    ci_low: float | None = None  # bootstrap CI of after_median - before_median, objective units
+    ci_low: float | None = None  # bootstrap CI of after - before (the figures), objective units
     ci_high: float | None = None
     n_before: int = 0
     n_after: int = 0
-    before_median: float | None = None
-    after_median: float | None = None
+    before_median: float | None = None  # the objective's figure: the median of its series, or
+    after_median: float | None = None  # the ``quantile`` of its observations when that is set
+    quantile: float | None = None  # e.g. 0.95: the figures and the effect are that quantile's
     direction: Direction = "lower_is_better"
     objective: str | None = None  # the objective's name (autotune/verify/objectives.py)
     reason: str = ""

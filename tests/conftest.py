@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,17 @@ if str(REPO) not in sys.path:  # make `tests.fixtures.hosts` importable under pl
     sys.path.insert(0, str(REPO))
 
 from tests.fixtures.hosts import fixture_path, writable_copy  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Stress runs (tests/stress/, minutes to tens of minutes) are skipped in the default run;
+    ``-m stress`` or AUTOTUNE_STRESS=1 runs them."""
+    if os.environ.get("AUTOTUNE_STRESS") == "1" or "stress" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="stress run: select with -m stress or AUTOTUNE_STRESS=1")
+    for item in items:
+        if item.get_closest_marker("stress") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

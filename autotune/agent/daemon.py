@@ -114,10 +114,17 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
     from autotune.agent.loop import Agent
     from autotune.agent.notify import sd_notify
     from autotune.agent.schedule import Schedule
+    from autotune.audit.trail import AuditTrail
+    from autotune.journal.journal import Journal
+    from autotune.store import lock as state_lock
     from autotune.store.db import open_db
 
     ruleset = _rules(cfg)
     db = open_db(cfg.state_path())
+    Journal(db), AuditTrail(db)  # their schemas accepted before a lock file appears beside it
+    # one agent per state (store/lock.py): before this one binds its port, reconciles or acts; a
+    # second agent exits here, naming the first
+    lock = state_lock.acquire(cfg.state_path()) if str(cfg.state_path()) != ":memory:" else None
     try:
         host, actuator = build_actuator(cfg, root, helper_socket=helper_socket, local=local_actuator)
     except PolicyRefused as err:  # the helper said no to this agent (its [peers]): audit it too
@@ -170,6 +177,8 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
         close = getattr(getattr(actuator, "client", None), "close", None)
         if close is not None:
             close()
+        if lock is not None:
+            lock.release()
         log.info("agent stopped")
     return 0
 

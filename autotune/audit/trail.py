@@ -21,10 +21,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlite_utils
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autotune.errors import InvalidValue
-from autotune.store.db import db_path, describe, migrate
+from autotune.store.db import db_path, describe, ensure_wal, migrate
 
 COMPONENT = "audit"
 GENESIS = "0" * 64
@@ -112,6 +112,28 @@ class AuditEvent(BaseModel):
     prev_hash: str | None = None
     hash: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """The trail never fails on a value: a non-finite number (NaN/inf do not round-trip
+        through JSON) becomes null and its place is listed in ``detail["non_finite"]``; a value
+        JSON cannot hold (a model, a tuple, a set) becomes its JSON form or its text."""
+        if not isinstance(data, dict):
+            return data
+        out, bad = dict(data), []
+        for name in ("objective_before", "objective_after"):
+            v = out.get(name)
+            if isinstance(v, float) and not math.isfinite(v):
+                out[name], _ = None, bad.append(name)
+        for name in ("test", "detail"):
+            if out.get(name) is not None:
+                out[name] = _plain(out[name], name, bad)
+        if bad:
+            detail = dict(out.get("detail") or {})
+            detail["non_finite"] = sorted(set(detail.get("non_finite") or []) | set(bad))
+            out["detail"] = detail
+        return out
+
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
@@ -139,6 +161,26 @@ class AuditEvent(BaseModel):
         d["test"] = None if d["test"] is None else json.loads(d["test"])
         d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
         return cls.model_validate(d)
+
+
+def _plain(v: Any, where: str, bad: list[str]) -> Any:
+    """``v`` as plain JSON values (see AuditEvent._storable); ``bad`` collects the places of
+    non-finite numbers replaced by None."""
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return v
+        bad.append(where)
+        return None
+    if v is None or isinstance(v, (str, bool, int)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _plain(x, f"{where}.{k}", bad) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        items = sorted(v, key=str) if isinstance(v, (set, frozenset)) else v
+        return [_plain(x, f"{where}[{i}]", bad) for i, x in enumerate(items)]
+    if isinstance(v, BaseModel):
+        return _plain(v.model_dump(), where, bad)
+    return str(v)
 
 
 class VerifyReport(BaseModel):
@@ -173,6 +215,7 @@ class AuditTrail:
             return []
         conn = self.db.conn
         with self._lock:
+            ensure_wal(self.db)
             outer = conn.in_transaction
             conn.execute("SAVEPOINT audit_append" if outer else "BEGIN IMMEDIATE")
             try:
@@ -288,6 +331,12 @@ class AuditTrail:
             f"SELECT {cols}, COUNT(*) FROM audit_events{where} GROUP BY {cols}", args
         ).fetchall()
         return {tuple(r[:-1]): int(r[-1]) for r in rows}
+
+    def action_ids(self) -> set[int]:
+        """Every journal entry id some event records (``action_id``)."""
+        rows = self.db.conn.execute("SELECT DISTINCT action_id FROM audit_events"
+                                    " WHERE action_id IS NOT NULL").fetchall()
+        return {int(r[0]) for r in rows}
 
     def last(self) -> AuditEvent | None:
         row = self.db.conn.execute(

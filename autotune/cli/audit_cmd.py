@@ -178,25 +178,48 @@ def show_cmd(ctx: typer.Context, action_id: Annotated[int, typer.Argument(help="
             con.print("  detail:", Pretty(rest))
 
 
+def _unaudited(trail) -> list:
+    """Journaled changes (writes that landed) that no audit event records: the trail is
+    checked against the journal, not only against itself. A state DB holding no journal (a bare
+    trail) has nothing to check against; one whose journal tables are gone is refused
+    (StateError from the journal's schema check)."""
+    from autotune.journal.journal import COMPONENT, Journal
+    from autotune.store.db import schema_version
+
+    if schema_version(trail.db, COMPONENT) == 0:
+        return []
+    journal = Journal(trail.db)
+    recorded = trail.action_ids()
+    return [journal.get(i) for i in journal.landed_ids() if i not in recorded]
+
+
 @audit_app.command("verify")
 def verify_cmd(ctx: typer.Context, json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Check the hash chain; exit 1 naming the first bad row if it was tampered with."""
+    """Check the hash chain and that every journaled change has audit events; exit 1 naming
+    the first bad row or the changes missing from the trail."""
     from autotune.store.db import read_note
 
     trail = _trail(ctx)
     rep = trail.verify()
+    missing = _unaudited(trail)
     unread = read_note(trail.db)  # part of the DB (its -wal) could not be read: never say OK
     if json_out:
-        print_json({**rep.model_dump(), **({"ok": False, "unread": unread} if unread else {})})
+        gaps = {"ok": False, "unaudited": [e.id for e in missing]} if missing else {}
+        print_json({**rep.model_dump(), **gaps, **({"ok": False, "unread": unread} if unread else {})})
     elif rep.ok and unread:
         typer.secho(f"audit trail verified only up to its last checkpoint ({rep.checked} events, "
                     f"head {rep.head_hash}): {unread}", fg="yellow", err=True)
-    elif rep.ok:
+    elif rep.ok and not missing:
         typer.echo(f"audit trail OK: {rep.checked} events, head {rep.head_hash}")
-    else:
+    elif not rep.ok:
         typer.secho(f"audit trail BROKEN at event id {rep.first_bad_id}: {rep.reason} "
                     f"({rep.checked} events before it verify)", fg="red", err=True)
-    if not rep.ok or unread:
+    if missing and not json_out:
+        shown = ", ".join(f"{e.id} ({e.knob} on {e.target}, {e.state})" for e in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        typer.secho(f"audit trail INCOMPLETE: {len(missing)} journaled change(s) have no audit "
+                    f"event: entry {shown}{more} (see `autotune history`)", fg="red", err=True)
+    if not rep.ok or unread or missing:
         raise typer.Exit(1)
 
 

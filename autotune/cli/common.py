@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -79,8 +80,22 @@ def require_extra(extra: str, *, what: str) -> None:
     fail(f"{what}: needs the '{extra}' extra ({', '.join(missing)} not installed): {how}")
 
 
+def strict_json(data: Any) -> Any:
+    """``data`` with every non-finite number as null: NaN and Infinity are not JSON, and a strict
+    parser (jq, Go, a browser) refuses the whole document over one of them."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
+    """JSON on stdout, strict (``allow_nan=False`` after ``strict_json``): every command that
+    prints JSON prints it through here."""
+    json.dump(strict_json(data), sys.stdout, indent=2, sort_keys=False, default=str, allow_nan=False)
     sys.stdout.write("\n")
 
 

@@ -23,8 +23,12 @@ from autotune.cli.common import ConfigOpt, JsonOpt, fail, load_config_or_exit, p
 
 def newest_sample_ts(db_path: Path) -> float | None:
     """Wall-clock time (s) of the newest raw sample in the state DB; None when it has none."""
+    # a -wal without its -shm means no agent has the DB open: mode=ro would create the -shm
+    # beside it (a read-only probe creates nothing); the main file alone says how old it is
+    alone = Path(f"{db_path}-wal").exists() and not Path(f"{db_path}-shm").exists()
     try:
-        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+        con = sqlite3.connect(f"file:{db_path}?mode=ro{'&immutable=1' if alone else ''}", uri=True,
+                              timeout=5.0)
     except sqlite3.Error as err:
         raise OSError(f"{db_path}: cannot open state DB ({err})") from err
     try:

@@ -153,6 +153,8 @@ def _surrogate(data: object) -> str | None:
 
 def parse_request(line: bytes) -> Request:
     """bytes (without the newline) -> a typed request, or BadRequest naming the problem."""
+    if not line.strip():
+        raise BadRequest("empty request line: send one JSON object per line")
     try:
         text = line.decode("utf-8")
         data = json.loads(text)

@@ -314,8 +314,7 @@ class HelperServer:
                 if nl >= 0:
                     line = bytes(buf).rstrip(b"\r")
                     buf.clear()
-                    if line.strip():
-                        yield line, None
+                    yield line, None  # a blank line too: every line gets exactly one answer
             reading = bool(buf) or discarding  # a line is under way: not silent, not evictable
             if reading != (c.state == "active"):
                 self._set_state(c, "active" if reading else "idle")

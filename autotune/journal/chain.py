@@ -1,8 +1,8 @@
 """One target's change history as the journal tells it: which writes landed, what the target
 held before the agent's first change, and what the agent left in place. Pure: no host, no DB.
-
-Rollback (``verify/rollback.py``) asks this module and never compares an entry with its
-proposed value on its own, so an entry whose write never landed is never taken for ours.
+This is the ONE statement of the journal's episode logic: rollback (``verify/rollback.py``) and
+the give-backs' origin (``Journal.origin``) ask it, and never compare an entry with its proposed
+value on their own, so an entry whose write never landed is never taken for ours.
 
 - Landed: an entry's stored ``landed`` flag when known. A planned entry, or a failed write that
   may have landed (``landed`` None), is settled by a later READING (``landed_from``): the next
@@ -11,19 +11,25 @@ proposed value on its own, so an entry whose write never landed is never taken f
   changed the target, or the write left something else; either way the value is not ours).
   A reading taken after autotune itself rolled another entry of the target back proves
   nothing (that restore may have written the very value the entry proposed).
-- Runs: the entries that landed (or may have, unknown) form runs, oldest first. A run breaks
-  where an entry's prior is not what the run had left in place when that entry was planned:
-  someone else changed the target in between (an entry whose fate is unknown, or that had
-  been found drifted by then, leaves nothing known in place; one rolled back by then left
-  its prior).
+- In place: the history is replayed in time order. A write that landed (or may have) goes on
+  a stack of the agent's changes in place; an undo of an entry (``rolled_back``, whoever did
+  it) takes it and everything above it off the stack and leaves ITS prior in place (an undo of
+  a whole run settles its entries newest first, so the run's original is what is left); a
+  drift takes it off and leaves nothing known in place. An entry whose fate is unknown also
+  leaves nothing known in place.
+- Runs (episodes): the entries that landed (or may have) form runs, oldest first. A run breaks
+  where an entry's prior is not what the agent had left in place when that entry was planned:
+  someone else changed the target in between. So after a run was undone and someone set the
+  target again, even to a value the run once held, the next change starts a new run.
 - The newest run is what rollback undoes: ``original`` is its first entry's prior (the exact
   raw record), the value before the agent's first change since anyone else set the target;
-  ``ours`` is the value the run left in place (None when unknown). Still-open entries of older
-  runs were overwritten by someone else: they are ``superseded``.
+  ``ours`` is the value the agent left in place (None when unknown). Still-open entries of
+  older runs were overwritten by someone else: they are ``superseded``.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +78,7 @@ class History:
     superseded: tuple[JournalEntry, ...]  # open (not yet drifted) entries of older runs
     ours: str | None  # the value the newest run left in place; None when unknown
     readings: dict[int, str] = field(default_factory=dict)  # entry id -> the reading used
+    in_place: tuple[JournalEntry, ...] = ()  # the agent's changes still in place, oldest first
 
     @property
     def original(self) -> KnobState | None:
@@ -81,6 +88,13 @@ class History:
     def open_run(self) -> list[JournalEntry]:
         """Entries of the newest run that rollback still has to settle, NEWEST FIRST."""
         return [e for e in reversed(self.run) if is_open(e)]
+
+    def is_in_place(self, entry: JournalEntry) -> bool:
+        """Whether ``entry``'s change may still be the live value: nothing undid it, nobody was
+        found to have overwritten it, and no change over another value came after it. Only
+        such an entry's value in place is the agent's; the same value set by someone else
+        later is theirs."""
+        return any(e.id == entry.id for e in self.in_place)
 
     def newer_in_place(self, entry: JournalEntry) -> JournalEntry | None:
         """The newest entry after ``entry`` whose change may be the live value."""
@@ -116,34 +130,44 @@ def history(entries: Sequence[JournalEntry], live: str | None, same: Same) -> Hi
             inferred[e.id] = got
         if reading is not None:
             readings[e.id] = reading
+    runs, stack, ours = _runs(es, landed, same)
+    superseded = tuple(e for r in runs[:-1] for e in r if is_open(e) and e.state != "drifted")
+    return History(entries=es, landed=landed, inferred=inferred,
+                   run=tuple(runs[-1]) if runs else (), superseded=superseded,
+                   ours=ours, readings=readings, in_place=tuple(stack))
+
+
+def _runs(es: Sequence[JournalEntry], landed: dict[int, bool | None],
+          same: Same) -> tuple[list[list[JournalEntry]], list[JournalEntry], str | None]:
+    """Replay the entries (oldest first) and their ends (undone or found drifted) in time order:
+    the runs, the changes in place at the end and the value they leave (None: unknown)."""
     runs: list[list[JournalEntry]] = []
-    prev: JournalEntry | None = None
+    stack: list[JournalEntry] = []  # the agent's changes in place, oldest first
+    left: str | None = None
+    ends: list[tuple[float, int, JournalEntry]] = []  # (when, -id, entry) of started entries
+
+    def settle_until(t: float | None) -> None:
+        nonlocal stack, left
+        while ends and (t is None or ends[0][0] <= t):
+            _, _, x = heapq.heappop(ends)  # at one instant the newer entry ended first
+            at = next((i for i, y in enumerate(stack) if y.id == x.id), None)
+            if at is not None:
+                stack = stack[:at]
+                left = x.prior_value if x.state == "rolled_back" else None
+
     for e in es:
         got = landed[e.id]
         if got is False:
             continue  # never touched the target
-        if prev is not None:
-            left = _left(prev, landed[prev.id], at=e.planned_ts)
-            if left is None or not same(e.prior_value, left):
-                runs.append([])  # someone else changed the target in between
-        if not runs:
-            runs.append([])
+        settle_until(e.planned_ts)
+        if not runs or left is None or not same(e.prior_value, left):
+            runs.append([])  # someone else set the target since the agent last left it
+            stack = []  # ... over whatever of the agent's was still there
         runs[-1].append(e)
-        prev = e
-    superseded = tuple(e for r in runs[:-1] for e in r if is_open(e) and e.state != "drifted")
-    ours = _left(prev, landed[prev.id], at=None) if prev is not None else None
-    return History(entries=es, landed=landed, inferred=inferred,
-                   run=tuple(runs[-1]) if runs else (), superseded=superseded,
-                   ours=ours, readings=readings)
-
-
-def _left(e: JournalEntry, landed: bool | None, *, at: float | None) -> str | None:
-    """The value ``e`` had left in place at time ``at`` (None: now); None when unknown. An
-    entry rolled back or found drifted only AFTER ``at`` was still in place then."""
-    if landed is None:
-        return None
-    ended = e.state in ("rolled_back", "drifted") and (
-        at is None or e.finished_ts is None or e.finished_ts <= at)
-    if not ended:
-        return e.expected_value
-    return e.prior_value if e.state == "rolled_back" else None
+        stack.append(e)
+        left = e.expected_value if got else None
+        if e.state in ("rolled_back", "drifted"):
+            # no finish time (old rows): ended before anything after it
+            heapq.heappush(ends, (e.planned_ts if e.finished_ts is None else e.finished_ts, -e.id, e))
+    settle_until(None)
+    return runs, stack, left

@@ -481,16 +481,16 @@ class Journal:
         r = self.db.execute(sql, args).fetchone()
         return float(r[0]) if r and r[0] is not None else None
 
-    def origin(self, knob: str, target: str) -> str | None:
+    def origin(self, knob: str, target: str, same: Same | None = None) -> str | None:
         """The value ``target`` had before the agent's changes that are still in effect (the
-        prior of the oldest of them), None when none is: where a give-back stops. A drift
-        (someone else took the target) starts the chain afresh."""
-        row = self.db.execute(
-            "SELECT prior FROM journal_entries WHERE knob=? AND target=?"
-            " AND state IN ('applied','verifying','kept') AND id > COALESCE((SELECT MAX(id)"
-            " FROM journal_entries WHERE knob=? AND target=? AND state='drifted'), 0)"
-            " ORDER BY id LIMIT 1", [knob, target, knob, target]).fetchone()
-        return None if row is None else knob_state(json.loads(row[0]), knob, target).value
+        original of its newest run, ``journal/chain.py``), None when none is: where a give-back
+        stops. Someone else setting the target (a drift, or a change made over another value
+        than the agent left) starts a new run."""
+        from autotune.journal.chain import history  # chain reads JournalEntry from here
+
+        h = history(self.entries(knob=knob, target=target), None, same or _eq)
+        in_effect = any(e.state in ("applied", "verifying", "kept") for e in h.run)
+        return h.original.value if in_effect and h.original is not None else None
 
     def lockout_until(self, service: str) -> float | None:
         """When the newest give-back that broke ``service``'s SLO stops locking out further
@@ -525,6 +525,12 @@ class Journal:
             " AND applied_ts IS NOT NULL AND finished_ts IS NOT NULL) WHERE t IS NOT NULL" + cond,
             args).fetchone()
         return float(r[0]) if r and r[0] is not None else None
+
+    def landed_ids(self) -> list[int]:
+        """Ids of the entries whose write reached the target (the changes the agent made)."""
+        rows = self.db.execute("SELECT id FROM journal_entries WHERE landed=1 OR applied_ts IS NOT"
+                               " NULL ORDER BY id").fetchall()
+        return [int(r[0]) for r in rows]
 
     def changes_since(self, ts: float, *, applied_only: bool = False) -> int:
         """Changes planned at or after ``ts``; ``applied_only`` counts only ones that landed."""

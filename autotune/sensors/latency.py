@@ -36,6 +36,7 @@ SLO field each source can measure is autotune/slo.py's table.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict, deque
 from typing import Literal
@@ -147,6 +148,8 @@ def parse_page(text: str) -> Page:
     try:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
+                if not math.isfinite(s.value):
+                    continue  # NaN/+-Inf (legal in the format): no reading, never a figure
                 if s.name.endswith("_bucket") and "le" in s.labels:
                     base = s.name[: -len("_bucket")]
                     buckets[base][float(s.labels["le"])] += s.value

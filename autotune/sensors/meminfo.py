@@ -25,6 +25,9 @@ def parse_meminfo(text: str, source: str = PATH) -> dict[str, int]:
             value = int(fields[0])
         except ValueError as err:
             raise ParseError(f"{source}: line {lineno}: {name.strip()} is not an integer ({fields[0]!r})") from err
+        if value < 0:  # sizes and page counts: a negative one is a broken file, not a reading
+            raise ParseError(f"{source}: line {lineno}: {name.strip()} = {value}: a size or count "
+                             "cannot be negative; reading dropped")
         if len(fields) == 2:
             if fields[1] != "kB":
                 raise ParseError(f"{source}: line {lineno}: {name.strip()}: unknown unit {fields[1]!r}")

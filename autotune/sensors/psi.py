@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from autotune.errors import ParseError
 from autotune.host import PSI_RESOURCES, Host
-from autotune.types import PsiLine, PsiReading
+from autotune.types import PsiLine, PsiReading, reading
 
 CGROUP_PSI_RESOURCES = ("cpu", "memory", "io")
 _KEYS = ("avg10", "avg60", "avg300", "total")
@@ -30,14 +30,11 @@ def _parse_line(fields: list[str], source: str, lineno: int) -> PsiLine:
     if missing:
         raise ParseError(f"{source}: line {lineno}: missing {', '.join(missing)}")
     try:
-        return PsiLine(
-            avg10_pct=float(values["avg10"]),
-            avg60_pct=float(values["avg60"]),
-            avg300_pct=float(values["avg300"]),
-            total_usec=int(values["total"]),
-        )
+        nums = dict(avg10_pct=float(values["avg10"]), avg60_pct=float(values["avg60"]),
+                    avg300_pct=float(values["avg300"]), total_usec=int(values["total"]))
     except ValueError as err:
         raise ParseError(f"{source}: line {lineno}: non-numeric value ({err})") from err
+    return reading(PsiLine, f"{source}: line {lineno}", **nums)
 
 
 def parse_psi(text: str, source: str) -> PsiReading:

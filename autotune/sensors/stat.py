@@ -11,7 +11,7 @@ import os
 
 from autotune.errors import ParseError
 from autotune.host import Host
-from autotune.types import CpuTimes, StatReading
+from autotune.types import CpuTimes, StatReading, reading
 
 PATH = "/proc/stat"
 _CPU_FIELDS = ("user_s", "nice_s", "system_s", "idle_s", "iowait_s", "irq_s", "softirq_s", "steal_s")
@@ -41,7 +41,8 @@ def parse_stat(text: str, source: str = PATH, *, hz: int | None = None) -> StatR
                 if len(fields) < 5:  # user nice system idle at the very least
                     raise ParseError(f"{source}: line {lineno}: {key} has {len(fields) - 1} columns, need >= 4")
                 ticks = [int(v) for v in fields[1 : 1 + len(_CPU_FIELDS)]]
-                times = CpuTimes(**{name: t / hz for name, t in zip(_CPU_FIELDS, ticks)})
+                times = reading(CpuTimes, f"{source}: line {lineno}: {key}",
+                                **{name: t / hz for name, t in zip(_CPU_FIELDS, ticks)})
                 if key == "cpu":
                     total = times
                 else:
@@ -52,7 +53,7 @@ def parse_stat(text: str, source: str = PATH, *, hz: int | None = None) -> StatR
             raise ParseError(f"{source}: line {lineno}: cannot parse {key!r} ({err})") from err
     if total is None:
         raise ParseError(f"{source}: no aggregate 'cpu' line (empty or truncated file?)")
-    return StatReading(total=total, per_cpu=per_cpu, **scalars)
+    return reading(StatReading, source, total=total, per_cpu=per_cpu, **scalars)
 
 
 def read_stat(host: Host) -> StatReading:

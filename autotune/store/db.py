@@ -17,25 +17,39 @@ it; every failure is a StateError naming the file and what is wrong, in one line
   newer than this code and one whose recorded tables are gone (``DROP TABLE audit_events``).
 
 ``read_only=True`` is for commands that only read (history, audit, status, ranker). They never
-create, migrate or write anything, so they work on a file the user may only read and on a full
-disk: with no ``-wal`` file beside the DB (no writer has it open, everything is checkpointed)
-it is opened ``immutable=1``, which reads the main file without locks or -wal/-shm files;
-otherwise ``mode=ro`` reads through the live WAL. If that fails because the -shm file cannot be
-created (read-only directory, full disk), it falls back to ``immutable=1``: changes still only
-in the -wal are then not seen, which ``read_note`` reports (``audit verify`` refuses to say OK).
+create, migrate or change anything - no file appears beside the DB, no byte of it changes - so
+they work on a file the user may only read and on a full disk:
+- no ``-wal`` beside the DB (no writer has it open, everything is checkpointed): ``immutable=1``,
+  which reads the main file without locks or -wal/-shm files;
+- a ``-wal`` and its ``-shm`` (a running agent, or a killed one): ``mode=ro`` reads through them;
+- a ``-wal`` without a ``-shm`` (a killed writer whose -shm went away, or garbage): ``mode=ro``
+  would create the -shm, so the DB and its -wal are read through a private copy in a temporary
+  directory (removed when the connection closes).
+If a -wal cannot be read at all (the -shm is unusable and no copy can be made: a full disk), it
+falls back to ``immutable=1``: changes still only in the -wal are then not seen, which
+``read_note`` reports (``audit verify`` refuses to say OK).
 The trade-off of ``immutable=1``: no locks, so a writer that starts *and checkpoints* during
 the read could show the reader a half-written page; writers append to the -wal and checkpoint
 only every ~1,000 pages or at close, so for a CLI read this window is small.
 A component with no schema in a read-only DB is an error, never "0 events": a read-only command
 never creates a DB, so there is no "just created" case. Writing commands create what is missing.
+
+A writing open refuses, before anything is created or changed, a DB file or directory it cannot
+write (permissions, ``chattr +i``: SQLite would otherwise open it read-only, leave -wal/-shm
+behind and fail at the first write) and a DB the read-only checks refuse (they run first,
+through the read-only door). It changes nothing an existing DB's header records until the first
+write: a foreign or restored DB in rollback-journal mode becomes a WAL DB then, not when a
+component's schema check is about to refuse it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
 from collections import deque
@@ -61,6 +75,7 @@ _SCHEMA_TABLE = (
 )
 # attributes kept on the sqlite_utils.Database by open_db
 _PATH, _RO, _NOTE = "_autotune_path", "_autotune_read_only", "_autotune_note"
+_WAL_PENDING = "_autotune_wal_pending"  # a rollback-journal DB to switch to WAL at its first write
 _OPENED: deque[str] = deque(maxlen=4)  # paths opened by this process, newest last (describe())
 
 
@@ -89,26 +104,39 @@ def open_db(path: str | os.PathLike[str], *, read_only: bool = False,
                              "pass --state PATH in a writable directory") from err
     if not p.exists():
         _create(p)
-    _check_file(p)
+    head = _check_file(p)
+    _check_writable(p)
+    checked = _open_read_only(p, for_writing=True)  # refuses what readers refuse; changes nothing
+    try:
+        tables = _tables(checked.conn)
+    finally:
+        checked.conn.close()
     try:
         conn = sqlite3.connect(str(p), timeout=30, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as err:
         raise StateError(f"{p}: cannot open state database ({err})") from err
     try:
         conn.execute("PRAGMA busy_timeout=30000")
-        _quick_check(conn, p)
-        tables = _tables(conn)
-        if "schema_version" not in tables and tables:
-            raise StateError(_not_ours(p, tables))
-        _pragmas(conn)
-        conn.execute(_SCHEMA_TABLE)  # a valid but empty SQLite file becomes a new state DB
+        if not tables:  # a valid but empty SQLite file becomes a new state DB
+            _pragmas(conn)
+            conn.execute(_SCHEMA_TABLE)
+        else:  # an existing DB: nothing its header records changes before the first write
+            _connection_pragmas(conn)
     except sqlite3.Error as err:
         conn.close()
         raise describe(err, str(p)) from err
-    except StateError:
-        conn.close()
-        raise
-    return _wrap(conn, str(p), read_only=False, note=None)
+    db = _wrap(conn, str(p), read_only=False, note=None)
+    setattr(db, _WAL_PENDING, bool(tables) and head[18:20] != b"\x02\x02")
+    return db
+
+
+def ensure_wal(db: sqlite_utils.Database) -> None:
+    """Before the first write on a DB opened in rollback-journal mode (restored from a backup,
+    made by another tool): switch it to WAL (see the module doc). Called by ``transaction`` and
+    by writers that begin their own transactions."""
+    if getattr(db, _WAL_PENDING, False) and not db.conn.in_transaction:
+        db.conn.execute("PRAGMA journal_mode=WAL")
+        setattr(db, _WAL_PENDING, False)
 
 
 def read_note(db: sqlite_utils.Database) -> str | None:
@@ -153,13 +181,35 @@ def _wrap(conn: sqlite3.Connection, path: str, *, read_only: bool, note: str | N
 
 
 def _pragmas(conn: sqlite3.Connection) -> None:
+    """A NEW database's settings (they are recorded in its header), then the connection's."""
     # Must precede the first table: lets retention hand freed pages back to the filesystem
-    # (``PRAGMA incremental_vacuum``). A no-op on a DB created without it.
+    # (``PRAGMA incremental_vacuum``). On an existing DB it rewrites the header even when it
+    # changes nothing, so it is set only here.
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
+    _connection_pragmas(conn)
+
+
+def _connection_pragmas(conn: sqlite3.Connection) -> None:
+    """Settings of this connection only: nothing in the file changes."""
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _check_writable(p: Path) -> None:
+    """A writing command must be able to write the DB and create -wal/-shm beside it; refused
+    here, before SQLite silently opens it read-only and leaves files behind."""
+    try:
+        fd = os.open(p, os.O_RDWR)
+    except OSError as err:
+        raise StateError(f"{p}: the state database cannot be written ({err.strerror or err}; "
+                         "an immutable attribute shows in lsattr); the agent, rollback and enable "
+                         "write it: fix that or pass --state PATH") from err
+    os.close(fd)
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise StateError(f"{p}: its directory {p.parent} cannot be written (the database keeps "
+                         "-wal/-shm files beside it); fix that or pass --state PATH")
 
 
 def _create(p: Path) -> None:
@@ -274,29 +324,34 @@ def _uri(p: Path, query: str) -> str:
     return f"file:{quote(str(p.resolve()))}?{query}"
 
 
-def _open_read_only(p: Path) -> sqlite_utils.Database:
+def _open_read_only(p: Path, *, for_writing: bool = False) -> sqlite_utils.Database:
+    """The read-only door (module doc). ``for_writing``: the checks a writing open runs first; an
+    empty SQLite file (no tables) is then accepted, since the writer makes it a state DB."""
     head = _check_file(p)
-    wal = Path(f"{p}-wal")
+    wal, shm = Path(f"{p}-wal"), Path(f"{p}-shm")
     in_wal_mode = head[18:20] == b"\x02\x02"
     note = None
     conn = None
-    if not (in_wal_mode and not wal.exists()):
+    if in_wal_mode and wal.exists() and not shm.exists():
+        conn = _private_copy(p, wal)  # mode=ro here would create the -shm beside the DB
+    elif not (in_wal_mode and not wal.exists()):
         try:
             conn = sqlite3.connect(_uri(p, "mode=ro"), uri=True, timeout=30, check_same_thread=False,
                                    isolation_level=None)
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the WAL index
-        except sqlite3.OperationalError as err:  # -shm cannot be created: read-only dir, full disk
+        except sqlite3.OperationalError:  # the -shm is unusable (read-only dir, full disk)
             if conn is not None:
                 conn.close()
-            conn = None
-            size = wal.stat().st_size if wal.exists() else 0
-            if size:
-                note = (f"{wal} ({size} bytes) could not be read ({err}); showing the database as "
-                        "of its last checkpoint, newer changes are not included")
-                log.warning("%s", note)
+            conn = _private_copy(p, wal) if in_wal_mode and wal.exists() else None
         except sqlite3.DatabaseError as err:
+            if conn is not None:
+                conn.close()
             raise describe(err, str(p)) from err
+    if conn is None and in_wal_mode and wal.exists() and wal.stat().st_size:
+        note = (f"{wal} ({wal.stat().st_size} bytes) could not be read; showing the database as "
+                "of its last checkpoint, newer changes are not included")
+        log.warning("%s", note)
     if conn is None:
         # everything is in the main file (or the -wal is unreadable): read it as a plain file
         conn = sqlite3.connect(_uri(p, "mode=ro&immutable=1"), uri=True, check_same_thread=False,
@@ -305,7 +360,7 @@ def _open_read_only(p: Path) -> sqlite_utils.Database:
         conn.execute("PRAGMA query_only=ON")
         _quick_check(conn, p)
         tables = _tables(conn)
-        if "schema_version" not in tables:
+        if "schema_version" not in tables and (tables or not for_writing):
             raise StateError(_not_ours(p, tables) if tables else
                              f"{p}: not an autotune state database (empty: no schema_version table)")
     except sqlite3.Error as err:
@@ -315,6 +370,44 @@ def _open_read_only(p: Path) -> sqlite_utils.Database:
         conn.close()
         raise
     return _wrap(conn, str(p), read_only=True, note=note)
+
+
+class _CopyConnection(sqlite3.Connection):
+    """A connection to a private copy of a DB; closing it removes the copy."""
+
+    scratch: str | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+                self.scratch = None
+
+    def __del__(self) -> None:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _private_copy(p: Path, wal: Path) -> sqlite3.Connection | None:
+    """``p`` and its -wal copied into a private temporary directory and opened read-only there
+    (its -shm is made there), so a -wal without a -shm is read in full and nothing appears
+    beside ``p``. None when no copy can be made (full disk): the caller reads ``p`` alone."""
+    scratch = tempfile.mkdtemp(prefix="autotune-ro-")
+    try:
+        copy = Path(scratch) / "state.db"
+        shutil.copyfile(p, copy)
+        shutil.copyfile(wal, f"{copy}-wal")
+        conn = sqlite3.connect(_uri(copy, "mode=ro"), uri=True, timeout=30, check_same_thread=False,
+                               isolation_level=None, factory=_CopyConnection)
+        conn.scratch = scratch
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except (OSError, sqlite3.OperationalError) as err:
+        log.debug("cannot read %s through a private copy: %s", wal, err)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return None
 
 
 # -- transactions and migrations ----------------------------------------------------------
@@ -342,6 +435,7 @@ def transaction(db: sqlite_utils.Database, *, durable: bool = True) -> Iterator[
             lock = threading.RLock()
             setattr(db, _LOCK_ATTR, lock)
     with lock:
+        ensure_wal(db)
         if not durable:
             db.execute("PRAGMA synchronous=NORMAL")
         try:

@@ -20,13 +20,14 @@ Journal rows written before objectives were metric names say ``psi``, ``latency_
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from autotune.config import Service
 from autotune.detect.metrics import derive_metrics
-from autotune.types import Direction, LatencyReading, Snapshot
+from autotune.types import Buckets, Direction, LatencyReading, Snapshot
 
 MIN_SAMPLES = 5  # per window; fewer cannot show a significant difference
 MIN_TOKENS = 30  # per-token objectives: tokens each window needs before they are used
@@ -48,6 +49,7 @@ class Kind(BaseModel):
     fallback: str | None = None  # a gauge used when no interval yields a value (every 10 s)
     absolute: bool = False  # effects are differences in the metric's units, not relative
     per_token: str | None = None  # the histogram kind whose every observation is a sample
+    quantile: float | None = None  # per-token: the quantile of those observations judged
     needs_slo: bool = False  # derived from the service's SLO (pass its config ``Service``)
 
 
@@ -63,9 +65,13 @@ KINDS: dict[str, Kind] = {k.metric: k for k in (
     Kind(metric="cpu.usage_cores", direction="higher_is_better", unit="cores", service_only=True,
          min_interval_s=2.0),
     # every token generated in the window is a sample: a 10 s window of one running request
-    # holds a hundred or more; the test compares their medians (the window's itl_p50)
+    # holds a hundred or more; the verdict is on their p95 (the quantile the SLO is on) and
+    # its uncertainty (stats.compare_quantile), never on a median that falls in one bucket
+    Kind(metric="latency.itl_p95_s", direction="lower_is_better", unit="s", service_only=True,
+         per_token="itl", quantile=0.95),
+    # journaled before verdicts were on the p95 (a median of bucketed gaps): still loads
     Kind(metric="latency.itl_p50_s", direction="lower_is_better", unit="s", service_only=True,
-         per_token="itl"),
+         per_token="itl", quantile=0.5),
     # dense when the SLO names a per-token latency: every token generated in the interval is a
     # sample, so one scrape interval (a second) already holds tens of them
     Kind(metric="slo.slack", direction="higher_is_better", unit="slack", service_only=True,
@@ -116,9 +122,9 @@ class Objective(BaseModel):
             return self._fallback(window)
         return out
 
-    def _per_token(self, window: Sequence[Snapshot]) -> list[float]:
-        """Every observation of the window's ``per_token`` histograms (the intervals after its
-        first snapshot), each at its bucket's midpoint, thinned evenly to MAX_TOKEN_SAMPLES."""
+    def histogram(self, window: Sequence[Snapshot]) -> Buckets | None:
+        """Per-token kinds: the window's ``per_token`` histograms merged (the intervals after its
+        first snapshot); None when it holds none."""
         from autotune import histogram
 
         parts = []
@@ -127,8 +133,33 @@ class Objective(BaseModel):
             lat = svc.latency if svc is not None else None
             if lat is not None and lat.ok:
                 parts.append(lat.hist.get(self.kind.per_token or ""))
-        merged = histogram.merge(parts)
+        return histogram.merge(parts)
+
+    def _per_token(self, window: Sequence[Snapshot]) -> list[float]:
+        """Every observation of the window's histogram at its bucket's midpoint, thinned evenly
+        to MAX_TOKEN_SAMPLES (for plots; verdicts read the histogram itself)."""
+        from autotune import histogram
+
+        merged = self.histogram(window)
         return histogram.samples(merged, MAX_TOKEN_SAMPLES) if merged is not None else []
+
+    def observations(self, window: Sequence[Snapshot]) -> int:
+        """How many values the window holds: tokens for a per-token kind, else the series'."""
+        if self.kind.per_token:
+            from autotune import histogram
+
+            return int(histogram.count(self.histogram(window)))
+        return len(self.series(window))
+
+    def figure(self, window: Sequence[Snapshot]) -> float | None:
+        """The window's one figure of the objective: the quantile a per-token kind is judged on
+        (as the metric vocabulary and the status line read it), else the series' median."""
+        if self.kind.per_token and self.kind.quantile is not None:
+            from autotune import histogram
+
+            return histogram.quantile(self.kind.quantile, self.histogram(window))
+        series = self.series(window)
+        return statistics.median(series) if series else None
 
     def _per_reading(self, window: Sequence[Snapshot]) -> list[float]:
         out: list[float] = []
@@ -216,7 +247,7 @@ def _measured(obj: Objective, window: Sequence[Snapshot]) -> bool:
 
 def choose(service: str | None, window: Sequence[Snapshot], *, has_latency: bool,
            slo_of: Sequence[Service] = ()) -> Objective:
-    """The objective a change on ``service`` is judged by: its per-token latency when its
+    """The objective a change on ``service`` is judged by: its per-token latency's p95 when its
     source reports one and the window holds enough tokens (every token a sample: the densest
     signal an inference server has), else its SLO slack when it declares an SLO (``slo_of``: its
     config) and the window yields enough values per interval, else its p95 latency when its latency source
@@ -224,8 +255,8 @@ def choose(service: str | None, window: Sequence[Snapshot], *, has_latency: bool
     may not), else its cgroup's CPU pressure, else the host's (a v1-only host has no cgroup PSI)."""
     if service is not None:
         if has_latency:
-            per_token = objective(f"svc.{service}.latency.itl_p50_s")
-            if len(per_token.series(window)) >= 2 * MIN_TOKENS:
+            per_token = objective(f"svc.{service}.latency.itl_p95_s")
+            if per_token.observations(window) >= 2 * MIN_TOKENS:
                 return per_token
         if has_latency and slo_of:
             slack = objective(f"svc.{service}.slo.slack", slo_of=slo_of)

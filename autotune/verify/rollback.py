@@ -28,9 +28,11 @@ applied / verifying / kept             == what the run left    ours: restore the
 any open entry of the run              == the original         nothing written; rolled_back
 applied / verifying / kept / failed    anything else           drift: drifted + unmanaged, exit
                                                                1 (``--force`` restores)
-drifted (drift already reported)       anything else           left alone, exit 0, no new row
+drifted (drift already reported)       anything else, even     left alone, exit 0, no new row
+                                         its own old value       (someone else set it again)
 entry of an older run (someone else    any                     superseded: drifted (target not
-  set the target after it)                                     disabled), reported once
+  set the target after it)                                     disabled), reported once;
+                                                               ``rollback ID``: never "ours"
 unfinished entry                       target gone             failed; nothing written
 =====================================  ======================  ==============================
 
@@ -107,11 +109,14 @@ class RollbackOutcome(BaseModel):
 
 
 def plan(entry: JournalEntry, current: str | None, *, force: bool = False,
-         same: Same | None = None) -> RollbackPlan:
+         same: Same | None = None, in_place: bool = True) -> RollbackPlan:
     """Decide how to undo one entry given the live value. Pure: writes nothing.
 
     restore -> live value is ours (or force); skip_drift -> someone else changed it since;
-    nothing -> already at prior, already rolled back, or target gone.
+    nothing -> already at prior, already rolled back, or target gone. ``in_place``: the
+    history (``History.is_in_place``) says the entry's change may still be there; when it
+    says not (drifted, or overwritten before a later change), the same value live now was
+    set by someone else and is not ours.
     """
     eq = same or (lambda a, b: a == b)
 
@@ -126,7 +131,7 @@ def plan(entry: JournalEntry, current: str | None, *, force: bool = False,
         return out("nothing", "target gone")
     if eq(current, entry.prior_value):
         return out("nothing", f"already at prior {entry.prior_value!r}")
-    if entry.landed is not False and eq(current, entry.expected_value):
+    if entry.landed is not False and in_place and eq(current, entry.expected_value):
         return out("restore", f"{current!r} is ours; restore {entry.prior_value!r}")
     if force:
         return out("restore", f"forced over drift: live {current!r}, restore {entry.prior_value!r}")
@@ -347,15 +352,17 @@ class Rollback:
                 mine = [o for o in outs if o.entry_id == entry.id]
                 return mine[0] if mine else done(
                     "not_applied", "its write never landed; nothing to undo", before=current)
-        if single and entry.state != "rolled_back":
+        if entry.state != "rolled_back" and current is not None:
             h = h or history(self.journal.entries(knob=entry.knob, target=entry.target),
                              current, same)
+        if single and h is not None:
             newer = h.newer_in_place(entry)
             if newer is not None:
                 return done("blocked", f"newer entry {newer.id} on the same target may still be "
                                        f"in place; roll it back first or use: autotune rollback "
                                        f"--all --knob {entry.knob} --target {entry.target}")
-        p = plan(entry, current, force=force, same=same)
+        p = plan(entry, current, force=force, same=same,
+                 in_place=h is None or h.is_in_place(entry))
         reason = f"{why}; {p.reason}" if why else p.reason
         if p.action == "nothing":
             if entry.state == "rolled_back":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -86,11 +85,10 @@ class Verifier:
                       slo_of=slo)
 
     def summary(self, service: str | None, window: list[Snapshot]) -> dict[str, Any]:
-        """{"objective": name, "median": value, "n": samples} - journaled as objective_before."""
+        """{"objective": name, "median": figure, "n": values} - journaled as objective_before.
+        The figure is the objective's (``Objective.figure``: a per-token latency's p95)."""
         obj = self.objective(service, window)
-        series = obj.series(window)
-        return {"objective": obj.name, "median": statistics.median(series) if series else None,
-                "n": len(series)}
+        return {"objective": obj.name, "median": obj.figure(window), "n": obj.observations(window)}
 
     def can_measure(self, now: float, service: str | None = None, window_s: float | None = None) -> bool:
         """A change is only worth making if its before-window can be measured: samples must
@@ -107,7 +105,7 @@ class Verifier:
         obj = self.objective(service, snaps)
         interval = obj.kind.min_interval_s or period  # what a full window can yield
         need = min(MIN_SAMPLES, int(w // interval) - 1)
-        return len(obj.series(snaps)) >= need
+        return obj.observations(snaps) >= need
 
     def _since_last_change(self, snaps: list[Snapshot], until: float) -> list[Snapshot]:
         """The part of ``snaps`` measured under the allocation in place at ``until``: after the
@@ -210,8 +208,9 @@ class Verifier:
         failpoint("during_verify")
         decision = stats.decide(result, v.on_inconclusive)
         obj_after = {"objective": objective, "median": result.after_median, "n": result.n_after}
-        test = {"name": "slo_guard" if e.verify_plan.mode == "guard" else "mann_whitney_u+bootstrap_median",
-                **result.model_dump()}
+        test = {"name": "slo_guard" if e.verify_plan.mode == "guard" else
+                "bootstrap_quantile+rank_test" if result.quantile is not None else
+                "mann_whitney_u+bootstrap_median", **result.model_dump()}
         detail = {"duration_s": now - applied_ts, "objective": objective, "decision": decision,
                   "verdict": result.verdict, "reason": result.reason, "early": early,
                   "mode": e.verify_plan.mode}

@@ -18,6 +18,14 @@ scipy.stats costs the long-running agent about 70 MB of resident memory.
 
 Samples must be roughly independent for the test to mean anything; ``objectives`` says how
 each objective's series is taken so that they are.
+
+Per-token objectives (every token a sample, from the server's latency histograms) are judged on
+the distributions the histograms give, not on medians of bucketed values (which fall in one
+bucket and hid a p95 that went from 68 ms to 13 ms): ``compare_quantile`` takes the quantile
+the SLO is on (p95) before and after, its uncertainty from a multinomial bootstrap of the
+bucket counts, and decides on that; a rank test with ties on the bucket counts (Mann-Whitney,
+``rank_test``) is reported beside it. So the verdict's direction is the quantile's, and the
+figures it prints are that quantile.
 """
 
 from __future__ import annotations
@@ -29,11 +37,12 @@ from typing import Literal
 
 import numpy as np
 
-from autotune.types import Direction, Snapshot, Verdict, VerifyResult
-from autotune.verify.objectives import MIN_SAMPLES, OBJECTIVES, objective, objective_series
+from autotune.types import Buckets, Direction, Snapshot, Verdict, VerifyResult
+from autotune.verify.objectives import (MAX_TOKEN_SAMPLES, MIN_SAMPLES, MIN_TOKENS, OBJECTIVES, objective,
+                                        objective_series)
 
-__all__ = ["MIN_SAMPLES", "OBJECTIVES", "VerifyResult", "compare", "decide", "evaluate",
-           "mann_whitney_p", "objective_series"]
+__all__ = ["MIN_SAMPLES", "OBJECTIVES", "VerifyResult", "compare", "compare_quantile", "decide",
+           "evaluate", "mann_whitney_p", "objective_series", "rank_test"]
 
 EXACT_MAX = 8  # both samples smaller than this and no ties: exact null distribution (as scipy)
 
@@ -92,27 +101,158 @@ def compare(
         return VerifyResult(verdict="inconclusive", p_value=p, effect=effect, ci_low=None, ci_high=None,
                             reason=f"not significant yet (p={p:.3g}, needs p<{alpha:g})", **base)
     lo, hi = bootstrap_median_diff(b, a, alpha=alpha, n_resamples=n_resamples, seed=seed)
-    worse_sign = 1.0 if direction == "lower_is_better" else -1.0
-    worse = effect * worse_sign  # > 0: the objective moved the wrong way
     scale = 1.0 if absolute else (abs(bm) or abs(am) or 1.0)
-    fmt = (lambda x: f"{x:+.3f}") if absolute else (lambda x: f"{x:+.1%}")
-    significant = p < alpha and (lo > 0 or hi < 0)
-    if significant and worse > min_effect and (lo * worse_sign > 0):
-        verdict: Verdict = "regressed"
-        why = f"worse by {fmt(worse)[1:]} (p={p:.3g})"
-    elif significant and -worse > min_effect and (hi * worse_sign < 0):
-        verdict = "improved"
-        why = f"better by {fmt(-worse)[1:]} (p={p:.3g})"
-    elif -min_effect <= lo / scale and hi / scale <= min_effect:
-        verdict = "unchanged"
-        why = (f"no change that matters: CI of the change [{fmt(lo / scale)}, {fmt(hi / scale)}] "
-               f"inside +-{min_effect:g}{'' if absolute else ' (relative)'} (p={p:.3g})")
+    verdict, why = _verdict(effect, lo, hi, scale, significant=p < alpha and (lo > 0 or hi < 0),
+                            min_effect=min_effect, direction=direction, absolute=absolute)
+    if verdict == "inconclusive":
+        why = why.replace(", CI", f", p={p:.3g}, CI", 1) + (
+            f" (needs p<{alpha}, CI excluding 0 and |effect|>{min_effect:g})")
     else:
-        verdict = "inconclusive"
-        why = (f"change {fmt(-worse)} better, p={p:.3g}, CI [{lo:.4g}, {hi:.4g}] "
-               f"(needs p<{alpha}, CI excluding 0 and |effect|>{min_effect:g})")
+        why += f" (p={p:.3g})"
     return VerifyResult(verdict=verdict, p_value=p, effect=effect, ci_low=lo, ci_high=hi,
                         reason=why, **base)
+
+
+def _verdict(effect: float, lo: float, hi: float, scale: float, *, significant: bool,
+             min_effect: float, direction: Direction, absolute: bool) -> tuple[Verdict, str]:
+    """The verdict from an effect, the CI (lo, hi) of the difference in objective units and
+    whether the test found a difference: one rule for ``compare`` and ``compare_quantile``."""
+    worse_sign = 1.0 if direction == "lower_is_better" else -1.0
+    worse = effect * worse_sign  # > 0: the objective moved the wrong way
+    fmt = (lambda x: f"{x:+.3f}") if absolute else (lambda x: f"{x:+.1%}")
+    if significant and worse > min_effect and (lo * worse_sign > 0):
+        return "regressed", f"worse by {fmt(worse)[1:]}"
+    if significant and -worse > min_effect and (hi * worse_sign < 0):
+        return "improved", f"better by {fmt(-worse)[1:]}"
+    if -min_effect <= lo / scale and hi / scale <= min_effect:
+        return "unchanged", (f"no change that matters: CI of the change [{fmt(lo / scale)}, "
+                             f"{fmt(hi / scale)}] inside +-{min_effect:g}{'' if absolute else ' (relative)'}")
+    return "inconclusive", f"change {fmt(-worse)} better, CI [{lo:.4g}, {hi:.4g}]"
+
+
+def compare_quantile(
+    before: Buckets | None,
+    after: Buckets | None,
+    *,
+    q: float,
+    alpha: float = 0.05,
+    min_effect: float = 0.05,
+    direction: Direction = "lower_is_better",
+    min_observations: int = MIN_TOKENS,
+    max_observations: int = MAX_TOKEN_SAMPLES,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    objective: str | None = None,
+    significant_only: bool = False,
+) -> VerifyResult:
+    """Compare the ``q`` quantile of two windows' histograms (same bucket layout).
+
+    The quantile is read as Prometheus' ``histogram_quantile`` reads it (autotune/histogram.py);
+    its uncertainty comes from resampling each window's bucket counts (multinomial, fixed seed).
+    A window counts as at most ``max_observations`` independent tokens (the tokens of one
+    request are not independent): more only narrows the CI of what it cannot show better. The
+    verdict needs the (1 - alpha) CI of the quantile's change to exclude 0 and the change to
+    exceed ``min_effect`` (relative); ``unchanged`` when the whole CI lies inside the margin.
+    ``p_value`` is the bootstrap's two-sided p of the quantile's change; the rank test with ties
+    (``rank_test``) is in the reason. ``before_median``/``after_median`` hold the quantile."""
+    from autotune import histogram
+
+    nb, na = histogram.count(before), histogram.count(after)
+    qb = histogram.quantile(q, before) if before is not None else None
+    qa = histogram.quantile(q, after) if after is not None else None
+    base = dict(n_before=int(round(nb)), n_after=int(round(na)), before_median=qb, after_median=qa,
+                direction=direction, objective=objective, quantile=q)
+    if nb < min_observations or na < min_observations or qb is None or qa is None:
+        return VerifyResult(verdict="inconclusive", reason=f"too few tokens ({nb:.0f} before, "
+                            f"{na:.0f} after; need {min_observations} each)", **base)
+    assert before is not None and after is not None
+    if before.le != after.le:
+        return VerifyResult(verdict="inconclusive", reason="the bucket layout changed between the "
+                            "windows (the server restarted): nothing to compare", **base)
+    effect = _relative(qb, qa)
+    pct = f"p{q * 100:g}"
+    p_rank, shift = rank_test(before, after, max_observations)
+    lo, hi, p = bootstrap_quantile_diff(before, after, q=q, alpha=alpha, n_resamples=n_resamples,
+                                        seed=seed, max_observations=max_observations)
+    significant = lo > 0 or hi < 0
+    figures = f"{pct} {qb:.4g} s -> {qa:.4g} s, bootstrap p={p:.3g}; rank test p={p_rank:.3g} ({shift})"
+    if significant_only and not significant:
+        return VerifyResult(verdict="inconclusive", p_value=p, effect=effect,
+                            reason=f"not significant yet ({figures}; needs p<{alpha:g})", **base)
+    verdict, why = _verdict(effect, lo, hi, abs(qb) or abs(qa) or 1.0, significant=significant,
+                            min_effect=min_effect, direction=direction, absolute=False)
+    if verdict == "inconclusive":
+        why += f" (needs the CI to exclude 0 at alpha {alpha:g} and |effect|>{min_effect:g})"
+    return VerifyResult(verdict=verdict, p_value=p, effect=effect, ci_low=lo, ci_high=hi,
+                        reason=f"{pct} {why}: {figures}", **base)
+
+
+def _scaled(b: Buckets, limit: int) -> np.ndarray:
+    """Bucket counts (negatives as 0) scaled to at most ``limit`` observations in all."""
+    c = np.clip(np.asarray(b.counts, dtype=float), 0.0, None)
+    total = c.sum()
+    return c * (limit / total) if total > limit else c
+
+
+def rank_test(before: Buckets, after: Buckets, max_observations: int = MAX_TOKEN_SAMPLES) -> tuple[float, str]:
+    """Mann-Whitney U on the bucketed observations (every observation of a bucket tied with the
+    others in it), from the counts alone: (two-sided p with tie correction, which window is
+    stochastically smaller). Counts are scaled as ``compare_quantile`` scales them."""
+    b, a = _scaled(before, max_observations), _scaled(after, max_observations)
+    n1, n2 = b.sum(), a.sum()
+    below_b = np.concatenate([[0.0], np.cumsum(b)[:-1]])
+    u_after = float((a * (below_b + b / 2)).sum())  # pairs (before, after) with after above
+    n = n1 + n2
+    t = a + b
+    var = n1 * n2 / 12 * ((n + 1) - float((t ** 3 - t).sum()) / (n * (n - 1)))
+    mean = n1 * n2 / 2
+    if var <= 0:
+        return 1.0, "no difference"
+    z = (abs(u_after - mean) - 0.5) / math.sqrt(var)
+    p = float(min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2))))
+    shift = "after lower" if u_after < mean else "after higher" if u_after > mean else "no shift"
+    return p, shift
+
+
+def quantile_rows(q: float, le: Sequence[float], counts: np.ndarray) -> np.ndarray:
+    """``histogram.quantile(q, ...)`` of every row of ``counts`` (R x buckets), vectorised: the
+    same rule, so a resampled quantile is read as the observed one is."""
+    counts = np.clip(counts, 0.0, None)
+    cum = np.cumsum(counts, axis=1)
+    total = cum[:, -1]
+    rank = q * total
+    i = (cum < rank[:, None]).sum(axis=1)  # bisect_left
+    nle = len(le)
+    upper_all = np.append(np.asarray(le, dtype=float), le[-1])  # the +Inf bucket reads le[-1]
+    lower_all = np.concatenate([[0.0], np.asarray(le, dtype=float)])
+    idx = np.minimum(i, nle)
+    upper, lower = upper_all[idx], lower_all[idx]
+    rows = np.arange(len(counts))
+    below = np.where(idx > 0, cum[rows, np.maximum(idx - 1, 0)], 0.0)
+    in_bucket = cum[rows, idx] - below
+    frac = np.divide(rank - below, in_bucket, out=np.zeros_like(rank), where=in_bucket > 0)
+    out = lower + (upper - lower) * frac
+    out = np.where((i >= nle) | (in_bucket <= 0) | ((idx == 0) & (upper <= 0)), upper, out)
+    return np.where(total > 0, out, np.nan)
+
+
+def bootstrap_quantile_diff(before: Buckets, after: Buckets, *, q: float, alpha: float,
+                            n_resamples: int, seed: int, max_observations: int) -> tuple[float, float, float]:
+    """(lo, hi, two-sided p) of quantile(after) - quantile(before): each window's counts redrawn
+    (multinomial, as many observations as it counts, at most ``max_observations``)."""
+    rng = np.random.default_rng(seed)
+
+    def draws(b: Buckets) -> np.ndarray:
+        c = _scaled(b, max_observations)
+        n = max(1, int(round(c.sum())))
+        return quantile_rows(q, b.le, rng.multinomial(n, c / c.sum(), size=n_resamples).astype(float))
+
+    diffs = draws(after) - draws(before)
+    diffs = diffs[np.isfinite(diffs)]
+    lo, hi = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    tail = min(int((diffs <= 0).sum()), int((diffs >= 0).sum()))
+    p = min(1.0, 2 * (tail + 1) / (len(diffs) + 1))  # never 0 from a finite resample
+    return float(lo), float(hi), p
 
 
 def decide(result: VerifyResult, on_inconclusive: Literal["keep", "rollback"] = "keep") -> str:
@@ -220,6 +360,10 @@ def evaluate(
     """The objective's series from both windows, then ``compare`` in its direction. The result
     carries ``objective_name`` as given (a metric name, or a legacy name read for ``service``)."""
     obj = objective(objective_name, service, [*before, *after], slo_of)
+    if obj.kind.per_token and obj.kind.quantile is not None:
+        return compare_quantile(obj.histogram(before), obj.histogram(after), q=obj.kind.quantile,
+                                alpha=alpha, min_effect=min_effect, direction=obj.direction,
+                                objective=objective_name, significant_only=significant_only)
     return compare(obj.series(before), obj.series(after), alpha=alpha, min_effect=min_effect,
                    direction=obj.direction, min_samples=min_samples, objective=objective_name,
                    absolute=obj.kind.absolute, significant_only=significant_only)

@@ -546,3 +546,21 @@ def test_verifying_reads_each_sample_from_the_store_about_once(tmp_path, host_ro
     assert (e.verify_result.n_before, e.verify_result.n_after) != (0, 0)
     # every tick of the verification would read before+after samples again; it reads each once
     assert read["n"] <= n_before + n_after + 2, (read["n"], n_before, n_after)
+
+
+def test_a_non_finite_reading_is_no_reason_to_act_and_breaks_no_audit_event(tmp_path, host_root, rules_dir):
+    """Issue 24 #2: a pressure file with avg10=1e999 was taken as inf: in apply mode the change
+    was applied and journaled, and its recommendation and apply audit events failed. Now the
+    reading is missing with its reason: no symptom, no change, a whole audit trail."""
+    clock = Clock()
+    agent = make_agent(tmp_path, host_root, rules_dir, clock)
+    agent.start()
+    pressure = host_root / "proc/pressure/cpu"
+    for i in range(15):
+        clock.t += 1
+        pressure.write_text(f"some avg10=1e999 avg60=1e999 avg300=0.00 total={70_000_000 + i}\n")
+        for stage in (agent.sample, agent.evaluate, agent.verify):
+            agent.guarded(stage.__name__, stage)
+    assert agent.journal.entries() == [] and swappiness(host_root) == ORIGINAL
+    assert any(m.startswith("psi.cpu: ") and "inf" in m for m in agent.window[-1].missing)
+    assert "error" not in kinds(agent) and agent.trail.verify().ok

@@ -96,3 +96,42 @@ metrics_url = "{srv.url}/metrics"
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(srv.hits) >= 2  # it did scrape
     assert "HTTP Request" not in proc.stderr
+
+
+def test_a_second_agent_on_one_state_exits_2_naming_the_first(tmp_path):
+    """Issue 24 #5: two agents ran on one state DB with no lock and no warning and both acted
+    on one target. The second now exits 2 with one line naming the holder; readers are not
+    blocked; the kernel drops the lock when the holder is killed (-9)."""
+    import signal
+    import time
+
+    from autotune.store.lock import lock_path
+
+    root = writable_copy("hybrid-local", tmp_path)
+    state = tmp_path / "s.db"
+    with socket.socket() as s:  # one free port for both: the second must stop at the lock first
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = ["run", "--mode", "recommend", "--root", str(root), "--metrics-listen",
+            f"127.0.0.1:{port}", "--state", str(state)]
+    e = {**os.environ, "PYTHONPATH": str(REPO)}
+    e.pop("AUTOTUNE_FAILPOINT", None)
+    first = subprocess.Popen([sys.executable, "-m", "autotune", *base, "--duration", "120"], env=e,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock_path(state).exists() and lock_path(state).read_text().startswith(f"{first.pid} ")):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.1)
+        second = autotune(*base, "--duration", "2")
+        assert second.returncode == 2, second.stderr[-2000:]
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"another agent is running on this state (pid {first.pid} since " in lines[0]
+        assert str(state) in lines[0]
+        assert autotune("history", "--state", str(state)).returncode == 0  # readers are not blocked
+        assert autotune("audit", "--state", str(state), "list").returncode == 0
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    third = autotune(*base, "--duration", "2")
+    assert third.returncode == 0, third.stderr[-2000:]

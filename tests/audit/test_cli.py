@@ -114,3 +114,50 @@ def test_report_command_writes_html(state, tmp_path):
     assert r.exit_code == 0, r.output
     assert out.read_text().count("class='action'") == sum(
         1 for a in range(1, 13) if T0 + a * 600 >= T0 + 5000)
+
+
+def _journaled(path, n: int, *, audit: bool):
+    """``n`` changes that landed, journaled; with ``audit`` each gets its apply event."""
+    from autotune.journal.journal import Journal
+    from autotune.knobs.base import KnobState
+
+    db = open_db(path)
+    j, trail = Journal(db), AuditTrail(db)
+    ids = []
+    for i in range(n):
+        prior = KnobState(knob="cgroup.cpu_quota", target="/llm", value=str(i), raw={})
+        e = j.plan(knob="cgroup.cpu_quota", target="/llm", prior=prior, proposed=str(i + 1), rule="r")
+        j.mark_applied(e.id, {"value": str(i + 1)})
+        if audit:
+            trail.append(AuditEvent(ts=T0 + i, kind="apply", action_id=e.id, outcome="applied"))
+        ids.append(e.id)
+    trail.append(AuditEvent(ts=T0 + n, kind="agent_stop"))
+    db.conn.close()
+    return ids
+
+
+def test_verify_checks_the_trail_against_the_journal(tmp_path):
+    """Issue 24: a change applied and journaled whose audit events failed left a trail that
+    verified OK. ``audit verify`` now names every journaled change with no audit event."""
+    ok, gap = tmp_path / "ok.db", tmp_path / "gap.db"
+    _journaled(ok, 3, audit=True)
+    assert run(ok, "verify").exit_code == 0
+    ids = _journaled(gap, 2, audit=False)
+    r = run(gap, "verify")
+    assert r.exit_code == 1 and "INCOMPLETE: 2 journaled change(s)" in r.stderr
+    assert f"entry {ids[0]} (cgroup.cpu_quota on /llm, applied)" in r.stderr
+    doc = json.loads(run(gap, "verify", "--json").stdout)
+    assert doc["ok"] is False and doc["unaudited"] == ids
+
+
+def test_verify_refuses_a_db_whose_journal_table_was_dropped(tmp_path):
+    """Issue 24 #4: ``audit verify`` said OK on a DB whose journal table was dropped."""
+    path = tmp_path / "state.db"
+    _journaled(path, 1, audit=True)
+    db = open_db(path)
+    db.conn.execute("DROP TABLE journal_events")
+    db.conn.close()
+    from autotune.errors import StateError
+
+    r = run(path, "verify")  # `autotune` (cli.main) prints a StateError as one line, exit 2
+    assert isinstance(r.exception, StateError) and "journal_events are missing" in str(r.exception)

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from autotune.audit.trail import GENESIS, AuditEvent, AuditTrail, canonical_json, chain_hash
-from autotune.errors import InvalidValue
 from autotune.store.db import open_db
 
 from .conftest import T0, make_events
@@ -153,10 +152,28 @@ def test_bad_events_are_refused_clearly(trail):
     with pytest.raises(ValueError, match="lower_snake_case"):
         AuditEvent(ts=T0, kind="Apply!")
     with pytest.raises(ValueError, match="finite"):
-        AuditEvent(ts=T0, kind="verify", objective_after=float("nan"))
-    with pytest.raises(InvalidValue, match="non-finite"):
-        trail.append(AuditEvent(ts=T0, kind="verify", detail={"x": float("inf")}))
-    assert trail.query() == [] and trail.verify().ok  # failed append left nothing behind
+        AuditEvent(ts=float("nan"), kind="verify")
+    assert trail.query() == [] and trail.verify().ok
+
+
+def test_the_trail_never_fails_on_a_value(trail):
+    """Issue 24 #2: an inf reading made the recommendation and apply events of a change fail
+    (a traceback, no row). A non-finite number is stored as null and its place listed; a value
+    JSON cannot hold is stored as its JSON form or text; the chain verifies."""
+    from autotune.types import Symptom
+
+    sym = Symptom(name="cpu_pressure", metric="psi.cpu.some.avg10", value=float("inf"),
+                  threshold=5.0, since_ts=T0)
+    trail.append(AuditEvent(ts=T0, kind="recommendation", objective_before=float("nan"),
+                            detail={"symptoms": [sym.model_dump()], "cpus": {3, 1}, "model": sym},
+                            test={"p_value": float("-inf")}))
+    (ev,) = trail.query()
+    assert ev.objective_before is None and ev.test == {"p_value": None}
+    assert ev.detail["symptoms"][0]["value"] is None and ev.detail["cpus"] == [1, 3]
+    assert ev.detail["model"]["value"] is None
+    assert ev.detail["non_finite"] == ["detail.model.value", "detail.symptoms[0].value",
+                                       "objective_before", "test.p_value"]
+    assert trail.verify().ok and trail.verify().checked == 1
 
 
 def test_query_filters_return_exactly_the_matching_events(filled):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -71,3 +72,16 @@ def test_running_agent_is_healthy(tmp_path, host_tree):
     assert res.exit_code == 0, res.output
     assert _health("--state", str(db), "--max-age", "30").exit_code == 0
     assert _health("--state", str(db), "--max-age", "0.001").exit_code == 1
+
+
+def test_the_probe_creates_nothing_beside_a_stopped_agents_db(tmp_path, host_tree):
+    """Issue 24 #4 for the probe: a -wal left without its -shm got a -shm created beside it."""
+    path = tmp_path / "state" / "autotune.db"
+    db = open_db(path)
+    SampleStore(db).append(collect(Host(host_tree("v2-docs")), [], time.time() - 5))
+    db.close()
+    Path(f"{path}-wal").write_bytes(bytes(range(256)) * 16)  # a killed writer's torn -wal
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    r = _health("--state", str(path))
+    assert r.exit_code == 0, r.output
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before

@@ -120,3 +120,36 @@ def test_status_shows_the_running_agents_last_reading_and_its_error(tmp_path):
     assert "llm: ttft_p95_s (time to first token p95) measured from the active probe" in out.stdout
     js = json.loads(CliRunner().invoke(app, ["status", "--config", cfg, "--json"]).stdout)
     assert js["latency"]["llm"]["last_reading"]["from"] == "agent"
+
+
+def _strict(text: str):
+    """json.loads that refuses NaN/Infinity, as jq or Go would."""
+    import json
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_status_json_is_strict_json_on_a_hostile_root(tmp_path):
+    """Issue 24 #2: avg10=1e999 printed Infinity (invalid JSON); now the reading is missing
+    with its reason and the document parses strictly."""
+    root = writable_copy("v2-docs", tmp_path)
+    (root / "proc/pressure/cpu").write_text("some avg10=1e999 avg60=0.00 avg300=0.00 total=5\n"
+                                           "full avg10=nan avg60=0.00 avg300=0.00 total=5\n")
+    (root / "proc/loadavg").write_text("-1.5 0.10 0.07 1/93 9815\n")
+    r = CliRunner().invoke(app, ["status", "--root", str(root), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = _strict(r.stdout)
+    m = doc["metrics"]
+    assert m["psi"]["cpu"] is None and m["loadavg"] is None
+    assert any("avg10_pct = inf" in x for x in m["missing"])
+    assert any("load1 = -1.5" in x for x in m["missing"])
+
+
+def test_print_json_writes_non_finite_numbers_as_null(capsys):
+    from autotune.cli.common import print_json
+
+    print_json({"a": float("inf"), "b": [1.0, float("nan")], "c": {"d": -float("inf")}, "e": (2,)})
+    assert _strict(capsys.readouterr().out) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": [2]}

@@ -2,8 +2,8 @@
 failpoint, helper restart, operator change, ``rollback ID`` and ``rollback --all [--force]`` on
 real v1 cgroups this test creates; after every ``rollback --all`` (and every restore_on_stop)
 each target holds the value it would hold had the agent never acted, and a second run changes
-nothing. The world, the actors and the checks are ``bench/rollback_sequences.py`` (its
-benchmark runs 1,000 such sequences); here hypothesis chooses and shrinks the steps.
+nothing. The world, the actors and the checks are ``tests/stress/rollback_sequences.py`` (its
+stress test runs 1,000 such sequences); here hypothesis chooses and shrinks the steps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-from bench import rollback_sequences as rs
+from tests.stress import rollback_sequences as rs
 
 pytestmark = [pytest.mark.realkernel, pytest.mark.root]
 
@@ -62,6 +62,14 @@ def test_rollback_all_restores_what_the_agent_changed_after_any_sequence(rig):
         @rule(p=pairs, v=values)
         def operator_change(self, p, v):
             self.w.operator(p, v)
+
+        @rule(p=pairs, v=values)
+        def operator_between_episodes(self, p, v):
+            self.w.operator_between(p, v)
+
+        @rule(p=pairs, v=values)
+        def episodes(self, p, v):
+            self.w.episodes(p, v)
 
         @rule(keep_state=st.booleans())
         def helper_restart(self, keep_state):

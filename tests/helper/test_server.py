@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,18 @@ def test_malformed_requests_refused(serve, host_root, payload):
     assert not first.ok and first.error.code in ("bad_request", "too_large") and first.error.reason
     assert second.ok
     assert _snapshot(host_root) == snap
+
+
+def test_blank_and_whitespace_lines_each_get_one_answer(serve, host_root):
+    """Issue 24 #3: a blank or whitespace-only line got no answer (the socket closed after 10 s),
+    against "every line gets exactly one answer"."""
+    run = serve()
+    t0 = time.monotonic()
+    lines = raw_send(run.socket_path, b"\n   \n\t\r\n" + b'{"op":"ping"}\n', timeout=5)
+    resps = [Response.model_validate_json(ln) for ln in lines]
+    assert len(resps) == 4 and resps[-1].ok and time.monotonic() - t0 < 4
+    for r in resps[:3]:
+        assert not r.ok and r.error.code == "bad_request" and "empty request line" in r.error.reason
 
 
 def test_peer_with_other_uid_refused_by_so_peercred(tmp_path, host_root, policy_file):

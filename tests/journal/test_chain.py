@@ -110,3 +110,29 @@ def test_a_drift_found_after_the_next_change_does_not_break_the_run(j):
     j.mark_drifted(a.id, "0.75")
     h = history(j.entries(), "0.75", eq)
     assert [e.id for e in h.run] == [a.id, b.id] and h.original.value == "max" and h.ours is None
+
+
+def test_a_run_undone_by_rollback_all_is_over_and_the_next_change_starts_a_new_one(j):
+    """Issue 24 #1: 0.15 -> 0.22 -> 0.33; ``rollback --all`` writes 0.15 and settles both
+    (newest first); the operator then sets 0.22 and the agent changes 0.22 -> 0.33. The second
+    change was made over the operator's 0.22, not over anything the agent left: its own run,
+    whose original is 0.22 (entry 1's 0.15 would be a stale episode)."""
+    e1 = applied(j, "0.15", "0.22", "kept")
+    e2 = applied(j, "0.22", "0.33", "kept")
+    j.mark_rolled_back(e2.id)  # rollback --all: one write of 0.15, then each entry settled
+    j.mark_rolled_back(e1.id)
+    assert history(j.entries(), "0.15", eq).ours == "0.15"
+    e3 = applied(j, "0.22", "0.33", "kept")
+    h = history(j.entries(), "0.33", eq)
+    assert [e.id for e in h.run] == [e3.id] and h.original.value == "0.22" and h.ours == "0.33"
+    assert h.superseded == ()
+
+
+def test_a_single_undo_leaves_the_run_below_it_in_place(j):
+    """The verify stage undoes one entry (its own prior): the run under it is still ours."""
+    x = applied(j, "1", "2", "kept")
+    a = applied(j, "2", "3", "rolled_back")
+    b = applied(j, "2", "4", "kept")
+    h = history(j.entries(), "4", eq)
+    assert [e.id for e in h.run] == [x.id, a.id, b.id] and h.original.value == "1"
+    assert [e.id for e in h.open_run()] == [b.id, x.id]

@@ -286,3 +286,18 @@ def test_reconcile_records_whether_the_write_landed(j):
     b = plan(j, target="/b")
     j.reconcile(lambda knob, t: {"/a": "max", "/b": "1.5"}[t])
     assert (j.get(a.id).landed, j.get(b.id).landed) == (False, True)
+
+
+def test_origin_after_someone_else_set_the_target_is_their_value(j):
+    """A change made over another value than the agent left starts a new run (chain.py), drift
+    recorded or not; an undone run is over even when the operator sets a value it once held."""
+    a = plan(j, "0.5", "1")
+    j.mark_kept(j.mark_applied(a.id, prior("1", "/autotune/batch")).id)
+    b = plan(j, "0.7", "1.5")  # the operator had set 0.7
+    j.mark_applied(b.id, prior("1.5", "/autotune/batch"))
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") == "0.7"
+    j.mark_rolled_back(b.id)
+    j.mark_rolled_back(a.id)
+    c = plan(j, "1", "2")  # the operator set 1 (a's value) after both were undone
+    j.mark_applied(c.id, prior("2", "/autotune/batch"))
+    assert j.origin("cgroup.cpu_quota", "/autotune/batch") == "1"

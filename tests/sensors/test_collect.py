@@ -88,3 +88,20 @@ def test_collect_live_kernel_is_cheap():
         collect(host, [])
     per_call = (time.perf_counter() - start) / 10
     assert per_call < 0.05, f"host-only collect() took {per_call * 1000:.1f} ms"
+
+
+def test_non_finite_and_impossible_readings_become_missing_with_the_reason(tmp_path):
+    """Issue 24 #2: a pressure file with avg10=1e999, a negative MemTotal and loadavg under
+    --root: each source is missing (with file and field), the rest of the sample stands."""
+    root = writable_copy("hybrid-local", tmp_path)
+    (root / "proc/pressure/cpu").write_text("some avg10=1e999 avg60=0.00 avg300=0.00 total=5\n")
+    mem = root / "proc/meminfo"
+    mem.write_text("MemTotal: -24683656 kB\n" + mem.read_text().split("\n", 1)[1])
+    (root / "proc/loadavg").write_text("-0.5 0.10 0.07 1/93 9815\n")
+    snap = collect(Host(root), [])
+    assert snap.psi["cpu"] is None and snap.meminfo_bytes == {} and snap.loadavg is None
+    why = "; ".join(snap.missing)
+    assert "psi.cpu: /proc/pressure/cpu: line 1: avg10_pct = inf" in why
+    assert "meminfo: /proc/meminfo: line 1: MemTotal = -" in why
+    assert "loadavg: /proc/loadavg: load1 = -0.5" in why
+    assert snap.psi["memory"] is not None and snap.stat is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from pathlib import Path
@@ -539,3 +540,18 @@ def test_a_scraper_that_lost_its_page_still_names_the_flavor_it_detected():
     assert s.sample(now=0.0).flavor == "llamacpp"
     r = s.sample(now=1.0)
     assert not r.ok and r.flavor == "llamacpp" and "cannot scrape" in r.error
+
+
+def test_non_finite_samples_on_a_page_are_no_figures():
+    """NaN and +-Inf are legal in the exposition format; none of them becomes a figure (a NaN
+    gauge is absent, an infinite bucket count is not an observation)."""
+    p1, p2 = page("vllm_1.prom"), page("vllm_2.prom")
+    p2 = p2.replace('vllm:num_requests_running{model_name="gpt2"} 4.0',
+                    'vllm:num_requests_running{model_name="gpt2"} NaN')
+    p2 = p2.replace('vllm:time_per_output_token_seconds_bucket{le="0.01",model_name="gpt2"} 0.0',
+                    'vllm:time_per_output_token_seconds_bucket{le="0.01",model_name="gpt2"} +Inf')
+    w = compute_window("vllm", parse_page(p1), parse_page(p2), window_s=15)
+    assert w.running is None
+    figures = [v for v in w.model_dump().values() if isinstance(v, float)]
+    assert figures and all(math.isfinite(v) for v in figures)
+    assert all(math.isfinite(c) for b in w.hist.values() for c in b.counts)

@@ -115,3 +115,18 @@ def test_parsers_only_raise_parse_error(text):
             parse(text)
         except ParseError:
             pass
+
+
+@pytest.mark.parametrize("parse, text, what", [
+    (parse_meminfo, "MemTotal: -16000 kB\nMemAvailable: 1000 kB\n", "MemTotal = -16000"),
+    (parse_loadavg, "-1.00 0.10 0.07 1/93 9815\n", "load1 = -1.0"),
+    (parse_loadavg, "inf 0.10 0.07 1/93 9815\n", "load1 = inf"),
+    (parse_loadavg, "nan 0.10 0.07 1/93 9815\n", "load1 = nan"),
+    (parse_stat, "cpu -5 0 0 100\n", "user_s"),
+    (parse_stat, "cpu 5 0 0 100\nprocs_running -2\n", "procs_running = -2"),
+])
+def test_impossible_values_are_refused_naming_the_field(parse, text, what):
+    """Issue 24 #2: a negative size, load or CPU time, or a non-finite load, is not a reading."""
+    with pytest.raises(ParseError) as err:
+        parse(text, "/proc/x")
+    assert str(err.value).startswith("/proc/x") and what in str(err.value)

@@ -86,3 +86,17 @@ def test_parse_psi_only_raises_parse_error(text):
         parse_psi(text, "fuzz")
     except ParseError:
         pass
+
+
+@pytest.mark.parametrize("line, field", [
+    ("some avg10=1e999 avg60=0.00 avg300=0.00 total=5", "avg10_pct = inf"),  # issue 24 #2
+    ("some avg10=nan avg60=0.00 avg300=0.00 total=5", "avg10_pct = nan"),
+    ("some avg10=0.00 avg60=-3.5 avg300=0.00 total=5", "avg60_pct = -3.5"),
+    ("some avg10=0.00 avg60=0.00 avg300=250.0 total=5", "avg300_pct = 250.0"),
+    ("some avg10=0.00 avg60=0.00 avg300=0.00 total=-7", "total_usec = -7"),
+])
+def test_non_finite_or_impossible_values_are_refused_naming_file_line_and_field(line, field):
+    with pytest.raises(ParseError) as err:
+        parse_psi(line + "\n", "/proc/pressure/cpu")
+    msg = str(err.value)
+    assert msg.startswith("/proc/pressure/cpu: line 1: ") and field in msg and "\n" not in msg

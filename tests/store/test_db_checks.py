@@ -332,7 +332,8 @@ def test_read_only_commands_work_for_a_user_who_may_only_read(tmp_path):
 
 @needs_setpriv
 def test_unreadable_wal_never_verifies_ok(tmp_path):
-    """A killed agent left a -wal with commits and no -shm; the reader cannot create one."""
+    """A killed agent left a -wal with commits and no -shm. A reader who cannot read the -wal
+    never hears "OK"; one who can reads it through a private copy, creating nothing beside it."""
     d = tmp_path / "state"
     d.mkdir()
     p = make_db(d / "autotune.db")
@@ -344,14 +345,22 @@ def test_unreadable_wal_never_verifies_ok(tmp_path):
     assert Path(f"{p}-wal").stat().st_size > 0
     Path(f"{p}-shm").unlink()
     _hand_over(d)
+    wal = Path(f"{p}-wal")
+    wal.chmod(0)  # the reader cannot read the -wal at all (nor copy it)
+    before = _fingerprint(d)
     r = cli(*READ_COMMANDS["audit verify"](p), reader=True)
     assert r.returncode == 1 and "OK" not in r.stdout, r.stderr
     assert f"verified only up to its last checkpoint ({N_EVENTS} events" in r.stderr and "-wal" in r.stderr
     r = cli(*READ_COMMANDS["history"](p), reader=True)
     assert r.returncode == 0 and "newer changes are not included" in r.stderr
-    d.chmod(0o755)  # now a reader may create the -shm: it reads the -wal too
+    wal.chmod(0o444)  # readable, in a directory the reader cannot write: read through a copy
+    before = _fingerprint(d)
+    r = cli(*READ_COMMANDS["audit verify"](p), reader=True)
+    assert r.returncode == 0 and f"audit trail OK: {N_EVENTS + 1} events" in r.stdout
+    d.chmod(0o755)  # even where it could create the -shm beside the DB, it creates nothing
     r = cli(*READ_COMMANDS["audit verify"](p))
     assert r.returncode == 0 and f"audit trail OK: {N_EVENTS + 1} events" in r.stdout
+    assert _fingerprint(d) == before
 
 
 # -- full disk -----------------------------------------------------------------------------

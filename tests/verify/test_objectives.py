@@ -120,9 +120,10 @@ def test_per_token_objective_is_chosen_when_tokens_flow_and_tells_a_small_shift(
     before = [_itl_snap(float(t), 0.060) for t in range(6)]
     after = [_itl_snap(10.0 + t, 0.050) for t in range(6)]
     obj = choose("llm", before + after, has_latency=True)
-    assert obj.name == "svc.llm.latency.itl_p50_s"
-    assert len(obj.series(before)) == 200  # 5 intervals x 40 tokens (the first lies before the window)
+    assert obj.name == "svc.llm.latency.itl_p95_s"
+    assert obj.observations(before) == 200  # 5 intervals x 40 tokens (the first lies before the window)
     r = stats.evaluate(obj.name, before, after, "llm")
     assert r.verdict == "improved" and r.p_value < 0.001  # a 17 % faster token, seen in 200 vs 200
+    assert r.quantile == 0.95 and r.after_median < r.before_median
     few = [_itl_snap(float(t), 0.060, n=5) for t in range(6)]
-    assert choose("llm", few, has_latency=True).name != "svc.llm.latency.itl_p50_s"  # too few tokens
+    assert choose("llm", few, has_latency=True).name != "svc.llm.latency.itl_p95_s"  # too few tokens

@@ -352,3 +352,54 @@ def test_gone_target_is_reported_without_writing(j):
     e = planned(j, "1.8", "0.2")
     (o,) = Rollback(j, FakeActuator({}), by="operator").all()
     assert o.result == "gone" and j.get(e.id).state == "failed"
+
+
+def test_rollback_all_after_an_operator_write_between_episodes_restores_the_operators_value(j, clock):
+    """Issue 24 #1, the reproduction: the agent changes 0.15 -> 0.22 -> 0.33; ``rollback --all``
+    restores 0.15; the operator sets 0.22; the agent acts again (0.22 -> 0.33); the next
+    ``rollback --all`` must write the operator's 0.22, not the first episode's 0.15."""
+    act = FakeActuator({"/a": "0.33"})
+    change(j, "0.15", "0.22", keep=True)
+    clock.t += 1
+    change(j, "0.22", "0.33", keep=True)
+    clock.t += 1
+    Rollback(j, act, by="operator").all()
+    assert act.live["/a"] == "0.15"
+    clock.t += 1
+    act.live["/a"] = "0.22"  # the operator
+    clock.t += 1
+    e3 = change(j, "0.22", "0.33", keep=True)
+    act.live["/a"] = "0.33"
+    out = Rollback(j, act, by="operator").all()
+    assert act.live["/a"] == "0.22" and act.writes[-1] == "0.22"
+    assert [(o.entry_id, o.result) for o in out] == [(e3.id, "restored")]
+
+
+def test_rollback_id_of_a_change_someone_overwrote_never_takes_their_same_value_for_ours(j, clock):
+    """A 0.15 -> 0.22; the operator sets 0.7 (rollback --all reports the drift and leaves it);
+    later the operator sets 0.22, A's old value. ``rollback A`` must not restore 0.15: the 0.22
+    in place is the operator's (the journal knows A was overwritten)."""
+    a = change(j, "0.15", "0.22", keep=True)
+    clock.t += 1
+    act = FakeActuator({"/a": "0.7"})
+    assert [o.result for o in Rollback(j, act, by="operator").all()] == ["skipped_drift"]
+    clock.t += 1
+    act.live["/a"] = "0.22"
+    (o,) = Rollback(j, act, by="operator").entries([j.get(a.id)], single=True)
+    assert act.live["/a"] == "0.22" and act.writes == [] and o.result == "skipped_drift"
+
+
+def test_rollback_id_of_a_superseded_change_is_not_ours_either(j, clock):
+    """A 0.15 -> 0.22 (kept); the operator sets 0.7 unseen; B 0.7 -> 0.9 is undone by verify
+    (0.7 back); the operator sets 0.22. ``rollback A``: A was overwritten before B, so the
+    0.22 is not A's."""
+    a = change(j, "0.15", "0.22", keep=True)
+    clock.t += 1
+    b = change(j, "0.7", "0.9")
+    act = FakeActuator({"/a": "0.9"})
+    clock.t += 1
+    assert Rollback(j, act, by="verify").entry(j.get(b.id)).result == "restored"
+    clock.t += 1
+    act.live["/a"] = "0.22"
+    (o,) = Rollback(j, act, by="operator").entries([j.get(a.id)], single=True)
+    assert act.live["/a"] == "0.22" and act.writes == ["0.7"] and o.result == "skipped_drift"

@@ -1,9 +1,14 @@
 """Random sequences of agent changes, failed writes, kill -9 at every failpoint, helper restarts,
 operator writes and rollbacks on REAL v1 cgroups; after every ``rollback --all`` each target
-must hold the value it would hold had the agent never acted (issue 10).
+must hold the value it would hold had the agent never acted (issues 10 and 24).
 
-    sudo python3 -m bench.rollback_sequences                    # 1000 sequences
-    sudo python3 -m bench.rollback_sequences --sequences 20 --seed 7
+    sudo python3 -m tests.stress.rollback_sequences                    # 1000 sequences
+    sudo python3 -m tests.stress.rollback_sequences --sequences 20 --seed 7
+    sudo python3 -m pytest -m stress tests/stress/test_rollback_stress.py   # the same, as a test
+
+The world, the actors and the checks; ``tests/stress/test_rollback_stress.py`` runs the
+sequences as a stress test and ``tests/e2e/test_rollback_sequences.py`` a short version under
+hypothesis in the default suite.
 
 Each sequence gets two fresh cgroups under ``autotune-rbseq-<pid>`` in this process's own v1
 cpu cgroup, with cpu quota and cpu weight on each (4 targets), its own state DB and its own
@@ -17,7 +22,11 @@ a value the policy refuses; the helper gone when the agent connects to write (no
 the helper dying mid-request before or after writing (the read-back fails too: fate unknown
 until a later reading); the connection lost after a write that landed; a write that lands
 another value and reports the knob's read-back mismatch (``host_error``). Operator writes go
-straight through the knob (values no agent step ever proposes).
+straight through the knob: during an episode, values no agent step ever proposes; between
+episodes (on a target a checked ``rollback --all`` left with nothing open or of unknown fate),
+any value, the agent's own and the partial writes' included - the stale-episode case of issue
+24 (the agent 0.15 -> 0.22 -> 0.33, rollback, the operator sets 0.22, the agent acts again, the
+next rollback must restore 0.22).
 
 The model keeps, per target, the value it would hold had the agent never acted (its initial
 value, replaced by each operator write) and the value before the agent's current run (for
@@ -215,6 +224,10 @@ class PairModel:
     # priors of writes whose fate the journal cannot know: a plain ``rollback --all`` that finds
     # someone else's value leaves such an entry drifted, and a LATER ``--force`` may restore it
     unknown: list[str] = field(default_factory=list)
+    # a checked rollback --all left nothing open since the agent last acted on the target: the
+    # operator may write any value, even one an agent entry proposed or held
+    between: bool = True
+    episode: list[str] = field(default_factory=list)  # values the target held in the last run
 
 
 class World:
@@ -355,7 +368,9 @@ class World:
             if kind == "agent" and changed:  # an agent write landed (fully or partly)
                 if m.origin is None or m.left is None or not self._same(p, b, m.left):
                     m.origin, m.overridden = b, False  # a new run starts over what was there
+                    m.episode = []
                 m.left, m.sure_open = a, True
+                m.episode += [b, a]
             elif kind in ("agent", "undo"):
                 m.sure_open = False  # a session's reconcile or a rollback may settle entries
                 if changed:  # an undo by the agent (verify) or a rollback
@@ -434,12 +449,14 @@ class World:
         pair = self.pairs[p]
         value = AGENT[pair[0]][v % len(AGENT[pair[0]])]
         self.stats["applies"] += 1
+        self.model[pair].between = False
         return self._step(f"apply {pair} {value}", "agent", lambda: self._session("apply", pair, value))
 
     def crash(self, p: int, v: int, point: str) -> int:
         pair = self.pairs[p]
         value = AGENT[pair[0]][v % len(AGENT[pair[0]])]
         before = self.live(pair)
+        self.model[pair].between = False
         rc = self._step(f"apply {pair} {value} kill -9 at {point}", "agent",
                         lambda: self._session("apply", pair, value, point=point))
         if point == "after_plan" and self._same(pair, self.live(pair), before):
@@ -455,6 +472,7 @@ class World:
         value = REFUSED[pair[0]] if fault == "refused" else AGENT[pair[0]][v % len(AGENT[pair[0]])]
         self.stats[f"fault_{fault}"] += 1
         before = self.live(pair)
+        self.model[pair].between = False
         rc = self._step(f"apply {pair} {value} fault {fault}", "agent",
                         lambda: self._session("apply", pair, value, fault=fault))
         if fault == "dropped" and rc == 0 and self._same(pair, self.live(pair), before):
@@ -470,10 +488,44 @@ class World:
                                                 on_inconclusive="rollback" if rollback else "keep"))
 
     def operator(self, p: int, v: int) -> str:
+        pair = self.pairs[p]
+        return self._operator_write(pair, OPERATOR[pair[0]][v % len(OPERATOR[pair[0]])])
+
+    def operator_between(self, p: int, v: int, value: str | None = None) -> str:
+        """Between episodes the operator writes any value (``value``, else: one the target held
+        during the agent's last run when there is one - the stale-episode case - else any
+        agent, partial or operator value). A target with something open or of unknown fate gets a plain operator
+        write instead (an agent value then could not be told apart from the agent's write)."""
+        pair = self.pairs[p]
+        m = self.model[pair]
+        if not (m.between and not m.unknown):
+            return self.operator(p, v)
+        knob = pair[0]
+        pool = list(dict.fromkeys(m.episode)) if m.episode and v % 2 == 0 else \
+            [*AGENT[knob], *PARTIAL[knob].values(), *OPERATOR[knob]]
+        self.stats["operator_between"] += 1
+        return self._operator_write(pair, value or pool[v % len(pool)], between=True)
+
+    def episodes(self, p: int, v: int) -> None:
+        """Issue 24's sequence on one target: the agent changes it twice, x -> a -> b (each
+        kept), a checked ``rollback --all`` (x is back), the operator sets a, the agent changes
+        a -> b again; the next ``rollback --all`` must restore the operator's a, not x."""
+        pair = self.pairs[p]
+        knob = pair[0]
+        self.stats["episode_scripts"] += 1
+        live = self.live(pair)
+        fresh = [i for i, x in enumerate(AGENT[knob]) if not self._same(pair, x, live)]
+        a, b = fresh[v % len(fresh)], fresh[(v + 1) % len(fresh)]
+        for k in (a, b):
+            self.apply(p, k)
+            self.verify(rollback=False, crash=False)
+        self.rollback_all(force=False)
+        self.operator_between(p, v, value=AGENT[knob][a])
+        self.apply(p, b)
+
+    def _operator_write(self, pair: tuple[str, str], value: str, *, between: bool = False) -> str:
         from autotune.knobs import get_knob
 
-        pair = self.pairs[p]
-        value = OPERATOR[pair[0]][v % len(OPERATOR[pair[0]])]
         m = self.model[pair]
 
         def write() -> str:
@@ -481,8 +533,9 @@ class World:
             k.write(self.rig.host, pair[1], k.validate(self.rig.host, pair[1], value))
             return value
 
-        self._step(f"operator {pair} {value}", "operator", write)
-        m.baseline = value
+        self._step(f"operator {pair} {value}{' (between episodes)' if between else ''}",
+                   "operator", write)
+        m.baseline = self.live(pair)
         if m.origin is not None and self._same(pair, value, m.origin):
             m.overridden = False  # put back by hand: nothing of ours to report
         elif m.left is not None:
@@ -584,6 +637,7 @@ class World:
 
     def _check_settled(self, *, force: bool, outcomes: list[dict] | None, rc: int, what: str) -> None:
         lives = self.lives()
+        wrong = []
         for p in self.pairs:
             m, live = self.model[p], lives[p]
             if force and m.origin is not None and m.sure_open:
@@ -595,7 +649,11 @@ class World:
             if force:
                 want.extend(m.unknown)
             if not any(self._same(p, live, w) for w in want):
-                self._fail(f"after {what}: {p} holds {live!r}, expected {' or '.join(want)}")
+                wrong.append(f"{p} holds {live!r}, expected {' or '.join(want)}")
+        self.stats["values_checked"] += len(self.pairs)
+        self.stats["wrong_values"] += len(wrong)
+        if wrong:
+            self._fail(f"after {what}: " + "; ".join(wrong))
         if outcomes is not None:
             results = Counter(o["result"] for o in outcomes)
             if results["failed"] or results["blocked"]:
@@ -638,6 +696,7 @@ class World:
             # a plain rollback settles an unknown-fate entry only when it reads the entry's prior
             # (or ours) in place; over someone else's value the entry stays drifted, forceable
             m.unknown = [] if force else [u for u in m.unknown if not self._same(p, lives[p], u)]
+            m.between = True
         self.stats["checks"] += 1
 
 
@@ -685,8 +744,8 @@ def _inject(act, fault: str, helper_pid: int | None, sock: Path) -> None:
 
 # -- the random driver ---------------------------------------------------------------------------
 OPS = (("apply", 25), ("crash", 20), ("failed_apply", 12), ("verify", 10), ("stop", 3),
-       ("operator", 10), ("helper_restart", 4), ("enable", 4), ("rollback_id", 5),
-       ("rollback_all", 7))
+       ("operator", 10), ("operator_between", 8), ("episodes", 3), ("helper_restart", 4),
+       ("enable", 4), ("rollback_id", 5), ("rollback_all", 7))
 
 
 def random_step(w: World, rng: random.Random) -> str:
@@ -704,6 +763,10 @@ def random_step(w: World, rng: random.Random) -> str:
         w.stop()
     elif op == "operator":
         w.operator(p, v)
+    elif op == "operator_between":
+        w.operator_between(p, v)
+    elif op == "episodes":
+        w.episodes(p, v)
     elif op == "helper_restart":
         w.helper_restart(rng.random() < 0.5)
     elif op == "enable":
@@ -738,7 +801,8 @@ def run(sequences: int, seed: int, max_steps: int, out=sys.stdout) -> Counter:
             total["sequences"] += 1
             if (i + 1) % 50 == 0:
                 print(f"[{time.monotonic() - t0:7.1f} s] {i + 1} sequences, {total['steps']} steps, "
-                      f"{total['violations']} violations", file=out, flush=True)
+                      f"{total['wrong_values']} wrong values, {total['violations']} violations",
+                      file=out, flush=True)
     finally:
         rig.close()
     total["wall_s"] = round(time.monotonic() - t0)  # type: ignore[assignment]
@@ -756,13 +820,20 @@ def main(argv: list[str] | None = None) -> int:
     except Unsupported as err:
         print(f"cannot run here: {err}", file=sys.stderr)
         return 2
+    print(summary(t))
+    return 1 if t["violations"] else 0
+
+
+def summary(t: Counter) -> str:
     kills = ", ".join(f"{p} {t[f'kill_{p}']}" for p in POINTS)
     faults = ", ".join(f"{f} {t[f'fault_{f}']}" for f in FAULTS)
-    print(f"sequences {t['sequences']}  steps {t['steps']}  kills {t['kills']} ({kills})\n"
-          f"failed writes: {faults}  helper restarts {t['helper_restarts']}\n"
-          f"rollbacks {t['rollbacks']} (--all {t['rollback_all']}), invariant checks {t['checks']}\n"
-          f"invariant violations {t['violations']}  wall {t['wall_s']} s")
-    return 1 if t["violations"] else 0
+    return (f"sequences {t['sequences']}  steps {t['steps']}  kills {t['kills']} ({kills})\n"
+            f"failed writes: {faults}  helper restarts {t['helper_restarts']}\n"
+            f"operator writes between episodes {t['operator_between']} (scripted issue-24 "
+            f"sequences {t['episode_scripts']})\n"
+            f"rollbacks {t['rollbacks']} (--all {t['rollback_all']}), invariant checks {t['checks']}\n"
+            f"values checked {t['values_checked']}, wrong values {t['wrong_values']}\n"
+            f"invariant violations {t['violations']}  wall {t['wall_s']} s")
 
 
 if __name__ == "__main__":
