@@ -181,10 +181,55 @@ def compare_quantile(
                             reason=f"not significant yet ({figures}; needs p<{alpha:g})", **base)
     verdict, why = _verdict(effect, lo, hi, abs(qb) or abs(qa) or 1.0, significant=significant,
                             min_effect=min_effect, direction=direction, absolute=False)
+    over_b, over_a = _beyond_top(before, q), _beyond_top(after, q)
+    if over_b or over_a:
+        # the quantile is past the page's top finite bucket on a side: read as that bound, its
+        # change is only a bound too, so judge on the mean (the histogram's sum is exact)
+        verdict, why = _censored_verdict(before, after, over_b, over_a, p_rank, shift, alpha=alpha,
+                                         min_effect=min_effect, direction=direction, pct=pct)
+        effect = _relative(histogram_mean(before), histogram_mean(after))
+        return VerifyResult(verdict=verdict, p_value=p_rank, effect=effect, ci_low=lo, ci_high=hi,
+                            reason=f"{why}: {figures}", **base)
     if verdict == "inconclusive":
         why += f" (needs the CI to exclude 0 at alpha {alpha:g} and |effect|>{min_effect:g})"
     return VerifyResult(verdict=verdict, p_value=p, effect=effect, ci_low=lo, ci_high=hi,
                         reason=f"{pct} {why}: {figures}", **base)
+
+
+def _beyond_top(b: Buckets, q: float) -> bool:
+    """More than 1 - q of the observations lie above the top finite bound: the q quantile is
+    only known to be at least that bound."""
+    total = sum(max(c, 0.0) for c in b.counts)
+    over = max(b.counts[-1], 0.0) if len(b.counts) > len(b.le) else 0.0
+    return total > 0 and over / total > 1.0 - q
+
+
+def histogram_mean(b: Buckets) -> float:
+    """The mean observation from the histogram's sum and count (exact, whatever the buckets)."""
+    total = sum(max(c, 0.0) for c in b.counts)
+    return b.sum / total if total > 0 else math.nan
+
+
+def _censored_verdict(before: Buckets, after: Buckets, over_b: bool, over_a: bool, p_rank: float,
+                      shift: str, *, alpha: float, min_effect: float, direction: Direction,
+                      pct: str) -> tuple[Verdict, str]:
+    """The verdict when the quantile is beyond the top bucket on a side: the rank test says
+    whether the windows differ and which way, the exact means say by how much. Never
+    ``unchanged``: a change hidden past the top bucket cannot be shown to be small."""
+    mb, ma = histogram_mean(before), histogram_mean(after)
+    top = before.le[-1]
+    side = "both windows" if over_b and over_a else "after the change" if over_a else "before the change"
+    head = f"{pct} beyond the page's top bucket ({top:g} s) {side}; judged on the mean {mb:.4g} s -> {ma:.4g} s"
+    if not (math.isfinite(mb) and math.isfinite(ma)) or mb <= 0:
+        return "inconclusive", head
+    change = ma / mb - 1.0
+    worse = change if direction == "lower_is_better" else -change
+    agrees = (shift == "after higher") == (change > 0)
+    if p_rank < alpha and agrees and worse > min_effect:
+        return "regressed", f"{head}, worse by {worse:.1%}"
+    if p_rank < alpha and agrees and -worse > min_effect:
+        return "improved", f"{head}, better by {-worse:.1%}"
+    return "inconclusive", f"{head} (needs rank test p<{alpha:g} agreeing and |change|>{min_effect:g})"
 
 
 def _scaled(b: Buckets, limit: int) -> np.ndarray:

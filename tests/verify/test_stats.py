@@ -290,3 +290,26 @@ def test_rank_test_with_ties_on_bucket_counts_matches_scipy():
     want = scipy_stats.mannwhitneyu(rep(b), rep(a), alternative="two-sided").pvalue
     p, shift = rank_test(Buckets(le=le, counts=tuple(map(float, b))), Buckets(le=le, counts=tuple(map(float, a))))
     assert p == pytest.approx(want, rel=1e-9) and shift == "after lower"
+
+
+def _hist(le: tuple[float, ...], counts: list[float], mean: float):
+    from autotune.types import Buckets
+
+    return Buckets(le=le, counts=tuple(counts), sum=mean * sum(counts))
+
+
+def test_a_p95_pushed_past_the_top_bucket_is_judged_on_the_mean_not_called_unchanged():
+    # before: p95 inside the last finite bucket (0.5 s); after: every token above it. Read as
+    # histogram_quantile reads it both are ~0.5 s, which once passed as "unchanged"
+    le = (0.1, 0.2, 0.3, 0.5)
+    before = _hist(le, [0, 0, 140, 140, 0], 0.3)
+    after = _hist(le, [0, 0, 0, 0, 400], 0.6)
+    from autotune.verify.stats import compare_quantile
+
+    r = compare_quantile(before, after, q=0.95)
+    assert r.verdict == "regressed" and "top bucket" in r.reason
+    assert r.effect == pytest.approx(1.0)
+    back = compare_quantile(after, before, q=0.95)
+    assert back.verdict == "improved"
+    same = compare_quantile(after, _hist(le, [0, 0, 0, 0, 400], 0.61), q=0.95)
+    assert same.verdict == "inconclusive"  # beyond the top on both sides, no rank difference
