@@ -42,6 +42,9 @@ class LatencySource(_Strict):
     probe_url: str | None = None  # OpenAI-compatible base URL for an active probe
     probe_interval_s: float = Field(default=10.0, gt=0)
     timeout_s: float = Field(default=2.0, gt=0)  # metrics scrape; a probe waits up to 30 s
+    # the page's own period (at most once per sample): its histograms are cumulative, so a
+    # scrape loses nothing that happened since the last one; 1 s is the verifier's interval
+    scrape_every_s: float = Field(default=1.0, gt=0)
 
 
 class Service(_Strict):

@@ -341,11 +341,15 @@ _COUNTS = ("requests", "tokens", "ttft_samples", "itl_samples")
 
 def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | None]) -> None:
     """Latency over the window: the intervals after the first snapshot (the first one's
-    interval lies before the window), or the one snapshot's own interval."""
+    interval lies before the window), or the one snapshot's own interval. A snapshot taken
+    between two scrapes (the page has its own period) has no reading: the newest one in the
+    window stands for it; a failed newest reading means no latency."""
+    own = [h.latency for h in (history[1:] if len(history) > 1 else history)
+           if h is not None and h.latency is not None]
+    lat = lat if lat is not None else (own[-1] if own else None)
     if lat is None or not lat.ok:
         return
-    readings = [h.latency for h in (history[1:] if len(history) > 1 else history)
-                if h is not None and h.latency is not None and h.latency.ok]
+    readings = [r for r in own if r.ok]
     for key in ("running", "waiting"):
         if getattr(lat, key) is not None:
             out[f"latency.{key}"] = float(getattr(lat, key))
