@@ -7,7 +7,9 @@ surfaces; at every step it is asked twice on the same trials: once with the agen
 (``learner.Model``, numpy) and once with the model the agent had before (scikit-learn's
 ``GaussianProcessRegressor``, same kernel, bounds, noise and restarts; ``SklearnModel`` below),
 each fitted with the optimiser (no kernel reuse, the hard case) and, separately, through a
-``learner.Fitter`` each (what the agent runs). The search follows the numpy model's proposal.
+``learner.Fitter`` each (what the agent runs: the numpy one re-optimises from its last
+hyperparameters between full searches, scikit-learn's runs its full search every time, as the
+agent did). The search follows the numpy model's proposal.
 Reported per surface: steps, proposals that differ (allocation or status) and the largest
 difference of any candidate's predicted slack / score / P(SLO kept); then fit times and the
 peak RSS each model adds, at 10, 50 and 150 trials.
@@ -35,10 +37,11 @@ NCPU = 2
 
 
 class SklearnModel(L.Model):
-    """``learner.Model`` as it was up to f816910: scikit-learn's GP, kernel reuse as before."""
+    """``learner.Model`` as it was up to f816910: scikit-learn's GP, kernel reuse as before, every
+    optimisation the full search (``start`` is ignored)."""
 
     def __init__(self, trials: Sequence[L.Trial], *, imported_noise: float = 4.0,
-                 kernels: dict | None = None) -> None:
+                 kernels: dict | None = None, start: dict | None = None) -> None:
         import numpy as np
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor

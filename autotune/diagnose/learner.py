@@ -126,11 +126,13 @@ class Model:
     """Two Gaussian processes over the trials: score and slack (diagnose/gp.py).
 
     ``kernels`` (name -> a fitted ``gp.Kernel``, as ``self.kernels`` holds after a fit): reuse
-    those hyperparameters instead of optimising them (a fit is then one Cholesky factorisation,
-    a small share of a likelihood search with a restart); see ``Fitter``."""
+    those hyperparameters instead of optimising them (a fit is then one Cholesky factorisation).
+    ``start`` (the same form): optimise from those hyperparameters only, one local search,
+    instead of the multi-start search (the initial kernel, a seeded random start and the best
+    points of a grid); see ``Fitter``."""
 
     def __init__(self, trials: Sequence[Trial], *, imported_noise: float = 4.0,
-                 kernels: dict | None = None) -> None:
+                 kernels: dict | None = None, start: dict | None = None) -> None:
         from autotune.diagnose.gp import GP
 
         X = [features(t.allocation, t.load, t.ncpu) for t in trials]
@@ -139,7 +141,9 @@ class Model:
         self.gps: dict[str, GP] = {}
         self.kernels = {}
         for name, ys in (("score", [t.score for t in trials]), ("slack", [max(-3.0, t.slack) for t in trials])):
-            gp = GP(X, ys, alpha, kernel=(kernels or {}).get(name))
+            warm = (start or {}).get(name)
+            search = {} if warm is None else {"start": warm, "restarts": 0, "grid_starts": 1}
+            gp = GP(X, ys, alpha, kernel=(kernels or {}).get(name), **search)
             self.gps[name] = gp
             self.kernels[name] = gp.kernel
 
@@ -158,29 +162,39 @@ class Model:
 class Fitter:
     """Fits ``Model``s for one service, optimising the kernel hyperparameters only while they
     can still move much: for the first ``warm`` trials, then each time the trial count grew by
-    ``regrow`` (a share) since the last optimisation, or on ``reset`` (a new load phase). In
-    between, new trials refit with the last hyperparameters. The soak's profile had GP
-    optimisation as the agent's largest cost with the search active."""
+    ``regrow`` (a share) since the last optimisation, or after ``reset`` (a new load phase). In
+    between, new trials refit with the last hyperparameters. An optimisation is the full
+    multi-start search when the trial count reached ``full_every`` times what the last full
+    search saw (1, 2, 4, ... trials), otherwise one local search from the last hyperparameters:
+    with the search active, hyperparameter optimisation was the agent's largest cost."""
 
-    def __init__(self, *, warm: int = 12, regrow: float = 0.25) -> None:
-        self.warm, self.regrow = warm, regrow
+    def __init__(self, *, warm: int = 12, regrow: float = 0.25, full_every: float = 2.0) -> None:
+        self.warm, self.regrow, self.full_every = warm, regrow, full_every
         self.kernels: dict | None = None
+        self.stale = True  # the next fit optimises
         self.optimised_at = 0
+        self.full_at = 0
         self.optimisations = 0
+        self.full_searches = 0
         self.fits = 0
 
     def reset(self) -> None:
-        self.kernels = None
+        self.stale = True  # the last hyperparameters stay, as where the next search starts
 
     def fit(self, trials: Sequence[Trial]) -> Model:
         n = len(trials)
-        reuse = (self.kernels is not None and n > self.warm
+        reuse = (not self.stale and self.kernels is not None and n > self.warm
                  and n < self.optimised_at * (1.0 + self.regrow))
-        model = Model(trials, kernels=self.kernels if reuse else None)
         self.fits += 1
-        if not reuse:
-            self.kernels, self.optimised_at = model.kernels, n
-            self.optimisations += 1
+        if reuse:
+            return Model(trials, kernels=self.kernels)
+        full = self.kernels is None or n >= self.full_at * self.full_every
+        model = Model(trials, start=None if full else self.kernels)
+        self.kernels, self.optimised_at, self.stale = model.kernels, n, False
+        self.optimisations += 1
+        if full:
+            self.full_at = n
+            self.full_searches += 1
         return model
 
 
