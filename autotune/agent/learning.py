@@ -164,7 +164,7 @@ class Learning:
 
     def _window_facts(self, svc: Service, span: list[Snapshot]) -> tuple[float, float, float] | None:
         """(load requests/s, slack, neighbours' host share) over ``span``; None without slack."""
-        m = derive_metrics(span, ncpu=self.ncpu, services=self.cfg.services)
+        m = derive_metrics(span, ncpu=self.ncpu, services=self.cfg.services, host=False)
         slack = m.get(f"svc.{svc.name}.slo.slack")
         if slack is None:
             return None

@@ -135,11 +135,15 @@ def derive_metrics(
     *,
     ncpu: int | None = None,
     services: Iterable[object] = (),
+    host: bool = True,
 ) -> dict[str, float]:
     """Metrics over ``window`` (oldest first). One snapshot gives gauges only.
 
     ``ncpu`` overrides the CPU count seen in /proc/stat. ``services`` are config ``Service``
     objects; only their ``name`` and ``slo`` are used, for the ``slo.*_ratio`` metrics.
+    ``host=False``: the services' metrics only, for callers that read nothing else (a service's
+    verification objective, the search's trial facts): the host's ~190 vmstat rates were most
+    of a derivation's cost.
     """
     out: dict[str, float] = {}
     if not window:
@@ -151,13 +155,14 @@ def derive_metrics(
     ncpu_v = ncpu or (len(last.stat.per_cpu) if last.stat and last.stat.per_cpu else None)
     if ncpu_v:
         out["host.ncpu"] = float(ncpu_v)
-    _psi(out, "psi", first.psi, last.psi, dt if rate_ok else 0.0)
-    if rate_ok:
-        for key, val in last.vmstat.items():
-            _rate(out, f"vmstat.{key}.rate", first.vmstat.get(key), val, dt)
-    _stat(out, first, last, dt if rate_ok else 0.0)
-    _load(out, last, ncpu_v)
-    _mem(out, last.meminfo_bytes)
+    if host:
+        _psi(out, "psi", first.psi, last.psi, dt if rate_ok else 0.0)
+        if rate_ok:
+            for key, val in last.vmstat.items():
+                _rate(out, f"vmstat.{key}.rate", first.vmstat.get(key), val, dt)
+        _stat(out, first, last, dt if rate_ok else 0.0)
+        _load(out, last, ncpu_v)
+        _mem(out, last.meminfo_bytes)
 
     for name, svc in last.services.items():
         prev = first.services.get(name)
@@ -335,6 +340,7 @@ def _service(
 _QUANTILES = {"p50_s": ("e2e", 0.5), "p95_s": ("e2e", 0.95), "p99_s": ("e2e", 0.99),
               "ttft_p50_s": ("ttft", 0.5), "ttft_p95_s": ("ttft", 0.95), "ttft_p99_s": ("ttft", 0.99),
               "itl_p50_s": ("itl", 0.5), "itl_p95_s": ("itl", 0.95), "itl_p99_s": ("itl", 0.99)}
+_KIND_KEYS = {kind: [(key, q) for key, (k, q) in _QUANTILES.items() if k == kind] for kind in ("e2e", "ttft", "itl")}
 # counts summed over the window's scrapes
 _COUNTS = ("requests", "tokens", "ttft_samples", "itl_samples")
 
@@ -358,10 +364,12 @@ def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | Non
         if vals:
             out[f"latency.{key}"] = float(sum(vals))
     merged = {kind: histogram.merge(r.hist.get(kind) for r in readings) for kind in ("e2e", "ttft", "itl")}
-    for key, (kind, q) in _QUANTILES.items():
-        v = histogram.quantile(q, merged[kind]) if merged[kind] is not None else getattr(lat, key, None)
-        if v is not None:
-            out[f"latency.{key}"] = float(v)
+    for kind, keys in _KIND_KEYS.items():
+        values = (histogram.quantiles([q for _, q in keys], merged[kind]) if merged[kind] is not None
+                  else [getattr(lat, key, None) for key, _ in keys])
+        for (key, _), v in zip(keys, values):
+            if v is not None:
+                out[f"latency.{key}"] = float(v)
     itl = merged["itl"]
     if itl is not None and histogram.count(itl) > 0:
         out["latency.itl_mean_s"] = itl.sum / histogram.count(itl)
