@@ -152,7 +152,7 @@ def derive_metrics(
     dt = last.ts - first.ts
     rate_ok = len(window) > 1 and dt > 0
 
-    ncpu_v = ncpu or (len(last.stat.per_cpu) if last.stat and last.stat.per_cpu else None)
+    ncpu_v = ncpu or (last.stat and (last.stat.ncpu or len(last.stat.per_cpu))) or None
     if ncpu_v:
         out["host.ncpu"] = float(ncpu_v)
     if host:
