@@ -67,6 +67,9 @@ class LatencySource(_Strict):
     probe_interval_s: float = Field(default=10.0, ge=1.0)
     probe_max_tokens: int = Field(default=4, ge=1, le=16)
     timeout_s: float = Field(default=2.0, gt=0)  # metrics scrape; a probe waits up to 30 s
+    # the page's own period (at most once per sample): its histograms are cumulative, so a
+    # scrape loses nothing that happened since the last one; 1 s is the verifier's interval
+    scrape_every_s: float = Field(default=1.0, gt=0)
 
     @field_validator("metrics_url", "probe_url")
     @classmethod

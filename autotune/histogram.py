@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from itertools import accumulate
 from collections.abc import Iterable, Sequence
 
 from autotune.types import Buckets
@@ -45,29 +46,34 @@ def merge(parts: Iterable[Buckets | None]) -> Buckets | None:
 
 def quantile(q: float, b: Buckets | None) -> float | None:
     """The ``q`` quantile of the observations in ``b``; None when it holds none."""
-    if not 0 <= q <= 1:
-        raise ValueError(f"quantile {q} outside [0, 1]")
+    return quantiles((q,), b)[0]
+
+
+def quantiles(qs: Sequence[float], b: Buckets | None) -> list[float | None]:
+    """``quantile`` of each of ``qs``, the cumulative counts summed once."""
+    for q in qs:
+        if not 0 <= q <= 1:
+            raise ValueError(f"quantile {q} outside [0, 1]")
     if b is None or not b.le:
-        return None
-    cum: list[float] = []
-    running = 0.0
-    for c in b.counts:
-        running += max(0.0, c)
-        cum.append(running)
+        return [None] * len(qs)
+    cum = list(accumulate(c if c > 0.0 else 0.0 for c in b.counts))
     total = cum[-1]
     if total <= 0:
-        return None
-    rank = q * total
+        return [None] * len(qs)
+    return [_at_rank(q * total, cum, b.le) for q in qs]
+
+
+def _at_rank(rank: float, cum: list[float], le: Sequence[float]) -> float:
     i = bisect_left(cum, rank)
-    if i >= len(b.le):  # the +Inf bucket
-        return b.le[-1]
-    upper = b.le[i]
+    if i >= len(le):  # the +Inf bucket
+        return le[-1]
+    upper = le[i]
     if i == 0:
         if upper <= 0:
             return upper
         lower, below = 0.0, 0.0
     else:
-        lower, below = b.le[i - 1], cum[i - 1]
+        lower, below = le[i - 1], cum[i - 1]
     in_bucket = cum[i] - below
     if in_bucket <= 0:
         return upper

@@ -81,7 +81,8 @@ class CpuTimes(_Frozen):
 
 class StatReading(_Frozen):
     total: CpuTimes
-    per_cpu: dict[str, CpuTimes] = {}
+    ncpu: int | None = None  # cpuN lines: all that was ever read of them
+    per_cpu: dict[str, CpuTimes] = {}  # no longer filled (a 128-CPU host kept 128 of them per sample)
     ctxt: Count | None = None
     processes: Count | None = None
     procs_running: Count | None = None

@@ -183,7 +183,7 @@ class Learning:
         """(load /s, slack, neighbours' host share, served) over ``span``; None without
         slack. ``served``: a request, a token or a probe was measured in it (an idle window's
         slack of 1 is a definition, not a measurement of the allocation)."""
-        m = derive_metrics(span, ncpu=self.ncpu, services=self.cfg.services)
+        m = derive_metrics(span, ncpu=self.ncpu, services=self.cfg.services, host=False)
         p = f"svc.{svc.name}."
         slack = m.get(p + "slo.slack")
         if slack is None:

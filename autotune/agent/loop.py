@@ -110,6 +110,7 @@ class Agent:
         self.lookback = max(1, round(cfg.agent.window_s / period))
         self.detector = state.load_detector(db)
         self.scrapers = scrapers if scrapers is not None else scrapers_for(cfg.services)
+        self._scraped: dict[str, float] = {}  # service -> when its latency source was last read
         self.symptoms: list[Symptom] = []
         self.actions: list[Action] = []
         self._episodes: Episodes = {}  # proposals audited, see proposal_episodes
@@ -264,6 +265,9 @@ class Agent:
         if self.scrapers:
             services = dict(snap.services)
             for name, scraper in self.scrapers.items():
+                if not self._scrape_due(name, now):
+                    continue  # this snapshot carries no reading of its own (detect/metrics.py)
+                self._scraped[name] = now
                 try:
                     reading = scraper.sample(now)
                 except Exception as err:  # noqa: BLE001 - scrapers should not raise; be sure
@@ -283,6 +287,14 @@ class Agent:
         if self.exporter is not None:
             self.exporter.update_snapshot(snap)
         return snap
+
+    def _scrape_due(self, name: str, now: float) -> bool:
+        """The latency source is read at its own period ([service.latency] scrape_every_s), the
+        sample nearest to it: with the default 1 s and a 1-s sample period, every sample."""
+        last = self._scraped.get(name)
+        lat = next((s.latency for s in self.cfg.services if s.name == name), None)
+        every = lat.scrape_every_s if lat is not None else 0.0
+        return last is None or now - last >= every - self.cfg.agent.sample_period_s / 2
 
     # -- evaluate -------------------------------------------------------------------------
     def _history(self) -> list[tuple[float, dict[str, float]]]:

@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 from autotune import histogram
 from autotune.audit.trail import FINAL_OUTCOMES, KINDS
 from autotune.detect.metrics import PSI_LINES, derive_metrics
-from autotune.types import Snapshot, Symptom
+from autotune.types import LatencyReading, Snapshot, Symptom
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -133,8 +133,10 @@ class _Collector(Collector):
         if not window:
             return
         snap, m = window[-1], self._metrics(window)
+        # each service's newest latency reading (a snapshot between two scrapes has none)
+        latest = {name: svc.latency for s in window for name, svc in s.services.items() if svc.latency is not None}
         yield from _host_families(snap, m)
-        yield from _service_families(snap, m, totals, self.services)
+        yield from _service_families(latest, m, totals, self.services)
 
 
 def _audit_families(actions, rollbacks, refusals, events) -> Iterator[Metric]:
@@ -197,8 +199,8 @@ def _host_families(snap: Snapshot, m: dict[str, float]) -> Iterator[Metric]:
                                 value=m["mem.available_bytes"])
 
 
-def _service_families(snap: Snapshot, m: dict[str, float], totals: dict[tuple[str, str], tuple[float, float]],
-                      services: list) -> Iterator[Metric]:
+def _service_families(latest: dict[str, LatencyReading], m: dict[str, float],
+                      totals: dict[tuple[str, str], tuple[float, float]], services: list) -> Iterator[Metric]:
     lat = SummaryMetricFamily("autotune_service_latency_seconds", "Inference latency per service: "
                               "quantiles over the agent's detection window, _sum/_count since the agent "
                               "started. kind: e2e (request), ttft (first token), itl (gap between tokens).",
@@ -213,10 +215,8 @@ def _service_families(snap: Snapshot, m: dict[str, float], totals: dict[tuple[st
                                   "request's own time, parallel slots add up).", labels=["service"])
     probes = GaugeMetricFamily("autotune_service_probe_requests", "Active-probe requests in the detection "
                                "window (the quantiles a page lacks come from these).", labels=["service"])
-    for name, svc in sorted(snap.services.items()):
-        if svc.latency is None:
-            continue
-        up.add_metric([name], 1 if svc.latency.ok else 0)
+    for name, reading in sorted(latest.items()):
+        up.add_metric([name], 1 if reading.ok else 0)
         p = f"svc.{name}.latency."
         for family, key in ((running, "running"), (waiting, "waiting"), (per_token, "itl_mean_s"),
                             (probes, "probe.samples")):

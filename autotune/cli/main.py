@@ -1,4 +1,4 @@
-"""Entry point: registers command groups from their own modules."""
+"""Entry point: each command lives in its own module (``COMMANDS``), imported when it runs."""
 
 from __future__ import annotations
 
@@ -7,35 +7,7 @@ import sys
 
 import typer
 
-app = typer.Typer(
-    name="autotune",
-    help="Closed-loop OS tuning agent for Linux nodes serving LLM inference.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    # click's plain help: at 80 columns rich's option boxes wrapped help five lines deep and cut
-    # defaults ("http://127.0.0.1:…"); the plain layout wraps under one help column
-    rich_markup_mode=None,
-)
 
-# (module, attribute): each module exposes ``register(app)``; modules missing while the
-# project grows are skipped so one unfinished group never breaks the CLI.
-COMMAND_MODULES = [
-    "autotune.cli.status",
-    "autotune.cli.recommend",
-    "autotune.cli.config_cmd",
-    "autotune.cli.run",
-    "autotune.cli.history",
-    "autotune.cli.helper_cmd",
-    "autotune.cli.audit_cmd",
-    "autotune.cli.workload_cmd",
-    "autotune.cli.gate_cmd",
-    "autotune.cli.ranker_cmd",
-    "autotune.cli.health",
-    "autotune.cli.demo_cmd",
-]
-
-@app.command()
 def version() -> None:
     """Print the autotune version."""
     from autotune import __version__
@@ -43,14 +15,103 @@ def version() -> None:
     typer.echo(__version__)
 
 
-for _mod in COMMAND_MODULES:
+def _new_app() -> typer.Typer:
+    app = typer.Typer(
+        name="autotune",
+        help="Closed-loop OS tuning agent for Linux nodes serving LLM inference.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        # click's plain help: at 80 columns rich's option boxes wrapped help five lines deep and cut
+        # defaults ("http://127.0.0.1:…"); the plain layout wraps under one help column
+        rich_markup_mode=None,
+    )
+    app.command()(version)
+    return app
+
+
+# Every top-level command: the module whose ``register(app)`` adds it, whether it is a group, and
+# its help's first paragraph (what `autotune --help` lists), in the order the CLI lists them.
+# `autotune --help` is built from this table and `autotune COMMAND ...` imports that command's
+# module only: building every command's parameters from its signature took most of a --help.
+# tests/cli/test_help.py keeps the table equal to what the modules register.
+COMMANDS: dict[str, tuple[str, bool, str]] = {
+    "status": ("autotune.cli.status", False,
+               "Host capabilities (cgroup layout, PSI, triggers, cpufreq, THP) and the latest readings."),
+    "recommend": ("autotune.cli.recommend", False,
+                  "Sample for DURATION seconds, print symptoms and recommended actions; write nothing."),
+    "run": ("autotune.cli.run", False, "Run the closed loop: sample, detect, diagnose, (apply, verify, roll back)."),
+    "history": ("autotune.cli.history", False,
+                "Changes the agent made, newest first: rule, prior -> proposed, state, verification."),
+    "rollback": ("autotune.cli.history", False,
+                 "Restore the recorded prior value of one entry (ID) or of every entry (--all)."),
+    "enable": ("autotune.cli.history", False, "Let the agent manage a target again after drift made it unmanaged."),
+    "gate": ("autotune.cli.gate_cmd", False,
+             "Reverse proxy that admits requests while CPU pressure is low and under a concurrency limit."),
+    "health": ("autotune.cli.health", False,
+               "Exit 0 while the running agent keeps sampling (newest stored sample younger than --max-age)."),
+    "demo": ("autotune.cli.demo_cmd", False, "Watch the agent act on this host, then have everything put back (root)."),
+    "config": ("autotune.cli.config_cmd", True, "Validate and show configuration."),
+    "helper": ("autotune.cli.helper_cmd", True, "Privileged helper: applies only what a root-owned policy allows."),
+    "audit": ("autotune.cli.audit_cmd", True, "Inspect the tamper-evident audit trail of every agent decision."),
+    "workload": ("autotune.cli.workload_cmd", True,
+                 "Reference workloads (GPT-2 server, llama.cpp's llama-server), load generator, noisy neighbour."),
+    "ranker": ("autotune.cli.ranker_cmd", True,
+               "The learned allocation search: with no command, what it knows and would choose now; "
+               "export / import its trials."),
+}
+
+
+def _register(app: typer.Typer, module_name: str) -> None:
+    """``module.register(app)``; a module missing while the project grows is skipped, so one
+    unfinished group never breaks the CLI."""
     try:
-        module = importlib.import_module(_mod)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name != _mod:
+        if err.name != module_name:
             raise
-        continue
+        return
     module.register(app)
+
+
+def full_app() -> typer.Typer:
+    """Every command, for tests (``from autotune.cli.main import app``) and typer's runner."""
+    app = _new_app()
+    for module_name in dict.fromkeys(m for m, _, _ in COMMANDS.values()):
+        _register(app, module_name)
+    return app
+
+
+def _listing_app() -> typer.Typer:
+    """`autotune`, `autotune --help`, `autotune version` and unknown commands: the commands by
+    name and help only (never run: a known command name routes to its module)."""
+    app = _new_app()
+    for name, (_, group, text) in COMMANDS.items():
+        if group:
+            app.add_typer(typer.Typer(), name=name, help=text)
+        else:
+            app.command(name=name, help=text)(_never_run)
+    return app
+
+
+def _never_run() -> None:
+    raise AssertionError("a listed command ran without its module")  # pragma: no cover
+
+
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app that handles ``argv``: its command's module only, or the listing."""
+    if argv and argv[0] in COMMANDS:
+        app = _new_app()  # `version` keeps it a group: a one-command app would take no name
+        _register(app, COMMANDS[argv[0]][0])
+        return app
+    return _listing_app()
+
+
+def __getattr__(name: str):
+    if name == "app":  # built on first use, once
+        globals()["app"] = built = full_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _command_name(ctx) -> str:
@@ -82,7 +143,7 @@ def main() -> None:
     # the click typer runs on (recent typer vendors its own): its base of every usage error
     click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        rv = app(standalone_mode=False)
+        rv = app_for(sys.argv[1:])(standalone_mode=False)
     except click_error as err:
         if type(err).__name__ != "NoArgsIsHelpError":  # that one printed the help already
             typer.secho(usage_line(err), fg="red", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,9 @@ def register(app: typer.Typer) -> None:
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
     ) -> None:
         """Run the closed loop: sample, detect, diagnose, (apply, verify, roll back)."""
+        # before numpy loads: its BLAS threads only contend with the served workload for the
+        # agent's small matrices (a 150-trial GP fit took 8x the CPU with two threads, loaded)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # one line per scrape/probe request and per scheduler tick is noise in the journal; the

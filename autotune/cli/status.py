@@ -7,7 +7,6 @@ from typing import Any
 import typer
 
 from autotune.cli.common import ConfigOpt, JsonOpt, RootOpt, load_config_or_exit, print_json
-from autotune.detect.metrics import PSI_FIELDS, PSI_LINES, gauges
 
 
 def psi_json(reading) -> dict[str, Any] | None:
@@ -26,6 +25,8 @@ def psi_json(reading) -> dict[str, Any] | None:
 def psi_rows(snap) -> dict[str, list[float | None]]:
     """The human table's PSI cells per resource (some avg10/60/300, full avg10/60/300), read
     through the metric vocabulary (``psi.<res>.<line>.<avgN>``); None where the kernel has none."""
+    from autotune.detect.metrics import PSI_FIELDS, PSI_LINES, gauges  # not at import: `--help` stays light
+
     m = gauges(snap)
     cells = [(line, avg) for line in PSI_LINES for avg in PSI_FIELDS]
     return {res: [m.get(f"psi.{res}.{line}.{avg}") for line, avg in cells] for res in snap.psi}
@@ -137,6 +138,8 @@ def _print_human(caps, snap, agent) -> None:
     for res, cells in psi_rows(snap).items():
         p.add_row(res, *(f"{v:.2f}" if v is not None else "-" for v in cells))
     con.print(p)
+    from autotune.detect.metrics import gauges
+
     m = gauges(snap)
     if snap.loadavg:
         la = snap.loadavg

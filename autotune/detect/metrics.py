@@ -165,6 +165,7 @@ def derive_metrics(
     *,
     ncpu: int | None = None,
     services: Iterable[object] = (),
+    host: bool = True,
 ) -> dict[str, float]:
     """Metrics over ``window`` (oldest first). One snapshot gives gauges only.
 
@@ -172,6 +173,9 @@ def derive_metrics(
     objects; their ``name``, ``slo``, ``latency`` and ``threads`` are used, for the ``slo.*``
     metrics (with the page flavor the newest latency reading names, for what the source can
     measure) and the thread pools (``pool_facts``).
+    ``host=False``: the services' metrics only, for callers that read nothing else (a service's
+    verification objective, the search's trial facts): the host's ~190 vmstat rates were most
+    of a derivation's cost.
     """
     out: dict[str, float] = {}
     if not window:
@@ -180,16 +184,17 @@ def derive_metrics(
     dt = last.ts - first.ts
     rate_ok = len(window) > 1 and dt > 0
 
-    ncpu_v = ncpu or (len(last.stat.per_cpu) if last.stat and last.stat.per_cpu else None)
+    ncpu_v = ncpu or (last.stat and (last.stat.ncpu or len(last.stat.per_cpu))) or None
     if ncpu_v:
         out["host.ncpu"] = float(ncpu_v)
-    _psi(out, "psi", first.psi, last.psi, dt if rate_ok else 0.0)
-    if rate_ok:
-        for key, val in last.vmstat.items():
-            _rate(out, f"vmstat.{key}.rate", first.vmstat.get(key), val, dt)
-    _stat(out, first, last, dt if rate_ok else 0.0)
-    _load(out, last, ncpu_v)
-    _mem(out, last.meminfo_bytes)
+    if host:
+        _psi(out, "psi", first.psi, last.psi, dt if rate_ok else 0.0)
+        if rate_ok:
+            for key, val in last.vmstat.items():
+                _rate(out, f"vmstat.{key}.rate", first.vmstat.get(key), val, dt)
+        _stat(out, first, last, dt if rate_ok else 0.0)
+        _load(out, last, ncpu_v)
+        _mem(out, last.meminfo_bytes)
 
     for name, svc in last.services.items():
         prev = first.services.get(name)
@@ -432,17 +437,22 @@ def observed_pool(prev: ServiceReading | None, svc: ServiceReading, dt: float) -
 _QUANTILES = {"p50_s": ("e2e", 0.5), "p95_s": ("e2e", 0.95), "p99_s": ("e2e", 0.99),
               "ttft_p50_s": ("ttft", 0.5), "ttft_p95_s": ("ttft", 0.95), "ttft_p99_s": ("ttft", 0.99),
               "itl_p50_s": ("itl", 0.5), "itl_p95_s": ("itl", 0.95), "itl_p99_s": ("itl", 0.99)}
+_KIND_KEYS = {kind: [(key, q) for key, (k, q) in _QUANTILES.items() if k == kind] for kind in ("e2e", "ttft", "itl")}
 # counts summed over the window's scrapes
 _COUNTS = ("requests", "tokens", "ttft_samples", "itl_samples", "prompt_tokens")
 
 
 def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | None]) -> None:
     """Latency over the window: the intervals after the first snapshot (the first one's
-    interval lies before the window), or the one snapshot's own interval."""
+    interval lies before the window), or the one snapshot's own interval. A snapshot taken
+    between two scrapes (the page has its own period) has no reading: the newest one in the
+    window stands for it; a failed newest reading means no latency."""
+    own = [h.latency for h in (history[1:] if len(history) > 1 else history)
+           if h is not None and h.latency is not None]
+    lat = lat if lat is not None else (own[-1] if own else None)
     if lat is None or not lat.ok:
         return
-    readings = [h.latency for h in (history[1:] if len(history) > 1 else history)
-                if h is not None and h.latency is not None and h.latency.ok]
+    readings = [r for r in own if r.ok]
     for key in ("running", "waiting"):
         if getattr(lat, key) is not None:
             out[f"latency.{key}"] = float(getattr(lat, key))
@@ -451,10 +461,12 @@ def _latency(out, lat: LatencyReading | None, history: list[ServiceReading | Non
         if vals:
             out[f"latency.{key}"] = float(sum(vals))
     merged = {kind: histogram.merge(r.hist.get(kind) for r in readings) for kind in ("e2e", "ttft", "itl")}
-    for key, (kind, q) in _QUANTILES.items():
-        v = histogram.quantile(q, merged[kind]) if merged[kind] is not None else getattr(lat, key, None)
-        if v is not None:
-            out[f"latency.{key}"] = float(v)
+    for kind, keys in _KIND_KEYS.items():
+        values = (histogram.quantiles([q for _, q in keys], merged[kind]) if merged[kind] is not None
+                  else [getattr(lat, key, None) for key, _ in keys])
+        for (key, _), v in zip(keys, values):
+            if v is not None:
+                out[f"latency.{key}"] = float(v)
     itl = merged["itl"]
     timed = [(r.token_seconds, r.tokens) for r in readings if r.token_seconds is not None and r.tokens]
     if itl is not None and histogram.count(itl) > 0:

@@ -11,8 +11,8 @@ trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net a
 - Every observed window becomes a ``Trial``: allocation, load (requests/s), SLO slack and the
   neighbours' share of the host's CPUs. Its score is CLITE's: ``0.5 / ratio`` (at most 0.5)
   while the service misses its SLO, ``0.5 + 0.5 x neighbour share`` once it meets it.
-- Two Gaussian processes (scikit-learn, Matern 5/2 + noise) over (quota share, log weight
-  ratio, load) predict the score and the slack of every candidate.
+- Two Gaussian processes (diagnose/gp.py: Matern 5/2 + noise, in numpy) over (quota share,
+  log weight ratio, load) predict the score and the slack of every candidate.
 - ``propose`` picks the next allocation by expected improvement, among candidates predicted to
   keep the SLO (P(slack >= 0) >= ``safe_prob``) or that give the service at least what a
   known-safe allocation gave it on both axes (quota and weight): exploration is constrained,
@@ -30,8 +30,7 @@ trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net a
   once when the SLO breaks); the rules' upsizes stay the safety net and decide alone while the
   search has nothing to say.
 
-Pure apart from the fit: no clock, no host. scikit-learn is imported by ``Model`` only, so an
-agent that never searches never loads it.
+Pure: no clock, no host. diagnose/gp.py is imported by ``Model`` only.
 """
 
 from __future__ import annotations
@@ -126,48 +125,34 @@ class Prediction(BaseModel):
 
 
 class Model:
-    """Two Gaussian processes over the trials: score and slack.
+    """Two Gaussian processes over the trials: score and slack (diagnose/gp.py).
 
-    ``kernels`` (name -> a fitted kernel, as ``self.kernels`` holds after a fit): reuse those
-    hyperparameters instead of optimising them (a fit is then one Cholesky factorisation, a
-    small share of an L-BFGS search with restarts); see ``Fitter``."""
+    ``kernels`` (name -> a fitted ``gp.Kernel``, as ``self.kernels`` holds after a fit): reuse
+    those hyperparameters instead of optimising them (a fit is then one Cholesky factorisation).
+    ``start`` (the same form): optimise from those hyperparameters only, one local search,
+    instead of the multi-start search (the initial kernel, a seeded random start and the best
+    points of a grid); see ``Fitter``."""
 
     def __init__(self, trials: Sequence[Trial], *, imported_noise: float = 4.0,
-                 kernels: dict | None = None) -> None:
-        import numpy as np
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+                 kernels: dict | None = None, start: dict | None = None) -> None:
+        from autotune.diagnose.gp import GP
 
-        self.np = np
-        X = np.array([features(t.allocation, t.load, t.ncpu) for t in trials])
+        X = [features(t.allocation, t.load, t.ncpu) for t in trials]
         # imported trials (another node's) count, but as noisier evidence than our own
-        alpha = np.array([1e-4 * (imported_noise if t.source == "imported" else 1.0) for t in trials])
-        self.gps = {}
+        alpha = [1e-4 * (imported_noise if t.source == "imported" else 1.0) for t in trials]
+        self.gps: dict[str, GP] = {}
         self.kernels = {}
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
         for name, ys in (("score", [t.score for t in trials]), ("slack", [max(-3.0, t.slack) for t in trials])):
-            fixed = (kernels or {}).get(name)
-            if fixed is not None:
-                gp = GaussianProcessRegressor(kernel=fixed, alpha=alpha, normalize_y=True, optimizer=None)
-            else:
-                kernel = (ConstantKernel(1.0, (1e-2, 1e2)) * Matern(length_scale=[0.3, 0.3, 0.5],
-                          length_scale_bounds=(0.05, 5.0), nu=2.5) + WhiteKernel(1e-3, (1e-6, 1e-1)))
-                gp = GaussianProcessRegressor(kernel=kernel, alpha=alpha, normalize_y=True,
-                                              n_restarts_optimizer=1, random_state=0)
-            with warnings.catch_warnings():  # a flat surface pins a length scale at its bound: fine
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                gp.fit(X, np.array(ys))
+            warm = (start or {}).get(name)
+            search = {} if warm is None else {"start": warm, "restarts": 0, "grid_starts": 1}
+            gp = GP(X, ys, alpha, kernel=(kernels or {}).get(name), **search)
             self.gps[name] = gp
-            self.kernels[name] = gp.kernel_
+            self.kernels[name] = gp.kernel
 
     def predict(self, allocs: Sequence[Allocation], load: float, ncpu: int) -> list[Prediction]:
-        np = self.np
-        X = np.array([features(a, load, ncpu) for a in allocs])
-        s_mu, s_sd = self.gps["score"].predict(X, return_std=True)
-        k_mu, k_sd = self.gps["slack"].predict(X, return_std=True)
+        X = [features(a, load, ncpu) for a in allocs]
+        s_mu, s_sd = self.gps["score"].predict(X)
+        k_mu, k_sd = self.gps["slack"].predict(X)
         out = []
         for a, sm, ss, km, ks in zip(allocs, s_mu, s_sd, k_mu, k_sd):
             p_safe = _phi(km / max(ks, 1e-6))
@@ -179,29 +164,39 @@ class Model:
 class Fitter:
     """Fits ``Model``s for one service, optimising the kernel hyperparameters only while they
     can still move much: for the first ``warm`` trials, then each time the trial count grew by
-    ``regrow`` (a share) since the last optimisation, or on ``reset`` (a new load phase). In
-    between, new trials refit with the last hyperparameters. The soak's profile had GP
-    optimisation as the agent's largest cost with the search active."""
+    ``regrow`` (a share) since the last optimisation, or after ``reset`` (a new load phase). In
+    between, new trials refit with the last hyperparameters. An optimisation is the full
+    multi-start search when the trial count reached ``full_every`` times what the last full
+    search saw (1, 2, 4, ... trials), otherwise one local search from the last hyperparameters:
+    with the search active, hyperparameter optimisation was the agent's largest cost."""
 
-    def __init__(self, *, warm: int = 12, regrow: float = 0.25) -> None:
-        self.warm, self.regrow = warm, regrow
+    def __init__(self, *, warm: int = 12, regrow: float = 0.25, full_every: float = 2.0) -> None:
+        self.warm, self.regrow, self.full_every = warm, regrow, full_every
         self.kernels: dict | None = None
+        self.stale = True  # the next fit optimises
         self.optimised_at = 0
+        self.full_at = 0
         self.optimisations = 0
+        self.full_searches = 0
         self.fits = 0
 
     def reset(self) -> None:
-        self.kernels = None
+        self.stale = True  # the last hyperparameters stay, as where the next search starts
 
     def fit(self, trials: Sequence[Trial]) -> Model:
         n = len(trials)
-        reuse = (self.kernels is not None and n > self.warm
+        reuse = (not self.stale and self.kernels is not None and n > self.warm
                  and n < self.optimised_at * (1.0 + self.regrow))
-        model = Model(trials, kernels=self.kernels if reuse else None)
         self.fits += 1
-        if not reuse:
-            self.kernels, self.optimised_at = model.kernels, n
-            self.optimisations += 1
+        if reuse:
+            return Model(trials, kernels=self.kernels)
+        full = self.kernels is None or n >= self.full_at * self.full_every
+        model = Model(trials, start=None if full else self.kernels)
+        self.kernels, self.optimised_at, self.stale = model.kernels, n, False
+        self.optimisations += 1
+        if full:
+            self.full_at = n
+            self.full_searches += 1
         return model
 
 

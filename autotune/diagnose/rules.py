@@ -9,6 +9,7 @@ one ConfigError listing every problem as ``FILE: rule 'NAME': FIELD: message``.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -314,6 +315,11 @@ class RuleSet(BaseModel):
         raise KeyError(name)
 
     def context_metrics_used(self) -> set[str]:
+        return set(self.context_metrics)
+
+    @cached_property
+    def context_metrics(self) -> frozenset[str]:
+        """The context metrics the rules read (walked once: every evaluation asks)."""
         used = set()
         for r in self.rules:
             used |= metric_refs(r.when)
@@ -323,7 +329,7 @@ class RuleSet(BaseModel):
                              for b in (a.bounds.min, a.bounds.max) if isinstance(b, (str, MetricRef))}
                 if a.step is not None and isinstance(a.step.factor, FactorFrom):
                     used.add(a.step.factor.metric)
-        return used & set(CONTEXT_METRICS)
+        return frozenset(used & set(CONTEXT_METRICS))
 
 
 _COND_TAGS = ("symptom", "metric", "all", "any")

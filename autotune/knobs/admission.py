@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, ClassVar
 
-import httpx
-
 from autotune.errors import HostError, InvalidValue, TargetGone
 from autotune.host import Host
 from autotune.knobs.base import Knob, KnobState
 from autotune.knobs.grammar import parse_decimal_strict, parse_int_strict
 
 if TYPE_CHECKING:
+    import httpx
+
     from autotune.config import Config
 
 KEYS = ("threshold", "limit", "min_limit", "max_limit", "min_threshold", "max_threshold", "adaptive")
@@ -131,9 +131,13 @@ class AdmissionKnob(Knob):
         self.transport = transport  # tests inject a transport
 
     def _client(self) -> httpx.Client:
+        import httpx  # here, not at import: the agent loads every knob, and only a gate needs it (~8 MB)
+
         return httpx.Client(timeout=self.timeout, transport=self.transport)
 
     def _status(self, target: str) -> dict:
+        import httpx
+
         url = f"{target.rstrip('/')}/gate/status"
         try:
             with self._client() as c:
@@ -177,6 +181,8 @@ class AdmissionKnob(Knob):
         return format_value(proposed)
 
     def write(self, host: Host, target: str, value: str) -> None:
+        import httpx
+
         url = f"{target.rstrip('/')}/gate/config"
         body = config_body(parse_value(value))
         try:

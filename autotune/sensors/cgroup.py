@@ -13,6 +13,7 @@ None; an unparsable file also leaves it None and adds a message to ``errors`` (w
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -46,8 +47,8 @@ def parse_flat_keyed(text: str, source: str) -> dict[str, int]:
             continue
         if len(fields) != 2:
             raise ParseError(f"{source}: line {lineno}: expected '<key> <int>', got {raw.strip()!r}")
-        try:
-            out[fields[0]] = int(fields[1])
+        try:  # the same keys every sample: one string each, not one per snapshot kept
+            out[sys.intern(fields[0])] = int(fields[1])
         except ValueError as err:
             raise ParseError(f"{source}: line {lineno}: {fields[0]} is not an integer") from err
     if not out:

@@ -35,18 +35,22 @@ SLO field each source can measure is autotune/slo.py's table.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import time
+import urllib.parse
 from collections import defaultdict, deque
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
 from autotune.histogram import from_cumulative, quantile
 from autotune.types import Buckets, LatencyReading, ProbeSample
+
+if TYPE_CHECKING:
+    import httpx
 
 Flavor = Literal["vllm", "tgi", "llamacpp"]
 
@@ -106,6 +110,17 @@ FLAVORS: dict[str, FlavorMetrics] = {
 FLAVORS["autotune"] = FLAVORS["vllm"]  # our workload server exports vLLM's names (detected as vllm)
 
 
+def flavor_names(flavor: str, page: Page | None = None) -> frozenset[str]:
+    """The metric (family) names ``flavor`` reads: what a scrape of a known flavor parses. With
+    ``page``: of the names a histogram goes by (newest first), only the one that page has."""
+    spec = FLAVORS[flavor]
+    single = [v for k, v in spec if k != "prefix" and isinstance(v, str)]  # every one-name metric
+    hists = [spec.e2e_hist, spec.ttft_hist, spec.itl_hist]
+    if page is not None:
+        hists = [(_first_present(h, page),) if _first_present(h, page) else h for h in hists]
+    return frozenset([*(n for h in hists for n in h), *(n for n in single if n)])
+
+
 # -- parsing ------------------------------------------------------------------------------------
 class Histogram(BaseModel):
     """Cumulative bucket counts summed over label sets: sorted (le, count), last le = +Inf."""
@@ -134,39 +149,131 @@ class Page(BaseModel):
         return None
 
 
-def parse_page(text: str) -> Page:
-    """Parse Prometheus text exposition. ValueError names the problem for garbage pages."""
-    if not text.strip():
-        raise ValueError("empty metrics page")
-    head = text.lstrip()[:200].lower()
-    if head.startswith("<") or "<html" in head:
-        raise ValueError("got an HTML page, not Prometheus text (wrong URL? try .../metrics)")
+_SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
+
+
+def _family(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _name_of(line: str) -> str:
+    """The metric name a sample line starts with."""
+    end = len(line)
+    for sep in ("{", " ", "\t"):
+        i = line.find(sep)
+        if 0 <= i < end:
+            end = i
+    return line[:end]
+
+
+Part = tuple[str, str, float]  # (bucket | sum | count | scalar, histogram base or sample name, le)
+
+
+def _part(name: str, labels: dict[str, str], family_type: str) -> Part:
+    """Where one sample goes in a Page: label sets are summed away, histograms by base name."""
+    if name.endswith("_bucket") and "le" in labels:
+        return "bucket", name[: -len("_bucket")], float(labels["le"])
+    if name.endswith("_sum") and family_type == "histogram":
+        return "sum", name[:-4], 0.0
+    if name.endswith("_count") and family_type == "histogram":
+        return "count", name[:-6], 0.0
+    return "scalar", name, 0.0
+
+
+class PageParser:
+    """Parse a server's Prometheus text pages into ``Page``s, one page after another.
+
+    prometheus_client's parser reads each line character by character: a page of ~150
+    histogram lines took ~8 ms, the largest part of the agent's own CPU at one scrape a second.
+    Here each series (a line up to its value: name and labels) is parsed by the library the
+    first time it is seen, and remembered; a line of a known series costs a dictionary look-up
+    and a float(). ``names``: the only families read (``flavor_names``), None for all; lines of
+    other families are not parsed at all (a server's page is mostly other metrics).
+    ValueError names the problem for a garbage page."""
+
+    MAX_SERIES = 20_000  # lines with timestamps never repeat: forget them rather than grow
+
+    def __init__(self, names: frozenset[str] | None = None) -> None:
+        self.names = names
+        self._series: dict[str, Part] = {}
+
+    def _wanted(self, name: str) -> bool:
+        return self.names is None or name in self.names or _family(name) in self.names
+
+    def parse(self, text: str) -> Page:
+        if not text.strip():
+            raise ValueError("empty metrics page")
+        head = text.lstrip()[:200].lower()
+        if head.startswith("<") or "<html" in head:
+            raise ValueError("got an HTML page, not Prometheus text (wrong URL? try .../metrics)")
+        if len(self._series) > self.MAX_SERIES:
+            self._series.clear()
+        parts: list[tuple[Part, float]] = []
+        types: dict[str, str] = {}  # metric name -> its "# TYPE" line, for lines parsed anew
+        new: list[str] = []
+        for line in text.splitlines():
+            if not line or line[0] == "#":
+                if line.startswith("# TYPE"):
+                    fields = line.split(None, 3)
+                    if len(fields) > 2 and self._wanted(fields[2]):
+                        types[fields[2]] = line
+                continue
+            key, _, value = line.rpartition(" ")
+            known = self._series.get(key)
+            if known is not None:
+                try:
+                    parts.append((known, float(value)))
+                    continue
+                except ValueError:
+                    pass  # the library says what is wrong with it
+            if self._wanted(_name_of(line)):
+                new.append(line)
+        for line in new:
+            name = _name_of(line)
+            typ = types.get(name) or types.get(_family(name))
+            try:
+                families = list(text_string_to_metric_families(f"{typ}\n{line}\n" if typ else line + "\n"))
+            except ValueError as err:
+                raise ValueError(f"not a valid Prometheus text page: {err}") from err
+            samples = [(sample, f.type) for f in families for sample in f.samples]
+            for sample, family_type in samples:
+                try:
+                    part = _part(sample.name, sample.labels, family_type)
+                except ValueError as err:
+                    raise ValueError(f"not a valid Prometheus text page: bad le in {line[:80]!r}") from err
+                parts.append((part, sample.value))
+                if len(samples) == 1:
+                    self._series[line.rpartition(" ")[0]] = part
+        return _page(parts)
+
+
+def _page(parts: list[tuple[Part, float]]) -> Page:
     scalars: dict[str, float] = defaultdict(float)
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, float] = defaultdict(float)
-    try:
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if not math.isfinite(s.value):
-                    continue  # NaN/+-Inf (legal in the format): no reading, never a figure
-                if s.name.endswith("_bucket") and "le" in s.labels:
-                    base = s.name[: -len("_bucket")]
-                    buckets[base][float(s.labels["le"])] += s.value
-                elif s.name.endswith("_sum") and family.type == "histogram":
-                    sums[s.name[:-4]] += s.value
-                elif s.name.endswith("_count") and family.type == "histogram":
-                    counts[s.name[:-6]] += s.value
-                else:
-                    scalars[s.name] += s.value
-    except ValueError as err:
-        raise ValueError(f"not a valid Prometheus text page: {err}") from err
-    hists = {}
-    for base, by_le in buckets.items():
-        hists[base] = Histogram(
-            buckets=tuple(sorted(by_le.items())), sum=sums.get(base, 0.0), count=counts.get(base, 0.0)
-        )
+    for (kind, name, le), value in parts:
+        if not math.isfinite(value):
+            continue  # NaN/+-Inf (legal in the format): no reading, never a figure
+        if kind == "bucket":
+            buckets[name][le] += value
+        elif kind == "sum":
+            sums[name] += value
+        elif kind == "count":
+            counts[name] += value
+        else:
+            scalars[name] += value
+    hists = {base: Histogram(buckets=tuple(sorted(by_le.items())), sum=sums.get(base, 0.0),
+                             count=counts.get(base, 0.0)) for base, by_le in buckets.items()}
     return Page(scalars=dict(scalars), histograms=hists)
+
+
+def parse_page(text: str, names: frozenset[str] | None = None) -> Page:
+    """Parse one Prometheus text page: every family, or only ``names`` (see ``PageParser``)."""
+    return PageParser(names).parse(text)
 
 
 def detect_flavor(page: Page) -> Flavor | None:
@@ -311,25 +418,88 @@ def _missing_required(flavor: Flavor, page: Page) -> list[str]:
 
 
 # -- the scraper --------------------------------------------------------------------------------
+MAX_PAGE_BYTES = 16 << 20  # a metrics page is tens of KB; a wrong URL must not fill the agent's memory
+
+
+class Fetch(Protocol):
+    """How a scraper gets its page: (HTTP status, body); raises OSError when it cannot."""
+
+    def __call__(self) -> tuple[int, str]: ...
+
+    def close(self) -> None: ...
+
+
+class HttpGet:
+    """GET one URL over one kept-alive connection, with the standard library's http.client (the
+    agent's own metrics exporter loads it anyway; httpx and what it imports cost the agent ~9 MB
+    resident). A connection the server closed while idle is reopened once."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        u = urllib.parse.urlsplit(url)
+        # a bad URL is every scrape's error, not the agent's start's
+        self._bad = None if u.scheme in ("http", "https") and u.hostname else "not an http(s)://host[:port]/path URL"
+        self._conn_args = (u.hostname or "", u.port)
+        self._https = u.scheme == "https"
+        self._target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        self.timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def __call__(self) -> tuple[int, str]:
+        if self._bad:
+            raise ValueError(self._bad)
+        for attempt in (0, 1):
+            fresh = self._conn is None
+            if self._conn is None:
+                cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                self._conn = cls(*self._conn_args, timeout=self.timeout)
+            try:
+                self._conn.request("GET", self._target, headers={"Accept": "text/plain"})
+                resp = self._conn.getresponse()
+                body = resp.read(MAX_PAGE_BYTES + 1)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                if fresh or attempt:
+                    raise
+                continue  # the kept connection was closed by the server: once more, on a new one
+            except (OSError, http.client.HTTPException):
+                self.close()
+                raise
+            if len(body) > MAX_PAGE_BYTES:
+                self.close()
+                raise ValueError(f"page larger than {MAX_PAGE_BYTES >> 20} MiB")
+            if resp.will_close:
+                self.close()
+            return resp.status, body.decode(resp.headers.get_content_charset() or "utf-8", "replace")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class LatencyScraper:
     """Scrape a metrics URL; each ``sample(now)`` reports the window since the previous one.
 
     Never raises out of ``sample``: connection errors, garbage pages and missing metrics give
     ``LatencyReading(ok=False, error=...)``. The first good scrape has no window (quantiles None).
     Every reading names the page's flavor (declared, or detected at the last good scrape), so
-    what the page can measure (autotune/slo.py) stays known while it is down.
+    what the page can measure (autotune/slo.py) stays known while it is down. Once the flavor
+    is known, only its metrics are parsed. ``fetch``: how the page is got (tests); an
+    ``HttpGet`` of ``url`` by default.
     """
 
     def __init__(self, url: str, flavor: Flavor | Literal["auto", "autotune"] = "auto", timeout: float = 2.0,
-                 *, client: httpx.Client | None = None) -> None:
+                 *, fetch: Fetch | None = None) -> None:
         if flavor != "auto" and flavor not in FLAVORS:
             raise ValueError(f"unknown metrics flavor {flavor!r}; use auto, {', '.join(FLAVORS)}")
         self.url = url
         self.flavor = flavor
         self.timeout = timeout
-        self._client = client
-        self._own = client is None  # ours to close
+        self._fetch = fetch or HttpGet(url, timeout)
         self._prev: tuple[float, Page] | None = None
+        self._parser = PageParser(None if flavor == "auto" else flavor_names(flavor))
+        self._known: Flavor | None = None if flavor == "auto" else flavor
         self.last_window: LatencyWindow | None = None
         self.detected: str | None = None  # flavor recognised at the last good scrape (auto)
 
@@ -337,38 +507,30 @@ class LatencyScraper:
     def page_flavor(self) -> str | None:
         return self.flavor if self.flavor != "auto" else self.detected
 
-    def _fetch(self) -> str:
-        # One client for the scraper's life: a new httpx.Client per scrape builds an SSL context
-        # and a connection each time, which was half the agent's CPU at a 0.2-s sample period.
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout)
-        resp = self._client.get(self.url, timeout=self.timeout)
-        resp.raise_for_status()
-        return resp.text
-
     def close(self) -> None:
-        """Close the connection (the agent calls it on stop)."""
-        if self._own and self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the connection (the agent calls it on stop); the next sample opens a new one."""
+        self._fetch.close()
 
     def _fail(self, msg: str) -> LatencyReading:
         self.last_window = None
+        if self._known is not None:  # read the whole page again: the server may have changed
+            self._known = None if self.flavor == "auto" else self._known
+            self._parser = PageParser(None if self._known is None else flavor_names(self._known))
         return LatencyReading(source=self.url, ok=False, error=msg, flavor=self.page_flavor)
 
     def sample(self, now: float | None = None) -> LatencyReading:
         now = time.time() if now is None else now
         try:
-            text = self._fetch()
-        except httpx.HTTPStatusError as err:
-            return self._fail(f"{self.url}: HTTP {err.response.status_code}")
-        except httpx.HTTPError as err:
+            status, text = self._fetch()
+        except (OSError, ValueError, http.client.HTTPException) as err:
             return self._fail(f"{self.url}: cannot scrape ({type(err).__name__}: {err or 'no detail'})")
+        if not 200 <= status < 300:
+            return self._fail(f"{self.url}: HTTP {status}")
         try:
-            page = parse_page(text)
+            page = self._parser.parse(text)
         except ValueError as err:
             return self._fail(f"{self.url}: {err}")
-        flavor = self.flavor if self.flavor != "auto" else detect_flavor(page)
+        flavor = self._known or detect_flavor(page)
         if flavor is None:
             return self._fail(f"{self.url}: no vLLM/TGI/llama.cpp metrics on the page "
                               f"(prefixes {', '.join(sorted({s.prefix for s in FLAVORS.values()}))})")
@@ -377,6 +539,9 @@ class LatencyScraper:
             return self._fail(f"{self.url}: {flavor} page lacks {', '.join(missing)}")
         if self.flavor == "auto":
             self.detected = flavor
+        if self._known is None or self._parser.names != flavor_names(flavor, page):
+            self._known = flavor  # from now on only the names this page showed are parsed
+            self._parser = PageParser(flavor_names(flavor, page))
         prev = self._prev
         window_s = None if prev is None else now - prev[0]
         win = compute_window(flavor, None if prev is None else prev[1], page, window_s=window_s)  # type: ignore[arg-type]
@@ -430,6 +595,8 @@ class ActiveProbe:
                              f"got {max_tokens}")
         import threading
 
+        import httpx  # here: an agent that only scrapes pages never loads it
+
         self.base_url = base_url.rstrip("/")
         self.interval_s = interval_s
         self.model = model
@@ -459,6 +626,8 @@ class ActiveProbe:
 
     def probe(self) -> ProbeSample | str:
         """One probe: its sample, or a one-line error naming the probe."""
+        import httpx
+
         src = self.source
         try:
             body = {"model": self._model(), "prompt": PROBE_PROMPT, "max_tokens": self.max_tokens,

@@ -6,6 +6,8 @@ Unitless lines (HugePages_Total, HugePages_Free ...) are page counts and stay co
 
 from __future__ import annotations
 
+import sys
+
 from autotune.errors import ParseError
 from autotune.host import Host
 
@@ -32,7 +34,7 @@ def parse_meminfo(text: str, source: str = PATH) -> dict[str, int]:
             if fields[1] != "kB":
                 raise ParseError(f"{source}: line {lineno}: {name.strip()}: unknown unit {fields[1]!r}")
             value *= 1024
-        out[name.strip()] = value
+        out[sys.intern(name.strip())] = value  # one string per key across every snapshot kept
     if not out:
         raise ParseError(f"{source}: empty file")
     return out

@@ -1,21 +1,17 @@
 """Per-process CPU, memory, scheduling and fault counters for a service's pids.
 
-On the live host psutil supplies cpu times, rss, threads, context switches and affinity
-(it handles races and odd kernels well). Page faults, the number of threads in state R and
-each thread's CPU time (the busiest ``MAX_THREADS_KEPT``: what tells a service's compute-thread
-pool, detect/metrics ``threads.pool``) come from /proc/<pid>/stat and /proc/<pid>/task/*/stat
-read through the Host, so they are rooted. On a non-live root (fixture tree, host /proc mounted at /host) psutil cannot be
-pointed at that root safely (its PROCFS_PATH is process-global and affinity is a syscall),
-so everything comes from the rooted /proc files instead.
+Everything comes from /proc/<pid>/stat, /proc/<pid>/status and /proc/<pid>/task/*/stat read
+through the Host, on the live host as on a fixture tree (host /proc mounted at /host): the same
+counters psutil reads (cpu times in clock ticks, rss, threads, context switches, the allowed
+CPUs), without psutil's per-process objects, which were most of a sample's process reading.
 
-A pid that vanished between resolving and reading is skipped, not an error.
+A pid that vanished between resolving and reading (or is a zombie) is skipped, not an error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-
-import psutil
 
 from autotune.errors import HostError, MissingFile, ParseError
 from autotune.host import Host, parse_cpulist
@@ -72,9 +68,11 @@ def _status_fields(text: str) -> dict[str, str]:
     return out
 
 
-def _read_rooted(host: Host, pid: int, hz: int) -> ProcessReading:
+def _read(host: Host, pid: int, hz: int) -> ProcessReading | None:
     stat_path = f"/proc/{pid}/stat"
     name, rest = parse_pid_stat(host.read_text(stat_path), stat_path)
+    if rest[0] == "Z":
+        return None  # exited, not yet reaped: no longer the service's
     status = _status_fields(host.read_optional(f"/proc/{pid}/status") or "")
     running, thread_cpu = read_threads(host, pid, hz=hz)
     try:
@@ -98,48 +96,18 @@ def _read_rooted(host: Host, pid: int, hz: int) -> ProcessReading:
         raise ParseError(f"/proc/{pid}: unexpected contents in stat/status ({err})") from err
 
 
-def _read_live(host: Host, pid: int, hz: int) -> ProcessReading:
-    proc = psutil.Process(pid)
-    with proc.oneshot():
-        name = proc.name()
-        times = proc.cpu_times()
-        rss = proc.memory_info().rss
-        nthreads = proc.num_threads()
-        ctx = proc.num_ctx_switches()
-        try:
-            affinity = sorted(proc.cpu_affinity() or [])
-        except (psutil.AccessDenied, AttributeError):
-            affinity = []
-    stat_path = f"/proc/{pid}/stat"
-    _, rest = parse_pid_stat(host.read_text(stat_path), stat_path)
-    running, thread_cpu = read_threads(host, pid, hz=hz)
-    return ProcessReading(
-        pid=pid,
-        name=name,
-        cpu_user_s=times.user,
-        cpu_system_s=times.system,
-        rss_bytes=rss,
-        num_threads=nthreads,
-        running_threads=running,
-        thread_cpu_s=thread_cpu,
-        ctx_voluntary=ctx.voluntary,
-        ctx_involuntary=ctx.involuntary,
-        minor_faults=int(rest[7]),
-        major_faults=int(rest[9]),
-        affinity=affinity,
-    )
-
-
 def read_process(host: Host, pid: int) -> ProcessReading | None:
     """One process, or None when it no longer exists. ParseError/HostError on odd files."""
     from autotune.sensors.stat import clock_ticks
 
     try:
-        if host.is_live:
-            return _read_live(host, pid, clock_ticks())
-        return _read_rooted(host, pid, clock_ticks())
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, MissingFile):
+        return _read(host, pid, clock_ticks())
+    except MissingFile:
         return None
+    except HostError as err:  # a /proc file read after its process exited answers ESRCH
+        if getattr(err.__cause__, "errno", None) == errno.ESRCH:
+            return None
+        raise
 
 
 def read_processes(host: Host, pids: list[int], *, errors: list[str] | None = None) -> list[ProcessReading]:
@@ -148,7 +116,7 @@ def read_processes(host: Host, pids: list[int], *, errors: list[str] | None = No
     for pid in pids:
         try:
             reading = read_process(host, pid)
-        except (HostError, psutil.Error) as err:
+        except HostError as err:
             if errors is not None:
                 errors.append(f"pid {pid}: {err}")
             continue

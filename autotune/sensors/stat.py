@@ -1,7 +1,8 @@
 """/proc/stat: cumulative CPU time per state, converted from USER_HZ ticks to seconds.
 
-Only the fields we use are kept: cpu/cpuN lines, ctxt, processes, procs_running,
-procs_blocked. Older kernels print fewer cpu columns; absent trailing columns count as 0.
+Only the fields we use are kept: the cpu line, how many cpuN lines there are, ctxt,
+processes, procs_running, procs_blocked. Older kernels print fewer cpu columns; absent
+trailing columns count as 0.
 guest/guest_nice are already included in user/nice, so they are not added again.
 """
 
@@ -29,7 +30,7 @@ def clock_ticks() -> int:
 def parse_stat(text: str, source: str = PATH, *, hz: int | None = None) -> StatReading:
     hz = hz or clock_ticks()
     total: CpuTimes | None = None
-    per_cpu: dict[str, CpuTimes] = {}
+    ncpu = 0
     scalars: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         fields = raw.split()
@@ -40,20 +41,19 @@ def parse_stat(text: str, source: str = PATH, *, hz: int | None = None) -> StatR
             if key.startswith("cpu"):
                 if len(fields) < 5:  # user nice system idle at the very least
                     raise ParseError(f"{source}: line {lineno}: {key} has {len(fields) - 1} columns, need >= 4")
+                if key != "cpu":
+                    ncpu += 1
+                    continue
                 ticks = [int(v) for v in fields[1 : 1 + len(_CPU_FIELDS)]]
-                times = reading(CpuTimes, f"{source}: line {lineno}: {key}",
+                total = reading(CpuTimes, f"{source}: line {lineno}: {key}",
                                 **{name: t / hz for name, t in zip(_CPU_FIELDS, ticks)})
-                if key == "cpu":
-                    total = times
-                else:
-                    per_cpu[key] = times
             elif key in _SCALARS:
                 scalars[key] = int(fields[1])
         except (ValueError, IndexError) as err:
             raise ParseError(f"{source}: line {lineno}: cannot parse {key!r} ({err})") from err
     if total is None:
         raise ParseError(f"{source}: no aggregate 'cpu' line (empty or truncated file?)")
-    return reading(StatReading, source, total=total, per_cpu=per_cpu, **scalars)
+    return reading(StatReading, source, total=total, ncpu=ncpu or None, **scalars)
 
 
 def read_stat(host: Host) -> StatReading:

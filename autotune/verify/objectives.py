@@ -102,7 +102,7 @@ class Objective(BaseModel):
     slo_of: tuple[Service, ...] = ()  # the service's config, for SLO-derived metrics
 
     def _derive(self, window: Sequence[Snapshot]) -> dict[str, float]:
-        return derive_metrics(window, services=self.slo_of)
+        return derive_metrics(window, services=self.slo_of, host=self.service is None)
 
     @property
     def direction(self) -> Direction:

@@ -268,8 +268,8 @@ class Verifier:
         if svc is None or not _slo_targets(svc, detected):
             return VerifyResult(verdict="inconclusive", reason=f"{e.service} declares no SLO its latency "
                                 "source can measure, none to guard", **base)
-        b = derive_metrics(before, services=[svc]) if len(before) > 1 else {}
-        a = derive_metrics(after, services=[svc]) if len(after) > 1 else {}
+        b = derive_metrics(before, services=[svc], host=False) if len(before) > 1 else {}
+        a = derive_metrics(after, services=[svc], host=False) if len(after) > 1 else {}
         slack_b, slack_a = b.get(name), a.get(name)
         n_after = _observations(a, svc, detected)
         figures = dict(before_median=slack_b, after_median=slack_a, n_before=_observations(b, svc, detected),

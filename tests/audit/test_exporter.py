@@ -164,6 +164,20 @@ def test_latency_quantiles_cover_the_detection_window():
     assert g("autotune_service_slo_target_seconds", {"service": "llm", "target": "ttft_p95"}) is None
 
 
+def test_a_snapshot_between_two_scrapes_keeps_the_latency_series():
+    """The page has its own period: a snapshot without a reading of its own still exports the
+    window's latency and whether the source answered at its last scrape."""
+    e = Exporter(process=False, window_s=4, sample_period_s=1, services=[SVC])
+    g = e.registry.get_sample_value
+    e.update_snapshot(_lat_snap(0.0, None))
+    e.update_snapshot(_lat_snap(1.0, (0, 0, 0, 0, 10, 0)))
+    e.update_snapshot(Snapshot(ts=2.0, services={"llm": ServiceReading(name="llm")}))  # not scraped
+    assert g("autotune_service_latency_up", {"service": "llm"}) == 1
+    assert g("autotune_service_latency_seconds", {"service": "llm", "kind": "itl", "quantile": "0.95"}) == \
+        pytest.approx(0.195)
+    assert g("autotune_service_latency_seconds_count", {"service": "llm", "kind": "itl"}) == 10
+
+
 def test_slo_ratio_and_slack_follow_the_vocabulary():
     e = Exporter(process=False, window_s=2, sample_period_s=1, services=[SVC])
     snaps = [_lat_snap(0.0, None), _lat_snap(1.0, (0, 0, 0, 10, 0, 0)), _lat_snap(2.0, (0, 0, 10, 0, 0, 0))]

@@ -46,3 +46,52 @@ def test_ranker_help_names_only_commands_that_exist():
     bad = subprocess.run([sys.executable, "-m", "autotune", "ranker", "status"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "No such command 'status'" in bad.stderr
+
+
+def test_the_listing_is_the_whole_clis_help():
+    """`autotune --help` comes from main.COMMANDS without importing the commands: the same text
+    as the app with every command registered."""
+    from typer.testing import CliRunner
+
+    from autotune.cli import main
+
+    full = CliRunner().invoke(main.full_app(), ["--help"], terminal_width=80)
+    listed = CliRunner().invoke(main.app_for(["--help"]), ["--help"], terminal_width=80)
+    assert full.exit_code == listed.exit_code == 0
+    assert listed.output == full.output
+
+
+def test_commands_table_is_what_the_modules_register():
+    import typer
+
+    from autotune.cli import main
+
+    group = typer.main.get_command(main.full_app())
+    real = {name: (isinstance(cmd, typer.core.TyperGroup), " ".join((cmd.help or "").split("\n\n")[0].split()))
+            for name, cmd in group.commands.items() if name != "version"}
+    assert real == {name: (g, text) for name, (_, g, text) in main.COMMANDS.items()}
+    for name, (module, _, _) in main.COMMANDS.items():  # each one's module registers it
+        one = typer.main.get_command(main.app_for([name]))
+        assert name in one.commands, (name, module)
+
+
+PROBE_ONE = """
+import sys
+sys.argv = ["autotune", *{argv!r}]
+from autotune.cli.main import main
+try:
+    main()
+except SystemExit:
+    pass
+print("LOADED:" + ",".join(sorted(m for m in sys.modules if m.startswith("autotune.cli.") and m not in
+                                  ("autotune.cli.main", "autotune.cli.common"))))
+"""
+
+
+def test_a_command_imports_its_own_module_only():
+    for argv, loaded in ((["--help"], ""), (["version"], ""), (["history", "--help"], "autotune.cli.history"),
+                         (["config", "--help"], "autotune.cli.config_cmd")):
+        out = subprocess.run([sys.executable, "-c", PROBE_ONE.format(argv=argv)], capture_output=True, text=True,
+                             timeout=60)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("LOADED:")]
+        assert line == [f"LOADED:{loaded}"], (argv, out.stdout, out.stderr)

@@ -101,3 +101,13 @@ def test_every_kind_has_p50_p95_p99_over_the_window():
             assert is_known_metric(name) and m[name] == pytest.approx(histogram.quantile(q / 100, merged)), name
     plain = derive_metrics([_snap(0.0, [0.05], hist=False, itl_p95_s=0.07)])
     assert plain["svc.llm.latency.itl_p95_s"] == 0.07 and "svc.llm.latency.itl_p99_s" not in plain
+
+
+def test_quantiles_at_once_are_each_quantile():
+    b = Buckets(le=(0.01, 0.05, 0.1, 0.5), counts=(3, 0, 10, 6, 1), sum=2.0)
+    qs = (0.0, 0.2, 0.5, 0.95, 0.99, 1.0)
+    # cumulative (3, 3, 13, 19, 20): linear inside the bucket holding the rank, +Inf -> 0.5
+    assert histogram.quantiles(qs, b) == pytest.approx([0.0, 0.055, 0.085, 0.5, 0.5, 0.5])
+    assert histogram.quantiles(qs, Buckets(le=(0.1,), counts=(0, 0))) == [None] * len(qs)
+    with pytest.raises(ValueError):
+        histogram.quantiles((0.5, 1.5), b)

@@ -97,6 +97,15 @@ def test_rates_and_gauges():
     assert all(is_known_metric(k) for k in m), [k for k in m if not is_known_metric(k)]
 
 
+def test_services_only_are_the_services_metrics_of_the_whole():
+    svc = [Service(name="llm", cgroup="/autotune/llm", slo=SLO(p95_latency_s=0.5),
+                   latency={"metrics_url": "http://x/metrics"})]  # a source that measures the p95
+    whole = derive_metrics(two(), services=svc)
+    part = derive_metrics(two(), services=svc, host=False)
+    assert part == {k: v for k, v in whole.items() if k.startswith("svc.") or k == "host.ncpu"}
+    assert "svc.llm.slo.p95_ratio" in part and "vmstat.pgmajfault.rate" not in part
+
+
 def test_single_snapshot_has_gauges_only():
     m = derive_metrics(two()[:1])
     assert m["psi.cpu.some.avg10"] == 55.0

@@ -210,15 +210,18 @@ def test_fitter_reoptimises_hyperparameters_only_when_the_data_grew_or_the_phase
     f = L.Fitter(warm=12, regrow=0.25)
     for n in range(13, 41):
         m = f.fit(more[:n])
-    # optimised at 13, then when the count reached 17, 22, 28, 35: never on each new trial
+    # optimised at 13, then when the count reached 17, 22, 28, 35: never on each new trial;
+    # the full multi-start search at 13 and 28 (twice 13), one local search from the last
+    # hyperparameters otherwise
     assert f.fits == 28 and f.optimisations == 5, (f.fits, f.optimisations)
+    assert f.full_searches == 2
     # a reused-kernel fit still learns the newest trial: it predicts that point's slack
     newest = more[39]
     (p,) = m.predict([newest.allocation], 0.3, NCPU)
     assert abs(p.slack - newest.slack) < 0.1
     f.reset()
     f.fit(more)
-    assert f.optimisations == 6
+    assert f.optimisations == 6 and f.full_searches == 2
 
 
 def test_a_converged_search_holds_the_least_generous_of_the_allocations_that_did_about_as_well():

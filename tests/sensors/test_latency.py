@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import time
@@ -18,8 +19,10 @@ from autotune.sensors.latency import (
     LatencyScraper,
     compute_window,
     detect_flavor,
+    flavor_names,
     histogram_delta,
     histogram_quantile,
+    PageParser,
     parse_page,
 )
 
@@ -36,20 +39,20 @@ def cumulative(values: np.ndarray, bounds: list[float]) -> Histogram:
 
 
 class Pages:
-    """A scraper client that serves a list of bodies in turn."""
+    """A scraper's fetch that serves a list of bodies in turn."""
 
     def __init__(self, *bodies: str | Exception, status: int = 200) -> None:
         self.bodies = list(bodies)
         self.status = status
 
-    def client(self) -> httpx.Client:
-        def handler(request: httpx.Request) -> httpx.Response:
-            body = self.bodies.pop(0)
-            if isinstance(body, Exception):
-                raise body
-            return httpx.Response(self.status, text=body)
+    def __call__(self) -> tuple[int, str]:
+        body = self.bodies.pop(0)
+        if isinstance(body, Exception):
+            raise body
+        return self.status, body
 
-        return httpx.Client(transport=httpx.MockTransport(handler))
+    def close(self) -> None:
+        pass
 
 
 # -- quantile arithmetic ------------------------------------------------------------------------
@@ -144,7 +147,7 @@ def test_llamacpp_window_gives_mean_time_per_token_only():
 
 def test_scraper_first_sample_has_no_window_then_reports_it():
     src = Pages(page("vllm_1.prom"), page("vllm_2.prom"))
-    s = LatencyScraper("http://x/metrics", client=src.client())
+    s = LatencyScraper("http://x/metrics", fetch=src)
     r1 = s.sample(now=100.0)
     assert r1.ok and r1.p95_s is None and r1.running == 2
     r2 = s.sample(now=115.0)
@@ -166,14 +169,14 @@ def test_scraper_first_sample_has_no_window_then_reports_it():
     ],
 )
 def test_bad_pages_give_ok_false_with_error(body, needle):
-    s = LatencyScraper("http://x/metrics", client=Pages(body).client())
+    s = LatencyScraper("http://x/metrics", fetch=Pages(body))
     r = s.sample(now=1.0)
     assert not r.ok
     assert needle in r.error
 
 
 def test_http_error_status_gives_ok_false():
-    s = LatencyScraper("http://x/metrics", client=Pages("nope", status=500).client())
+    s = LatencyScraper("http://x/metrics", fetch=Pages("nope", status=500))
     r = s.sample(now=1.0)
     assert not r.ok and "HTTP 500" in r.error
 
@@ -187,7 +190,7 @@ def _closed_port() -> int:
 def test_connection_refused_gives_ok_false():
     s = LatencyScraper(f"http://127.0.0.1:{_closed_port()}/metrics", timeout=1.0)
     r = s.sample(now=1.0)
-    assert not r.ok and "cannot scrape" in r.error and "ConnectError" in r.error
+    assert not r.ok and "cannot scrape" in r.error and "ConnectionRefusedError" in r.error
 
 
 def test_unknown_flavor_is_a_programming_error():
@@ -367,7 +370,7 @@ def test_page_and_probe_give_llamacpp_counters_and_the_probes_ttft():
     srv = StreamingServer([0.05], 0.01)
     try:
         scraper = LatencyScraper("http://x/metrics",
-                                 client=Pages(page("llamacpp_1.prom"), page("llamacpp_2.prom")).client())
+                                 fetch=Pages(page("llamacpp_1.prom"), page("llamacpp_2.prom")))
         both = PageAndProbe(scraper, ActiveProbe(srv.url, interval_s=1))
         r1 = both.sample(now=0.0)
         r2 = both.sample(now=15.0)
@@ -382,7 +385,7 @@ def test_page_and_probe_stay_ok_when_one_of_them_fails():
     from autotune.sensors.latency import PageAndProbe
 
     down = ActiveProbe(f"http://127.0.0.1:{_closed_port()}", model="m", timeout=1.0)
-    scraper = LatencyScraper("http://x/metrics", client=Pages(page("llamacpp_1.prom")).client())
+    scraper = LatencyScraper("http://x/metrics", fetch=Pages(page("llamacpp_1.prom")))
     r = PageAndProbe(scraper, down).sample(now=0.0)
     assert r.ok and "probe failed" in r.error and r.flavor == "llamacpp"
 
@@ -398,7 +401,7 @@ WINDOW_REQUESTS, WINDOW_TOKENS, ITL_MEDIAN = 60, 60 * 40, 0.09
 @pytest.mark.parametrize("flavor", ["vllm", "tgi", "llamacpp"])
 def test_current_pages_detect_and_scrape(flavor):
     src = Pages(page(f"{flavor}_current_1.prom"), page(f"{flavor}_current_2.prom"))
-    s = LatencyScraper("http://x/metrics", client=src.client())
+    s = LatencyScraper("http://x/metrics", fetch=src)
     assert s.sample(now=0.0).ok
     r = s.sample(now=15.0)
     assert r.ok and r.source.startswith(f"{flavor}:")
@@ -463,12 +466,14 @@ def test_when_both_vllm_names_are_present_the_current_one_wins():
     assert w.itl_metric == "vllm:inter_token_latency_seconds" and w.itl_p95_s < 0.05
 
 
-def test_scraper_reuses_one_connection_and_closes_it():
-    """Scrapes every 0.2 s must not pay for a new client and connection each time."""
+@contextlib.contextmanager
+def serve(body: bytes, *, drop_idle: bool = False):
+    """A metrics server on a free port: (base URL, the client addresses of its connections).
+    ``drop_idle``: it closes each connection after answering, without saying so (as a server
+    whose keep-alive timeout ran out between two scrapes does)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    body = page("vllm_current_1.prom").encode()
     connections = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -484,6 +489,7 @@ def test_scraper_reuses_one_connection_and_closes_it():
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self.close_connection = drop_idle
 
         def log_message(self, *args) -> None:  # noqa: ANN002
             pass
@@ -491,18 +497,24 @@ def test_scraper_reuses_one_connection_and_closes_it():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        s = LatencyScraper(f"http://127.0.0.1:{srv.server_address[1]}/metrics")
+        yield f"http://127.0.0.1:{srv.server_address[1]}", connections
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_scraper_reuses_one_connection_and_closes_it():
+    """Scrapes every 0.2 s must not pay for a new client and connection each time."""
+    with serve(page("vllm_current_1.prom").encode()) as (url, connections):
+        s = LatencyScraper(f"{url}/metrics")
         readings = [s.sample(now=100.0 + i) for i in range(5)]
         assert all(r.ok for r in readings), [r.error for r in readings]
         assert len(connections) == 1
         s.close()
-        assert s._client is None
+        assert s._fetch._conn is None
         assert s.sample(now=200.0).ok  # a closed scraper opens a new connection when used again
         assert len(connections) == 2
         s.close()
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 # -- llama.cpp's counters over a window -----------------------------------------------------------
@@ -513,7 +525,7 @@ def test_llamacpp_counters_give_a_window_mean_per_token_prompt_throughput_and_th
     from autotune.types import ServiceReading, Snapshot
 
     src = Pages(*(page(f"llamacpp_slots_{i}.prom") for i in (1, 2, 3, 4)))
-    s = LatencyScraper("http://x/metrics", client=src.client())
+    s = LatencyScraper("http://x/metrics", fetch=src)
     readings = [s.sample(now=10.0 * i) for i in range(4)]
     assert all(r.ok and r.flavor == "llamacpp" for r in readings)
     first, r2, r3, r4 = readings
@@ -536,7 +548,7 @@ def test_llamacpp_counters_give_a_window_mean_per_token_prompt_throughput_and_th
 
 
 def test_a_scraper_that_lost_its_page_still_names_the_flavor_it_detected():
-    s = LatencyScraper("http://x/metrics", client=Pages(page("llamacpp_slots_1.prom"), httpx.ConnectError("down")).client())
+    s = LatencyScraper("http://x/metrics", fetch=Pages(page("llamacpp_slots_1.prom"), OSError("down")))
     assert s.sample(now=0.0).flavor == "llamacpp"
     r = s.sample(now=1.0)
     assert not r.ok and r.flavor == "llamacpp" and "cannot scrape" in r.error
@@ -555,3 +567,54 @@ def test_non_finite_samples_on_a_page_are_no_figures():
     figures = [v for v in w.model_dump().values() if isinstance(v, float)]
     assert figures and all(math.isfinite(v) for v in figures)
     assert all(math.isfinite(c) for b in w.hist.values() for c in b.counts)
+
+
+def test_a_connection_the_server_dropped_is_opened_again():
+    with serve(page("vllm_current_1.prom").encode(), drop_idle=True) as (url, connections):
+        s = LatencyScraper(f"{url}/metrics")
+        readings = [s.sample(now=100.0 + i) for i in range(3)]
+        assert all(r.ok for r in readings), [r.error for r in readings]
+        assert len(connections) == 3
+        s.close()
+
+
+def test_a_page_too_large_is_an_error_not_a_memory_spike(monkeypatch):
+    import autotune.sensors.latency as lat
+
+    monkeypatch.setattr(lat, "MAX_PAGE_BYTES", 1000)
+    with serve(page("vllm_current_1.prom").encode()) as (url, _):
+        r = LatencyScraper(f"{url}/metrics").sample(now=1.0)
+    assert not r.ok and "larger than" in r.error
+
+
+@pytest.mark.parametrize("flavor", ["vllm", "tgi", "llamacpp"])
+def test_a_known_flavor_parses_only_its_own_metrics_to_the_same_window(flavor):
+    p1, p2 = page(f"{flavor}_current_1.prom"), page(f"{flavor}_current_2.prom")
+    whole = compute_window(flavor, parse_page(p1), parse_page(p2), window_s=15)
+    parser = PageParser(flavor_names(flavor, parse_page(p1)))
+    first = parser.parse(p1)
+    remembered = len(parser._series)
+    # the second page's lines are the first's series: read from memory, not parsed again
+    assert compute_window(flavor, first, parser.parse(p2), window_s=15) == whole
+    assert len(parser._series) == remembered < p2.count("\n")
+
+
+def test_a_remembered_series_with_a_garbled_value_is_still_an_error():
+    parser = PageParser(flavor_names("vllm"))
+    parser.parse(page("vllm_1.prom"))
+    garbled = page("vllm_2.prom").replace('vllm:e2e_request_latency_seconds_count{model_name="gpt2"} ',
+                                          'vllm:e2e_request_latency_seconds_count{model_name="gpt2"} x', 1)
+    assert garbled != page("vllm_2.prom")
+    with pytest.raises(ValueError, match="not a valid Prometheus"):
+        parser.parse(garbled)
+
+
+def test_after_detection_other_metrics_are_not_parsed_until_a_page_fails():
+    junk = 'some_other_metric{broken="label 3\n'  # a bad line, in a family the scraper does not read
+    src = Pages(page("vllm_1.prom"), page("vllm_2.prom") + junk, "<html>oops</html>", page("tgi_1.prom"))
+    s = LatencyScraper("http://x/metrics", fetch=src)
+    assert s.sample(now=1.0).ok
+    assert s.sample(now=2.0).ok  # detected vllm: the junk line is never parsed
+    assert not s.sample(now=3.0).ok
+    r = s.sample(now=4.0)  # after a failure the whole page is looked at again: another server
+    assert r.ok and r.source.startswith("tgi:")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from autotune.sensors.latency import LatencyScraper, _missing_required, compute_window, detect_flavor, parse_page
@@ -53,10 +52,11 @@ def test_first_scrape_has_no_window():
     assert w.tokens is None and w.itl_mean_s is None and (w.running, w.waiting) == (0, 0)
 
 
-def test_the_scraper_reads_the_real_pages_over_http():
-    texts = iter((FIXTURES / f"llamacpp_real_{n}.prom").read_text() for n in (1, 2, 3))
-    client = httpx.Client(transport=httpx.MockTransport(lambda req: httpx.Response(200, text=next(texts))))
-    scraper = LatencyScraper("http://llama:8080/metrics", "auto", client=client)
+def test_the_scraper_reads_the_real_pages_in_turn():
+    from tests.sensors.test_latency import Pages
+
+    pages = Pages(*((FIXTURES / f"llamacpp_real_{n}.prom").read_text() for n in (1, 2, 3)))
+    scraper = LatencyScraper("http://llama:8080/metrics", "auto", fetch=pages)
     first = scraper.sample(now=100.0)
     assert first.ok and first.source == "llamacpp:http://llama:8080/metrics" and first.itl_mean_s is None
     second = scraper.sample(now=110.0)

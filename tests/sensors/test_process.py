@@ -1,4 +1,4 @@
-"""Process readings: rooted /proc parsing on fixtures, psutil on the live host."""
+"""Process readings: /proc parsing on fixtures and on the live host."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,17 @@ def test_only_the_busiest_threads_are_kept(tmp_path, monkeypatch):
         (root / f"proc/4242/task/{tid}/stat").write_text(pid_stat(tid, "w", "S", 0, 0, ut, 0, 3, 0))
     [p] = read_processes(Host(root), [4242])
     assert sorted(p.thread_cpu_s) == [4243, 4244]
+
+
+@pytest.mark.realkernel
+def test_live_exited_child_not_yet_reaped_is_skipped_not_an_error():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(100):  # until it is a zombie (exited, not waited for)
+            if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        errors: list[str] = []
+        assert read_processes(Host("/"), [child.pid], errors=errors) == [] and errors == []
+    finally:
+        child.wait()
