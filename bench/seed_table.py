@@ -22,7 +22,7 @@ Configurations (the neighbour is ``autotune workload noise`` in its own cgroup):
                   chooser: the minimum of noisy p95s is biased low);
 - ``autotune``    static limits, managed by ``autotune run --mode apply --local-actuator``
                   with the DEFAULT rule pack and a config declaring only the two services,
-                  the server's SLO (``--slo-itl``: per-token p95) and the neighbour's floor
+                  the server's SLO (``--slo-itl``: per-token p95, llama.cpp: mean) and the neighbour's floor
                   (bench/agent_front.py); skipped with the reason when that command is missing.
 
 Repeats are interleaved: repeat 1 runs every configuration, then repeat 2, ...; repeat r sends
@@ -124,7 +124,8 @@ class Ctx(BaseModel):
     neighbour_cg: BenchCgroup
     out: Path
     engine: str = "gpt2"
-    slo_itl_s: float = 0.1  # the agent's SLO: per-token p95 (autotune row)
+    slo_itl_s: float = 0.1  # the agent's per-token SLO (autotune row): the engine's field (p95, or mean)
+    server_threads: str = "auto"  # the server's --threads (the agent's [service.threads])
     warmup_s: float = 90.0  # load before the autotune row's measured cells
     max_tokens: int = 50
 
@@ -176,16 +177,17 @@ def front_autotune(ctx: Ctx) -> Iterator[str]:
     d.mkdir(parents=True, exist_ok=True)
     state = d / "state.db"
     state.unlink(missing_ok=True)
+    spec = engines.get(ctx.engine)
     doc = af.agent_config(server_cg=ctx.server_cg, neighbour_cg=ctx.neighbour_cg, server_url=ctx.server_url,
-                          slo={"itl_p95_s": ctx.slo_itl_s}, state_path=state, metrics_port=common.free_port(),
-                          latency=engines.get(ctx.engine).agent_latency(ctx.server_url))
+                          slo={spec.seed_itl_field: ctx.slo_itl_s}, state_path=state, metrics_port=common.free_port(),
+                          latency=spec.agent_latency(ctx.server_url), threads=spec.agent_threads(ctx.server_threads))
     problem = af.write_config(d / "config.toml", doc, header="written by bench/seed_table.py for the autotune row")
     if problem:
         raise Skip(f"the agent rejects the config: {problem}")
     snaps = {"start": af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg)}
     agent = af.start_agent(d / "config.toml", d / "agent.log")
     try:
-        log(f"autotune: agent pid {agent.pid}, SLO ITL p95 {ctx.slo_itl_s:.3f} s, warm-up {ctx.warmup_s:.0f} s")
+        log(f"autotune: agent pid {agent.pid}, SLO {spec.seed_itl_field} {ctx.slo_itl_s:.3f} s, warm-up {ctx.warmup_s:.0f} s")
         sent = af.warm_up(ctx.server_url, ctx.warmup_s, max_tokens=ctx.max_tokens)
         if agent.poll() is not None:
             raise RuntimeError(f"the agent exited ({agent.returncode}) during warm-up; see {d / 'agent.log'}")
@@ -347,7 +349,7 @@ def run_config(cfg: BenchConfig, repeat: int, args: argparse.Namespace, host: Ho
     d.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(config=cfg.name, server_url=url, server_cg=cgs["server"], neighbour_cg=cgs["neighbour"],
               out=d / cfg.name if cfg.front == "autotune" else d, engine=args.engine, slo_itl_s=agent_slo(args),
-              warmup_s=args.warmup_s, max_tokens=args.max_tokens)
+              warmup_s=args.warmup_s, max_tokens=args.max_tokens, server_threads=threads)
     admit = common.seed_psi_admit(host) if cfg.seed_psi else None
     with FRONTS[cfg.front](ctx) as front_url:  # type: ignore[operator]
         for conc in args.concurrency:
@@ -561,7 +563,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-s", type=float, default=None,
                    help="autotune row: seconds of load before measuring (default 90; quick 45)")
     p.add_argument("--slo-itl", type=float, default=None,
-                   help="autotune row: the server's per-token p95 SLO, s (default: the engine's per model)")
+                   help="autotune row: the server's per-token SLO, s: p95 (llamacpp: its page's mean) (default: the engine's per model)")
     p.add_argument("--oracle-quotas", default=None,
                    help="oracle grid: server cpu quotas in cores, 'max' = none (default 1,1.5,max; quick 1,max)")
     p.add_argument("--oracle-ratios", default=None,
@@ -623,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(args.concurrency)} concurrencies, {args.requests} requests x {args.repeats} repeats, "
               f"engine {args.engine}, model {args.model}; calibration: {spec.cost_for(args.model).source})")
         return 0
-    if (refused := engines.preflight(spec)) is not None:
+    if (refused := engines.preflight(spec, args.model)) is not None:
         return refused
     args.out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
