@@ -232,7 +232,7 @@ LLAMACPP = Engine(
     seed_slo_itl={"llama60m": 0.025, "tiny": 0.025},
     cost={"llama60m": Cost(start_s=6.0, drain_s=2.0, s_per_request=_LLAMA_SEED,
                            source="seed table: /work/shared/LLAMACPP-NOTES.md (2026-12-07); colocation: "
-                                  "bench.capacity --engine llamacpp (2026-12-08, shared machine); no committed run"),
+                                  "bench.capacity --engine llamacpp (2026-12-07, shared machine); no committed run"),
           "tiny": Cost(start_s=3.0, drain_s=1.0,
                        s_per_request={k: (a * 0.1, b * 0.1) for k, (a, b) in _LLAMA_SEED.items()},
                        source="the 60M model's figures x 0.1 (--quick runs)")},
