@@ -333,6 +333,8 @@ class Server:
             b = self.busy()
             if b is not None and b == (0, 0):
                 return
+            if b is None and self.cg is not None and not self.cg.pids():
+                return  # no server at all (a restart the agent's stop cut short): nothing to drain
             time.sleep(0.5)
         common.log("server: still busy after the drain; going on")
 
