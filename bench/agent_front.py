@@ -40,12 +40,14 @@ def check_available() -> None:
 # -- config ---------------------------------------------------------------------------------------
 def agent_config(*, server_cg: BenchCgroup, neighbour_cg: BenchCgroup, server_url: str,
                  slo: dict[str, float], state_path: Path, metrics_port: int,
-                 overrides: dict | None = None, latency: dict | None = None) -> dict:
+                 overrides: dict | None = None, latency: dict | None = None, threads: dict | None = None) -> dict:
     """The agent's config as a dict: the two services, the SLO, the floor; nothing tuned.
 
-    ``slo``: [service.slo] fields (itl_p95_s, ttft_p95_s, p95_latency_s). ``latency``: the
-    server's [service.latency] table (the engine's, bench/engines.py; default: its metrics page,
-    flavor auto). ``overrides`` are merged in ({"verification": {...}}, or {"service:llm":
+    ``slo``: [service.slo] fields (itl_p95_s, ttft_p95_s, itl_mean_s...: the engine's, those its
+    latency source can measure). ``latency``: the server's [service.latency] table (the engine's,
+    bench/engines.py; default: its metrics page, flavor auto). ``threads``: its [service.threads]
+    (the engine's: the reference server's pool follows its quota; llama.cpp's is fixed at its
+    ``--threads``, plus the restart path where the row allows the lever). ``overrides`` are merged in ({"verification": {...}}, or {"service:llm":
     {...}} for one service's table)."""
     doc: dict = {
         "agent": {"mode": "apply", "state_path": str(state_path),
@@ -54,8 +56,9 @@ def agent_config(*, server_cg: BenchCgroup, neighbour_cg: BenchCgroup, server_ur
             {"name": "llm", "role": "latency-critical", "cgroup": server_cg.cpu_cgroup_path(),
              "slo": dict(slo),
              "latency": dict(latency or {"metrics_url": f"{server_url}/metrics", "flavor": "auto"}),
-             # a fact about the reference server, not tuning: it sizes its torch threads from its quota
-             "threads": {"pool": "follows-quota"}},
+             # a fact about the server, not tuning (default: the reference server sizes its torch
+             # threads from its quota)
+             "threads": dict(threads or {"pool": "follows-quota"})},
             {"name": "neighbour", "role": "neighbour", "cgroup": neighbour_cg.cpu_cgroup_path(),
              "min_cpu_cores": NEIGHBOUR_FLOOR_CORES},
         ],

@@ -1,7 +1,7 @@
 """What a request costs the server in CPU: the sums behind a schedule's rates.
 
     sudo python -m bench.capacity --model tiny --tokens 8,16,50          # ~1 min
-    sudo python -m bench.capacity --engine llamacpp --tokens 16           # once connected
+    sudo python -m bench.capacity --engine llamacpp --tokens 16 [--threads 1]
 
 The server (``--engine``, bench/engines.py) runs alone in its own cgroup with no limit;
 ``--requests`` closed-loop requests at ``--concurrency`` per token count; the cost of a request
@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=40, help="requests per token count")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--max-concurrency", type=int, default=2, help="server workers / slots")
+    p.add_argument("--threads", default=None, help="the server's --threads (default: the engine's starting "
+                   "setting: gpt2 auto, llamacpp every core)")
     p.add_argument("--out", type=Path, default=Path("/tmp/autotune-bench-capacity"), help="server log")
     a = p.parse_args(argv)
     spec = engines.get(a.engine)
     model = a.model or spec.models[0]
-    if (refused := engines.preflight(spec)) is not None:
+    if (refused := engines.preflight(spec, model)) is not None:
         return refused
     a.out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cg = common.bench_cgroups(host, roles=("server",))["server"]
         server = engines.Server(spec, cg, model=model, max_concurrency=a.max_concurrency, max_tokens=8, out=a.out)
-        url = server.ensure(spec.static_threads(ncpu))
+        threads = a.threads or spec.static_threads(ncpu)
+        url = server.ensure(threads)
         for tokens in (int(x) for x in a.tokens.split(",") if x):
             c0, t0 = _cpu_s(cg), time.monotonic()
             res = asyncio.run(run_load(LoadSpec(url=url, requests=a.requests, concurrency=a.concurrency,
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{a.engine} {model} {tokens} tokens: no CPU reading or no request completed")
                 continue
             cost = (c1 - c0) / a.requests
-            print(f"{a.engine} {model} {tokens} tokens: {cost:.3f} CPU s per request ({ok}/{a.requests} ok; "
+            print(f"{a.engine} {model} --threads {threads}, {tokens} tokens: {cost:.3f} CPU s per request ({ok}/{a.requests} ok; "
                   f"wall {dt / a.requests:.3f} s per request at c={a.concurrency}, load average "
                   f"{os.getloadavg()[0]:.1f}); at most {0.5 / cost:.1f} req/s on 0.5 core, {1 / cost:.1f} on 1, "
                   f"{ncpu / cost:.1f} on {ncpu}", flush=True)

@@ -515,6 +515,35 @@ def select_oracle(points: list[PointResult], *, floor_cores: float, lc_alone: fl
                         valid=False, reason=f"no valid point ({why}): the least violating one stands in")
 
 
+def choose_threads(grid: dict[str, list[PointResult]], phases_per_load: dict[str, int], *, floor_cores: float,
+                   lc_alone: dict[str, float | None], be_alone_ops: float | None) -> tuple[str | None, str]:
+    """The one thread setting the oracle runs every phase with (a fixed pool cannot change
+    between phases): the setting whose best grid point is valid in the most phases, then the
+    one with the highest EMU summed over the phases; with the reason. (None, "") when the grid
+    has no thread dimension (a pool that follows its quota)."""
+    settings = sorted({p.alloc.threads for pts in grid.values() for p in pts if p.alloc.threads is not None})
+    if len(settings) < 2:
+        return (settings[0] if settings else None), ""
+
+    def score(t: str) -> tuple[int, float]:
+        valid, total = 0, 0.0
+        for label, pts in grid.items():
+            n = phases_per_load.get(label, 0)
+            c = select_oracle([p for p in pts if p.alloc.threads == t], floor_cores=floor_cores,
+                              lc_alone=lc_alone.get(label), be_alone_ops=be_alone_ops)
+            if c is not None:
+                valid += n * c.valid
+                total += n * (c.emu or 0.0)
+        return valid, total
+
+    scores = {t: score(t) for t in settings}
+    best = max(settings, key=lambda t: scores[t])
+    n = sum(phases_per_load.values())
+    why = "; ".join(f"--threads {t}: valid on the grid in {v}/{n} phase(s), EMU sum {e:.2f}"
+                    for t, (v, e) in scores.items())
+    return best, f"it fixes the server's --threads {best} for every load ({why})"
+
+
 def settle_oracle(points: list[PointResult], check, *, tries: int, floor_cores: float,  # noqa: ANN001
                   lc_alone: float | None, be_alone_ops: float | None) -> OracleChoice | None:
     """The grid's choice, re-checked live: ``check(point) -> LiveCheck`` replays a candidate at

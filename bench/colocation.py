@@ -30,7 +30,10 @@ search off: rules only, from the static allocation), ``autotune-learned`` (the a
 defaults: rules + the learned allocation search) and ``oracle`` (per load, the best static
 allocation of a grid measured point by point, long enough for the windows it is judged on,
 then re-checked live on fresh arrivals; cached; with ``--scenario mem`` the grid also caps the
-neighbour's cpu quota and memory).
+neighbour's cpu quota and memory). On an engine with a fixed pool (llama.cpp) every row starts
+it with every core, the oracle's grid has the thread count as a dimension (one setting for the
+whole schedule), and the agent rows declare a restart path (bench/restart_server.py) so the
+agent may restart the server with another ``--threads`` (``--no-threads-lever``: advice only).
 
 The host is left as found: the host-wide values are read before the run, each agent row ends
 with the agent's own ``autotune rollback --all``, and whatever still differs at the end is put
@@ -62,8 +65,8 @@ from autotune.types import CgroupReading, PsiReading
 from bench import coloc_report as report
 from bench import common, engines, scenarios
 from bench.coloc_metrics import (Action, Alloc, EdgeSample, LiveCheck, Measured, OracleChoice, PhaseStats,
-                                 PointResult, Slo, Window, aggregate_windows, cache_key, floor_ok, known_violation,
-                                 phase_stats, settle_oracle)
+                                 PointResult, Slo, Window, aggregate_windows, cache_key, choose_threads, floor_ok,
+                                 known_violation, phase_stats, settle_oracle)
 from bench.common import GIB, NEIGHBOUR_FLOOR_CORES, BenchCgroup, log
 from bench.engines import Server
 from bench.openloop import Phase, RequestRecord, Schedule, load_schedule, parse_phases, run_schedule
@@ -97,6 +100,7 @@ class RowCtx:
     server_url: str
     cgs: dict[str, BenchCgroup]
     slo: Slo
+    server: Server | None = None  # the running server (the threads lever's restart path names it)
     notes: dict = field(default_factory=dict)  # lands in meta.json under the row's name
     actions: list[Action] = field(default_factory=list)  # the agent's applied changes
 
@@ -112,7 +116,9 @@ class Row:
     left after the last one (the agent row starts and stops ``autotune run`` there).
     ``agent_overrides`` are merged into the agent's TOML ({"verification": {"window_s": 15}},
     or {"service:llm": {...}} for one service's table). ``oracle`` rows take their allocation
-    per phase from the grid.
+    per phase from the grid. ``threads_lever``: on an engine with a fixed pool and a threads
+    variable (llama.cpp), the agent's config declares a restart path (bench/restart_server.py),
+    so the agent may restart the server with another ``--threads``.
     """
 
     name: str
@@ -122,6 +128,7 @@ class Row:
     controller: Controller | None = None
     agent_overrides: dict = field(default_factory=dict)
     oracle: bool = False
+    threads_lever: bool = False
 
 
 @contextlib.contextmanager
@@ -139,19 +146,27 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
     config = ctx.out / "config.toml"
     state = ctx.out / "state.db"
     state.unlink(missing_ok=True)
-    slo_values = {"ttft_p95_s": ctx.slo.ttft_p95_s, "itl_p95_s": ctx.slo.itl_p95_s}
+    spec = ctx.args.engine_spec
+    slo = agent_slo(ctx.args, ctx.slo)
+    threads = spec.agent_threads(ctx.server.threads if ctx.server else ctx.args.server_threads)
+    lever = (ctx.row.threads_lever and ctx.args.threads_lever and spec.threads_env is not None
+             and ctx.server is not None)
+    if lever:  # a restart path the agent may use: same cgroup, same port, another --threads
+        env_file = (ctx.out / "threads.env").resolve()
+        env_file.unlink(missing_ok=True)
+        threads.update(ctx.server.restart_path(env_file, (ctx.out / "server_restarts.log").resolve()))
     doc = af.agent_config(server_cg=ctx.cgs["server"], neighbour_cg=ctx.cgs["neighbour"],
-                          server_url=ctx.server_url,
-                          slo={k: slo_values[k] for k in ctx.args.agent_slo_fields},
-                          state_path=state, metrics_port=common.free_port(),
+                          server_url=ctx.server_url, slo=slo, state_path=state, metrics_port=common.free_port(),
                           overrides=merge_overrides(ctx.row.agent_overrides, ctx.args.agent_set),
-                          latency=ctx.args.engine_spec.agent_latency(ctx.server_url))
+                          latency=spec.agent_latency(ctx.server_url), threads=threads)
     problem = af.write_config(config, doc, header="written by bench/colocation.py for one benchmark row")
     if problem:
         raise Skip(f"the agent rejects the config: {problem}")
+    ctx.notes["agent_slo"] = slo
+    ctx.notes["threads_lever"] = lever
     agent = af.start_agent(config, ctx.out / "agent.log")
-    log(f"{ctx.row.name}: agent pid {agent.pid}, SLO TTFT p95 {ctx.slo.ttft_p95_s:g} s / ITL p95 "
-        f"{ctx.slo.itl_p95_s:g} s, default rule pack")
+    log(f"{ctx.row.name}: agent pid {agent.pid}, its SLO {slo}, default rule pack"
+        + (f", threads lever: restart path {spec.threads_env} (pool of {threads['count']})" if lever else ""))
     try:
         yield
     finally:
@@ -177,9 +192,10 @@ ROWS: dict[str, Row] = {r.name: r for r in [
         "0.5-s retries, drop after 10", alloc=STATIC, seed_psi=True),
     Row("autotune", "the agent (apply mode, default rule pack, rules only: [ranker] off) from the "
         "static allocation", alloc=STATIC, controller=agent_controller,
-        agent_overrides={"ranker": {"enabled": False}}),
+        agent_overrides={"ranker": {"enabled": False}}, threads_lever=True),
     Row("autotune-learned", "the agent with its defaults: the rule pack plus the learned allocation "
-        "search ([ranker] on), from the static allocation", alloc=STATIC, controller=agent_controller),
+        "search ([ranker] on), from the static allocation", alloc=STATIC, controller=agent_controller,
+        threads_lever=True),
     Row("oracle", "per load, the best static allocation of the grid that held the SLO when "
         "re-checked live (highest EMU with no violating window and the neighbour at its floor)", oracle=True),
 ]}
@@ -191,6 +207,18 @@ MEM_ROWS = ["contended", "static", "autotune-learned", "oracle"]
 
 
 # -- agent config -----------------------------------------------------------------------------
+def agent_slo(args: argparse.Namespace, slo: Slo) -> dict[str, float]:
+    """The agent's [service.slo]: the bench's SLO stated on ``--agent-slo-fields`` (default: the
+    engine's, those its latency source can measure: llama.cpp's page gives a mean per token, its
+    probe TTFT; the bench itself judges client-side TTFT and ITL p95 per window)."""
+    values = {"ttft_p95_s": slo.ttft_p95_s, "itl_p95_s": slo.itl_p95_s, **args.engine_spec.agent_slo(slo)}
+    fields = args.agent_slo_fields or list(args.engine_spec.agent_slo(slo))
+    unknown = [f for f in fields if f not in values]
+    if unknown:
+        raise SystemExit(f"--agent-slo-fields {unknown}: choose from {sorted(values)}")
+    return {f: values[f] for f in fields}
+
+
 def merge_overrides(row: dict, cli: list[str]) -> dict:
     """The row's overrides, then ``--agent-set section.key=value`` ones (value: JSON, else a string)."""
     out = json.loads(json.dumps(row))
@@ -419,10 +447,15 @@ def be_alone(args, noise_json: Path, cache: Cache) -> float | None:
 
 # -- oracle grid ----------------------------------------------------------------------------------
 def grid_points(args: argparse.Namespace) -> list[Alloc]:
-    """threads x server quota x weight ratio x neighbour quota x neighbour memory cap."""
+    """Threads x server quota x weight ratio x neighbour quota x neighbour memory cap. A fixed
+    pool of t threads cannot use more than t cores, so a quota of t or more is the same point as
+    none: measured once, as none."""
     out = []
     for t in args.grid_threads or [None]:
         for q in args.grid_quotas:
+            if (t is not None and q is not None and None in args.grid_quotas and args.engine_spec.pool_fixed
+                    and q >= int(t)):
+                continue
             for s, n in args.grid_ratios:
                 for nq in args.grid_neighbour_quotas:
                     for nm in args.grid_neighbour_mem:
@@ -542,10 +575,15 @@ def plan_oracle(args, schedule: Schedule, grid: dict[str, list[PointResult]], lc
     (``measure_check(load, point) -> LiveCheck``; coloc_metrics.settle_oracle).
 
     A thread setting is fixed when the server starts, and the oracle row cannot restart it
-    between phases: when the grid has several (an engine with a fixed pool), the first load's
-    choice fixes it and the other loads choose among the points with that setting."""
+    between phases: when the grid has several (an engine with a fixed pool), the setting valid
+    on the grid in the most phases (then with the highest EMU over them) is chosen first
+    (coloc_metrics.choose_threads) and every load chooses among its points."""
     out: dict[str, OracleChoice] = {}
-    threads: str | None = None
+    per_load: dict[str, int] = {}
+    for p in schedule.phases:
+        per_load[p.label()] = per_load.get(p.label(), 0) + 1
+    threads, why = choose_threads(grid, per_load, floor_cores=NEIGHBOUR_FLOOR_CORES, lc_alone=lc_ref,
+                                  be_alone_ops=be_ref)
     for load in distinct_loads(schedule):
         label = load.label()
         points = [p for p in grid.get(label, []) if threads is None or p.alloc.threads == threads]
@@ -553,9 +591,8 @@ def plan_oracle(args, schedule: Schedule, grid: dict[str, list[PointResult]], lc
                           tries=args.oracle_tries, floor_cores=NEIGHBOUR_FLOOR_CORES,
                           lc_alone=lc_ref.get(label), be_alone_ops=be_ref)
         if c is not None:
-            if threads is None and c.alloc.threads is not None:
-                threads = c.alloc.threads
-                c.reason += f"; it fixes the server's --threads {threads} for every load"
+            if why:
+                c.reason += f"; {why}"
             out[label] = c
             log(f"oracle {label}: {c.alloc.label()} ({c.reason})")
     return out
@@ -577,7 +614,8 @@ def run_row(row: Row, args, schedule: Schedule, seed: int, cgs, server: Server, 
     set_alloc(cgs, allocs[0])
     url = start(server, allocs[0], args)
     server.wait_idle()
-    ctx = RowCtx(row=row, args=args, out=out / row.name.replace("+", "_"), server_url=url, cgs=cgs, slo=slo)
+    ctx = RowCtx(row=row, args=args, out=out / row.name.replace("+", "_"), server_url=url, cgs=cgs, slo=slo,
+                 server=server)
     # the oracle knows the schedule: its allocation per phase
     on_phase = (lambda i: set_alloc(cgs, allocs[i])) if row.oracle else None
     admit = common.seed_psi_admit(host) if row.seed_psi else None
@@ -589,6 +627,8 @@ def run_row(row: Row, args, schedule: Schedule, seed: int, cgs, server: Server, 
         notes.update(ctx.notes)
     m.actions = ctx.actions
     server.wait_idle()
+    if server.reclaim():  # the agent restarted it (threads lever): the next row starts its own
+        notes["server_restarted_by_agent"] = True
     return m
 
 
@@ -654,10 +694,14 @@ def estimate(args: argparse.Namespace, schedule: Schedule,
     groups = len({threads_of(ROWS[r].alloc, args) for r in args.rows if not ROWS[r].oracle} or {None})
     per_seed = sum(sched + cost.drain_s + ROW_OVERHEAD_S + (AGENT_OVERHEAD_S if ROWS[r].controller else 0.0)
                    for r in args.rows)
-    # the running server's setting goes first in each seed: one restart per other setting
-    restarts = len(args.seeds) * (groups - 1) * cost.start_s
+    # the running server's setting goes first in each seed: one restart per other setting; a row
+    # whose agent has the threads lever is expected to restart the server once (a start after it)
+    lever = [r for r in args.rows if ROWS[r].threads_lever and args.threads_lever and args.engine_spec.threads_env]
+    restarts = len(args.seeds) * (groups - 1 + len(lever)) * cost.start_s
     parts.append((f"rows: {len(args.seeds)} seed(s) x {len(args.rows)} rows x {sched:.0f} s, "
-                  f"{groups} server setting(s) per seed", len(args.seeds) * per_seed + restarts))
+                  f"{groups} server setting(s) per seed"
+                  + (f", a fresh server after each of the {len(lever)} row(s) with the threads lever" if lever else ""),
+                  len(args.seeds) * per_seed + restarts))
     total = sum(p for _, p in parts) + 5
     return total, total + most, parts
 
@@ -728,14 +772,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dense", action="store_true",
                    help="the engine's dense-window scenario (>= 10 requests per window; bench/README.md)")
     p.add_argument("--engine", default="gpt2", choices=sorted(engines.ENGINES), help="the inference server")
-    p.add_argument("--rows", default=None, help=f"comma list from {list(ROWS)} (default: all; quick: {QUICK_ROWS})")
+    p.add_argument("--rows", default=None, help=f"comma list from {list(ROWS)} (default: the engine's: gpt2 all, "
+                   f"llamacpp all but static+psi; quick: {QUICK_ROWS})")
     p.add_argument("--seeds", default=None, help="arrival seeds, comma list; every row runs once per seed, "
                    "rows interleaved (default 1,2,3; quick 1,2)")
     p.add_argument("--repeats", type=int, default=None, help="= --seeds 1,..,N")
     p.add_argument("--scenario", choices=list(scenarios.SCENARIOS), default="cpu",
                    help="the neighbour (bench/scenarios.py): " + "; ".join(
                        f"{k}: {v.doc}" for k, v in scenarios.SCENARIOS.items()))
-    p.add_argument("--schedule", type=Path, default=None, help="YAML schedule (default bench/schedules/default.yaml)")
+    p.add_argument("--schedule", type=Path, default=None, help="YAML schedule (default: the scenario's, "
+                   "else the engine's: bench/schedules/default.yaml for gpt2, llamacpp.yaml for llamacpp)")
     p.add_argument("--phases", default=None, help='inline schedule "name:rate:duration_s,name:c=N:duration_s,..."')
     p.add_argument("--slo-ttft", type=float, default=None, help="TTFT p95 SLO, s (default: the engine's per model)")
     p.add_argument("--slo-itl", type=float, default=None, help="inter-token latency p95 SLO, s (the engine's)")
@@ -746,7 +792,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="convergence: the SLO must hold this long (default 30; quick 5)")
     p.add_argument("--timeout-s", type=float, default=None, help="per-request timeout = failure (default 60; quick 15)")
     p.add_argument("--model", default=None, help="the engine's model (default: its first)")
-    p.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default 50; quick 8)")
+    p.add_argument("--max-tokens", type=int, default=None, help="tokens per request (default: the engine's, "
+                   "gpt2 50, llamacpp 16; quick 8)")
     p.add_argument("--max-concurrency", type=int, default=2, help="server worker threads / slots")
     p.add_argument("--server-threads", default=None,
                    help="the server's --threads every row starts with (default: the engine's: gpt2 auto, "
@@ -762,9 +809,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where the streamer's file goes (a disk, never tmpfs: removed when the neighbour stops)")
     p.add_argument("--be-alone-s", type=float, default=None, help="neighbour-alone measurement, s (default 30; quick 5)")
     p.add_argument("--grid-quotas", default=None, help="oracle grid: server quotas in cores, 'max' = none "
-                   "(default 0.5,1,1.5,max; quick 0.5,max)")
+                   "(default: the engine's, gpt2 0.5,1,1.5,max, llamacpp 0.5,1,max; quick 0.5,max)")
     p.add_argument("--grid-ratios", default=None, help="oracle grid: server:neighbour cpu weight ratios "
-                   "(default 1:4,1:1,4:1; quick 1:1)")
+                   "(default: the scenario's, else the engine's: gpt2 1:4,1:1,4:1, llamacpp 1:1,4:1; quick 1:1)")
     p.add_argument("--grid-neighbour-quotas", default=None,
                    help="oracle grid: the neighbour's cpu quota in cores, 'max' = none (default max; mem: max,0.5 "
                         "= none or its floor)")
@@ -775,11 +822,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "dimension (default: the engine's; none for gpt2, whose threads follow the quota)")
     p.add_argument("--grid-settle-s", type=float, default=None, help="per grid point, not measured (default 10; quick 0)")
     p.add_argument("--grid-measure-s", type=float, default=None,
-                   help="per grid point, measured: several windows at the rows' window length (default 60; quick 5)")
+                   help="per grid point, measured: several windows at the rows' window length (default: the "
+                        "engine's, gpt2 60, llamacpp 30 (dense windows); quick 5)")
     p.add_argument("--grid-seed", type=int, default=GRID_SEED,
                    help="the grid's arrivals; the live re-check uses the next seed (keep both apart from --seeds)")
     p.add_argument("--oracle-check-s", type=float, default=None,
-                   help="live re-check of a chosen point at its load, measured s (default 60; quick 5)")
+                   help="live re-check of a chosen point at its load, measured s (default: as --grid-measure-s; "
+                        "quick 5)")
     p.add_argument("--oracle-tries", type=int, default=None, help="candidates re-checked per load (default 3; quick 2)")
     p.add_argument("--oracle-max-violating-pct", type=float, default=0.0,
                    help="a re-checked point holds when at most this share of its windows violate")
@@ -788,8 +837,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="measurements reused across runs (default ~/.cache/autotune-bench/colocation); each "
                         "run also keeps a copy of what it used in <out>/cache/")
-    p.add_argument("--agent-slo-fields", default="ttft_p95_s,itl_p95_s",
-                   help="SLO fields written into the agent's [service.slo]")
+    p.add_argument("--agent-slo-fields", default=None,
+                   help="SLO fields written into the agent's [service.slo] (default: the engine's, those its "
+                        "latency source measures: gpt2 ttft_p95_s,itl_p95_s; llamacpp ttft_p95_s (probe),"
+                        "itl_mean_s (page, half the ITL p95 target))")
+    p.add_argument("--no-threads-lever", dest="threads_lever", action="store_false",
+                   help="the agent rows on an engine with a fixed pool (llamacpp) declare no restart path: "
+                        "the agent can then only advise another --threads (default: they declare one)")
     p.add_argument("--agent-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra agent config for agent rows, e.g. verification.window_s=15 (repeatable)")
     p.add_argument("--compare", default=None, help="row pairs to compare, a:b,... (default: each agent row "
@@ -817,8 +871,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.transient_s = a.transient_s if a.transient_s is not None else (2.5 if q else 20.0)
     a.hold_s = a.hold_s or (5.0 if q else 30.0)
     a.timeout_s = a.timeout_s or (15.0 if q else 60.0)
-    a.max_tokens = a.max_tokens or (dense.max_tokens if dense else 8 if q else 50)
+    a.max_tokens = a.max_tokens or (dense.max_tokens if dense else 8 if q else spec.max_tokens)
     sc = a.scenario_spec = scenarios.SCENARIOS[a.scenario]
+    own = sc.stream  # the memory scenario brings its own grid and schedule; the others, the engine's
     a.noise_cpu = a.noise_cpu if a.noise_cpu is not None else (sc.noise_cpu or os.cpu_count() or 2)
     a.cap_bytes = None
     if sc.stream:  # the memory-heavy neighbour, sized from MemTotal (bench/scenarios.py)
@@ -838,8 +893,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.server_threads = a.server_threads or spec.static_threads(engines.ncpu())
     a.grid_quotas = [None if x.strip() == "max" else float(x)
                      for x in (a.grid_quotas or ("max" if q and sc.stream else "0.5,max" if q
-                                                 else sc.grid_quotas)).split(",")]
-    a.grid_ratios = [parse_ratio(x) for x in (a.grid_ratios or ("1:1" if q else sc.grid_ratios)).split(",")]
+                                                 else sc.grid_quotas if own else spec.grid_quotas)).split(",")]
+    a.grid_ratios = [parse_ratio(x) for x in (a.grid_ratios or ("1:1" if q else sc.grid_ratios if own
+                                                                  else spec.grid_ratios)).split(",")]
     a.grid_neighbour_quotas = [None if x.strip() == "max" else float(x)
                                for x in (a.grid_neighbour_quotas or sc.grid_neighbour_quotas).split(",")]
     try:
@@ -851,18 +907,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.grid_threads = ([x for x in a.grid_threads.split(",") if x] if a.grid_threads is not None
                       else spec.grid_threads(engines.ncpu()))
     a.grid_settle_s = a.grid_settle_s if a.grid_settle_s is not None else (0.0 if q else 10.0)
-    a.grid_measure_s = a.grid_measure_s or (5.0 if q else 60.0)
-    a.oracle_check_s = a.oracle_check_s or (5.0 if q else 60.0)
+    a.grid_measure_s = a.grid_measure_s or (5.0 if q else spec.grid_measure_s)
+    a.oracle_check_s = a.oracle_check_s or (5.0 if q else spec.grid_measure_s)
     a.oracle_tries = a.oracle_tries or (2 if q else 3)
-    a.schedule = a.schedule or SCHEDULES / ("quick.yaml" if q else dense.schedule if dense else sc.schedule)
-    a.agent_slo_fields = [x for x in a.agent_slo_fields.split(",") if x]
-    default_rows = QUICK_ROWS if q else MEM_ROWS if sc.stream else DEFAULT_ROWS
+    a.schedule = a.schedule or SCHEDULES / ("quick.yaml" if q else dense.schedule if dense
+                                            else sc.schedule if own else spec.schedule)
+    a.agent_slo_fields = [x for x in (a.agent_slo_fields or "").split(",") if x]
+    default_rows = QUICK_ROWS if q else MEM_ROWS if sc.stream else spec.default_rows or DEFAULT_ROWS
     a.rows = [x for x in (a.rows or ",".join(default_rows)).split(",") if x]
     unknown = [x for x in a.rows if x not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
     base = dense.slo if dense else spec.slo_for(a.model)
     a.slo = Slo(ttft_p95_s=a.slo_ttft or base.ttft_p95_s, itl_p95_s=a.slo_itl or base.itl_p95_s)
+    try:
+        agent_slo(a, a.slo)
+    except SystemExit as err:
+        p.error(str(err))
     a.compare = report.parse_pairs(a.compare) if a.compare else report.default_pairs(a.rows)
     if a.cache_dir is None:
         a.cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autotune-bench" / "colocation"
@@ -890,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         print(estimate_text(args, schedule, cache))
         return 0
-    if (refused := engines.preflight(args.engine_spec)) is not None:
+    if (refused := engines.preflight(args.engine_spec, args.model)) is not None:
         return refused
     host = Host("/", writable=True)
     if (refused := neighbour_preflight(args, host)) is not None:

@@ -175,8 +175,39 @@ def seed_psi_admit(host: Host, *, threshold_pct: float = 95.0, retry_s: float = 
 
 
 # -- cleanup --------------------------------------------------------------------------------------
+def stop_cgroup(cg: harness.RoleCgroup, timeout_s: float = 10.0) -> None:
+    """SIGTERM every process left in ``cg``, SIGKILL what remains after ``timeout_s``, until it
+    is empty: a server an agent's restart path started (bench/restart_server.py) runs in the
+    role's cgroup but is no child of ours, so ``stop`` on our processes does not reach it."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        pids = cg.pids()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while cg.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if cg.pids():
+        log(f"cgroup {cg.name}: processes {sorted(cg.pids())} survive SIGKILL")
+
+
 def cleanup() -> None:
-    """Stop every process we started and remove every cgroup we created (idempotent)."""
+    """Stop every process we started, then whatever else is left in our role cgroups (a server
+    an agent restarted), and remove every cgroup we created (idempotent)."""
+    for proc in list(_procs):
+        try:
+            stop(proc, timeout_s=5)
+        except Exception as err:  # noqa: BLE001 - keep cleaning
+            log(f"cleanup: could not stop pid {proc.pid}: {err}")
+    for cg in list(_cgroups):
+        try:
+            stop_cgroup(cg, timeout_s=5)
+        except Exception as err:  # noqa: BLE001
+            log(f"cleanup: could not empty cgroup {cg.name}: {err}")
     harness.cleanup(warn=log)
 
 

@@ -9,10 +9,12 @@ engine-specific from here; nothing else in bench/ names an engine.
   preset), ``--threads auto`` (its torch threads follow its cpu quota), a histogram metrics
   page the agent reads directly.
 - ``llamacpp``: llama.cpp's ``llama-server`` with the offline random-weight GGUF (issue 21,
-  item 1). Its thread pool is fixed at start, so every row starts it from the worst common case
-  (``--threads`` = all cores, under the static 0.5-core quota). **Not connected yet**: the
-  harness's llama.cpp start is being added on the ``llama`` branch; ``start_llamacpp`` below is
-  the one place to connect it (see ``SEAM(llamacpp)``).
+  item 1), started through the harness (``autotune workload serve --engine llamacpp``). Its
+  thread pool is fixed at start, so every row starts it from the worst common case
+  (``--threads`` = all cores, under the static 0.5-core quota); the agent reads its counters
+  page plus an active probe, and where a row allows the threads lever it may restart the server
+  with another ``--threads`` through a restart path (``Server.restart_path``,
+  bench/restart_server.py). Its default schedule is dense (16 tokens per request).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from autotune.workload.engines import get_engine as get_server_engine
 from autotune.workload.load import LoadSpec, run_load
 from bench import common
 from bench.coloc_metrics import Slo
@@ -81,10 +83,24 @@ class Engine:
     # its start takes ``weights_file`` (the weights mapped from a file: page cache); llama.cpp
     # maps its GGUF by itself
     maps_weights_file: bool = False
+    server_engine: str = "reference"  # autotune/workload/engines.py's name for it (start, busy)
+    # the agent's [service.slo]: which fields it states the bench's SLO on (the ones its
+    # latency source can measure, autotune/slo.py) and their values from the bench's Slo
+    agent_slo: Callable[[Slo], dict[str, float]] = field(
+        default=lambda slo: {"ttft_p95_s": slo.ttft_p95_s, "itl_p95_s": slo.itl_p95_s})
+    seed_itl_field: str = "itl_p95_s"  # the seed table's per-token SLO field
+    pool_fixed: bool = False  # its compute pool is fixed at start (llama.cpp), not sized from its quota
+    threads_env: str | None = None  # the variable a restart path sets its threads by (the lever)
+    default_rows: tuple[str, ...] | None = None  # colocation rows by default (None: every row)
+    schedule: str = "default.yaml"  # colocation's default schedule (bench/schedules/)
+    max_tokens: int = 50  # colocation's tokens per request by default
+    grid_quotas: str = "0.5,1,1.5,max"  # colocation's oracle grid by default
+    grid_ratios: str = "1:4,1:1,4:1"
+    grid_measure_s: float = 60.0  # per grid point and per live re-check
 
-    def check(self) -> None:
-        """Raise EngineUnavailable when this engine cannot start here."""
-        self.start(None, check_only=True)
+    def check(self, model: str | None = None) -> None:
+        """Raise EngineUnavailable when this engine cannot start ``model`` (its first) here."""
+        self.start(None, model=model or self.models[0], check_only=True)
 
     def agent_latency(self, server_url: str) -> dict:
         """The agent's [service.latency] table for a server at ``server_url``."""
@@ -92,6 +108,13 @@ class Engine:
         if self.probe:
             doc["probe_url"] = server_url
         return doc
+
+    def agent_threads(self, threads: str) -> dict:
+        """The agent's [service.threads] for a server started with ``--threads threads``: a fact
+        about the server, not tuning (the restart path is added by the row that allows it)."""
+        if not self.pool_fixed:
+            return {"pool": "follows-quota"}
+        return {"count": int(threads), "pool": "fixed"}
 
     def slo_for(self, model: str) -> Slo:
         return self.slo.get(model) or next(iter(self.slo.values()))
@@ -151,22 +174,35 @@ GPT2 = Engine(
 
 
 # -- llamacpp ---------------------------------------------------------------------------------------
-def start_llamacpp(cg, *, model: str = "llama-60m", threads: str = "2", max_concurrency: int = 2,  # noqa: ANN001
+def start_llamacpp(cg, *, model: str = "llama60m", threads: str = "2", max_concurrency: int = 2,  # noqa: ANN001
                    log_path: Path | None = None, check_only: bool = False):
-    """SEAM(llamacpp): start ``llama-server`` in ``cg`` through the harness and return
-    (process, base URL), as ``common.start_server`` does for the reference server.
+    """llama.cpp's ``llama-server`` in ``cg`` through the harness (``autotune workload serve
+    --engine llamacpp``, which execs the cached build: the cgroup's process is llama-server);
+    ``model`` a GGUF preset of the cache (``llama60m``, ``tiny``), ``threads`` its ``--threads``,
+    ``max_concurrency`` its ``-np`` slots. ``check_only``: EngineUnavailable, with the command
+    that fixes it, when the build or the model is not in the cache."""
+    if check_only:
+        llamacpp_missing(model)
+        return None
+    return common.start_server(cg, engine="llamacpp", model=model, max_concurrency=max_concurrency,
+                               threads=threads, log_path=log_path)
 
-    The llama.cpp engine (pinned build in a cache outside the repo, the offline GGUF,
-    ``autotune workload serve --engine llamacpp`` in a cgroup) is being added to
-    autotune/workload/harness.py on the ``llama`` branch. To connect it after merging: call the
-    harness's llama.cpp start here with ``model`` (the GGUF preset), ``threads`` (its
-    ``--threads``), ``max_concurrency`` (``-np``) and ``log_path``, and let ``check_only`` raise
-    EngineUnavailable with the harness's own reason when the build or the model is missing.
-    tests/bench/test_bench_engines.py holds the seam's contract.
-    """
-    raise EngineUnavailable(
-        "the llama.cpp engine is not connected to the benchmarks yet: bench/engines.py "
-        "start_llamacpp (SEAM(llamacpp)) waits for the harness's llama.cpp start (issue 21, item 1)")
+
+def llamacpp_missing(model: str = "llama60m") -> None:
+    """EngineUnavailable naming what is missing (the build for this CPU, the GGUF) and the
+    command that makes it; nothing when both are in the cache."""
+    from autotune.errors import WorkloadError
+    from autotune.workload.cache import cache_root
+    from autotune.workload.llamacpp import build, gguf
+
+    root = cache_root()
+    if build.find_build(root, build.cpu_key()) is None:
+        raise EngineUnavailable(f"llama-server is not built for this CPU under {root}: run `autotune workload "
+                                "llamacpp build` (about 15 minutes on 2 quiet cores)")
+    try:
+        gguf.resolve_model(root, model)
+    except WorkloadError as err:
+        raise EngineUnavailable(str(err)) from None
 
 
 # Calibration: /work/shared/LLAMACPP-NOTES.md (60M random-weight GGUF, 50 tokens per request,
@@ -185,21 +221,40 @@ _LLAMA_SEED = {
 
 LLAMACPP = Engine(
     name="llamacpp",
-    doc="llama.cpp's llama-server with the offline 60M random-weight GGUF (issue 21, item 1)",
-    models=("llama-60m",),
+    server_engine="llamacpp",
+    doc="llama.cpp's llama-server with the offline 60M random-weight GGUF (issue 21, item 1), or the tiny one",
+    models=("llama60m", "tiny"),
     start=start_llamacpp,
     # the worst common case: a pool of every core, started under the 0.5-core quota
     static_threads=lambda ncpu: str(ncpu),
     flavor="llamacpp",
     probe=True,  # its page has counters, no histograms: TTFT and e2e quantiles come from a probe
-    # 0.39 s per 50-token request alone: TTFT 1 s / ITL 0.05 s leave ~2.5x its alone figures
-    slo={"llama-60m": Slo(ttft_p95_s=1.0, itl_p95_s=0.05)},
-    seed_slo_itl={"llama-60m": 0.05},
-    cost={"llama-60m": Cost(start_s=10.0, drain_s=2.0, s_per_request=_LLAMA_SEED,
-                            source="/work/shared/LLAMACPP-NOTES.md (measured 2026-12-07, no committed run)")},
-    dense=Dense(model="llama-60m", max_tokens=16, schedule="dense-llamacpp.yaml",
-                slo=Slo(ttft_p95_s=0.5, itl_p95_s=0.05)),  # first estimates: see the schedule file
+    # 16 tokens per request, dense windows (bench/schedules/llamacpp.yaml has the sums): --threads 1
+    # serves one in ~0.15 s beside the neighbour; TTFT 0.5 s leaves room to wait for about two
+    # ahead of it, 0.05 s per token is about one CFS throttle gap under the 0.5-core quota
+    slo={"llama60m": Slo(ttft_p95_s=0.5, itl_p95_s=0.05), "tiny": Slo(ttft_p95_s=0.5, itl_p95_s=0.05)},
+    seed_slo_itl={"llama60m": 0.025, "tiny": 0.025},
+    cost={"llama60m": Cost(start_s=6.0, drain_s=2.0, s_per_request=_LLAMA_SEED,
+                           source="seed table: /work/shared/LLAMACPP-NOTES.md (2026-12-07); colocation: "
+                                  "bench.capacity --engine llamacpp (2026-12-07, shared machine); no committed run"),
+          "tiny": Cost(start_s=3.0, drain_s=1.0,
+                       s_per_request={k: (a * 0.1, b * 0.1) for k, (a, b) in _LLAMA_SEED.items()},
+                       source="the 60M model's figures x 0.1 (--quick runs)")},
+    # the default schedule is already dense (>= 15 requests per 10-s window): --dense is the same run
+    dense=Dense(model="llama60m", max_tokens=16, schedule="llamacpp.yaml", slo=Slo(ttft_p95_s=0.5, itl_p95_s=0.05)),
     grid_threads=lambda ncpu: ["1", str(ncpu)] if ncpu > 1 else ["1"],
+    # its page measures the mean time per token only; TTFT p95 comes from the probe. A mean of half
+    # the per-token p95 target leaves room for the throttle gaps a p95 sees (bench/README.md)
+    agent_slo=lambda slo: {"ttft_p95_s": slo.ttft_p95_s, "itl_mean_s": round(slo.itl_p95_s / 2, 6)},
+    seed_itl_field="itl_mean_s",
+    pool_fixed=True,
+    threads_env="LLAMA_ARG_THREADS",  # llama-server's own variable for --threads
+    default_rows=("contended", "static", "autotune", "autotune-learned", "oracle"),
+    schedule="llamacpp.yaml",
+    max_tokens=16,
+    grid_quotas="0.5,1,max",
+    grid_ratios="1:1,4:1",
+    grid_measure_s=30.0,
 )
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (GPT2, LLAMACPP)}
@@ -212,14 +267,14 @@ def get(name: str) -> Engine:
         raise SystemExit(f"--engine {name!r}: choose from {sorted(ENGINES)}") from None
 
 
-def preflight(engine: Engine) -> int | None:
+def preflight(engine: Engine, model: str | None = None) -> int | None:
     """Why a benchmark cannot start here, logged, as its exit status (2); None when it can:
     it needs root (it makes cgroups and moves processes into them) and a usable engine."""
     if os.geteuid() != 0:
         common.log("needs root: it creates cgroups and moves processes into them")
         return 2
     try:
-        engine.check()
+        engine.check(model)
     except EngineUnavailable as why:
         common.log(f"--engine {engine.name}: {why}")
         return 2
@@ -236,7 +291,12 @@ class Server:
     changes (the reference server's ``--threads auto`` follows its cgroup's quota while it runs,
     autotune/workload/threads.py; a fixed pool is fixed until a restart), warmed up after each
     start: the first calls in each worker are several times slower (allocations, page faults)
-    and are not measured."""
+    and are not measured.
+
+    An agent row with the threads lever may restart the server itself, through the restart
+    path ``restart_path`` declares (bench/restart_server.py: same cgroup, same port, another
+    ``--threads``); ``reclaim`` afterwards stops whatever runs in the cgroup when it is no
+    longer the process started here, so the next row starts from its own setting again."""
 
     def __init__(self, engine: Engine, cg, *, model: str, max_concurrency: int, max_tokens: int,  # noqa: ANN001
                  out: Path, weights_file: Path | None = None) -> None:
@@ -247,12 +307,12 @@ class Server:
         self.url = ""
         self.threads: str | None = None  # the running server's --threads
         self.starts = 0
+        self.reclaims = 0  # servers an agent restarted, stopped after its row
 
-    def health(self) -> dict:
-        try:
-            return httpx.get(f"{self.url}/health", timeout=5).json()
-        except (httpx.HTTPError, ValueError):
-            return {}
+    def busy(self) -> tuple[int, int] | None:
+        """(running, waiting) requests, from what the engine exports (llama-server's /health has
+        no queue: its /metrics gauges); None when it does not answer."""
+        return get_server_engine(self.engine.server_engine).busy(self.url)
 
     def ensure(self, threads: str) -> str:
         """Running with ``--threads threads`` (set the cgroup's allocation first); warm. Its URL."""
@@ -276,13 +336,50 @@ class Server:
         """Until nothing runs or waits in the server (cancelled requests still cost a token)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            h = self.health()
-            if h and not h.get("running") and not h.get("waiting"):
+            b = self.busy()
+            if b is not None and b == (0, 0):
                 return
+            if b is None and self.cg is not None and not self.cg.pids():
+                return  # no server at all (a restart the agent's stop cut short): nothing to drain
             time.sleep(0.5)
         common.log("server: still busy after the drain; going on")
 
+    def restart_path(self, env_file: Path, log_path: Path) -> dict:
+        """The [service.threads] restart path for the running server (env_file + env +
+        restart_command): bench/restart_server.py stops what runs in the server's cgroup and
+        starts the same server command with the file's thread count, in the same cgroup, on the
+        same port, and returns once it serves."""
+        if self.engine.threads_env is None or self.proc is None:
+            raise ValueError(f"the {self.engine.name} server has no threads lever")
+        eng = get_server_engine(self.engine.server_engine)
+        port = int(self.url.rsplit(":", 1)[1])
+        argv = common.autotune_argv(*eng.serve_args(port=port, model=self.model, threads="{threads}",
+                                                    max_concurrency=self.max_concurrency))
+        cmd = [sys.executable, str(Path(__file__).resolve().parent / "restart_server.py"),
+               "--env-file", str(env_file), "--env", self.engine.threads_env,
+               "--default-threads", str(self.threads), "--health", f"{self.url}{eng.health_path}",
+               "--log", str(log_path)]
+        for d in dict.fromkeys(self.cg.dirs.values()):
+            cmd += ["--cgroup", d]
+        return {"env_file": str(env_file), "env": self.engine.threads_env, "restart_command": cmd + ["--", *argv]}
+
+    def reclaim(self) -> bool:
+        """After a row whose agent may have restarted the server: True (and everything in the
+        cgroup stopped) when what runs there is no longer the process started here."""
+        ours = self.proc is not None and self.proc.poll() is None
+        if ours and not (self.cg.pids() - {self.proc.pid}):
+            return False
+        common.log("server: restarted by the agent during the row; stopping it (the next row starts its own)")
+        self.reclaims += 1
+        self.stop()
+        return True
+
     def stop(self) -> None:
+        """Stop the server started here and anything else left in its cgroup (a server the
+        agent's restart path started is not our child)."""
         if self.proc is not None:
             common.stop(self.proc)
             self.proc = None
+        if self.cg is not None:
+            common.stop_cgroup(self.cg)
+        self.threads = None

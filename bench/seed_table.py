@@ -15,15 +15,19 @@ Configurations (the neighbour is ``autotune workload noise`` in its own cgroup):
 - ``gate``        static limits, requests go through ``autotune gate`` (pressure from the
                   server's own cgroup); not in the default run;
 - ``oracle``      per concurrency, the best static allocation: a grid over the server's cpu
-                  quota and both cpu weights (``--oracle-quotas``, ``--oracle-ratios``) measured
+                  quota and both cpu weights (``--oracle-quotas``, ``--oracle-ratios``; llama.cpp
+                  also its ``--threads``, ``--oracle-threads``: a restart per setting) measured
                   once on its own arrivals (seed 1000); the lowest p95 among points where the
                   neighbour kept its 0.5-core floor is chosen, then re-measured in every repeat
                   like any other row (choosing and judging on the same run favours the
                   chooser: the minimum of noisy p95s is biased low);
 - ``autotune``    static limits, managed by ``autotune run --mode apply --local-actuator``
                   with the DEFAULT rule pack and a config declaring only the two services,
-                  the server's SLO (``--slo-itl``: per-token p95) and the neighbour's floor
-                  (bench/agent_front.py); skipped with the reason when that command is missing.
+                  the server's SLO (``--slo-itl``: per-token p95; llama.cpp: its page's mean),
+                  its thread pool and the neighbour's floor (bench/agent_front.py); on llama.cpp
+                  also a restart path, so the agent may restart it with another ``--threads``
+                  (``--no-threads-lever``: advice only); skipped with the reason when that
+                  command is missing.
 
 Repeats are interleaved: repeat 1 runs every configuration, then repeat 2, ...; repeat r sends
 the same prompts in the same order (seed r) to every configuration, so configurations compare
@@ -124,7 +128,9 @@ class Ctx(BaseModel):
     neighbour_cg: BenchCgroup
     out: Path
     engine: str = "gpt2"
-    slo_itl_s: float = 0.1  # the agent's SLO: per-token p95 (autotune row)
+    slo_itl_s: float = 0.1  # the agent's per-token SLO (autotune row): the engine's field (p95, or mean)
+    server_threads: str = "auto"  # the server's --threads (the agent's [service.threads])
+    restart_path: dict | None = None  # the threads lever's restart path (Server.restart_path), if allowed
     warmup_s: float = 90.0  # load before the autotune row's measured cells
     max_tokens: int = 50
 
@@ -176,16 +182,18 @@ def front_autotune(ctx: Ctx) -> Iterator[str]:
     d.mkdir(parents=True, exist_ok=True)
     state = d / "state.db"
     state.unlink(missing_ok=True)
+    spec = engines.get(ctx.engine)
     doc = af.agent_config(server_cg=ctx.server_cg, neighbour_cg=ctx.neighbour_cg, server_url=ctx.server_url,
-                          slo={"itl_p95_s": ctx.slo_itl_s}, state_path=state, metrics_port=common.free_port(),
-                          latency=engines.get(ctx.engine).agent_latency(ctx.server_url))
+                          slo={spec.seed_itl_field: ctx.slo_itl_s}, state_path=state, metrics_port=common.free_port(),
+                          latency=spec.agent_latency(ctx.server_url),
+                          threads={**spec.agent_threads(ctx.server_threads), **(ctx.restart_path or {})})
     problem = af.write_config(d / "config.toml", doc, header="written by bench/seed_table.py for the autotune row")
     if problem:
         raise Skip(f"the agent rejects the config: {problem}")
     snaps = {"start": af.knob_snapshot(ctx.server_cg, ctx.neighbour_cg)}
     agent = af.start_agent(d / "config.toml", d / "agent.log")
     try:
-        log(f"autotune: agent pid {agent.pid}, SLO ITL p95 {ctx.slo_itl_s:.3f} s, warm-up {ctx.warmup_s:.0f} s")
+        log(f"autotune: agent pid {agent.pid}, SLO {spec.seed_itl_field} {ctx.slo_itl_s:.3f} s, warm-up {ctx.warmup_s:.0f} s")
         sent = af.warm_up(ctx.server_url, ctx.warmup_s, max_tokens=ctx.max_tokens)
         if agent.poll() is not None:
             raise RuntimeError(f"the agent exited ({agent.returncode}) during warm-up; see {d / 'agent.log'}")
@@ -259,16 +267,22 @@ def measure_cell(name: str, conc: int, repeat: int, url: str, args: argparse.Nam
     return cell
 
 
-def oracle_points(args: argparse.Namespace, ncpu: int) -> list[tuple[float | None, tuple[int, int]]]:
-    """Grid points that can keep the neighbour's floor at all: an unlimited server leaves the
-    neighbour only its weight share of the CPUs under full contention."""
+def oracle_points(args: argparse.Namespace, ncpu: int) -> list[tuple[float | None, tuple[int, int], str | None]]:
+    """Grid points (quota, weight ratio, --threads or None for the run's) that can keep the
+    neighbour's floor at all: an unlimited server leaves the neighbour only its weight share of
+    the CPUs under full contention. A fixed pool of t threads (``--oracle-threads``) cannot use
+    more than t cores: a quota of t or more is the same point as none, measured once as none."""
     out = []
-    for q in args.oracle_quotas:
-        for srv, nb in args.oracle_ratios:
-            left = ncpu - q if q is not None else 0.0
-            share = ncpu * nb / (srv + nb)
-            if max(left, share) >= NEIGHBOUR_FLOOR_CORES:
-                out.append((q, (srv, nb)))
+    fixed = engines.get(args.engine).pool_fixed
+    for t in args.oracle_threads or [None]:
+        for q in args.oracle_quotas:
+            if fixed and t is not None and q is not None and None in args.oracle_quotas and q >= int(t):
+                continue
+            usable = min(q if q is not None else ncpu, int(t) if fixed and t is not None else ncpu)
+            for srv, nb in args.oracle_ratios:
+                server_share = ncpu * srv / (srv + nb)  # under full contention, by weight
+                if ncpu - min(usable, server_share) >= NEIGHBOUR_FLOOR_CORES:
+                    out.append((q, (srv, nb), t))
     return out
 
 
@@ -305,27 +319,36 @@ def run_oracle_grid(args: argparse.Namespace, cgs: dict[str, BenchCgroup], serve
                     out: Path) -> dict[int, dict]:
     """Every grid point once per concurrency on the grid's own prompts; the choice per concurrency."""
     rows = []
-    for conc in args.concurrency:
-        for quota, ratio in oracle_points(args, os.cpu_count() or 2):
-            set_alloc(cgs, quota, 4 * GIB, ratio)
-            url = server.ensure(args.server_threads)
-            time.sleep(3.0)  # the server's thread follower re-reads its quota every 2 s
-            q = "max" if quota is None else quota
-            cell = measure_cell("oracle-grid", conc, 0, url, args, cgs, noise_json, seed=GRID_SEED,
-                                csv_path=out / f"requests_oracle_grid_c{conc}_q{q}_w{ratio[0]}-{ratio[1]}.csv")
-            ok = cell.neighbour_cores is not None and cell.neighbour_cores >= 0.95 * NEIGHBOUR_FLOOR_CORES
-            rows.append({"concurrency": conc, "quota_cores": q, "weights": f"{ratio[0]}:{ratio[1]}",
-                         "quota": quota, "ratio": ratio, "p95_s": cell.p95_s,
-                         "neighbour_ops_per_s": cell.neighbour_ops_per_s, "neighbour_cores": cell.neighbour_cores,
-                         "keeps_floor": ok, "chosen": False})
+    points = oracle_points(args, os.cpu_count() or 2)
+    settings = list(dict.fromkeys([server.threads] + [t or args.server_threads for _, _, t in points]))
+    for threads in settings:  # the running server's setting first: one restart per other setting
+        for conc in args.concurrency:
+            for quota, ratio, t in points:
+                if (t or args.server_threads) != threads:
+                    continue
+                set_alloc(cgs, quota, 4 * GIB, ratio)
+                url = server.ensure(threads)
+                time.sleep(3.0)  # the server's thread follower re-reads its quota every 2 s
+                q = "max" if quota is None else quota
+                tag = f"_t{t}" if t is not None else ""
+                cell = measure_cell("oracle-grid", conc, 0, url, args, cgs, noise_json, seed=GRID_SEED,
+                                    csv_path=out / f"requests_oracle_grid_c{conc}_q{q}_w{ratio[0]}-{ratio[1]}{tag}.csv")
+                ok = cell.neighbour_cores is not None and cell.neighbour_cores >= 0.95 * NEIGHBOUR_FLOOR_CORES
+                rows.append({"concurrency": conc, "quota_cores": q, "weights": f"{ratio[0]}:{ratio[1]}",
+                             "threads": t or "", "quota": quota, "ratio": ratio, "p95_s": cell.p95_s,
+                             "neighbour_ops_per_s": cell.neighbour_ops_per_s,
+                             "neighbour_cores": cell.neighbour_cores, "keeps_floor": ok, "chosen": False})
+    rows.sort(key=lambda r: args.concurrency.index(r["concurrency"]))  # stable: grid order within each
     chosen = choose_oracle(rows)
     with open(out / "oracle_points.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["concurrency", "quota_cores", "weights", "p95_s", "neighbour_ops_per_s",
-                                           "neighbour_cores", "keeps_floor", "chosen"], extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=["concurrency", "quota_cores", "weights", "threads", "p95_s",
+                                           "neighbour_ops_per_s", "neighbour_cores", "keeps_floor", "chosen"],
+                           extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     for conc, r in chosen.items():
         log(f"oracle c={conc}: quota {r['quota_cores']}, weights {r['weights']}"
+            f"{f', threads {t}' if (t := r['threads']) else ''}"
             f"{'' if r['keeps_floor'] else ' (no point kept the neighbour at its floor: the fastest stands in)'}")
     return chosen
 
@@ -340,7 +363,7 @@ def run_config(cfg: BenchConfig, repeat: int, args: argparse.Namespace, host: Ho
             raise Skip(f"no oracle grid result at concurrency {missing}")
         first = oracle[args.concurrency[0]]
         set_alloc(cgs, first["quota"], 4 * GIB, first["ratio"])
-        url = server.ensure(threads)
+        url = server.ensure(first.get("threads") or threads)
     else:
         set_alloc(cgs, cfg.cpu_quota_cores, cfg.memory_max_bytes)
         url = server.ensure(threads)
@@ -348,21 +371,28 @@ def run_config(cfg: BenchConfig, repeat: int, args: argparse.Namespace, host: Ho
     cells: list[Cell] = []
     d = out / f"repeat-{repeat}"
     d.mkdir(parents=True, exist_ok=True)
+    restart = None
+    if cfg.front == "autotune" and args.threads_lever and engines.get(args.engine).threads_env:
+        (d / cfg.name).mkdir(parents=True, exist_ok=True)  # the agent may restart it with other --threads
+        restart = server.restart_path((d / cfg.name / "threads.env").resolve(),
+                                      (d / cfg.name / "server_restarts.log").resolve())
     ctx = Ctx(config=cfg.name, server_url=url, server_cg=cgs["server"], neighbour_cg=cgs["neighbour"],
               out=d / cfg.name if cfg.front == "autotune" else d, engine=args.engine, slo_itl_s=agent_slo(args),
-              warmup_s=args.warmup_s, max_tokens=args.max_tokens)
+              warmup_s=args.warmup_s, max_tokens=args.max_tokens, server_threads=threads, restart_path=restart)
     admit = common.seed_psi_admit(host) if cfg.seed_psi else None
     with FRONTS[cfg.front](ctx) as front_url:  # type: ignore[operator]
         for conc in args.concurrency:
             if cfg.oracle:
                 pick = oracle[conc]
                 set_alloc(cgs, pick["quota"], 4 * GIB, pick["ratio"])
+                front_url = server.ensure(pick.get("threads") or threads)  # a fixed pool: its own setting
                 time.sleep(3.0)  # the thread follower
             fname = cfg.name.replace("+", "_")
             cells.append(measure_cell(cfg.name, conc, repeat, front_url, args, cgs,
                                       noise_json if cfg.neighbour else None, seed=repeat, admit=admit,
                                       gate=cfg.front == "gate", csv_path=d / f"requests_{fname}_c{conc}.csv"))
     server.wait_idle()
+    server.reclaim()  # the agent restarted it (threads lever): the next configuration starts its own
     return cells
 
 
@@ -522,13 +552,14 @@ THREAD_FOLLOW_S = 3.0  # after an oracle allocation change
 
 def estimate_wall_s(configs: list[str], concurrency: list[int], *, requests: int, repeats: int,
                     engine: Engine | None = None, model: str = "gpt2", warmup_s: float = 90.0,
-                    oracle_points: int = 7) -> float:
+                    oracle_points: int = 7, oracle_restarts: int = 0) -> float:
     """Seconds a run with these arguments should take on the dev VM: per repeat, every config at
     every concurrency (requests x its seconds per request, the engine's calibration), the
     autotune row's warm-up and agent start, a neighbour restart around ``alone``; the oracle
-    grid once (``oracle_points`` x concurrencies); one server start per thread setting."""
+    grid once (``oracle_points`` x concurrencies); one server start per thread setting, and
+    ``oracle_restarts`` more for the grid's other thread settings."""
     cost = (engine or engines.GPT2).cost_for(model)
-    total = cost.start_s * len({CONFIGS[c].threads for c in configs})
+    total = cost.start_s * (len({CONFIGS[c].threads for c in configs}) + oracle_restarts)
     for name in configs:
         c1, cn = cost.s_per_request.get(name, cost.s_per_request["contended"])
         per_rep = sum(requests * (c1 if c == 1 else cn) for c in concurrency)
@@ -564,11 +595,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-s", type=float, default=None,
                    help="autotune row: seconds of load before measuring (default 90; quick 45)")
     p.add_argument("--slo-itl", type=float, default=None,
-                   help="autotune row: the server's per-token p95 SLO, s (default: the engine's per model)")
+                   help="autotune row: the server's per-token SLO, s: p95 (llamacpp: its page's mean) (default: the engine's per model)")
     p.add_argument("--oracle-quotas", default=None,
                    help="oracle grid: server cpu quotas in cores, 'max' = none (default 1,1.5,max; quick 1,max)")
     p.add_argument("--oracle-ratios", default=None,
                    help="oracle grid: server:neighbour cpu weight ratios (default 1:1,4:1,16:1; quick 1:1,4:1)")
+    p.add_argument("--oracle-threads", default=None,
+                   help="oracle grid: the server's --threads as one more dimension (default: the engine's; "
+                        "none for gpt2, whose threads follow the quota; llamacpp 1 and every core)")
+    p.add_argument("--no-threads-lever", dest="threads_lever", action="store_false",
+                   help="the autotune row on an engine with a fixed pool (llamacpp) declares no restart path: "
+                        "the agent can then only advise another --threads (default: it declares one)")
     p.add_argument("--estimate", action="store_true",
                    help="print the estimated wall time of this run and exit")
     p.add_argument("--out", type=Path, default=None)
@@ -594,6 +631,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ratios = a.oracle_ratios or ("1:1,4:1" if a.quick else "1:1,4:1,16:1")
     a.oracle_quotas = [None if x.strip() == "max" else float(x) for x in quotas.split(",") if x]
     a.oracle_ratios = [tuple(int(v) for v in x.split(":")) for x in ratios.split(",") if x]
+    a.oracle_threads = ([x for x in a.oracle_threads.split(",") if x] if a.oracle_threads is not None
+                        else spec.grid_threads(engines.ncpu()))
     unknown = [x for x in a.configs if x not in CONFIGS]
     if unknown:
         p.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
@@ -621,12 +660,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         est = estimate_wall_s(args.configs, args.concurrency, requests=args.requests, repeats=args.repeats,
                               engine=spec, model=args.model, warmup_s=args.warmup_s,
-                              oracle_points=len(oracle_points(args, os.cpu_count() or 2)))
+                              oracle_points=len(oracle_points(args, os.cpu_count() or 2)),
+                              oracle_restarts=2 * len(set(args.oracle_threads) - {args.server_threads}))
         print(f"estimated wall time: {est / 60:.0f} min ({len(args.configs)} configs x "
               f"{len(args.concurrency)} concurrencies, {args.requests} requests x {args.repeats} repeats, "
               f"engine {args.engine}, model {args.model}; calibration: {spec.cost_for(args.model).source})")
         return 0
-    if (refused := engines.preflight(spec)) is not None:
+    if (refused := engines.preflight(spec, args.model)) is not None:
         return refused
     args.out.mkdir(parents=True, exist_ok=True)
     common.install_cleanup()
@@ -681,7 +721,9 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": list(range(1, args.repeats + 1)), "grid_seed": GRID_SEED, "interval_method": st.METHOD,
             "agent_slo_itl_p95_s": agent_slo(args) if "autotune" in args.configs else None,
             "oracle_grid": {"quotas": args.oracle_quotas, "ratios": args.oracle_ratios,
-                            "chosen": {str(c): {k: r[k] for k in ("quota_cores", "weights", "p95_s", "keeps_floor")}
+                            "threads": args.oracle_threads,
+                            "chosen": {str(c): {k: r[k] for k in ("quota_cores", "weights", "threads", "p95_s",
+                                                                  "keeps_floor")}
                                        for c, r in oracle.items()}} if oracle else None,
             "warmup_s": args.warmup_s, "server_threads": args.server_threads,
             "server_starts": server.starts if server else 0,

@@ -322,7 +322,8 @@ def test_a_share_over_one_flags_a_stale_baseline():
 
 
 def test_oracle_keeps_one_thread_setting_across_loads():
-    """A fixed pool cannot change between phases: the first load's choice fixes it."""
+    """A fixed pool cannot change between phases: one setting for every load, the one valid in
+    the most phases (then the highest EMU over them), not the first load's favourite."""
     from bench.coloc_metrics import LiveCheck, PointResult
 
     a = co.parse_args(["--phases", "low:1:20,high:2:20"])
@@ -347,3 +348,14 @@ def test_oracle_keeps_one_thread_setting_across_loads():
     grid = {"1/s": [pt("1/s", None, 90)], "2/s": [pt("2/s", None, 80)]}
     got = co.plan_oracle(a, s, grid, {"1/s": 1.0, "2/s": 1.0}, 100.0, live)
     assert got["2/s"].alloc.threads is None and "fixes" not in got["1/s"].reason
+    # 2 threads win the first load, but hold nowhere else: the setting valid in every phase wins
+    a = co.parse_args(["--phases", "low:1:20,high:2:20,low2:1:20"])
+    s = co.schedule_from(a)
+    bad = pt("2/s", "2", 90).model_copy(update={"violating": 2})
+    grid = {"1/s": [pt("1/s", "1", 60), pt("1/s", "2", 95)], "2/s": [pt("2/s", "1", 40), bad]}
+    checked.clear()
+    got = co.plan_oracle(a, s, grid, {"1/s": 1.0, "2/s": 1.0}, 100.0, live)
+    assert got["1/s"].alloc.threads == got["2/s"].alloc.threads == "1"
+    assert "--threads 1: valid on the grid in 3/3 phase(s)" in got["1/s"].reason
+    assert "--threads 2: valid on the grid in 2/3 phase(s)" in got["1/s"].reason
+    assert checked == [("1/s", "1"), ("2/s", "1")]

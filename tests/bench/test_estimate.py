@@ -42,7 +42,7 @@ def test_estimate_scales_with_requests_and_repeats():
     assert estimate_wall_s(**oracle, repeats=1, oracle_points=14) > 1.7 * grid_once
     assert estimate_wall_s(DEFAULT_CONFIGS, [1, 4], requests=4, repeats=1, model="tiny", warmup_s=45) < 4 * 60
     llama = estimate_wall_s(DEFAULT_CONFIGS, [1, 2, 4, 8], requests=20, repeats=3, engine=engines.LLAMACPP,
-                            model="llama-60m")
+                            model="llama60m")
     assert 0 < llama < full
 
 
