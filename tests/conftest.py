@@ -15,15 +15,24 @@ if str(REPO) not in sys.path:  # make `tests.fixtures.hosts` importable under pl
 from tests.fixtures.hosts import fixture_path, writable_copy  # noqa: E402
 
 
+# marker -> (environment switch, what it is): long runs the default suite skips with a reason
+OPT_IN = {
+    "stress": ("AUTOTUNE_STRESS", "stress run"),
+    "benchrun": ("AUTOTUNE_BENCH_RUNS", "a whole quick benchmark run (minutes)"),
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Stress runs (tests/stress/, minutes to tens of minutes) are skipped in the default run;
-    ``-m stress`` or AUTOTUNE_STRESS=1 runs them."""
-    if os.environ.get("AUTOTUNE_STRESS") == "1" or "stress" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="stress run: select with -m stress or AUTOTUNE_STRESS=1")
-    for item in items:
-        if item.get_closest_marker("stress") is not None:
-            item.add_marker(skip)
+    """Stress runs (tests/stress/, minutes to tens of minutes) and whole quick benchmark runs
+    (tests/bench/, 2-4 min each: most of the default suite's time) are skipped in the default
+    run; ``-m stress`` / ``-m benchrun`` or the environment switch runs them."""
+    for marker, (env, what) in OPT_IN.items():
+        if os.environ.get(env) == "1" or marker in (config.option.markexpr or ""):
+            continue
+        skip = pytest.mark.skip(reason=f"{what}: select with -m {marker} or {env}=1")
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)
 
 
 @pytest.fixture

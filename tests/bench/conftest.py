@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # a benchmark run in --quick mode: real cgroups, the reference server, as root
 QUICK_BENCH = [
-    pytest.mark.slow, pytest.mark.workload, pytest.mark.realkernel, pytest.mark.root,
+    pytest.mark.benchrun, pytest.mark.slow, pytest.mark.workload, pytest.mark.realkernel, pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="the bench creates cgroups: needs root"),
     pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroup filesystem"),
 ]

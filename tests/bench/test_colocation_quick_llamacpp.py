@@ -34,7 +34,7 @@ def _unavailable() -> str | None:
 WHY = _unavailable()
 
 pytestmark = [
-    pytest.mark.slow, pytest.mark.llamacpp, pytest.mark.realkernel, pytest.mark.root,
+    pytest.mark.benchrun, pytest.mark.slow, pytest.mark.llamacpp, pytest.mark.realkernel, pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="the bench creates cgroups: needs root"),
     pytest.mark.skipif(not Path("/sys/fs/cgroup").is_dir(), reason="no cgroup filesystem"),
     pytest.mark.skipif(WHY is not None, reason=f"llama.cpp is not in the cache: {WHY}"),
