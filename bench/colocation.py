@@ -190,11 +190,11 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("static", "server cpu quota 0.5 core, memory max 4 GiB (the seed's cgroups)", alloc=STATIC),
     Row("static+psi", "static + the seed's gate: defer while system cpu some avg10 > 95 %, "
         "0.5-s retries, drop after 10", alloc=STATIC, seed_psi=True),
-    Row("autotune", "the agent (apply mode, default rule pack, rules only: [ranker] off) from the "
+    Row("autotune", "the agent (apply mode, default rule pack, rules only: [search] off) from the "
         "static allocation", alloc=STATIC, controller=agent_controller,
-        agent_overrides={"ranker": {"enabled": False}}, threads_lever=True),
+        agent_overrides={"search": {"enabled": False}}, threads_lever=True),
     Row("autotune-learned", "the agent with its defaults: the rule pack plus the learned allocation "
-        "search ([ranker] on), from the static allocation", alloc=STATIC, controller=agent_controller,
+        "search ([search] on), from the static allocation", alloc=STATIC, controller=agent_controller,
         threads_lever=True),
     Row("oracle", "per load, the best static allocation of the grid that held the SLO when "
         "re-checked live (highest EMU with no violating window and the neighbour at its floor)", oracle=True),

@@ -32,7 +32,7 @@ import statistics
 import warnings
 from pathlib import Path
 
-from autotune.diagnose import learner as L
+from autotune.diagnose.search import model as L
 
 HERE = Path(__file__).resolve().parent
 TARGET = 0.95
