@@ -2,7 +2,7 @@
 
     python -m bench.gp_agreement [--seeds 10] [--budget 30] [--cache bench/results/coloc-cache]
 
-Needs scikit-learn (the ``dev`` extra). The search (diagnose/learner.propose) runs on known
+Needs scikit-learn (the ``dev`` extra). The search (diagnose/search/model.propose) runs on known
 surfaces; at every step it is asked twice on the same trials: once with the agent's model
 (``learner.Model``, numpy) and once with the model the agent had before (scikit-learn's
 ``GaussianProcessRegressor``, same kernel, bounds, noise and restarts; ``SklearnModel`` below),
