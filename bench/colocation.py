@@ -770,7 +770,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"tiny model, 8 tokens, bench/schedules/quick.yaml (2 x 5 s), 2.5-s windows, seeds 1,2, "
                         f"rows {','.join(QUICK_ROWS)}, grid 0.5/max x 1:1")
     p.add_argument("--dense", action="store_true",
-                   help="the engine's dense-window scenario (>= 10 requests per window; bench/README.md)")
+                   help="the engine's dense-window scenario (>= 10 requests per window; bench/METHOD.md)")
     p.add_argument("--engine", default="gpt2", choices=sorted(engines.ENGINES), help="the inference server")
     p.add_argument("--rows", default=None, help=f"comma list from {list(ROWS)} (default: the engine's: gpt2 all, "
                    f"llamacpp all but static+psi; quick: {QUICK_ROWS})")
