@@ -179,7 +179,7 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
                        for e in summary.get("entries", []) if e.get("applied_ts") is not None]
         (ctx.out / "journal.json").write_text(json.dumps(summary, indent=2))
         # the agent's own restore, before the next row: host-wide changes must not leak into it
-        ctx.notes["rollback"] = back = af.rollback_all(state)
+        ctx.notes["rollback"] = back = af.rollback_all(state, config)
         log(f"{ctx.row.name}: {summary.get('changes', 0)} change(s) by {summary.get('by_rule')}; "
             f"rollback --all restored {back['restored']}"
             + (f"; PROBLEMS: {'; '.join(back['problems'])}" if back["problems"] else ""))

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                      "heavy": heavy_loaded(agent.pid)})
         alive = agent.poll() is None
         common.stop(agent)
-        back = af.rollback_all(state)  # the agent's own restore first
+        back = af.rollback_all(state, out / "config.toml")  # the agent's own restore first
         common.stop(server)
         common.stop(neighbour)
     finally:
