@@ -7,11 +7,12 @@ systemd (``$STATE_DIRECTORY`` set) or when installed.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -91,7 +92,7 @@ class Threads(_Strict):
     """A service's compute-thread pool and, optionally, the restart path that sets it.
 
     A fixed pool of N threads on fewer than N CPUs collapses (llama.cpp ``--threads 2`` on one
-    CPU: 22-26x slower here), so the agent treats it as a constraint (autotune/agent/pool.py).
+    CPU: 22-26x slower here), so the agent treats it as a constraint (autotune/diagnose/pool.py).
     ``count``: compute threads it runs with its own setting; the pool observed from its tasks
     (detect/metrics ``threads.pool``) wins while there is one, the count fills idle windows.
     ``pool``: ``fixed`` (llama.cpp, ollama, vLLM CPU: N whatever CPUs they get; the default,
@@ -235,11 +236,12 @@ class Verification(_Strict):
     early_alpha_divisor: float = Field(default=5.0, ge=1)
 
 
-class RankerSettings(_Strict):
-    """The learned allocation search (autotune/diagnose/learner.py, autotune/agent/learning.py):
-    for a latency-critical service with an SLO next to neighbours, trials of the allocation the
-    rules allow, a Gaussian-process model of their score, and the next allocation by expected
-    improvement among those predicted to keep the SLO. ``autotune ranker`` shows what it knows."""
+class SearchSettings(_Strict):
+    """The search, a learned allocation search (autotune/diagnose/search/): for a
+    latency-critical service with an SLO next to neighbours, trials of the allocation the rules
+    allow, a Gaussian-process model of their score, and the next allocation by expected
+    improvement among those predicted to keep the SLO. ``autotune search`` shows what it knows.
+    Its section was ``[ranker]`` before: still read, with a one-line notice."""
 
     enabled: bool = True
     trial_s: float = Field(default=10.0, gt=0)  # an allocation in place this long is one trial
@@ -252,11 +254,24 @@ class RankerSettings(_Strict):
 class Config(_Strict):
     agent: AgentSettings = AgentSettings()
     verification: Verification = Verification()
-    ranker: RankerSettings = RankerSettings()
+    search: SearchSettings = SearchSettings()
     services: list[Service] = Field(default=[], alias="service")
     source: str | None = Field(default=None, exclude=True)  # file it came from
+    notices: tuple[str, ...] = Field(default=(), exclude=True)  # deprecated spellings read
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """``[ranker]`` is the search's old section name: read as ``[search]``, with a notice."""
+        if isinstance(data, dict) and "ranker" in data:
+            data = dict(data)
+            if "search" in data:
+                raise ValueError("[ranker] and [search] both given: [ranker] is the old name of [search]; keep one")
+            data["search"] = data.pop("ranker")
+            data["notices"] = (*data.get("notices", ()), "[ranker] is now called [search]: rename the section")
+        return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":
@@ -338,4 +353,6 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(str(p), err)) from err
+    for notice in cfg.notices:
+        logging.getLogger(__name__).warning("%s: %s", p, notice)
     return cfg.model_copy(update={"source": str(p)})

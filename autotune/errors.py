@@ -42,10 +42,15 @@ class InvalidValue(AutotuneError):
 
 
 class PolicyRefused(AutotuneError):
-    """The privileged helper refused a request; ``reason`` says why."""
+    """A write refused: by the helper's root-owned policy, or by a check before it. The one
+    refusal type on both sides of the helper's socket (the helper raises it, sends ``code`` and
+    ``reason``, the client raises it again), as psutil's errors carry their pid and name:
+    ``code`` is the protocol's error code (``not_allowed``, ``out_of_range``, ``drift``,
+    ``target_gone``, ``advisory``, ...), ``reason`` the one line that says why."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
+        self.code = code
         self.reason = reason
 
 

@@ -7,11 +7,17 @@ by ``autotune.detect.metrics``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autotune.errors import ParseError
+
+# A knob's comparison of two normalized values (tolerant for numbers): knobs.same_for(name).
+Same = Callable[[str | None, str | None], bool]
+# (knob, target) -> the live normalized value, or None when the target is gone.
+ReadCurrent = Callable[[str, str], "str | None"]
 
 
 class _Frozen(BaseModel):
@@ -254,6 +260,9 @@ class Snapshot(_Frozen):
     stat: StatReading | None = None
     meminfo_bytes: dict[str, int] = {}
     loadavg: LoadAvg | None = None
+    # the registry-declared sensors' flat readings: "module:function" -> field -> value
+    # (autotune/detect/registry.py)
+    readings: dict[str, dict[str, float]] = {}
     services: dict[str, ServiceReading] = {}
     missing: list[str] = []
 
@@ -298,11 +307,11 @@ class Action(_Frozen):
     rationale: str
     priority: int = 50
     advisory: bool = False  # recommendation only; never applied (e.g. mlock model weights)
-    score: float | None = None  # predicted improvement (learned ranker), higher is better
+    score: float | None = None  # predicted improvement (the search), higher is better
     evidence: dict[str, float] = Field(default_factory=dict)
     verify: VerifyPlan = VerifyPlan()
     # why it would not be applied and what would unblock it (a floor, an operator's hold);
-    # None when nothing durable stands in its way (autotune/agent/blocked.py)
+    # None when nothing durable stands in its way (autotune/diagnose/blocked.py)
     blocked: str | None = None
 
 

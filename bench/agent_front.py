@@ -123,14 +123,18 @@ def start_agent(config: Path, log_path: Path):
                                              "--local-actuator"), None, log_path)
 
 
-def rollback_all(state_path: Path) -> dict:
+def rollback_all(state_path: Path, config: Path | None = None) -> dict:
     """``autotune rollback --all --local`` on one agent row's state: the agent's own restore of
     everything it changed (its cgroup changes and any host-wide one), run as soon as the row
-    ends so the next row starts from the host as found. What it restored and any problem."""
+    ends so the next row starts from the host as found. What it restored and any problem.
+    ``config``: the row's agent config (a service's threads lever is found through it: without
+    it the restore of a threads change fails, as the first llama.cpp run showed)."""
     if not Path(state_path).exists():
         return {"restored": 0, "problems": []}
-    res = subprocess.run(common.autotune_argv("rollback", "--all", "--local", "--json", "--state", str(state_path)),
-                         capture_output=True, text=True, timeout=120)
+    argv = ["rollback", "--all", "--local", "--json", "--state", str(state_path)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    res = subprocess.run(common.autotune_argv(*argv), capture_output=True, text=True, timeout=120)
     if "nothing to roll back" in res.stdout + res.stderr:
         return {"restored": 0, "problems": []}
     try:

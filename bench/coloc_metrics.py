@@ -1,6 +1,6 @@
 """The colocation benchmark's figures, as pure functions of request records and edge samples.
 
-Definitions (bench/README.md, "How the colocation benchmark measures", says the same):
+Definitions (bench/METHOD.md, "How the colocation benchmark measures", says the same):
 - a **window** is ``window_s`` long and lies inside one phase. Its TTFT p95 is over the
   requests that *arrived* in it (a request that failed before its first token - timeout,
   client-side drop, error - counts as an infinite TTFT, so the users who came then are all

@@ -179,7 +179,7 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
                        for e in summary.get("entries", []) if e.get("applied_ts") is not None]
         (ctx.out / "journal.json").write_text(json.dumps(summary, indent=2))
         # the agent's own restore, before the next row: host-wide changes must not leak into it
-        ctx.notes["rollback"] = back = af.rollback_all(state)
+        ctx.notes["rollback"] = back = af.rollback_all(state, config)
         log(f"{ctx.row.name}: {summary.get('changes', 0)} change(s) by {summary.get('by_rule')}; "
             f"rollback --all restored {back['restored']}"
             + (f"; PROBLEMS: {'; '.join(back['problems'])}" if back["problems"] else ""))
@@ -190,11 +190,11 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("static", "server cpu quota 0.5 core, memory max 4 GiB (the seed's cgroups)", alloc=STATIC),
     Row("static+psi", "static + the seed's gate: defer while system cpu some avg10 > 95 %, "
         "0.5-s retries, drop after 10", alloc=STATIC, seed_psi=True),
-    Row("autotune", "the agent (apply mode, default rule pack, rules only: [ranker] off) from the "
+    Row("autotune", "the agent (apply mode, default rule pack, rules only: [search] off) from the "
         "static allocation", alloc=STATIC, controller=agent_controller,
-        agent_overrides={"ranker": {"enabled": False}}, threads_lever=True),
+        agent_overrides={"search": {"enabled": False}}, threads_lever=True),
     Row("autotune-learned", "the agent with its defaults: the rule pack plus the learned allocation "
-        "search ([ranker] on), from the static allocation", alloc=STATIC, controller=agent_controller,
+        "search ([search] on), from the static allocation", alloc=STATIC, controller=agent_controller,
         threads_lever=True),
     Row("oracle", "per load, the best static allocation of the grid that held the SLO when "
         "re-checked live (highest EMU with no violating window and the neighbour at its floor)", oracle=True),
@@ -770,7 +770,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"tiny model, 8 tokens, bench/schedules/quick.yaml (2 x 5 s), 2.5-s windows, seeds 1,2, "
                         f"rows {','.join(QUICK_ROWS)}, grid 0.5/max x 1:1")
     p.add_argument("--dense", action="store_true",
-                   help="the engine's dense-window scenario (>= 10 requests per window; bench/README.md)")
+                   help="the engine's dense-window scenario (>= 10 requests per window; bench/METHOD.md)")
     p.add_argument("--engine", default="gpt2", choices=sorted(engines.ENGINES), help="the inference server")
     p.add_argument("--rows", default=None, help=f"comma list from {list(ROWS)} (default: the engine's: gpt2 all, "
                    f"llamacpp all but static+psi; quick: {QUICK_ROWS})")

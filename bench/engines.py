@@ -55,7 +55,7 @@ class Cost:
 
 @dataclass(frozen=True)
 class Dense:
-    """The dense-window scenario of an engine (bench/README.md, "Dense windows", has the sums)."""
+    """The dense-window scenario of an engine (bench/METHOD.md, "Dense windows", has the sums)."""
 
     model: str
     max_tokens: int
@@ -154,7 +154,7 @@ GPT2 = Engine(
     start=start_reference,
     static_threads=lambda ncpu: "auto",
     flavor="auto",
-    # 4 s = two request-service times alone; 0.15 s per token ~ reading speed (bench/README.md)
+    # 4 s = two request-service times alone; 0.15 s per token ~ reading speed (bench/METHOD.md)
     slo={"gpt2": Slo(ttft_p95_s=4.0, itl_p95_s=0.15), "tiny": Slo(ttft_p95_s=2.0, itl_p95_s=0.25)},
     seed_slo_itl={"gpt2": 0.1, "tiny": 0.05},
     cost={
@@ -244,7 +244,7 @@ LLAMACPP = Engine(
     dense=Dense(model="llama60m", max_tokens=16, schedule="llamacpp.yaml", slo=Slo(ttft_p95_s=0.5, itl_p95_s=0.05)),
     grid_threads=lambda ncpu: ["1", str(ncpu)] if ncpu > 1 else ["1"],
     # its page measures the mean time per token only; TTFT p95 comes from the probe. A mean of half
-    # the per-token p95 target leaves room for the throttle gaps a p95 sees (bench/README.md)
+    # the per-token p95 target leaves room for the throttle gaps a p95 sees (bench/METHOD.md)
     agent_slo=lambda slo: {"ttft_p95_s": slo.ttft_p95_s, "itl_mean_s": round(slo.itl_p95_s / 2, 6)},
     seed_itl_field="itl_mean_s",
     pool_fixed=True,

@@ -1,8 +1,8 @@
-"""Does the numpy Gaussian process (autotune/diagnose/gp.py) decide as scikit-learn's did?
+"""Does the numpy Gaussian process (autotune/diagnose/search/gp.py) decide as scikit-learn's did?
 
     python -m bench.gp_agreement [--seeds 10] [--budget 30] [--cache bench/results/coloc-cache]
 
-Needs scikit-learn (the ``dev`` extra). The search (diagnose/learner.propose) runs on known
+Needs scikit-learn (the ``dev`` extra). The search (diagnose/search/model.propose) runs on known
 surfaces; at every step it is asked twice on the same trials: once with the agent's model
 (``learner.Model``, numpy) and once with the model the agent had before (scikit-learn's
 ``GaussianProcessRegressor``, same kernel, bounds, noise and restarts; ``SklearnModel`` below),
@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from autotune.diagnose import learner as L
+from autotune.diagnose.search import model as L
 
 HERE = Path(__file__).resolve().parent
 NCPU = 2
@@ -204,7 +204,7 @@ def _cost() -> None:
                               be_share=be, score=L.score(slack, be)))
     base = _rss_mib()
     if which == "numpy":
-        import autotune.diagnose.gp  # noqa: F401
+        import autotune.diagnose.search.gp  # noqa: F401
         cls = L.Model
     else:
         import sklearn.gaussian_process  # noqa: F401

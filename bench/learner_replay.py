@@ -6,13 +6,13 @@ No live run: the colocation benchmark's oracle grid (bench/colocation.py, cached
 ``--cache``) measured every grid allocation at every load of its schedule, window by window.
 Here an optimiser "tries" an allocation by drawing one of that point's measured 10-s windows
 at random (the real noise of the real system), scored as the agent scores a trial
-(diagnose/learner.score: CLITE's, from the window's SLO slack and the neighbour's share of
+(diagnose/search/model.score: CLITE's, from the window's SLO slack and the neighbour's share of
 the host). Per load, each method runs ``--runs`` times with different seeds; reported: the
 distribution of trials until the allocation it would hold scores within 95 % of the best
 grid point (mean score over its windows), and how many of its trials broke the SLO.
 
 Methods:
-- ``learned``: diagnose/learner.propose over the grid (the agent's own search: a trial of the
+- ``learned``: diagnose/search/model.propose over the grid (the agent's own search: a trial of the
   allocation in place first, the static start, as it proposes nothing before it has measured
   something; then a safe set grown from known-safe allocations, then expected improvement);
 - ``rules``: the rule pack's walk on the grid from the static start (0.5 core, 1:1): slack under
@@ -32,7 +32,7 @@ import statistics
 import warnings
 from pathlib import Path
 
-from autotune.diagnose import learner as L
+from autotune.diagnose.search import model as L
 
 HERE = Path(__file__).resolve().parent
 TARGET = 0.95

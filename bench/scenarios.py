@@ -70,7 +70,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     # or its 0.5-core floor, its memory at none or 1.25x its anonymous memory); the server's
     # quota at 1 core or none and the weights at 4:1 only: in the CPU scenario's committed
     # grids 1:4 was never chosen, quota 1.5 never either, and 4:1 was within 2 % of 1:1's EMU
-    # where both held. 2 x 1 x 2 x 2 = 8 points per load (bench/README.md).
+    # where both held. 2 x 1 x 2 x 2 = 8 points per load (bench/METHOD.md).
     Scenario("mem", "a memory-heavy neighbour: an anonymous hog of 55 % of MemTotal, a reader streaming a "
              "file of 40 % of MemTotal through the page cache, one CPU burner; the server maps its weights from a "
              "file", schedule="mem.yaml", noise_cpu=1, stream=True, mmap_weights=True, grid_quotas="1,max", grid_ratios="4:1", grid_neighbour_quotas="max,0.5",

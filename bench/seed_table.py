@@ -206,7 +206,7 @@ def front_autotune(ctx: Ctx) -> Iterator[str]:
         (d / "knobs.json").write_text(json.dumps(snaps, indent=2))
         summary = af.journal_summary(state)
         (d / "journal.json").write_text(json.dumps(summary, indent=2))
-        back = af.rollback_all(state)  # the agent's own restore, before the next configuration
+        back = af.rollback_all(state, d / "config.toml")  # the agent's own restore, before the next configuration
         (d / "rollback.json").write_text(json.dumps(back, indent=2))
         log(f"autotune: {summary.get('changes', 0)} changes, verdicts {summary.get('verdicts')}, "
             f"conclusive {summary.get('conclusive_share')}; rollback --all restored {back['restored']}"

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--slo-itl", type=float, default=0.05)
     ap.add_argument("--rules-only", action="store_true",
-                    help="[ranker] enabled = false: the agent without the learned search")
+                    help="[search] enabled = false: the agent without the learned search")
     ap.add_argument("--scenario", choices=("cycle", "explore-converge"), default="cycle")
     ap.add_argument("--explore-s", type=float, default=720.0,
                     help="explore-converge: how long the load cycles before it holds")
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                               slo={"itl_p95_s": args.slo_itl}, state_path=state,
                               metrics_port=common.free_port(),
                               overrides={"agent": {"sample_period_s": args.sample_period_s},
-                                         **({"ranker": {"enabled": False}} if args.rules_only else {})})
+                                         **({"search": {"enabled": False}} if args.rules_only else {})})
         problem = af.write_config(out / "config.toml", doc, header="written by bench/soak.py")
         if problem:
             log(f"the agent rejects the config: {problem}")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                      "heavy": heavy_loaded(agent.pid)})
         alive = agent.poll() is None
         common.stop(agent)
-        back = af.rollback_all(state)  # the agent's own restore first
+        back = af.rollback_all(state, out / "config.toml")  # the agent's own restore first
         common.stop(server)
         common.stop(neighbour)
     finally:

@@ -35,7 +35,7 @@ log = logging.getLogger("autotune.run")
 def connect_helper(cfg: Config, socket_path: str | os.PathLike[str] | None = None, *,
                    host: Host | None = None, timeout: float = 5.0):
     """A HelperActuator on the helper's socket, pinged once; HostError when it does not answer."""
-    from autotune.agent.actuator import HelperActuator
+    from autotune.fix.actuator import HelperActuator
     from autotune.helper.client import HelperClient
 
     sock = str(socket_path or cfg.agent.helper_socket)
@@ -51,7 +51,7 @@ def connect_helper(cfg: Config, socket_path: str | os.PathLike[str] | None = Non
 def local_actuator(cfg: Config, root: Path | None, *, flag: str = "--local-actuator"):
     """The knobs on a writable Host, no helper, no policy: root only (tests, the bench, and
     the operator's escape hatch ``autotune rollback --local``)."""
-    from autotune.agent.actuator import LocalActuator
+    from autotune.fix.actuator import LocalActuator
 
     if os.geteuid() != 0:
         raise HostError(f"{flag} writes host files directly and needs root; run as root, or drop "
@@ -63,7 +63,7 @@ def build_actuator(cfg: Config, root: Path | None, *, helper_socket: Path | None
                    local: bool = False):
     """(host, actuator) for the agent's mode: dry run in recommend mode; in apply mode the
     helper (or, root only, the knobs directly)."""
-    from autotune.agent.actuator import DryRunActuator
+    from autotune.fix.actuator import DryRunActuator
 
     if cfg.agent.mode == "recommend":
         host = Host(root, writable=False)
@@ -199,8 +199,8 @@ def recommend(cfg: Config, *, root: Path | None, duration: float, period: float 
     """The Agent in recommend mode with the dry-run actuator for ``duration`` seconds: sample
     every ``period`` (default: config), evaluate as the daemon would and once at the end.
     Symptoms' durations are capped to fit in the observation; never writes to the host."""
-    from autotune.agent.actuator import DryRunActuator
-    from autotune.agent.blocked import lines as blocked_lines
+    from autotune.fix.actuator import DryRunActuator
+    from autotune.diagnose.blocked import lines as blocked_lines
     from autotune.agent.loop import Agent
     from autotune.store.db import open_db
 

@@ -20,10 +20,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from autotune.agent import blocked, floor, gating, pool, state
-from autotune.agent.actuator import Actuator, read_value
-from autotune.agent.apply import Applier
-from autotune.agent.learning import Learning
+from autotune.agent import state
+from autotune.diagnose import blocked, floor, gating, pool
+from autotune.fix.actuator import Actuator, read_value
+from autotune.fix.apply import Applier
+from autotune.diagnose.search.state import Search
 from autotune.audit.trail import AuditEvent, AuditTrail
 from autotune.config import Config
 from autotune.errors import PolicyRefused
@@ -114,7 +115,7 @@ class Agent:
         self.symptoms: list[Symptom] = []
         self.actions: list[Action] = []
         self._episodes: Episodes = {}  # proposals audited, see proposal_episodes
-        self._said: Episodes = {}  # blocks logged and audited (agent/blocked.py), the same way
+        self._said: Episodes = {}  # blocks logged and audited (diagnose/blocked.py), the same way
         self.blocks: list[blocked.Block] = []
         self._reacting = blocked.reacting_symptoms(ruleset)
         self._stage_errors: dict[str, str] = {}
@@ -130,9 +131,9 @@ class Agent:
                                audit=self.audit, on_failure=self._count_failure,
                                on_success=lambda k, t: self._failures.pop((k, t), None))
         self.started_ts: float | None = None
-        self.learning = Learning(cfg, db, self.journal, ncpu=host.ncpu)
+        self.search = Search(cfg, db, self.journal, ncpu=host.ncpu)
         self._flavors: dict[str, str] = {}  # page flavor each service's readings named, as logged
-        self.pools: dict[str, pool.Pool] = {}  # fixed compute-thread pools (agent/pool.py)
+        self.pools: dict[str, pool.Pool] = {}  # fixed compute-thread pools (diagnose/pool.py)
         self._pool_refused: set[tuple[str, str, str]] = set()  # refusals already logged at INFO
 
     # -- plumbing -------------------------------------------------------------------------
@@ -362,12 +363,12 @@ class Agent:
         state.save_detector(self.db, self.detector, self.clock())
         since = self.journal.last_applied_ts()
         current = [s for s in self.window if since is None or s.ts >= since]
-        self.learning.placed = placed
+        self.search.placed = placed
         self.pools = pool.remember(self.pools, pool.pools_from(history[-1][1] if history else {},
                                                                self.cfg.services, now), now)
-        self.learning.pools = self.pools
-        self.learning.observe(now, current, self._read_current)
-        actions = self.learning.merge(actions, now, current, self._read_current)
+        self.search.pools = self.pools
+        self.search.observe(now, current, self._read_current)
+        actions = self.search.merge(actions, now, current, self._read_current)
         actions = self._screen_pools(actions)
         view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
         actions = self._blocked(symptoms, actions, view, now)
@@ -427,7 +428,7 @@ class Agent:
         return actions
 
     def _screen_pools(self, actions: list[Action]) -> list[Action]:
-        """Every proposal through the thread-pool constraint (agent/pool.py); a refusal is
+        """Every proposal through the thread-pool constraint (diagnose/pool.py); a refusal is
         logged at INFO once per rule and target, then at DEBUG."""
         kept, refused = pool.screen(actions, self.pools, self.cfg.services)
         for a, why in refused:
@@ -451,7 +452,7 @@ class Agent:
     # -- apply ----------------------------------------------------------------------------
     def apply(self, action: Action, *, symptoms: Iterable[Symptom] = (), now: float | None = None
               ) -> JournalEntry | None:
-        """Journal, write, mark verifying (the fix stage: agent/apply.py)."""
+        """Journal, write, mark verifying (the fix stage: fix/apply.py)."""
         now = self.clock() if now is None else now
         entry = self.applier.apply(action, symptoms=list(symptoms), now=now, window=list(self.window))
         if entry is not None:  # its episode ends: the next proposal there is a new one

@@ -7,12 +7,10 @@ Pure apart from ``read_current`` (knob reads), which the Agent supplies through 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from autotune.config import Config
-from autotune.types import Action, Snapshot, Symptom
+from autotune.types import Action, ReadCurrent, Snapshot, Symptom
 
-ReadCurrent = Callable[[str, str], "str | None"]
 
 
 def metric_history(

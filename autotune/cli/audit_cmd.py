@@ -236,7 +236,7 @@ def report_cmd(
     problem = _unwritable(html)
     if problem:
         fail(f"--html {html}: {problem}")
-    from autotune.audit.report import write_report
+    from autotune.review.report import write_report
 
     cfg = load_config_or_exit(config)  # service SLOs for "time in SLO violation"
     slos = {s.name: s.slo.p95_latency_s for s in cfg.services if s.slo.p95_latency_s}

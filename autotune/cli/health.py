@@ -5,13 +5,13 @@ no systemd manager to ping, so this reads the same heartbeat from the state DB i
 timestamp of the newest stored sample, which the sample job writes every ``sample_period_s``.
 A stalled scheduler, a hung tick or a DB the agent can no longer write all age it.
 
-Exit 0: fresh; 1: stale or no sample yet; 2: no state DB / bad input. Reads with stdlib sqlite3
-in read-only mode, so a probe every few seconds costs an interpreter start and one query.
+Exit 0: fresh; 1: stale or no sample yet; 2: no state DB / bad input. Opens the DB through
+``open_db(probe=True)`` (read-only, no integrity check), so a probe every few seconds costs an
+interpreter start and one query.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated
@@ -23,22 +23,23 @@ from autotune.cli.common import ConfigOpt, JsonOpt, fail, load_config_or_exit, p
 
 def newest_sample_ts(db_path: Path) -> float | None:
     """Wall-clock time (s) of the newest raw sample in the state DB; None when it has none."""
-    # a -wal without its -shm means no agent has the DB open: mode=ro would create the -shm
-    # beside it (a read-only probe creates nothing); the main file alone says how old it is
-    alone = Path(f"{db_path}-wal").exists() and not Path(f"{db_path}-shm").exists()
+    import sqlite3
+
+    from autotune.errors import StateError
+    from autotune.store.db import describe, open_db
+
     try:
-        con = sqlite3.connect(f"file:{db_path}?mode=ro{'&immutable=1' if alone else ''}", uri=True,
-                              timeout=5.0)
-    except sqlite3.Error as err:
-        raise OSError(f"{db_path}: cannot open state DB ({err})") from err
+        db = open_db(db_path, probe=True)
+    except StateError as err:
+        raise OSError(str(err)) from err
     try:
-        row = con.execute("SELECT max(ts) FROM samples_raw").fetchone()
-    except sqlite3.DatabaseError as err:  # also "file is not a database": one line, exit 2
-        if "no such table" in str(err):
+        if "samples_raw" not in db.table_names():
             return None
-        raise OSError(f"{db_path}: {err}") from err
+        row = db.execute("SELECT max(ts) FROM samples_raw").fetchone()
+    except sqlite3.DatabaseError as err:  # also "file is not a database": one line, exit 2
+        raise OSError(str(describe(err, str(db_path)))) from err
     finally:
-        con.close()
+        db.conn.close()
     return None if row is None or row[0] is None else float(row[0])
 
 

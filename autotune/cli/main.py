@@ -56,10 +56,12 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "audit": ("autotune.cli.audit_cmd", True, "Inspect the tamper-evident audit trail of every agent decision."),
     "workload": ("autotune.cli.workload_cmd", True,
                  "Reference workloads (GPT-2 server, llama.cpp's llama-server), load generator, noisy neighbour."),
-    "ranker": ("autotune.cli.ranker_cmd", True,
+    "search": ("autotune.cli.search_cmd", True,
                "The learned allocation search: with no command, what it knows and would choose now; "
                "export / import its trials."),
 }
+# old command names: still run, as their new name, after a one-line notice on stderr
+ALIASES: dict[str, str] = {"ranker": "search"}
 
 
 def _register(app: typer.Typer, module_name: str) -> None:
@@ -142,6 +144,10 @@ def main() -> None:
 
     # the click typer runs on (recent typer vendors its own): its base of every usage error
     click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    if len(sys.argv) > 1 and sys.argv[1] in ALIASES:
+        new = ALIASES[sys.argv[1]]
+        typer.secho(f"autotune: `{sys.argv[1]}` is now `autotune {new}`; running that", fg="yellow", err=True)
+        sys.argv[1] = new
     try:
         rv = app_for(sys.argv[1:])(standalone_mode=False)
     except click_error as err:

@@ -131,6 +131,8 @@ def follow(db_path: Path, feed: Feed, say: Callable[[str, str], None], stop: thr
     reading a stale snapshot."""
     import sqlite3
 
+    from autotune.errors import StateError
+
     last = 0
     while True:
         final = stop.is_set()
@@ -139,7 +141,7 @@ def follow(db_path: Path, feed: Feed, say: Callable[[str, str], None], stop: thr
                 last = max(last, ev.id or 0)
                 for tag, text in feed.lines(ev):
                     say(tag, text)
-        except sqlite3.Error as err:  # not made yet, or mid-checkpoint: next poll
+        except (sqlite3.Error, StateError) as err:  # not made yet, or mid-checkpoint: next poll
             if final:
                 say("error", f"audit trail unreadable: {err}")
         if final:
@@ -149,19 +151,17 @@ def follow(db_path: Path, feed: Feed, say: Callable[[str, str], None], stop: thr
 
 def _after(db_path: Path, last_id: int) -> list:
     """Audit events with id > ``last_id``, oldest first (none while the table does not exist)."""
-    import sqlite3
-    from urllib.parse import quote
-
     from autotune.audit.trail import COLUMNS, AuditEvent
+    from autotune.store.db import open_db
 
-    conn = sqlite3.connect(f"file:{quote(str(db_path.resolve()))}?mode=ro", uri=True, timeout=5)
+    db = open_db(db_path, probe=True)
     try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='audit_events'").fetchone():
+        if "audit_events" not in db.table_names():
             return []
-        rows = conn.execute(f"SELECT {','.join(COLUMNS)} FROM audit_events WHERE id > ? ORDER BY id",
-                            [last_id]).fetchall()
+        rows = db.execute(f"SELECT {','.join(COLUMNS)} FROM audit_events WHERE id > ? ORDER BY id",
+                          [last_id]).fetchall()
     finally:
-        conn.close()
+        db.conn.close()
     return [AuditEvent.from_row(r) for r in rows]
 
 

@@ -12,144 +12,28 @@ Pure: no /proc, no clock. A metric whose inputs are missing, or whose counter we
 (reset, process restarted), is simply absent - never NaN, never an exception. Rules and symptom
 specs reference these names; ``is_known_metric`` is what the rule loader checks them against.
 
-Host metrics
-
-| name | unit | from |
-|---|---|---|
-| ``psi.<res>.<some|full>.<avg10|avg60|avg300>`` | % | last /proc/pressure/<res> (res: cpu memory io irq) |
-| ``psi.<res>.<some|full>.stall_pct`` | % of wall time | d total_usec / elapsed |
-| ``vmstat.<name>.rate`` | events/s | d /proc/vmstat counter / elapsed (any field) |
-| ``cpu.util_pct`` ``cpu.iowait_pct`` ``cpu.system_pct`` ``cpu.steal_pct`` | % of all CPUs | d /proc/stat |
-| ``stat.ctxt.rate`` ``stat.forks.rate`` | per s | d ctxt / d processes |
-| ``stat.procs_running`` ``stat.procs_blocked`` | tasks | last /proc/stat |
-| ``load.1`` ``load.5`` ``load.15`` | tasks | last /proc/loadavg |
-| ``load.runnable_per_cpu`` | tasks/CPU | loadavg runnable / host.ncpu |
-| ``load.1_per_cpu`` | tasks/CPU | load.1 / host.ncpu |
-| ``mem.total_bytes`` ``mem.available_bytes`` | bytes | last meminfo |
-| ``mem.available_pct`` ``mem.swap_used_pct`` | % | MemAvailable/MemTotal, (SwapTotal-SwapFree)/SwapTotal |
-| ``mem.swap_total_bytes`` | bytes | SwapTotal (0: no swap, so swap tuning cannot help) |
-| ``host.ncpu`` | CPUs | ``ncpu`` argument, else number of per-CPU lines in /proc/stat |
-
-Per service ``<s>`` (prefix ``svc.<s>.``)
-
-| name | unit | from |
-|---|---|---|
-| ``cpu.usage_cores`` | cores | d cgroup cpu usage / elapsed (else sum of its processes' CPU time) |
-| ``cpu.quota_cores`` | cores | cgroup quota; absent when unlimited |
-| ``cpu.quota_util_pct`` | % | usage_cores / quota_cores |
-| ``cpu.throttled_pct`` | % of periods | d nr_throttled / d nr_periods |
-| ``cpu.throttled_s_per_s`` | s/s | d throttled_usec / elapsed |
-| ``cpu.weight`` | 1..10000 | cgroup weight (v1 shares mapped) |
-| ``cpuset.ncpu`` | CPUs | len(cpuset.cpus) |
-| ``cpu.cap_cores`` | cores | the most CPU it can get: min(quota_cores, cpuset.ncpu, host.ncpu) (``pool_facts``) |
-| ``cpu.share_cores`` | cores | what it can count on while the busy neighbours (> 0.1 core) want every CPU: the larger of what their caps leave and its weight share of its CPUs, at most ``cap_cores`` (``pool_facts``; agent/floor.py's guarantee, from metrics) |
-| ``psi.<res>.<some|full>.<avg10|avg60|avg300|stall_pct>`` | % | the cgroup's own pressure files |
-| ``mem.usage_bytes`` ``mem.max_bytes`` ``mem.high_bytes`` | bytes | cgroup memory (limits absent when unlimited) |
-| ``mem.usage_pct_of_max`` ``mem.usage_pct_of_high`` | % | usage / limit |
-| ``mem.<high|max|oom|oom_kill|low|failcnt>_events.rate`` | events/s | d memory.events |
-| ``mem.anon_bytes`` ``mem.file_bytes`` | bytes | memory.stat anon / file (v1: total_rss / total_cache): resident anonymous memory, page cache |
-| ``mem.low_bytes`` | bytes | memory.low (v2 protection; absent on v1) |
-| ``mem.cgroup_version`` | 1 or 2 | the hierarchy that manages the memory controller (which memory levers exist) |
-| ``mem.refault.rate`` ``mem.pgmajfault.rate`` | pages/s, faults/s | d memory.stat workingset_refault_file / pgmajfault: evicted page cache read back, major faults, of the whole cgroup |
-| ``mem.growth_bytes_per_s`` | bytes/s | d memory usage / elapsed (negative when it shrinks) |
-| ``tasks`` | tasks | cgroup nr_tasks |
-| ``processes`` ``threads`` | count | last snapshot's matched processes / their threads |
-| ``running_threads`` | threads | mean over the window of threads in state R |
-| ``threads.pool`` | threads | its compute-thread pool: observed, the threads that burned at least 30 % of the busiest one's CPU over the window (/proc/<pid>/task/*/stat; none while the busiest used under 0.05 core), else the declared ``[service.threads] count`` |
-| ``threads.pool_declared`` | 0/1 | 1 when ``threads.pool`` is the declared count, 0 when observed |
-| ``threads.pool_fixed`` | 0/1 | 0 when the config says the pool follows its quota (``pool = "follows-quota"``), else 1: a fixed pool is a constraint (autotune/agent/pool.py) |
-| ``threads.lever`` | 0/1 | 1 when the service declares a restart path that sets its threads (the ``threads`` knob) |
-| ``majflt.rate`` ``minflt.rate`` ``nvcsw.rate`` ``nivcsw.rate`` | per s | d per-process counters (pids in both ends) |
-| ``rss_bytes`` | bytes | sum of RSS |
-| ``latency.<p50|p95|p99>_s`` | s | end-to-end request latency over the window (*) |
-| ``latency.ttft_<p50|p95|p99>_s`` | s | time to first token over the window (*) |
-| ``latency.itl_<p50|p95|p99>_s`` | s | inter-token latency (gap between output tokens) over the window (*) |
-| ``latency.itl_mean_s`` | s | mean time per generated token over the window: histogram sum / count, else (llama.cpp) generation seconds / tokens of the requests that ended in the window, each request's own time (parallel slots add up), else the probe's mean token gap |
-| ``latency.<requests|tokens|ttft_samples|itl_samples>`` | count | completed requests, generated tokens, observations behind ttft / itl, summed over the window's scrapes |
-| ``latency.prompt_tokens`` | count | prompt tokens processed in the window (llama.cpp) |
-| ``latency.prompt_tokens_per_s`` | tokens/s | prompt throughput: those tokens / the seconds spent processing them (llama.cpp) |
-| ``latency.running`` ``latency.waiting`` | count | last latency reading (llama.cpp: requests processing / deferred) |
-| ``latency.probe.<p50|p95|p99|ttft_p50|ttft_p95|itl_p95|itl_mean>_s`` | s | the active probe's own requests over the window: end-to-end, time to first token, gaps between its streamed tokens (exact quantiles of the window's probes) |
-| ``latency.probe.samples`` | count | probe requests behind them (a probe is a sample of one request, not of every request) |
-| ``slo.<p95|p99|ttft_p95|itl_p95|itl_mean>_ratio`` | ratio | latency / its SLO target (``slo_ratios``), for targets the declared source can measure; needs ``services`` |
-| ``slo.ratio`` | ratio | the largest (binding) ratio: how far over its target the service is |
-| ``slo.slack`` | ratio | 1 - the largest ratio: (target - latency) / target of the binding target (Heracles' slack); 1 when the service is idle (no request running, waiting or finished in the window); absent without data |
-| ``slo.targets`` | count | SLO targets the service declares that its declared latency source can measure (autotune/slo.py); 0: the service is not SLO-controlled and the PSI-driven rules act |
-
-``cpu.cap_cores``, ``cpu.share_cores`` and ``threads.*`` (but the observed pool) come from the
-config through ``pool_facts``, which the engine calls too (like ``slo_ratios``).
-
-(*) Window quantiles merge the per-scrape histograms every snapshot keeps (``LatencyReading.hist``,
-autotune/histogram.py): the p95 of all tokens generated in the window, however many scrapes it
-spans. Where the page has no histogram for a figure, the window's probe requests give it (the
-``latency.probe.*`` figures under the page's names); llama.cpp alone has none of them.
-
-Context metrics, filled outside this module (see ``CONTEXT_METRICS``): the diagnosis engine adds
-role aggregates (``neighbours.*``: sums of the neighbours' ``cpu.usage_cores``, ``mem.usage_bytes``,
-``mem.file_bytes``, ``mem.growth_bytes_per_s`` and ``min_cpu_cores``; ``services.count``, ``services.latency_critical.count``) and knob facts read through
-``read_current`` (``host.governor_powersave``: 1 when any cpufreq policy runs ``powersave``;
-``host.thp.enabled_always`` / ``host.thp.defrag_always``: 1 when that THP file is ``always``).
+Every name, its unit and how it is derived is declared once, in ``detect/registry.py`` (the
+table: ``docs/metric-names.md``); this module derives the names of the typed sources (PSI,
+vmstat, /proc/stat, meminfo, loadavg, cgroups, processes, latency) and, through the registry,
+those of the sensors the registry declares. ``cpu.cap_cores``, ``cpu.share_cores`` and
+``threads.*`` (but the observed pool) come from the config through ``pool_facts``, which the
+engine calls too (like ``slo_ratios``); the context metrics (``CONTEXT_METRICS``) are filled by
+the diagnosis engine.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 from autotune import histogram
 from autotune import slo as slo_table
+from autotune.detect import registry
+from autotune.detect.registry import CONTEXT_METRICS, MEM_EVENTS
 from autotune.types import CgroupReading, LatencyReading, PsiReading, ServiceReading, Snapshot
 
 PSI_RES = ("cpu", "memory", "io", "irq")
 PSI_LINES = ("some", "full")
 PSI_FIELDS = ("avg10", "avg60", "avg300")
-MEM_EVENTS = ("high", "max", "oom", "oom_kill", "low", "failcnt")
-
-# Names the engine adds from config and knob reads (documented above).
-CONTEXT_METRICS = (
-    "neighbours.count",
-    "neighbours.cpu.usage_cores",
-    "neighbours.mem.usage_bytes",
-    "neighbours.mem.file_bytes",
-    "neighbours.mem.growth_bytes_per_s",
-    "neighbours.min_cpu_cores",
-    "services.count",
-    "services.latency_critical.count",
-    "host.governor_powersave",
-    "host.thp.enabled_always",
-    "host.thp.defrag_always",
-)
-
-_PSI = r"psi\.(cpu|memory|io|irq)\.(some|full)\.(avg10|avg60|avg300|stall_pct)"
-_HOST_PATTERNS = [
-    _PSI,
-    r"vmstat\.[a-z0-9_]+\.rate",
-    r"cpu\.(util|iowait|system|steal)_pct",
-    r"stat\.(ctxt|forks)\.rate",
-    r"stat\.procs_(running|blocked)",
-    r"load\.(1|5|15|runnable_per_cpu|1_per_cpu)",
-    r"mem\.(total_bytes|available_bytes|available_pct|swap_used_pct|swap_total_bytes)",
-    r"host\.ncpu",
-    *(re.escape(n) for n in CONTEXT_METRICS),
-]
-_SVC_SUFFIXES = [
-    r"cpu\.(usage_cores|quota_cores|quota_util_pct|throttled_pct|throttled_s_per_s|weight|cap_cores|share_cores)",
-    r"cpuset\.ncpu",
-    _PSI,
-    r"mem\.(usage_bytes|max_bytes|high_bytes|usage_pct_of_max|usage_pct_of_high|anon_bytes|file_bytes|low_bytes"
-    r"|cgroup_version|growth_bytes_per_s)",
-    r"mem\.(refault|pgmajfault)\.rate",
-    r"mem\.(" + "|".join(MEM_EVENTS) + r")_events\.rate",
-    r"(tasks|processes|threads|running_threads|rss_bytes)",
-    r"threads\.(pool|pool_declared|pool_fixed|lever)",
-    r"(majflt|minflt|nvcsw|nivcsw)\.rate",
-    r"latency\.(p50_s|p95_s|p99_s|ttft_p(?:50|95|99)_s|itl_p(?:50|95|99)_s|itl_mean_s|requests|tokens|ttft_samples|itl_samples|running|waiting|prompt_tokens|prompt_tokens_per_s)",
-    r"latency\.probe\.(p50_s|p95_s|p99_s|ttft_p50_s|ttft_p95_s|itl_p95_s|itl_mean_s|samples)",
-    r"slo\.((p95|p99|ttft_p95|itl_p95|itl_mean)_ratio|ratio|slack|targets)",
-]
-_KNOWN = re.compile(
-    "^(?:" + "|".join(_HOST_PATTERNS) + r"|svc\.[^.\s]+(?:\.[^.\s]+)*?\.(?:" + "|".join(_SVC_SUFFIXES) + "))$"
-)
 
 
 def is_known_metric(name: str) -> bool:
@@ -157,7 +41,7 @@ def is_known_metric(name: str) -> bool:
 
     Service metrics may use the placeholder ``svc.$service.`` or a literal service name.
     """
-    return bool(_KNOWN.match(name))
+    return bool(registry.known_pattern().match(name))
 
 
 def derive_metrics(
@@ -195,6 +79,7 @@ def derive_metrics(
         _stat(out, first, last, dt if rate_ok else 0.0)
         _load(out, last, ncpu_v)
         _mem(out, last.meminfo_bytes)
+        registry.derive_sensor_metrics(out, first.readings, last.readings, dt if rate_ok else 0.0)
 
     for name, svc in last.services.items():
         prev = first.services.get(name)

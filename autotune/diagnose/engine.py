@@ -44,13 +44,12 @@ from autotune.diagnose.rules import (
 from autotune.host import format_cpulist
 from autotune.knobs import get_knob
 from autotune.knobs.base import number
-from autotune.types import Action, ServiceCgroups, Symptom, VerifyPlan
+from autotune.types import Action, ReadCurrent, ServiceCgroups, Symptom, VerifyPlan
 
 log = logging.getLogger(__name__)
 # per-service metrics summed over the role=neighbour services as neighbours.<key>
 NEIGHBOUR_SUMS = ("cpu.usage_cores", "mem.usage_bytes", "mem.file_bytes", "mem.growth_bytes_per_s")
 
-ReadCurrent = Callable[[str, str], "str | None"]
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
     "==": lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9),
@@ -233,7 +232,7 @@ def _variables(m: dict[str, float], svc: str | None, layout_for: str | None = No
 def _layout(m: dict[str, float], svc: str | None) -> dict[str, str]:
     """``dedicated_cpus`` / ``shared_cpus`` for ``svc`` (the rule's bound service): the last
     ceil(n/2) CPUs for it, the rest for the neighbours; never fewer than its fixed thread pool
-    (agent/pool.py), and no layout at all (the dedicate rules stay silent) when that would leave
+    (diagnose/pool.py), and no layout at all (the dedicate rules stay silent) when that would leave
     the neighbours fewer CPUs than their min_cpu_cores floors need (at least one)."""
     n = int(m.get("host.ncpu", 0))
     if n < 2:

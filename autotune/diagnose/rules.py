@@ -38,7 +38,7 @@ class _Strict(BaseModel):
 
 def _check_metric(name: str) -> str:
     if not is_known_metric(name):
-        raise ValueError(f"unknown metric {name!r} (names are listed in autotune/detect/metrics.py)")
+        raise ValueError(f"unknown metric {name!r} (every name is in docs/metric-names.md, declared in autotune/detect/registry.py)")
     return name
 
 

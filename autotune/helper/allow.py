@@ -1,6 +1,6 @@
 """Policy decisions that need the host: confine targets, raw paths and values.
 
-Every check answers with a ``Refusal(code, reason)`` rather than a bool so the client (and the
+Every check answers with a ``PolicyRefused(code, reason)`` rather than a bool so the client (and the
 audit trail) learns exactly why. Paths are compared on their REAL location under the Host root
 (``os.path.realpath`` after mapping), so '..' cannot walk out of an allowed subtree, a symlink
 anywhere below the root (or below a cgroup mount) is refused outright, and a raw restore record
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from autotune.config import Service
-from autotune.errors import AutotuneError, HostError
+from autotune.errors import AutotuneError, HostError, PolicyRefused
 from autotune.helper.confined import ConfinedHost
 from autotune.helper.policy import (
     AffinityRule, CgroupRule, ChoiceRule, Policy, SysctlRule, ThreadsRule, sysctl_key,
@@ -27,15 +27,6 @@ from autotune.knobs.grammar import parse_cpulist_strict
 
 # resolve(host, service) -> object with .pids (autotune.sensors.service.ResolvedService)
 Resolver = Callable[[Host, Service], object]
-
-
-class Refusal(AutotuneError):
-    """A policy refusal with a protocol error code."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -64,7 +55,7 @@ def canonical_spelling(policy: Policy, knob: str, target: str) -> str | None:
     if isinstance(rule, CgroupRule):
         try:
             return _clean_cgpath(target)
-        except Refusal:
+        except PolicyRefused:
             return None
     if isinstance(rule, SysctlRule):
         return sysctl_key(target)
@@ -85,12 +76,12 @@ def _under(path: str, base: str) -> bool:
 
 def _clean_cgpath(target: str) -> str:
     if not target.startswith("/"):
-        raise Refusal("target_refused", f"cgroup target {target!r} must be an absolute cgroup path")
+        raise PolicyRefused("target_refused", f"cgroup target {target!r} must be an absolute cgroup path")
     if "\x00" in target or "\\" in target:
-        raise Refusal("target_refused", f"cgroup target {target!r} contains forbidden characters")
+        raise PolicyRefused("target_refused", f"cgroup target {target!r} contains forbidden characters")
     parts = [p for p in target.split("/") if p]
     if any(p in ("..", ".") for p in parts):
-        raise Refusal("target_refused", f"cgroup target {target!r}: path traversal ('..' or '.') refused")
+        raise PolicyRefused("target_refused", f"cgroup target {target!r}: path traversal ('..' or '.') refused")
     return "/" + "/".join(parts)
 
 
@@ -113,14 +104,14 @@ def _allowed_cgroup_dirs(host: Host, rule: CgroupRule) -> list[str]:
 
 def check_target(policy: Policy, host: Host, knob: str, target: str,
                  resolver: Resolver | None = None) -> Target:
-    """Accept (and canonicalize) a client's target for ``knob`` or raise Refusal."""
+    """Accept (and canonicalize) a client's target for ``knob`` or raise PolicyRefused."""
     rule = policy.rule(knob)
     if rule is None:
-        raise Refusal("unknown_knob", f"knob {knob!r} is not allowed by policy {policy.source or ''}".rstrip())
+        raise PolicyRefused("unknown_knob", f"knob {knob!r} is not allowed by policy {policy.source or ''}".rstrip())
     if isinstance(rule, CgroupRule):
         cg = _clean_cgpath(target)
         if not any(_under(cg, "/" + s.strip("/")) for s in rule.subtrees):
-            raise Refusal("target_refused", f"cgroup {cg} is outside the allowed subtrees {rule.subtrees}")
+            raise PolicyRefused("target_refused", f"cgroup {cg} is outside the allowed subtrees {rule.subtrees}")
         allowed = _allowed_cgroup_dirs(host, rule)
         found = False
         for base in _hierarchies(host):
@@ -130,41 +121,41 @@ def check_target(policy: Policy, host: Host, knob: str, target: str,
             found = True
             real = os.path.realpath(local)
             if not any(_under(real, a) for a in allowed):
-                raise Refusal("target_refused", f"cgroup {cg} resolves to {real}, outside the allowed "
+                raise PolicyRefused("target_refused", f"cgroup {cg} resolves to {real}, outside the allowed "
                                                 f"subtrees {rule.subtrees} (symlink escape refused)")
             link = _link(host, base + cg)
             if link is not None:
-                raise Refusal("target_refused", f"cgroup {cg}: {link} is a symbolic link; the helper "
+                raise PolicyRefused("target_refused", f"cgroup {cg}: {link} is a symbolic link; the helper "
                                                 "follows no links below a cgroup mount")
         if not found:
-            raise Refusal("target_gone", f"cgroup {cg} does not exist in any hierarchy")
+            raise PolicyRefused("target_gone", f"cgroup {cg} does not exist in any hierarchy")
         return Target(knob, target, cg, rule)
     if isinstance(rule, SysctlRule):
         key = sysctl_key(target)
         if key is None:
-            raise Refusal("target_refused", f"sysctl target {target!r} is not a well-formed key")
+            raise PolicyRefused("target_refused", f"sysctl target {target!r} is not a well-formed key")
         if key not in rule.keys:
-            raise Refusal("target_refused", f"sysctl {key} is not allowed (allowed: {sorted(rule.keys)})")
+            raise PolicyRefused("target_refused", f"sysctl {key} is not allowed (allowed: {sorted(rule.keys)})")
         return Target(knob, target, key, rule)
     if isinstance(rule, ChoiceRule):
         if target not in rule.targets:
-            raise Refusal("target_refused", f"{knob} target {target!r} is not allowed (allowed: {rule.targets})")
+            raise PolicyRefused("target_refused", f"{knob} target {target!r} is not allowed (allowed: {rule.targets})")
         return Target(knob, target, target, rule)
     if isinstance(rule, AffinityRule):
         if target not in rule.services:
             hint = " (raw pids are never accepted; name a service)" if re.match(r"^(pids?:)?[\d, ]+$", target) else ""
-            raise Refusal("target_refused", f"affinity target {target!r} is not an allowed service "
+            raise PolicyRefused("target_refused", f"affinity target {target!r} is not an allowed service "
                                             f"{rule.services}{hint}")
         pids = resolve_pids(policy, host, target, resolver)
         return Target(knob, target, "pids:" + ",".join(map(str, pids)), rule, tuple(pids))
     if isinstance(rule, ThreadsRule):
         if target not in rule.services:
-            raise Refusal("target_refused", f"{knob} target {target!r} is not an allowed service {rule.services}")
+            raise PolicyRefused("target_refused", f"{knob} target {target!r} is not an allowed service {rule.services}")
         from autotune.knobs.threads import target_for
 
         # the restart path comes from the policy's own [service.<name>.threads], never the request
         return Target(knob, target, target_for(policy.service[target].threads), rule)  # type: ignore[arg-type]
-    raise Refusal("unknown_knob", f"knob {knob!r} has no policy family")  # pragma: no cover
+    raise PolicyRefused("unknown_knob", f"knob {knob!r} has no policy family")  # pragma: no cover
 
 
 def resolve_pids(policy: Policy, host: Host, service: str, resolver: Resolver | None) -> list[int]:
@@ -172,15 +163,15 @@ def resolve_pids(policy: Policy, host: Host, service: str, resolver: Resolver | 
         try:
             from autotune.sensors.service import resolve_service as resolver  # type: ignore[no-redef]
         except ImportError as err:
-            raise Refusal("target_gone", f"service {service}: service resolution unavailable ({err})") from err
+            raise PolicyRefused("target_gone", f"service {service}: service resolution unavailable ({err})") from err
     try:
         resolved = resolver(host, policy.service[service])
     except AutotuneError as err:
-        raise Refusal("target_gone", f"service {service}: cannot resolve ({err})") from err
+        raise PolicyRefused("target_gone", f"service {service}: cannot resolve ({err})") from err
     pids = sorted({int(p) for p in getattr(resolved, "pids", [])})
     if not pids:
         errs = "; ".join(getattr(resolved, "errors", []) or [])
-        raise Refusal("target_gone", f"service {service}: no running processes" + (f" ({errs})" if errs else ""))
+        raise PolicyRefused("target_gone", f"service {service}: no running processes" + (f" ({errs})" if errs else ""))
     return pids
 
 
@@ -194,30 +185,30 @@ def check_paths(policy: Policy, host: Host, t: Target, knob: Knob, paths: Iterab
         for key in paths:
             m = re.fullmatch(r"tid:(\d{1,10})", key)
             if not m:
-                raise Refusal("target_refused", f"affinity raw key {key!r} is not 'tid:<n>'")
+                raise PolicyRefused("target_refused", f"affinity raw key {key!r} is not 'tid:<n>'")
             if int(m.group(1)) not in tids:
-                raise Refusal("target_refused", f"thread {m.group(1)} does not belong to service {t.client_target}")
+                raise PolicyRefused("target_refused", f"thread {m.group(1)} does not belong to service {t.client_target}")
         return
     expected = knob.host_files(host, t.knob_target)
     allowed_dirs = _allowed_cgroup_dirs(host, rule) if isinstance(rule, CgroupRule) else []
     for p in paths:
         if not isinstance(p, str) or not p.startswith("/") or "\x00" in p or ".." in p.split("/"):
-            raise Refusal("target_refused", f"raw path {p!r} must be absolute without '..'")
+            raise PolicyRefused("target_refused", f"raw path {p!r} must be absolute without '..'")
         try:
             real = _real(host, p)
             link = _link(host, p)
         except HostError as err:
-            raise Refusal("target_refused", f"raw path {p!r}: {err}") from err
+            raise PolicyRefused("target_refused", f"raw path {p!r}: {err}") from err
         if expected is not None:
             if os.path.normpath(p) not in expected:
-                raise Refusal("target_refused", f"{t.knob} on {t.client_target} may not write {p}")
+                raise PolicyRefused("target_refused", f"{t.knob} on {t.client_target} may not write {p}")
         elif not isinstance(rule, CgroupRule):
-            raise Refusal("target_refused", f"{t.knob} declares no host files; may not write {p}")
+            raise PolicyRefused("target_refused", f"{t.knob} declares no host files; may not write {p}")
         elif not any(_under(real, a) and real != a for a in allowed_dirs):
-            raise Refusal("target_refused", f"raw path {p} resolves to {real}, outside the allowed "
+            raise PolicyRefused("target_refused", f"raw path {p} resolves to {real}, outside the allowed "
                                             f"subtrees {rule.subtrees}")
         if link is not None:
-            raise Refusal("target_refused", f"raw path {p}: {link} is a symbolic link (to "
+            raise PolicyRefused("target_refused", f"raw path {p}: {link} is a symbolic link (to "
                                             f"{real}); the helper follows no links")
 
 
@@ -248,7 +239,7 @@ def check_value(host: Host, t: Target, value: str, current: str | None = None) -
     else:
         why = rule.refusal(value)  # type: ignore[union-attr]
     if why:
-        raise Refusal("out_of_range", f"{t.knob} on {t.client_target}: {why}")
+        raise PolicyRefused("out_of_range", f"{t.knob} on {t.client_target}: {why}")
 
 
 def _cpus_refusal(host: Host, allowed: str | None, value: str) -> str | None:

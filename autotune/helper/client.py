@@ -31,14 +31,6 @@ class _NotDelivered(OSError):
     """The connection failed before the helper read the request: re-sending is safe."""
 
 
-class HelperRefused(PolicyRefused):
-    """PolicyRefused carrying the protocol error code ("out_of_range", "drift", ...)."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
 class HelperClient:
     def __init__(self, socket_path: str, timeout: float = 5.0) -> None:
         self.socket_path = str(socket_path)
@@ -131,7 +123,7 @@ class HelperClient:
         if not resp.ok:
             code = resp.error.code if resp.error else "internal"
             reason = resp.error.reason if resp.error else "refused without a reason"
-            raise HelperRefused(code, reason)
+            raise PolicyRefused(code, reason)
         return resp.result or Result()
 
     def _exchange(self, line: bytes, deadline: float) -> bytes:

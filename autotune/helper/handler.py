@@ -23,7 +23,8 @@ from autotune.errors import (
     ConfigError, HostError, InvalidValue, MissingFile, PolicyRefused, TargetGone,
 )
 from autotune.helper import allow
-from autotune.helper.allow import Refusal, Resolver, Target
+from autotune.errors import PolicyRefused
+from autotune.helper.allow import Resolver, Target
 from autotune.helper.confined import ConfinedHost, SymlinkRefused
 from autotune.helper.policy import Policy
 from autotune.helper.protocol import (
@@ -215,7 +216,7 @@ class Helper:
         try:
             with self._lock:
                 resp = self._dispatch(req)
-        except Refusal as err:
+        except PolicyRefused as err:
             resp = Response.refuse(err.code, err.reason, rid)
         except InvalidValue as err:
             resp = Response.refuse("invalid_value", str(err), rid)
@@ -284,13 +285,13 @@ class Helper:
             return self._apply(req)
         if isinstance(req, RestoreRequest):
             return self._restore(req)
-        raise Refusal("bad_request", f"unknown op {getattr(req, 'op', None)!r}")  # pragma: no cover
+        raise PolicyRefused("bad_request", f"unknown op {getattr(req, 'op', None)!r}")  # pragma: no cover
 
     def _knob_and_target(self, knob_name: str, target: str) -> tuple[Knob, Target]:
         t = allow.check_target(self.policy, self.host, knob_name, target, self.resolver)
         knob = self.knobs.get(knob_name)
         if knob is None:
-            raise Refusal("unknown_knob", f"knob {knob_name!r} is allowed by policy but not installed")
+            raise PolicyRefused("unknown_knob", f"knob {knob_name!r} is allowed by policy but not installed")
         return knob, t
 
     def _client_state(self, t: Target, state: KnobState | None) -> KnobState | None:
@@ -321,7 +322,7 @@ class Helper:
             except InvalidValue:
                 expected = req.expect_before  # compared as given: a malformed value differs
             if not knob.same(before.value, expected):
-                raise Refusal("drift", f"{req.knob} on {req.target} is {before.value!r}, client expected "
+                raise PolicyRefused("drift", f"{req.knob} on {req.target} is {before.value!r}, client expected "
                                        f"{req.expect_before!r}: someone else changed it")
         proposed = knob.validate(self.host, t.knob_target, req.value)
         allow.check_value(self.host, t, proposed, before.value)

@@ -30,13 +30,13 @@ value on their own, so an entry whose write never landed is never taken for ours
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from autotune.journal.journal import JournalEntry
+from autotune.journal.entry import JournalEntry
 from autotune.knobs.base import KnobState
+from autotune.types import Same
 
-Same = Callable[[str | None, str | None], bool]
 
 # Entries whose fate a reading may settle (a drifted one was already judged by a reading).
 UNSETTLED = ("planned", "failed")

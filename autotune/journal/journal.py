@@ -32,34 +32,20 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import sqlite_utils
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from autotune.errors import AutotuneError
+from autotune.journal.chain import history
+from autotune.journal.entry import (TRANSITIONS, UNFINISHED, JournalEntry, JournalEvent, ReconcileOutcome, State,
+                                     UnmanagedTarget)
 from autotune.knobs.base import KnobState
 from autotune.store.db import migrate, transaction
-from autotune.types import VerifyPlan, VerifyResult
+from autotune.types import ReadCurrent, Same, VerifyPlan, VerifyResult
 
 COMPONENT = "journal"
-
-State = Literal["planned", "applied", "verifying", "kept", "rolled_back", "failed", "drifted"]
-UNFINISHED: tuple[State, ...] = ("planned", "applied", "verifying")
-# From -> allowed next states. Terminal entries may still be rolled back later
-# (verify/rollback.py): a kept change, a drifted one (forced) or a failed partial write.
-TRANSITIONS: dict[str, set[str]] = {
-    "planned": {"applied", "failed", "drifted"},
-    "applied": {"verifying", "kept", "rolled_back", "failed", "drifted"},
-    "verifying": {"kept", "rolled_back", "failed", "drifted"},
-    "kept": {"rolled_back", "drifted"},
-    "failed": {"rolled_back", "drifted"},  # a failed write that landed (partly) is ours to undo
-    "drifted": {"rolled_back"},
-    "rolled_back": set(),
-}
-
-ReadCurrent = Callable[[str, str], "str | None"]  # (knob, target) -> normalized value or None
-Same = Callable[[str | None, str | None], bool]
 
 
 class JournalError(AutotuneError):
@@ -110,69 +96,6 @@ def _v3(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_v1, _v2, _v3]
 
 
-class _M(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class JournalEntry(_M):
-    id: int
-    ts: float  # when planned, unix seconds
-    knob: str
-    target: str
-    service: str | None
-    rule: str
-    rationale: str
-    symptoms: list[dict[str, Any]]
-    prior: KnobState  # the restore record: value and exact raw contents before the change
-    proposed: str
-    applied: KnobState | None  # read back after the write
-    state: State
-    objective_before: dict[str, Any] | None  # {"objective": name, "median": v, "n": count}
-    objective_after: dict[str, Any] | None
-    verify_result: VerifyResult | None
-    error: str | None
-    planned_ts: float
-    applied_ts: float | None
-    verifying_ts: float | None
-    finished_ts: float | None
-    verify_plan: VerifyPlan = VerifyPlan()
-    landed: bool | None = None  # did the write reach the target (None: not known yet)
-
-    @property
-    def prior_value(self) -> str:
-        return self.prior.value
-
-    @property
-    def expected_value(self) -> str:
-        """What the target should read while our change is in place."""
-        return self.applied.value if self.applied is not None else self.proposed
-
-
-class JournalEvent(_M):
-    id: int
-    entry_id: int
-    ts: float
-    from_state: str | None
-    to_state: str
-    detail: str
-
-
-class UnmanagedTarget(_M):
-    knob: str
-    target: str
-    since_ts: float
-    reason: str
-    entry_id: int | None
-
-
-class ReconcileOutcome(_M):
-    entry_id: int
-    knob: str
-    target: str
-    outcome: Literal["not_applied", "reverify", "already_restored", "drift", "gone"]
-    state: State  # the entry's state after reconcile
-    current: str | None
-    detail: str
 
 
 def _dump(obj: Any) -> str | None:
@@ -486,7 +409,6 @@ class Journal:
         original of its newest run, ``journal/chain.py``), None when none is: where a give-back
         stops. Someone else setting the target (a drift, or a change made over another value
         than the agent left) starts a new run."""
-        from autotune.journal.chain import history  # chain reads JournalEntry from here
 
         h = history(self.entries(knob=knob, target=target), None, same or _eq)
         in_effect = any(e.state in ("applied", "verifying", "kept") for e in h.run)

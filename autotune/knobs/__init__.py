@@ -12,6 +12,7 @@ from autotune.knobs.admission import AdmissionKnob
 from autotune.knobs.advice import Advice
 from autotune.knobs.affinity import Affinity
 from autotune.knobs.base import ChangeResult, Knob, KnobState
+from autotune.types import Same
 from autotune.knobs.cgroup.cpu_burst import CpuBurst
 from autotune.knobs.cgroup.cpu_idle import CpuIdle
 from autotune.knobs.cgroup.cpu_quota import CpuQuota
@@ -52,6 +53,13 @@ def get_knob(name: str) -> Knob:
         ) from err
 
 
+def same_for(name: str) -> Same:
+    """The registry knob's comparison of normalized values; plain equality for a name only the
+    helper may know."""
+    k = KNOBS.get(name)
+    return k.same if k is not None else (lambda a, b: a == b)
+
+
 def register_knob(knob: Knob, *, replace: bool = False) -> None:
     """Add a knob under ``knob.name``; refuses to shadow an existing one unless ``replace``."""
     if knob.name in KNOBS and not replace:
@@ -60,4 +68,4 @@ def register_knob(knob: Knob, *, replace: bool = False) -> None:
 
 
 __all__ = ["KNOBS", "ChangeResult", "Knob", "KnobState", "UnknownKnob", "get_knob",
-           "register_knob"]
+           "register_knob", "same_for"]

@@ -22,13 +22,13 @@ class Advice(Knob):
     needs_helper = False
 
     def read(self, host: Host, target: str) -> KnobState:
-        raise PolicyRefused(REFUSAL)
+        raise PolicyRefused("advisory", REFUSAL)
 
     def validate(self, host: Host, target: str, value: str) -> str:
-        raise PolicyRefused(REFUSAL)
+        raise PolicyRefused("advisory", REFUSAL)
 
     def write(self, host: Host, target: str, value: str) -> None:
-        raise PolicyRefused(REFUSAL)
+        raise PolicyRefused("advisory", REFUSAL)
 
     def restore(self, host: Host, state: KnobState) -> None:
-        raise PolicyRefused(REFUSAL)
+        raise PolicyRefused("advisory", REFUSAL)

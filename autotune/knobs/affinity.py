@@ -79,7 +79,7 @@ class Affinity(Knob):
             return strip_ws(value)  # "mixed"
 
     def cpu_share(self, value: str) -> dict[str, Any] | None:
-        """The cpus the service's threads may run on (agent/pool.py: never fewer than a fixed
+        """The cpus the service's threads may run on (diagnose/pool.py: never fewer than a fixed
         thread pool). ``mixed`` is no cpu list: ValueError."""
         return {"cpus": frozenset(parse_cpulist_strict(strip_ws(value)))}
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from autotune.config import Service
-from autotune.errors import TargetGone
+from autotune.detect import registry
+from autotune.errors import MissingFile, TargetGone
 from autotune.host import PSI_RESOURCES, Host
 from autotune.sensors.cgroup import read_cgroup
 from autotune.sensors.loadavg import read_loadavg
@@ -65,6 +66,15 @@ def read_service(host: Host, svc: Service) -> ServiceReading:
     return ServiceReading(name=svc.name, cgroup=cg, cgroups=resolved.cgroups, processes=procs, errors=errors)
 
 
+def _optional(fn: Callable[[Host], T], host: Host) -> T | None:
+    """A declared sensor's reading; None, without a 'missing' entry, when its file is not on
+    this kernel (as a PSI file the kernel lacks)."""
+    try:
+        return fn(host)
+    except MissingFile:
+        return None
+
+
 def collect(host: Host, services: list[Service], now: float | None = None) -> Snapshot:
     """Sample the host once. ``now`` (unix seconds) defaults to time.time()."""
     ts = time.time() if now is None else now
@@ -76,6 +86,11 @@ def collect(host: Host, services: list[Service], now: float | None = None) -> Sn
     stat = _guard("stat", lambda: read_stat(host), missing)
     meminfo = _guard("meminfo", lambda: read_meminfo(host), missing)
     loadavg = _guard("loadavg", lambda: read_loadavg(host), missing)
+    declared = {}
+    for spec, fn in registry.sensors().items():  # each one a module and its registry entries
+        got = _guard(spec.rpartition(":")[0].rpartition(".")[2], lambda f=fn: _optional(f, host), missing)
+        if got is not None:
+            declared[spec] = got
     readings = {svc.name: read_service(host, svc) for svc in services}
     return Snapshot(
         ts=ts,
@@ -84,6 +99,7 @@ def collect(host: Host, services: list[Service], now: float | None = None) -> Sn
         stat=stat,
         meminfo_bytes=meminfo or {},
         loadavg=loadavg,
+        readings=declared,
         services=readings,
         missing=missing,
     )

@@ -16,7 +16,7 @@ it; every failure is a StateError naming the file and what is wrong, in one line
 - the schema: a non-empty DB must have ``schema_version``; ``migrate`` then refuses a component
   newer than this code and one whose recorded tables are gone (``DROP TABLE audit_events``).
 
-``read_only=True`` is for commands that only read (history, audit, status, ranker). They never
+``read_only=True`` is for commands that only read (history, audit, status, search). They never
 create, migrate or change anything - no file appears beside the DB, no byte of it changes - so
 they work on a file the user may only read and on a full disk:
 - no ``-wal`` beside the DB (no writer has it open, everything is checkpointed): ``immutable=1``,
@@ -80,11 +80,14 @@ _OPENED: deque[str] = deque(maxlen=4)  # paths opened by this process, newest la
 
 
 def open_db(path: str | os.PathLike[str], *, read_only: bool = False,
-            create_dirs: bool = True) -> sqlite_utils.Database:
+            create_dirs: bool = True, probe: bool = False) -> sqlite_utils.Database:
     """Open the state DB, checked (see the module doc); StateError says what is wrong.
 
     Read-write (the agent, rollback, enable): creates the DB when absent, in WAL mode with full
     fsync so commits survive kill -9. ``read_only``: the file must exist; nothing is written.
+    ``probe`` (read-only, for a liveness probe every few seconds and the demo's feed): the same
+    door without the integrity check, and a -wal no agent has open is left unread (the main
+    file says how old the DB is) instead of copied.
     """
     if str(path) == ":memory:":
         conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
@@ -92,8 +95,8 @@ def open_db(path: str | os.PathLike[str], *, read_only: bool = False,
         conn.execute(_SCHEMA_TABLE)
         return _wrap(conn, ":memory:", read_only=False, note=None)
     p = Path(path)
-    if read_only:
-        return _open_read_only(p)
+    if read_only or probe:
+        return _open_read_only(p, probe=probe)
     if create_dirs:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -324,16 +327,18 @@ def _uri(p: Path, query: str) -> str:
     return f"file:{quote(str(p.resolve()))}?{query}"
 
 
-def _open_read_only(p: Path, *, for_writing: bool = False) -> sqlite_utils.Database:
+def _open_read_only(p: Path, *, for_writing: bool = False, probe: bool = False) -> sqlite_utils.Database:
     """The read-only door (module doc). ``for_writing``: the checks a writing open runs first; an
-    empty SQLite file (no tables) is then accepted, since the writer makes it a state DB."""
+    empty SQLite file (no tables) is then accepted, since the writer makes it a state DB.
+    ``probe``: no integrity check, and no private copy of an orphaned -wal (open_db)."""
     head = _check_file(p)
     wal, shm = Path(f"{p}-wal"), Path(f"{p}-shm")
     in_wal_mode = head[18:20] == b"\x02\x02"
     note = None
     conn = None
     if in_wal_mode and wal.exists() and not shm.exists():
-        conn = _private_copy(p, wal)  # mode=ro here would create the -shm beside the DB
+        # mode=ro here would create the -shm beside the DB
+        conn = None if probe else _private_copy(p, wal)
     elif not (in_wal_mode and not wal.exists()):
         try:
             conn = sqlite3.connect(_uri(p, "mode=ro"), uri=True, timeout=30, check_same_thread=False,
@@ -348,7 +353,7 @@ def _open_read_only(p: Path, *, for_writing: bool = False) -> sqlite_utils.Datab
             if conn is not None:
                 conn.close()
             raise describe(err, str(p)) from err
-    if conn is None and in_wal_mode and wal.exists() and wal.stat().st_size:
+    if conn is None and in_wal_mode and wal.exists() and wal.stat().st_size and not probe:
         note = (f"{wal} ({wal.stat().st_size} bytes) could not be read; showing the database as "
                 "of its last checkpoint, newer changes are not included")
         log.warning("%s", note)
@@ -358,7 +363,8 @@ def _open_read_only(p: Path, *, for_writing: bool = False) -> sqlite_utils.Datab
                                isolation_level=None)
     try:
         conn.execute("PRAGMA query_only=ON")
-        _quick_check(conn, p)
+        if not probe:
+            _quick_check(conn, p)
         tables = _tables(conn)
         if "schema_version" not in tables and (tables or not for_writing):
             raise StateError(_not_ours(p, tables) if tables else

@@ -61,8 +61,8 @@ from pydantic import BaseModel, ConfigDict
 from autotune.journal.chain import History, history, is_open
 from autotune.journal.journal import UNFINISHED, Journal, JournalEntry
 from autotune.knobs.base import KnobState
+from autotune.types import Same
 
-Same = Callable[[str | None, str | None], bool]
 Audit = Callable[..., Any]  # audit(kind, **AuditEvent fields), e.g. Agent.audit or audit_to(trail)
 Result = Literal["restored", "already_prior", "skipped_drift", "left_alone", "superseded",
                  "not_applied", "gone", "blocked", "failed"]
@@ -188,7 +188,7 @@ def candidates(journal: Journal, *, knob: str | None = None,
                target: str | None = None) -> list[JournalEntry]:
     """Entries ``rollback --all`` has to look at (open entries of targets that need it),
     NEWEST FIRST. Entries whose write never landed are never among them."""
-    from autotune.agent.actuator import same_for
+    from autotune.knobs import same_for
 
     pairs = set(_targets(journal, knob, target, same_for))
     return [e for e in journal.entries(knob=knob, target=target, newest_first=True)

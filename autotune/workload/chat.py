@@ -21,9 +21,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from autotune.workload.protocol import CompletionRequest, StreamOptions, bad_request
+from autotune.workload.protocol import UNSUPPORTED_SAMPLING, CompletionRequest, Sampling, bad_request
 
 DEFAULT_TEMPLATE = (
     "{% for message in messages %}"
@@ -43,43 +43,19 @@ UNSUPPORTED_CHAT: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
     "echo": (None, False),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "repetition_penalty": (None, 1, 1.0),
-    "logit_bias": (None, {}),
+    **UNSUPPORTED_SAMPLING,
     "response_format": (None, {"type": "text"}),
-    "min_p": (None, 0, 0.0),
-    "min_tokens": (None, 0),
-    "stop_token_ids": (None, []),
-    "prompt_logprobs": (None,),
-    "allowed_token_ids": (None,),
-    "bad_words": (None, []),
-    "structured_outputs": (None,),
-    "use_beam_search": (None, False),
     "documents": (None,),
 }
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Sampling):
     """POST /v1/chat/completions body (the fields this server reads; others are ignored)."""
-
-    model_config = ConfigDict(extra="allow")
 
     messages: list[dict[str, Any]]
     model: str | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    n: int = 1
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)
-    user: str | None = None
-    ignore_eos: bool = False
-    include_stop_str_in_output: bool = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template: str | None = None
@@ -180,7 +156,5 @@ def render(req: ChatRequest, default_template: str = DEFAULT_TEMPLATE) -> str:
 
 def as_completion(req: ChatRequest, prompt: str, max_tokens: int) -> CompletionRequest:
     """The completion the scheduler runs for a chat request (same sampling, one text prompt)."""
-    return CompletionRequest(prompt=prompt, max_tokens=max_tokens, n=req.n, seed=req.seed, stop=req.stop,
-                             stream=req.stream, stream_options=req.stream_options, temperature=req.temperature,
-                             top_p=req.top_p, top_k=req.top_k, ignore_eos=req.ignore_eos,
-                             include_stop_str_in_output=req.include_stop_str_in_output)
+    return CompletionRequest(prompt=prompt, max_tokens=max_tokens,
+                             **{name: getattr(req, name) for name in Sampling.model_fields})

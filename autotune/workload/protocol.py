@@ -37,13 +37,13 @@ DEFAULT_MAX_TOKENS = 16
 
 # Options vLLM accepts that this server does not implement, with their neutral values: any
 # other value is refused with 400 rather than silently ignored.
-UNSUPPORTED: dict[str, tuple[Any, ...]] = {
-    "suffix": (None,),  # vLLM refuses it too
+# Sampling options vLLM accepts on both endpoints that this server does not implement, with
+# their neutral values (a request that sets one to a neutral value is served).
+UNSUPPORTED_SAMPLING: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
     "repetition_penalty": (None, 1, 1.0),
     "logit_bias": (None, {}),
-    "best_of": (None, 1),
     "use_beam_search": (None, False),
     "min_p": (None, 0, 0.0),
     "min_tokens": (None, 0),
@@ -51,8 +51,13 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "prompt_logprobs": (None,),
     "allowed_token_ids": (None,),
     "bad_words": (None, []),
-    "response_format": (None,),
     "structured_outputs": (None,),
+}
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "suffix": (None,),  # vLLM refuses it too
+    **UNSUPPORTED_SAMPLING,
+    "best_of": (None, 1),
+    "response_format": (None,),
     "guided_json": (None,),
     "guided_regex": (None,),
     "guided_choice": (None,),
@@ -94,16 +99,12 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = False
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions body (OpenAI fields in OpenAI's order, then vLLM extras)."""
+class Sampling(BaseModel):
+    """The sampling and streaming fields a completion and a chat completion share (OpenAI's,
+    then vLLM's extras): a chat request runs as a completion with the same ones."""
 
     model_config = ConfigDict(extra="allow")
 
-    model: str | None = None
-    prompt: str | list[str] | list[int] | list[list[int]] | None = None
-    echo: bool | None = False
-    logprobs: int | None = None
-    max_tokens: int | None = DEFAULT_MAX_TOKENS
     n: int = 1
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -116,6 +117,16 @@ class CompletionRequest(BaseModel):
     top_k: int | None = Field(None, ge=-1)
     ignore_eos: bool = False  # accepted: this model has no end-of-text token to ignore
     include_stop_str_in_output: bool = False
+
+
+class CompletionRequest(Sampling):
+    """POST /v1/completions body (OpenAI's fields, then vLLM's extras)."""
+
+    model: str | None = None
+    prompt: str | list[str] | list[int] | list[list[int]] | None = None
+    echo: bool | None = False
+    logprobs: int | None = None
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
 
     @field_validator("max_tokens", mode="before")

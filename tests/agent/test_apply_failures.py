@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.agent.actuator import DryRunActuator, LocalActuator
+from autotune.fix.actuator import DryRunActuator, LocalActuator
 from autotune.agent.loop import Agent
 from autotune.diagnose.rules import load_rules
 from autotune.errors import HostError
-from autotune.helper.client import HelperRefused
+from autotune.errors import PolicyRefused
 from autotune.knobs import get_knob
 from autotune.store.db import open_db
 from autotune.types import Action
@@ -43,7 +43,7 @@ class FailsBeforeWriting(LocalActuator):
 
 class HostErrorFromHelper(LocalActuator):
     def apply(self, *a, **kw):
-        raise HelperRefused("host_error", "write /proc/sys/vm/swappiness: EINVAL")
+        raise PolicyRefused("host_error", "write /proc/sys/vm/swappiness: EINVAL")
 
 
 class LostAfterWriting(LocalActuator):

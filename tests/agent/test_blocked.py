@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autotune.agent import blocked
-from autotune.agent.actuator import LocalActuator
-from autotune.agent.floor import CpuShare
-from autotune.agent.gating import GateView
+from autotune.diagnose import blocked
+from autotune.fix.actuator import LocalActuator
+from autotune.diagnose.floor import CpuShare
+from autotune.diagnose.gating import GateView
 from autotune.agent.loop import EPISODE_CLEAR_S, Agent, proposal_episodes
 from autotune.cli.main import app
 from autotune.config import Config, Service

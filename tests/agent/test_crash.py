@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.agent.actuator import LocalActuator, read_value
+from autotune.fix.actuator import LocalActuator, read_value
 from autotune.agent.loop import Agent
 from autotune.config import load_config
 from autotune.diagnose.rules import load_rules

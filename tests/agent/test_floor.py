@@ -2,8 +2,8 @@
 
 import pytest
 
-from autotune.agent.floor import CpuShare, clamp, guaranteed, reserve_from, shares_from, violation
-from autotune.agent.gating import GateView, select_action
+from autotune.diagnose.floor import CpuShare, clamp, guaranteed, reserve_from, shares_from, violation
+from autotune.diagnose.gating import GateView, select_action
 from autotune.config import Service, Verification
 from autotune.types import Action, CgroupReading, ServiceReading, Snapshot
 
@@ -161,7 +161,7 @@ def test_floor_asks_the_knob_how_a_change_moves_cpu():
 def test_capping_an_unlimited_neighbour_is_cut_at_its_floor():
     """A neighbour found unlimited ("max") capped to 0.2 cores with a 0.5-core floor: the step
     is cut to what keeps the floor instead of refused for want of a numeric start."""
-    from autotune.agent.floor import CpuShare, clamp
+    from autotune.diagnose.floor import CpuShare, clamp
     from autotune.types import Action
 
     shares = {"llm": CpuShare(cgroup="/llm", quota_cores=1.5),

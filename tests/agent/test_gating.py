@@ -1,4 +1,4 @@
-from autotune.agent.gating import GateView, select_action
+from autotune.diagnose.gating import GateView, select_action
 from autotune.config import Verification
 from autotune.types import Action
 
@@ -61,7 +61,7 @@ def test_a_restart_knob_waits_its_interval_and_holds_the_service_while_verified(
 
 
 def test_actuator_routes_admission_service_to_its_gate(tmp_path):
-    from autotune.agent.actuator import DryRunActuator
+    from autotune.fix.actuator import DryRunActuator
     from autotune.config import Config, Service
     from autotune.host import Host
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.agent.actuator import HelperActuator, LocalActuator, is_drift
+from autotune.fix.actuator import HelperActuator, LocalActuator, is_drift
 from autotune.agent.loop import Agent
 from autotune.config import LatencySource, Service
 from autotune.diagnose.rules import load_rules
@@ -164,7 +164,7 @@ def test_reverify_after_restart_uses_surviving_samples(tmp_path, host_root, rule
 
 class RefusingActuator(LocalActuator):
     def apply(self, knob, target, value, *, expect_before, request_id=""):
-        raise PolicyRefused("vm.swappiness=10 outside policy range 20..100")
+        raise PolicyRefused("out_of_range", "vm.swappiness=10 outside policy range 20..100")
 
 
 def test_refusals_are_journaled_and_a_failing_knob_is_disabled(tmp_path, host_root, rules_dir):
@@ -209,7 +209,7 @@ def test_garbage_proc_file_does_not_stop_the_loop(tmp_path, host_root, rules_dir
 
 
 def test_recommend_mode_never_writes(tmp_path, host_root, rules_dir):
-    from autotune.agent.actuator import DryRunActuator
+    from autotune.fix.actuator import DryRunActuator
 
     clock = Clock()
     cfg = make_cfg(tmp_path, rules_dir)
@@ -366,9 +366,7 @@ class ReadRefusingActuator(LocalActuator):
     """A helper whose policy does not cover the rule's target: every read is refused."""
 
     def read(self, knob, target):
-        from autotune.helper.client import HelperRefused
-
-        raise HelperRefused("target_refused", f"{target} is not under any subtree the policy allows")
+        raise PolicyRefused("target_refused", f"{target} is not under any subtree the policy allows")
 
 
 def test_a_refused_read_is_in_the_agents_log_and_trail_once(tmp_path, host_root, rules_dir, caplog):
@@ -392,9 +390,7 @@ class RateLimitingActuator(LocalActuator):
     """A helper that rate-limits every read (the example policy's 5/s met a lagging agent)."""
 
     def read(self, knob, target):
-        from autotune.helper.client import HelperRefused
-
-        raise HelperRefused("rate_limited", "more than 5.0/s (burst 20) from uid 999")
+        raise PolicyRefused("rate_limited", "more than 5.0/s (burst 20) from uid 999")
 
 
 def test_a_rate_limited_read_is_not_called_a_policy_refusal(tmp_path, host_root, rules_dir, caplog):
@@ -446,7 +442,7 @@ rules:
 def test_recommend_mode_logs_an_advice_once_per_rule_cooldown(tmp_path, host_root, caplog):
     """Issue 10 defect 10: the advice's text quotes live PSI, so it changed every tick and was
     logged (and audited) every tick although its rule's cooldown is 300 s."""
-    from autotune.agent.actuator import DryRunActuator
+    from autotune.fix.actuator import DryRunActuator
 
     rules = tmp_path / "advice-rules"
     rules.mkdir()
@@ -505,7 +501,7 @@ def test_admission_without_a_gate_is_not_called_target_gone(tmp_path, host_root,
                   ruleset=load_rules(cfg.rule_dirs()), clock=Clock())
     act = Action(knob="admission", target="llm", service="llm", proposed="threshold=40",
                  rule="psi-gated-admission", rationale="test")
-    with caplog.at_level("INFO", logger="autotune.agent.apply"):
+    with caplog.at_level("INFO", logger="autotune.fix.apply"):
         assert agent.apply(act) is None
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "has no admission_url (no gate in front of it)" in msg and "target gone" not in msg

@@ -14,8 +14,8 @@ import re
 import socket
 from pathlib import Path
 
-from autotune.agent.actuator import LocalActuator
-from autotune.agent.learning import RULE
+from autotune.fix.actuator import LocalActuator
+from autotune.diagnose.search.state import RULE
 from autotune.agent.loop import Agent
 from autotune.config import SLO, Config, LatencySource, Service
 from autotune.diagnose.rules import load_rules
@@ -67,8 +67,8 @@ def _nothing_changed(agent: Agent, plant: Plant) -> None:
     assert agent.journal.entries() == []
     assert plant.llm.joinpath("cpu.cfs_quota_us").read_text().strip() == "50000"
     assert plant.nb.joinpath("cpu.shares").read_text().strip() == "1024"
-    assert agent.learning.trials("llm") == []
-    p = agent.learning.proposals.get("llm")
+    assert agent.search.trials("llm") == []
+    p = agent.search.proposals.get("llm")
     assert p is None or (p.allocation is None and p.status == "waiting")
 
 
@@ -114,7 +114,7 @@ def test_a_measured_breach_brings_the_first_change_and_its_rationale_carries_the
     assert first.rule.startswith("slo-raise"), first.rule  # the SLO controller, on the measured slack
     m = re.search(r"at ([0-9.]+) x its latency target", first.rationale)
     assert m and float(m.group(1)) > 1.0, first.rationale  # the measured ratio, not a placeholder
-    trials = agent.learning.trials("llm")
+    trials = agent.search.trials("llm")
     for e in entries:
         assert "{metric:" not in e.rationale, e.rationale
         if e.rule == RULE:  # the search moves only after a measured trial, and cites it

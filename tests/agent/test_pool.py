@@ -1,4 +1,4 @@
-"""A fixed compute-thread pool as a constraint (autotune/agent/pool.py): through the real rule
+"""A fixed compute-thread pool as a constraint (autotune/diagnose/pool.py): through the real rule
 pack and engine, a fixed pool of 2 threads is never given one CPU; a quota step under the pool
 is guarded or refused; the learned search explores no quota under the pool."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune.agent import pool
-from autotune.agent.learning import Learning
+from autotune.diagnose import pool
+from autotune.diagnose.search.state import Search
 from autotune.config import SLO, Config, LatencySource, Service, Threads
 from autotune.detect.metrics import pool_facts, slo_ratios
 from autotune.detect.symptoms import DetectorState, detect
@@ -148,14 +148,14 @@ def test_pools_come_from_the_metrics_and_outlive_an_idle_window():
 def test_the_learned_search_explores_no_quota_under_the_pool(tmp_path):
     cfg = Config(agent={"state_path": str(tmp_path / "s.db")}, service=[llm(), BATCH.model_copy(update={"min_cpu_cores": 0.5})])
     db = open_db(cfg.state_path())
-    learning = Learning(cfg, db, Journal(db), ncpu=4)
-    [svc] = learning.services()
-    assert min(a.quota_cores for a in learning.candidates(svc) if a.quota_cores is not None) < 2
-    learning.pools = {"llm": pool.Pool(service="llm", threads=2, declared=False, guardable=True)}
-    quotas = {a.quota_cores for a in learning.candidates(svc)}
+    search = Search(cfg, db, Journal(db), ncpu=4)
+    [svc] = search.services()
+    assert min(a.quota_cores for a in search.candidates(svc) if a.quota_cores is not None) < 2
+    search.pools = {"llm": pool.Pool(service="llm", threads=2, declared=False, guardable=True)}
+    quotas = {a.quota_cores for a in search.candidates(svc)}
     assert None in quotas and min(q for q in quotas if q is not None) == 2.0
-    learning.pools = {"llm": pool.Pool(service="llm", threads=4, declared=True, guardable=True)}
-    assert {a.quota_cores for a in learning.candidates(svc)} == {None}  # only "unlimited" is wide enough
+    search.pools = {"llm": pool.Pool(service="llm", threads=4, declared=True, guardable=True)}
+    assert {a.quota_cores for a in search.candidates(svc)} == {None}  # only "unlimited" is wide enough
 
 
 def test_a_single_thread_is_no_pool_constraint():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autotune.agent.actuator import LocalActuator
+from autotune.fix.actuator import LocalActuator
 from autotune.agent.loop import Agent
 from autotune.config import SLO, Config, LatencySource, Service
 from autotune.diagnose.rules import load_rules

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.agent.actuator import LocalActuator
+from autotune.fix.actuator import LocalActuator
 from autotune.agent.loop import Agent
 from autotune.config import SLO, Config, LatencySource, Service, Threads
 from autotune.diagnose.rules import load_rules
@@ -112,7 +112,7 @@ def make(tmp_path: Path, root: Path, plant: Plant) -> tuple[Agent, Clock]:
         "agent": {"sample_period_s": 1, "window_s": 10, "evaluate_every_s": 1, "mode": "apply",
                   "state_path": str(tmp_path / "state.db"), "rule_dirs": [str(REPO_RULES)],
                   "metrics_listen": None},
-        "ranker": {"enabled": False},
+        "search": {"enabled": False},
     }).model_copy(update={"services": [
         Service(name="llm", cgroup=CG, slo=SLO(itl_p95_s=SLO_ITL), threads=LEVER,
                 latency=LatencySource(metrics_url="http://127.0.0.1:9/metrics"))]})

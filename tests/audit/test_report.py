@@ -4,7 +4,7 @@ import base64
 import random
 from html.parser import HTMLParser
 
-from autotune.audit.report import build_html, objective_of, stories, violation_s, write_report
+from autotune.review.report import build_html, objective_of, stories, violation_s, write_report
 from autotune.audit.trail import AuditEvent
 from autotune.detect.metrics import derive_metrics, gauges
 from autotune.types import LatencyReading, PsiLine, PsiReading, ServiceReading, Snapshot
@@ -145,7 +145,7 @@ def test_report_rounds_long_floats(trail):
 
 
 def test_objective_shown_in_its_own_unit():
-    from autotune.audit.report import format_objective
+    from autotune.review.report import format_objective
 
     assert format_objective("psi", 19.9) == "19.9 % (PSI)"
     assert format_objective("latency_p95", 0.25) == "250.0 ms"

@@ -165,10 +165,10 @@ def test_agent_validates_the_config_or_names_the_field(tmp_path):
 
 def test_agent_overrides_from_the_row_and_the_command_line():
     ov = co.merge_overrides({"verification": {"window_s": 15}, "service:llm": {"slo": {"ttft_p95_s": 2.0}}},
-                            ["ranker.enabled=false", "verification.settle_s=4", "agent.sample_period_s=0.5"])
+                            ["search.enabled=false", "verification.settle_s=4", "agent.sample_period_s=0.5"])
     doc = agent_doc(overrides=ov)
     assert doc["verification"] == {"window_s": 15, "settle_s": 4}
-    assert doc["ranker"] == {"enabled": False} and doc["agent"]["sample_period_s"] == 0.5
+    assert doc["search"] == {"enabled": False} and doc["agent"]["sample_period_s"] == 0.5
     assert doc["service"][0]["slo"] == {"ttft_p95_s": 2.0, "itl_p95_s": 0.15}
     assert tomllib.loads(af.to_toml(doc))["verification"]["window_s"] == 15
     with pytest.raises(SystemExit, match="section.key=value"):
@@ -177,7 +177,7 @@ def test_agent_overrides_from_the_row_and_the_command_line():
 
 def test_rows_are_a_registry():
     assert co.DEFAULT_ROWS == ["contended", "static", "static+psi", "autotune", "autotune-learned", "oracle"]
-    assert co.ROWS["autotune"].agent_overrides == {"ranker": {"enabled": False}}  # rules only
+    assert co.ROWS["autotune"].agent_overrides == {"search": {"enabled": False}}  # rules only
     assert co.ROWS["autotune-learned"].agent_overrides == {}  # the agent's defaults
     assert co.ROWS["static"].alloc == co.ROWS["autotune"].alloc == co.STATIC
     assert co.STATIC.quota_cores == 0.5 and co.STATIC.memory_max_bytes == 4 * 1024**3

@@ -35,17 +35,42 @@ def test_help_lists_core_commands():
         assert cmd in out.stdout
 
 
-def test_ranker_help_names_only_commands_that_exist():
-    """It listed a `status` command; the status is `autotune ranker` with no command."""
-    out = subprocess.run([sys.executable, "-m", "autotune", "ranker", "--help"], capture_output=True, text=True,
+def test_search_help_names_only_commands_that_exist():
+    """It listed a `status` command; the status is `autotune search` with no command."""
+    out = subprocess.run([sys.executable, "-m", "autotune", "search", "--help"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
     listed = out.stdout.split("Commands:")[1].split()
     assert [w for w in listed if w in ("status", "export", "import")] == ["export", "import"]
     assert "with no command" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "autotune", "ranker", "status"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "autotune", "search", "status"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "No such command 'status'" in bad.stderr
+
+
+def test_the_old_name_ranker_runs_the_search_with_a_one_line_notice():
+    out = subprocess.run([sys.executable, "-m", "autotune", "ranker", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip().splitlines() == ["autotune: `ranker` is now `autotune search`; running that"]
+    assert "with no command" in out.stdout and "autotune search" in out.stdout
+
+
+def test_the_old_section_ranker_is_read_as_search_with_a_notice(tmp_path, caplog):
+    from autotune.config import load_config
+
+    (tmp_path / "a.toml").write_text("[ranker]\nenabled = false\n")
+    cfg = load_config(tmp_path / "a.toml")
+    assert cfg.search.enabled is False
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'a.toml'}: [ranker] is now called [search]: rename the section"]
+    (tmp_path / "b.toml").write_text("[ranker]\nenabled = false\n[search]\nenabled = true\n")
+    import pytest
+
+    from autotune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="keep one"):
+        load_config(tmp_path / "b.toml")
 
 
 def test_the_listing_is_the_whole_clis_help():

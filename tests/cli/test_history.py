@@ -279,7 +279,7 @@ def test_helper_refusal_is_reported_and_entry_kept(helper_env):
 def test_failed_entry_is_never_replayed_by_rollback_all(helper_env):
     """Issue 10 defect 2: A 1.8 -> 0.2 applied; B 0.2 -> 1.8 failed because the helper went away
     mid-apply (the agent's own path). `rollback --all` gives 1.8, and so does a second one."""
-    from autotune.agent.actuator import HelperActuator
+    from autotune.fix.actuator import HelperActuator
     from autotune.agent.loop import Agent
     from autotune.config import Config
     from autotune.types import Action

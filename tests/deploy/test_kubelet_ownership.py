@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autotune.agent.actuator import HelperActuator
+from autotune.fix.actuator import HelperActuator
 from autotune.agent.loop import Agent
 from autotune.config import Config
 from autotune.diagnose.rules import load_rules

@@ -1,4 +1,4 @@
-"""The numpy Gaussian process (diagnose/gp.py): scikit-learn's formulas (checked against it
+"""The numpy Gaussian process (diagnose/search/gp.py): scikit-learn's formulas (checked against it
 where the dev extra installs it), an optimiser that finds bounded maxima, and an agent path
 that never loads scipy or scikit-learn."""
 
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from autotune.diagnose import gp as G
+from autotune.diagnose.search import gp as G
 
 
 def data(n: int, seed: int):
@@ -106,7 +106,7 @@ def test_the_same_model_as_scikit_learns(n):
 
 def test_the_search_never_loads_scipy_or_scikit_learn():
     code = ("import sys\n"
-            "from autotune.diagnose import learner as L\n"
+            "from autotune.diagnose.search import model as L\n"
             "cands = L.candidates(2, quota_min=0.5)\n"
             "trials = [L.Trial(ts=float(i), service='s', allocation=a, ncpu=2, load=0.3, slack=0.1 * i - 0.2,"
             " be_share=0.5, score=L.score(0.1 * i - 0.2, 0.5)) for i, a in enumerate(cands[:6])]\n"

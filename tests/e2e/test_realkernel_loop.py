@@ -18,7 +18,8 @@ import time
 import pytest
 
 from autotune.audit.trail import AuditTrail
-from autotune.helper.client import HelperClient, HelperRefused
+from autotune.errors import PolicyRefused
+from autotune.helper.client import HelperClient
 from autotune.journal.journal import Journal
 from autotune.knobs.affinity import thread_cpus, thread_ids
 from autotune.host import Host
@@ -73,7 +74,7 @@ def test_quota_through_real_helper_acts_and_cli_rollback_restores_exact_bytes(
         assert {os.path.basename(k): v for k, v in prior.raw.items()} == raw0
         assert client.read("cgroup.cpu_quota", cg.target).value == "0.5"
         # policy still bites on the real host: 3 cores is out of range, nothing written
-        with pytest.raises(HelperRefused) as info:
+        with pytest.raises(PolicyRefused) as info:
             client.apply("cgroup.cpu_quota", cg.target, "3")
         assert info.value.code == "out_of_range"
     assert cg.quota_files() != raw0
@@ -161,7 +162,7 @@ def test_affinity_changed_and_restored_thread_by_thread_through_helper(
             prior, entry = agent_apply(journal, client, "affinity", "e2eaff", "0")
             assert prior.value == "mixed"
             assert prior.raw == {f"tid:{t}": m for t, m in sorted(before.items())}
-            with pytest.raises(HelperRefused) as info:  # raw pids are never accepted
+            with pytest.raises(PolicyRefused) as info:  # raw pids are never accepted
                 client.apply("affinity", f"pids:{proc.pid}", "0")
             assert info.value.code == "target_refused"
         assert set(masks().values()) == {"0"}

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from autotune.helper.client import HelperClient, HelperRefused
+from autotune.errors import PolicyRefused
+from autotune.helper.client import HelperClient
 
 from .conftest import needs_root, write_policy
 
@@ -56,7 +57,7 @@ def test_socket_activation_and_sigterm(tmp_path, host_root):
     listener.close()
     try:
         _wait_ping(path, proc)
-        with HelperClient(path) as c, pytest.raises(HelperRefused) as info:
+        with HelperClient(path) as c, pytest.raises(PolicyRefused) as info:
             c.apply("sysctl", "kernel.panic", "1")
         assert info.value.code == "target_refused"
         proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from autotune.helper.client import HelperClient, HelperRefused
+from autotune.errors import PolicyRefused
+from autotune.helper.client import HelperClient
 from autotune.helper.protocol import Response
 
 from .conftest import needs_root, write_policy
@@ -124,7 +125,7 @@ def test_busy_when_every_slot_is_mid_request_then_served(serve, tmp_path, host_r
     with _connect(run.socket_path) as s:
         resp = Response.model_validate_json(_line(s))
     assert not resp.ok and resp.error.code == "busy" and resp.error.retry_after_s
-    with pytest.raises(HelperRefused) as info, HelperClient(run.socket_path, timeout=0.5) as c:
+    with pytest.raises(PolicyRefused) as info, HelperClient(run.socket_path, timeout=0.5) as c:
         c.apply("sysctl", "vm.swappiness", "30")
     assert info.value.code == "busy"
     # the slow line completes and is answered; its slot frees for the next client

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.errors import ConfigError
+from autotune.errors import ConfigError, PolicyRefused
 from autotune.helper.policy import Policy, ValueRule, load_policy, sysctl_key
 
 from .conftest import needs_root, write_policy
@@ -151,7 +151,7 @@ def test_allowed_raw_paths_come_from_the_knob(tmp_path):
     pol = Policy.model_validate({"knob": {"sysctl": {"keys": {"vm.swappiness": {"min": 0, "max": 100}}}}})
     t = allow.check_target(pol, host, "sysctl", "vm.swappiness")
     allow.check_paths(pol, host, t, get_knob("sysctl"), ["/proc/sys/vm/swappiness"])
-    with pytest.raises(allow.Refusal, match="may not write /proc/sys/vm/dirty_ratio"):
+    with pytest.raises(PolicyRefused, match="may not write /proc/sys/vm/dirty_ratio"):
         allow.check_paths(pol, host, t, get_knob("sysctl"), ["/proc/sys/vm/dirty_ratio"])
 
     class Relocated(Sysctl):
@@ -159,5 +159,5 @@ def test_allowed_raw_paths_come_from_the_knob(tmp_path):
             return frozenset({"/elsewhere/swappiness"})
 
     allow.check_paths(pol, host, t, Relocated(), ["/elsewhere/swappiness"])
-    with pytest.raises(allow.Refusal, match="may not write /proc/sys/vm/swappiness"):
+    with pytest.raises(PolicyRefused, match="may not write /proc/sys/vm/swappiness"):
         allow.check_paths(pol, host, t, Relocated(), ["/proc/sys/vm/swappiness"])

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from autotune.helper.client import HelperClient, HelperRefused
+from autotune.errors import PolicyRefused
+from autotune.helper.client import HelperClient
 
 from .conftest import CPU, needs_root
 
@@ -32,7 +33,7 @@ def test_real_sysctl_apply_restore(serve, host_root, real_knobs):
         before = c.read("sysctl", "vm.swappiness")
         assert c.apply("sysctl", "vm.swappiness", "10", expect_before=before.value).changed
         assert f.read_text().strip() == "10"
-        with pytest.raises(HelperRefused):
+        with pytest.raises(PolicyRefused):
             c.apply("sysctl", "vm.swappiness", "150")
         c.restore("sysctl", "vm.swappiness", before)
     assert f.read_text().strip() == "60"
@@ -48,7 +49,7 @@ def test_real_cgroup_cpu_quota_confined(serve, host_root, real_knobs):
         assert c.apply("cgroup.cpu_quota", "/autotune/llm", "0.5").changed
         assert quota.read_text().strip() == "50000"
         for target in ("/autotune/evil", "/autotune/trap", "/autotune/../other"):
-            with pytest.raises(HelperRefused) as info:
+            with pytest.raises(PolicyRefused) as info:
                 c.apply("cgroup.cpu_quota", target, "0.5")
             assert info.value.code == "target_refused"
         c.restore("cgroup.cpu_quota", "/autotune/llm", before)
@@ -64,7 +65,7 @@ def test_real_thp(serve, host_root, real_knobs):
         before = c.read("thp", "enabled")
         assert before.value == "madvise"
         assert c.apply("thp", "enabled", "never").changed
-        with pytest.raises(HelperRefused):
+        with pytest.raises(PolicyRefused):
             c.apply("thp", "enabled", "always")
         c.restore("thp", "enabled", before)
         assert c.read("thp", "enabled").value == "madvise"

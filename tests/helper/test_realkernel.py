@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune.helper.client import HelperClient, HelperRefused
+from autotune.errors import PolicyRefused
+from autotune.helper.client import HelperClient
 from autotune.helper.handler import Helper
 from autotune.helper.policy import load_policy
 from autotune.helper.server import HelperServer, bind_socket
@@ -68,7 +69,7 @@ def test_helper_applies_and_restores_cpu_quota_on_real_cgroup(tmp_path, test_cgr
             assert res.changed, kind
             assert int((d / "cpu.cfs_quota_us").read_text()) == int(period0) // 2
             assert c.read("cgroup.cpu_quota", f"/{name}").value in ("0.5", "0.50", "0.500")
-            with pytest.raises(HelperRefused) as info:  # the sibling root cgroup is not allowed
+            with pytest.raises(PolicyRefused) as info:  # the sibling root cgroup is not allowed
                 c.apply("cgroup.cpu_quota", "/", "0.5")
             assert info.value.code == "target_refused"
             c.restore("cgroup.cpu_quota", f"/{name}", before)

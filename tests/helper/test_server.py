@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import HostError, PolicyRefused
-from autotune.helper.client import HelperClient, HelperRefused
+from autotune.helper.client import HelperClient
 from autotune.helper.protocol import Response
 from autotune.knobs.base import KnobState
 
@@ -22,8 +22,8 @@ from .conftest import CPU, needs_root, raw_send, write_policy
 pytestmark = needs_root
 
 
-def refused(fn, code: str, match: str | None = None) -> HelperRefused:
-    with pytest.raises(HelperRefused) as info:
+def refused(fn, code: str, match: str | None = None) -> PolicyRefused:
+    with pytest.raises(PolicyRefused) as info:
         fn()
     assert info.value.code == code, info.value.reason
     if match:
@@ -206,7 +206,8 @@ def test_peer_with_other_uid_refused_by_so_peercred(tmp_path, host_root, policy_
     try:
         code = (
             "import os, socket, sys\n"
-            "from autotune.helper.client import HelperClient, HelperRefused  # before dropping privileges\n"
+            "from autotune.errors import PolicyRefused\n"
+            "from autotune.helper.client import HelperClient  # before dropping privileges\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])\n"
             "try:\n"
@@ -216,7 +217,7 @@ def test_peer_with_other_uid_refused_by_so_peercred(tmp_path, host_root, policy_
             "print(s.recv(4096).decode())\n"
             "try:\n"
             "    HelperClient(sys.argv[1]).ping()\n"
-            "except HelperRefused as e:\n"
+            "except PolicyRefused as e:\n"
             "    print('CLIENT', e.code)\n"
         )
         out = subprocess.run([sys.executable, "-c", code, f"{d}/h.sock"], capture_output=True,
@@ -253,8 +254,8 @@ def test_rate_limit_kicks_in_and_recovers(tmp_path, serve):
 def test_client_transport_errors_are_host_errors(tmp_path):
     with pytest.raises(HostError, match="helper at"):
         HelperClient(str(tmp_path / "missing.sock"), timeout=1).ping()
-    with pytest.raises(PolicyRefused):  # HelperRefused is a PolicyRefused
-        raise HelperRefused("drift", "x")
+    err = PolicyRefused("drift", "x")  # one refusal type: the code is a field
+    assert (err.code, err.reason, str(err)) == ("drift", "x", "x")
 
 
 def test_idle_connection_reconnects(tmp_path, serve):

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from autotune.agent.apply import Applier
+from autotune.fix.apply import Applier
 from autotune.config import Config
 from autotune.errors import HostError, NotSent
-from autotune.helper.client import HelperRefused
+from autotune.errors import PolicyRefused
 from autotune.journal.journal import Journal
 from autotune.knobs.base import ChangeResult, KnobState
 from autotune.store.db import open_db
@@ -76,7 +76,7 @@ class World:
             raise Crash
         fault, self.fault = self.fault, None
         if fault == "refused":
-            raise HelperRefused("out_of_range", f"{value} is outside the policy (simulated)")
+            raise PolicyRefused("out_of_range", f"{value} is outside the policy (simulated)")
         if fault == "not_sent":
             raise NotSent("helper unreachable (simulated)")
         if fault == "unknown_not":  # the helper died before writing; the read-back fails too
@@ -86,7 +86,7 @@ class World:
         if self.crash == "after_write":
             raise Crash
         if fault == "partial":
-            raise HelperRefused("host_error", f"wrote {value!r}, read back {self.value!r}")
+            raise PolicyRefused("host_error", f"wrote {value!r}, read back {self.value!r}")
         if fault == "lost_after_write":
             raise HostError("connection lost after the write (simulated)")
         if fault == "unknown_landed":

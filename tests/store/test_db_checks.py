@@ -2,7 +2,7 @@
 
 Damaged files (zero bytes, random bytes, a damaged page, a dropped table) must give ONE line
 naming the file and exit 2 from every command, never a traceback, never "0 events" / "OK".
-Read-only commands (history, audit list/verify, status, ranker) must work on a file the user
+Read-only commands (history, audit list/verify, status, search) must work on a file the user
 may only read and on a full disk, and must leave the file and its directory untouched.
 """
 

@@ -703,7 +703,7 @@ class World:
 def _inject(act, fault: str, helper_pid: int | None, sock: Path) -> None:
     """Make the agent's next write fail the way ``fault`` says (in the agent process)."""
     from autotune.errors import HostError
-    from autotune.helper.client import HelperRefused
+    from autotune.errors import PolicyRefused
 
     real = act.apply
     if fault == "unreachable":  # the helper dies between the agent's read and its write
@@ -735,7 +735,7 @@ def _inject(act, fault: str, helper_pid: int | None, sock: Path) -> None:
         def apply(knob, target, value, **kw):
             other = PARTIAL[knob][value]
             real(knob, target, other, **kw)
-            raise HelperRefused("host_error", f"{knob} on {target}: wrote {value!r} but read "
+            raise PolicyRefused("host_error", f"{knob} on {target}: wrote {value!r} but read "
                                               f"back {other!r} (simulated)")
     else:
         return  # refused: the policy does it

@@ -88,7 +88,7 @@ def test_choose_prefers_latency_then_service_psi_then_host_psi():
 
 
 def test_reports_show_new_and_legacy_names_in_their_unit():
-    from autotune.audit.report import format_objective
+    from autotune.review.report import format_objective
 
     assert unit("svc.llm.latency.p95_s") == unit("latency_p95") == "s"
     assert unit("svc.llm.psi.cpu.some.stall_pct") == unit("psi") == "%"

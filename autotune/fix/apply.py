@@ -4,7 +4,7 @@ whatever the write's fate was, hand the change to the verify stage.
 The prior value is durably journaled BEFORE anything is written (``Journal.plan``); a write
 that raised after it may have touched the target is settled by reading the target back
 (``landed_from``), so rollback and reconcile always know what is in place. Knobs and the
-privileged helper do the writing (autotune/knobs/, autotune/helper/, agent/actuator.py).
+privileged helper do the writing (autotune/knobs/, autotune/helper/, fix/actuator.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from autotune.agent.actuator import is_drift
+from autotune.fix.actuator import is_drift
 from autotune.config import Config
 from autotune.errors import NotSent, PolicyRefused
 from autotune.failpoints import failpoint

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from autotune.agent import floor
+from autotune.diagnose import floor
 from autotune.config import Verification
 from autotune.knobs import KNOBS
 from autotune.types import Action
@@ -52,7 +52,7 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
         if a.advisory:
             skipped.append((key, "advisory only: recommendation, never applied"))
             continue
-        if a.blocked:  # a durable check stops it (agent/blocked.py said why, once)
+        if a.blocked:  # a durable check stops it (diagnose/blocked.py said why, once)
             skipped.append((key, f"blocked: {a.blocked}"))
             continue
         if chosen is not None:

@@ -1,4 +1,4 @@
-"""The allocation search (diagnose/learner.py) wired into the agent: trials from what the
+"""The allocation search (diagnose/search/model.py) wired into the agent: trials from what the
 agent observes, proposals as ordinary guarded Actions, trials kept in the state DB.
 
 For each latency-critical service that declares an SLO, has a latency source and a cgroup,
@@ -11,7 +11,7 @@ next to neighbours with cgroups:
   that broke the SLO (undone at once by the verify stage) becomes a Trial too: that is what
   teaches the model where the unsafe region begins.
 - ``actions``: the proposal as Actions on the knobs that differ from the live allocation
-  (quota on the service, weight on the neighbours), rule ``learned-allocation``, verified as a
+  (quota on the service, weight on the neighbours), rule ``search``, verified as a
   guard (kept while the SLO holds, undone at once when it breaks). While the search is active
   for a service, the rule pack's give-backs for it stand aside (the search decides how much to
   return); its upsizes still fire when the slack is low: the rules are the safety net.
@@ -21,23 +21,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from autotune import slo as slo_table
-from autotune.agent import pool as P
+from autotune.diagnose import pool as P
 from autotune.config import Config, Service
 from autotune.detect.metrics import derive_metrics
-from autotune.diagnose import learner as L
+from autotune.diagnose.search import model as L
 from autotune.knobs import get_knob
 from autotune.knobs.base import number
 from autotune.store.db import migrate, transaction
-from autotune.types import Action, ServiceCgroups, Snapshot, VerifyPlan
+from autotune.types import Action, ReadCurrent, ServiceCgroups, Snapshot, VerifyPlan
 
 log = logging.getLogger(__name__)
 
-RULE = "learned-allocation"
+RULE = "search"
+RULES = (RULE, "learned-allocation")  # its changes in the journal, under its old name too
 COMPONENT = "learner"
 PRIORITY = 75  # under the rules' upsizes (80-90): the safety net wins when the SLO breaks
 # a move that takes from the service is guarded (undone at once if the SLO breaks), one that
@@ -57,10 +57,9 @@ def _v1(db) -> None:
 
 
 MIGRATIONS = [_v1]
-ReadCurrent = Callable[[str, str], "str | None"]
 
 
-class Learning:
+class Search:
     # where each service is now (Snapshot.service_cgroups): the agent assigns it every tick
     placed: dict[str, ServiceCgroups] = {}
 
@@ -69,8 +68,8 @@ class Learning:
         self.db = db
         self.journal = journal
         self.ncpu = ncpu
-        self.settings = L.Settings(safe_prob=cfg.ranker.safe_prob, stop_ei=cfg.ranker.stop_ei,
-                                   max_trials=cfg.ranker.max_trials, phase_change=cfg.ranker.phase_change)
+        self.settings = L.Settings(safe_prob=cfg.search.safe_prob, stop_ei=cfg.search.stop_ei,
+                                   max_trials=cfg.search.max_trials, phase_change=cfg.search.phase_change)
         migrate(db, COMPONENT, MIGRATIONS)
         self.phases: dict[str, L.Phases] = {}
         self.proposals: dict[str, L.Proposal] = {}
@@ -91,7 +90,7 @@ class Learning:
     def services(self) -> list[Service]:
         """Latency-critical services with an SLO their latency source can measure (autotune/slo.py)
         and a cgroup, with neighbours."""
-        if not self.cfg.ranker.enabled or not self.neighbours():
+        if not self.cfg.search.enabled or not self.neighbours():
             return []
         return [s for s in self.cfg.services if s.role == "latency-critical" and self.cgroup(s) and s.latency
                 and slo_table.counted(s)]
@@ -100,8 +99,8 @@ class Learning:
         return [s for s in self.cfg.services if s.role == "neighbour" and self.cgroup(s)]
 
     def why_inactive(self) -> str | None:
-        if not self.cfg.ranker.enabled:
-            return "disabled in [ranker]"
+        if not self.cfg.search.enabled:
+            return "disabled in [search]"
         if not self.neighbours():
             return "no neighbour service with a cgroup: nothing to share the CPUs with"
         if not self.services():
@@ -120,7 +119,7 @@ class Learning:
 
     def candidates(self, svc: Service) -> list[L.Allocation]:
         """The grid; a fixed thread pool of P threads puts its quotas at P cores or more
-        (agent/pool.py: under that each step waits at the pool's barriers)."""
+        (diagnose/pool.py: under that each step waits at the pool's barriers)."""
         floor = sum(n.min_cpu_cores or 0.0 for n in self.neighbours())
         start = number(self.journal.origin("cgroup.cpu_quota", self.cgroup(svc)) or "") or 0.25
         quota_min = max(min(start, 1.0), P.min_quota(self.pools.get(svc.name)))
@@ -129,7 +128,7 @@ class Learning:
     # -- trials -----------------------------------------------------------------------------------
     def trials(self, service: str | None = None) -> list[L.Trial]:
         """Trials kept for ``service`` (None: all), oldest first. Every tick asks: a service's
-        are parsed again only when its rows changed (a new trial, or ``autotune ranker import``
+        are parsed again only when its rows changed (a new trial, or ``autotune search import``
         from another process), which one indexed query tells."""
         if service is not None:
             marker = tuple(self.db.execute(
@@ -163,13 +162,13 @@ class Learning:
             phase = self.phases.get(svc.name)
             since = max(changed + PLAN.settle_s, phase.started_ts if phase is not None else 0.0)
             span = [s for s in window if s.ts >= since]
-            if len(span) < 2 or span[-1].ts - span[0].ts < self.cfg.ranker.trial_s:
+            if len(span) < 2 or span[-1].ts - span[0].ts < self.cfg.search.trial_s:
                 continue
             p = self.proposals.get(svc.name)
             settled = p is not None and p.status == "converged" and p.allocation == self.allocation(svc, read)
             # holding a converged allocation: one trial a minute keeps the model current at a
             # sixth of the fits (each fit is most of the search's CPU)
-            every = self.cfg.ranker.trial_s * (6 if settled else 1)
+            every = self.cfg.search.trial_s * (6 if settled else 1)
             if now - self._last_trial_ts.get(svc.name, 0.0) < every:
                 continue
             t = self._trial(svc, span, read, now)
@@ -214,7 +213,7 @@ class Learning:
         out = []
         for e in self.journal.entries(states=("rolled_back",), since_ts=(window[0].ts - 60) if window else None):
             vr = e.verify_result
-            if (e.rule != RULE or e.service != svc.name or e.id in seen or vr is None
+            if (e.rule not in RULES or e.service != svc.name or e.id in seen or vr is None
                     or vr.verdict != "violated" or vr.after_median is None):
                 continue
             live = self.allocation(svc, read)
@@ -373,7 +372,7 @@ class Learning:
         return n
 
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"enabled": self.cfg.ranker.enabled, "inactive_reason": self.why_inactive(),
+        out: dict[str, Any] = {"enabled": self.cfg.search.enabled, "inactive_reason": self.why_inactive(),
                                "services": {}}
         for svc in self.services():
             trials = self.trials(svc.name)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune.agent.actuator import LocalActuator
-from autotune.agent.learning import RULE
+from autotune.fix.actuator import LocalActuator
+from autotune.diagnose.search.state import RULE
 from autotune.agent.loop import Agent
 from autotune.config import SLO, Config, LatencySource, Service
 from autotune.diagnose.rules import load_rules
@@ -79,7 +79,7 @@ def make(tmp_path: Path, root: Path, plant: Plant, *, enabled: bool = True) -> t
     cfg = Config.model_validate({
         "agent": {"sample_period_s": 1, "window_s": 10, "evaluate_every_s": 1, "mode": "apply",
                   "state_path": str(tmp_path / "state.db"), "rule_dirs": [str(REPO_RULES)], "metrics_listen": None},
-        "ranker": {"enabled": enabled},
+        "search": {"enabled": enabled},
     }).model_copy(update={"services": [
         Service(name="llm", cgroup=LLM, slo=SLO(itl_p95_s=SLO_ITL),
                 latency=LatencySource(metrics_url="http://127.0.0.1:9/metrics")),
@@ -96,7 +96,7 @@ def test_the_search_finds_a_stingier_safe_allocation_than_the_rules(tmp_path, ho
     plant = Plant(host_root, demand=1.0)
     agent, clock = make(tmp_path, host_root, plant)
     run(agent, clock, plant, 240)
-    trials = agent.learning.trials("llm")
+    trials = agent.search.trials("llm")
     assert len(trials) >= 5 and all(t.source == "observed" for t in trials)
     mine = [e for e in agent.journal.entries() if e.rule == RULE]
     assert mine
@@ -107,7 +107,7 @@ def test_the_search_finds_a_stingier_safe_allocation_than_the_rules(tmp_path, ho
         assert e.verify_plan.mode == ("guard" if takes else "compare"), e
     # while the search is active the pack's give-backs stand aside
     assert not [e for e in agent.journal.entries() if e.rule.startswith("slo-give-back")]
-    p = agent.learning.proposals["llm"]
+    p = agent.search.proposals["llm"]
     assert p.status in ("exploring", "converged") and p.allocation is not None
     # where it ended: the SLO holds and the service got no more than it needs (+ one step)
     assert plant.itl <= SLO_ITL
@@ -119,16 +119,16 @@ def test_disabled_search_leaves_the_rules_alone(tmp_path, host_root):
     plant = Plant(host_root, demand=1.0)
     agent, clock = make(tmp_path, host_root, plant, enabled=False)
     run(agent, clock, plant, 60)
-    assert agent.learning.trials("llm") == []
+    assert agent.search.trials("llm") == []
     assert not [e for e in agent.journal.entries() if e.rule == RULE]
-    assert agent.learning.why_inactive() == "disabled in [ranker]"
+    assert agent.search.why_inactive() == "disabled in [search]"
 
 
 def test_export_and_import_move_trials_between_nodes(tmp_path, host_root):
     plant = Plant(host_root, demand=1.0)
     agent, clock = make(tmp_path / "a", host_root, plant)
     run(agent, clock, plant, 80)
-    n = len(agent.learning.trials("llm"))
+    n = len(agent.search.trials("llm"))
     assert n >= 2
     cfg_text = (f'[agent]\nstate_path = "{tmp_path / "b.db"}"\nrule_dirs = ["{REPO_RULES}"]\n'
                 f'[[service]]\nname = "llm"\ncgroup = "{LLM}"\nslo = {{ itl_p95_s = {SLO_ITL} }}\n'
@@ -140,46 +140,46 @@ def test_export_and_import_move_trials_between_nodes(tmp_path, host_root):
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "autotune", *args], capture_output=True, text=True, timeout=120)
 
-    out = cli("ranker", "export", str(tmp_path / "t.jsonl"), "--state", str(agent.cfg.state_path()),
+    out = cli("search", "export", str(tmp_path / "t.jsonl"), "--state", str(agent.cfg.state_path()),
               "--config", str(tmp_path / "b.toml"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"exported {n} trials to {tmp_path / 't.jsonl'}"
     # the group's --state is the command's too (it used to export the default state's trials)
-    out = cli("ranker", "--state", str(agent.cfg.state_path()), "export", str(tmp_path / "t2.jsonl"))
+    out = cli("search", "--state", str(agent.cfg.state_path()), "export", str(tmp_path / "t2.jsonl"))
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "t2.jsonl").read_text() == (tmp_path / "t.jsonl").read_text()
-    out = cli("ranker", "import", str(tmp_path / "t.jsonl"), "--config", str(tmp_path / "b.toml"))
+    out = cli("search", "import", str(tmp_path / "t.jsonl"), "--config", str(tmp_path / "b.toml"))
     assert out.returncode == 0, out.stderr
-    out = cli("ranker", "--config", str(tmp_path / "b.toml"), "--json")
+    out = cli("search", "--config", str(tmp_path / "b.toml"), "--json")
     assert out.returncode == 0, out.stderr
     import json
 
     st = json.loads(out.stdout)["services"]["llm"]
     assert st["trials"] == n and st["imported"] == n and st["proposal"]
     (tmp_path / "bad.jsonl").write_text('{"ts": 1}\n')
-    bad = cli("ranker", "import", str(tmp_path / "bad.jsonl"), "--config", str(tmp_path / "b.toml"))
+    bad = cli("search", "import", str(tmp_path / "bad.jsonl"), "--config", str(tmp_path / "b.toml"))
     assert bad.returncode == 2 and "bad.jsonl:1: not a trial" in bad.stderr and "Traceback" not in bad.stderr
     (tmp_path / "latin1.jsonl").write_bytes(b'{"service": "caf\xe9"}\n')
-    bad = cli("ranker", "import", str(tmp_path / "latin1.jsonl"), "--config", str(tmp_path / "b.toml"))
+    bad = cli("search", "import", str(tmp_path / "latin1.jsonl"), "--config", str(tmp_path / "b.toml"))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert "latin1.jsonl: not UTF-8 text: byte 0xe9 on line 1" in bad.stderr
 
 
 def test_a_running_agent_sees_trials_imported_by_another_process(tmp_path, host_root):
-    """The agent keeps parsed trials between ticks; ``autotune ranker import`` on the same state
+    """The agent keeps parsed trials between ticks; ``autotune search import`` on the same state
     DB (another process, another connection) must still reach the next proposal."""
-    from autotune.agent.learning import Learning
+    from autotune.diagnose.search.state import Search
 
     plant = Plant(host_root, demand=1.0)
     agent, clock = make(tmp_path / "a", host_root, plant)
     run(agent, clock, plant, 80)
-    n = len(agent.learning.trials("llm"))
+    n = len(agent.search.trials("llm"))
     assert n >= 2
     export = tmp_path / "t.jsonl"
-    assert agent.learning.export(export) == n
-    other = Learning(agent.cfg, open_db(agent.cfg.state_path()), agent.journal, ncpu=2)
+    assert agent.search.export(export) == n
+    other = Search(agent.cfg, open_db(agent.cfg.state_path()), agent.journal, ncpu=2)
     assert other.import_(export) == n
-    seen = agent.learning.trials("llm")
+    seen = agent.search.trials("llm")
     assert len(seen) == 2 * n and sum(t.source == "imported" for t in seen) == n
 
 
@@ -206,10 +206,10 @@ def test_a_load_change_starts_a_phase_whose_trials_saw_only_the_new_load(tmp_pat
     change_at = clock.t + 100
     agent.scrapers["llm"] = SteppedLoad(plant, change_at)
     run(agent, clock, plant, 170)
-    phase = agent.learning.phases["llm"]
+    phase = agent.search.phases["llm"]
     # dated from when the window's load moved, not from when that was confirmed 15 s later
     assert change_at <= phase.started_ts <= change_at + 5 and phase.ref_load > 2.0
-    trials = agent.learning.trials("llm")
+    trials = agent.search.trials("llm")
     inside = [t for t in trials if phase.covers(t)]
     assert inside and all(t.load >= 2.5 for t in inside), [(t.start_ts, t.load) for t in trials]
 
@@ -217,11 +217,11 @@ def test_a_load_change_starts_a_phase_whose_trials_saw_only_the_new_load(tmp_pat
 def test_give_backs_of_levers_the_search_does_not_move_survive_it(tmp_path, host_root):
     """While the search is active for llm it decides the quota and weight give-backs; a
     give-back of a lever it does not move (a neighbour's memory cap) stays the rules'."""
-    from autotune.diagnose import learner as L
+    from autotune.diagnose.search import model as L
     from autotune.types import Action, VerifyPlan
 
     agent, _ = make(tmp_path, host_root, Plant(host_root, demand=1.0))
-    learning = agent.learning
+    learning = agent.search
     learning.proposals["llm"] = L.Proposal(status="exploring", allocation=None, reason="test")
     learning.actions = lambda now, window, read: []  # the search proposes nothing this tick
     guard = VerifyPlan(mode="guard", window_s=10, settle_s=2, lockout_s=30)
@@ -250,8 +250,8 @@ def test_a_llamacpp_service_s_load_is_its_generated_tokens_per_second(tmp_path, 
                            token_seconds=0.05 * tokens, running=running, waiting=0)
         return Snapshot(ts=ts, services={"llm": ServiceReading(name="llm", latency=r)})
 
-    agent.learning.cfg = agent.cfg.model_copy(update={"services": [svc, *agent.cfg.services[1:]]})
-    load, slack, _be, served = agent.learning._window_facts(svc, [snap(0, 0, 2), snap(5, 150, 2), snap(10, 150, 2)])
+    agent.search.cfg = agent.cfg.model_copy(update={"services": [svc, *agent.cfg.services[1:]]})
+    load, slack, _be, served = agent.search._window_facts(svc, [snap(0, 0, 2), snap(5, 150, 2), snap(10, 150, 2)])
     assert load == pytest.approx(30.0) and slack == pytest.approx(0.5) and served
-    idle = agent.learning._window_facts(svc, [snap(0, 0, 0), snap(5, 0, 0), snap(10, 0, 0)])
+    idle = agent.search._window_facts(svc, [snap(0, 0, 0), snap(5, 0, 0), snap(10, 0, 0)])
     assert idle is not None and idle[1] == 1.0 and not idle[3]  # slack 1 by definition: not a trial

@@ -1,4 +1,4 @@
-"""Gaussian-process regression in numpy alone: what the allocation search (diagnose/learner.py)
+"""Gaussian-process regression in numpy alone: what the allocation search (diagnose/search/model.py)
 used of scikit-learn's ``GaussianProcessRegressor``, without scipy resident in the agent.
 
 The model is the one the search had: a constant times an anisotropic Matern 5/2 kernel plus
@@ -12,7 +12,7 @@ tests/diagnose/test_gp.py checks them against it where it is installed.
 
 Why not scikit-learn: importing ``sklearn.gaussian_process`` added ~77 MB to the agent's
 resident memory (scipy, joblib, threadpoolctl), for five hyperparameters and matrices of at most
-150 x 150 (learning.FIT_TRIALS); and numpy + scipy + scikit-learn were most of the install.
+150 x 150 (state.FIT_TRIALS); and numpy + scipy + scikit-learn were most of the install.
 What is written here instead of scipy's L-BFGS-B is a bounded L-BFGS with a projected backtracking
 line search (``maximise``): five variables, a smooth objective, the same stopping tolerances.
 """

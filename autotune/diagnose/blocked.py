@@ -8,7 +8,7 @@ episode: from when it appears until it clears (``key`` leaves out the numbers th
 - a service with nothing to act on: a declared cgroup or unit that does not exist, no process
   matched, or no cgroup of its own (``ServiceCgroups``, autotune/sensors/service_cgroups.py);
 - a proposal a durable check stops (not a passing one such as a cooldown or a change being
-  verified): a neighbour's cpu floor (agent/floor.py; a smaller step that keeps it is taken
+  verified): a neighbour's cpu floor (diagnose/floor.py; a smaller step that keeps it is taken
   instead), a target the operator took over after drift, a target the helper's policy refuses;
 - a symptom an upsizing rule reacts to, of a service no action addresses, when one of the
   above is why.
@@ -20,8 +20,8 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
 
-from autotune.agent import floor
-from autotune.agent.gating import GateView
+from autotune.diagnose import floor
+from autotune.diagnose.gating import GateView
 from autotune.config import Config
 from autotune.diagnose.rules import AllCond, AnyCond, SymptomCond
 from autotune.sensors.service_cgroups import problem_of

@@ -11,7 +11,7 @@ trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net a
 - Every observed window becomes a ``Trial``: allocation, load (requests/s), SLO slack and the
   neighbours' share of the host's CPUs. Its score is CLITE's: ``0.5 / ratio`` (at most 0.5)
   while the service misses its SLO, ``0.5 + 0.5 x neighbour share`` once it meets it.
-- Two Gaussian processes (diagnose/gp.py: Matern 5/2 + noise, in numpy) over (quota share,
+- Two Gaussian processes (diagnose/search/gp.py: Matern 5/2 + noise, in numpy) over (quota share,
   log weight ratio, load) predict the score and the slack of every candidate.
 - ``propose`` picks the next allocation by expected improvement, among candidates predicted to
   keep the SLO (P(slack >= 0) >= ``safe_prob``) or that give the service at least what a
@@ -30,7 +30,7 @@ trials, as CLITE (Patel & Tiwari, HPCA 2020) does, with the agent's safety net a
   once when the SLO breaks); the rules' upsizes stay the safety net and decide alone while the
   search has nothing to say.
 
-Pure: no clock, no host. diagnose/gp.py is imported by ``Model`` only.
+Pure: no clock, no host. diagnose/search/gp.py is imported by ``Model`` only.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def candidates(ncpu: int, *, quota_min: float, neighbour_floor: float = 0.0,
     """The grid the search may try: quotas from ``quota_min`` to the host in QUOTA_STEP, plus
     unlimited, times the weight ratios, keeping every point where the neighbours are still
     guaranteed ``neighbour_floor`` cores under full contention (the larger of what the quota
-    leaves and their weight share; agent/floor.py checks each change again before it is made)."""
+    leaves and their weight share; diagnose/floor.py checks each change again before it is made)."""
     quotas: list[float | None] = []
     q = max(QUOTA_STEP, math.ceil(quota_min / QUOTA_STEP) * QUOTA_STEP)
     while q < ncpu - 1e-9:
@@ -125,7 +125,7 @@ class Prediction(BaseModel):
 
 
 class Model:
-    """Two Gaussian processes over the trials: score and slack (diagnose/gp.py).
+    """Two Gaussian processes over the trials: score and slack (diagnose/search/gp.py).
 
     ``kernels`` (name -> a fitted ``gp.Kernel``, as ``self.kernels`` holds after a fit): reuse
     those hyperparameters instead of optimising them (a fit is then one Cholesky factorisation).
@@ -135,7 +135,7 @@ class Model:
 
     def __init__(self, trials: Sequence[Trial], *, imported_noise: float = 4.0,
                  kernels: dict | None = None, start: dict | None = None) -> None:
-        from autotune.diagnose.gp import GP
+        from autotune.diagnose.search.gp import GP
 
         X = [features(t.allocation, t.load, t.ncpu) for t in trials]
         # imported trials (another node's) count, but as noisier evidence than our own
@@ -213,7 +213,7 @@ def expected_improvement(mu: float, sd: float, best: float, xi: float = 0.01) ->
 
 
 class Settings(BaseModel):
-    """Search knobs (config [ranker])."""
+    """Search knobs (config [search])."""
 
     model_config = ConfigDict(frozen=True)
 

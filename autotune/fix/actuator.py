@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from autotune.config import Config
 from autotune.errors import MissingFile, PolicyRefused, TargetGone
 from autotune.host import Host
 from autotune.knobs.base import ChangeResult, Knob, KnobState
+from autotune.types import Same
 
 log = logging.getLogger(__name__)
 
-Same = Callable[[str | None, str | None], bool]
 
 
 @runtime_checkable
@@ -52,7 +51,7 @@ class Actuator(Protocol):
     def apply(self, knob: str, target: str, value: str, *, expect_before: str | None,
               request_id: str) -> ChangeResult:
         """Write ``value``. ``expect_before``: the value the caller journaled as prior; a live
-        value that differs raises HelperRefused(code='drift') (Drift locally)."""
+        value that differs raises PolicyRefused with code 'drift'."""
 
     def restore(self, knob: str, target: str, state: KnobState, *, force: bool = False) -> ChangeResult:
         """Put a recorded state back. Without ``force`` nothing is written when the live value
@@ -62,12 +61,6 @@ class Actuator(Protocol):
 
     def same(self, knob: str) -> Same:
         """The knob's normalized-value comparison (tolerant for numbers)."""
-
-
-class Drift(PolicyRefused):
-    """The live value is not what the caller expected (same meaning as the helper's 'drift')."""
-
-    code = "drift"
 
 
 def _registry_knob(name: str) -> Knob:
@@ -83,15 +76,9 @@ def _known_knob(name: str) -> Knob | None:
     return KNOBS.get(name)
 
 
-def same_for(knob: str) -> Same:
-    """Comparison for ``knob`` from the registry; plain equality for unknown knobs."""
-    k = _known_knob(knob)
-    return k.same if k is not None else (lambda a, b: a == b)
-
-
 def _refuse_advisory(k: Knob | None) -> None:
     if k is not None and k.advisory:
-        raise PolicyRefused(f"{k.name} is a recommendation for an operator and is never applied")
+        raise PolicyRefused("advisory", f"{k.name} is a recommendation for an operator and is never applied")
 
 
 class _KnobActuator:
@@ -105,6 +92,8 @@ class _KnobActuator:
         self.cfg = cfg or Config()
 
     def same(self, knob: str) -> Same:
+        from autotune.knobs import same_for
+
         return same_for(knob)
 
     def _target(self, knob: str, target: str) -> str:
@@ -135,7 +124,7 @@ class _KnobActuator:
             return
         cur = k.read(self.host, kt)
         if not k.same(cur.value, expect_before):
-            raise Drift(f"{knob} on {target} is {cur.value!r}, expected {expect_before!r}: "
+            raise PolicyRefused("drift", f"{knob} on {target} is {cur.value!r}, expected {expect_before!r}: "
                         "someone else changed it")
 
     def apply(self, knob: str, target: str, value: str, *, expect_before: str | None,
@@ -185,6 +174,8 @@ class HelperActuator:
         self._direct = _KnobActuator(host or Host("/"), cfg)
 
     def same(self, knob: str) -> Same:
+        from autotune.knobs import same_for
+
         return same_for(knob)
 
     def ping(self) -> int:
@@ -200,11 +191,9 @@ class HelperActuator:
     def read(self, knob: str, target: str) -> KnobState | None:
         if self._direct_knob(knob):
             return self._direct.read(knob, target)
-        from autotune.helper.client import HelperRefused
-
         try:
             return self.client.read(knob, target)
-        except HelperRefused as err:
+        except PolicyRefused as err:
             if err.code == "target_gone":
                 return None
             raise
@@ -241,5 +230,5 @@ def read_value(actuator: Actuator, knob: str, target: str) -> str | None:
     return state.value if state is not None else None
 
 
-__all__ = ["Actuator", "Drift", "DryRunActuator", "HelperActuator",
-           "LocalActuator", "is_drift", "read_value", "same_for"]
+__all__ = ["Actuator", "DryRunActuator", "HelperActuator",
+           "LocalActuator", "is_drift", "read_value"]

@@ -1,5 +1,6 @@
-"""`autotune ranker`: the learned allocation search - is it in use, why, what it has tried and
-what it would choose now; `export` / `import` move its trials between nodes (a fleet's prior)."""
+"""`autotune search`: the search (the learned allocation search) - is it in use, why, what it has
+tried and what it would choose now; `export` / `import` move its trials between nodes (a fleet's
+prior). `autotune ranker`, its old name, still works with a one-line notice (cli/main.ALIASES)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from autotune.cli.history import StateOpt, _open
 
 
 def _trials(db, service: str | None = None):
-    from autotune.diagnose.learner import Trial
+    from autotune.diagnose.search.model import Trial
 
     if db.execute("SELECT 1 FROM sqlite_master WHERE name='learner_trials'").fetchone() is None:
         return []
@@ -23,12 +24,12 @@ def _trials(db, service: str | None = None):
 
 def _status(cfg, db) -> dict:
     """Per searched service: trials, the best one, and what the model proposes at the newest load."""
-    from autotune.agent.learning import Learning
-    from autotune.diagnose import learner as L
+    from autotune.diagnose.search.state import Search
+    from autotune.diagnose.search import model as L
 
-    searched = Learning.__new__(Learning)  # the service selection only; no DB writes
+    searched = Search.__new__(Search)  # the service selection only; no DB writes
     searched.cfg = cfg
-    out: dict = {"enabled": cfg.ranker.enabled, "inactive_reason": searched.why_inactive(), "services": {}}
+    out: dict = {"enabled": cfg.search.enabled, "inactive_reason": searched.why_inactive(), "services": {}}
     for svc in searched.services():
         trials = _trials(db, svc.name)
         entry: dict = {"trials": len(trials), "imported": sum(t.source == "imported" for t in trials)}
@@ -54,16 +55,16 @@ def _status(cfg, db) -> dict:
 
 
 def register(app: typer.Typer) -> None:
-    ranker_app = typer.Typer(help="The learned allocation search: with no command, what it knows and would "
+    search_app = typer.Typer(help="The learned allocation search: with no command, what it knows and would "
                              "choose now; export / import its trials.",
                              invoke_without_command=True, no_args_is_help=False)
-    app.add_typer(ranker_app, name="ranker")
+    app.add_typer(search_app, name="search")
 
-    @ranker_app.callback()
-    def ranker(ctx: typer.Context, state: StateOpt = None, config: ConfigOpt = None,
+    @search_app.callback()
+    def search(ctx: typer.Context, state: StateOpt = None, config: ConfigOpt = None,
                json_out: JsonOpt = False) -> None:
         """Is the learned allocation search in use, why, what it tried and would choose now."""
-        if ctx.invoked_subcommand is not None:  # `ranker --state DB export`: the command's default
+        if ctx.invoked_subcommand is not None:  # `search --state DB export`: the command's default
             ctx.obj = {"state": state, "config": config}
             return
         from rich.console import Console
@@ -75,7 +76,7 @@ def register(app: typer.Typer) -> None:
             return
         console = Console()
         if st["inactive_reason"]:
-            console.print(f"learned allocation search: not in use: {st['inactive_reason']}; the rules decide alone")
+            console.print(f"search: not in use: {st['inactive_reason']}; the rules decide alone")
             return
         for name, e in st["services"].items():
             console.print(f"[bold]{name}[/]: {e['status']} - {e['reason']}")
@@ -88,12 +89,12 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  would choose now: {e['proposal']}")
 
     def _group(ctx: typer.Context, state: Path | None, config: Path | None) -> tuple[Path | None, Path | None]:
-        """The command's own --state/--config, else those given before it (`ranker --state DB ...`)."""
+        """The command's own --state/--config, else those given before it (`search --state DB ...`)."""
         given = ctx.obj if isinstance(ctx.obj, dict) else {}
         return (state if state is not None else given.get("state"),
                 config if config is not None else given.get("config"))
 
-    @ranker_app.command("export")
+    @search_app.command("export")
     def export(ctx: typer.Context, path: Annotated[Path, typer.Argument(help="JSON-lines file to write.")],
                state: StateOpt = None, config: ConfigOpt = None) -> None:
         """Write this node's trials (JSON lines) for another node to import as a prior."""
@@ -106,13 +107,13 @@ def register(app: typer.Typer) -> None:
             fail(f"{path}: cannot write ({err.strerror})")
         typer.echo(f"exported {len(trials)} trials to {path}")
 
-    @ranker_app.command("import")
+    @search_app.command("import")
     def import_(ctx: typer.Context,
-                path: Annotated[Path, typer.Argument(help="JSON-lines file from `autotune ranker export`.")],
+                path: Annotated[Path, typer.Argument(help="JSON-lines file from `autotune search export`.")],
                 service: Annotated[Optional[str], typer.Option(help="Record them for this service.")] = None,
                 state: StateOpt = None, config: ConfigOpt = None) -> None:
         """Add another node's trials as a prior (marked imported: they count as noisier evidence)."""
-        from autotune.agent.learning import Learning
+        from autotune.diagnose.search.state import Search
         from autotune.errors import ConfigError
         from autotune.journal.journal import Journal
 
@@ -121,7 +122,7 @@ def register(app: typer.Typer) -> None:
         if not path.is_file():
             fail(f"{path}: no such file")
         try:
-            n = Learning(cfg, db, Journal(db), ncpu=1).import_(path, service)
+            n = Search(cfg, db, Journal(db), ncpu=1).import_(path, service)
         except ConfigError as err:
             fail(str(err))
         typer.echo(f"imported {n} trials from {path}")

@@ -1,4 +1,4 @@
-"""The learned allocation search (diagnose/learner.py): score, candidates, safe exploration that
+"""The learned allocation search (diagnose/search/model.py): score, candidates, safe exploration that
 reaches the best allocation of a known surface, and load phases."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from autotune.diagnose import learner as L
+from autotune.diagnose.search import model as L
 
 NCPU = 2
 
