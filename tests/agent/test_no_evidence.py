@@ -22,7 +22,7 @@ from autotune.diagnose.rules import load_rules
 from autotune.sensors.latency import LatencyScraper
 from autotune.store.db import open_db
 from tests.agent.conftest import Clock, host, run_plant
-from tests.agent.test_learning import LLM, NB, SLO_ITL, Latency, Plant
+from tests.agent.test_search import LLM, NB, SLO_ITL, Latency, Plant
 
 REPO_RULES = Path(__file__).resolve().parents[2] / "rules"
 
