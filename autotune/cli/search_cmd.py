@@ -42,9 +42,9 @@ def _status(cfg, db) -> dict:
             floor = sum(n.min_cpu_cores or 0.0 for n in cfg.services if n.role == "neighbour")
             cands = L.candidates(ncpu, quota_min=0.25, neighbour_floor=floor)
             p = L.propose(trials, cands, load=load, ncpu=ncpu,
-                          phase_trials=[t for t in trials if L.similar_load(t, load, cfg.ranker.phase_change)],
-                          settings=L.Settings(safe_prob=cfg.ranker.safe_prob, stop_ei=cfg.ranker.stop_ei,
-                                              max_trials=cfg.ranker.max_trials))
+                          phase_trials=[t for t in trials if L.similar_load(t, load, cfg.search.phase_change)],
+                          settings=L.Settings(safe_prob=cfg.search.safe_prob, stop_ei=cfg.search.stop_ei,
+                                              max_trials=cfg.search.max_trials))
             entry.update(status=p.status, reason=p.reason, load=load,
                          proposal=p.allocation.label() if p.allocation else None)
         else:
