@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
             return
         console = Console()
         if st["inactive_reason"]:
-            console.print(f"search: not in use: {st['inactive_reason']}; the rules decide alone")
+            console.print(f"search: not in use: {st['inactive_reason']}; the rules decide alone", markup=False)
             return
         for name, e in st["services"].items():
             console.print(f"[bold]{name}[/]: {e['status']} - {e['reason']}")

@@ -120,3 +120,15 @@ def test_a_command_imports_its_own_module_only():
                              timeout=60)
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("LOADED:")]
         assert line == [f"LOADED:{loaded}"], (argv, out.stdout, out.stderr)
+
+
+def test_the_search_says_in_which_section_it_is_disabled(tmp_path):
+    """Rich took `[search]` in the line for markup and printed 'disabled in ;'."""
+    from autotune.store.db import open_db
+
+    open_db(tmp_path / "s.db").close()
+    (tmp_path / "c.toml").write_text("[search]\nenabled = false\n")
+    out = subprocess.run([sys.executable, "-m", "autotune", "search", "--config", str(tmp_path / "c.toml"),
+                          "--state", str(tmp_path / "s.db")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "search: not in use: disabled in [search]; the rules decide alone"
