@@ -779,7 +779,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="= --seeds 1,..,N")
     p.add_argument("--scenario", choices=list(scenarios.SCENARIOS), default="cpu",
                    help="the neighbour (bench/scenarios.py): " + "; ".join(
-                       f"{k}: {v.doc}" for k, v in scenarios.SCENARIOS.items()))
+                       f"{k}: {v.doc}" for k, v in scenarios.SCENARIOS.items()).replace("%", "%%"))
     p.add_argument("--schedule", type=Path, default=None, help="YAML schedule (default: the scenario's, "
                    "else the engine's: bench/schedules/default.yaml for gpt2, llamacpp.yaml for llamacpp)")
     p.add_argument("--phases", default=None, help='inline schedule "name:rate:duration_s,name:c=N:duration_s,..."')
