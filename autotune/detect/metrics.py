@@ -143,7 +143,7 @@ def slo_ratios(metrics: dict[str, float], services: Iterable[object],
 
 
 def pool_facts(metrics: dict[str, float], services: Iterable[object]) -> dict[str, float]:
-    """``svc.<s>.cpu.cap_cores`` / ``cpu.share_cores`` and the config's word on each service's thread pool
+    """``svc.<s>.cpu.cap_cores`` / ``cpu.share_cores`` / ``cpu.attainable_cores`` and the config's word on each service's thread pool
     (``threads.pool`` when declared, ``threads.pool_declared``, ``threads.pool_fixed``,
     ``threads.lever``). A declared count is the pool it runs with its own setting: it fills the
     windows where none was observed (idle), and an observed pool wins (it is what runs now, also
@@ -168,6 +168,10 @@ def pool_facts(metrics: dict[str, float], services: Iterable[object]) -> dict[st
             by_caps = cpus - sum(min(caps.get(r, cpus), cpus) for r in rivals)
             by_weight = cpus * weight / (weight + sum(metrics.get(r + "cpu.weight", 100.0) for r in rivals))
             out[p + "cpu.share_cores"] = min(caps[p], max(by_caps, by_weight))
+        host_cpus = metrics.get("host.ncpu")
+        if host_cpus and cpus:  # the most any quota / weight step could give it here (its cpuset stays)
+            floors = sum(getattr(o, "min_cpu_cores", None) or 0.0 for o in services if getattr(o, "name", None) != name)
+            out[p + "cpu.attainable_cores"] = max(0.0, min(cpus, host_cpus - floors))
         out[p + "threads.lever"] = 1.0 if th is not None and th.has_lever else 0.0
         if th is not None and th.count is not None and p + "threads.pool" not in metrics:
             out[p + "threads.pool"] = float(th.count)

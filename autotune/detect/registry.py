@@ -93,6 +93,10 @@ REGISTRY: list[Metric] = [
        "what it can count on while the busy neighbours (> 0.1 core) want every CPU: the larger of what their "
        "caps leave and its weight share of its CPUs, at most ``cap_cores`` (``pool_facts``; diagnose/floor.py's "
        "guarantee, from metrics)"),
+    _s("cpu.attainable_cores", r"cpu\.attainable_cores", "cores",
+       "the most CPU any quota or weight step could give it: its CPUs (cpuset, else the host's) less the other "
+       "services' min_cpu_cores floors (``pool_facts``; a fixed thread pool larger than this cannot be given its "
+       "CPUs, rules/threads.yaml)"),
     _s("psi.<res>.<some|full>.<avg10|avg60|avg300|stall_pct>", _PSI, "%", "the cgroup's own pressure files"),
     _s("mem.usage_bytes mem.max_bytes mem.high_bytes", r"mem\.(usage_bytes|max_bytes|high_bytes)", "bytes",
        "cgroup memory (limits absent when unlimited)"),

@@ -97,9 +97,12 @@ FIXTURES = {
                          ("thp", "defrag", "defer+madvise")),
     "limit-intra-op-threads": (BOTH, {"svc.llm.running_threads": 8.0, "svc.llm.cpu.quota_cores": 2.0}, {},
                                ("advice", "llm", None)),
-    # a fixed pool of 2 under a 0.5-core quota, over its SLO: restart it with 1 thread
-    "match-threads-to-cpus": (LEVER_SLO, {**OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0}, {},
-                              ("threads", "llm", "1")),
+    # a fixed pool of 2 in a one-CPU cpuset, over its SLO: no quota or weight can give it 2 CPUs
+    "match-threads-to-cpus": (LEVER_SLO, {**OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0,
+                                          "svc.llm.cpuset.ncpu": 1.0}, {}, ("threads", "llm", "1")),
+    # a fixed pool of 2 under a 0.5-core quota, over its SLO: shrunk when nothing ranks before it
+    "match-threads-to-given-cpus": (LEVER_SLO, {**OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0},
+                                    {}, ("threads", "llm", "1")),
     # one thread using its core on an idle 2-CPU host with no quota: restart it with 2
     "raise-threads-to-cpus": (LEVER_PLAIN, {"svc.llm.threads.pool": 1.0, "svc.llm.cpu.quota_cores": 4.0,
                                             "svc.llm.cpu.weight": 100.0, "svc.llm.cpu.usage_cores": 0.95,
@@ -191,6 +194,36 @@ def test_each_rule_fires_on_its_fixture(rule):
 def test_calm_state_fires_nothing(cfg, extra):
     symptoms, actions = run(cfg, {**CALM, **extra}, CURRENT, origins=ORIGINS)
     assert symptoms == [] and actions == []
+
+
+POOL_STARVED = {**CALM, **OVER, **BUSY, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0,
+                "svc.llm.cpu.throttled_pct": 40.0}
+
+
+def test_a_fixed_pool_is_given_its_cpus_before_it_is_cut():
+    """Pool 2, a 0.5-core quota, two CPUs it could have: the quota and weight steps rank before the
+    restart with fewer threads (llama.cpp cut to one thread held no load above 2.5 req/s here)."""
+    _, actions = run(LEVER_SLO, POOL_STARVED, CURRENT)
+    ranked = [a.rule for a in actions if not a.advisory]
+    assert ranked[0] == "slo-raise-quota"
+    assert "match-threads-to-cpus" not in ranked
+    assert ranked.index("match-threads-to-given-cpus") > max(
+        ranked.index(r) for r in ("slo-raise-quota", "slo-raise-weight", "slo-lower-neighbour-weight"))
+
+
+@pytest.mark.parametrize("why", ["cpuset", "floor"])
+def test_a_fixed_pool_that_cannot_be_given_its_cpus_is_cut_first(why):
+    """One CPU in its cpuset, or a neighbour's 1-core floor on a 2-CPU host: no step can give the
+    pool of 2 its CPUs, so the restart with one thread comes first."""
+    cfg, metrics = LEVER_SLO, POOL_STARVED
+    if why == "cpuset":
+        metrics = {**metrics, "svc.llm.cpuset.ncpu": 1.0}
+    else:
+        cfg = Config(service=[cfg.services[0], BATCH.model_copy(update={"min_cpu_cores": 1.0})])
+    _, actions = run(cfg, metrics, CURRENT)
+    top = [a for a in actions if not a.advisory][0]
+    assert (top.rule, top.knob, top.proposed) == ("match-threads-to-cpus", "threads", "1")
+    assert "could give it more than 1" in " ".join(top.rationale.split())
 
 
 def test_give_back_needs_a_change_to_give_back():
