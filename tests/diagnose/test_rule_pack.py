@@ -200,10 +200,13 @@ POOL_STARVED = {**CALM, **OVER, **BUSY, "svc.llm.threads.pool": 2.0, "svc.llm.cp
                 "svc.llm.cpu.throttled_pct": 40.0}
 
 
-def test_a_fixed_pool_is_given_its_cpus_before_it_is_cut():
-    """Pool 2, a 0.5-core quota, two CPUs it could have: the quota and weight steps rank before the
-    restart with fewer threads (llama.cpp cut to one thread held no load above 2.5 req/s here)."""
-    _, actions = run(LEVER_SLO, POOL_STARVED, CURRENT)
+@pytest.mark.parametrize("floor", [None, 0.5])
+def test_a_fixed_pool_is_given_its_cpus_before_it_is_cut(floor):
+    """Pool 2, a 0.5-core quota, two CPUs it could have (1.5 beside a neighbour's 0.5-core floor):
+    the quota and weight steps rank before the restart with fewer threads (llama.cpp cut to one
+    thread held no load above 2.5 req/s here; two threads held it with 1.5 cores' worth)."""
+    cfg = Config(service=[LEVER_SLO.services[0], BATCH.model_copy(update={"min_cpu_cores": floor})])
+    _, actions = run(cfg, POOL_STARVED, CURRENT)
     ranked = [a.rule for a in actions if not a.advisory]
     assert ranked[0] == "slo-raise-quota"
     assert "match-threads-to-cpus" not in ranked
