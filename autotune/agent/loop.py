@@ -173,6 +173,18 @@ class Agent:
             log.debug("read %s %s failed: %s", knob, target, err)
             return None
 
+    def _tick_reader(self) -> Callable[[str, str], str | None]:
+        """``_read_current`` remembered for one evaluation: the rules and the search ask for the
+        same few knobs several times a tick, and each helper read counts against the policy's
+        [limits] rate_per_s (the example's 5/s was used up by repeats alone)."""
+        seen: dict[tuple[str, str], str | None] = {}
+
+        def read(knob: str, target: str) -> str | None:
+            if (knob, target) not in seen:
+                seen[(knob, target)] = self._read_current(knob, target)
+            return seen[(knob, target)]
+        return read
+
     def _refused_read(self, knob: str, target: str, err: PolicyRefused) -> None:
         """A read the helper refuses (a target outside its policy) leaves the rules that need it
         without a value, every tick: say so once per (knob, target, code) in the log and trail."""
@@ -355,8 +367,9 @@ class Agent:
             return None
         history = self._history()
         placed = self.window[-1].service_cgroups()
+        read = self._tick_reader()
         symptoms, actions, self.detector = evaluate(
-            self.ruleset, self.cfg, history, self.detector, self._read_current, now,
+            self.ruleset, self.cfg, history, self.detector, read, now,
             cooldowns=self._cooldowns() if self.mode == "apply" else None, observed_s=self.observed_s,
             origins=self.journal.origin, cgroups=placed,
         )
@@ -367,8 +380,8 @@ class Agent:
         self.pools = pool.remember(self.pools, pool.pools_from(history[-1][1] if history else {},
                                                                self.cfg.services, now), now)
         self.search.pools = self.pools
-        self.search.observe(now, current, self._read_current)
-        actions = self.search.merge(actions, now, current, self._read_current)
+        self.search.observe(now, current, read)
+        actions = self.search.merge(actions, now, current, read)
         actions = self._screen_pools(actions)
         view = self.gate_view(actions, now, metrics=history[-1][1] if history else None)
         actions = self._blocked(symptoms, actions, view, now)
@@ -410,7 +423,8 @@ class Agent:
                  now: float) -> list[Action]:
         """Mark the proposals a durable check stops, and say once per episode (log at INFO,
         audit ``blocked``) each thing nothing can be done about, with what would unblock it."""
-        refused = {(k, t) for k, t, _ in self._refused}
+        # a rate-limited read is not the policy's no: it waits for the next tick, blocks nothing
+        refused = {(k, t) for k, t, code in self._refused if code != "rate_limited"}
         snap = self.window[-1] if self.window else None
         actions, for_actions = blocked.actions(actions, view, refused)
         self.blocks = (blocked.services(self.cfg, snap) + for_actions +

@@ -405,6 +405,65 @@ def test_a_rate_limited_read_is_not_called_a_policy_refusal(tmp_path, host_root,
     assert not [rec for rec in caplog.records if "refused to read" in rec.getMessage()]
 
 
+class RateLimitedOnceActuator(LocalActuator):
+    """A helper that rate-limits the first read of each knob and target, then answers (a burst
+    used up once, as on the by-hand walk of docs/install.md); counts the reads it is asked."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.asked: list[tuple[str, str]] = []
+
+    def read(self, knob, target):
+        self.asked.append((knob, target))
+        if self.asked.count((knob, target)) == 1:
+            raise PolicyRefused("rate_limited", "more than 5.0/s (burst 20) from uid 999")
+        return super().read(knob, target)
+
+
+def test_a_rate_limited_read_blocks_nothing_once_reads_answer_again(tmp_path, host_root, rules_dir, caplog):
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=RateLimitedOnceActuator(host(host_root), cfg))
+    agent.start()
+    with caplog.at_level("INFO", logger="autotune.agent.loop"):
+        drive(agent, clock, Psi(host_root), 20, after_pct=60, before_pct=60)
+    assert [e.knob for e in agent.journal.entries()] == ["sysctl"]  # applied once reads answered
+    assert not [ev for ev in agent.trail.query(kind="blocked") if ev.detail.get("kind") == "policy"]
+    assert not [rec for rec in caplog.records if "policy refuses" in rec.getMessage()]
+
+
+def test_one_evaluation_reads_each_knob_once(tmp_path, host_root, rules_dir):
+    # a second rule on the same knob: without the tick's memo its current value is read twice
+    (rules_dir / "again.yaml").write_text("""
+rules:
+  - name: test-lower-swappiness-again
+    scope: host
+    priority: 40
+    cooldown_s: 0
+    rationale: the same knob again (host PSI {metric:psi.cpu.some.avg10} %)
+    when:
+      all: [{symptom: cpu_pressure}]
+    actions:
+      - knob: sysctl
+        target: vm.swappiness
+        value: 20
+        bounds: {min: 1, max: 100}
+""")
+    clock = Clock()
+    cfg = make_cfg(tmp_path, rules_dir)
+    actuator = RateLimitedOnceActuator(host(host_root), cfg)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=actuator)
+    agent.start()
+    psi = Psi(host_root)
+    for _ in range(6):
+        clock.t += 1
+        psi.tick(1, 60)
+        agent.sample()
+        actuator.asked.clear()
+        agent.evaluate()
+        assert len(actuator.asked) == len(set(actuator.asked)), actuator.asked
+
+
 def test_a_refused_write_is_in_the_agents_log(tmp_path, host_root, rules_dir, caplog):
     clock = Clock()
     cfg = make_cfg(tmp_path, rules_dir)
