@@ -17,6 +17,7 @@ message says what to do; the CLI prints them and exits 2.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -149,9 +150,12 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
     sd_notify("READY=1", f"STATUS={agent.status_line()}")
     log.info("agent started: %s, %s, state %s", agent.mode, type(actuator).__name__, cfg.state_path())
 
+    notifying = bool(os.environ.get("NOTIFY_SOCKET"))  # the status line costs a journal query
+
     def sample_job() -> None:
         agent.guarded("sample", agent.sample)
-        sd_notify("WATCHDOG=1", f"STATUS={agent.status_line()}")
+        if notifying:
+            sd_notify("WATCHDOG=1", f"STATUS={agent.status_line()}")
 
     a = cfg.agent
     sched = Schedule()
@@ -161,6 +165,11 @@ def run_agent(cfg: Config, *, root: Path | None, helper_socket: Path | None = No
         sched.add("verify", 1.0, agent.guarded, "verify", agent.verify)
     sched.add("retain", 60.0, agent.guarded, "retain", agent.retain)
     sched.start()
+    # what start-up built (modules, pydantic validators, rules, the scheduler) lives as long as
+    # the process: out of the cyclic collector's full passes, which otherwise walk it again
+    # every few dozen samples as the window's snapshots age into the oldest generation
+    gc.collect()
+    gc.freeze()
     deadline = None if duration is None else time.monotonic() + duration
     try:
         while not stop.is_set():

@@ -167,8 +167,13 @@ def clamp(action: Action, shares: dict[str, CpuShare], ncpu: int, reserve: float
     except ValueError:
         return None
 
+    seen: dict[str, bool] = {}  # the verdict depends only on the written value: once each
+
     def ok(v: float) -> bool:
-        return violation(action.model_copy(update={"proposed": fmt(v)}), shares, ncpu, reserve) is None
+        text = fmt(v)
+        if text not in seen:
+            seen[text] = violation(action.model_copy(update={"proposed": text}), shares, ncpu, reserve) is None
+        return seen[text]
 
     def fmt(v: float) -> str:
         return knob.format(v)

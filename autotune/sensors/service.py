@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 
-import psutil
 from pydantic import BaseModel, ConfigDict
 
 from autotune.cgroupfs import controller_dir, norm_cgpath, v2_dir
@@ -123,6 +122,8 @@ def _process_table(host: Host) -> list[tuple[int, str, str | None, list[str]]]:
     """(pid, name, exe, cmdline) for every process; rooted when the Host is not live."""
     rows = []
     if host.is_live:
+        import psutil  # only a service declared by exe/cmdline scans the process table
+
         for p in psutil.process_iter(["pid", "name", "exe", "cmdline"]):
             info = p.info
             rows.append((info["pid"], info["name"] or "", info["exe"], info["cmdline"] or []))
@@ -195,6 +196,8 @@ def resolve_service(host: Host, svc: Service) -> ResolvedService:
             pid_sets.append(set())
 
     if svc.exe or svc.cmdline:
+        import psutil  # here, not at import: a service found by cgroup or pid file never needs it
+
         try:
             pattern = re.compile(svc.cmdline) if svc.cmdline else None
         except re.error as err:
