@@ -103,6 +103,10 @@ FIXTURES = {
     # a fixed pool of 2 under a 0.5-core quota, over its SLO: shrunk when nothing ranks before it
     "match-threads-to-given-cpus": (LEVER_SLO, {**OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0},
                                     {}, ("threads", "llm", "1")),
+    # a fixed pool of 2 under a 0.5-core quota, over its SLO and throttled: the quota to 2 cores at once
+    "slo-raise-quota-to-pool": (LEVER_SLO, {**OVER, "svc.llm.threads.pool": 2.0, "svc.llm.cpu.weight": 100.0,
+                                            "svc.llm.cpu.throttled_pct": 40.0}, {},
+                                ("cgroup.cpu_quota", "/autotune/llm", "2")),
     # one thread using its core on an idle 2-CPU host with no quota: restart it with 2
     "raise-threads-to-cpus": (LEVER_PLAIN, {"svc.llm.threads.pool": 1.0, "svc.llm.cpu.quota_cores": 4.0,
                                             "svc.llm.cpu.weight": 100.0, "svc.llm.cpu.usage_cores": 0.95,
@@ -207,11 +211,12 @@ def test_a_fixed_pool_is_given_its_cpus_before_it_is_cut(floor):
     thread held no load above 2.5 req/s here; two threads held it with 1.5 cores' worth)."""
     cfg = Config(service=[LEVER_SLO.services[0], BATCH.model_copy(update={"min_cpu_cores": floor})])
     _, actions = run(cfg, POOL_STARVED, CURRENT)
-    ranked = [a.rule for a in actions if not a.advisory]
-    assert ranked[0] == "slo-raise-quota"
-    assert "match-threads-to-cpus" not in ranked
-    assert ranked.index("match-threads-to-given-cpus") > max(
-        ranked.index(r) for r in ("slo-raise-quota", "slo-raise-weight", "slo-lower-neighbour-weight"))
+    ranked = [(a.rule, a.proposed) for a in actions if not a.advisory]
+    assert ranked[0] == ("slo-raise-quota-to-pool", "2")  # the pool's cores in one step
+    rules = [r for r, _ in ranked]
+    assert "match-threads-to-cpus" not in rules
+    assert rules.index("match-threads-to-given-cpus") > max(
+        rules.index(r) for r in ("slo-raise-weight", "slo-lower-neighbour-weight"))
 
 
 @pytest.mark.parametrize("why", ["cpuset", "floor"])
