@@ -255,3 +255,28 @@ def test_a_llamacpp_service_s_load_is_its_generated_tokens_per_second(tmp_path, 
     assert load == pytest.approx(30.0) and slack == pytest.approx(0.5) and served
     idle = agent.search._window_facts(svc, [snap(0, 0, 0), snap(5, 0, 0), snap(10, 0, 0)])
     assert idle is not None and idle[1] == 1.0 and not idle[3]  # slack 1 by definition: not a trial
+
+
+def test_back_to_the_generous_extreme_never_takes_from_the_service(tmp_path, host_root, monkeypatch):
+    """Nothing is predicted to keep the SLO, and the grid's generous extreme (weights 1:1 here)
+    gives the service less than the weights in place (a heavier service, off the grid): the
+    search gives where it can (the quota) and takes nothing (no heavier neighbour). The live
+    llama.cpp run raised the neighbour's weight 100 -> 291 this way and broke the SLO three times."""
+    import autotune.diagnose.search.model as L
+    from autotune.diagnose.search import state as S
+
+    plant = Plant(host_root, demand=1.0)
+    agent, clock = make(tmp_path, host_root, plant)
+    run(agent, clock, plant, 60)
+    assert agent.search.trials("llm")  # a measured trial: the search may move
+    plant.llm.joinpath("cpu.shares").write_text("2980\n")  # weight ~291 against the neighbour's 100
+    generous = L.Allocation(quota_cores=None, ratio=1.0)
+    for give_only in (False, True):
+        monkeypatch.setattr(S.Search, "propose", lambda self, svc, now, window, g=give_only: L.Proposal(
+            allocation=generous, status="exploring", reason="test", give_only=g))
+        moves = agent.search.actions(clock(), list(agent.window), agent._read_current)
+        heavier = [m for m in moves if m.target.endswith("neighbour")]
+        if give_only:
+            assert heavier == [] and [m.proposed for m in moves] == ["max"]  # the quota: given
+        else:
+            assert heavier and heavier[0].verify.mode == "guard"  # without it: the take the live run made

@@ -234,6 +234,11 @@ class Proposal(BaseModel):
     reason: str
     prediction: Prediction | None = None
     trials_in_phase: int = 0
+    # no allocation is predicted to keep the SLO: move only toward giving the service more. The
+    # grid's generous extreme can give less than what is in place (the rules' weight steps are
+    # not on the grid): on llama.cpp the search "went back to the generous extreme" by raising
+    # the neighbour's weight 100 -> 291 and broke the SLO, three times a row (2026-12-07-coloc-llamacpp-pool)
+    give_only: bool = False
 
 
 def server_cap(a: Allocation, ncpu: int) -> float:
@@ -309,7 +314,7 @@ def propose(trials: Sequence[Trial], cands: Sequence[Allocation], *, load: float
     broken = broken_at(trials, load, settings.phase_change)
     safe = [p for p in preds if _allowed(p, phase_trials, ncpu, settings, broken)]
     if not safe:
-        return Proposal(allocation=generous, status="exploring", trials_in_phase=n,
+        return Proposal(allocation=generous, status="exploring", trials_in_phase=n, give_only=True,
                         reason="no allocation is predicted to keep the SLO: back to the generous extreme")
     top_pred = max(safe, key=lambda p: (p.score, -abs(p.slack)))
     best_pred = _hold(safe, phase_trials, ncpu, band=settings.stop_ei * max(top_pred.score, 1e-6))

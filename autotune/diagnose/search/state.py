@@ -277,7 +277,8 @@ class Search:
             if p.allocation is None or live is None:
                 continue
             moves = self._moves(svc, live, p, read)
-            if self.phases[svc.name].rising():  # the load is climbing: give, never take
+            # the load is climbing, or nothing is predicted to keep the SLO: give, never take
+            if self.phases[svc.name].rising() or p.give_only:
                 moves = [m for m in moves if m.verify.mode != "guard"]
             out += moves
         return out
