@@ -18,6 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any
 
 from autotune.agent import state
@@ -172,18 +173,6 @@ class Agent:
         except Exception as err:  # noqa: BLE001 - unreadable knob: a missing reading
             log.debug("read %s %s failed: %s", knob, target, err)
             return None
-
-    def _tick_reader(self) -> Callable[[str, str], str | None]:
-        """``_read_current`` remembered for one evaluation: the rules and the search ask for the
-        same few knobs several times a tick, and each helper read counts against the policy's
-        [limits] rate_per_s (the example's 5/s was used up by repeats alone)."""
-        seen: dict[tuple[str, str], str | None] = {}
-
-        def read(knob: str, target: str) -> str | None:
-            if (knob, target) not in seen:
-                seen[(knob, target)] = self._read_current(knob, target)
-            return seen[(knob, target)]
-        return read
 
     def _refused_read(self, knob: str, target: str, err: PolicyRefused) -> None:
         """A read the helper refuses (a target outside its policy) leaves the rules that need it
@@ -367,7 +356,9 @@ class Agent:
             return None
         history = self._history()
         placed = self.window[-1].service_cgroups()
-        read = self._tick_reader()
+        # each knob read once this tick: the rules and the search ask for the same few several
+        # times, and every helper read counts against the policy's [limits] rate_per_s
+        read = cache(self._read_current)
         symptoms, actions, self.detector = evaluate(
             self.ruleset, self.cfg, history, self.detector, read, now,
             cooldowns=self._cooldowns() if self.mode == "apply" else None, observed_s=self.observed_s,

@@ -18,11 +18,13 @@ from tests.agent.conftest import RULES, SWAPPINESS, Clock, Psi, host, make_cfg
 ORIGINAL = "60\n"  # the fixture's exact raw content
 
 
-def make_agent(tmp_path, root, rules_dir, clock, actuator=None, **verification):
+def make_agent(tmp_path, root, rules_dir, clock, actuator=None, actuator_cls=LocalActuator, **verification):
+    """``actuator_cls(host, cfg)`` builds the agent's actuator (a test's own helper stand-in)
+    unless an ``actuator`` is given."""
     verification.setdefault("rule_cooldown_s", 10_000)
     cfg = make_cfg(tmp_path, rules_dir, **verification)
     h = host(root)
-    return Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=actuator or LocalActuator(h, cfg),
+    return Agent(cfg, host=h, db=open_db(cfg.state_path()), actuator=actuator or actuator_cls(h, cfg),
                  ruleset=load_rules(cfg.rule_dirs()), clock=clock)
 
 
@@ -169,9 +171,7 @@ class RefusingActuator(LocalActuator):
 
 def test_refusals_are_journaled_and_a_failing_knob_is_disabled(tmp_path, host_root, rules_dir):
     clock = Clock()
-    cfg = make_cfg(tmp_path, rules_dir)
-    act = RefusingActuator(host(host_root), cfg)
-    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=act, rule_cooldown_s=0)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator_cls=RefusingActuator, rule_cooldown_s=0)
     agent.start()
     drive(agent, clock, Psi(host_root), 40, after_pct=60)
     entries = agent.journal.entries()
@@ -371,8 +371,7 @@ class ReadRefusingActuator(LocalActuator):
 
 def test_a_refused_read_is_in_the_agents_log_and_trail_once(tmp_path, host_root, rules_dir, caplog):
     clock = Clock()
-    cfg = make_cfg(tmp_path, rules_dir)
-    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=ReadRefusingActuator(host(host_root), cfg))
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator_cls=ReadRefusingActuator)
     agent.start()
     with caplog.at_level("WARNING", logger="autotune.agent.loop"):
         drive(agent, clock, Psi(host_root), 12, after_pct=60, before_pct=60)
@@ -395,8 +394,7 @@ class RateLimitingActuator(LocalActuator):
 
 def test_a_rate_limited_read_is_not_called_a_policy_refusal(tmp_path, host_root, rules_dir, caplog):
     clock = Clock()
-    cfg = make_cfg(tmp_path, rules_dir)
-    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=RateLimitingActuator(host(host_root), cfg))
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator_cls=RateLimitingActuator)
     agent.start()
     with caplog.at_level("WARNING", logger="autotune.agent.loop"):
         drive(agent, clock, Psi(host_root), 12, after_pct=60, before_pct=60)
@@ -422,8 +420,7 @@ class RateLimitedOnceActuator(LocalActuator):
 
 def test_a_rate_limited_read_blocks_nothing_once_reads_answer_again(tmp_path, host_root, rules_dir, caplog):
     clock = Clock()
-    cfg = make_cfg(tmp_path, rules_dir)
-    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=RateLimitedOnceActuator(host(host_root), cfg))
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator_cls=RateLimitedOnceActuator)
     agent.start()
     with caplog.at_level("INFO", logger="autotune.agent.loop"):
         drive(agent, clock, Psi(host_root), 20, after_pct=60, before_pct=60)
@@ -450,9 +447,8 @@ rules:
         bounds: {min: 1, max: 100}
 """)
     clock = Clock()
-    cfg = make_cfg(tmp_path, rules_dir)
-    actuator = RateLimitedOnceActuator(host(host_root), cfg)
-    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=actuator)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator_cls=RateLimitedOnceActuator)
+    actuator = agent.actuator
     agent.start()
     psi = Psi(host_root)
     for _ in range(6):
@@ -466,9 +462,7 @@ rules:
 
 def test_a_refused_write_is_in_the_agents_log(tmp_path, host_root, rules_dir, caplog):
     clock = Clock()
-    cfg = make_cfg(tmp_path, rules_dir)
-    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator=RefusingActuator(host(host_root), cfg),
-                       rule_cooldown_s=0)
+    agent = make_agent(tmp_path, host_root, rules_dir, clock, actuator_cls=RefusingActuator, rule_cooldown_s=0)
     agent.start()
     with caplog.at_level("WARNING", logger="autotune.agent.loop"):
         drive(agent, clock, Psi(host_root), 20, after_pct=60)
