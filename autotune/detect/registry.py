@@ -191,22 +191,7 @@ def known_pattern() -> re.Pattern[str]:
 
 def sensors() -> dict[str, Callable]:
     """The registry-declared sensors: ``module:function`` -> the function (imported once)."""
-    return _declared(REGISTRY, len(REGISTRY))[0]
-
-
-_DECLARED: list = []  # [the registry list, its length, sensors, their metrics]
-
-
-def _declared(reg: list, n: int) -> tuple[dict[str, Callable], tuple]:
-    """(the declared sensors, their metrics as (name, sensor, field, is_gauge)) for this
-    registry list: built once, not every sample (collect and derive_metrics run each second).
-    Kept with the list itself and its length, so an entry added to REGISTRY (a test) is seen."""
-    if not _DECLARED or _DECLARED[0] is not reg or _DECLARED[1] != n:
-        fns = {spec: _load(spec) for spec in dict.fromkeys(m.sensor for m in reg if m.sensor)}
-        metrics = tuple((m.name, m.sensor, m.field, m.kind == "gauge") for m in reg
-                        if m.sensor is not None and m.field is not None)
-        _DECLARED[:] = [reg, n, fns, metrics]
-    return _DECLARED[2], _DECLARED[3]
+    return {spec: _load(spec) for spec in dict.fromkeys(m.sensor for m in REGISTRY if m.sensor)}
 
 
 @cache
@@ -219,16 +204,18 @@ def derive_sensor_metrics(out: dict[str, float], first_readings: dict[str, dict[
                           last_readings: dict[str, dict[str, float]], dt: float) -> None:
     """Each registry metric of a declared sensor: the reading itself (gauge, last snapshot) or
     its rate over the window (rate: absent for one snapshot or a counter that went back)."""
-    for name, sensor, field, gauge in _declared(REGISTRY, len(REGISTRY))[1]:
-        b = last_readings.get(sensor, {}).get(field)
+    for m in REGISTRY:
+        if m.sensor is None or m.field is None:
+            continue
+        b = last_readings.get(m.sensor, {}).get(m.field)
         if b is None:
             continue
-        if gauge:
-            out[name] = float(b)
+        if m.kind == "gauge":
+            out[m.name] = float(b)
             continue
-        a = first_readings.get(sensor, {}).get(field)
+        a = first_readings.get(m.sensor, {}).get(m.field)
         if a is not None and dt > 0 and b >= a:
-            out[name] = (b - a) / dt
+            out[m.name] = (b - a) / dt
 
 
 def markdown() -> str:
