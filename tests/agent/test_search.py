@@ -236,6 +236,42 @@ def test_give_backs_of_levers_the_search_does_not_move_survive_it(tmp_path, host
     assert {(a.knob, a.target) for a in kept} == {("cgroup.memory_high", NB), ("cgroup.cpu_quota", NB)}
 
 
+def test_the_rules_give_nothing_back_while_the_search_measures_a_new_load_or_it_climbs(tmp_path, host_root):
+    """Live (2026-12-07-coloc-llamacpp-pool2): the tick the search reset to a new load phase
+    ("waiting": measuring the allocation in place) let the rules' ``slo-give-back-weight`` through
+    onto the load that had just risen, and the SLO broke. Waiting stands them aside like
+    exploring does; while the load climbs, every give-back for the service waits."""
+    from autotune.diagnose.search import model as L
+    from autotune.types import Action, VerifyPlan
+
+    agent, _ = make(tmp_path, host_root, Plant(host_root, demand=1.0))
+    learning = agent.search
+    learning.actions = lambda now, window, read: []
+    guard = VerifyPlan(mode="guard", window_s=10, settle_s=2, lockout_s=30)
+    compare = VerifyPlan(mode="compare", window_s=10, settle_s=2)
+
+    def act(knob: str, target: str, verify: VerifyPlan = guard) -> Action:
+        return Action(knob=knob, target=target, service="llm", current="1", proposed="2", rule="r",
+                      rationale="test", verify=verify)
+
+    rules = [act("cgroup.cpu_weight", LLM), act("cgroup.memory_high", NB), act("cgroup.cpu_quota", LLM, compare)]
+    everything = {("cgroup.cpu_weight", LLM), ("cgroup.memory_high", NB), ("cgroup.cpu_quota", LLM)}
+
+    def merged(now: float = 20.0) -> set[tuple[str, str]]:
+        return {(a.knob, a.target) for a in learning.merge(rules, now, [], lambda k, t: None)}
+
+    learning.phases["llm"] = L.Phases(ref_load=1.0, started_ts=0.0, last_load=1.0)  # moved at 0, confirmed at 15
+    learning.proposals["llm"] = L.Proposal(status="waiting", allocation=None, reason="new load phase")
+    assert merged() == {("cgroup.memory_high", NB), ("cgroup.cpu_quota", LLM)}
+    # still waiting three trials later: it cannot measure (an idle service): the rules give back
+    assert merged(now=15.0 + 3 * agent.cfg.search.trial_s) == everything
+    learning.proposals["llm"] = L.Proposal(status="inactive", allocation=None, reason="test")
+    assert merged() == everything
+    learning.phases["llm"] = L.Phases(ref_load=1.0, started_ts=0.0, away_since=5.0, last_load=2.0)
+    assert learning.phases["llm"].rising()
+    assert merged() == {("cgroup.cpu_quota", LLM)}  # what gives to the service still goes
+
+
 def test_a_llamacpp_service_s_load_is_its_generated_tokens_per_second(tmp_path, host_root):
     """llama.cpp's page counts no requests: the search's load (its phases) is the tokens/s of the
     requests that ended, and an idle window (no token, nothing running) is no trial."""

@@ -406,6 +406,9 @@ def _next_step_down(safe: Sequence[Prediction], phase_trials: Sequence[Trial], n
     return max(below, key=lambda p: (server_cores(p.allocation, ncpu), p.score))
 
 
+PHASE_HOLD_S = 15.0  # a load this long away from the phase's reference starts a new phase
+
+
 class Phases(BaseModel):
     """Where the current load phase began: a load that stays ``change`` (relative) away from the
     phase's reference for ``hold_s`` starts a new phase, and the search explores again."""
@@ -420,7 +423,7 @@ class Phases(BaseModel):
         from the service (the live run stepped down into a rising load and broke the SLO)."""
         return self.away_since is not None and (self.last_load or 0.0) > (self.ref_load or 0.0)
 
-    def update(self, load: float, now: float, *, change: float, hold_s: float = 15.0) -> bool:
+    def update(self, load: float, now: float, *, change: float, hold_s: float = PHASE_HOLD_S) -> bool:
         """Feed the current load; True when a new phase begins. The phase is dated from when
         the load moved, not from when that was confirmed: a trial whose window began before
         then saw the old load, and must not vouch for the new one."""

@@ -329,20 +329,41 @@ class Search:
         """The rules' actions plus the search's; the rules' give-backs of what the search moves
         (the service's quota, the cpu weights) stand aside for the services the search is
         active for (it decides how much to give back); other give-backs (a neighbour's memory
-        or CPU cap) are the rules' own."""
+        or CPU cap) are the rules' own, except while the service's load climbs (no take then).
+
+        Active includes waiting while the search measures the allocation in place (a new load
+        phase, or no trial yet: its first trial comes a tick or two later): a give-back then both
+        spoils that trial and lands on a load that just rose. Live: every ``slo-give-back-weight``
+        of the llama.cpp learned row fired in the tick the search reset to a new load phase, and
+        2 of 3 seeds' violating windows after 20 s came from those
+        (2026-12-07-coloc-llamacpp-pool2). A search still waiting after three trials' time cannot
+        measure (an idle service makes no trial): the rules give back alone."""
         searched = {s.name: s for s in self.services()}
         if not searched:
             return actions
         mine = self.actions(now, window, read)
-        active = {s for s in searched if self.proposals.get(s) is not None
-                  and self.proposals[s].status in ("exploring", "converged")}
+        measuring_s = L.PHASE_HOLD_S + 3 * self.cfg.search.trial_s
+
+        def active(name: str) -> bool:
+            p, phase = self.proposals.get(name), self.phases.get(name)
+            if p is None:
+                return False
+            return p.status in ("exploring", "converged") or (
+                p.status == "waiting" and phase is not None and now - phase.started_ts < measuring_s)
 
         def moved_by_search(a: Action) -> bool:
             return a.knob == "cgroup.cpu_weight" or (
                 a.knob == "cgroup.cpu_quota" and a.service in searched and a.target == self.cgroup(searched[a.service]))
 
-        kept = [a for a in actions if not (a.verify.mode == "guard" and a.service in active and a.rule != RULE
-                                           and moved_by_search(a))]
+        def stands_aside(a: Action) -> bool:
+            if a.verify.mode != "guard" or a.rule == RULE or a.service not in searched:
+                return False
+            phase = self.phases.get(a.service)
+            # a load on the way up: no take from the service, whoever proposes it (the
+            # search's own moves: ``actions``)
+            return (phase is not None and phase.rising()) or (active(a.service) and moved_by_search(a))
+
+        kept = [a for a in actions if not stands_aside(a)]
         return sorted(kept + mine, key=lambda a: -a.priority)
 
     # -- fleet: export / import -------------------------------------------------------------------
