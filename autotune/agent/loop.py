@@ -396,7 +396,9 @@ class Agent:
             log.debug("skipped %s: %s", what, why)
         if decision.chosen is not None:
             window = decision.chosen.verify.window_s or self.cfg.verification.window_s
-            if not self.verifier.can_measure(now, decision.chosen.service, window):
+            # a breach is answered at once; anything else waits for a before-window to verify against
+            breach = gating.answers_breach(decision.chosen, history[-1][1] if history else {})
+            if not breach and not self.verifier.can_measure(now, decision.chosen.service, window):
                 held = (decision.chosen.knob, decision.chosen.target)
                 if held != self._holding:  # once per hold, not every tick until it lifts
                     self._holding = held

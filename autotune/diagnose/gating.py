@@ -94,3 +94,21 @@ def select_action(actions: list[Action], view: GateView, now: float, v: Verifica
             continue
         chosen = a
     return Decision(chosen=chosen, skipped=skipped)
+
+
+# the levers that only give the service CPU when a compare-verified rule or the search moves them
+# (their takes are guard-verified); a cpuset or a thread count can hurt as well as help
+BREACH_LEVERS = frozenset({"cgroup.cpu_quota", "cgroup.cpu_weight"})
+
+
+def answers_breach(action: Action, metrics: dict[str, float]) -> bool:
+    """A change that gives CPU to a service over its SLO (slack < 0) need not wait for a full
+    before-window to be verified against (``Verifier.can_measure``): the service is failing its
+    users now, and giving it CPU is the direction that cannot break its SLO. Its verdict may then
+    be "too few samples", which keeps it. Live, that wait was 4-13 s of a breach before the
+    answer (2026-12-07-coloc-llamacpp-pool2: after a fresh start and after a rollback); the goal
+    is the first corrective change <= 2 s after a breach."""
+    if action.service is None or action.knob not in BREACH_LEVERS or action.verify.mode != "compare":
+        return False
+    slack = metrics.get(f"svc.{action.service}.slo.slack")
+    return slack is not None and slack < 0

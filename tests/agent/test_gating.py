@@ -1,6 +1,6 @@
-from autotune.diagnose.gating import GateView, select_action
+from autotune.diagnose.gating import GateView, answers_breach, select_action
 from autotune.config import Verification
-from autotune.types import Action
+from autotune.types import Action, VerifyPlan
 
 V = Verification(rule_cooldown_s=100, knob_cooldown_s=50, max_changes_per_hour=3)
 
@@ -71,3 +71,17 @@ def test_actuator_routes_admission_service_to_its_gate(tmp_path):
     assert act._target("admission", "llm") == "http://127.0.0.1:9/"
     assert act._target("admission", "http://x:1") == "http://x:1"
     assert act.read("admission", "nogate") is None  # no gate: target gone, not a crash
+
+
+def test_only_a_compared_cpu_give_to_a_service_over_its_slo_answers_a_breach():
+    """Such a change skips the wait for a before-window; a take (guard), another lever (a
+    cpuset can hurt), or a service within its SLO does not."""
+    give = Action(knob="cgroup.cpu_quota", target="/llm", service="llm", proposed="1", rule="slo-raise-quota",
+                  rationale="x", verify=VerifyPlan(mode="compare"))
+    over, within = {"svc.llm.slo.slack": -0.3}, {"svc.llm.slo.slack": 0.02}
+    assert answers_breach(give, over)
+    assert answers_breach(give.model_copy(update={"knob": "cgroup.cpu_weight"}), over)
+    assert not answers_breach(give, within) and not answers_breach(give, {})
+    assert not answers_breach(give.model_copy(update={"verify": VerifyPlan(mode="guard")}), over)
+    assert not answers_breach(give.model_copy(update={"knob": "cgroup.cpuset"}), over)
+    assert not answers_breach(give.model_copy(update={"service": None}), over)

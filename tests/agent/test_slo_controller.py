@@ -119,6 +119,22 @@ def test_low_slack_raises_the_quota_and_high_slack_gives_it_back(tmp_path, host_
     assert agent.trail.verify().ok
 
 
+def test_a_breach_is_answered_without_waiting_for_a_full_before_window(tmp_path, host_root):
+    """Over its SLO (slack < 0), a change that gives the service CPU goes in at once; a fresh
+    agent used to wait for window_s (10 s) of samples first (gating.answers_breach)."""
+    plant = Plant(host_root)
+    agent, clock = make(tmp_path, host_root, plant)
+    start = clock.t
+    plant.cpu.joinpath("cpu.cfs_quota_us").write_text("50000\n")
+    plant.demand = 1.5  # ITL 3x the base: 2x the SLO
+    run(agent, clock, plant, 8)
+    up = quota_entries(agent)
+    assert up and up[0].rule == "slo-raise-quota", [(e.rule, e.applied_ts - start) for e in agent.journal.entries()]
+    assert up[0].applied_ts - start <= 5
+    run(agent, clock, plant, 20)
+    assert plant.itl <= SLO_ITL and all(e.state != "rolled_back" for e in quota_entries(agent))
+
+
 def test_a_give_back_that_breaks_the_slo_is_undone_at_once_and_locks_out(tmp_path, host_root):
     plant = Plant(host_root, cliff_quota=1.2)
     agent, clock = make(tmp_path, host_root, plant)
