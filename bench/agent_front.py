@@ -200,6 +200,7 @@ def journal_summary(state_path: Path) -> dict:
         "conclusive_share": None if not judged else 1 - verdicts.get("inconclusive", 0) / judged,
         "entries": [{"rule": e.rule, "knob": e.knob, "target": e.target, "prior": e.prior_value,
                      "proposed": e.proposed, "state": e.state, "applied_ts": e.applied_ts,
+                     "mode": e.verify_plan.mode if e.verify_plan else None,
                      "verdict": e.verify_result.verdict if e.verify_result else None,
                      "reason": e.verify_result.reason if e.verify_result else e.error}
                     for e in entries],

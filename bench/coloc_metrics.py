@@ -23,6 +23,9 @@ Definitions (bench/METHOD.md, "How the colocation benchmark measures", says the 
   first applied change in the new phase (its journal's applied_ts against the schedule's wall
   clock), and to recovery: the first window that holds the SLO again after a window starting
   within ``transient_s`` of the step broke it (0 if none did; None if none holds again).
+- a **breach** (seen from outside, every second): the trailing ``window_s`` of requests judged
+  like a window violates; it lasts until a trailing window holds again. Its **fix** time is from
+  when it showed to the agent's first change that is not a take (``breaches``).
 - the **oracle**: per load, the grid point with the highest EMU among those with no violating
   window and the neighbour at its floor, re-checked live on fresh arrivals; the next-best when it
   breaks the SLO there (``settle_oracle``).
@@ -33,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from bisect import bisect_left
 
 from pydantic import BaseModel
 
@@ -299,6 +303,8 @@ class Action(BaseModel):
     knob: str
     prior: str | None = None
     proposed: str | None = None
+    # a take (a give-back, the search's step down): verified as a guard, never the answer to a breach
+    guarded: bool = False
 
     def text(self) -> str:
         return f"{self.rule}: {self.knob} {self.prior} -> {self.proposed}"
@@ -358,6 +364,53 @@ def reactions(windows: list[Window], schedule: Schedule, *, transient_s: float, 
                             direction=step_direction(a, b),
                             first_action_s=first.ts - t0_wall - start if first and t0_wall is not None else None,
                             first_action=first.text() if first else "", violated=violated, recovery_s=recovery))
+    return out
+
+
+# -- breaches, seen from outside: when the SLO broke, and how soon the agent answered -------------
+class Breach(BaseModel):
+    """A stretch over which the trailing ``window_s`` of requests broke the SLO."""
+
+    start_s: float  # schedule time at which the trailing window first broke it
+    end_s: float  # the first time it held again (the schedule's end if it never did)
+    phase_index: int
+    fix_s: float | None  # from start_s to the agent's first corrective change; None: none while it lasted
+    fix: str = ""
+
+
+def breaches(records: list[RequestRecord], schedule: Schedule, *, window_s: float, slo: Slo,
+             actions: list[Action], t0_wall: float | None, step_s: float = 1.0) -> list[Breach]:
+    """The breaches of a run and the time from each to the agent's first corrective change.
+
+    At every ``step_s`` the trailing ``window_s`` is judged like a window (TTFT p95 over the
+    requests that arrived in it, ITL p95 over the gaps that ended in it): a breach starts at
+    the first trailing window that violates and ends at the next one that does not (no data
+    holds). The corrective change is the first applied one that is not a take (``guarded``)
+    from ``window_s`` before the breach showed (the agent may see it rise first: a negative
+    figure) until it ends; None when there was none. The brief's goal: <= 2 s."""
+    arrivals = sorted((r.arrival_s, v) for r in records if (v := _ttft_or_inf(r)) is not None)
+    gaps = sorted(g for r in records for g in r.itl_s())
+    a_ts, g_ts = [a for a, _ in arrivals], [e for e, _ in gaps]
+    fixes = sorted((x for x in actions if not x.guarded), key=lambda x: x.ts) if t0_wall is not None else []
+    out: list[Breach] = []
+    start = None
+    n = int(math.floor((schedule.total_s - window_s) / step_s + 1e-9))
+    for k in range(n + 1):
+        t = window_s + k * step_s
+        lo, hi = t - window_s, t
+        ttft = [v for _, v in arrivals[bisect_left(a_ts, lo):bisect_left(a_ts, hi)]]
+        itl = [g for _, g in gaps[bisect_left(g_ts, lo):bisect_left(g_ts, hi)]]
+        t95, i95 = percentile(ttft, 95), percentile(itl, 95)
+        bad = (t95 is not None and t95 > slo.ttft_p95_s) or (i95 is not None and i95 > slo.itl_p95_s)
+        if bad and start is None:
+            start = t
+        if start is not None and (not bad or k == n):
+            end = t if not bad else schedule.total_s
+            first = next((x for x in fixes if start - window_s <= x.ts - t0_wall < end), None)  # type: ignore[operator]
+            out.append(Breach(start_s=start, end_s=end, phase_index=schedule.phase_at(start - 1e-9),
+                              fix_s=None if first is None else first.ts - t0_wall - start,  # type: ignore[operator]
+                              fix="" if first is None else first.text()))
+            start = None
     return out
 
 

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from bench import stats as st
-from bench.coloc_metrics import (WINDOW_COLUMNS, Alloc, OracleChoice, PhaseStats, PointResult, Slo, Window, emu,
-                                 mean_rate, phase_stats, point_emu, reactions, requests_per_window, stall_pct,
+from bench.coloc_metrics import (WINDOW_COLUMNS, Alloc, OracleChoice, PhaseStats, PointResult, Slo, Window, breaches,
+                                 emu, mean_rate, phase_stats, point_emu, reactions, requests_per_window, stall_pct,
                                  violation_pct)
 from bench.common import NEIGHBOUR_FLOOR_CORES
 from bench.openloop import RequestRecord, Schedule
@@ -44,6 +44,7 @@ REQUEST_COLUMNS = ["index", "phase", "arrival_s", "sent_s", "ttft_s", "finished_
                    "itl_p50_s", "itl_max_s", "deferrals", "error"]
 REACTION_COLUMNS = ["row", "phase_index", "step", "direction", "first_action_s", "first_action", "violated",
                     "recovery_s"]
+BREACH_COLUMNS = ["row", "start_s", "end_s", "phase_index", "fix_s", "fix"]
 # the figures over seeds (per row and phase); the ones compared between rows
 FIGURES = ["emu_vs_oracle", "emu", "violation_pct_after", "violation_pct", "convergence_s", "neighbour_ops_per_s",
            "neighbour_cores", "requests_per_window_min", "requests_per_window_median", "server_mem_stall_pct",
@@ -211,6 +212,7 @@ def write_seed(d: Path, args: argparse.Namespace, schedule: Schedule, slo: Slo, 
     d.mkdir(parents=True, exist_ok=True)
     per_row = {}
     react: list[dict] = []
+    broke: list[dict] = []
     for name in [r for r in args.rows if r in results]:  # requested order, not execution order
         m = results[name]
         fname = name.replace("+", "_")
@@ -223,9 +225,13 @@ def write_seed(d: Path, args: argparse.Namespace, schedule: Schedule, slo: Slo, 
         for r in reactions(m.windows, schedule, transient_s=args.transient_s, actions=m.actions,
                            t0_wall=m.t0_wall if agent else None):
             react.append({"row": name, **r.model_dump()})
+        broke += [{"row": name, **b.model_dump()}
+                  for b in breaches(m.records, schedule, window_s=args.window_s, slo=slo, actions=m.actions,
+                                    t0_wall=m.t0_wall if agent else None)]
     lines = summarize(per_row, schedule, args, lc_ref, be_ref, choices)
     write_csv(d / "summary.csv", SUMMARY_COLUMNS, lines)
     write_csv(d / "reaction.csv", REACTION_COLUMNS, react)
+    write_csv(d / "breach.csv", BREACH_COLUMNS, broke)
     (d / "table.md").write_text(markdown_table(lines, args.transient_s) + "\n")
     (d / "warnings.txt").write_text("".join(f"{w}\n" for w in stale_baseline_warnings(lines)))
     floor_ops = None
@@ -328,6 +334,7 @@ def aggregate(run: Path) -> dict:
     meta_ = json.loads((run / "meta.json").read_text()) if (run / "meta.json").exists() else {}
     per_seed = {s: read_csv(d / "summary.csv") for s, d in seeds.items()}
     react_seed = {s: read_csv(d / "reaction.csv") for s, d in seeds.items() if (d / "reaction.csv").exists()}
+    breach_seed = {s: read_csv(d / "breach.csv") for s, d in seeds.items() if (d / "breach.csv").exists()}
     rows = meta_.get("rows") or list(dict.fromkeys(ln["row"] for lines in per_seed.values() for ln in lines))
     pairs = [tuple(p) for p in meta_.get("compare", [])] or default_pairs(rows)
     phases = list(dict.fromkeys((ln["phase"], ln["load"]) for lines in per_seed.values() for ln in lines))
@@ -419,6 +426,7 @@ def aggregate(run: Path) -> dict:
                 cmp_rows.append({"a": a, "b": b, "phase": phase, "figure": fig, "n": pr.diff.n,
                                  "diff_mean": pr.diff.mean, "lo": pr.diff.lo, "hi": pr.diff.hi,
                                  "differs": pr.verdict(), "seeds": ";".join(str(x) for x in pr.seeds)})
+    agg += breach_figures(rows, breach_seed, {s: {ln["row"] for ln in lines} for s, lines in per_seed.items()})
     write_csv(run / "summary.csv", AGG_COLUMNS, agg)
     write_csv(run / "comparisons.csv", CMP_COLUMNS, cmp_rows)
     write_csv(run / "reaction.csv", AGG_REACTION_COLUMNS, react_rows)
@@ -426,6 +434,47 @@ def aggregate(run: Path) -> dict:
     text = aggregate_markdown(meta_, rows, list(seeds), phases, agg, cmp_rows, react_rows, oracle)
     (run / "table.md").write_text(text)
     return {"summary": agg, "comparisons": cmp_rows, "reaction": react_rows, "table": text}
+
+
+def breach_figures(rows: list[str], breach_seed: dict[str, list[dict]], ran: dict[str, set[str]]) -> list[dict]:
+    """Per row over the seeds it ran in (``ran``: seed -> rows): breaches per seed, and per seed
+    the mean time from a breach to the agent's first corrective change (answered ones); the note
+    counts them over every seed."""
+    out = []
+    for row in rows:
+        mine = {s: [b for b in lines if b["row"] == row] for s, lines in breach_seed.items() if row in ran.get(s, ())}
+        if not mine:
+            continue
+        fixes = {s: [v for b in bs if (v := num(b["fix_s"])) is not None] for s, bs in mine.items()}
+        total = sum(len(bs) for bs in mine.values())
+        answered = [v for vs in fixes.values() for v in vs]
+        note = (f"{len(answered)} of {total} answered, {sum(v <= ACTION_GOAL_S for v in answered)} within "
+                f"{ACTION_GOAL_S:g} s" if total else "no breach")
+        for fig, by_seed in (("breaches", {s: float(len(bs)) for s, bs in mine.items()}),
+                             ("breach_fix_s", {s: sum(vs) / len(vs) if vs else None for s, vs in fixes.items()})):
+            iv = st.mean_ci(by_seed.values())
+            if iv.n:
+                out.append({"row": row, "phase": "all", "load": "", "figure": fig, "n": iv.n, "mean": iv.mean,
+                            "lo": iv.lo, "hi": iv.hi, "values": ";".join(f"{v:.6g}" for v in iv.values),
+                            "note": note})
+    return out
+
+
+def breach_markdown(rows: list[str], agg: list[dict], window_s: object) -> list[str]:
+    shown = [r for r in rows if _entry(agg, r, "all", "breaches")]
+    if not shown:
+        return []
+    out = ["", f"Breaches, seen from outside every second (the trailing {window_s}-s window of requests violates "
+           f"the SLO), and the time from one to the agent's first change that is not a take (goal <= "
+           f"{ACTION_GOAL_S:g} s; negative: it acted before the trailing window showed it).", "",
+           "| row | breaches per seed | first corrective change after a breach (s) | answered, within the goal |",
+           "|---|---|---|---|"]
+    for row in shown:
+        n = _entry(agg, row, "all", "breaches")
+        out.append(f"| {row} | {_t(_iv(agg, row, 'all', 'breaches'), 1)} | "
+                   f"{_t(_iv(agg, row, 'all', 'breach_fix_s'), 1) if row.startswith('autotune') else 'n/a'} | "
+                   f"{n['note'] if row.startswith('autotune') else 'n/a'} |")  # type: ignore[index]
+    return out
 
 
 def _iv(agg: list[dict], row: str, phase: str, figure: str) -> st.Interval | None:
@@ -585,6 +634,7 @@ def aggregate_markdown(meta_: dict, rows: list[str], seeds: list[str], phases: l
             out += ["", "Over all load steps (per seed the mean over its steps, then the interval over seeds):", "",
                     "| row | first action (s) | recovery (s) |", "|---|---|---|"]
             out += [f"| {row} | {_t(fa, 1)} | {_t(rc, 0)} |" for row, fa, rc in summary]
+    out += breach_markdown(rows, agg, meta_.get("window_s", "?"))
     if oracle:
         out += ["", "Oracle per load (grid point chosen on the grid, then re-checked live on fresh arrivals):", "",
                 "| load | allocation | grid: valid | live re-checks (violating / windows) | holds live |",

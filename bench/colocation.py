@@ -175,7 +175,7 @@ def agent_controller(ctx: RowCtx) -> Iterator[None]:
         summary = af.journal_summary(state)
         ctx.notes["agent_changes"] = {k: v for k, v in summary.items() if k != "entries"}
         ctx.actions = [Action(ts=e["applied_ts"], rule=e["rule"], knob=e["knob"], prior=e["prior"],
-                              proposed=e["proposed"])
+                              proposed=e["proposed"], guarded=e.get("mode") == "guard")
                        for e in summary.get("entries", []) if e.get("applied_ts") is not None]
         (ctx.out / "journal.json").write_text(json.dumps(summary, indent=2))
         # the agent's own restore, before the next row: host-wide changes must not leak into it
@@ -626,6 +626,7 @@ def run_row(row: Row, args, schedule: Schedule, seed: int, cgs, server: Server, 
     finally:
         notes.update(ctx.notes)
     m.actions = ctx.actions
+    notes["t0_wall"] = m.t0_wall  # the schedule's t = 0 on the wall clock: the journal's times against it
     server.wait_idle()
     if server.reclaim():  # the agent restarted it (threads lever): the next row starts its own
         notes["server_restarted_by_agent"] = True

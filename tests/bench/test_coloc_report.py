@@ -43,6 +43,11 @@ def make_run(run: Path) -> None:
                  {"row": "oracle", "phase_index": 1, "step": "low 0.1/s -> high 0.3/s", "direction": "up",
                   "first_action_s": None, "first_action": "", "violated": False, "recovery_s": 0.0}]
         report.write_csv(d / "reaction.csv", report.REACTION_COLUMNS, react)
+        # autotune: seed 1 two breaches (answered in 1 s and 4 s), seed 2 none, seed 3 one unanswered
+        broke = {1: [(1.0, "slo-raise-quota"), (4.0, "slo-raise-weight")], 2: [], 3: [(None, "")]}[seed]
+        report.write_csv(d / "breach.csv", report.BREACH_COLUMNS,
+                         [{"row": "autotune", "start_s": 70.0 + k, "end_s": 80.0 + k, "phase_index": 1, "fix_s": f,
+                           "fix": why} for k, (f, why) in enumerate(broke)])
     (run / "meta.json").write_text(json.dumps({
         "rows": ["autotune", "oracle"], "seeds": list(SEEDS), "compare": [["autotune", "oracle"]], "transient_s": 20,
         "engine": "gpt2", "model": "gpt2", "window_s": 10, "slo": {"ttft_p95_s": 4.0, "itl_p95_s": 0.15},
@@ -93,6 +98,15 @@ def test_aggregate_means_intervals_and_paired_differences(tmp_path):
     assert "no: no grid point held the SLO here" in table and "skipped seed 2: static: why not" in table
     assert "| autotune | 3.0 [" in table.split("Over all load steps")[1]  # first action over the steps
     assert "low 0.1/s -> high 0.3/s (up) | 3.0 [" in table
+    # breaches: per seed 2, 0, 1; seed 1 answered in 2.5 s on average, seed 3 never
+    n = next(a for a in agg if a["row"] == "autotune" and a["figure"] == "breaches")
+    assert float(n["mean"]) == pytest.approx(1.0) and n["note"] == "2 of 3 answered, 1 within 2 s"
+    fix = next(a for a in agg if a["row"] == "autotune" and a["figure"] == "breach_fix_s")
+    assert int(fix["n"]) == 1 and float(fix["mean"]) == pytest.approx(2.5)
+    oracle = next(a for a in agg if a["row"] == "oracle" and a["figure"] == "breaches")
+    assert float(oracle["mean"]) == 0 and oracle["note"] == "no breach"
+    assert "| autotune | 1.0 [" in table.split("Breaches, seen from outside")[1]
+    assert "| 2 of 3 answered, 1 within 2 s |" in table and "trailing 10-s window" in table
 
 
 def test_report_command_rebuilds_from_files_and_refuses_an_old_run(tmp_path, capsys):

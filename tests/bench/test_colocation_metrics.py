@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.coloc_metrics import (Action, Alloc, EdgeSample, LiveCheck, PointResult, Slo, Window,  # noqa: E402
-                                 aggregate_windows, cache_key, completed_per_s, convergence_s, emu,
+                                 aggregate_windows, breaches, cache_key, completed_per_s, convergence_s, emu,
                                  goodput, known_violation, phase_stats, rank_points, reactions,
                                  requests_per_window, select_oracle, settle_oracle, violation_pct)
 from bench.openloop import (Phase, RequestRecord, load_schedule, parse_phases, percentile,  # noqa: E402
@@ -197,6 +197,41 @@ def test_reaction_first_action_and_recovery_per_step():
     # a row without an agent: no action figure, recovery still measured
     up, _ = reactions(ws, s, transient_s=20, actions=[], t0_wall=None)
     assert up.first_action_s is None and up.first_action == "" and up.recovery_s == 20.0
+
+
+def test_breaches_and_the_time_to_the_first_corrective_change():
+    """One request a second; those that arrive at 70-84 s wait 2 s for their first token (SLO
+    1 s): from 71 s every trailing 10-s window holds one, until 95 s. A failed request at 120 s
+    (no token: an infinite TTFT) breaks it again from 121 s to 131 s, with no answer."""
+    s = parse_phases("low:0.1:60,high:0.3:60,low2:0.1:30")
+
+    def rec(i: int) -> RequestRecord:
+        if i == 120:
+            return RequestRecord(index=i, phase=s.phase_at(i), arrival_s=i, outcome="error")
+        ttft = 2.0 if 70 <= i < 85 else 0.1
+        return RequestRecord(index=i, phase=s.phase_at(i), arrival_s=i, token_s=[i + ttft, i + ttft + 0.05],
+                             finished_s=i + ttft + 0.05, outcome="ok")
+
+    records = [rec(i) for i in range(150)]
+    t0 = 1000.0
+    acts = [Action(ts=t0 + 50, rule="early", knob="k"),  # 21 s before: not this breach's answer
+            Action(ts=t0 + 72, rule="slo-give-back-weight", knob="cgroup.cpu_weight", guarded=True),  # a take
+            Action(ts=t0 + 73.5, rule="slo-raise-quota", knob="cgroup.cpu_quota", prior="0.5", proposed="1")]
+    first, second = breaches(records, s, window_s=10, slo=SLO, actions=acts, t0_wall=t0)
+    assert (first.start_s, first.end_s, first.phase_index) == (71.0, 95.0, 1)
+    assert first.fix_s == pytest.approx(2.5) and first.fix.startswith("slo-raise-quota: cgroup.cpu_quota 0.5 -> 1")
+    assert (second.start_s, second.end_s, second.phase_index, second.fix_s) == (121.0, 131.0, 2, None)
+    # the agent saw it rise and acted 3 s before the trailing window showed it: a negative figure
+    (early, _) = breaches(records, s, window_s=10, slo=SLO, t0_wall=t0,
+                          actions=[Action(ts=t0 + 68, rule="slo-raise-weight", knob="cgroup.cpu_weight")])
+    assert early.fix_s == pytest.approx(-3.0)
+    # no agent: the breaches are there, no fix figure
+    assert [b.fix_s for b in breaches(records, s, window_s=10, slo=SLO, actions=acts, t0_wall=None)] == [None, None]
+    # a breach still on at the end lasts to the schedule's end
+    slow_end = records[:140] + [RequestRecord(index=i, phase=2, arrival_s=i, token_s=[i + 2.0], outcome="ok")
+                                for i in range(140, 150)]
+    last = breaches(slow_end, s, window_s=10, slo=SLO, actions=[], t0_wall=None)[-1]
+    assert (last.start_s, last.end_s) == (141.0, 150.0)
 
 
 def test_reaction_never_recovered_and_late_violations():

@@ -23,7 +23,7 @@ pytestmark = QUICK_BENCH
 def test_quick_repeated_colocation_writes_tables_with_intervals(tmp_path, in_repo):
     from bench import common
     from bench.coloc_metrics import WINDOW_COLUMNS
-    from bench.coloc_report import AGG_COLUMNS, AGG_REACTION_COLUMNS, CMP_COLUMNS, SUMMARY_COLUMNS
+    from bench.coloc_report import AGG_COLUMNS, AGG_REACTION_COLUMNS, BREACH_COLUMNS, CMP_COLUMNS, SUMMARY_COLUMNS
     from bench.colocation import QUICK_ROWS, main
 
     out = tmp_path / "quick"
@@ -54,6 +54,10 @@ def test_quick_repeated_colocation_writes_tables_with_intervals(tmp_path, in_rep
         react = list(csv.DictReader((d / "reaction.csv").open()))
         assert [(r["row"], r["direction"]) for r in react] == [(r, "up") for r in QUICK_ROWS]
         assert all(r["first_action_s"] == "" for r in react if r["row"] != "autotune")
+        broke = list(csv.DictReader((d / "breach.csv").open()))
+        assert (d / "breach.csv").read_text().splitlines()[0].split(",") == BREACH_COLUMNS
+        assert all(b["fix_s"] == "" for b in broke if b["row"] != "autotune")
+        assert all(float(b["start_s"]) <= float(b["end_s"]) for b in broke)
         assert (d / "plot.png").stat().st_size > 10000
         assert (d / "autotune" / "journal.json").exists() and (d / "autotune" / "agent.log").exists()
     # over seeds: every figure of every row has n = 2 and an interval around its mean
