@@ -367,9 +367,7 @@ def aggregate(run: Path) -> dict:
                 if fig == "convergence_s":
                     k, n = never(row, phase)
                     note = f"never converged in {k} of {n} (counted as the phase length)" if k else ""
-                agg.append({"row": row, "phase": phase, "load": load, "figure": fig, "n": iv.n, "mean": iv.mean,
-                            "lo": iv.lo, "hi": iv.hi, "values": ";".join(f"{v:.6g}" for v in iv.values),
-                            "note": note})
+                agg.append(agg_line(row, phase, load, fig, iv, note))
     # reaction, per row and step, and per row over the steps of each seed
     react_rows = []
     per_row_seed: dict[str, dict[str, dict[str, float | None]]] = {}
@@ -403,9 +401,7 @@ def aggregate(run: Path) -> dict:
         for fig, by_seed in figs.items():
             iv = st.mean_ci(by_seed.values())
             if iv.n:
-                agg.append({"row": row, "phase": "all", "load": "", "figure": fig, "n": iv.n, "mean": iv.mean,
-                            "lo": iv.lo, "hi": iv.hi, "values": ";".join(f"{v:.6g}" for v in iv.values),
-                            "note": "per seed: the mean over its load steps"})
+                agg.append(agg_line(row, "all", "", fig, iv, "per seed: the mean over its load steps"))
     # paired comparisons
     cmp_rows = []
     for a, b in pairs:
@@ -436,6 +432,12 @@ def aggregate(run: Path) -> dict:
     return {"summary": agg, "comparisons": cmp_rows, "reaction": react_rows, "table": text}
 
 
+def agg_line(row: str, phase: str, load: str, figure: str, iv: st.Interval, note: str = "") -> dict:
+    """One line of the over-seeds summary.csv (AGG_COLUMNS)."""
+    return {"row": row, "phase": phase, "load": load, "figure": figure, "n": iv.n, "mean": iv.mean, "lo": iv.lo,
+            "hi": iv.hi, "values": ";".join(f"{v:.6g}" for v in iv.values), "note": note}
+
+
 def breach_figures(rows: list[str], breach_seed: dict[str, list[dict]], ran: dict[str, set[str]]) -> list[dict]:
     """Per row over the seeds it ran in (``ran``: seed -> rows): breaches per seed, and per seed
     the mean time from a breach to the agent's first corrective change (answered ones); the note
@@ -454,9 +456,7 @@ def breach_figures(rows: list[str], breach_seed: dict[str, list[dict]], ran: dic
                              ("breach_fix_s", {s: sum(vs) / len(vs) if vs else None for s, vs in fixes.items()})):
             iv = st.mean_ci(by_seed.values())
             if iv.n:
-                out.append({"row": row, "phase": "all", "load": "", "figure": fig, "n": iv.n, "mean": iv.mean,
-                            "lo": iv.lo, "hi": iv.hi, "values": ";".join(f"{v:.6g}" for v in iv.values),
-                            "note": note})
+                out.append(agg_line(row, "all", "", fig, iv, note))
     return out
 
 
